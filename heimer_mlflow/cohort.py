@@ -1,0 +1,352 @@
+"""Reading a cohort: manifest or class folders -> validated subject table -> torch Dataset.
+
+The contract (DESIGN.md, "The cohort contract"):
+
+- a CSV manifest with ``path`` (relative to the CSV's folder, or absolute) and ``label`` (a class
+  name or index), optional ``subject_id`` (default: the file stem); other columns are
+  covariates;
+- or a folder ``ROOT/<class name>/*.nii[.gz]``; a folder holding ``manifest.csv`` (what
+  ``heimer-mlflow cohort`` writes) is read through that manifest.
+
+Every subject is validated up front from its NIfTI header (cheap: no voxel data is read) and all
+problems are reported together. Problems only the voxels can show (non-finite or all-zero
+volumes, a corrupt gzip stream) are found when the volume is loaded; the Dataset then returns
+the subject with its ``problem`` set instead of raising, so the caller decides to stop or skip.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from .errors import HeimerError
+from .meta import ModelMeta
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# A header claiming more voxels than this is refused before anything is allocated
+# (a 1 mm whole-head scan is ~ 1.6e7 voxels; this allows 16x that).
+MAX_VOXELS = 256 * 1024 * 1024
+MAX_SHOWN_PROBLEMS = 50
+
+
+def subject_stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@dataclass
+class Cohort:
+    """The subject table: one row per subject, columns ``subject_id``, ``path`` (absolute),
+    ``label`` (class index), ``label_name`` and the covariates; ``source`` is what was read."""
+
+    table: pd.DataFrame
+    class_names: list[str]
+    source: str
+    covariates: list[str] = field(default_factory=list)
+    excluded: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["subject_id", "path", "reason"])
+    )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class CohortProblems(HeimerError):
+    """Several subjects failed validation. ``problems`` is a list of (subject_id, path, reason)."""
+
+    def __init__(self, problems, source: str):
+        self.problems = problems
+        shown = "; ".join(f"{sid}: {reason}" for sid, _, reason in problems[:MAX_SHOWN_PROBLEMS])
+        more = len(problems) - MAX_SHOWN_PROBLEMS
+        extra = f"; ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{len(problems)} subject(s) in {source} cannot be used: {shown}{extra} "
+            "(fix them, or pass --skip-bad to leave them out and list them in the report)"
+        )
+
+
+def _label_index(value, class_names: list[str]) -> int | None:
+    """A class index from a class name (case-insensitive) or an index; None when unknown."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value) if 0 <= int(value) < len(class_names) else None
+    text = str(value).strip()
+    lowered = [c.lower() for c in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if number.is_integer() and 0 <= int(number) < len(class_names):
+        return int(number)
+    return None
+
+
+def _from_manifest(frame: pd.DataFrame, base: Path, source: str, class_names) -> tuple[pd.DataFrame, list]:
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise HeimerError(
+            f"manifest {source} lacks the column(s) {', '.join(missing)} (has: "
+            f"{', '.join(map(str, frame.columns)) or 'none'}); it needs path,label and optionally subject_id"
+        )
+    if len(frame) == 0:
+        raise HeimerError(f"manifest {source} lists no subjects; add rows with path,label")
+    problems = []
+    rows = []
+    for i, rec in enumerate(frame.to_dict("records")):
+        raw_path = rec["path"]
+        if raw_path is None or (isinstance(raw_path, float) and np.isnan(raw_path)) or str(raw_path).strip() == "":
+            problems.append((f"row {i + 2}", "", "empty path"))
+            continue
+        path = Path(str(raw_path).strip())
+        path = path if path.is_absolute() else base / path
+        sid = rec.get("subject_id")
+        sid = subject_stem(path) if sid is None or (isinstance(sid, float) and np.isnan(sid)) else str(sid)
+        label = _label_index(rec["label"], class_names)
+        if label is None:
+            problems.append(
+                (sid, str(path), f"unknown label {rec['label']!r} (use one of {', '.join(class_names)} or 0..{len(class_names) - 1})")
+            )
+            continue
+        row = {k: v for k, v in rec.items() if k not in ("path", "label", "subject_id")}
+        row.update(subject_id=sid, path=str(path.resolve()), label=label, label_name=class_names[label])
+        rows.append(row)
+    return pd.DataFrame(rows), problems
+
+
+def _from_folders(root: Path, class_names) -> tuple[pd.DataFrame, list]:
+    rows = []
+    lowered = {c.lower(): i for i, c in enumerate(class_names)}
+    found = sorted(p for p in root.iterdir() if p.is_dir())
+    unknown = [p.name for p in found if p.name.lower() not in lowered]
+    for sub in found:
+        if sub.name.lower() not in lowered:
+            continue
+        label = lowered[sub.name.lower()]
+        for path in sorted(sub.iterdir()):
+            if path.name.endswith(NIFTI_SUFFIXES):
+                rows.append(dict(subject_id=subject_stem(path), path=str(path.resolve()), label=label, label_name=class_names[label]))
+    if not rows:
+        extra = f" (found folders: {', '.join(unknown)})" if unknown else ""
+        raise HeimerError(
+            f"{root} has neither manifest.csv nor NIfTI files in class folders "
+            f"{'/'.join(class_names)}{extra}; use ROOT/<class>/*.nii.gz or a CSV manifest with path,label"
+        )
+    return pd.DataFrame(rows), []
+
+
+def read_cohort(data, class_names, *, skip_bad: bool = False) -> Cohort:
+    """Read a manifest (CSV path or DataFrame) or class folders into a Cohort, without reading
+    voxels. Problems are collected for every subject; see :func:`validate`."""
+    class_names = list(class_names)
+    if isinstance(data, pd.DataFrame):
+        table, problems = _from_manifest(data, Path.cwd(), "the data frame", class_names)
+        source = "the data frame"
+    else:
+        path = Path(data)
+        if not path.exists():
+            raise HeimerError(f"data {str(data)!r} does not exist; pass a CSV manifest or a folder ROOT/<class>/*.nii.gz")
+        if path.is_dir() and (path / "manifest.csv").is_file():
+            path = path / "manifest.csv"
+        source = str(path)
+        if path.is_dir():
+            table, problems = _from_folders(path, class_names)
+        else:
+            try:
+                frame = pd.read_csv(path, dtype={"subject_id": str})
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise HeimerError(f"manifest {path} is not a readable CSV ({str(e).splitlines()[0]})") from None
+            table, problems = _from_manifest(frame, path.parent, source, class_names)
+    if len(table):
+        dupes = table["subject_id"][table["subject_id"].duplicated(keep=False)]
+        for sid in sorted(set(dupes)):
+            problems.append((sid, "", f"subject_id {sid!r} appears {int((dupes == sid).sum())} times; ids must be unique"))
+        table = table[~table["subject_id"].isin(set(dupes))].reset_index(drop=True)
+    covariates = [c for c in table.columns if c not in ("subject_id", "path", "label", "label_name")]
+    cohort = Cohort(table=table, class_names=class_names, source=source, covariates=covariates)
+    return _settle(cohort, problems, skip_bad)
+
+
+def _settle(cohort: Cohort, problems, skip_bad: bool) -> Cohort:
+    """Stop with every problem in one message, or drop the subjects and record why."""
+    if not problems:
+        return cohort
+    if not skip_bad:
+        raise CohortProblems(problems, cohort.source)
+    bad = pd.DataFrame(problems, columns=["subject_id", "path", "reason"])
+    cohort.excluded = pd.concat([cohort.excluded, bad], ignore_index=True)
+    cohort.table = cohort.table[~cohort.table["subject_id"].isin(set(bad["subject_id"]))].reset_index(drop=True)
+    return cohort
+
+
+def header_problem(path: str, expected_shape=None) -> str | None:
+    """Why a NIfTI file cannot be used, judged from its header alone; None when it can."""
+    p = Path(path)
+    if not p.exists():
+        return f"file not found: {path}"
+    if not p.is_file():
+        return f"not a file: {path}"
+    try:
+        img = nib.load(str(p))
+    except Exception as e:  # nibabel raises many types for unreadable files
+        return f"not a readable NIfTI file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        return f"not a NIfTI image (read as {type(img).__name__})"
+    shape = tuple(int(s) for s in img.shape)
+    if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+        return f"header declares an implausible size {shape}"
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        return f"volume is {len(shape)}D with shape {shape}; a 3D volume is needed"
+    if expected_shape is not None and tuple(expected_shape) != shape:
+        return f"shape {shape} differs from the model input {tuple(expected_shape)}; resample the image to the model's grid"
+    if not np.all(np.isfinite(img.affine)):
+        return "affine has non-finite entries"
+    return None
+
+
+def validate(cohort: Cohort, meta: ModelMeta, *, skip_bad: bool = False) -> Cohort:
+    """Header-level validation of every subject against the model input; all problems are
+    reported together (or, with ``skip_bad``, recorded in ``cohort.excluded``)."""
+    expected = None
+    if meta.input_shape is not None:
+        if meta.input_shape[0] != 1:
+            raise HeimerError(
+                f"model input has {meta.input_shape[0]} channels; cohorts of 3D NIfTI volumes give 1"
+            )
+        expected = meta.input_shape[1:]
+    problems = []
+    for sid, path in zip(cohort.table["subject_id"], cohort.table["path"]):
+        reason = header_problem(path, expected)
+        if reason:
+            problems.append((sid, path, reason))
+    cohort = _settle(cohort, problems, skip_bad)
+    if len(cohort) == 0:
+        raise HeimerError(f"no usable subjects in {cohort.source}")
+    return cohort
+
+
+# --------------------------------------------------------------------------- voxels
+
+
+def normalise_intensity(volume: np.ndarray, mode: str, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-volume intensity normalisation named by the model metadata.
+
+    ``zscore``: mean and SD over the brain mask (all voxels when no mask), applied to every
+    voxel, so what lies outside the brain keeps its contrast (a shortcut stays visible).
+    ``minmax``: (x - min) / (max - min) over the whole volume. ``none``: unchanged.
+    """
+    x = volume.astype(np.float32, copy=False)
+    if mode == "none":
+        return x
+    if mode == "zscore":
+        inside = x[mask] if mask is not None and mask.any() else x
+        sd = float(inside.std())
+        return ((x - float(inside.mean())) / (sd if sd > 0 else 1.0)).astype(np.float32)
+    if mode == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+        return ((x - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+    raise HeimerError(f"intensity {mode!r} is not supported; use zscore, minmax or none")
+
+
+def brain_mask(volume: np.ndarray) -> np.ndarray:
+    """Non-background voxels: those differing from the border's most common value, largest
+    connected component, holes filled. An artefact detached from the head stays outside."""
+    border = np.concatenate([volume[[0, -1]].ravel(), volume[:, [0, -1]].ravel(), volume[..., [0, -1]].ravel()])
+    values, counts = np.unique(border, return_counts=True)
+    background = values[np.argmax(counts)]
+    scale = max(float(np.abs(volume).max()), 1e-12)
+    foreground = np.abs(volume - background) > 1e-6 * scale
+    labels, n = ndimage.label(foreground)
+    if n == 0:
+        return foreground
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+
+
+def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (float32, 3D) and affine of one NIfTI file; raises ValueError with the reason."""
+    img = nib.load(path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # corrupt or truncated streams surface as zlib/EOF/OSError errors
+        raise ValueError(f"voxel data cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'truncated'})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
+    if not np.any(data):
+        raise ValueError("volume is all zeros")
+    return data, img.affine.astype(np.float64)
+
+
+class CohortDataset(torch.utils.data.Dataset):
+    """One item per subject: ``image`` [1, D, H, W] float32 (intensity-normalised), ``label``,
+    ``subject_id``, ``affine`` [4, 4] float64, ``brain_mask`` [D, H, W] bool, ``index`` (row in
+    the cohort table), ``problem`` ("" when the voxels are fine; otherwise the reason and a
+    zero image, so one bad file does not kill a DataLoader worker)."""
+
+    def __init__(self, cohort: Cohort, meta: ModelMeta):
+        self.paths = cohort.table["path"].tolist()
+        self.labels = cohort.table["label"].astype(int).tolist()
+        self.subject_ids = cohort.table["subject_id"].astype(str).tolist()
+        self.intensity = meta.intensity
+        self.shape = tuple(meta.input_shape[1:]) if meta.input_shape is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        problem = ""
+        try:
+            data, affine = load_volume(self.paths[i])
+            if self.shape is not None and data.shape != self.shape:
+                raise ValueError(f"shape {data.shape} differs from the model input {self.shape}")
+            mask = brain_mask(data)
+            image = normalise_intensity(data, self.intensity, mask)
+        except (ValueError, OSError, EOFError) as e:
+            problem = str(e) or type(e).__name__
+            shape = self.shape or (1, 1, 1)
+            image, mask, affine = np.zeros(shape, np.float32), np.zeros(shape, bool), np.eye(4)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "label": self.labels[i],
+            "subject_id": self.subject_ids[i],
+            "affine": torch.from_numpy(np.asarray(affine, dtype=np.float64)),
+            "brain_mask": torch.from_numpy(np.ascontiguousarray(mask)),
+            "index": i,
+            "problem": problem,
+        }
+
+
+def make_loader(dataset, *, batch_size: int = 4, workers: int | None = None, device: str = "cpu",
+                shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader that keeps the device fed: worker processes decompress NIfTI files while
+    the device computes, pinned memory and prefetch on CUDA."""
+    if workers is None:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+    workers = min(workers, len(dataset))
+    on_cuda = str(device).startswith("cuda")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=generator,
+    )

@@ -1,0 +1,29 @@
+"""The model contract: what the engine needs to know about a model, stored under
+``metadata["heimer"]`` of the logged MLflow model (see DESIGN.md, "The model contract")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+INTENSITIES = ("zscore", "minmax", "none")
+DEFAULT_CLASS_NAMES = ("CN", "AD")
+DEFAULT_POSITIVE = "AD"
+
+
+@dataclass
+class ModelMeta:
+    class_names: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_NAMES))
+    positive_class: str = DEFAULT_POSITIVE
+    input_shape: list[int] | None = None  # [C, D, H, W]
+    intensity: str = "none"
+    target_layer: str | None = None  # module path; None = the last Conv3d
+    inferred: list[str] = field(default_factory=list)  # keys that were not in the metadata
+
+    @property
+    def positive_index(self) -> int:
+        return self.class_names.index(self.positive_class)
+
+    def to_metadata(self) -> dict:
+        d = asdict(self)
+        d.pop("inferred")
+        return d

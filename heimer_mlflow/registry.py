@@ -1,0 +1,332 @@
+"""The model contract, both sides: ``log_model`` for training code, ``load`` for the evaluator.
+
+A model is a PyTorch module logged with the MLflow pytorch flavour and *pickle* serialization:
+MLflow 3's default (``pt2``) loads back as a traced graph on which layer hooks never fire, and
+Grad-CAM needs hooks. What the engine needs to know (class order, positive class, input shape,
+intensity normalisation, Grad-CAM layer) lives under ``metadata["heimer"]`` and is inferred
+where absent (DESIGN.md, "The model contract").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from .errors import HeimerError
+from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, INTENSITIES, ModelMeta
+
+METADATA_KEY = "heimer"
+
+
+# --------------------------------------------------------------------------- training side
+
+
+def conv3d_layers(model: torch.nn.Module) -> list[str]:
+    """Module paths of every ``Conv3d`` in definition order (the Grad-CAM candidates)."""
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv3d)]
+
+
+def default_target_layer(model: torch.nn.Module) -> str:
+    layers = conv3d_layers(model)
+    if not layers:
+        raise HeimerError(
+            f"model {type(model).__name__} has no Conv3d layer, so there is nothing for Grad-CAM "
+            "to explain; heimer-mlflow evaluates 3D CNNs (name a layer with --target-layer)"
+        )
+    return layers[-1]
+
+
+def validate_meta(meta: ModelMeta, model: torch.nn.Module | None = None) -> ModelMeta:
+    """Check a ModelMeta for values a user could get wrong; return it unchanged."""
+    if len(meta.class_names) != 2 or len(set(meta.class_names)) != 2:
+        raise HeimerError(
+            f"class_names={meta.class_names!r}: heimer-mlflow evaluates binary AD-vs-CN models; "
+            "give two distinct names in output order, e.g. ['CN', 'AD']"
+        )
+    if meta.positive_class not in meta.class_names:
+        raise HeimerError(
+            f"positive_class={meta.positive_class!r} is not one of class_names={meta.class_names!r}"
+        )
+    if meta.intensity not in INTENSITIES:
+        raise HeimerError(
+            f"intensity={meta.intensity!r} is not supported; use one of {', '.join(INTENSITIES)}"
+        )
+    if meta.input_shape is not None and (
+        len(meta.input_shape) != 4 or any(int(s) <= 0 for s in meta.input_shape)
+    ):
+        raise HeimerError(
+            f"input_shape={meta.input_shape!r} must be [C, D, H, W] with positive sizes "
+            "(one subject, without the batch axis)"
+        )
+    if model is not None and meta.target_layer is not None:
+        resolve_layer(model, meta.target_layer)
+    return meta
+
+
+def resolve_layer(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The submodule at ``path`` (as in ``named_modules()``), or a one-line error listing the
+    Conv3d layers to choose from."""
+    modules = dict(model.named_modules())
+    if path not in modules or path == "":
+        candidates = ", ".join(conv3d_layers(model)) or "none"
+        raise HeimerError(
+            f"layer {path!r} does not exist in {type(model).__name__}; "
+            f"Conv3d layers to choose from: {candidates}"
+        )
+    return modules[path]
+
+
+def _signature(input_shape, n_outputs: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *map(int, input_shape)), "mri")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs), "logits")]),
+    )
+
+
+def log_model(
+    model: torch.nn.Module,
+    name: str,
+    *,
+    class_names=DEFAULT_CLASS_NAMES,
+    positive_class: str = DEFAULT_POSITIVE,
+    input_shape,
+    intensity: str = "none",
+    target_layer: str | None = None,
+    registered_model_name: str | None = None,
+    **mlflow_kwargs,
+):
+    """Log a 3D CNN for heimer-mlflow: pytorch flavour, pickle serialization (so Grad-CAM hooks
+    fire after loading), a TensorSpec signature, and ``metadata["heimer"]`` with every key of
+    the model contract. Returns MLflow's ``ModelInfo``.
+
+    ``mlflow_kwargs`` go to ``mlflow.pytorch.log_model`` (e.g. ``pip_requirements``, ``tags``).
+    """
+    if mlflow_kwargs.get("serialization_format", "pickle") != "pickle":
+        raise HeimerError(
+            "serialization_format must be 'pickle': pt2 models load as traced graphs on which "
+            "Grad-CAM hooks never fire"
+        )
+    mlflow_kwargs.pop("serialization_format", None)
+    meta = ModelMeta(
+        class_names=list(class_names),
+        positive_class=positive_class,
+        input_shape=[int(s) for s in input_shape],
+        intensity=intensity,
+        target_layer=target_layer or default_target_layer(model),
+    )
+    validate_meta(meta, model)
+    metadata = dict(mlflow_kwargs.pop("metadata", None) or {})
+    metadata[METADATA_KEY] = meta.to_metadata()
+    n_outputs = _probe_outputs(model, meta.input_shape)
+    if n_outputs not in (1, len(meta.class_names)):
+        raise HeimerError(
+            f"model outputs {n_outputs} values per subject; heimer-mlflow needs one logit "
+            f"(sigmoid) or one per class ({len(meta.class_names)}, softmax)"
+        )
+    # MLflow warns on every pickle save; here pickle is the point (hooks must fire after loading).
+    pytorch_logger = logging.getLogger("mlflow.pytorch")
+    level = pytorch_logger.level
+    pytorch_logger.setLevel(logging.ERROR)
+    try:
+        return mlflow.pytorch.log_model(
+            model,
+            name=name,
+            serialization_format="pickle",
+            signature=mlflow_kwargs.pop("signature", None) or _signature(meta.input_shape, n_outputs),
+            metadata=metadata,
+            registered_model_name=registered_model_name,
+            **mlflow_kwargs,
+        )
+    finally:
+        pytorch_logger.setLevel(level)
+
+
+def _probe_outputs(model: torch.nn.Module, input_shape) -> int:
+    """Number of outputs per subject, from one forward pass on a zero volume."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu")
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was_training)
+    return int(out.reshape(1, -1).shape[1])
+
+
+# --------------------------------------------------------------------------- loading side
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation and where it came from."""
+
+    uri: str
+    module: torch.nn.Module
+    meta: ModelMeta
+    name: str | None  # registered model name (None for runs:/ or unregistered m- URIs)
+    version: str | None
+    aliases: list[str]
+    source_run_id: str | None
+    model_id: str | None  # MLflow 3 logged model id (m-...)
+    description: str | None
+    tags: dict
+
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/]+))?/?$")
+
+
+def _client():
+    return mlflow.MlflowClient()
+
+
+def _not_found(what: str, hint: str) -> HeimerError:
+    return HeimerError(f"{what} not found in the tracking store {mlflow.get_tracking_uri()}; {hint}")
+
+
+def _registered_names(client, name_like: str | None = None) -> str:
+    try:
+        names = sorted(rm.name for rm in client.search_registered_models(max_results=50))
+    except MlflowException:
+        return "(could not list registered models)"
+    return ", ".join(names[:20]) or "(no registered models)"
+
+
+def resolve_version(uri: str):
+    """Resolve a ``models:/`` or ``runs:/`` URI to (ModelVersion or None, model_id or None,
+    source run id or None). Unknown names, versions and aliases end in a HeimerError."""
+    client = _client()
+    m = _MODELS_URI.match(uri)
+    if uri.startswith("runs:/"):
+        parts = uri[len("runs:/"):].strip("/").split("/", 1)
+        try:
+            client.get_run(parts[0])
+        except MlflowException:
+            raise _not_found(f"run {parts[0]!r} (from {uri})", "check the run id") from None
+        return None, None, parts[0]
+    if m is None:
+        raise HeimerError(
+            f"model URI {uri!r} is not understood; use models:/NAME/VERSION, models:/NAME@ALIAS, "
+            "models:/m-<logged model id> or runs:/RUN_ID/PATH"
+        )
+    name, version, alias = m.group("name"), m.group("version"), m.group("alias")
+    if version is None and alias is None and name.startswith("m-"):
+        try:
+            logged = mlflow.get_logged_model(name)
+        except MlflowException:
+            raise _not_found(f"logged model {name!r}", "check the id (models:/m-...)") from None
+        # A logged model may also be a registered version: find it through its source run.
+        versions = []
+        if logged.source_run_id:
+            versions = [
+                v
+                for v in client.search_model_versions(f"run_id = '{logged.source_run_id}'")
+                if v.source == f"models:/{name}"
+            ]
+        # search results carry no aliases: fetch the version itself
+        version = client.get_model_version(versions[0].name, versions[0].version) if versions else None
+        return version, name, logged.source_run_id
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        raise _not_found(
+            f"registered model {name!r}", f"registered models: {_registered_names(client)}"
+        ) from None
+    try:
+        if alias is not None:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            if version is None or version.lower() == "latest":
+                found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+                if not found:
+                    raise MlflowException("no versions")
+                version = found[0].version
+            mv = client.get_model_version(name, version)
+    except MlflowException:
+        known = client.search_model_versions(f"name = '{name}'")
+        versions = ", ".join(sorted((str(v.version) for v in known), key=int)) or "none"
+        aliases = sorted(registered.aliases or {}) or ["none"]
+        what = f"alias {alias!r}" if alias is not None else f"version {version!r}"
+        raise _not_found(
+            f"{what} of registered model {name!r}",
+            f"versions: {versions}; aliases: {', '.join(aliases)}",
+        ) from None
+    model_id = mv.source[len("models:/"):] if mv.source and mv.source.startswith("models:/m-") else None
+    return mv, model_id, mv.run_id
+
+
+def read_meta(metadata: dict | None, model: torch.nn.Module, signature=None) -> ModelMeta:
+    """ModelMeta from ``metadata["heimer"]``, inferring what is absent (DESIGN.md)."""
+    given = dict((metadata or {}).get(METADATA_KEY) or {})
+    unknown = set(given) - {"class_names", "positive_class", "input_shape", "intensity", "target_layer"}
+    meta = ModelMeta()
+    for key in ("class_names", "positive_class", "input_shape", "intensity", "target_layer"):
+        if given.get(key) is not None:
+            setattr(meta, key, given[key])
+        else:
+            meta.inferred.append(key)
+    if unknown:
+        meta.inferred.append("ignored:" + ",".join(sorted(unknown)))
+    meta.class_names = [str(c) for c in meta.class_names]
+    if meta.input_shape is None and signature is not None and signature.inputs is not None:
+        specs = signature.inputs.inputs
+        if len(specs) == 1 and isinstance(specs[0], TensorSpec) and len(specs[0].shape) == 5:
+            meta.input_shape = [int(s) for s in specs[0].shape[1:]]
+    if meta.input_shape is not None:
+        meta.input_shape = [int(s) for s in meta.input_shape]
+    if meta.target_layer is None:
+        meta.target_layer = default_target_layer(model)
+    return validate_meta(meta, model)
+
+
+def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> LoadedModel:
+    """Resolve ``uri``, load the torch module in eval mode and read its metadata."""
+    mv, model_id, run_id = resolve_version(uri)
+    load_uri = mv.source if mv is not None and mv.source else uri
+    try:
+        info = mlflow.models.get_model_info(load_uri)
+    except MlflowException as e:
+        raise HeimerError(f"cannot read the MLflow model at {uri}: {str(e).splitlines()[0]}") from None
+    if "pytorch" not in info.flavors:
+        raise HeimerError(
+            f"{uri} has no pytorch flavour (flavours: {', '.join(info.flavors)}); log the model "
+            "with heimer_mlflow.log_model or mlflow.pytorch.log_model"
+        )
+    try:
+        module = mlflow.pytorch.load_model(load_uri, map_location=map_location)
+    except MlflowException as e:
+        raise HeimerError(f"cannot load the model at {uri}: {str(e).splitlines()[0]}") from None
+    if isinstance(module, torch.fx.GraphModule):
+        raise HeimerError(
+            f"{uri} was logged with serialization_format='pt2' (MLflow 3's default), which loads "
+            "as a traced graph on which Grad-CAM hooks never fire; log it again with "
+            "heimer_mlflow.log_model(...) or mlflow.pytorch.log_model(..., serialization_format='pickle')"
+        )
+    if not isinstance(module, torch.nn.Module):
+        raise HeimerError(f"{uri} did not load as a torch.nn.Module (got {type(module).__name__})")
+    module.eval()
+    meta = read_meta(info.metadata, module, info.signature)
+    if target_layer is not None:
+        resolve_layer(module, target_layer)
+        meta.target_layer = target_layer
+    return LoadedModel(
+        uri=uri,
+        module=module,
+        meta=meta,
+        name=mv.name if mv is not None else None,
+        version=str(mv.version) if mv is not None else None,
+        aliases=list(mv.aliases) if mv is not None else [],
+        source_run_id=run_id or info.run_id,
+        model_id=model_id or info.model_id,
+        description=mv.description if mv is not None else None,
+        tags=dict(mv.tags) if mv is not None else {},
+    )
