@@ -4,7 +4,7 @@ calls one library function; user errors end in one line on stderr and exit code 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 import warnings
 
@@ -30,6 +30,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _optional(text: str | None) -> str | None:
+    """MLproject passes absent options as empty strings."""
+    return text or None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -68,13 +82,57 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--subjects", type=_positive_int, default=120, help="training cohort size (default 120)")
     demo.add_argument("--eval-subjects", type=_positive_int, default=60, help="held-out cohort size (default 60)")
-    demo.add_argument("--epochs", type=_positive_int, default=12, help="training epochs (default 12)")
+    demo.add_argument("--epochs", type=_positive_int, default=20, help="training epochs (default 20)")
     demo.add_argument("--voxel-size", type=float, default=2.0, help="voxel size in mm (default 2)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--workdir", default="heimer-demo", help="where the cohorts go (default ./heimer-demo)")
     demo.add_argument("--model-name", default="heimer-demo", help="registered model name (default heimer-demo)")
     demo.add_argument("--experiment", default="heimer-demo", help="MLflow experiment of the training run")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a registered model version on a cohort and log everything to MLflow",
+        description="Evaluate MODEL_URI on the cohort in --data in one pass: probabilities, clinical "
+        "metrics with confidence intervals, 3D Grad-CAM, group maps, feature maps and plausibility "
+        "checks. Everything is logged to an MLflow run (the active one under `mlflow run`, else a new "
+        "run in --experiment) and the model version gets heimer.* tags with the verdict.",
+        epilog="example: heimer-mlflow evaluate models:/heimer-demo@champion --data heimer-demo/cohort-eval "
+        "--atlas heimer-demo/cohort-eval/atlas/atlas.nii.gz --atlas-labels heimer-demo/cohort-eval/atlas/labels.csv",
+    )
+    evaluate.add_argument("model_uri", metavar="MODEL_URI",
+                          help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID or runs:/RUN_ID/PATH")
+    evaluate.add_argument("--data", required=True,
+                          help="CSV manifest (path,label[,subject_id,covariates...]) or folder ROOT/<class>/*.nii.gz")
+    evaluate.add_argument("--target-layer", default=None, help="Grad-CAM layer (default: the model's metadata, else the last Conv3d)")
+    evaluate.add_argument("--feature-layer", action="append", default=[], dest="feature_layers", metavar="LAYER",
+                          help="extra layer whose feature maps to average per group (repeatable)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=4, help="subjects per batch (default 4)")
+    evaluate.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or cuda:INDEX")
+    evaluate.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast on CUDA (maps stay float32)")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="probability threshold for AD (default 0.5)")
+    evaluate.add_argument("--atlas", default=None, help="label NIfTI on the input grid, for per-region CAM gains")
+    evaluate.add_argument("--atlas-labels", default=None, help="CSV with columns index,name for --atlas")
+    evaluate.add_argument("--save-cams", choices=["gallery", "all", "none"], default="gallery",
+                          help="which subjects' CAM volumes to log (default gallery)")
+    evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
+    evaluate.add_argument("--skip-bad", nargs="?", const=True, default=False, type=_boolean, metavar="BOOL",
+                          help="leave unusable subjects out (listed in the run) instead of stopping")
+    evaluate.add_argument("--experiment", default="heimer-evaluations", help="experiment of the new run (default heimer-evaluations)")
+    evaluate.add_argument("--bootstrap", type=_positive_int, default=2000, dest="n_bootstrap", help="bootstrap resamples for CIs (default 2000)")
+    evaluate.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: cores - 1, at most 4)")
+    evaluate.add_argument("--history-metric", action="append", default=[], metavar="CURVE=KEY",
+                          help="which source-run metric is a training curve, e.g. train_loss=my_loss (repeatable)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of bootstraps and the sanity check (default 0)")
     return parser
+
+
+def _history_mapping(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        curve, sep, key = pair.partition("=")
+        if not sep or not key:
+            raise HeimerError(f"--history-metric {pair!r}: write CURVE=KEY, e.g. train_loss=my_loss")
+        mapping[curve] = key
+    return mapping
 
 
 def _run(args) -> None:
@@ -97,12 +155,25 @@ def _run(args) -> None:
             model_name=args.model_name, experiment=args.experiment, progress=progress,
         )
         print(f"{result['model_name']} version {result['version']} (alias champion), training run {result['run_id']}")
+    elif args.command == "evaluate":
+        from .evaluation import evaluate
+
+        result = evaluate(
+            args.model_uri, args.data, target_layer=_optional(args.target_layer), feature_layers=tuple(args.feature_layers),
+            batch_size=args.batch_size, device=args.device, amp=args.amp, threshold=args.threshold,
+            atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), save_cams=args.save_cams, gallery_k=args.gallery_k,
+            skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
+            workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
+            progress=progress,
+        )
+        print(f"run {result.run_id}: verdict {result.verdict}")
 
 
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
-    # MLflow and torch talk a lot at INFO/WARNING level; the user wants our progress and errors.
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    # MLflow talks a lot at INFO level (table creation, experiment creation); the user wants
+    # our progress and errors. MLflow reads this when it is first imported, below.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     warnings.filterwarnings("ignore", module="mlflow")
     try:
         _run(args)

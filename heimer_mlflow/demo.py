@@ -22,7 +22,7 @@ def run_demo(
     *,
     subjects: int = 120,
     eval_subjects: int = 60,
-    epochs: int = 12,
+    epochs: int = 20,
     voxel_size: float = 2.0,
     seed: int = 0,
     workdir: str | os.PathLike = "heimer-demo",

@@ -16,7 +16,11 @@ def conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class DemoCNN(nn.Module):
-    """conv(stride 2) -> pool -> conv -> pool -> conv -> global average -> linear.
+    """conv(stride 2) -> pool -> conv -> pool -> conv -> global max -> linear.
+
+    Global *max* pooling: the planted changes fill a few percent of the brain, and averaging
+    over the whole volume drowned them (the same net with average pooling stayed at chance
+    on the demo cohort; with max pooling it reaches 0.8-0.87 validation accuracy in 20 epochs).
 
     At 2 mm (91x109x91) the last conv block works on 12x14x12 voxels; its Conv3d,
     ``features.4.0``, is the default Grad-CAM layer.
@@ -32,7 +36,7 @@ class DemoCNN(nn.Module):
             conv_block(2 * width, 4 * width),
         )
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool3d(1),
+            nn.AdaptiveMaxPool3d(1),
             nn.Flatten(),
             nn.Dropout(dropout),
             nn.Linear(4 * width, n_outputs),

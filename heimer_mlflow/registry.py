@@ -288,6 +288,14 @@ def read_meta(metadata: dict | None, model: torch.nn.Module, signature=None) -> 
     return validate_meta(meta, model)
 
 
+def pt2_refusal(uri: str) -> HeimerError:
+    return HeimerError(
+        f"{uri} was logged with serialization_format='pt2' (MLflow 3's default), which loads "
+        "as a traced graph on which Grad-CAM hooks never fire; log it again with "
+        "heimer_mlflow.log_model(...) or mlflow.pytorch.log_model(..., serialization_format='pickle')"
+    )
+
+
 def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> LoadedModel:
     """Resolve ``uri``, load the torch module in eval mode and read its metadata."""
     mv, model_id, run_id = resolve_version(uri)
@@ -306,11 +314,7 @@ def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> Lo
     except MlflowException as e:
         raise HeimerError(f"cannot load the model at {uri}: {str(e).splitlines()[0]}") from None
     if isinstance(module, torch.fx.GraphModule):
-        raise HeimerError(
-            f"{uri} was logged with serialization_format='pt2' (MLflow 3's default), which loads "
-            "as a traced graph on which Grad-CAM hooks never fire; log it again with "
-            "heimer_mlflow.log_model(...) or mlflow.pytorch.log_model(..., serialization_format='pickle')"
-        )
+        raise pt2_refusal(uri)
     if not isinstance(module, torch.nn.Module):
         raise HeimerError(f"{uri} did not load as a torch.nn.Module (got {type(module).__name__})")
     module.eval()

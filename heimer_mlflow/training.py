@@ -78,7 +78,7 @@ def _epoch(model, images, labels, indices, batch_size, optimizer=None, generator
 def train_demo(
     data,
     *,
-    epochs: int = 12,
+    epochs: int = 20,
     batch_size: int = 8,
     learning_rate: float = 1e-3,
     width: int = 8,
