@@ -88,6 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="heimer-demo", help="where the cohorts go (default ./heimer-demo)")
     demo.add_argument("--model-name", default="heimer-demo", help="registered model name (default heimer-demo)")
     demo.add_argument("--experiment", default="heimer-demo", help="MLflow experiment of the training run")
+    demo.add_argument("--skip-evaluation", action="store_true", help="stop after registering the model")
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a registered model version on a cohort and log everything to MLflow",
@@ -152,9 +153,12 @@ def _run(args) -> None:
         result = run_demo(
             subjects=args.subjects, eval_subjects=args.eval_subjects, epochs=args.epochs,
             voxel_size=args.voxel_size, seed=args.seed, workdir=args.workdir,
-            model_name=args.model_name, experiment=args.experiment, progress=progress,
+            model_name=args.model_name, experiment=args.experiment, evaluate_model=not args.skip_evaluation,
+            progress=progress,
         )
         print(f"{result['model_name']} version {result['version']} (alias champion), training run {result['run_id']}")
+        if result["evaluation"] is not None:
+            print(f"evaluation run {result['evaluation'].run_id}: verdict {result['evaluation'].verdict}")
     elif args.command == "evaluate":
         from .evaluation import evaluate
 

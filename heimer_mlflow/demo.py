@@ -1,5 +1,6 @@
-"""``heimer-mlflow demo``: synthetic cohort -> train the demo CNN -> register it as
-``heimer-demo`` with alias ``champion``, all in the current tracking store."""
+"""``heimer-mlflow demo``: synthetic cohorts -> train the demo CNN -> register it as
+``heimer-demo`` with alias ``champion`` -> evaluate it on the held-out cohort, all in the
+current tracking store."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 import mlflow
 import torch
 
+from .evaluation import evaluate
 from .registry import log_model
 from .synthetic import write_cohort
 from .training import train_demo
 
 DEMO_MODEL_NAME = "heimer-demo"
 DEMO_ALIAS = "champion"
+EVALUATION_EXPERIMENT = "heimer-evaluations"
 
 
 def run_demo(
@@ -28,6 +31,7 @@ def run_demo(
     workdir: str | os.PathLike = "heimer-demo",
     model_name: str = DEMO_MODEL_NAME,
     experiment: str = "heimer-demo",
+    evaluate_model: bool = True,
     progress: bool = True,
 ) -> dict:
     """Run the demo; returns what it made (cohort paths, run id, model version)."""
@@ -62,7 +66,18 @@ def run_demo(
     say(f"registered {model_name} version {version} with alias '{DEMO_ALIAS}' "
         f"(tracking store: {mlflow.get_tracking_uri()}); final val_accuracy "
         f"{trained.history['val_accuracy'][-1]:.2f}")
-    say(f"next: heimer-mlflow evaluate models:/{model_name}@{DEMO_ALIAS} --data {eval_manifest}")
-    return dict(train_manifest=train_manifest, eval_manifest=eval_manifest, run_id=run.info.run_id,
-                model_name=model_name, version=version, model_uri=f"models:/{model_name}@{DEMO_ALIAS}",
-                history=trained.history)
+    result = dict(train_manifest=train_manifest, eval_manifest=eval_manifest, run_id=run.info.run_id,
+                  model_name=model_name, version=version, model_uri=f"models:/{model_name}@{DEMO_ALIAS}",
+                  history=trained.history, evaluation=None)
+    if not evaluate_model:
+        say(f"next: heimer-mlflow evaluate {result['model_uri']} --data {eval_manifest}")
+        return result
+    atlas = Path(eval_manifest).parent / "atlas"
+    # A new run in the evaluation experiment, also under `mlflow run`: that run was the training's
+    # (and MLflow consumed MLFLOW_RUN_ID when the training resumed it).
+    say(f"evaluating {result['model_uri']} on the held-out cohort")
+    result["evaluation"] = evaluate(
+        result["model_uri"], eval_manifest, experiment=EVALUATION_EXPERIMENT,
+        atlas=str(atlas / "atlas.nii.gz"), atlas_labels=str(atlas / "labels.csv"), progress=progress,
+    )
+    return result

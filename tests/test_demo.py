@@ -43,6 +43,17 @@ def test_demo_in_python(tracking, tmp_path):
     assert Path(result["eval_manifest"]).is_file() and Path(result["train_manifest"]).is_file()
     # the held-out cohort shares no subject files with the training cohort
     assert Path(result["eval_manifest"]).parent != Path(result["train_manifest"]).parent
+    assert_demo_evaluated("demo-py", result["run_id"])
+
+
+def assert_demo_evaluated(name: str, training_run_id: str):
+    """The demo's evaluation went to its own run in heimer-evaluations, and tagged the version."""
+    mv = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    eval_run = mlflow.get_run(mv.tags["heimer.evaluation_run_id"])
+    assert eval_run.info.run_id != training_run_id and eval_run.info.status == "FINISHED"
+    assert mlflow.get_experiment(eval_run.info.experiment_id).name == "heimer-evaluations"
+    assert {"roc_auc", "cam_outside_brain_fraction", "cam_roi_gain_hippocampus_left"} <= set(eval_run.data.metrics)
+    assert mv.tags["heimer.verdict"] in ("pass", "review")
 
 
 def _env(tracking_dir):
@@ -56,11 +67,13 @@ def _env(tracking_dir):
 
 def test_demo_through_the_cli(tracking, tmp_path):
     cmd = [sys.executable, "-m", "heimer_mlflow", "-q", "demo", "--subjects", "12", "--eval-subjects", "6",
-           "--epochs", "2", "--voxel-size", "4", "--workdir", str(tmp_path / "d"), "--model-name", "demo-cli"]
+           "--epochs", "2", "--voxel-size", "4", "--workdir", str(tmp_path / "d"), "--model-name", "demo-cli",
+           "--skip-evaluation"]
     done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "demo-cli version 1" in done.stdout
     assert_demo_registered("demo-cli", 2)
+    assert "heimer.evaluation_run_id" not in mlflow.MlflowClient().get_model_version("demo-cli", "1").tags
 
 
 def test_demo_through_mlflow_run(tracking, tmp_path):
@@ -74,6 +87,7 @@ def test_demo_through_mlflow_run(tracking, tmp_path):
     # the training metrics went into the run that `mlflow run` started
     run = mlflow.get_run(loaded.source_run_id)
     assert run.data.tags.get("mlflow.project.entryPoint") == "demo"
+    assert_demo_evaluated("demo-mlproject", loaded.source_run_id)
 
 
 def test_cli_user_error_is_one_line(tmp_path):

@@ -1,0 +1,177 @@
+"""3D Grad-CAM from one forward and one gradient to the target activation.
+
+``GradCam3d(model, layer).attribute(x, target)`` returns the positive-part Grad-CAM
+(Selvaraju et al. 2017) at input resolution, together with the logits and the captured
+activations, so that a caller needs no second pass for predictions or feature maps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heimer_mlflow.errors import HeimerError
+
+PT2_HINT = (
+    "if the model was logged with MLflow's default serialization (pt2), hooks do not fire on the "
+    "traced graph: log it again with serialization_format='pickle'"
+)
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """Module paths of every ``Conv3d`` in ``model``, in registration order."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv3d)]
+
+
+def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
+    """The module at ``path`` (dotted module path), or the last ``Conv3d`` when ``path`` is None."""
+    candidates = conv_layers(model)
+    if path is None:
+        if not candidates:
+            raise HeimerError(
+                f"model {type(model).__name__} has no Conv3d layer to take Grad-CAM from: "
+                "pass the module path of a 3D convolutional layer as target_layer"
+            )
+        path = candidates[-1]
+    try:
+        return path, model.get_submodule(path)
+    except AttributeError:
+        raise HeimerError(
+            f"target layer {path!r} is not a module of {type(model).__name__}: "
+            f"use one of the Conv3d layers {candidates}"
+        ) from None
+
+
+def normalize_per_subject(cam: torch.Tensor) -> torch.Tensor:
+    """Scale each subject's map to [0, 1] by (cam - min) / (max - min), for display only.
+
+    ``cam`` is [B, ...]; a constant map becomes all zeros. Group statistics use raw maps.
+    """
+    flat = cam.reshape(cam.shape[0], -1)
+    low = flat.min(dim=1).values
+    span = flat.max(dim=1).values - low
+    scale = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
+    shape = (-1,) + (1,) * (cam.dim() - 1)
+    return (cam - low.view(shape)) * scale.view(shape)
+
+
+@dataclass
+class Attribution:
+    """What one forward and one gradient give for a batch (all detached)."""
+
+    logits: torch.Tensor  # [B, K] float32, K = 1 (sigmoid) or one per class
+    layer_cam: torch.Tensor  # [B, d, h, w] float32, raw (un-normalised) Grad-CAM at the target layer
+    activations: dict[str, torch.Tensor]  # layer path -> [B, C, d, h, w] float32
+    input_size: tuple[int, int, int]  # (D, H, W)
+
+    @functools.cached_property
+    def cam(self) -> torch.Tensor:
+        """[B, D, H, W] float32: the raw Grad-CAM upsampled (trilinear) to the input grid, on first use."""
+        with _autocast_off(self.layer_cam.device):
+            upsampled = F.interpolate(self.layer_cam[:, None], size=self.input_size, mode="trilinear", align_corners=False)
+        return upsampled[:, 0]
+
+
+class GradCam3d:
+    """Grad-CAM of a 3D CNN at one layer; optional extra layers' activations come for free.
+
+    Only the gradient of the target score to the target activation is computed
+    (``torch.autograd.grad``), never a backward into the parameters, so frozen weights,
+    callers inside ``torch.no_grad()`` and models with in-place ops after the layer all work.
+    """
+
+    def __init__(self, model: nn.Module, layer: str | None = None, feature_layers: tuple[str, ...] = ()):
+        self.model = model
+        self.layer_path, self.layer = resolve_layer(model, layer)
+        # The target layer's activation is always returned; hooking it twice would copy it twice.
+        self.feature_layers = {path: resolve_layer(model, path)[1] for path in feature_layers if path != self.layer_path}
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor = 0) -> Attribution:
+        """Grad-CAM of output column ``target`` (an int, or one index per sample) for ``x`` [B, C, D, H, W].
+
+        Run it inside ``torch.autocast`` for mixed precision: the maps are computed in float32.
+        """
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep_target(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor) or output.dim() != 5:
+                raise HeimerError(
+                    f"target layer {self.layer_path!r} outputs {_describe(output)}, not a [B, C, D, H, W] "
+                    f"tensor: choose a 3D convolutional layer, one of {conv_layers(self.model)}"
+                )
+            # A fresh leaf: the gradient stops here (nothing upstream is differentiated) and
+            # exists even with frozen weights. Downstream gets a copy, so in-place ops after
+            # the layer cannot alter the activation we differentiate against.
+            activation = output.detach().requires_grad_(True)
+            captured[self.layer_path] = activation
+            return activation.clone()
+
+        def keep_feature(path):
+            def hook(_module, _inputs, output):
+                # A copy, because later in-place ops may overwrite the module's output.
+                captured[path] = output.detach().to(torch.float32, copy=True)
+
+            return hook
+
+        handles = [self.layer.register_forward_hook(keep_target)]
+        handles += [m.register_forward_hook(keep_feature(p)) for p, m in self.feature_layers.items()]
+        try:
+            with torch.enable_grad():
+                output = self.model(x)
+                if self.layer_path not in captured:
+                    raise HeimerError(f"target layer {self.layer_path!r} did not run in the forward pass: {PT2_HINT}")
+                logits = as_logits(output, x.shape[0])
+                columns = torch.as_tensor(target, device=logits.device).expand(logits.shape[0])
+                score = logits.float().gather(1, columns.view(-1, 1)).sum()
+                activation = captured[self.layer_path]
+                (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
+                if gradient is None:
+                    raise HeimerError(
+                        f"target layer {self.layer_path!r} does not influence the model output: "
+                        f"choose a layer on the path to the logits, one of {conv_layers(self.model)}"
+                    )
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        with _autocast_off(x.device):
+            activation = activation.detach().float()
+            weights = gradient.float().mean(dim=(2, 3, 4), keepdim=True)
+            layer_cam = F.relu((weights * activation).sum(dim=1))
+        activations = {path: captured[path] for path in self.feature_layers}
+        activations[self.layer_path] = activation
+        return Attribution(logits=logits.detach().float(), layer_cam=layer_cam, activations=activations,
+                           input_size=tuple(x.shape[2:]))  # fmt: skip
+
+
+def as_logits(output, batch_size: int) -> torch.Tensor:
+    """The model output as [B, K] logits, or a HeimerError saying what it is instead."""
+    if not isinstance(output, torch.Tensor):
+        raise HeimerError(
+            f"model returned {_describe(output)}; it must return one tensor of logits [B, 1] or [B, n_classes]"
+        )
+    if output.dim() == 1 and output.shape[0] == batch_size:
+        return output[:, None]
+    if output.dim() != 2 or output.shape[0] != batch_size:
+        raise HeimerError(
+            f"model output has shape {list(output.shape)} for a batch of {batch_size}; "
+            "it must be logits [B, 1] (sigmoid) or [B, n_classes] (softmax)"
+        )
+    return output
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _autocast_off(device: torch.device):
+    if device.type in ("cuda", "cpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

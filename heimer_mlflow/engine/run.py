@@ -1,0 +1,407 @@
+"""The evaluation run: one forward and one gradient per batch, everything else streamed.
+
+``run_engine`` walks a DataLoader once. Per chunk of a batch it gets, from a single forward and a
+single ``autograd.grad`` to the target activation: positive-class probability, prediction, loss,
+the Grad-CAM at input resolution and the feature-layer activations. These feed the per-subject
+rows, the CAM shares (outside the brain, per atlas region), the mergeable group statistics, the
+bounded case gallery and, on the first subjects, the randomised-weights sanity check. Memory does
+not grow with the number of subjects except for the per-subject rows of scalars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase, outcome_of
+from heimer_mlflow.engine.gradcam import GradCam3d, as_logits
+from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
+from heimer_mlflow.errors import HeimerError
+from heimer_mlflow.meta import ModelMeta
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SaveCam = Callable[[str, np.ndarray, np.ndarray], None]  # (subject_id, raw cam [D,H,W], affine)
+
+
+@dataclass
+class SanityResult:
+    """Adebayo et al. (2018) model-randomisation test: low rank correlation = maps depend on weights."""
+
+    subject_ids: list[str]
+    spearman: np.ndarray  # per subject, trained vs randomised-weights Grad-CAM (target-layer resolution)
+    mean: float
+
+
+@dataclass
+class EngineResult:
+    subjects: dict[str, np.ndarray]  # per-subject columns, one row per evaluated subject (see SUBJECT_COLUMNS)
+    maps: dict[str, GroupMaps]  # "input", "cam", "features/<layer>": means per group, AD-CN diff, Welch t
+    feature_ranking: dict[str, dict[str, np.ndarray]]  # layer -> channels, most separating first
+    gallery: dict[str, list[GalleryCase]]  # TP/TN/FP/FN -> most confident first
+    sanity: SanityResult | None
+    stats: GroupStats  # the raw mergeable state (on CPU) the maps were computed from
+    target_layer: str
+    feature_layers: list[str]  # target layer first
+    region_names: list[str]  # atlas regions, order of the cam_roi_gain_<name> columns
+    excluded: list[dict] = field(default_factory=list)  # subject_id, index, reason (unreadable volumes)
+    device: str = "cpu"
+    amp: str | None = None
+    threshold: float = 0.5
+    chunk_size: int | None = None  # sub-batch size after out-of-memory halving; None = never halved
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, and subjects_per_s
+
+
+SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` prefers CUDA, then MPS, then CPU; ``cpu``, ``cuda``, ``cuda:i`` are taken as given."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise HeimerError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:INDEX") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (chosen.index or 0) >= count:
+            raise HeimerError(f"device {device!r} is not available ({count} CUDA devices): use --device auto or cpu")
+    elif chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise HeimerError(f"device {device!r} is not available: use --device auto or cpu")
+    return chosen
+
+
+def run_engine(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    meta: ModelMeta,
+    *,
+    device: str = "auto",
+    feature_layers: tuple[str, ...] = (),
+    atlas: tuple[np.ndarray, dict[int, str]] | None = None,
+    gallery_k: int = 4,
+    sanity_subjects: int = 8,
+    save_cams: SaveCam | None = None,
+    amp: str | None = None,
+    threshold: float = 0.5,
+    progress: bool = True,
+    seed: int = 0,
+) -> EngineResult:
+    """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
+
+    The model is moved to the device and put in eval mode (its train/eval mode is restored).
+    ``save_cams`` is called once per subject with its raw Grad-CAM and affine. ``amp`` runs the
+    forward under autocast in bf16 or fp16; maps and statistics stay float32/float64. ``seed``
+    draws the randomised weights of the sanity check.
+    """
+    if amp not in (None, *AMP_DTYPES):
+        raise HeimerError(f"unknown amp {amp!r}: use bf16, fp16 or leave it unset")
+    chosen = pick_device(device)
+    run = _Run(model.to(chosen), meta, chosen, feature_layers, atlas, gallery_k, sanity_subjects, save_cams,
+               amp, threshold, seed)  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        return run.over(loader, progress)
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class _Chunk:
+    """What the compute step produces for a chunk; committing it has no failure modes worth retrying."""
+
+    images: torch.Tensor
+    labels: torch.Tensor  # CPU
+    subject_ids: list[str]
+    indices: torch.Tensor  # CPU
+    affines: torch.Tensor  # CPU
+    cam: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    scalars: torch.Tensor  # CPU [b, 4 + regions]: prob, loss, pred, outside-brain fraction, region gains
+    sanity: list[float]
+
+
+class _Run:
+    def __init__(self, model, meta, device, feature_layers, atlas, gallery_k, sanity_subjects, save_cams, amp,
+                 threshold, seed):  # fmt: skip
+        self.model, self.meta, self.device = model, meta, device
+        self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
+        self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]
+        self.region_names, self.region_of_voxel, self.region_volume_share = _prepare_atlas(atlas, device)
+        self.atlas_shape = None if atlas is None else tuple(np.shape(atlas[0]))
+        self.stats = GroupStats(meta.class_names, meta.positive_index, device)
+        self.gallery = CaseGallery(gallery_k)
+        self.sanity_subjects, self.seed = sanity_subjects, seed
+        self.sanity_ids: list[str] = []
+        self.sanity_values: list[float] = []
+        self.random_gradcam: GradCam3d | None = None
+        self.save_cams, self.amp, self.threshold = save_cams, amp, threshold
+        self.target_column: int | None = None  # output column of the positive class, known after a probe
+        self.chunk_size: int | None = None
+        self.rows: dict[str, list] = {name: [] for name in SUBJECT_COLUMNS}
+        self.rows.update({f"cam_roi_gain_{name}": [] for name in self.region_names})
+        self.excluded: list[dict] = []
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def over(self, loader, progress: bool) -> EngineResult:
+        total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+        bar = tqdm(total=total, unit="subject", desc="evaluating", file=sys.stderr, disable=not progress)
+        timings = {"loader_wait_s": 0.0, "compute_s": 0.0}
+        started = waiting = time.perf_counter()
+        with bar:
+            for batch in loader:
+                timings["loader_wait_s"] += time.perf_counter() - waiting
+                computing = time.perf_counter()
+                self._batch(self._drop_unreadable(batch, bar), bar)
+                timings["compute_s"] += time.perf_counter() - computing
+                waiting = time.perf_counter()
+        timings["total_s"] = time.perf_counter() - started
+        n = len(self.rows["subject_id"])
+        timings["subjects_per_s"] = n / timings["total_s"] if timings["total_s"] > 0 else float("nan")
+        return self._result(timings)
+
+    def _drop_unreadable(self, batch: dict, bar) -> dict | None:
+        """The batch without subjects whose volume could not be read; those are listed in ``excluded``."""
+        problems = batch.get("problem")
+        if problems is None or not any(problems):
+            return batch
+        for sid, index, problem in zip(batch["subject_id"], batch["index"].tolist(), problems):
+            if problem:
+                self.excluded.append({"subject_id": sid, "index": index, "reason": problem})
+                log.warning("skipping subject %s: %s", sid, problem)
+                bar.update(1)
+        keep = [i for i, problem in enumerate(problems) if not problem]
+        if not keep:
+            return None
+        return {key: [value[i] for i in keep] if isinstance(value, list) else value[keep] for key, value in batch.items()}
+
+    def _batch(self, batch: dict | None, bar) -> None:
+        if batch is None:
+            return
+        images = batch["image"].to(self.device, non_blocking=True)
+        masks = batch["brain_mask"].to(self.device, non_blocking=True)
+        if self.target_column is None:
+            self.target_column = self._probe(images[:1])
+            if self.atlas_shape is not None and self.atlas_shape != tuple(images.shape[2:]):
+                raise HeimerError(
+                    f"the atlas grid {list(self.atlas_shape)} differs from the images' {list(images.shape[2:])}: "
+                    "resample the atlas label image onto the input grid"
+                )
+        start, size = 0, len(images)
+        while start < size:
+            stop = min(start + (self.chunk_size or size), size)
+            try:
+                chunk = self._compute(images[start:stop], masks[start:stop], batch, slice(start, stop))
+            except torch.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                self.chunk_size = (stop - start) // 2
+                message = f"out of memory on {self.device}: processing batches in chunks of {self.chunk_size}"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                log.warning(message)
+                _release_cached_memory(self.device)
+                continue
+            self._commit(chunk)
+            bar.update(stop - start)
+            start = stop
+
+    # -- compute: everything that allocates on the device, so an out-of-memory retry is clean -----
+
+    def _probe(self, image: torch.Tensor) -> int:
+        """The output column to explain: the logit (one output) or the positive class's logit."""
+        with torch.no_grad(), self._autocast():
+            width = as_logits(self.model(image), 1).shape[1]
+        n_classes = len(self.meta.class_names)
+        if width == 1 and n_classes == 2:
+            return 0
+        if width == n_classes:
+            return self.meta.positive_index
+        raise HeimerError(
+            f"model outputs {width} logits for classes {self.meta.class_names}: it must output 1 (two classes, "
+            f"sigmoid) or {n_classes} (one per class, softmax); fix the model head or class_names"
+        )
+
+    def _compute(self, images, masks, batch, rows: slice) -> _Chunk:
+        labels = batch["label"][rows]
+        with self._autocast():
+            attribution = self.gradcam.attribute(images, self.target_column)
+        logits, cam = attribution.logits, attribution.cam
+        labels_here = labels.to(self.device, non_blocking=True)
+        positive = self.meta.positive_index
+        if logits.shape[1] == 1:
+            prob = torch.sigmoid(logits[:, 0])
+            loss = F.binary_cross_entropy_with_logits(logits[:, 0], (labels_here == positive).float(), reduction="none")
+            negative = torch.full_like(labels_here, 1 - positive)  # one logit: exactly two classes
+        else:
+            prob = torch.softmax(logits, dim=1)[:, positive]
+            loss = F.cross_entropy(logits, labels_here, reduction="none")
+            negative = logits.index_fill(1, torch.tensor([positive], device=logits.device), -torch.inf).argmax(1)
+        pred = torch.where(prob >= self.threshold, positive, negative)
+        cam_total = cam.sum(dim=(1, 2, 3))
+        outside = cam.masked_fill(masks, 0).sum(dim=(1, 2, 3)) / cam_total
+        columns = [prob, loss, pred.float(), outside]
+        if self.region_names:
+            per_region = torch.zeros(len(cam), len(self.region_names) + 1, device=cam.device)
+            per_region.index_add_(1, self.region_of_voxel, cam.flatten(1))
+            gains = per_region[:, :-1] / cam_total[:, None] / self.region_volume_share
+            columns += list(gains.T)
+        sanity = self._sanity(images, attribution.layer_cam)
+        return _Chunk(
+            images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
+            affines=batch["affine"][rows], cam=cam, activations=attribution.activations,
+            scalars=torch.stack(columns, dim=1).cpu(), sanity=sanity,
+        )  # fmt: skip
+
+    def _sanity(self, images, layer_cam) -> list[float]:
+        """Rank correlation of trained and randomised-weights maps at the target layer's resolution:
+        upsampling is the same fixed interpolation for both, and ranking input-size maps is costly."""
+        wanted = self.sanity_subjects - len(self.sanity_ids)
+        if wanted <= 0:
+            self.random_gradcam = None  # done: free the randomised copy
+            return []
+        if self.random_gradcam is None:
+            self.random_gradcam = GradCam3d(_randomised_copy(self.model, self.seed), self.gradcam.layer_path)
+        with self._autocast():
+            random_cam = self.random_gradcam.attribute(images[:wanted], self.target_column).layer_cam
+        return [spearman(a, b) for a, b in zip(layer_cam[:wanted], random_cam)]
+
+    # -- commit: updates the run's state ---------------------------------------------------------
+
+    def _commit(self, chunk: _Chunk) -> None:
+        scalars = chunk.scalars.numpy().astype(np.float64)
+        prob, pred = scalars[:, 0], scalars[:, 2].astype(int)
+        predicted_positive = pred == self.meta.positive_index
+        labels = chunk.labels.tolist()
+        cells = [self.stats.cell(k, p) for k, p in zip(labels, predicted_positive)]
+        values = {"input": chunk.images, "cam": chunk.cam}
+        for layer in self.layers:
+            activation = chunk.activations[layer]
+            values[f"features/{layer}"] = activation
+            values[f"channel_means/{layer}"] = activation.mean(dim=(2, 3, 4))
+        self.stats.update(cells, **values)
+
+        self.sanity_ids += chunk.subject_ids[: len(chunk.sanity)]
+        self.sanity_values += chunk.sanity
+        for i, sid in enumerate(chunk.subject_ids):
+            is_positive = labels[i] == self.meta.positive_index
+            row = {
+                "subject_id": sid, "index": int(chunk.indices[i]), "label": labels[i], "prob": prob[i],
+                "pred": pred[i], "loss": scalars[i, 1], "cam_outside_brain_fraction": scalars[i, 3],
+            }  # fmt: skip
+            row.update({f"cam_roi_gain_{name}": scalars[i, 4 + r] for r, name in enumerate(self.region_names)})
+            for name, value in row.items():
+                self.rows[name].append(value)
+            outcome = outcome_of(is_positive, bool(predicted_positive[i]))
+            confidence = prob[i] if predicted_positive[i] else 1.0 - prob[i]
+            self.gallery.offer(outcome, confidence, functools.partial(_case, chunk, i, row, outcome, confidence))
+            if self.save_cams is not None:
+                self.save_cams(sid, _own_numpy(chunk.cam[i]), _own_numpy(chunk.affines[i]))
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
+
+    def _result(self, timings: dict[str, float]) -> EngineResult:
+        subjects = {name: np.asarray(values) for name, values in self.rows.items()}
+        subjects["subject_id"] = np.asarray(self.rows["subject_id"], dtype=object)
+        stats = GroupStats.from_state({k: v.cpu() for k, v in self.stats.state.items()},
+                                      self.meta.class_names, self.meta.positive_index)  # fmt: skip
+        maps, ranking = {}, {}
+        if stats.quantities:  # at least one subject was evaluated
+            maps = {name: stats.compute(name) for name in ("input", "cam", *(f"features/{p}" for p in self.layers))}
+            ranking = {layer: rank_channels(stats, layer) for layer in self.layers}
+        sanity = None
+        if self.sanity_values:
+            values = np.asarray(self.sanity_values)
+            sanity = SanityResult(list(self.sanity_ids), values, float(np.nanmean(values)))
+        return EngineResult(
+            subjects=subjects, maps=maps,
+            feature_ranking=ranking,
+            gallery=self.gallery.cases(), sanity=sanity, stats=stats, target_layer=self.gradcam.layer_path,
+            feature_layers=list(self.layers), region_names=list(self.region_names), excluded=self.excluded,
+            device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
+            timings=timings,
+        )  # fmt: skip
+
+
+def _prepare_atlas(atlas, device):
+    """Region names, each voxel's region slot (the last slot = no named region), volume shares."""
+    if atlas is None:
+        return [], None, None
+    labels, names = atlas
+    labels = np.asarray(labels)
+    slot_of_label = {label: slot for slot, label in enumerate(sorted(names))}
+    slots = np.full(labels.shape, len(slot_of_label), dtype=np.int64)
+    for label, slot in slot_of_label.items():
+        slots[labels == label] = slot
+    counts = np.bincount(slots.ravel(), minlength=len(slot_of_label) + 1)[:-1]
+    missing = [names[label] for label, slot in slot_of_label.items() if counts[slot] == 0]
+    if missing:
+        raise HeimerError(f"atlas regions {missing} have no voxels: fix the atlas label table or the label image")
+    share = torch.as_tensor(counts / slots.size, dtype=torch.float32, device=device)
+    return [names[label] for label in sorted(names)], torch.as_tensor(slots.ravel(), device=device), share
+
+
+def _randomised_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with every parameter and buffer re-initialised (cascading to all layers)."""
+    randomised = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in randomised.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return randomised
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two maps (average ranks for ties, e.g. the zeros after ReLU)."""
+    ra, rb = _average_ranks(a.flatten().double()), _average_ranks(b.flatten().double())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = torch.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    unique, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    last_rank = torch.cumsum(counts, 0).double()
+    return (last_rank - (counts.double() - 1) / 2)[inverse]
+
+
+def _case(chunk: _Chunk, i: int, row: dict, outcome: str, confidence: float) -> GalleryCase:
+    return GalleryCase(
+        subject_id=row["subject_id"], index=row["index"], label=row["label"], prob=row["prob"], outcome=outcome,
+        confidence=confidence, image=_own_numpy(chunk.images[i]), cam=_own_numpy(chunk.cam[i]),
+        affine=_own_numpy(chunk.affines[i]),
+    )  # fmt: skip
+
+
+def _own_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy copy that does not keep the whole batch's storage alive."""
+    return tensor.detach().cpu().numpy().copy()
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,147 @@
+"""Streaming, mergeable group statistics of volumes (inputs, Grad-CAMs, feature maps).
+
+The state is a flat ``dict[str, Tensor]`` of float64 sums: per *cell* (true class k, predicted
+positive or not) a count, a sum and a sum of squares of every quantity. Sums merge exactly
+(``merge``, or ``torch.distributed.all_reduce(..., SUM)`` on each tensor, in sorted key order),
+and every reported group is a union of cells: a true class is its two cells, TP/FN are the
+positive class's cells, FP/TN pool the predicted-positive/negative cells of the other classes.
+Memory is independent of the number of subjects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+OUTCOMES = ("TP", "TN", "FP", "FN")
+COUNT_KEY = "count"
+
+
+@dataclass
+class GroupMaps:
+    """Voxel-wise statistics of one quantity; groups with no subjects are absent from ``mean``."""
+
+    count: dict[str, int]  # group -> subjects
+    mean: dict[str, np.ndarray]  # group -> mean map (float32)
+    diff: np.ndarray  # mean(positive class) - mean(other classes)
+    t: np.ndarray  # Welch t of that difference; 0 where both groups are constant, NaN if a group has < 2
+
+
+class GroupStats:
+    """Count, sum and sum of squares of named quantities per (true class, predicted positive) cell."""
+
+    def __init__(self, class_names: list[str], positive_index: int, device: torch.device | str = "cpu"):
+        self.class_names = list(class_names)
+        self.positive_index = positive_index
+        self.device = torch.device(device)
+        self.state: dict[str, torch.Tensor] = {
+            COUNT_KEY: torch.zeros(2 * len(self.class_names), dtype=torch.float64, device=self.device)
+        }
+
+    @property
+    def quantities(self) -> list[str]:
+        return sorted({key.rsplit("|", 1)[0] for key in self.state if key != COUNT_KEY})
+
+    def cell(self, label: int, predicted_positive: bool) -> int:
+        return 2 * int(label) + int(bool(predicted_positive))
+
+    def update(self, cells: list[int], **values: torch.Tensor) -> None:
+        """Add one batch: ``cells[i]`` is subject i's cell, each value is [B, *shape] on the state's device.
+
+        Sums run per subject in float64 (exact squares of float32 values), so a temporary never
+        exceeds one subject's volume.
+        """
+        for name, batch in values.items():
+            if f"{name}|sum" not in self.state:
+                zeros = torch.zeros((len(self.state[COUNT_KEY]), *batch.shape[1:]), dtype=torch.float64, device=self.device)
+                self.state[f"{name}|sum"], self.state[f"{name}|sumsq"] = zeros, zeros.clone()
+            total, total_sq = self.state[f"{name}|sum"], self.state[f"{name}|sumsq"]
+            for cell, value in zip(cells, batch):
+                value = value.to(torch.float64)
+                total[cell].add_(value)
+                total_sq[cell].addcmul_(value, value)
+        for cell in cells:
+            self.state[COUNT_KEY][cell] += 1
+
+    def merge(self, other: GroupStats) -> GroupStats:
+        """Add another shard's state into this one (same classes); returns self."""
+        if other.class_names != self.class_names or other.positive_index != self.positive_index:
+            raise ValueError("cannot merge statistics of different class layouts")
+        for key, value in other.state.items():
+            if key in self.state:
+                self.state[key] += value.to(self.device)
+            else:
+                self.state[key] = value.to(self.device, copy=True)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(sorted(self.state.items()))
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], class_names: list[str], positive_index: int) -> GroupStats:
+        stats = cls(class_names, positive_index, device=state[COUNT_KEY].device)
+        stats.state = {key: value.clone() for key, value in state.items()}
+        return stats
+
+    def groups(self) -> dict[str, list[int]]:
+        """Every reported group as its list of cells."""
+        negatives = [k for k in range(len(self.class_names)) if k != self.positive_index]
+        groups = {name: [self.cell(k, False), self.cell(k, True)] for k, name in enumerate(self.class_names)}
+        groups["TP"] = [self.cell(self.positive_index, True)]
+        groups["FN"] = [self.cell(self.positive_index, False)]
+        groups["FP"] = [self.cell(k, True) for k in negatives]
+        groups["TN"] = [self.cell(k, False) for k in negatives]
+        return groups
+
+    def _moments(self, name: str, cells: list[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
+        n = int(self.state[COUNT_KEY][cells].sum())
+        return n, self.state[f"{name}|sum"][cells].sum(0), self.state[f"{name}|sumsq"][cells].sum(0)
+
+    def compute(self, name: str) -> GroupMaps:
+        groups = self.groups()
+        count, mean = {}, {}
+        for group, cells in groups.items():
+            n, total, _ = self._moments(name, cells)
+            count[group] = n
+            if n:
+                mean[group] = (total / n).float().cpu().numpy()
+        positive = self.class_names[self.positive_index]
+        negatives = [cell for group in self.class_names if group != positive for cell in groups[group]]
+        diff, t = welch(self._moments(name, groups[positive]), self._moments(name, negatives))
+        return GroupMaps(count=count, mean=mean, diff=diff.float().cpu().numpy(), t=t.float().cpu().numpy())
+
+
+def welch(a: tuple[int, torch.Tensor, torch.Tensor], b: tuple[int, torch.Tensor, torch.Tensor]):
+    """Mean difference and Welch t of group a minus group b, each given as (n, sum, sum of squares)."""
+    (n_a, sum_a, sq_a), (n_b, sum_b, sq_b) = a, b
+    if min(n_a, n_b) == 0:
+        nan = torch.full_like(sum_a, float("nan"))
+        return nan, nan
+    mean_a, mean_b = sum_a / n_a, sum_b / n_b
+    diff = mean_a - mean_b
+    if min(n_a, n_b) < 2:
+        return diff, torch.full_like(diff, float("nan"))
+    var_a = ((sq_a - sum_a * mean_a) / (n_a - 1)).clamp_min(0)
+    var_b = ((sq_b - sum_b * mean_b) / (n_b - 1)).clamp_min(0)
+    se = torch.sqrt(var_a / n_a + var_b / n_b)
+    return diff, torch.where(se > 0, diff / torch.where(se > 0, se, 1.0), 0.0)
+
+
+def rank_channels(stats: GroupStats, layer: str) -> dict[str, np.ndarray]:
+    """Channels of a feature layer, most AD/CN-separating first.
+
+    Ranked by the mean |voxel-wise Welch t| over the channel's map (spatial differences count),
+    with the Welch t of the per-subject channel mean (global up/down-regulation) alongside.
+    """
+    maps = stats.compute(f"features/{layer}")
+    channel_means = stats.compute(f"channel_means/{layer}")
+    mean_abs_t = np.abs(maps.t.reshape(maps.t.shape[0], -1)).mean(axis=1)
+    order = np.argsort(-np.nan_to_num(mean_abs_t, nan=-1.0), kind="stable")
+    return {
+        "channel": order,
+        "mean_abs_t": mean_abs_t[order],
+        "channel_mean_t": channel_means.t[order],
+        "channel_mean_diff": channel_means.diff[order],
+    }

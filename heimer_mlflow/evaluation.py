@@ -1,0 +1,301 @@
+"""``evaluate()``: the one function every interface calls (CLI, MLproject, MLflow evaluator).
+
+model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics ->
+figures -> tracking (run, artifacts, model-version tags). Compute and drawing stay apart: the
+engine and metrics return numbers, figures draw them, tracking logs what both produced.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from .cohort import Cohort, CohortDataset, make_loader, read_cohort, validate
+from .engine import run_engine
+from .engine.run import EngineResult
+from .errors import HeimerError
+from .metrics import ClassificationReport, compute_metrics
+from .registry import LoadedModel, load
+
+SAVE_CAMS = ("gallery", "all", "none")
+# Plausibility thresholds behind the verdict (DESIGN: "pass" / "review" with the reason).
+MAX_OUTSIDE_BRAIN_FRACTION = 0.10  # mean share of positive Grad-CAM outside the brain
+MAX_SANITY_SPEARMAN = 0.5  # maps of a randomised model should not look like the trained one's
+
+
+@dataclass
+class EvaluationOptions:
+    target_layer: str | None = None
+    batch_size: int = 4
+    device: str = "auto"
+    threshold: float = 0.5
+    atlas: str | None = None
+    atlas_labels: str | None = None
+    save_cams: str = "gallery"
+    skip_bad: bool = False
+    experiment: str = "heimer-evaluations"
+    feature_layers: tuple[str, ...] = ()
+    gallery_k: int = 4
+    sanity_subjects: int = 8
+    n_bootstrap: int = 2000
+    workers: int | None = None
+    amp: str | None = None
+    history_metrics: dict[str, str] = field(default_factory=dict)  # train_loss=... -> source-run key
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> EvaluationOptions:
+        if self.save_cams not in SAVE_CAMS:
+            raise HeimerError(f"save_cams={self.save_cams!r}: use one of {', '.join(SAVE_CAMS)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise HeimerError(f"threshold={self.threshold}: give a probability strictly between 0 and 1")
+        if self.batch_size < 1:
+            raise HeimerError(f"batch_size={self.batch_size}: give a positive integer")
+        if (self.atlas is None) != (self.atlas_labels is None):
+            raise HeimerError("an atlas needs both --atlas NIFTI and --atlas-labels CSV (columns index,name)")
+        unknown = set(self.history_metrics) - set(HISTORY_NAMES)
+        if unknown:
+            raise HeimerError(
+                f"history metric {sorted(unknown)[0]!r} is not one of {', '.join(HISTORY_NAMES)}"
+            )
+        return self
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation produced; ``run_id`` is the MLflow run it was logged to."""
+
+    model: LoadedModel
+    cohort: Cohort
+    engine: EngineResult
+    metrics: ClassificationReport
+    history: dict[str, list[tuple[int, float]]]
+    verdict: str
+    verdict_reason: str
+    options: EvaluationOptions
+    grid_affine: np.ndarray
+    run_id: str | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        """Cohort-level plausibility numbers, logged as run metrics."""
+        subjects = self.engine.subjects
+        out = {}
+        if len(subjects.get("cam_outside_brain_fraction", [])):
+            out["cam_outside_brain_fraction"] = float(np.nanmean(subjects["cam_outside_brain_fraction"]))
+        for region in self.engine.region_names:
+            values = subjects[f"cam_roi_gain_{region}"]
+            if np.isfinite(values).any():
+                out[f"cam_roi_gain_{region}"] = float(np.nanmean(values))
+        if self.engine.sanity is not None and np.isfinite(self.engine.sanity.mean):
+            out["sanity_spearman_mean"] = float(self.engine.sanity.mean)
+        return out
+
+
+# --------------------------------------------------------------------------- training history
+
+HISTORY_NAMES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+# Names training scripts commonly use, per curve; the first one the source run has wins.
+HISTORY_ALIASES = {
+    "train_loss": ("train_loss", "loss", "training_loss", "train/loss", "trn_loss"),
+    "val_loss": ("val_loss", "validation_loss", "valid_loss", "val/loss", "eval_loss", "test_loss"),
+    "train_accuracy": ("train_accuracy", "train_acc", "accuracy", "acc", "training_accuracy", "train/acc", "train/accuracy"),
+    "val_accuracy": ("val_accuracy", "val_acc", "validation_accuracy", "valid_acc", "val/acc", "val/accuracy", "eval_accuracy", "test_accuracy"),
+}
+
+
+def training_history(run_id: str | None, mapping: dict[str, str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Train/validation loss and accuracy per step from the model's source run; curves the run
+    does not have are absent (the figure then says so)."""
+    import mlflow
+
+    if not run_id:
+        return {}
+    client = mlflow.MlflowClient()
+    try:
+        logged = client.get_run(run_id).data.metrics
+    except Exception:  # the source run may be gone or on another server: no curves, not a failure
+        return {}
+    history = {}
+    for curve in HISTORY_NAMES:
+        candidates = (mapping or {}).get(curve)
+        keys = (candidates,) if candidates else HISTORY_ALIASES[curve]
+        key = next((k for k in keys if k in logged), None)
+        if key is not None:
+            points = client.get_metric_history(run_id, key)
+            history[curve] = sorted((int(m.step), float(m.value)) for m in points)
+    return history
+
+
+# --------------------------------------------------------------------------- atlas
+
+
+def load_atlas(atlas: str, labels_csv: str, grid_shape, grid_affine) -> tuple[np.ndarray, dict[int, str]]:
+    """An integer label image on the model's input grid and its label table (index,name)."""
+    try:
+        img = nib.load(atlas)
+        labels = np.asarray(img.dataobj)
+    except Exception as e:
+        raise HeimerError(f"atlas {atlas} cannot be read as NIfTI ({type(e).__name__}); give a label NIfTI") from None
+    if labels.shape != tuple(grid_shape):
+        raise HeimerError(
+            f"atlas {atlas} has shape {labels.shape}, the cohort grid is {tuple(grid_shape)}; "
+            "resample the atlas to the input grid (nearest neighbour)"
+        )
+    if not np.allclose(img.affine, grid_affine, atol=1e-3):
+        raise HeimerError(f"atlas {atlas} has another affine than the cohort images; resample it to their grid")
+    try:
+        table = pd.read_csv(labels_csv)
+    except Exception as e:
+        raise HeimerError(f"atlas label table {labels_csv} is not a readable CSV ({type(e).__name__})") from None
+    if not {"index", "name"} <= set(table.columns):
+        raise HeimerError(f"atlas label table {labels_csv} needs the columns index,name (has {', '.join(table.columns)})")
+    names = {int(i): str(n) for i, n in zip(table["index"], table["name"]) if int(i) != 0}
+    present = set(np.unique(labels).astype(int)) - {0}
+    if not present & set(names):
+        raise HeimerError(f"none of the labels in {labels_csv} occur in {atlas}")
+    return np.rint(labels).astype(np.int64), names
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> tuple[str, str]:
+    """``pass`` or ``review``, with the reason, from the plausibility checks."""
+    reasons = []
+    outside = summary.get("cam_outside_brain_fraction")
+    if outside is None:
+        reasons.append("no subject could be explained")
+    elif outside > MAX_OUTSIDE_BRAIN_FRACTION:
+        reasons.append(
+            f"{outside:.0%} of the Grad-CAM lies outside the brain (limit {MAX_OUTSIDE_BRAIN_FRACTION:.0%}): "
+            "the model may use a shortcut"
+        )
+    gains = {r: summary[f"cam_roi_gain_{r}"] for r in region_names if f"cam_roi_gain_{r}" in summary}
+    if gains and max(gains.values()) <= 1.0:
+        reasons.append("no atlas region draws more Grad-CAM than its volume share (every gain <= 1)")
+    sanity = summary.get("sanity_spearman_mean")
+    if sanity is not None and sanity > MAX_SANITY_SPEARMAN:
+        reasons.append(
+            f"maps of a randomised-weights model correlate with the trained model's (Spearman {sanity:.2f} > "
+            f"{MAX_SANITY_SPEARMAN}): the maps may not reflect what the model learned"
+        )
+    if reasons:
+        return "review", "; ".join(reasons)
+    best = max(gains, key=gains.get) if gains else None
+    where = f"; most attention in {best} (gain {gains[best]:.1f})" if best else ""
+    return "pass", f"{outside:.0%} of the Grad-CAM lies outside the brain{where}"
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> Evaluation:
+    """Evaluate a registered model version on a cohort and log everything to MLflow.
+
+    ``data``: a CSV manifest, a folder (``ROOT/<class>/*.nii.gz`` or one holding
+    ``manifest.csv``) or a DataFrame with ``path`` and ``label`` columns. ``options`` are the
+    fields of :class:`EvaluationOptions`. The results go to ``run_id`` when given, else to the
+    active run (the one ``mlflow run`` started), else to a new run in ``experiment``. Returns
+    the :class:`Evaluation` (numbers, arrays, the run id).
+    """
+    from . import tracking
+
+    opts = EvaluationOptions(**options).check()
+    tracking.check_reachable()
+    started = time.perf_counter()
+    loaded = load(model_uri, target_layer=opts.target_layer)
+    return evaluate_loaded(loaded, data, opts, run_id=run_id, started=started)
+
+
+def evaluate_loaded(loaded: LoadedModel, data, opts: EvaluationOptions, *, run_id: str | None = None,
+                    started: float | None = None) -> Evaluation:
+    """``evaluate`` for a model already in memory (the MLflow evaluator plug-in's entry)."""
+    from . import tracking
+
+    started = time.perf_counter() if started is None else started
+    say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress else (lambda msg: None)
+    meta = loaded.meta
+    cohort = validate(read_cohort(data, meta.class_names, skip_bad=opts.skip_bad), meta, skip_bad=opts.skip_bad)
+    first = nib.load(cohort.table["path"].iloc[0])
+    grid_shape, grid_affine = first.shape[:3], first.affine.astype(np.float64)
+    if meta.input_shape is None:  # no metadata and no signature: the cohort's grid is the input
+        meta.input_shape = [1, *map(int, grid_shape)]
+    atlas = load_atlas(opts.atlas, opts.atlas_labels, grid_shape, grid_affine) if opts.atlas else None
+    say(f"evaluating {loaded.name or loaded.uri} v{loaded.version or '-'} on {len(cohort)} subjects from {cohort.source}")
+    with tempfile.TemporaryDirectory(prefix="heimer-eval-") as staging:
+        return _evaluate_cohort(loaded, cohort, atlas, grid_affine, opts, Path(staging), run_id, started, say)
+
+
+def _evaluate_cohort(loaded, cohort, atlas, grid_affine, opts, staging: Path, run_id, started, say) -> Evaluation:
+    from . import tracking
+
+    meta = loaded.meta
+    t0 = time.perf_counter()
+    cam_dir = staging / "volumes" / "subjects" if opts.save_cams == "all" else None
+    engine = run_engine(
+        loaded.module,
+        make_loader(CohortDataset(cohort, meta), batch_size=opts.batch_size, workers=opts.workers, device=opts.device),
+        meta,
+        device=opts.device,
+        feature_layers=tuple(opts.feature_layers),
+        atlas=atlas,
+        gallery_k=opts.gallery_k if opts.save_cams != "none" else 0,
+        sanity_subjects=opts.sanity_subjects,
+        save_cams=tracking.cam_writer(cam_dir) if cam_dir else None,
+        amp=opts.amp,
+        threshold=opts.threshold,
+        progress=opts.progress,
+        seed=opts.seed,
+    )
+    engine_s = time.perf_counter() - t0
+    cohort = _exclude_unreadable(cohort, engine, opts.skip_bad)
+    if len(engine.subjects.get("prob", [])) == 0:
+        raise HeimerError(f"no subject of {cohort.source} could be evaluated")
+    rows = engine.subjects["index"].astype(int)
+    y_true = (engine.subjects["label"].astype(int) == meta.positive_index).astype(int)
+    covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True) if cohort.covariates else None
+    t0 = time.perf_counter()
+    report = compute_metrics(y_true, engine.subjects["prob"].astype(float), threshold=opts.threshold,
+                             covariates=covariates, n_bootstrap=opts.n_bootstrap, seed=opts.seed,
+                             class_names=_negative_positive(meta))
+    metrics_s = time.perf_counter() - t0
+    history = training_history(loaded.source_run_id, opts.history_metrics)
+    result = Evaluation(
+        model=loaded, cohort=cohort, engine=engine, metrics=report, history=history,
+        verdict="", verdict_reason="", options=opts, grid_affine=grid_affine,
+    )
+    result.verdict, result.verdict_reason = plausibility_verdict(result.summary, engine.region_names)
+    result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
+    tracking.log_evaluation(result, staging, run_id=run_id, say=say)
+    result.timings["total_s"] = time.perf_counter() - started
+    say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
+    return result
+
+
+def _negative_positive(meta) -> tuple[str, str]:
+    negative = next(c for c in meta.class_names if c != meta.positive_class)
+    return negative, meta.positive_class
+
+
+def _exclude_unreadable(cohort: Cohort, engine: EngineResult, skip_bad: bool) -> Cohort:
+    """Subjects whose voxels turned out unusable: stop with all of them, or record them."""
+    if not engine.excluded:
+        return cohort
+    problems = [(e["subject_id"], cohort.table["path"].iloc[int(e["index"])], e["reason"]) for e in engine.excluded]
+    if not skip_bad:
+        from .cohort import CohortProblems
+
+        raise CohortProblems(problems, cohort.source)
+    extra = pd.DataFrame(problems, columns=["subject_id", "path", "reason"])
+    cohort.excluded = pd.concat([cohort.excluded, extra], ignore_index=True)
+    return cohort

@@ -1,0 +1,963 @@
+"""Every figure of an evaluation, drawn from numbers computed elsewhere (scikit-learn Display style).
+
+Each ``plot_<name>(...)`` takes plain numbers and arrays (and, where convenient, the
+``ClassificationReport`` / ``EngineResult`` parts that hold them) plus an optional matplotlib
+``Axes`` (``ax=``) or ``Figure`` (``fig=``) to draw into, and returns that Axes or Figure. Nothing
+here computes a metric or a map, and nothing talks to MLflow. ``render_all`` draws every figure
+that the available inputs allow and saves each as ``OUT_DIR/<name>.png``.
+
+Conventions:
+
+- No pyplot: figures are ``matplotlib.figure.Figure`` objects rendered by Agg, so no global
+  figure state leaks and nothing needs closing.
+- PNG bytes are deterministic (``save_figure`` drops the software/date metadata).
+- Colours: AD (positive class) vermillion-red, CN (negative class) blue, from the Okabe-Ito
+  colour-blind-safe palette; heat maps use perceptually uniform maps (``inferno``); differences use
+  ``RdBu_r`` (red = higher in AD, blue = higher in CN) on a scale symmetric about zero.
+- Brain views are reoriented to RAS with the NIfTI affine (``reorient_to_ras``), whatever the
+  stored voxel order, and shown in the *neurological* convention: the subject's left is on the
+  image's left (marked L and R). Axes and slice positions are world coordinates in mm.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+AD_COLOR = "#D55E00"  # Okabe-Ito vermillion: the positive class (AD)
+CN_COLOR = "#0072B2"  # Okabe-Ito blue: the negative class (CN)
+TRAIN_COLOR = "#000000"
+VAL_COLOR = "#E69F00"  # Okabe-Ito orange
+NEUTRAL_COLOR = "#7F7F7F"
+MODEL_COLOR = "#009E73"  # Okabe-Ito bluish green
+HEAT_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
+DPI = 100
+CONVENTION = "Neurological convention: subject's left on the image left (L/R marked); coordinates in mm (world space)"
+OUTCOME_TITLES = {
+    "TP": "true positives (AD called AD)", "TN": "true negatives (CN called CN)",
+    "FP": "false positives (CN called AD)", "FN": "false negatives (AD called CN)",
+}  # fmt: skip
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path, dpi: int = DPI) -> pathlib.Path:
+    """Write ``fig`` as a PNG with byte-identical output for identical figures."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi, metadata={"Software": None})
+    return path
+
+
+def _figure(figsize, layout: str | None = "constrained") -> Figure:
+    return Figure(figsize=figsize, dpi=DPI, layout=layout)
+
+
+def _axes(ax, figsize=(5.0, 4.0)):
+    """The Axes to draw into: ``ax`` itself, or the single Axes of a new Figure."""
+    if ax is not None:
+        return ax
+    return _figure(figsize).add_subplot()
+
+
+def _message(ax, text: str, title: str | None = None):
+    """An Axes that says, in words, why there is nothing to draw."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Training curves
+# --------------------------------------------------------------------------------------------
+
+
+def _series(values) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(x, y, stepped) from per-epoch numbers, (step, value) pairs or MLflow ``Metric`` objects."""
+    xs, ys, stepped = [], [], False
+    for i, item in enumerate(values or []):
+        if hasattr(item, "value") and hasattr(item, "step"):
+            x, y, stepped = item.step, item.value, True
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            (x, y), stepped = item, True
+        else:
+            x, y = i + 1, item
+        if y is not None and math.isfinite(float(y)):
+            xs.append(float(x))
+            ys.append(float(y))
+    return np.asarray(xs), np.asarray(ys), stepped
+
+
+def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) -> Figure:
+    """Loss and accuracy per epoch, training (solid) vs validation (dashed).
+
+    ``history`` maps metric names (``train_loss``, ``val_loss``, ``train_accuracy``,
+    ``val_accuracy``; any name containing ``loss`` or ``acc``) to per-epoch values or
+    ``(step, value)`` pairs. With no usable history the figure says so in words.
+    """
+    fig = fig if fig is not None else _figure((9.0, 3.6))
+    panels = {"loss": {}, "accuracy": {}}
+    stepped = False
+    for name, values in sorted((history or {}).items()):
+        kind = "loss" if "loss" in name.lower() else "accuracy" if "acc" in name.lower() else None
+        if kind is None:
+            continue
+        x, y, by_step = _series(values)
+        if len(y):
+            panels[kind][name] = (x, y)
+            stepped |= by_step
+    if not any(panels.values()):
+        _message(fig.add_subplot(), "No training history available:\nthe model's source run logged no "
+                 "training or validation loss/accuracy.", title="Training curves")  # fmt: skip
+        return fig
+    axes = fig.subplots(1, 2)
+    for ax, (kind, curves) in zip(axes, panels.items()):
+        if not curves:
+            _message(ax, f"no {kind} history logged", title=kind.capitalize())
+            continue
+        for name, (x, y) in curves.items():
+            validation = name.lower().startswith(("val", "valid")) or "val" in name.lower().split("_")
+            ax.plot(x, y, color=VAL_COLOR if validation else TRAIN_COLOR, linestyle="--" if validation else "-",
+                    marker="o" if len(x) <= 30 else None, markersize=3,
+                    label=("validation" if validation else "training") if name.lower().startswith(("train", "val"))
+                    else name)  # fmt: skip
+        ax.set_xlabel("epoch (logged step)" if stepped else "epoch")
+        ax.set_ylabel("cross-entropy loss" if kind == "loss" else "accuracy (share correct)")
+        if kind == "accuracy":
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{kind.capitalize()}: training vs validation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 2-6. Performance
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_ci(value, lower, upper, digits=2) -> str:
+    text = f"{value:.{digits}f}"
+    if lower is not None and upper is not None:
+        text += f" (95% CI {lower:.{digits}f}-{upper:.{digits}f})"
+    return text
+
+
+def plot_roc(
+    fpr=None, tpr=None, *, auc: float | None = None, auc_lower: float | None = None,
+    auc_upper: float | None = None, reason: str | None = None, operating_point: tuple[float, float] | None = None,
+    threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
+):  # fmt: skip
+    """ROC curve with the AUC and its 95% CI in the legend, and the chance diagonal.
+
+    ``fpr``/``tpr``: the curve's points (None when not computable, then ``reason`` is shown).
+    ``operating_point``: (1 - specificity, sensitivity) at the threshold, marked on the curve.
+    """
+    ax = _axes(ax, (4.6, 4.4))
+    negative, positive = class_names
+    if fpr is None or tpr is None or len(fpr) == 0:
+        return _message(ax, f"ROC curve not computable:\n{reason or 'no curve given'}", title="ROC curve")
+    label = "model" if auc is None else f"model, AUC {_fmt_ci(auc, auc_lower, auc_upper)}"
+    ax.plot(fpr, tpr, color=AD_COLOR, linewidth=2, drawstyle="default", label=label)
+    ax.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label="chance (AUC 0.50)")
+    if operating_point is not None:
+        at = "" if threshold is None else f" {threshold:g}"
+        ax.plot(*operating_point, "o", color="black", markersize=6, label=f"threshold{at}")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"1 - specificity (share of {negative} called {positive})")
+    ax.set_ylabel(f"sensitivity (share of {positive} called {positive})")
+    ax.set_title("ROC curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+def plot_score_histogram(
+    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = ("CN", "AD"), bins: int = 20, ax=None
+):
+    """Distribution of the model's AD probability per true class (AD red, CN blue), threshold line.
+
+    ``y_true`` is 1 for the positive class (``class_names[1]``), 0 for the negative.
+    """
+    ax = _axes(ax, (5.2, 3.8))
+    negative, positive = class_names
+    y_true, y_score = np.asarray(y_true).astype(int), np.asarray(y_score, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for value, name, color, hatch in ((0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")):
+        scores = y_score[y_true == value]
+        ax.hist(scores, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color, linewidth=1,
+                label=f"true {name} (n={len(scores)})")  # fmt: skip
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"model score: probability of {positive}")
+    ax.set_ylabel("subjects")
+    ax.set_title(f"Scores by true class (called {positive} at >= {threshold:g})")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = ("CN", "AD"),
+                          threshold: float | None = None, ax=None):  # fmt: skip
+    """Counts and row percentages (share of each true class), true class down, prediction across."""
+    ax = _axes(ax, (4.4, 3.8))
+    negative, positive = class_names
+    counts = np.array([[tn, fp], [fn, tp]], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        percent = f"{100 * share[i, j]:.0f}%" if totals[i, 0] > 0 else "-"
+        ax.text(j, i, f"{int(n)}\n{percent}", ha="center", va="center", fontsize=12,
+                color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks([0, 1], [negative, positive])
+    ax.set_yticks([0, 1], [f"{negative}\n(n={int(totals[0, 0])})", f"{positive}\n(n={int(totals[1, 0])})"])
+    ax.set_xlabel("model's call")
+    ax.set_ylabel("true class")
+    at = "" if threshold is None else f" at threshold {threshold:g}"
+    ax.set_title(f"Confusion matrix{at}\n(count, % of true class)", fontsize=10)
+    return ax
+
+
+def plot_calibration(
+    mean_predicted, observed_fraction, count, *, brier: float | None = None, ece: float | None = None,
+    class_names: Sequence[str] = ("CN", "AD"), fig: Figure | None = None,
+) -> Figure:  # fmt: skip
+    """Reliability curve (observed AD share against mean score per bin) with the diagonal of
+    perfect calibration, Brier score and ECE in the legend, and subjects per bin below."""
+    fig = fig if fig is not None else _figure((4.6, 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    positive = class_names[1]
+    mean_predicted, observed, count = (np.asarray(a, dtype=float) for a in (mean_predicted, observed_fraction, count))
+    top.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label="perfect calibration")
+    parts = [f"Brier {brier:.3f}" if brier is not None else None, f"ECE {ece:.3f}" if ece is not None else None]
+    label = "model" + (f" ({', '.join(p for p in parts if p)})" if any(parts) else "")
+    top.plot(mean_predicted, observed, "o-", color=AD_COLOR, label=label)
+    for x, y, n in zip(mean_predicted, observed, count):
+        top.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    top.set_xlim(0, 1)
+    top.set_ylim(-0.02, 1.02)
+    top.set_ylabel(f"observed share of {positive}")
+    top.set_title("Calibration (reliability curve)")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    if len(mean_predicted):
+        bottom.bar(mean_predicted, count, width=0.06, color=NEUTRAL_COLOR)
+    bottom.set_xlabel(f"mean model score in bin (probability of {positive})")
+    bottom.set_ylabel("subjects")
+    return fig
+
+
+def plot_decision_curve(thresholds, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none=None, *,
+                        threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None):  # fmt: skip
+    """Net benefit of acting on the model's call against treating everyone or nobody as AD."""
+    ax = _axes(ax, (5.2, 3.8))
+    positive = class_names[1]
+    pt = np.asarray(thresholds, dtype=float)
+    model, every = np.asarray(net_benefit_model, dtype=float), np.asarray(net_benefit_treat_all, dtype=float)
+    none = np.zeros_like(pt) if net_benefit_treat_none is None else np.asarray(net_benefit_treat_none, dtype=float)
+    ax.plot(pt, model, color=MODEL_COLOR, linewidth=2, label="model")
+    ax.plot(pt, every, color=AD_COLOR, linestyle="--", label=f"treat all as {positive}")
+    ax.plot(pt, none, color=NEUTRAL_COLOR, linestyle=":", label="treat none")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linewidth=0.8, alpha=0.6, label=f"threshold {threshold:g}")
+    top = max(float(np.max(model, initial=0)), float(np.max(every, initial=0)), 0.05)
+    ax.set_ylim(-0.1 * top - 0.02, 1.1 * top)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("threshold probability (risk at which one would act)")
+    ax.set_ylabel("net benefit (true positives per subject)")
+    ax.set_title("Decision curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_performance_from_report(report, y_true=None, y_score=None) -> dict[str, Figure]:
+    """The ROC, confusion, calibration, decision (and, given scores, histogram) figures of a
+    ``metrics.ClassificationReport``."""
+    overall, curves, names = report.overall, report.curves, tuple(report.class_names)
+    auc = overall.estimates.get("roc_auc")
+    sens, spec = overall.estimates.get("sensitivity"), overall.estimates.get("specificity")
+    point = None
+    if sens is not None and spec is not None and sens.computable and spec.computable:
+        point = (1 - spec.value, sens.value)
+    roc = curves.roc
+    figures = {
+        "roc": plot_roc(
+            None if roc is None else roc.fpr, None if roc is None else roc.tpr,
+            auc=auc.value if auc else None, auc_lower=auc.lower if auc else None,
+            auc_upper=auc.upper if auc else None, reason=auc.reason if auc else None,
+            operating_point=point, threshold=report.threshold, class_names=names,
+        ).figure,
+        "confusion_matrix": plot_confusion_matrix(
+            **overall.confusion.to_dict(), class_names=names, threshold=report.threshold).figure,
+    }  # fmt: skip
+    if y_true is not None and y_score is not None:
+        figures["score_histogram"] = plot_score_histogram(
+            y_true, y_score, threshold=report.threshold, class_names=names).figure  # fmt: skip
+    rel, est = curves.reliability, overall.estimates
+    brier, ece = est.get("brier_score"), est.get("expected_calibration_error")
+    figures["calibration"] = plot_calibration(
+        rel.mean_predicted, rel.observed_fraction, rel.count, brier=brier.value if brier else None,
+        ece=ece.value if ece else None, class_names=names)  # fmt: skip
+    dec = curves.decision
+    figures["decision_curve"] = plot_decision_curve(
+        dec.thresholds, dec.net_benefit_model, dec.net_benefit_treat_all, dec.net_benefit_treat_none,
+        threshold=report.threshold, class_names=names).figure  # fmt: skip
+    return figures
+
+
+# --------------------------------------------------------------------------------------------
+# Orientation: reorient to RAS, cut three orthogonal slices
+# --------------------------------------------------------------------------------------------
+
+
+def reorient_to_ras(volume: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:
+    """``volume`` (first three axes spatial, extra trailing axes kept) and its affine, with voxel
+    axes permuted and flipped so that they run Left->Right, Posterior->Anterior, Inferior->Superior
+    (the closest canonical orientation of an oblique affine, as ``nibabel.as_closest_canonical``)."""
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    volume = np.asarray(volume)
+    ornt = io_orientation(affine)
+    return apply_orientation(volume, ornt), affine @ inv_ornt_aff(ornt, volume.shape[:3])
+
+
+@dataclass(frozen=True)
+class SliceView:
+    """One orthogonal view, ready for ``imshow(plane, origin="lower", extent=extent)``.
+
+    ``planes`` hold one 2D array per volume given (rows = the view's vertical axis);
+    ``extent`` is (left, right, bottom, top) in mm; ``position_mm`` is the slice's world
+    coordinate along its normal (``axis``: x, y or z); ``sides`` are the anatomical directions at
+    (left, right, bottom, top) of the image.
+    """
+
+    name: str
+    planes: tuple[np.ndarray, ...]
+    extent: tuple[float, float, float, float]
+    axis: str
+    position_mm: float
+    xlabel: str
+    ylabel: str
+    sides: tuple[str, str, str, str]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} {self.axis} = {self.position_mm:.0f} mm"
+
+
+# For each view: (normal axis, horizontal axis, vertical axis), RAS axes 0=x, 1=y, 2=z.
+_VIEW_AXES = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}
+_AXIS_NAMES = ("x", "y", "z")
+_AXIS_SIDES = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, peak_of: int | None = 0,
+                 absolute_peak: bool = False) -> dict[str, SliceView]:  # fmt: skip
+    """Axial, coronal and sagittal slices of 3D ``volumes`` (same grid, one affine), reoriented to RAS.
+
+    The slices cross at ``center_mm`` (world coordinates), else at ``center_voxel`` (an index in
+    the *stored* voxel order), else at the maximum (``absolute_peak``: of the absolute value) of
+    ``volumes[peak_of]``, else at the volume's centre. Identical anatomy stored in any voxel order
+    (with its matching affine) gives identical planes and extents.
+    """
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    single = isinstance(volumes, np.ndarray)
+    volumes = [volumes] if single else list(volumes)
+    shape = np.asarray(volumes[0]).shape[:3]
+    ras, ras_affine = [], None
+    for volume in volumes:
+        if np.asarray(volume).shape[:3] != shape:
+            raise ValueError(f"volumes must share one grid: {np.asarray(volume).shape[:3]} != {shape}")
+        data, ras_affine = reorient_to_ras(volume, affine)
+        ras.append(data)
+    ras_shape = ras[0].shape[:3]
+    if center_mm is not None:
+        ijk = np.linalg.solve(ras_affine, np.r_[np.asarray(center_mm, dtype=float), 1.0])[:3]
+    elif center_voxel is not None:
+        world = affine @ np.r_[np.asarray(center_voxel, dtype=float), 1.0]
+        ijk = np.linalg.solve(ras_affine, world)[:3]
+    elif peak_of is not None and np.any(np.isfinite(ras[peak_of])):
+        values = np.nan_to_num(np.asarray(ras[peak_of], dtype=np.float64), nan=-np.inf)
+        values = np.abs(values) if absolute_peak else values
+        ijk = np.unravel_index(int(np.argmax(values)), ras_shape)
+    else:
+        ijk = (np.asarray(ras_shape) - 1) / 2
+    ijk = np.clip(np.rint(np.asarray(ijk, dtype=float)).astype(int), 0, np.asarray(ras_shape) - 1)
+    world = ras_affine @ np.r_[ijk, 1.0]
+    step = np.abs(np.diag(ras_affine)[:3])
+    step = np.where(step > 0, step, 1.0)
+    # Voxel-centre coordinates of the first and last voxel along each axis, through the crossing point.
+    low = np.array([(ras_affine @ np.r_[np.where(np.arange(3) == a, 0, ijk), 1.0])[a] for a in range(3)])
+    high = np.array([(ras_affine @ np.r_[np.where(np.arange(3) == a, np.asarray(ras_shape) - 1, ijk), 1.0])[a]
+                     for a in range(3)])  # fmt: skip
+    views = {}
+    for name in VIEWS:
+        normal, horizontal, vertical = _VIEW_AXES[name]
+        index = [slice(None)] * 3
+        index[normal] = ijk[normal]
+        planes = []
+        for data in ras:
+            plane = data[tuple(index)]  # remaining axes in (horizontal, vertical) order, as x<y<z
+            planes.append(np.ascontiguousarray(np.swapaxes(plane, 0, 1)))  # rows = vertical axis
+        extent = (low[horizontal] - step[horizontal] / 2, high[horizontal] + step[horizontal] / 2,
+                  low[vertical] - step[vertical] / 2, high[vertical] + step[vertical] / 2)  # fmt: skip
+        h_sides, v_sides = _AXIS_SIDES[horizontal], _AXIS_SIDES[vertical]
+        views[name] = SliceView(
+            name=name, planes=tuple(planes), extent=tuple(float(e) for e in extent), axis=_AXIS_NAMES[normal],
+            position_mm=float(world[normal]),
+            xlabel=f"{_AXIS_NAMES[horizontal]} (mm, {h_sides[0]}->{h_sides[1]})",
+            ylabel=f"{_AXIS_NAMES[vertical]} (mm, {v_sides[0]}->{v_sides[1]})",
+            sides=(*h_sides, *v_sides),
+        )  # fmt: skip
+    return views
+
+
+def feature_affine(input_affine, input_shape, feature_shape) -> np.ndarray:
+    """The affine of a feature map covering the input's field of view on a coarser grid
+    (voxel centres aligned as by ``align_corners=False`` interpolation)."""
+    input_affine = np.eye(4) if input_affine is None else np.asarray(input_affine, dtype=np.float64)
+    scale = np.asarray(input_shape[-3:], dtype=float) / np.asarray(feature_shape[-3:], dtype=float)
+    grid = np.eye(4)
+    grid[:3, :3] = np.diag(scale)
+    grid[:3, 3] = (scale - 1) / 2
+    return input_affine @ grid
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing brain views
+# --------------------------------------------------------------------------------------------
+
+
+def _grey_range(volume: np.ndarray) -> tuple[float, float]:
+    """Robust grey-scale limits (1st-99.5th percentile of non-zero voxels, on every 2nd voxel)."""
+    sample = np.asarray(volume[::2, ::2, ::2], dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    nonzero = sample[sample != 0]
+    low, high = np.percentile(nonzero if nonzero.size else sample, [1.0, 99.5])
+    return float(low), float(high if high > low else low + 1)
+
+
+def _symmetric_limit(*arrays) -> float:
+    """max |value| over the arrays (1 when all are zero or NaN): the +- limit of a diverging scale."""
+    values = [np.nanmax(np.abs(a)) for a in arrays if a is not None and np.size(a) and np.any(np.isfinite(a))]
+    limit = float(max(values, default=0.0))
+    return limit if limit > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class Layer:
+    """How to draw one plane of a ``SliceView`` (index into ``planes``)."""
+
+    plane: int
+    cmap: str = "gray"
+    vmin: float | None = None
+    vmax: float | None = None
+    alpha: float = 1.0
+    hide_below: float | None = None  # values below this are transparent
+
+
+_VIEW_GAP_MM = 12.0
+
+
+_TOP_MARGIN_MM, _BOTTOM_MARGIN_MM = 17.0, 18.0
+
+
+def _content_size_mm(views: Mapping[str, SliceView]) -> tuple[float, float]:
+    """(width, height) in mm of three views drawn side by side by ``draw_views``."""
+    widths = [v.extent[1] - v.extent[0] for v in views.values()]
+    heights = [v.extent[3] - v.extent[2] for v in views.values()]
+    return sum(widths) + _VIEW_GAP_MM * (len(widths) - 1) + 2, max(heights) + _TOP_MARGIN_MM + _BOTTOM_MARGIN_MM
+
+
+def draw_views(ax, views: Mapping[str, SliceView], layers: Sequence[Layer], *, side_color: str = "white",
+               scale_bar: bool = True):  # fmt: skip
+    """Draw the three views side by side in one Axes (mm units, equal aspect, like nilearn), each
+    titled with its slice position and marked with its anatomical sides; returns the last image
+    (for a colour bar). One Axes per row keeps large figures fast to build and render."""
+    offset, image = 0.0, None
+    top = max(v.extent[3] - v.extent[2] for v in views.values())
+    text = dict(fontsize=8, fontweight="bold", color=side_color)
+    for view in views.values():
+        left, right, bottom, upper = view.extent
+        extent = (offset, offset + right - left, 0.0, upper - bottom)
+        for layer in layers:
+            plane = view.planes[layer.plane]
+            cmap = matplotlib.colormaps[layer.cmap]
+            if layer.hide_below is not None:
+                plane = np.ma.masked_less(plane, layer.hide_below)
+                cmap = cmap.with_extremes(bad=(0, 0, 0, 0))
+            image = ax.imshow(plane, cmap=cmap, vmin=layer.vmin, vmax=layer.vmax, alpha=layer.alpha, origin="lower",
+                              extent=extent, interpolation="nearest")  # fmt: skip
+        width, height = extent[1] - extent[0], extent[3]
+        ax.text(offset + width / 2, top + 2, view.title, ha="center", va="bottom", fontsize=8)
+        ax.text(offset + 2, height / 2, view.sides[0], ha="left", va="center", **text)
+        ax.text(offset + width - 2, height / 2, view.sides[1], ha="right", va="center", **text)
+        ax.text(offset + width / 2, height - 2, view.sides[3], ha="center", va="top", **text)
+        offset += width + _VIEW_GAP_MM
+    if scale_bar:
+        ax.plot([0, 50], [-6, -6], color="black", linewidth=2, solid_capstyle="butt")
+        ax.text(25, -8, "50 mm", ha="center", va="top", fontsize=7)
+    ax.set_xlim(-1, offset - _VIEW_GAP_MM + 1)
+    ax.set_ylim(-_BOTTOM_MARGIN_MM, top + _TOP_MARGIN_MM)
+    ax.set_aspect("equal")
+    ax.set_anchor("W")
+    ax.set_axis_off()
+    return image
+
+
+def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height=2.4, content=(600.0, 250.0),
+                 shared_bar=False, caption: str = CONVENTION):  # fmt: skip
+    """A figure with one brain Axes per row and a colour-bar Axes per row (or one for all rows),
+    sized so that ``content`` ((width, height) in mm per row, see ``_content_size_mm``) fills it.
+    A fixed layout (no constrained/tight layout solver): fast for tall galleries."""
+    head, foot, row_gap, bar_room, side = 0.5, 0.3, 0.35, 1.0, 0.1
+    image_width = row_height * content[0] / content[1]
+    width, height = image_width + bar_room + 2 * side, row_height * rows + row_gap * (rows - 1) + head + foot
+    fig = fig if fig is not None else _figure((width, height), layout=None)
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    grid = fig.add_gridspec(rows, 2, width_ratios=[image_width, 0.15], left=side / width,
+                            right=1 - (bar_room - 0.25) / width, top=1 - head / height, bottom=foot / height,
+                            wspace=0.25 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
+    axes = [fig.add_subplot(grid[r, 0]) for r in range(rows)]
+    bars = [fig.add_subplot(grid[:, 1])] * rows if shared_bar else [fig.add_subplot(grid[r, 1]) for r in range(rows)]
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / height, va="top")
+    if caption:
+        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=7.5, color="#333333")
+    return fig, axes, bars
+
+
+def _colorbar(fig, image, cax, label: str):
+    bar = fig.colorbar(image, cax=cax)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return bar
+
+
+def _row_label(ax, text: str) -> None:
+    ax.text(0.0, 1.0, text, transform=ax.transAxes, fontsize=9, fontweight="bold", va="bottom", ha="left")
+
+
+def _volume3d(array) -> np.ndarray:
+    """A 3D volume from [D, H, W] or [C, D, H, W] (first channel)."""
+    array = np.asarray(array)
+    return array[0] if array.ndim == 4 else array
+
+
+# --------------------------------------------------------------------------------------------
+# 7. Grad-CAM overlays
+# --------------------------------------------------------------------------------------------
+
+
+def plot_cam_overlay(image, cam, affine=None, *, title: str | None = None, center_mm=None, alpha: float = 0.5,
+                     show_below: float = 0.1, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """One subject's Grad-CAM over its MRI in axial, coronal and sagittal views, with a colour bar.
+
+    ``image``: [D, H, W] or [C, D, H, W] (first channel shown); ``cam``: [D, H, W] on the same grid;
+    ``affine``: their NIfTI affine. The CAM is shown as a share of its maximum; values below
+    ``show_below`` of it are left transparent. Slices cross at the CAM's peak unless ``center_mm``.
+    """
+    return plot_cam_gallery([(image, cam, affine, title or "Grad-CAM")], center_mm=center_mm, alpha=alpha,
+                            show_below=show_below, fig=fig)  # fmt: skip
+
+
+def plot_cam_gallery(cases, *, title: str | None = None, center_mm=None, alpha: float = 0.5,
+                     show_below: float = 0.1, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """One row of three orthogonal Grad-CAM overlays per case, slices through each case's CAM peak.
+
+    ``cases``: ``engine.GalleryCase`` objects (image, cam, affine, subject_id, prob, outcome) or
+    tuples ``(image, cam, affine, row_title)``.
+    """
+    rows = []
+    for case in cases:
+        if isinstance(case, tuple):
+            image, cam, affine, label = case
+        else:
+            image, cam, affine = case.image, case.cam, case.affine
+            label = f"{case.subject_id}: {case.outcome}, model's P(AD) = {case.prob:.2f}"
+        rows.append((_volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
+    row_views = []
+    for image, cam, affine, _ in rows:
+        peak = float(np.nanmax(cam)) if np.any(np.isfinite(cam)) else 0.0
+        shown = cam / peak if peak > 0 else np.zeros_like(cam)
+        row_views.append(ortho_slices([image, shown], affine, center_mm=center_mm, peak_of=1))
+    content = _content_size_mm(row_views[0]) if row_views else (600.0, 250.0)
+    fig, axes, bars = _grid_figure(max(len(rows), 1), fig, title=title, shared_bar=True, content=content)
+    if not rows:
+        bars[0].set_axis_off()
+        _message(axes[0], "no cases to show")
+        return fig
+    heat = None
+    for ax, views, (image, cam, affine, label) in zip(axes, row_views, rows):
+        low, high = _grey_range(image)
+        heat = draw_views(ax, views, [Layer(0, "gray", low, high),
+                                      Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)])  # fmt: skip
+        _row_label(ax, label)
+    bar = _colorbar(fig, heat, bars[0], f"Grad-CAM, share of the subject's maximum (< {show_below:g} not shown)")
+    bar.solids.set_alpha(1.0)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Group-mean Grad-CAM and its AD-CN difference
+# --------------------------------------------------------------------------------------------
+
+
+def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *, background=None,
+                   class_names: Sequence[str] = ("CN", "AD"), counts: Mapping[str, int] | None = None,
+                   center_mm=None, alpha: float = 0.6, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Group-mean Grad-CAM per class (over a grey ``background``, e.g. the mean input, if given) and
+    the AD - CN difference (RdBu_r, symmetric), three views each, slices through the positive
+    class's mean-CAM peak. Both means share one colour scale (raw Grad-CAM units)."""
+    negative, positive = class_names
+    present = [name for name in (negative, positive) if name in mean_by_class]
+    means = [np.asarray(mean_by_class[name], dtype=np.float32) for name in present]
+    diff = np.asarray(diff, dtype=np.float32)
+    high = max([float(np.nanmax(m)) for m in means if np.any(np.isfinite(m))] + [0.0]) or 1.0
+    background = None if background is None else _volume3d(background)
+    peak_source = means[present.index(positive)] if positive in present else diff
+    volumes = [peak_source, *means, diff] + ([] if background is None else [background])
+    views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0)
+    fig, axes, bars = _grid_figure(len(present) + 1, fig, title="Grad-CAM: group means and their difference",
+                                   content=_content_size_mm(views))  # fmt: skip
+    grey = _grey_range(background) if background is not None else None
+    counts = counts or {}
+    for r, name in enumerate(present):
+        if background is not None:
+            layers = [Layer(len(volumes) - 1, "gray", *grey), Layer(1 + r, HEAT_CMAP, 0.0, high, alpha)]
+        else:
+            layers = [Layer(1 + r, HEAT_CMAP, 0.0, high)]
+        image = draw_views(axes[r], views, layers, scale_bar=False)
+        _row_label(axes[r], f"mean Grad-CAM, {name}" + (f" (n = {counts[name]})" if name in counts else ""))
+        _colorbar(fig, image, bars[r], "Grad-CAM (raw units)").solids.set_alpha(1.0)
+    limit = _symmetric_limit(diff)
+    image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)], side_color="black")
+    _row_label(axes[-1], f"difference {positive} - {negative} (red: more Grad-CAM in {positive}, blue: in {negative})")
+    _colorbar(fig, image, bars[-1], f"{positive} - {negative}")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Feature maps
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_slices(maps: Sequence[np.ndarray], channels, affine, view: str, slice_mm):
+    """The ``view`` plane of each channel of each [C, d, h, w] map, and its SliceView (extent)."""
+    stacked = [np.moveaxis(np.asarray(m)[list(channels)], 0, -1) for m in maps]  # [d, h, w, k]
+    views = ortho_slices(stacked, affine, center_mm=slice_mm, peak_of=None)
+    return views[view]
+
+
+def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=None, input_shape=None,
+                      class_names: Sequence[str] = ("CN", "AD"), layer: str = "", n_channels: int = 8,
+                      view: str = "axial", slice_mm=None, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Average feature maps per group and their difference, one column per channel.
+
+    ``mean_positive``/``mean_negative``/``diff``: [C, d, h, w] layer activations (group means and
+    AD - CN); ``channels``: channel indices, most separating first (the first ``n_channels`` are
+    shown); ``affine``/``input_shape``: of the input, to orient the coarse grid (see
+    ``feature_affine``). One central ``view`` slice per channel (or at ``slice_mm``); the means
+    share one colour scale, the differences one symmetric scale (+-max|d| over the shown channels).
+    """
+    negative, positive = class_names
+    channels = [int(c) for c in list(channels)[:n_channels]]
+    k = max(len(channels), 1)
+    fig = fig if fig is not None else _figure((1.35 * k + 1.6, 5.6), layout=None)
+    grid = fig.add_gridspec(3, 2, width_ratios=[1, 0.15 / (1.35 * k)], left=0.06, right=0.93, top=0.88, bottom=0.06,
+                            wspace=0.03, hspace=0.15)  # fmt: skip
+    fig.suptitle(f"Average feature maps{f' of {layer}' if layer else ''}: top {len(channels)} channels "
+                 f"(by {positive}/{negative} separation), {view} slice", fontsize=10)  # fmt: skip
+    if not channels:
+        _message(fig.add_subplot(grid[:, :]), "no channels to show")
+        return fig
+    shape = np.asarray(diff).shape
+    layer_affine = feature_affine(affine, input_shape or shape[1:], shape[1:]) if affine is not None else None
+    v = _channel_slices([mean_positive, mean_negative, diff], channels, layer_affine, view, slice_mm)
+    pos, neg, dif = v.planes  # [rows, cols, k]
+    high = max(float(np.nanmax(pos)), float(np.nanmax(neg)), 0.0) or 1.0
+    low = min(float(np.nanmin(pos)), float(np.nanmin(neg)), 0.0)
+    limit = _symmetric_limit(dif)
+    rows = ((pos, f"mean {positive}", "viridis", low, high), (neg, f"mean {negative}", "viridis", low, high),
+            (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))  # fmt: skip
+    height, width = pos.shape[:2]
+    gap = max(1, width // 8)
+    aspect = abs((v.extent[3] - v.extent[2]) / height / ((v.extent[1] - v.extent[0]) / width))
+    for r, (planes, label, cmap, vmin, vmax) in enumerate(rows):
+        # One mosaic image per row (channels side by side, NaN gaps): far fewer Axes to build and draw.
+        mosaic = np.full((height, k * (width + gap) - gap), np.nan, dtype=np.float32)
+        for c in range(k):
+            mosaic[:, c * (width + gap): c * (width + gap) + width] = planes[..., c]
+        ax = fig.add_subplot(grid[r, 0])
+        image = ax.imshow(mosaic, cmap=matplotlib.colormaps[cmap].with_extremes(bad="white"), vmin=vmin, vmax=vmax,
+                          origin="lower", interpolation="nearest", aspect=aspect)  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, fontsize=8)
+        for c, channel in enumerate(channels):
+            x0 = c * (width + gap)
+            if r == 0:
+                ax.text(x0 + width / 2, height + 0.5, f"ch {channel}", ha="center", va="bottom", fontsize=8)
+            if c == 0:
+                color = "white" if r < 2 else "black"
+                ax.text(x0 + 0.5, 0.5, v.sides[0], fontsize=7, color=color, va="bottom")
+                ax.text(x0 + width - 1, 0.5, v.sides[1], fontsize=7, color=color, va="bottom", ha="right")
+        _colorbar(fig, image, fig.add_subplot(grid[r, 1]), "activation" if r < 2 else "difference")
+    fig.text(0.5, 0.01, f"{v.name} slice {v.axis} = {v.position_mm:.0f} mm; " + CONVENTION, ha="center",
+             fontsize=7, color="#333333")  # fmt: skip
+    return fig
+
+
+def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 4,
+                                 class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+                                 scores=None, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """AD - CN difference of single top-ranked channels in three orthogonal views (one row each,
+    through the channel's largest |difference|), each on its own symmetric scale.
+
+    ``scores``: optional ranking score per listed channel (e.g. mean |t|), shown in the row label.
+    """
+    negative, positive = class_names
+    channels = [int(c) for c in list(channels)[:n_channels]]
+    diff = np.asarray(diff)
+    layer_affine = None
+    if affine is not None and channels:
+        layer_affine = feature_affine(affine, input_shape or diff.shape[1:], diff.shape[1:])
+    row_views = [ortho_slices(diff[channel], layer_affine, peak_of=0, absolute_peak=True) for channel in channels]
+    fig, axes, bars = _grid_figure(max(len(channels), 1), fig, row_height=2.0,
+                                   content=_content_size_mm(row_views[0]) if row_views else (600.0, 250.0),
+                                   title=f"Feature-map difference {positive} - {negative}"
+                                   f"{f' ({layer})' if layer else ''}, top channels")  # fmt: skip
+    if not channels:
+        bars[0].set_axis_off()
+        _message(axes[0], "no channels to show")
+        return fig
+    scores = None if scores is None else list(scores)
+    for r, (channel, views) in enumerate(zip(channels, row_views)):
+        limit = _symmetric_limit(diff[channel])
+        image = draw_views(axes[r], views, [Layer(0, DIVERGING_CMAP, -limit, limit)], side_color="black",
+                           scale_bar=r == len(channels) - 1)  # fmt: skip
+        score = "" if scores is None else f", mean |t| = {float(scores[r]):.2f}"
+        _row_label(axes[r], f"channel {channel} (rank {r + 1}{score}); red: higher in {positive}")
+        _colorbar(fig, image, bars[r], f"{positive} - {negative}")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Raw input difference and Welch t-map
+# --------------------------------------------------------------------------------------------
+
+
+def plot_input_difference(diff, t=None, affine=None, *, class_names: Sequence[str] = ("CN", "AD"),
+                          counts: Mapping[str, int] | None = None, center_mm=None,
+                          fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Voxel-wise mean(AD) - mean(CN) of the preprocessed inputs, and the Welch t-map, in three
+    views each, on symmetric diverging scales; slices through the largest |t| (else |difference|)."""
+    negative, positive = class_names
+    diff = _volume3d(diff).astype(np.float32)
+    t = None if t is None else _volume3d(t).astype(np.float32)
+    t_ok = t is not None and bool(np.any(np.isfinite(t)))
+    volumes = [t if t_ok else diff, diff] + ([t] if t_ok else [])
+    views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0, absolute_peak=True)
+    fig, axes, bars = _grid_figure(2, fig, content=_content_size_mm(views), title=f"Input data: {positive} - "
+                                   f"{negative} (the baseline against which the model's maps are judged)")  # fmt: skip
+    counts = counts or {}
+    n = "" if not counts else f" (n = {counts.get(positive, '?')} {positive}, {counts.get(negative, '?')} {negative})"
+    limit = _symmetric_limit(diff)
+    image = draw_views(axes[0], views, [Layer(1, DIVERGING_CMAP, -limit, limit)], side_color="black", scale_bar=False)
+    _row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}")
+    _colorbar(fig, image, bars[0], "intensity difference")
+    if t_ok:
+        t_limit = _symmetric_limit(t)
+        image = draw_views(axes[1], views, [Layer(2, DIVERGING_CMAP, -t_limit, t_limit)], side_color="black")
+        _row_label(axes[1], "Welch t of the difference (|t| > 2 is roughly p < 0.05 per voxel, uncorrected)")
+        _colorbar(fig, image, bars[1], "Welch t")
+    else:
+        bars[1].set_axis_off()
+        _message(axes[1], "t-map not computable: it needs at least 2 subjects in each group")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Grad-CAM share per atlas region
+# --------------------------------------------------------------------------------------------
+
+
+def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = ("CN", "AD"),
+                     ax=None):  # fmt: skip
+    """Grad-CAM share of each region relative to its share of the volume (1 = no preference).
+
+    ``gains``: [subjects, regions] (or a mapping region -> per-subject values); ``labels``:
+    1 (AD) / 0 (CN) per subject, to colour the points. Bars: the mean over subjects; points:
+    each subject (deterministic jitter).
+    """
+    names = list(region_names)
+    if isinstance(gains, Mapping):
+        gains = np.column_stack([np.asarray(gains[name], dtype=float) for name in names]) if names else np.zeros((0, 0))
+    gains = np.asarray(gains, dtype=float).reshape(-1, len(names)) if names else np.zeros((0, 0))
+    ax = _axes(ax, (max(4.5, 1.0 * len(names) + 2.0), 4.0))
+    if not names or gains.size == 0:
+        return _message(ax, "No atlas regions: the Grad-CAM share per region needs an atlas (--atlas).",
+                        title="Grad-CAM per region")  # fmt: skip
+    negative, positive = class_names
+    x = np.arange(len(names))
+    means = np.nanmean(gains, axis=0)
+    ax.bar(x, means, width=0.6, color="#DDDDDD", edgecolor="#555555", label="mean over subjects", zorder=1)
+    jitter = (np.random.default_rng(0).random(gains.shape[0]) - 0.5) * 0.35
+    if labels is None:
+        ax.scatter((x[None, :] + jitter[:, None]).ravel(), gains.ravel(), s=8, color="black", alpha=0.6, zorder=3,
+                   label="subjects")  # fmt: skip
+    else:
+        labels = np.asarray(labels).astype(int)
+        for value, name, color, marker in ((0, negative, CN_COLOR, "o"), (1, positive, AD_COLOR, "^")):
+            rows = labels == value
+            if rows.any():
+                ax.scatter((x[None, :] + jitter[rows, None]).ravel(), gains[rows].ravel(), s=10, color=color,
+                           marker=marker, alpha=0.7, zorder=3, label=f"{name} subjects")  # fmt: skip
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="1 = chance (share = volume share)")
+    ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylabel("Grad-CAM share / volume share")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Where the model looks: Grad-CAM per atlas region")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# 12. Model-randomisation sanity check
+# --------------------------------------------------------------------------------------------
+
+
+def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: float | None = None, ax=None):
+    """Rank correlation of each subject's Grad-CAM with the trained vs randomised-weights model."""
+    ax = _axes(ax, (5.6, 3.8))
+    values = np.asarray(spearman, dtype=float)
+    if values.size == 0:
+        return _message(ax, "Sanity check not run: no subjects.", title="Grad-CAM sanity check")
+    ids = list(subject_ids) if subject_ids is not None else [str(i + 1) for i in range(len(values))]
+    mean = float(np.nanmean(values)) if mean is None and np.any(np.isfinite(values)) else mean
+    x = np.arange(len(values))
+    ax.bar(x, np.nan_to_num(values), color=MODEL_COLOR, width=0.6, label="per subject")
+    if mean is not None and math.isfinite(mean):
+        ax.axhline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
+    ax.axhline(0.0, color=NEUTRAL_COLOR, linewidth=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xticks(x, ids, rotation=45 if len(ids) > 4 else 0, ha="right" if len(ids) > 4 else "center", fontsize=7)
+    # The reading guide goes in the x label, so the layout engine keeps room for it.
+    ax.set_xlabel("subject\n\nGood: correlation near 0 (the maps depend on what the model learned).\n"
+                  "Near 1: the maps would look the same from an untrained model (not explanations).", fontsize=8)
+    ax.set_ylabel("Spearman rank correlation")
+    ax.set_title("Sanity check: trained vs randomised-weights Grad-CAM")
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# Everything at once
+# --------------------------------------------------------------------------------------------
+
+
+def _first_affine(engine_result):
+    for cases in (getattr(engine_result, "gallery", None) or {}).values():
+        for case in cases:
+            return case.affine
+    return None
+
+
+def build_figures(report=None, engine_result=None, history=None, *, affine=None, input_shape=None,
+                  max_gallery_cases: int = 3) -> dict[str, Figure]:  # fmt: skip
+    """Every figure the given pieces allow, as ``{name: Figure}`` (missing pieces are skipped)."""
+    figures: dict[str, Figure] = {"training_curves": plot_training_curves(history)}
+    class_names = tuple(report.class_names) if report is not None else ("CN", "AD")
+    stats = getattr(engine_result, "stats", None)
+    y_true = y_score = None
+    subjects = getattr(engine_result, "subjects", None) or {}
+    if "label" in subjects and "prob" in subjects:
+        positive_index = getattr(stats, "positive_index", 1)
+        y_true = (np.asarray(subjects["label"]) == positive_index).astype(int)
+        y_score = np.asarray(subjects["prob"], dtype=float)
+    if report is not None:
+        figures.update(plot_performance_from_report(report, y_true, y_score))
+    elif y_true is not None:
+        threshold = getattr(engine_result, "threshold", 0.5)
+        figures["score_histogram"] = plot_score_histogram(y_true, y_score, threshold=threshold).figure
+    if engine_result is None:
+        return figures
+    if class_names == ("CN", "AD") and stats is not None and len(getattr(stats, "class_names", [])) == 2:
+        names = list(stats.class_names)
+        positive = names[stats.positive_index]
+        class_names = (names[1 - stats.positive_index], positive)
+    affine = _first_affine(engine_result) if affine is None else affine
+    for outcome, cases in (getattr(engine_result, "gallery", None) or {}).items():
+        if cases:
+            figures[f"gradcam_{outcome}"] = plot_cam_gallery(
+                cases[:max_gallery_cases], title=f"Grad-CAM, most confident {OUTCOME_TITLES.get(outcome, outcome)}")
+    maps = getattr(engine_result, "maps", None) or {}
+    inputs = maps.get("input")
+    if input_shape is None and inputs is not None:
+        input_shape = np.asarray(inputs.diff).shape[-3:]
+    if "cam" in maps:
+        cam = maps["cam"]
+        background = None
+        if inputs is not None:
+            pooled = [inputs.mean[name] for name in class_names if name in inputs.mean]
+            background = np.mean(pooled, axis=0) if pooled else None
+        figures["group_cam"] = plot_group_cam(cam.mean, cam.diff, affine, background=background,
+                                              class_names=class_names, counts=cam.count)  # fmt: skip
+    layer = getattr(engine_result, "target_layer", None)
+    features = maps.get(f"features/{layer}") if layer else None
+    ranking = (getattr(engine_result, "feature_ranking", None) or {}).get(layer)
+    if features is not None and ranking is not None and all(name in features.mean for name in class_names):
+        negative, positive = class_names
+        figures["feature_maps"] = plot_feature_maps(
+            features.mean[positive], features.mean[negative], features.diff, ranking["channel"], affine=affine,
+            input_shape=input_shape, class_names=class_names, layer=layer)  # fmt: skip
+        figures["feature_channel_differences"] = plot_channel_difference_maps(
+            features.diff, ranking["channel"], affine=affine, input_shape=input_shape, class_names=class_names,
+            layer=layer, scores=ranking.get("mean_abs_t"))  # fmt: skip
+    if inputs is not None:
+        figures["input_difference"] = plot_input_difference(inputs.diff, inputs.t, affine, class_names=class_names,
+                                                            counts=inputs.count)  # fmt: skip
+    regions = list(getattr(engine_result, "region_names", None) or [])
+    if regions and all(f"cam_roi_gain_{name}" in subjects for name in regions):
+        gains = {name: subjects[f"cam_roi_gain_{name}"] for name in regions}
+        figures["region_gain"] = plot_region_gain(regions, gains, labels=y_true, class_names=class_names).figure
+    sanity = getattr(engine_result, "sanity", None)
+    if sanity is not None and len(sanity.spearman):
+        figures["sanity"] = plot_sanity(sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean).figure
+    return figures
+
+
+def render_all(report=None, engine_result=None, history=None, out_dir=".", *, affine=None, dpi: int = DPI,
+               max_gallery_cases: int = 3) -> dict[str, pathlib.Path]:  # fmt: skip
+    """Draw every figure the given pieces allow and save each as ``out_dir/<name>.png``.
+
+    ``report``: ``metrics.ClassificationReport`` or None; ``engine_result``: ``engine.EngineResult``
+    or None; ``history``: training history (may be empty); ``affine``: of the inputs' grid (default:
+    the first gallery case's). Pieces that are absent are skipped: no atlas, no gain figure; no
+    false positives, no FP gallery. Returns ``{name: path}`` in drawing order.
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = build_figures(report, engine_result, history, affine=affine, max_gallery_cases=max_gallery_cases)
+    return {name: save_figure(fig, out / f"{name}.png", dpi=dpi) for name, fig in figures.items()}

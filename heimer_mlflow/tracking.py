@@ -1,0 +1,243 @@
+"""Logging one evaluation to MLflow: artifacts written to a staging folder, then one run with
+metrics (linked to the logged model and the data set), the manifest as a data set input, the
+artifacts, and, last, the tags on the model version, so a version is never tagged with an
+evaluation that did not finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata as package_metadata
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import HeimerError
+
+RUN_TAG_PREFIX = "heimer."
+VERSION_TAGS = ("roc_auc", "sensitivity", "specificity", "cam_outside_brain_fraction")
+
+
+def check_reachable() -> None:
+    """Fail before any compute when the tracking store cannot be reached."""
+    uri = mlflow.get_tracking_uri()
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise HeimerError(
+            f"the MLflow tracking store {uri} cannot be reached ({first}); start the server or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def cam_writer(folder: Path):
+    """A ``save_cams`` callback writing each subject's raw Grad-CAM as NIfTI with its affine."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(subject_id: str, cam: np.ndarray, affine: np.ndarray) -> None:
+        save_volume(cam, affine, folder / f"{safe_name(subject_id)}_cam.nii.gz")
+
+    return write
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a subject id or label (ids come from user manifests)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
+    return cleaned or "subject"
+
+
+def save_volume(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.nan_to_num(np.asarray(volume, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(path))
+
+
+def _versions() -> dict[str, str]:
+    out = {"heimer-mlflow": __version__, "python": platform.python_version()}
+    for name in ("torch", "mlflow", "numpy", "scipy", "nibabel", "scikit-learn", "matplotlib", "weasyprint", "jinja2"):
+        try:
+            out[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def predictions_table(evaluation) -> pd.DataFrame:
+    """One row per evaluated subject: id, label, probability, prediction, loss, CAM shares,
+    covariates."""
+    meta, engine, cohort = evaluation.model.meta, evaluation.engine, evaluation.cohort
+    s = engine.subjects
+    names = np.asarray(meta.class_names, dtype=object)
+    negative = next(i for i, c in enumerate(meta.class_names) if c != meta.positive_class)
+    pred_index = np.where(s["pred"].astype(bool), meta.positive_index, negative) if s["pred"].dtype == bool else s["pred"].astype(int)
+    table = pd.DataFrame({
+        "subject_id": s["subject_id"],
+        "label": names[s["label"].astype(int)],
+        f"prob_{meta.positive_class}": s["prob"].astype(float),
+        "prediction": names[pred_index],
+        "loss": s["loss"].astype(float),
+        "cam_outside_brain_fraction": s["cam_outside_brain_fraction"].astype(float),
+    })
+    for region in engine.region_names:
+        table[f"cam_roi_gain_{region}"] = s[f"cam_roi_gain_{region}"].astype(float)
+    if cohort.covariates:
+        rows = s["index"].astype(int)
+        covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True)
+        table = pd.concat([table, covariates], axis=1)
+    return table
+
+
+def write_artifacts(evaluation, staging: Path) -> dict[str, str]:
+    """Everything the run keeps, written to ``staging`` (the run's artifact root)."""
+    from .figures import render_all
+
+    engine, affine = evaluation.engine, evaluation.grid_affine
+    files = {}
+    predictions_table(evaluation).to_csv(staging / "predictions.csv", index=False)
+    evaluation.cohort.excluded.to_csv(staging / "exclusions.csv", index=False)
+    metrics = evaluation.metrics.to_json_dict()
+    metrics["plausibility"] = evaluation.summary
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False))
+    (staging / "evaluation.json").write_text(json.dumps(evaluation_record(evaluation), indent=1, allow_nan=False))
+    volumes = staging / "volumes"
+    positive = evaluation.model.meta.positive_class
+    negative = next(c for c in evaluation.model.meta.class_names if c != positive)
+    for quantity in ("cam", "input"):
+        maps = engine.maps.get(quantity)
+        if maps is None:
+            continue
+        for group in evaluation.model.meta.class_names:
+            if group in maps.mean:
+                save_volume(maps.mean[group][0] if maps.mean[group].ndim == 4 else maps.mean[group], affine,
+                            volumes / f"{quantity}_mean_{safe_name(group)}.nii.gz")
+        for name, volume in (("diff", maps.diff), ("t", maps.t)):
+            save_volume(volume[0] if volume.ndim == 4 else volume, affine,
+                        volumes / f"{quantity}_{name}_{safe_name(positive)}-{safe_name(negative)}.nii.gz")
+    for outcome, cases in engine.gallery.items():
+        for case in cases:
+            save_volume(case.cam, case.affine, volumes / "gallery" / f"{outcome}_{safe_name(case.subject_id)}_cam.nii.gz")
+    files.update(render_all(evaluation.metrics, engine, evaluation.history, staging / "figures", affine=affine))
+    return files
+
+
+def evaluation_record(evaluation) -> dict:
+    """evaluation.json: configuration, provenance and the engine's non-volume results, enough
+    to re-render the report without the model or the data."""
+    m, engine, cohort, opts = evaluation.model, evaluation.engine, evaluation.cohort, evaluation.options
+    sanity = None
+    if engine.sanity is not None:
+        sanity = {"subject_ids": list(engine.sanity.subject_ids),
+                  "spearman": [_finite(v) for v in engine.sanity.spearman], "mean": _finite(engine.sanity.mean)}
+    ranking = {layer: {k: [_finite(v) for v in np.asarray(vals)[:16].tolist()] for k, vals in r.items()}
+               for layer, r in engine.feature_ranking.items()}
+    return {
+        "model": {"uri": m.uri, "name": m.name, "version": m.version, "aliases": m.aliases,
+                  "source_run_id": m.source_run_id, "model_id": m.model_id, "description": m.description,
+                  "tags": m.tags, "metadata": m.meta.to_metadata(), "inferred": m.meta.inferred},
+        "cohort": {"source": cohort.source, "n_subjects": int(len(engine.subjects.get("prob", []))),
+                   "n_excluded": int(len(cohort.excluded)), "covariates": cohort.covariates,
+                   "excluded": cohort.excluded.astype(str).to_dict("records"),
+                   "counts": {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()}},
+        "configuration": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
+        "engine": {"device": engine.device, "amp": engine.amp, "target_layer": engine.target_layer,
+                   "feature_layers": engine.feature_layers, "region_names": engine.region_names,
+                   "chunk_size": engine.chunk_size, "threshold": engine.threshold,
+                   "gradcam": {"target_class": m.meta.positive_class, "upsampling": "trilinear",
+                               "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
+                   "sanity": sanity, "feature_ranking": ranking,
+                   "gallery": {o: [{"subject_id": c.subject_id, "prob": _finite(c.prob), "label": int(c.label)}
+                                   for c in cases] for o, cases in engine.gallery.items()}},
+        "plausibility": {"verdict": evaluation.verdict, "reason": evaluation.verdict_reason, **evaluation.summary},
+        "history": {k: [[int(s), _finite(v)] for s, v in pts] for k, pts in evaluation.history.items()},
+        "grid_affine": np.asarray(evaluation.grid_affine).tolist(),
+        "timings": {k: _finite(v) for k, v in evaluation.timings.items()},
+        "versions": _versions(),
+    }
+
+
+def _finite(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _dataset(evaluation):
+    table = evaluation.cohort.table
+    frame = table[["subject_id", "path", "label_name", *evaluation.cohort.covariates]].rename(columns={"label_name": "label"})
+    name = Path(evaluation.cohort.source).parent.name or "cohort"
+    return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
+
+
+def log_evaluation(evaluation, staging: Path, *, run_id: str | None = None, say=print) -> None:
+    """Write the artifacts, log the run, then tag the model version (last)."""
+    from mlflow.entities import LoggedModelInput
+
+    evaluation.artifacts = write_artifacts(evaluation, staging)
+    model = evaluation.model
+    dataset = _dataset(evaluation)
+    flat = {**evaluation.metrics.to_flat_metrics(), **evaluation.summary,
+            "n_subjects": int(len(evaluation.engine.subjects["prob"])), "n_excluded": int(len(evaluation.cohort.excluded))}
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        context = _ActiveRun()  # `mlflow run`, mlflow.models.evaluate or the caller started it
+    elif run_id is not None:
+        # start_run(run_id) refuses a run outside the active experiment: make its experiment active
+        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        context = mlflow.start_run(run_id=run_id)
+    elif os.environ.get("MLFLOW_RUN_ID"):
+        context = mlflow.start_run()  # resumes the run `mlflow run` created for this entry point
+    else:
+        mlflow.set_experiment(evaluation.options.experiment)
+        name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
+        context = mlflow.start_run(run_name=name)
+    with context as run:
+        evaluation.run_id = run.info.run_id
+        mlflow.set_tags({
+            "heimer.model_uri": model.uri, "heimer.model_name": model.name or "",
+            "heimer.model_version": model.version or "", "heimer.verdict": evaluation.verdict,
+        })
+        # Resolved values, prefixed: `mlflow run` has already logged the raw entry-point parameters.
+        mlflow.log_params({f"heimer.{k}": v for k, v in {
+            "threshold": evaluation.options.threshold, "target_layer": evaluation.engine.target_layer,
+            "batch_size": evaluation.options.batch_size, "device": evaluation.engine.device,
+            "save_cams": evaluation.options.save_cams, "skip_bad": evaluation.options.skip_bad,
+            "n_bootstrap": evaluation.options.n_bootstrap,
+        }.items()})
+        linked = [LoggedModelInput(model.model_id)] if model.model_id else None
+        mlflow.log_input(dataset, context="evaluation", model=linked[0] if linked else None)
+        mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
+        mlflow.log_artifacts(str(staging))
+        say(f"logged the evaluation to run {evaluation.run_id} ({mlflow.get_tracking_uri()})")
+    if model.name and model.version:
+        tag_model_version(evaluation, flat)
+
+
+class _ActiveRun:
+    """The run `mlflow run` (or the caller) started: log into it, leave ending it to its owner."""
+
+    def __enter__(self):
+        return mlflow.active_run()
+
+    def __exit__(self, *exc):
+        return False
+
+
+def tag_model_version(evaluation, flat: dict) -> None:
+    client = mlflow.MlflowClient()
+    model = evaluation.model
+    tags = {"heimer.evaluation_run_id": evaluation.run_id, "heimer.verdict": evaluation.verdict,
+            "heimer.verdict_reason": evaluation.verdict_reason[:5000]}
+    for key in VERSION_TAGS:
+        if key in flat:
+            tags[f"heimer.{key}"] = f"{flat[key]:.4f}"
+    if "report" in evaluation.artifacts:
+        tags["heimer.report"] = evaluation.artifacts["report"]
+    for key, value in tags.items():
+        client.set_model_version_tag(model.name, model.version, key, value)

@@ -1,0 +1,86 @@
+"""Streaming group statistics equal a direct numpy computation, and shards merge exactly."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from heimer_mlflow.engine.stats import GroupStats, rank_channels
+
+CLASSES = ["CN", "AD"]
+POSITIVE = 1
+
+
+def cohort(n=23, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    predicted = rng.random(n) < 0.3 + 0.4 * labels  # some of each outcome
+    volumes = rng.normal(size=(n, 3, 4, 5)).astype(np.float32) * 2 + 5 + labels[:, None, None, None]
+    channels = rng.normal(size=(n, 2, 3, 3, 3)).astype(np.float32)
+    channels[:, 1] += 0.8 * labels[:, None, None, None]  # channel 1 separates the classes
+    return labels, predicted, volumes, channels
+
+
+def stream(labels, predicted, volumes, batch_size=4):
+    stats = GroupStats(CLASSES, POSITIVE)
+    for start in range(0, len(labels), batch_size):
+        rows = slice(start, start + batch_size)
+        cells = [stats.cell(k, p) for k, p in zip(labels[rows], predicted[rows])]
+        stats.update(cells, volume=torch.from_numpy(volumes[rows]))
+    return stats
+
+
+def test_streaming_statistics_equal_numpy():
+    labels, predicted, volumes, _ = cohort()
+    maps = stream(labels, predicted, volumes).compute("volume")
+    members = {
+        "CN": labels == 0, "AD": labels == 1,
+        "TP": (labels == 1) & predicted, "FN": (labels == 1) & ~predicted,
+        "FP": (labels == 0) & predicted, "TN": (labels == 0) & ~predicted,
+    }  # fmt: skip
+    for group, rows in members.items():
+        assert maps.count[group] == rows.sum() > 0
+        np.testing.assert_allclose(maps.mean[group], volumes[rows].astype(np.float64).mean(0), rtol=1e-6)
+    ad, cn = volumes[labels == 1].astype(np.float64), volumes[labels == 0].astype(np.float64)
+    np.testing.assert_allclose(maps.diff, ad.mean(0) - cn.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps.t, scipy_stats.ttest_ind(ad, cn, equal_var=False).statistic, rtol=1e-5)
+
+
+def test_two_shards_merged_equal_one_pass():
+    labels, predicted, volumes, _ = cohort()
+    one_pass = stream(labels, predicted, volumes).state_dict()
+    first, second = stream(labels[:10], predicted[:10], volumes[:10]), stream(labels[10:], predicted[10:], volumes[10:])
+    merged = first.merge(second).state_dict()
+    assert merged.keys() == one_pass.keys()
+    for key in one_pass:
+        torch.testing.assert_close(merged[key], one_pass[key], rtol=1e-14, atol=1e-12)
+    assert all(v.dtype == torch.float64 for v in merged.values()), "all-reducible with SUM"
+    rebuilt = GroupStats.from_state(merged, CLASSES, POSITIVE).compute("volume")
+    np.testing.assert_allclose(rebuilt.t, stream(labels, predicted, volumes).compute("volume").t, rtol=1e-9)
+
+
+def test_empty_and_singleton_groups():
+    labels = np.array([0, 0, 1])
+    predicted = np.array([False, False, True])
+    volumes = np.arange(3 * 2, dtype=np.float32).reshape(3, 2)
+    maps = stream(labels, predicted, volumes).compute("volume")
+    assert maps.count["FP"] == 0 and "FP" not in maps.mean
+    np.testing.assert_allclose(maps.diff, volumes[2] - volumes[:2].mean(0))
+    assert np.isnan(maps.t).all(), "Welch t is undefined with one AD subject"
+
+
+def test_rank_channels_puts_the_separating_channel_first():
+    labels, predicted, _, channels = cohort(n=40)
+    stats = GroupStats(CLASSES, POSITIVE)
+    cells = [stats.cell(k, p) for k, p in zip(labels, predicted)]
+    stats.update(cells, **{"features/conv": torch.from_numpy(channels),
+                           "channel_means/conv": torch.from_numpy(channels.mean(axis=(2, 3, 4)))})  # fmt: skip
+    ranking = rank_channels(stats, "conv")
+    assert list(ranking["channel"]) == [1, 0]
+    assert ranking["mean_abs_t"][0] > ranking["mean_abs_t"][1]
+    assert ranking["channel_mean_t"][0] > 3
+
+
+def test_merge_refuses_other_layouts():
+    with pytest.raises(ValueError):
+        GroupStats(CLASSES, 1).merge(GroupStats(CLASSES, 0))

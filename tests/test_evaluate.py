@@ -1,0 +1,193 @@
+"""`evaluate` end to end on a tiny registered model and a tiny synthetic cohort, through the
+three interfaces (CLI, `mlflow run -e main`, `mlflow.models.evaluate(..., evaluators="heimer")`),
+against a real sqlite tracking store: metric values equal scikit-learn's, every artifact is
+there and loads, NIfTI affines equal the inputs', the data set input, linked metrics, tags."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import mlflow
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from heimer_mlflow import registry
+from heimer_mlflow.evaluation import evaluate
+from heimer_mlflow.nets import DemoCNN
+from heimer_mlflow.synthetic import write_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-cohort") / "cohort"
+    write_cohort(out, n_subjects=12, seed=3, voxel_size=4.0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_name(tracking_dir, cohort):
+    """A tiny, untrained DemoCNN registered with the full contract (scores spread enough)."""
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    torch.manual_seed(1)
+    net = DemoCNN(width=4).eval()
+    name = "tiny-eval"
+    mlflow.set_experiment("tiny-training")
+    with mlflow.start_run():
+        for step, (loss, acc) in enumerate([(0.7, 0.5), (0.6, 0.7)]):
+            mlflow.log_metrics({"loss": loss, "val_loss": loss + 0.05, "acc": acc, "val_acc": acc - 0.1}, step=step)
+        info = registry.log_model(net, "model", input_shape=[1, 46, 55, 46], intensity="zscore",
+                                  registered_model_name=name, pip_requirements=["torch"])
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+    return name
+
+
+def atlas_args(cohort: Path) -> list[str]:
+    return ["--atlas", str(cohort / "atlas" / "atlas.nii.gz"), "--atlas-labels", str(cohort / "atlas" / "labels.csv")]
+
+
+def _env(tracking_dir):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tracking_dir / 'mlflow.db'}",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    return env
+
+
+def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: bool = True, atlas: bool = True):
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
+    # predictions: one row per subject; metrics equal scikit-learn on them
+    predictions = pd.read_csv(local / "predictions.csv")
+    manifest = pd.read_csv(cohort / "manifest.csv")
+    assert sorted(predictions["subject_id"]) == sorted(manifest["subject_id"])
+    assert {"site", "sex", "age", "loss", "cam_outside_brain_fraction"} <= set(predictions.columns)
+    y = (predictions["label"] == "AD").astype(int).to_numpy()
+    p = predictions["prob_AD"].to_numpy()
+    called = (p >= 0.5).astype(int)
+    m = run.data.metrics
+    assert m["n_subjects"] == len(manifest) and m["n_excluded"] == 0
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
+    assert m["roc_auc_ci_lower"] <= m["roc_auc"] <= m["roc_auc_ci_upper"]
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, called), abs=1e-9)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, called), abs=1e-9)
+    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, called), abs=1e-9)
+    assert m["brier_score"] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-9)
+    assert m["cam_outside_brain_fraction"] == pytest.approx(predictions["cam_outside_brain_fraction"].mean(), abs=1e-6)
+    if atlas:
+        assert {f"cam_roi_gain_{r}" for r in ("hippocampus_left", "lateral_ventricle_right")} <= set(m)
+    # artifacts
+    for name in ("metrics.json", "evaluation.json"):
+        json.loads((local / name).read_text())
+    record = json.loads((local / "evaluation.json").read_text())
+    assert record["model"]["name"] == model_name and record["versions"]["torch"]
+    figures = sorted((local / "figures").glob("*.png"))
+    assert len(figures) >= 8
+    for figure in figures:
+        assert matplotlib.image.imread(figure).std() > 0, figure.name
+    input_affine = nib.load(cohort / manifest["path"][0]).affine
+    volumes = sorted((local / "volumes").rglob("*.nii.gz"))
+    names = {v.name for v in volumes}
+    assert {"cam_mean_AD.nii.gz", "cam_mean_CN.nii.gz", "cam_diff_AD-CN.nii.gz", "input_t_AD-CN.nii.gz"} <= names
+    assert any(v.parent.name == "gallery" for v in volumes)
+    for v in volumes:
+        img = nib.load(v)
+        np.testing.assert_allclose(img.affine, input_affine, atol=1e-5)
+        assert img.shape == (46, 55, 46)
+    # the data set input, linked to the model
+    inputs = run.inputs.dataset_inputs
+    evaluation_inputs = [d for d in inputs if any(t.key == "mlflow.data.context" and t.value == "evaluation" for t in d.tags)]
+    assert len(evaluation_inputs) >= 1
+    assert len({d.dataset.digest for d in evaluation_inputs}) == 1
+    # metrics linked to the logged model
+    mv = client.get_model_version(model_name, "1")
+    model_id = mv.source.split("/")[-1]
+    linked = {lm.key for lm in mlflow.get_logged_model(model_id).metrics or [] if lm.run_id == run_id}
+    assert {"roc_auc", "sensitivity"} <= linked
+    keys = [(lm.key, lm.run_id) for lm in mlflow.get_logged_model(model_id).metrics if lm.run_id == run_id]
+    assert len(keys) == len(set(keys)), "duplicate linked metrics"
+    if tagged:
+        tags = mv.tags
+        assert tags["heimer.evaluation_run_id"] == run_id
+        assert tags["heimer.verdict"] in ("pass", "review") and tags["heimer.verdict_reason"]
+        assert float(tags["heimer.roc_auc"]) == pytest.approx(m["roc_auc"], abs=1e-4)
+        for key in ("heimer.sensitivity", "heimer.specificity", "heimer.cam_outside_brain_fraction"):
+            assert key in tags
+    return run, local
+
+
+def test_evaluate_through_the_cli(tracking, cohort, model_name):
+    cmd = [sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{model_name}@champion",
+           "--data", str(cohort), *atlas_args(cohort), "--workers", "0", "--bootstrap", "500",
+           "--experiment", "cli-evals"]
+    done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = done.stdout.split()[1].rstrip(":")
+    run, local = check_evaluation_run(run_id, cohort, model_name)
+    assert run.data.tags["heimer.model_version"] == "1" and run.data.tags["heimer.model_name"] == model_name
+    assert mlflow.get_experiment(run.info.experiment_id).name == "cli-evals"
+
+
+def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "main", "--env-manager", "local",
+           "--experiment-name", "mlproject-evals", "-P", f"model_uri=models:/{model_name}/1",
+           "-P", f"data={cohort / 'manifest.csv'}", "-P", f"atlas={cohort / 'atlas' / 'atlas.nii.gz'}",
+           "-P", f"atlas_labels={cohort / 'atlas' / 'labels.csv'}", "-P", "batch_size=3"]
+    done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    experiment = mlflow.get_experiment_by_name("mlproject-evals")
+    runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    assert len(runs) == 1 and runs[0].data.tags["mlflow.project.entryPoint"] == "main"
+    check_evaluation_run(runs[0].info.run_id, cohort, model_name)
+
+
+def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_name):
+    manifest = pd.read_csv(cohort / "manifest.csv")
+    manifest["path"] = [str(cohort / p) for p in manifest["path"]]
+    mlflow.set_experiment("plugin-evals")
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(
+            f"models:/{model_name}/1", data=manifest, targets="label", model_type="classifier", evaluators="heimer",
+            evaluator_config={"atlas": str(cohort / "atlas" / "atlas.nii.gz"),
+                              "atlas_labels": str(cohort / "atlas" / "labels.csv"), "n_bootstrap": 500, "workers": 0},
+        )
+    assert result.metrics["roc_auc"] == pytest.approx(mlflow.get_run(run.info.run_id).data.metrics["roc_auc"])
+    check_evaluation_run(run.info.run_id, cohort, model_name)
+
+
+def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
+    result = evaluate(f"models:/{model_name}@champion", cohort, n_bootstrap=200, workers=0, progress=False,
+                      save_cams="all", experiment="py-evals")
+    assert result.engine.subjects["prob"].shape == (12,)
+    assert result.history["train_loss"] == [(0, 0.7), (1, 0.6)]  # `loss` recognised as the training loss
+    assert result.history["val_accuracy"] == [(0, pytest.approx(0.4)), (1, pytest.approx(0.6))]
+    run, local = check_evaluation_run(result.run_id, cohort, model_name, atlas=False)
+    assert len(list((local / "volumes" / "subjects").glob("*_cam.nii.gz"))) == 12
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["models:/no-such-model/1"], "no-such-model"),
+        (["models:/tiny-eval/1", "--target-layer", "features.9"], "features.9"),
+        (["models:/tiny-eval/1", "--threshold", "1.5"], "threshold=1.5"),
+    ],
+)
+def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, match):
+    done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", *args, "--data", str(cohort)],
+                          env=_env(tracking), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], done.stderr[-2000:]

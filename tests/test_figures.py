@@ -1,0 +1,277 @@
+"""Figures: every plot renders from small hand-built inputs, deterministically, orientation-correct."""
+
+from __future__ import annotations
+
+import types
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from heimer_mlflow import figures as F
+from heimer_mlflow.engine.gallery import GalleryCase
+from heimer_mlflow.engine.run import EngineResult, SanityResult
+from heimer_mlflow.engine.stats import GroupMaps
+from heimer_mlflow.metrics import compute_metrics
+
+SHAPE = (12, 14, 10)
+RAS_AFFINE = np.array([[2.0, 0, 0, -12], [0, 2.0, 0, -14], [0, 0, 2.0, -10], [0, 0, 0, 1]])
+
+
+def _png_pixels(fig, path):
+    F.save_figure(fig, path, dpi=50)
+    return matplotlib.image.imread(path)
+
+
+def _assert_not_blank(fig, path):
+    pixels = _png_pixels(fig if isinstance(fig, Figure) else fig.figure, path)
+    assert pixels.ndim == 3 and pixels.var() > 0
+
+
+def _volume(shape=SHAPE, seed=0):
+    """An asymmetric test volume: a smooth blob off-centre plus noise (so orientation errors show)."""
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    blob = np.exp(-sum((g - c) ** 2 for g, c in zip(grid, (3, 9, 6))) / 6.0)
+    return (blob + 0.1 * rng.random(shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def report():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(15, int), np.ones(15, int)]
+    score = np.clip(0.35 + 0.3 * y + 0.2 * rng.standard_normal(30), 0, 1)
+    return compute_metrics(y, score, n_bootstrap=50)
+
+
+@pytest.fixture(scope="module")
+def engine_result():
+    rng = np.random.default_rng(2)
+    image, cam = _volume(), _volume(seed=3) ** 2
+    n = 10
+    labels = np.r_[np.zeros(5, int), np.ones(5, int)]
+
+    def case(outcome, i):
+        return GalleryCase(f"sub-{outcome}{i}", i, int(outcome in ("TP", "FN")), 0.8, outcome, 0.8, image[None],
+                           cam * (i + 1), RAS_AFFINE)  # fmt: skip
+
+    feat = rng.random((6, 3, 4, 3)).astype(np.float32)
+    maps = {
+        "input": GroupMaps({"CN": 5, "AD": 5}, {"CN": image[None], "AD": 0.9 * image[None]}, -0.1 * image[None],
+                           rng.standard_normal((1, *SHAPE)).astype(np.float32)),
+        "cam": GroupMaps({"CN": 5, "AD": 5}, {"CN": 0.5 * cam, "AD": cam}, 0.5 * cam, 3 * cam),
+        "features/body.2": GroupMaps({"CN": 5, "AD": 5}, {"CN": feat, "AD": 1.2 * feat}, 0.2 * feat - 0.05, feat),
+    }  # fmt: skip
+    subjects = {
+        "subject_id": np.array([f"s{i}" for i in range(n)], dtype=object), "label": labels,
+        "prob": np.linspace(0.1, 0.9, n), "pred": (np.linspace(0.1, 0.9, n) >= 0.5).astype(int),
+        "cam_roi_gain_hippocampus": rng.random(n) * 3, "cam_roi_gain_ventricles": rng.random(n),
+    }  # fmt: skip
+    return EngineResult(
+        subjects=subjects, maps=maps,
+        feature_ranking={"body.2": {"channel": np.array([3, 1, 0, 2, 5, 4]), "mean_abs_t": np.linspace(3, 1, 6)}},
+        gallery={"TP": [case("TP", 0), case("TP", 1)], "TN": [case("TN", 0)], "FP": [], "FN": [case("FN", 0)]},
+        sanity=SanityResult(["s0", "s1", "s2"], np.array([0.1, -0.05, 0.2]), 0.0833),
+        stats=types.SimpleNamespace(positive_index=1, class_names=["CN", "AD"]),
+        target_layer="body.2", feature_layers=["body.2"], region_names=["hippocampus", "ventricles"],
+    )  # fmt: skip
+
+
+HISTORY = {
+    "train_loss": [(0, 0.9), (1, 0.6), (2, 0.4)], "val_loss": [(0, 1.0), (1, 0.8), (2, 0.7)],
+    "train_accuracy": [0.5, 0.7, 0.9], "val_accuracy": [0.5, 0.6, 0.7],
+}  # fmt: skip
+
+
+# -- every figure renders -------------------------------------------------------------------------
+
+
+def test_performance_figures_render(tmp_path, report):
+    y = np.r_[np.zeros(15, int), np.ones(15, int)]
+    figures = F.plot_performance_from_report(report, y, np.linspace(0, 1, 30))
+    assert set(figures) == {"roc", "confusion_matrix", "score_histogram", "calibration", "decision_curve"}
+    for name, fig in figures.items():
+        _assert_not_blank(fig, tmp_path / f"{name}.png")
+    _assert_not_blank(F.plot_training_curves(HISTORY), tmp_path / "history.png")
+
+
+def test_brain_figures_render(tmp_path, engine_result):
+    maps, feats = engine_result.maps, engine_result.maps["features/body.2"]
+    order = engine_result.feature_ranking["body.2"]["channel"]
+    drawn = {
+        "overlay": F.plot_cam_overlay(_volume(), _volume(seed=4), RAS_AFFINE, title="one subject"),
+        "gallery": F.plot_cam_gallery(engine_result.gallery["TP"], title="TP"),
+        "group": F.plot_group_cam(maps["cam"].mean, maps["cam"].diff, RAS_AFFINE, background=_volume()),
+        "group_no_background": F.plot_group_cam(maps["cam"].mean, maps["cam"].diff, RAS_AFFINE),
+        "features": F.plot_feature_maps(feats.mean["AD"], feats.mean["CN"], feats.diff, order, affine=RAS_AFFINE,
+                                        input_shape=SHAPE),  # fmt: skip
+        "channels": F.plot_channel_difference_maps(feats.diff, order, affine=RAS_AFFINE, input_shape=SHAPE),
+        "input": F.plot_input_difference(maps["input"].diff, maps["input"].t, RAS_AFFINE),
+        "gain": F.plot_region_gain(["a", "b"], np.random.default_rng(0).random((8, 2)) * 2, labels=[0, 1] * 4),
+        "sanity": F.plot_sanity([0.1, 0.3, -0.2], subject_ids=["x", "y", "z"]),
+    }
+    for name, fig in drawn.items():
+        _assert_not_blank(fig, tmp_path / f"{name}.png")
+
+
+def test_render_all_writes_every_available_figure(tmp_path, report, engine_result):
+    paths = F.render_all(report, engine_result, HISTORY, tmp_path / "out")
+    expected = {
+        "training_curves", "roc", "confusion_matrix", "score_histogram", "calibration", "decision_curve",
+        "gradcam_TP", "gradcam_TN", "gradcam_FN", "group_cam", "feature_maps", "feature_channel_differences",
+        "input_difference", "region_gain", "sanity",
+    }  # fmt: skip
+    assert set(paths) == expected  # no FP case in the gallery: no FP figure
+    for name, path in paths.items():
+        assert path == tmp_path / "out" / f"{name}.png"
+        assert matplotlib.image.imread(path).var() > 0
+
+
+def test_render_all_tolerates_missing_pieces(tmp_path, report):
+    assert set(F.render_all(None, None, None, tmp_path / "a")) == {"training_curves"}
+    assert "region_gain" not in F.render_all(report, None, {}, tmp_path / "b")
+
+
+# -- deterministic bytes ----------------------------------------------------------------------------
+
+
+def test_two_renders_are_byte_identical(tmp_path, report, engine_result):
+    first = F.render_all(report, engine_result, HISTORY, tmp_path / "one")
+    second = F.render_all(report, engine_result, HISTORY, tmp_path / "two")
+    for name in first:
+        assert first[name].read_bytes() == second[name].read_bytes(), name
+
+
+# -- text instead of failures -----------------------------------------------------------------------
+
+
+def _texts(fig):
+    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+@pytest.mark.parametrize("history", [None, {}, {"train_loss": [], "val_loss": []}, {"lr": [0.1, 0.01]}])
+def test_empty_history_draws_a_no_history_message(tmp_path, history):
+    fig = F.plot_training_curves(history)
+    assert len(fig.axes) == 1 and "No training history" in _texts(fig)
+    _assert_not_blank(fig, tmp_path / "empty.png")
+
+
+def test_roc_not_computable_says_why(tmp_path):
+    report = compute_metrics(np.ones(6, int), np.linspace(0.2, 0.9, 6), n_bootstrap=20)
+    assert report.curves.roc is None
+    figures = F.plot_performance_from_report(report)
+    text = _texts(figures["roc"])
+    assert "not computable" in text and "only one class" in text
+    _assert_not_blank(figures["roc"], tmp_path / "roc.png")
+
+
+def test_t_map_not_computable_says_why():
+    t = np.full(SHAPE, np.nan, dtype=np.float32)
+    fig = F.plot_input_difference(_volume(), t, RAS_AFFINE)
+    assert "not computable" in _texts(fig)
+
+
+def test_no_atlas_regions_says_so():
+    assert "atlas" in _texts(F.plot_region_gain([], np.zeros((3, 0))).figure)
+
+
+# -- orientation --------------------------------------------------------------------------------------
+
+
+def _stored_as(volume, affine, codes):
+    """The same anatomy stored in another voxel order: flip/permute the array and fix the affine."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    transform = ornt_transform(axcodes2ornt(("R", "A", "S")), axcodes2ornt(codes))
+    data = nib.orientations.apply_orientation(volume, transform)
+    return data, affine @ inv_ornt_aff(transform, volume.shape)
+
+
+@pytest.mark.parametrize("codes", [("L", "A", "S"), ("L", "P", "S"), ("P", "I", "R"), ("S", "L", "A")])
+def test_overlay_slices_do_not_depend_on_voxel_order(codes):
+    image, cam = _volume(), _volume(seed=5)
+    cam[2, 11, 7] = 5.0  # a unique peak
+    other_image, other_affine = _stored_as(image, RAS_AFFINE, codes)
+    other_cam, _ = _stored_as(cam, RAS_AFFINE, codes)
+    assert other_image.shape != image.shape or not np.array_equal(other_image, image)
+    # the same world point: the affines agree about where each voxel is
+    np.testing.assert_allclose(RAS_AFFINE @ [2, 11, 7, 1], other_affine @ [*np.argwhere(other_cam == 5.0)[0], 1])
+
+    reference = F.ortho_slices([image, cam], RAS_AFFINE, peak_of=1)
+    flipped = F.ortho_slices([other_image, other_cam], other_affine, peak_of=1)
+    for name in F.VIEWS:
+        a, b = reference[name], flipped[name]
+        for plane_a, plane_b in zip(a.planes, b.planes):
+            np.testing.assert_array_equal(plane_a, plane_b)
+        np.testing.assert_allclose(a.extent, b.extent)
+        assert a.position_mm == pytest.approx(b.position_mm)
+        assert a.sides == b.sides
+    # slices cross at the CAM peak, in world mm
+    peak_mm = RAS_AFFINE @ [2, 11, 7, 1]
+    assert reference["sagittal"].position_mm == pytest.approx(peak_mm[0])
+    assert reference["coronal"].position_mm == pytest.approx(peak_mm[1])
+    assert reference["axial"].position_mm == pytest.approx(peak_mm[2])
+
+
+def test_neurological_convention_left_is_on_the_left():
+    """A bright voxel in the subject's left hemisphere (x < 0) lands in the left half of the
+    axial and coronal images; anterior (y > 0) lands in the upper half of the axial image."""
+    volume = np.zeros(SHAPE, np.float32)
+    volume[1, 12, 5] = 1.0  # x = -10 mm (left), y = +10 mm (anterior)
+    las, las_affine = _stored_as(volume, RAS_AFFINE, ("L", "A", "S"))
+    for data, affine in ((volume, RAS_AFFINE), (las, las_affine)):
+        views = F.ortho_slices(data, affine, peak_of=0)
+        axial, coronal = views["axial"], views["coronal"]
+        row, col = np.argwhere(axial.planes[0] == 1.0)[0]
+        assert col < axial.planes[0].shape[1] / 2 and row > axial.planes[0].shape[0] / 2
+        assert axial.sides == ("L", "R", "P", "A") and coronal.sides == ("L", "R", "I", "S")
+        assert axial.extent[0] < axial.extent[1]  # x increases to the right
+        assert np.argwhere(coronal.planes[0] == 1.0)[0][1] < coronal.planes[0].shape[1] / 2
+
+
+def test_center_mm_and_feature_affine():
+    views = F.ortho_slices(_volume(), RAS_AFFINE, center_mm=(0.0, 2.0, -4.0))
+    assert (views["sagittal"].position_mm, views["coronal"].position_mm, views["axial"].position_mm) == (0, 2, -4)
+    coarse = F.feature_affine(RAS_AFFINE, SHAPE, (6, 7, 5))
+    # the coarse grid spans the same field of view: first/last voxel edges coincide
+    np.testing.assert_allclose(coarse @ [-0.5, -0.5, -0.5, 1], RAS_AFFINE @ [-0.5, -0.5, -0.5, 1])
+    np.testing.assert_allclose(coarse @ [5.5, 6.5, 4.5, 1], RAS_AFFINE @ [11.5, 13.5, 9.5, 1])
+
+
+# -- colour scales ------------------------------------------------------------------------------------
+
+
+def _images(fig, cmap):
+    return [image for ax in fig.axes for image in ax.images if image.get_cmap().name.startswith(cmap)]
+
+
+def test_diverging_maps_use_symmetric_scales(engine_result):
+    maps, feats = engine_result.maps, engine_result.maps["features/body.2"]
+    order = engine_result.feature_ranking["body.2"]["channel"]
+    figures = [
+        F.plot_group_cam(maps["cam"].mean, maps["cam"].diff, RAS_AFFINE),
+        F.plot_feature_maps(feats.mean["AD"], feats.mean["CN"], feats.diff, order),
+        F.plot_channel_difference_maps(feats.diff, order),
+        F.plot_input_difference(maps["input"].diff, maps["input"].t, RAS_AFFINE),
+    ]
+    for fig in figures:
+        diverging = _images(fig, "RdBu_r")
+        assert diverging
+        for image in diverging:
+            low, high = image.get_clim()
+            assert high > 0 and low == -high
+    # the input difference's scale is max |difference| exactly
+    fig = figures[-1]
+    limits = sorted({_images(fig, "RdBu_r")[i].get_clim()[1] for i in range(len(_images(fig, "RdBu_r")))})
+    assert limits[0] == pytest.approx(float(np.abs(maps["input"].diff).max()), rel=1e-6)
+
+
+def test_no_pyplot_state_is_left_behind(report):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    F.plot_performance_from_report(report)
+    F.plot_training_curves(HISTORY)
+    assert plt.get_fignums() == before
