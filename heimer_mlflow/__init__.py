@@ -5,6 +5,7 @@ Python entry points (imported lazily, so ``heimer-mlflow --help`` stays fast):
 - ``log_model(model, name, *, class_names, positive_class, input_shape, intensity,
   target_layer, registered_model_name=None, **mlflow_kwargs)`` for training code;
 - ``load_model(model_uri)`` -> ``LoadedModel`` (module in eval mode, metadata, version, run);
+- ``evaluate(model_uri, data, **options)`` -> ``Evaluation`` (numbers, arrays, the MLflow run);
 - ``write_cohort(out_dir, ...)`` for a synthetic AD/CN cohort with planted atrophy.
 """
 
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "log_model": ("registry", "log_model"),
     "load_model": ("registry", "load"),
+    "evaluate": ("evaluation", "evaluate"),
     "write_cohort": ("synthetic", "write_cohort"),
     "HeimerError": ("errors", "HeimerError"),
 }
