@@ -19,6 +19,9 @@ Start here:
   heimer-mlflow demo                 synthetic cohort -> train a small 3D CNN -> register it
                                      as heimer-demo@champion in ./mlflow.db
   heimer-mlflow cohort OUT_DIR       write a synthetic AD/CN cohort with planted atrophy
+  heimer-mlflow evaluate MODEL_URI --data COHORT
+                                     metrics, Grad-CAM, maps and a PDF report, logged to MLflow
+  heimer-mlflow report RUN_ID        re-render an evaluation run's report from its artifacts
 
 The tracking store is MLflow's default (sqlite:///mlflow.db in this folder); set
 MLFLOW_TRACKING_URI to use another store or server.
@@ -123,6 +126,17 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--history-metric", action="append", default=[], metavar="CURVE=KEY",
                           help="which source-run metric is a training curve, e.g. train_loss=my_loss (repeatable)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of bootstraps and the sanity check (default 0)")
+    report = commands.add_parser(
+        "report",
+        help="re-render the PDF/HTML report of an evaluation run from its logged artifacts",
+        description="Rebuild the report of evaluation run RUN_ID from the artifacts it logged "
+        "(evaluation.json, metrics.json, predictions.csv, figures/): no model and no data are "
+        "needed, e.g. after a template change. The report is logged to that run again "
+        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given.",
+    )
+    report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
+    report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
+    report.add_argument("--no-log", action="store_true", help="only write to --out; do not log to the run")
     return parser
 
 
@@ -171,6 +185,13 @@ def _run(args) -> None:
             progress=progress,
         )
         print(f"run {result.run_id}: verdict {result.verdict}")
+    elif args.command == "report":
+        from .report import report_for_run
+
+        if args.no_log and not args.out:
+            raise HeimerError("--no-log needs --out DIR, or the rendered report would go nowhere")
+        files = report_for_run(args.run_id, out_dir=args.out, log=not args.no_log)
+        print(files.pdf)
 
 
 def main(argv=None) -> int:

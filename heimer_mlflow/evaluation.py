@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nibabel as nib
@@ -82,6 +83,7 @@ class Evaluation:
     options: EvaluationOptions
     grid_affine: np.ndarray
     run_id: str | None = None
+    evaluated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     artifacts: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -220,7 +222,6 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
 def evaluate_loaded(loaded: LoadedModel, data, opts: EvaluationOptions, *, run_id: str | None = None,
                     started: float | None = None) -> Evaluation:
     """``evaluate`` for a model already in memory (the MLflow evaluator plug-in's entry)."""
-    from . import tracking
 
     started = time.perf_counter() if started is None else started
     say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress else (lambda msg: None)

@@ -16,14 +16,16 @@ Conventions:
   ``RdBu_r`` (red = higher in AD, blue = higher in CN) on a scale symmetric about zero.
 - Brain views are reoriented to RAS with the NIfTI affine (``reorient_to_ras``), whatever the
   stored voxel order, and shown in the *neurological* convention: the subject's left is on the
-  image's left (marked L and R). Axes and slice positions are world coordinates in mm.
+  image's left (marked L and R). Slice positions are world coordinates in mm (from the affine), with
+  a 50 mm scale bar; the three views of a row share one Axes (fast to draw, nilearn-like).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib
@@ -42,10 +44,12 @@ DIVERGING_CMAP = "RdBu_r"
 DPI = 100
 CONVENTION = "Neurological convention: subject's left on the image left (L/R marked); coordinates in mm (world space)"
 OUTCOME_TITLES = {
-    "TP": "true positives (AD called AD)", "TN": "true negatives (CN called CN)",
-    "FP": "false positives (CN called AD)", "FN": "false negatives (AD called CN)",
+    "TP": "true positives ({positive} called {positive})", "TN": "true negatives ({negative} called {negative})",
+    "FP": "false positives ({negative} called {positive})", "FN": "false negatives ({positive} called {negative})",
 }  # fmt: skip
 VIEWS = ("axial", "coronal", "sagittal")
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,11 +193,13 @@ def plot_roc(
 
 
 def plot_score_histogram(
-    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = ("CN", "AD"), bins: int = 20, ax=None
-):
+    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = ("CN", "AD"), bins: int = 20,
+    youden_threshold: float | None = None, ax=None,
+):  # fmt: skip
     """Distribution of the model's AD probability per true class (AD red, CN blue), threshold line.
 
-    ``y_true`` is 1 for the positive class (``class_names[1]``), 0 for the negative.
+    ``y_true`` is 1 for the positive class (``class_names[1]``), 0 for the negative;
+    ``youden_threshold``, if given, is marked (dotted) for information.
     """
     ax = _axes(ax, (5.2, 3.8))
     negative, positive = class_names
@@ -204,6 +210,9 @@ def plot_score_histogram(
         ax.hist(scores, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color, linewidth=1,
                 label=f"true {name} (n={len(scores)})")  # fmt: skip
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
+    if youden_threshold is not None:
+        ax.axvline(youden_threshold, color=NEUTRAL_COLOR, linestyle=":",
+                   label=f"Youden {youden_threshold:.2f} (chosen on this data; information only)")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"model score: probability of {positive}")
     ax.set_ylabel("subjects")
@@ -263,8 +272,10 @@ def plot_calibration(
     return fig
 
 
-def plot_decision_curve(thresholds, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none=None, *,
-                        threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None):  # fmt: skip
+def plot_decision_curve(
+    thresholds, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none=None, *,
+    threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
+):  # fmt: skip
     """Net benefit of acting on the model's call against treating everyone or nobody as AD."""
     ax = _axes(ax, (5.2, 3.8))
     positive = class_names[1]
@@ -287,39 +298,86 @@ def plot_decision_curve(thresholds, net_benefit_model, net_benefit_treat_all, ne
     return ax
 
 
-def plot_performance_from_report(report, y_true=None, y_score=None) -> dict[str, Figure]:
-    """The ROC, confusion, calibration, decision (and, given scores, histogram) figures of a
-    ``metrics.ClassificationReport``."""
-    overall, curves, names = report.overall, report.curves, tuple(report.class_names)
+def _roc_from_report(report):
+    overall, roc = report.overall, report.curves.roc
     auc = overall.estimates.get("roc_auc")
     sens, spec = overall.estimates.get("sensitivity"), overall.estimates.get("specificity")
     point = None
     if sens is not None and spec is not None and sens.computable and spec.computable:
         point = (1 - spec.value, sens.value)
-    roc = curves.roc
-    figures = {
-        "roc": plot_roc(
-            None if roc is None else roc.fpr, None if roc is None else roc.tpr,
-            auc=auc.value if auc else None, auc_lower=auc.lower if auc else None,
-            auc_upper=auc.upper if auc else None, reason=auc.reason if auc else None,
-            operating_point=point, threshold=report.threshold, class_names=names,
-        ).figure,
-        "confusion_matrix": plot_confusion_matrix(
-            **overall.confusion.to_dict(), class_names=names, threshold=report.threshold).figure,
-    }  # fmt: skip
-    if y_true is not None and y_score is not None:
-        figures["score_histogram"] = plot_score_histogram(
-            y_true, y_score, threshold=report.threshold, class_names=names).figure  # fmt: skip
-    rel, est = curves.reliability, overall.estimates
+    return plot_roc(
+        None if roc is None else roc.fpr, None if roc is None else roc.tpr,
+        auc=auc.value if auc else None, auc_lower=auc.lower if auc else None, auc_upper=auc.upper if auc else None,
+        reason=auc.reason if auc else None, operating_point=point, threshold=report.threshold,
+        class_names=tuple(report.class_names),
+    )  # fmt: skip
+
+
+def _calibration_from_report(report) -> Figure:
+    rel, est = report.curves.reliability, report.overall.estimates
     brier, ece = est.get("brier_score"), est.get("expected_calibration_error")
-    figures["calibration"] = plot_calibration(
-        rel.mean_predicted, rel.observed_fraction, rel.count, brier=brier.value if brier else None,
-        ece=ece.value if ece else None, class_names=names)  # fmt: skip
-    dec = curves.decision
-    figures["decision_curve"] = plot_decision_curve(
-        dec.thresholds, dec.net_benefit_model, dec.net_benefit_treat_all, dec.net_benefit_treat_none,
-        threshold=report.threshold, class_names=names).figure  # fmt: skip
-    return figures
+    return plot_calibration(rel.mean_predicted, rel.observed_fraction, rel.count,
+                            brier=brier.value if brier else None, ece=ece.value if ece else None,
+                            class_names=tuple(report.class_names))  # fmt: skip
+
+
+def plot_performance_from_report(report, y_true=None, y_score=None) -> dict[str, Figure]:
+    """The performance figures of a ``metrics.ClassificationReport`` (ROC, confusion matrix,
+    score histogram if ``y_true``/``y_score`` are given, calibration, decision curve, subgroups)."""
+    engine = None
+    if y_true is not None and y_score is not None:
+        engine = _Scores({"label": np.asarray(y_true).astype(int), "prob": np.asarray(y_score, dtype=float)})
+    plan = figure_plan(report, engine, None)
+    return {name: draw() for name, draw in plan if name != "training_curves"}
+
+
+@dataclass
+class _Scores:
+    """Just the per-subject scores of an engine result (positive class = label 1)."""
+
+    subjects: dict
+
+
+def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Mapping[str, object] | None = None, *,
+                   names: Sequence[str] = ("sensitivity", "specificity", "roc_auc"),
+                   fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Forest plot: each subgroup's figures with their 95% CIs, the whole cohort as a dashed line.
+
+    ``rows``: ``(label, {name: estimate})`` per subgroup, where an estimate has ``value``,
+    ``lower``, ``upper`` (``value`` None = not computable, shown as "n/a"); ``overall``: the
+    whole cohort's estimates.
+    """
+    titles = {"sensitivity": "sensitivity", "specificity": "specificity", "roc_auc": "ROC AUC",
+              "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "ppv": "PPV", "npv": "NPV"}
+    fig = fig if fig is not None else _figure((3.0 * len(names) + 2.0, 0.32 * len(rows) + 1.6))
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+    y = np.arange(len(rows))[::-1]
+    for ax, name in zip(axes, names):
+        for yi, (_, estimates) in zip(y, rows):
+            e = estimates.get(name)
+            if e is None or e.value is None:
+                ax.text(0.5, yi, "n/a", ha="center", va="center", fontsize=7, color=NEUTRAL_COLOR)
+                continue
+            if e.lower is not None and e.upper is not None:
+                ax.plot([e.lower, e.upper], [yi, yi], color="black", linewidth=1)
+            ax.plot(e.value, yi, "s", color=MODEL_COLOR, markersize=5)
+        whole = (overall or {}).get(name)
+        if whole is not None and whole.value is not None:
+            ax.axvline(whole.value, color=AD_COLOR, linestyle="--", linewidth=1, label=f"all: {whole.value:.2f}")
+            ax.legend(fontsize=7, loc="lower left")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel(titles.get(name, name) + " (95% CI)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [label for label, _ in rows], fontsize=8)
+    axes[0].set_ylim(-0.7, len(rows) - 0.3)
+    fig.suptitle("Results per subgroup", fontsize=11)
+    return fig
+
+
+def plot_subgroups_from_report(report, names=("sensitivity", "specificity", "roc_auc")) -> Figure:
+    rows = [(f"{row.covariate}: {row.group} (n={row.metrics.n_subjects})", row.metrics.estimates)
+            for row in report.subgroups]  # fmt: skip
+    return plot_subgroups(rows, report.overall.estimates, names=names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,10 +450,10 @@ def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, pea
     elif center_voxel is not None:
         world = affine @ np.r_[np.asarray(center_voxel, dtype=float), 1.0]
         ijk = np.linalg.solve(ras_affine, world)[:3]
-    elif peak_of is not None and np.any(np.isfinite(ras[peak_of])):
-        values = np.nan_to_num(np.asarray(ras[peak_of], dtype=np.float64), nan=-np.inf)
+    elif peak_of is not None and _has_peak(ras[peak_of]):
+        values = np.asarray(ras[peak_of], dtype=np.float64)
         values = np.abs(values) if absolute_peak else values
-        ijk = np.unravel_index(int(np.argmax(values)), ras_shape)
+        ijk = np.unravel_index(int(np.argmax(np.where(np.isnan(values), -np.inf, values))), ras_shape)
     else:
         ijk = (np.asarray(ras_shape) - 1) / 2
     ijk = np.clip(np.rint(np.asarray(ijk, dtype=float)).astype(int), 0, np.asarray(ras_shape) - 1)
@@ -426,6 +484,12 @@ def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, pea
             sides=(*h_sides, *v_sides),
         )  # fmt: skip
     return views
+
+
+def _has_peak(volume) -> bool:
+    """Whether ``volume`` has finite values that are not all equal (else there is no peak to cut at)."""
+    finite = np.asarray(volume)[np.isfinite(volume)]
+    return finite.size > 0 and finite.min() != finite.max()
 
 
 def feature_affine(input_affine, input_shape, feature_shape) -> np.ndarray:
@@ -579,8 +643,10 @@ def plot_cam_overlay(image, cam, affine=None, *, title: str | None = None, cente
                             show_below=show_below, fig=fig)  # fmt: skip
 
 
-def plot_cam_gallery(cases, *, title: str | None = None, center_mm=None, alpha: float = 0.5,
-                     show_below: float = 0.1, fig: Figure | None = None) -> Figure:  # fmt: skip
+def plot_cam_gallery(
+    cases, *, title: str | None = None, center_mm=None, alpha: float = 0.5, show_below: float = 0.1,
+    positive_class: str = "AD", fig: Figure | None = None,
+) -> Figure:  # fmt: skip
     """One row of three orthogonal Grad-CAM overlays per case, slices through each case's CAM peak.
 
     ``cases``: ``engine.GalleryCase`` objects (image, cam, affine, subject_id, prob, outcome) or
@@ -592,7 +658,7 @@ def plot_cam_gallery(cases, *, title: str | None = None, center_mm=None, alpha: 
             image, cam, affine, label = case
         else:
             image, cam, affine = case.image, case.cam, case.affine
-            label = f"{case.subject_id}: {case.outcome}, model's P(AD) = {case.prob:.2f}"
+            label = f"{case.subject_id}: {case.outcome}, model's P({positive_class}) = {case.prob:.2f}"
         rows.append((_volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
     row_views = []
     for image, cam, affine, _ in rows:
@@ -648,6 +714,10 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
         image = draw_views(axes[r], views, layers, scale_bar=False)
         _row_label(axes[r], f"mean Grad-CAM, {name}" + (f" (n = {counts[name]})" if name in counts else ""))
         _colorbar(fig, image, bars[r], "Grad-CAM (raw units)").solids.set_alpha(1.0)
+    if not np.any(np.isfinite(diff)):
+        bars[-1].set_axis_off()
+        _message(axes[-1], f"difference {positive} - {negative} not computable: it needs subjects in both groups")
+        return fig
     limit = _symmetric_limit(diff)
     image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)], side_color="black")
     _row_label(axes[-1], f"difference {positive} - {negative} (red: more Grad-CAM in {positive}, blue: in {negative})")
@@ -782,10 +852,15 @@ def plot_input_difference(diff, t=None, affine=None, *, class_names: Sequence[st
                                    f"{negative} (the baseline against which the model's maps are judged)")  # fmt: skip
     counts = counts or {}
     n = "" if not counts else f" (n = {counts.get(positive, '?')} {positive}, {counts.get(negative, '?')} {negative})"
-    limit = _symmetric_limit(diff)
-    image = draw_views(axes[0], views, [Layer(1, DIVERGING_CMAP, -limit, limit)], side_color="black", scale_bar=False)
-    _row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}")
-    _colorbar(fig, image, bars[0], "intensity difference")
+    if np.any(np.isfinite(diff)):
+        limit = _symmetric_limit(diff)
+        image = draw_views(axes[0], views, [Layer(1, DIVERGING_CMAP, -limit, limit)], side_color="black",
+                           scale_bar=False)  # fmt: skip
+        _row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}")
+        _colorbar(fig, image, bars[0], "intensity difference")
+    else:
+        bars[0].set_axis_off()
+        _message(axes[0], f"difference not computable: it needs subjects in both groups{n}")
     if t_ok:
         t_limit = _symmetric_limit(t)
         image = draw_views(axes[1], views, [Layer(2, DIVERGING_CMAP, -t_limit, t_limit)], side_color="black")
@@ -834,12 +909,42 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
                 ax.scatter((x[None, :] + jitter[rows, None]).ravel(), gains[rows].ravel(), s=10, color=color,
                            marker=marker, alpha=0.7, zorder=3, label=f"{name} subjects")  # fmt: skip
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="1 = chance (share = volume share)")
-    ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    tick_labels = [name.replace("_", " ") for name in names]
+    slanted = len(names) > 4 or sum(len(label) for label in tick_labels) > 40
+    ax.set_xticks(x, tick_labels, rotation=30 if slanted else 0, ha="right" if slanted else "center")
     ax.set_ylabel("Grad-CAM share / volume share")
     ax.set_ylim(bottom=0)
     ax.set_title("Where the model looks: Grad-CAM per atlas region")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    return ax
+
+
+def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = ("CN", "AD"), ax=None):
+    """Share of each subject's Grad-CAM outside the brain mask (skull, background) per true class.
+
+    ``fractions``: per subject, in [0, 1]; ``labels``: 1 (AD) / 0 (CN) per subject, or None.
+    Near 0 is what an anatomically plausible model shows; a large share suggests a shortcut.
+    """
+    ax = _axes(ax, (5.2, 3.8))
+    values = np.asarray(fractions, dtype=float)
+    if values.size == 0 or not np.any(np.isfinite(values)):
+        return _message(ax, "No Grad-CAM shares to show.", title="Grad-CAM outside the brain")
+    negative, positive = class_names
+    edges = np.linspace(0.0, 1.0, 21)
+    groups = [(None, "all subjects", NEUTRAL_COLOR, "")] if labels is None else [
+        (0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")]  # fmt: skip
+    labels = None if labels is None else np.asarray(labels).astype(int)
+    for value, name, color, hatch in groups:
+        chosen = values if value is None else values[labels == value]
+        chosen = chosen[np.isfinite(chosen)]
+        ax.hist(chosen, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color,
+                label=f"{name} (n={len(chosen)}, median {np.median(chosen) if len(chosen) else float('nan'):.2f})")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of Grad-CAM outside the brain mask (0 = all inside)")
+    ax.set_ylabel("subjects")
+    ax.set_title("Grad-CAM outside the brain (skull, background)")
+    ax.legend(fontsize=8)
     return ax
 
 
@@ -857,9 +962,12 @@ def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: flo
     ids = list(subject_ids) if subject_ids is not None else [str(i + 1) for i in range(len(values))]
     mean = float(np.nanmean(values)) if mean is None and np.any(np.isfinite(values)) else mean
     x = np.arange(len(values))
-    ax.bar(x, np.nan_to_num(values), color=MODEL_COLOR, width=0.6, label="per subject")
-    if mean is not None and math.isfinite(mean):
-        ax.axhline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
+    ax.bar(x, np.nan_to_num(values), color=MODEL_COLOR, width=0.6)
+    has_mean = mean is not None and math.isfinite(mean)
+    if has_mean:
+        ax.axhline(mean, color="black", linestyle="--")
+        ax.text(len(values) - 0.5, mean, f"mean {mean:.2f}", ha="right", va="top" if mean > 0.8 else "bottom",
+                fontsize=8)  # fmt: skip
     ax.axhline(0.0, color=NEUTRAL_COLOR, linewidth=0.8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xticks(x, ids, rotation=45 if len(ids) > 4 else 0, ha="right" if len(ids) > 4 else "center", fontsize=7)
@@ -867,8 +975,8 @@ def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: flo
     ax.set_xlabel("subject\n\nGood: correlation near 0 (the maps depend on what the model learned).\n"
                   "Near 1: the maps would look the same from an untrained model (not explanations).", fontsize=8)
     ax.set_ylabel("Spearman rank correlation")
-    ax.set_title("Sanity check: trained vs randomised-weights Grad-CAM")
-    ax.legend(fontsize=8, loc="upper right")
+    summary = f"\nmean rank correlation {mean:.2f} over {len(values)} subjects (bars)" if has_mean else ""
+    ax.set_title(f"Sanity check: trained vs randomised-weights Grad-CAM{summary}", fontsize=10)
     return ax
 
 
@@ -884,80 +992,134 @@ def _first_affine(engine_result):
     return None
 
 
-def build_figures(report=None, engine_result=None, history=None, *, affine=None, input_shape=None,
-                  max_gallery_cases: int = 3) -> dict[str, Figure]:  # fmt: skip
-    """Every figure the given pieces allow, as ``{name: Figure}`` (missing pieces are skipped)."""
-    figures: dict[str, Figure] = {"training_curves": plot_training_curves(history)}
-    class_names = tuple(report.class_names) if report is not None else ("CN", "AD")
+def _class_names(report, engine_result) -> tuple[str, str]:
+    """(negative, positive): the report's, else the engine's (two classes), else (CN, AD)."""
+    if report is not None:
+        return tuple(report.class_names)
     stats = getattr(engine_result, "stats", None)
-    y_true = y_score = None
+    names = list(getattr(stats, "class_names", []) or [])
+    if len(names) == 2 and getattr(stats, "positive_index", None) in (0, 1):
+        return names[1 - stats.positive_index], names[stats.positive_index]
+    return "CN", "AD"
+
+
+def figure_plan(report=None, engine_result=None, history=None, *, affine=None, input_shape=None,
+                max_gallery_cases: int = 3) -> list[tuple[str, Callable[[], Figure]]]:  # fmt: skip
+    """``(name, draw)`` for every figure the given pieces allow; ``draw()`` returns the Figure.
+
+    Figures are drawn lazily, so ``render_all`` holds one at a time. Absent pieces are skipped.
+    """
+    plan: list[tuple[str, Callable[[], Figure]]] = [("training_curves", lambda: plot_training_curves(history))]
+    class_names = _class_names(report, engine_result)
+    negative, positive = class_names
+    stats = getattr(engine_result, "stats", None)
     subjects = getattr(engine_result, "subjects", None) or {}
+    y_true = y_score = None
     if "label" in subjects and "prob" in subjects:
-        positive_index = getattr(stats, "positive_index", 1)
-        y_true = (np.asarray(subjects["label"]) == positive_index).astype(int)
+        y_true = (np.asarray(subjects["label"]) == getattr(stats, "positive_index", 1)).astype(int)
         y_score = np.asarray(subjects["prob"], dtype=float)
     if report is not None:
-        figures.update(plot_performance_from_report(report, y_true, y_score))
+        overall, curves = report.overall, report.curves
+        plan += [
+            ("roc", lambda: _roc_from_report(report).figure),
+            ("confusion_matrix", lambda: plot_confusion_matrix(
+                **overall.confusion.to_dict(), class_names=class_names, threshold=report.threshold).figure),
+        ]  # fmt: skip
+        if y_true is not None:
+            youden = report.threshold_rationale.youden_threshold
+            plan.append(("score_histogram", lambda: plot_score_histogram(
+                y_true, y_score, threshold=report.threshold, class_names=class_names,
+                youden_threshold=youden.value if youden.computable else None).figure))  # fmt: skip
+        plan += [
+            ("calibration", lambda: _calibration_from_report(report)),
+            ("decision_curve", lambda: plot_decision_curve(
+                curves.decision.thresholds, curves.decision.net_benefit_model, curves.decision.net_benefit_treat_all,
+                curves.decision.net_benefit_treat_none, threshold=report.threshold, class_names=class_names).figure),
+        ]  # fmt: skip
+        if report.subgroups:
+            plan.append(("subgroups", lambda: plot_subgroups_from_report(report)))
     elif y_true is not None:
         threshold = getattr(engine_result, "threshold", 0.5)
-        figures["score_histogram"] = plot_score_histogram(y_true, y_score, threshold=threshold).figure
+        plan.append(("score_histogram", lambda: plot_score_histogram(
+            y_true, y_score, threshold=threshold, class_names=class_names).figure))  # fmt: skip
     if engine_result is None:
-        return figures
-    if class_names == ("CN", "AD") and stats is not None and len(getattr(stats, "class_names", [])) == 2:
-        names = list(stats.class_names)
-        positive = names[stats.positive_index]
-        class_names = (names[1 - stats.positive_index], positive)
+        return plan
+
     affine = _first_affine(engine_result) if affine is None else affine
     for outcome, cases in (getattr(engine_result, "gallery", None) or {}).items():
         if cases:
-            figures[f"gradcam_{outcome}"] = plot_cam_gallery(
-                cases[:max_gallery_cases], title=f"Grad-CAM, most confident {OUTCOME_TITLES.get(outcome, outcome)}")
+            what = OUTCOME_TITLES.get(outcome, outcome).format(negative=negative, positive=positive)
+            title = f"Grad-CAM, most confident {what}"
+            plan.append((f"gradcam_{outcome}", lambda cases=cases, title=title: plot_cam_gallery(
+                cases[:max_gallery_cases], positive_class=positive, title=title)))  # fmt: skip
     maps = getattr(engine_result, "maps", None) or {}
     inputs = maps.get("input")
     if input_shape is None and inputs is not None:
         input_shape = np.asarray(inputs.diff).shape[-3:]
     if "cam" in maps:
         cam = maps["cam"]
-        background = None
-        if inputs is not None:
-            pooled = [inputs.mean[name] for name in class_names if name in inputs.mean]
+
+        def group_cam():
+            pooled = [inputs.mean[name] for name in class_names if name in inputs.mean] if inputs is not None else []
             background = np.mean(pooled, axis=0) if pooled else None
-        figures["group_cam"] = plot_group_cam(cam.mean, cam.diff, affine, background=background,
-                                              class_names=class_names, counts=cam.count)  # fmt: skip
+            return plot_group_cam(cam.mean, cam.diff, affine, background=background, class_names=class_names,
+                                  counts=cam.count)  # fmt: skip
+
+        plan.append(("group_cam", group_cam))
     layer = getattr(engine_result, "target_layer", None)
     features = maps.get(f"features/{layer}") if layer else None
     ranking = (getattr(engine_result, "feature_ranking", None) or {}).get(layer)
     if features is not None and ranking is not None and all(name in features.mean for name in class_names):
-        negative, positive = class_names
-        figures["feature_maps"] = plot_feature_maps(
-            features.mean[positive], features.mean[negative], features.diff, ranking["channel"], affine=affine,
-            input_shape=input_shape, class_names=class_names, layer=layer)  # fmt: skip
-        figures["feature_channel_differences"] = plot_channel_difference_maps(
-            features.diff, ranking["channel"], affine=affine, input_shape=input_shape, class_names=class_names,
-            layer=layer, scores=ranking.get("mean_abs_t"))  # fmt: skip
+        plan += [
+            ("feature_maps", lambda: plot_feature_maps(
+                features.mean[positive], features.mean[negative], features.diff, ranking["channel"], affine=affine,
+                input_shape=input_shape, class_names=class_names, layer=layer)),
+            ("feature_channel_differences", lambda: plot_channel_difference_maps(
+                features.diff, ranking["channel"], affine=affine, input_shape=input_shape, class_names=class_names,
+                layer=layer, scores=ranking.get("mean_abs_t"))),
+        ]  # fmt: skip
     if inputs is not None:
-        figures["input_difference"] = plot_input_difference(inputs.diff, inputs.t, affine, class_names=class_names,
-                                                            counts=inputs.count)  # fmt: skip
+        plan.append(("input_difference", lambda: plot_input_difference(
+            inputs.diff, inputs.t, affine, class_names=class_names, counts=inputs.count)))  # fmt: skip
+    if "cam_outside_brain_fraction" in subjects:
+        plan.append(("cam_outside_brain", lambda: plot_outside_brain(
+            subjects["cam_outside_brain_fraction"], labels=y_true, class_names=class_names).figure))  # fmt: skip
     regions = list(getattr(engine_result, "region_names", None) or [])
     if regions and all(f"cam_roi_gain_{name}" in subjects for name in regions):
         gains = {name: subjects[f"cam_roi_gain_{name}"] for name in regions}
-        figures["region_gain"] = plot_region_gain(regions, gains, labels=y_true, class_names=class_names).figure
+        plan.append(("region_gain", lambda: plot_region_gain(
+            regions, gains, labels=y_true, class_names=class_names).figure))  # fmt: skip
     sanity = getattr(engine_result, "sanity", None)
     if sanity is not None and len(sanity.spearman):
-        figures["sanity"] = plot_sanity(sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean).figure
-    return figures
+        plan.append(("sanity", lambda: plot_sanity(
+            sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean).figure))  # fmt: skip
+    return plan
+
+
+def build_figures(report=None, engine_result=None, history=None, **options) -> dict[str, Figure]:
+    """Every figure the given pieces allow, as ``{name: Figure}`` (see ``figure_plan``)."""
+    return {name: draw() for name, draw in figure_plan(report, engine_result, history, **options)}
 
 
 def render_all(report=None, engine_result=None, history=None, out_dir=".", *, affine=None, dpi: int = DPI,
-               max_gallery_cases: int = 3) -> dict[str, pathlib.Path]:  # fmt: skip
+               max_gallery_cases: int = 3, strict: bool = True) -> dict[str, pathlib.Path]:  # fmt: skip
     """Draw every figure the given pieces allow and save each as ``out_dir/<name>.png``.
 
     ``report``: ``metrics.ClassificationReport`` or None; ``engine_result``: ``engine.EngineResult``
     or None; ``history``: training history (may be empty); ``affine``: of the inputs' grid (default:
     the first gallery case's). Pieces that are absent are skipped: no atlas, no gain figure; no
-    false positives, no FP gallery. Returns ``{name: path}`` in drawing order.
+    false positives, no FP gallery. With ``strict=False`` a figure that fails to draw is logged as
+    a warning and left out instead of raising. Returns ``{name: path}`` in drawing order.
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = build_figures(report, engine_result, history, affine=affine, max_gallery_cases=max_gallery_cases)
-    return {name: save_figure(fig, out / f"{name}.png", dpi=dpi) for name, fig in figures.items()}
+    paths = {}
+    for name, draw in figure_plan(report, engine_result, history, affine=affine,
+                                  max_gallery_cases=max_gallery_cases):  # fmt: skip
+        try:
+            paths[name] = save_figure(draw(), out / f"{name}.png", dpi=dpi)
+        except Exception:
+            if strict:
+                raise
+            log.warning("figure %s could not be drawn; it is left out", name, exc_info=True)
+    return paths

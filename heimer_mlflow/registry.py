@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from .engine.gradcam import resolve_layer
 from .errors import HeimerError
 from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, INTENSITIES, ModelMeta
 
@@ -29,19 +30,9 @@ METADATA_KEY = "heimer"
 # --------------------------------------------------------------------------- training side
 
 
-def conv3d_layers(model: torch.nn.Module) -> list[str]:
-    """Module paths of every ``Conv3d`` in definition order (the Grad-CAM candidates)."""
-    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv3d)]
-
-
 def default_target_layer(model: torch.nn.Module) -> str:
-    layers = conv3d_layers(model)
-    if not layers:
-        raise HeimerError(
-            f"model {type(model).__name__} has no Conv3d layer, so there is nothing for Grad-CAM "
-            "to explain; heimer-mlflow evaluates 3D CNNs (name a layer with --target-layer)"
-        )
-    return layers[-1]
+    """The last Conv3d, the contract's default Grad-CAM layer."""
+    return resolve_layer(model, None)[0]
 
 
 def validate_meta(meta: ModelMeta, model: torch.nn.Module | None = None) -> ModelMeta:
@@ -69,19 +60,6 @@ def validate_meta(meta: ModelMeta, model: torch.nn.Module | None = None) -> Mode
     if model is not None and meta.target_layer is not None:
         resolve_layer(model, meta.target_layer)
     return meta
-
-
-def resolve_layer(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    """The submodule at ``path`` (as in ``named_modules()``), or a one-line error listing the
-    Conv3d layers to choose from."""
-    modules = dict(model.named_modules())
-    if path not in modules or path == "":
-        candidates = ", ".join(conv3d_layers(model)) or "none"
-        raise HeimerError(
-            f"layer {path!r} does not exist in {type(model).__name__}; "
-            f"Conv3d layers to choose from: {candidates}"
-        )
-    return modules[path]
 
 
 def _signature(input_shape, n_outputs: int) -> ModelSignature:

@@ -158,6 +158,7 @@ def evaluation_record(evaluation) -> dict:
         "plausibility": {"verdict": evaluation.verdict, "reason": evaluation.verdict_reason, **evaluation.summary},
         "history": {k: [[int(s), _finite(v)] for s, v in pts] for k, pts in evaluation.history.items()},
         "grid_affine": np.asarray(evaluation.grid_affine).tolist(),
+        "evaluated_at": evaluation.evaluated_at,
         "timings": {k: _finite(v) for k, v in evaluation.timings.items()},
         "versions": _versions(),
     }
@@ -214,7 +215,13 @@ def log_evaluation(evaluation, staging: Path, *, run_id: str | None = None, say=
         mlflow.log_input(dataset, context="evaluation", model=linked[0] if linked else None)
         mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
         mlflow.log_artifacts(str(staging))
-        say(f"logged the evaluation to run {evaluation.run_id} ({mlflow.get_tracking_uri()})")
+        # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
+        # re-renders it later: one path, and proof that the artifacts alone suffice.
+        from .report import report_for_run
+
+        report = report_for_run(evaluation.run_id, log=True)
+        evaluation.artifacts["report"] = f"{run.info.artifact_uri}/report/{report.pdf.name}"
+        say(f"logged the evaluation and its report to run {evaluation.run_id} ({mlflow.get_tracking_uri()})")
     if model.name and model.version:
         tag_model_version(evaluation, flat)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -36,6 +38,16 @@ def tracking(tracking_dir, monkeypatch):
     yield tracking_dir
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def subprocess_env(tracking_dir: Path) -> dict:
+    """Environment for a CLI / `mlflow run` subprocess on the session's store. MLproject
+    commands call `python`: make it this environment's, as an activated venv would."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tracking_dir / 'mlflow.db'}",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    return env
 
 
 class TinyCNN(nn.Module):

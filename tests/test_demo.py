@@ -3,16 +3,16 @@ version under alias champion, per-epoch histories in its source run, every metad
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from heimer_mlflow import registry
 from heimer_mlflow.demo import run_demo
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(subjects=12, eval_subjects=6, epochs=2, voxel_size=4.0)
@@ -56,20 +56,11 @@ def assert_demo_evaluated(name: str, training_run_id: str):
     assert mv.tags["heimer.verdict"] in ("pass", "review")
 
 
-def _env(tracking_dir):
-    # MLproject commands call `python`: make it this environment's, as an activated venv would
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tracking_dir / 'mlflow.db'}",
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(leaked, None)
-    return env
-
-
 def test_demo_through_the_cli(tracking, tmp_path):
     cmd = [sys.executable, "-m", "heimer_mlflow", "-q", "demo", "--subjects", "12", "--eval-subjects", "6",
            "--epochs", "2", "--voxel-size", "4", "--workdir", str(tmp_path / "d"), "--model-name", "demo-cli",
            "--skip-evaluation"]
-    done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "demo-cli version 1" in done.stdout
     assert_demo_registered("demo-cli", 2)
@@ -81,7 +72,7 @@ def test_demo_through_mlflow_run(tracking, tmp_path):
            "--experiment-name", "heimer-demo-mlproject",
            "-P", "subjects=12", "-P", "eval_subjects=6", "-P", "epochs=2", "-P", "voxel_size=4",
            "-P", f"workdir={tmp_path / 'm'}", "-P", "model_name=demo-mlproject"]
-    done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = assert_demo_registered("demo-mlproject", 2)
     # the training metrics went into the run that `mlflow run` started

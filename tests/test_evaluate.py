@@ -18,12 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pypdf import PdfReader
 from sklearn import metrics as skm
 
 from heimer_mlflow import registry
 from heimer_mlflow.evaluation import evaluate
 from heimer_mlflow.nets import DemoCNN
 from heimer_mlflow.synthetic import write_cohort
+
+from .conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,14 +57,6 @@ def model_name(tracking_dir, cohort):
 
 def atlas_args(cohort: Path) -> list[str]:
     return ["--atlas", str(cohort / "atlas" / "atlas.nii.gz"), "--atlas-labels", str(cohort / "atlas" / "labels.csv")]
-
-
-def _env(tracking_dir):
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tracking_dir / 'mlflow.db'}",
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(leaked, None)
-    return env
 
 
 def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: bool = True, atlas: bool = True):
@@ -118,8 +113,15 @@ def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: 
     assert {"roc_auc", "sensitivity"} <= linked
     keys = [(lm.key, lm.run_id) for lm in mlflow.get_logged_model(model_id).metrics if lm.run_id == run_id]
     assert len(keys) == len(set(keys)), "duplicate linked metrics"
+    # the report, rendered from the logged artifacts, next to them
+    pdfs = sorted((local / "report").glob("*.pdf"))
+    assert [p.name for p in pdfs] == [f"{model_name}-v1.pdf"]
+    assert (local / "report" / "html" / "index.html").is_file()
+    assert len(PdfReader(pdfs[0]).pages) > 5
     if tagged:
         tags = mv.tags
+        assert tags["heimer.report"].endswith(f"/report/{model_name}-v1.pdf")
+        assert tags["heimer.report"].startswith(run.info.artifact_uri)
         assert tags["heimer.evaluation_run_id"] == run_id
         assert tags["heimer.verdict"] in ("pass", "review") and tags["heimer.verdict_reason"]
         assert float(tags["heimer.roc_auc"]) == pytest.approx(m["roc_auc"], abs=1e-4)
@@ -128,16 +130,26 @@ def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: 
     return run, local
 
 
-def test_evaluate_through_the_cli(tracking, cohort, model_name):
+def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
     cmd = [sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{model_name}@champion",
            "--data", str(cohort), *atlas_args(cohort), "--workers", "0", "--bootstrap", "500",
            "--experiment", "cli-evals"]
-    done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = done.stdout.split()[1].rstrip(":")
     run, local = check_evaluation_run(run_id, cohort, model_name)
     assert run.data.tags["heimer.model_version"] == "1" and run.data.tags["heimer.model_name"] == model_name
     assert mlflow.get_experiment(run.info.experiment_id).name == "cli-evals"
+    # re-render from the logged artifacts alone, through the CLI and the MLproject entry point
+    out = tmp_path / "rerendered"
+    done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "report", run_id, "--out", str(out)],
+                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / f"{model_name}-v1.pdf").is_file() and (out / "html" / "index.html").is_file()
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "report", "--env-manager", "local",
+                           "--experiment-name", "reports", "-P", f"run_id={run_id}"],
+                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
@@ -145,7 +157,7 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
            "--experiment-name", "mlproject-evals", "-P", f"model_uri=models:/{model_name}/1",
            "-P", f"data={cohort / 'manifest.csv'}", "-P", f"atlas={cohort / 'atlas' / 'atlas.nii.gz'}",
            "-P", f"atlas_labels={cohort / 'atlas' / 'labels.csv'}", "-P", "batch_size=3"]
-    done = subprocess.run(cmd, env=_env(tracking), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = mlflow.get_experiment_by_name("mlproject-evals")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
@@ -187,7 +199,7 @@ def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
 )
 def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, match):
     done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", *args, "--data", str(cohort)],
-                          env=_env(tracking), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], done.stderr[-2000:]

@@ -20,7 +20,7 @@ RAS_AFFINE = np.array([[2.0, 0, 0, -12], [0, 2.0, 0, -14], [0, 0, 2.0, -10], [0,
 
 
 def _png_pixels(fig, path):
-    F.save_figure(fig, path, dpi=50)
+    F.save_figure(fig, path, dpi=40)
     return matplotlib.image.imread(path)
 
 
@@ -66,7 +66,7 @@ def engine_result():
     subjects = {
         "subject_id": np.array([f"s{i}" for i in range(n)], dtype=object), "label": labels,
         "prob": np.linspace(0.1, 0.9, n), "pred": (np.linspace(0.1, 0.9, n) >= 0.5).astype(int),
-        "cam_roi_gain_hippocampus": rng.random(n) * 3, "cam_roi_gain_ventricles": rng.random(n),
+        "cam_outside_brain_fraction": rng.random(n) * 0.3, "cam_roi_gain_hippocampus": rng.random(n) * 3, "cam_roi_gain_ventricles": rng.random(n),
     }  # fmt: skip
     return EngineResult(
         subjects=subjects, maps=maps,
@@ -110,35 +110,70 @@ def test_brain_figures_render(tmp_path, engine_result):
         "input": F.plot_input_difference(maps["input"].diff, maps["input"].t, RAS_AFFINE),
         "gain": F.plot_region_gain(["a", "b"], np.random.default_rng(0).random((8, 2)) * 2, labels=[0, 1] * 4),
         "sanity": F.plot_sanity([0.1, 0.3, -0.2], subject_ids=["x", "y", "z"]),
+        "outside": F.plot_outside_brain([0.1, 0.2, 0.05, 0.6], labels=[0, 1, 0, 1]),
+        "outside_unlabelled": F.plot_outside_brain([0.1, 0.2, 0.05, 0.6]),
     }
     for name, fig in drawn.items():
         _assert_not_blank(fig, tmp_path / f"{name}.png")
 
 
-def test_render_all_writes_every_available_figure(tmp_path, report, engine_result):
-    paths = F.render_all(report, engine_result, HISTORY, tmp_path / "out")
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, report, engine_result):
+    out = tmp_path_factory.mktemp("figures") / "out"
+    return out, F.render_all(report, engine_result, HISTORY, out, dpi=40)
+
+
+def test_render_all_writes_every_available_figure(rendered):
+    out, paths = rendered
     expected = {
         "training_curves", "roc", "confusion_matrix", "score_histogram", "calibration", "decision_curve",
         "gradcam_TP", "gradcam_TN", "gradcam_FN", "group_cam", "feature_maps", "feature_channel_differences",
-        "input_difference", "region_gain", "sanity",
+        "input_difference", "cam_outside_brain", "region_gain", "sanity",
     }  # fmt: skip
     assert set(paths) == expected  # no FP case in the gallery: no FP figure
     for name, path in paths.items():
-        assert path == tmp_path / "out" / f"{name}.png"
+        assert path == out / f"{name}.png"
         assert matplotlib.image.imread(path).var() > 0
 
 
+def test_subgroup_forest_plot(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(12, int), np.ones(12, int)]
+    covariates = pd.DataFrame({"site": ["A", "B", "C"] * 8, "sex": ["F"] * 23 + [None]})
+    report = compute_metrics(y, np.clip(0.3 + 0.4 * y + 0.2 * rng.standard_normal(24), 0, 1),
+                             covariates=covariates, n_bootstrap=30)  # fmt: skip
+    figures = F.plot_performance_from_report(report)
+    assert "subgroups" in figures
+    labels = [t.get_text() for t in figures["subgroups"].axes[0].get_yticklabels()]
+    assert any(label.startswith("site: A") for label in labels) and any("missing" in label for label in labels)
+    _assert_not_blank(figures["subgroups"], tmp_path / "subgroups.png")
+
+
+def test_render_all_skips_a_failing_figure_unless_strict(tmp_path, report, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(F, "plot_confusion_matrix", broken)
+    paths = F.render_all(report, None, None, tmp_path / "lenient", strict=False, dpi=30)
+    assert "confusion_matrix" not in paths and "roc" in paths
+    with pytest.raises(RuntimeError, match="boom"):
+        F.render_all(report, None, None, tmp_path / "strict")
+
+
 def test_render_all_tolerates_missing_pieces(tmp_path, report):
-    assert set(F.render_all(None, None, None, tmp_path / "a")) == {"training_curves"}
-    assert "region_gain" not in F.render_all(report, None, {}, tmp_path / "b")
+    assert set(F.render_all(None, None, None, tmp_path / "a", dpi=30)) == {"training_curves"}
+    assert "region_gain" not in F.render_all(report, None, {}, tmp_path / "b", dpi=30)
 
 
 # -- deterministic bytes ----------------------------------------------------------------------------
 
 
-def test_two_renders_are_byte_identical(tmp_path, report, engine_result):
-    first = F.render_all(report, engine_result, HISTORY, tmp_path / "one")
-    second = F.render_all(report, engine_result, HISTORY, tmp_path / "two")
+def test_two_renders_are_byte_identical(tmp_path, report, engine_result, rendered):
+    _, first = rendered
+    second = F.render_all(report, engine_result, HISTORY, tmp_path / "two", dpi=40)
+    assert set(first) == set(second)
     for name in first:
         assert first[name].read_bytes() == second[name].read_bytes(), name
 
@@ -170,6 +205,16 @@ def test_t_map_not_computable_says_why():
     t = np.full(SHAPE, np.nan, dtype=np.float32)
     fig = F.plot_input_difference(_volume(), t, RAS_AFFINE)
     assert "not computable" in _texts(fig)
+
+
+def test_degenerate_maps_do_not_crash(tmp_path):
+    zeros, nans = np.zeros(SHAPE, np.float32), np.full(SHAPE, np.nan, np.float32)
+    views = F.ortho_slices(zeros, RAS_AFFINE, peak_of=0)  # no peak: cut through the centre
+    assert views["axial"].position_mm == pytest.approx((RAS_AFFINE @ [5.5, 6.5, 4.5, 1])[2], abs=1.0)
+    _assert_not_blank(F.plot_cam_overlay(_volume(), zeros, RAS_AFFINE), tmp_path / "flat_cam.png")
+    fig = F.plot_group_cam({"AD": _volume()}, nans, RAS_AFFINE)
+    assert "not computable" in _texts(fig)
+    assert "not computable" in _texts(F.plot_input_difference(nans, nans, RAS_AFFINE))
 
 
 def test_no_atlas_regions_says_so():

@@ -43,7 +43,7 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     except AttributeError:
         raise HeimerError(
             f"target layer {path!r} is not a module of {type(model).__name__}: "
-            f"use one of the Conv3d layers {candidates}"
+            f"Conv3d layers to choose from: {', '.join(candidates) or 'none'}"
         ) from None
 
 
@@ -73,7 +73,7 @@ class Attribution:
     def cam(self) -> torch.Tensor:
         """[B, D, H, W] float32: the raw Grad-CAM upsampled (trilinear) to the input grid, on first use."""
         with _autocast_off(self.layer_cam.device):
-            upsampled = F.interpolate(self.layer_cam[:, None], size=self.input_size, mode="trilinear", align_corners=False)
+            upsampled = F.interpolate(self.layer_cam[:, None], self.input_size, mode="trilinear", align_corners=False)
         return upsampled[:, 0]
 
 
@@ -89,7 +89,9 @@ class GradCam3d:
         self.model = model
         self.layer_path, self.layer = resolve_layer(model, layer)
         # The target layer's activation is always returned; hooking it twice would copy it twice.
-        self.feature_layers = {path: resolve_layer(model, path)[1] for path in feature_layers if path != self.layer_path}
+        self.feature_layers = {
+            path: resolve_layer(model, path)[1] for path in feature_layers if path != self.layer_path
+        }
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor = 0) -> Attribution:
         """Grad-CAM of output column ``target`` (an int, or one index per sample) for ``x`` [B, C, D, H, W].

@@ -194,7 +194,7 @@ class _Run:
         keep = [i for i, problem in enumerate(problems) if not problem]
         if not keep:
             return None
-        return {key: [value[i] for i in keep] if isinstance(value, list) else value[keep] for key, value in batch.items()}
+        return {key: [v[i] for i in keep] if isinstance(v, list) else v[keep] for key, v in batch.items()}
 
     def _batch(self, batch: dict | None, bar) -> None:
         if batch is None:

@@ -55,7 +55,8 @@ class GroupStats:
         """
         for name, batch in values.items():
             if f"{name}|sum" not in self.state:
-                zeros = torch.zeros((len(self.state[COUNT_KEY]), *batch.shape[1:]), dtype=torch.float64, device=self.device)
+                shape = (len(self.state[COUNT_KEY]), *batch.shape[1:])
+                zeros = torch.zeros(shape, dtype=torch.float64, device=self.device)
                 self.state[f"{name}|sum"], self.state[f"{name}|sumsq"] = zeros, zeros.clone()
             total, total_sq = self.state[f"{name}|sum"], self.state[f"{name}|sumsq"]
             for cell, value in zip(cells, batch):
@@ -81,8 +82,9 @@ class GroupStats:
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], class_names: list[str], positive_index: int) -> GroupStats:
+        """Statistics over ``state`` (e.g. after an all-reduce); the tensors are taken, not copied."""
         stats = cls(class_names, positive_index, device=state[COUNT_KEY].device)
-        stats.state = {key: value.clone() for key, value in state.items()}
+        stats.state = dict(state)
         return stats
 
     def groups(self) -> dict[str, list[int]]:
@@ -95,18 +97,27 @@ class GroupStats:
         groups["TN"] = [self.cell(k, False) for k in negatives]
         return groups
 
+    def _cell_total(self, key: str, cells: list[int]) -> torch.Tensor:
+        """Sum of a state tensor over cells: a view for one cell, else slices added in place."""
+        tensor = self.state[key]
+        if len(cells) == 1:
+            return tensor[cells[0]]
+        total = tensor[cells[0]].clone()
+        for cell in cells[1:]:
+            total += tensor[cell]
+        return total
+
     def _moments(self, name: str, cells: list[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
         n = int(self.state[COUNT_KEY][cells].sum())
-        return n, self.state[f"{name}|sum"][cells].sum(0), self.state[f"{name}|sumsq"][cells].sum(0)
+        return n, self._cell_total(f"{name}|sum", cells), self._cell_total(f"{name}|sumsq", cells)
 
     def compute(self, name: str) -> GroupMaps:
         groups = self.groups()
         count, mean = {}, {}
         for group, cells in groups.items():
-            n, total, _ = self._moments(name, cells)
-            count[group] = n
-            if n:
-                mean[group] = (total / n).float().cpu().numpy()
+            count[group] = int(self.state[COUNT_KEY][cells].sum())
+            if count[group]:
+                mean[group] = (self._cell_total(f"{name}|sum", cells) / count[group]).float().cpu().numpy()
         positive = self.class_names[self.positive_index]
         negatives = [cell for group in self.class_names if group != positive for cell in groups[group]]
         diff, t = welch(self._moments(name, groups[positive]), self._moments(name, negatives))
@@ -123,10 +134,11 @@ def welch(a: tuple[int, torch.Tensor, torch.Tensor], b: tuple[int, torch.Tensor,
     diff = mean_a - mean_b
     if min(n_a, n_b) < 2:
         return diff, torch.full_like(diff, float("nan"))
-    var_a = ((sq_a - sum_a * mean_a) / (n_a - 1)).clamp_min(0)
-    var_b = ((sq_b - sum_b * mean_b) / (n_b - 1)).clamp_min(0)
-    se = torch.sqrt(var_a / n_a + var_b / n_b)
-    return diff, torch.where(se > 0, diff / torch.where(se > 0, se, 1.0), 0.0)
+    # squared standard error: var_a / n_a + var_b / n_b, unbiased variances; in place, the maps are large
+    se2 = (sq_a - sum_a * mean_a).div_((n_a - 1) * n_a).clamp_min_(0)
+    se2 += (sq_b - sum_b * mean_b).div_((n_b - 1) * n_b).clamp_min_(0)
+    defined = se2 > 0
+    return diff, (diff / se2.masked_fill_(~defined, 1.0).sqrt_()).masked_fill_(~defined, 0.0)
 
 
 def rank_channels(stats: GroupStats, layer: str) -> dict[str, np.ndarray]:

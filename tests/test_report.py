@@ -1,0 +1,421 @@
+"""The PDF/HTML report: rendered from an artifact folder alone, read back with pypdf.
+
+The artifact folder is built here: metrics.json from the real ``compute_metrics``, a
+hand-written evaluation.json with the keys the report uses, a few tiny matplotlib PNGs. Model
+description and tags carry hostile strings that try to read a local file, attach it, or reach
+a loopback HTTP listener; the report must show them as plain text and fetch nothing.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pypdf import PdfReader
+
+from heimer_mlflow.metrics import compute_metrics
+from heimer_mlflow.report import ASSET_BASE_URL, make_fetcher, render_report, report_file_name
+
+EPOCH = "1700000000"  # 2023-11-14
+SECTIONS = [
+    "Summary", "Model identity", "Intended use and limitations", "Data", "Performance", "Explainability",
+    "Feature maps and raw data baseline", "Comparison with the champion", "Appendix A: Provenance",
+    "Appendix B: Glossary",
+]
+SITE_B = '<b style="background:url(file:///etc/passwd)">site-B</b>'
+FIGURES = ("roc", "training_curves", "group_cam", "gradcam_TP", "score_histogram")
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+class _Listener:
+    """A loopback HTTP server that counts every request it gets."""
+
+    def __init__(self):
+        hits = self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/css")
+                self.end_headers()
+                self.wfile.write(b"body{background:red}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def hostile_strings(port: int) -> list[str]:
+    return [
+        '<img src="file:///etc/passwd">',
+        '<link rel=attachment href="file:///etc/passwd">',
+        f"<style>body{{background:url(http://127.0.0.1:{port}/x)}}</style>",
+        f"url(http://127.0.0.1:{port}/)",
+    ]
+
+
+def _png(path: Path, title: str, size=(3.0, 2.0)) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=40)
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 2], [0, 1, 0.5])
+    ax.set_title(title)
+    fig.savefig(path, format="png", dpi=40, metadata={"Software": None})
+
+
+def write_artifacts(folder: Path, *, port: int, name="tiny-model", version="3", seed=0, figures=FIGURES,
+                    excluded=True) -> Path:
+    rng = np.random.default_rng(seed)
+    n = 40
+    y = np.array([0, 1] * (n // 2))
+    score = np.clip(0.5 + (y - 0.5) * 0.4 + rng.normal(0, 0.2, n), 0.01, 0.99)
+    ids = [f"sub-{i:03d}" for i in range(n)]
+    sites = np.where(np.arange(n) % 3 == 0, "site-A", SITE_B)  # a manifest value with markup in it
+    scanner = np.where(np.isin(np.arange(n), [0, 2, 4]), "old", "new")  # "old": CN only, so its AUC is not computable
+    covariates = pd.DataFrame({"site": sites, "scanner": scanner})
+    report = compute_metrics(y, score, threshold=0.5, covariates=covariates, n_bootstrap=200)
+    plausibility = {"cam_outside_brain_fraction": 0.04, "cam_roi_gain_hippocampus_left": 2.1,
+                    "cam_roi_gain_lateral_ventricle_left": 0.7, "sanity_spearman_mean": 0.12}
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = report.to_json_dict()
+    metrics["plausibility"] = plausibility
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    pd.DataFrame({"subject_id": ids, "label": np.where(y == 1, "AD", "CN"), "prob_AD": score,
+                  "prediction": np.where(score >= 0.5, "AD", "CN"), "site": sites, "scanner": scanner}
+                 ).to_csv(folder / "predictions.csv", index=False)
+    rows = [("sub-999", "img/sub-999.nii.gz", "unreadable: not a NIfTI file")] if excluded else []
+    exclusions = pd.DataFrame(rows, columns=["subject_id", "path", "reason"])
+    exclusions.to_csv(folder / "exclusions.csv", index=False)
+    hostile = hostile_strings(port)
+    evaluation = {
+        "model": {"uri": f"models:/{name}/{version}", "name": name, "version": version, "aliases": ["challenger"],
+                  "source_run_id": "abc123", "model_id": "m-0123",
+                  "description": "A tiny test model. " + " ".join(hostile),
+                  "tags": {"team": hostile[0], "note": hostile[2], "css": hostile[3], "attach": hostile[1]},
+                  "metadata": {"class_names": ["CN", "AD"], "positive_class": "AD", "input_shape": [1, 8, 8, 8],
+                               "intensity": "zscore", "target_layer": "body.2"}, "inferred": []},
+        "cohort": {"source": "cohort/manifest.csv", "n_subjects": n, "n_excluded": int(excluded),
+                   "covariates": ["site", "scanner"],
+                   "excluded": exclusions.to_dict("records"), "counts": {"AD": n // 2, "CN": n // 2}},
+        "configuration": {"threshold": 0.5, "batch_size": 4, "device": "auto", "n_bootstrap": 200},
+        "engine": {"device": "cpu", "target_layer": "body.2", "feature_layers": ["body.2"],
+                   "region_names": ["hippocampus_left", "lateral_ventricle_left"], "threshold": 0.5,
+                   "gradcam": {"target_class": "AD", "upsampling": "trilinear",
+                               "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
+                   "sanity": {"subject_ids": ids[:3], "spearman": [0.1, 0.2, 0.05], "mean": 0.12},
+                   "feature_ranking": {"body.2": {"channel": [3.0, 1.0], "mean_abs_t": [1.2, 0.8],
+                                                  "channel_mean_t": [1.1, -0.7], "channel_mean_diff": [0.01, -0.02]}},
+                   "gallery": {"TP": [{"subject_id": ids[1], "prob": 0.9, "label": 1}],
+                               "FN": [{"subject_id": ids[3], "prob": 0.2, "label": 1}]}},
+        "plausibility": {"verdict": "pass", "reason": "4% of the Grad-CAM lies outside the brain", **plausibility},
+        "history": {"train_loss": [[0, 0.7], [1, 0.5]], "val_loss": [[0, 0.72], [1, 0.6]]},
+        "timings": {"total_s": 1.5},
+        "versions": {"heimer-mlflow": "0.1.0", "weasyprint": "70.0"},
+    }
+    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    (folder / "figures").mkdir(exist_ok=True)
+    for figure in figures:
+        _png(folder / "figures" / f"{figure}.png", figure)
+    return folder
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(f"{record.levelname}: {record.getMessage()}")
+
+
+def render_checked(artifacts: Path, out: Path, **kwargs):
+    """Render with the 'weasyprint' logger captured; any WARNING or ERROR fails the test."""
+    capture = _Capture()
+    logger = logging.getLogger("weasyprint")
+    logger.addHandler(capture)
+    try:
+        files = render_report(artifacts, out, **kwargs)
+    finally:
+        logger.removeHandler(capture)
+    assert capture.records == [], capture.records
+    return files
+
+
+_OPENED: list[str] = []
+_WATCH = {"on": False}
+
+
+def _audit(event, args):
+    if _WATCH["on"] and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(scope="module")
+def listener():
+    server = _Listener()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, listener):
+    root = tmp_path_factory.mktemp("report")
+    artifacts = write_artifacts(root / "artifacts", port=listener.port)
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = EPOCH
+    _OPENED.clear()
+    _WATCH["on"] = True
+    try:
+        files = render_checked(artifacts, root / "out")
+    finally:
+        _WATCH["on"] = False
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+    reader = PdfReader(files.pdf)
+    texts = [page.extract_text() or "" for page in reader.pages]
+    return {"files": files, "reader": reader, "texts": texts, "artifacts": artifacts, "root": root,
+            "opened": list(_OPENED)}
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+# ---------------------------------------------------------------------------------- tests
+
+
+def test_files_written(rendered):
+    files = rendered["files"]
+    assert files.pdf.name == "tiny-model-v3.pdf" and files.pdf.is_file()
+    assert files.html_dir == rendered["root"] / "out" / "html"
+    html = (files.html_dir / "index.html").read_text()
+    # self-contained (MLflow's viewer loads it from a blob: URL): CSS inlined, figures as data: URIs;
+    # the assets are copied next to it as well
+    assert "<style>" in html and 'href="report.css"' not in html and (files.html_dir / "report.css").is_file()
+    assert 'src="figures/' not in html and html.count('src="data:image/png;base64,') == len(FIGURES)
+    for figure in FIGURES:
+        assert (files.html_dir / "figures" / f"{figure}.png").is_file()
+    assert files.pdf.stat().st_size < 5_000_000
+
+
+def test_every_section_and_page_count(rendered):
+    reader, texts = rendered["reader"], rendered["texts"]
+    assert len(reader.pages) > 10
+    body = _flat(" ".join(texts[1:]))
+    for heading in SECTIONS:
+        assert heading in body, heading
+    cover = _flat(texts[0])
+    assert "tiny-model" in cover and "PASS" in cover and "Research use only" in cover
+    summary = _flat(texts[1])
+    for label in ("AUC", "Sensitivity", "Specificity", "Balanced accuracy", "95% confidence interval"):
+        assert label in summary, label
+    assert "Page 2 of" in summary and f"of {len(reader.pages)}" in summary
+    # no blank page: beyond the running header and footer, each page has text or an image
+    for number, (page, text) in enumerate(zip(reader.pages, texts), start=1):
+        rest = _flat(text)
+        for furniture in ("Research use only. Not a diagnostic device.", f"Page {number} of {len(reader.pages)}",
+                          "tiny-model version 3", *SECTIONS):
+            rest = rest.replace(furniture, "")
+        xobjects = page.get("/Resources", {}).get("/XObject", {}) if "/Resources" in page else {}
+        assert len(rest.strip()) > 20 or len(xobjects) > 0, f"page {number} looks blank: {text!r}"
+
+
+def test_toc_page_numbers_match_headings_and_outline(rendered):
+    reader, texts = rendered["reader"], rendered["texts"]
+    toc = {}
+    for line in texts[0].splitlines():
+        match = re.match(r"^(.*?)[ .\u2026]*\.{2,}[ .]*(\d+)\s*$", line.strip())
+        if match:
+            toc[match.group(1).strip()] = int(match.group(2))
+    assert set(SECTIONS) <= set(toc), toc
+    outline = {item.title: reader.get_destination_page_number(item) + 1
+               for item in reader.outline if not isinstance(item, list)}
+    for heading in SECTIONS:
+        page = toc[heading]
+        assert outline.get(heading) == page, (heading, page, outline)
+        lines = [line.strip() for line in texts[page - 1].splitlines()]
+        assert heading in lines, (heading, page, lines[:6])
+        # the heading is not already on an earlier page after the cover (apart from running headers)
+        for earlier in texts[1:page - 1]:
+            assert heading not in [ln.strip() for ln in earlier.splitlines()[1:]], heading
+
+
+def test_metadata_pdfa_and_tags(rendered):
+    reader = rendered["reader"]
+    meta = reader.metadata
+    assert meta.title == "Evaluation report: tiny-model v3"
+    assert meta.author and "heimer-mlflow" in meta.author
+    assert meta.subject and "tiny-model" in meta.subject
+    assert "Grad-CAM" in (meta.get("/Keywords") or "")
+    assert meta.creation_date.year == 2023 and meta.modification_date.year == 2023
+    root = reader.trailer["/Root"]
+    xmp = root["/Metadata"].get_object().get_data()
+    assert b"pdfaid:part" in xmp and b"3" in xmp
+    assert "/StructTreeRoot" in root and root["/MarkInfo"]["/Marked"]
+    text = _flat(" ".join(rendered["texts"]))
+    assert re.search(r"Figure 1\. ", text) and re.search(r"Figure 4\. ", text)
+
+
+def test_attachments_round_trip(rendered):
+    attachments = rendered["reader"].attachments
+    assert set(attachments) == {"metrics.json", "predictions.csv"}
+    for name in attachments:
+        assert attachments[name][0] == (rendered["artifacts"] / name).read_bytes()
+
+
+def test_missing_figures_become_notes_and_content(rendered):
+    text = _flat(" ".join(rendered["texts"]))
+    assert "Figure not available: calibration" in text
+    assert "sub-999" in text and "unreadable: not a NIfTI file" in text  # the excluded subject
+    assert "not computable" in text  # a subgroup/metric that cannot be computed is listed with its reason
+    assert "No champion to compare with" in text
+    html = (rendered["files"].html_dir / "index.html").read_text()
+    assert 'src="figures/calibration.png"' not in html
+    assert all(tag.count("alt=") == 1 for tag in re.findall(r"<img[^>]*>", html))
+
+
+def test_hostile_registry_text_is_plain_text(rendered, listener):
+    assert listener.hits == []
+    assert rendered["files"].refused_urls == []  # nothing even tried to load them
+    assert not [p for p in rendered["opened"] if "passwd" in p]
+    text = _flat(" ".join(rendered["texts"]))
+    for hostile in [*hostile_strings(listener.port), SITE_B]:
+        assert hostile in text, hostile
+    html = (rendered["files"].html_dir / "index.html").read_text()
+    assert '<img src="file:///etc/passwd">' not in html and "&lt;img src=" in html
+    assert "<style>body" not in html and "<link rel=attachment" not in html
+
+
+def test_fetcher_serves_only_its_folder(tmp_path, listener):
+    from weasyprint.urls import URLFetcher
+
+    assets = tmp_path / "html"
+    (assets / "figures").mkdir(parents=True)
+    (assets / "figures" / "a.png").write_bytes(b"png")
+    (tmp_path / "secret.txt").write_text("secret")
+    fetcher = make_fetcher(assets)
+    assert isinstance(fetcher, URLFetcher)
+    assert fetcher.fetch(ASSET_BASE_URL + "figures/a.png").read() == b"png"
+    assert fetcher.fetch((assets / "figures" / "a.png").as_uri()).read() == b"png"
+    assert fetcher.fetch("data:text/plain,hello").read() == b"hello"
+    refused = [(tmp_path / "secret.txt").as_uri(), ASSET_BASE_URL + "../secret.txt", "file:///etc/passwd",
+               f"http://127.0.0.1:{listener.port}/x", "https://example.org/x.css", "ftp://example.org/x",
+               "file://otherhost/etc/passwd", ASSET_BASE_URL + "figures"]
+    for url in refused:
+        with pytest.raises(ValueError):
+            fetcher.fetch(url)
+    assert fetcher.refused == refused
+    assert listener.hits == []
+
+
+def test_byte_reproducible(rendered, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    again = render_checked(rendered["artifacts"], tmp_path / "elsewhere")
+    assert again.pdf.read_bytes() == rendered["files"].pdf.read_bytes()
+
+
+def test_incomplete_folder_still_renders(tmp_path, listener):
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "evaluation.json").write_text(json.dumps({"model": {"name": None, "version": None}}))
+    (folder / "metrics.json").write_text("{not json")
+    (folder / "figures").mkdir()
+    (folder / "figures" / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # a broken image is a note
+    files = render_checked(folder, tmp_path / "out")
+    assert files.pdf.name == report_file_name(None, None) == "model-v-.pdf"
+    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    assert "metrics.json could not be read" in text and "predictions.csv is missing" in text
+    assert "Figure not available: roc curve" in text
+    assert not (files.html_dir / "figures" / "roc.png").exists()
+
+
+def test_champion_comparison(tmp_path, listener):
+    this = write_artifacts(tmp_path / "this", port=listener.port, figures=())
+    other = write_artifacts(tmp_path / "other", port=listener.port, seed=1, version="2", figures=())
+    champion = {"version": "2", "metrics": json.loads((other / "metrics.json").read_text()),
+                "predictions": pd.read_csv(other / "predictions.csv")}
+    files = render_checked(this, tmp_path / "out", champion=champion)
+    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    assert "The current champion is version 2" in text
+    assert re.search(r"Difference in AUC .* on the 40 subjects both evaluations share: -?\d\.\d\d \(95% CI", text)
+
+
+# ---------------------------------------------------------------------------------- MLflow
+
+
+def _evaluation_run(client, experiment_id, artifacts: Path) -> str:
+    run = client.create_run(experiment_id)
+    client.log_artifacts(run.info.run_id, str(artifacts))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, listener):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from heimer_mlflow.report import report_for_run
+
+    client = MlflowClient()
+    name = "report-test-model"
+    experiment_id = mlflow.set_experiment("report-tests").experiment_id
+    client.create_registered_model(name)
+    runs = {}
+    for version, seed in (("1", 1), ("2", 0)):
+        folder = write_artifacts(tmp_path / f"v{version}", port=listener.port, name=name, version=version, seed=seed,
+                                 figures=("roc",))
+        runs[version] = _evaluation_run(client, experiment_id, folder)
+        mv = client.create_model_version(name, source=f"runs:/{runs[version]}/model", run_id=runs[version])
+        assert str(mv.version) == version
+        client.set_model_version_tag(name, version, "heimer.evaluation_run_id", runs[version])
+    client.set_registered_model_alias(name, "champion", "1")
+
+    files = report_for_run(runs["2"], out_dir=tmp_path / "out")
+    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    assert "The current champion is version 1" in text and "Difference in AUC" in text
+    logged = {a.path for a in client.list_artifacts(runs["2"], "report")}
+    assert {"report/report-test-model-v2.pdf", "report/html"} <= logged
+    assert any(a.path == "report/html/index.html" for a in client.list_artifacts(runs["2"], "report/html"))
+    tag = client.get_model_version(name, "2").tags["heimer.report"]
+    assert tag == f"{client.get_run(runs['2']).info.artifact_uri}/report/report-test-model-v2.pdf"
+
+    # A fresh process, the model gone from the registry: no champion, no tag, still rendered and logged.
+    client.delete_registered_model(name)
+    out = tmp_path / "fresh"
+    code = ("import sys; from heimer_mlflow.report import report_for_run; "
+            f"f = report_for_run({runs['2']!r}, out_dir={str(out)!r}); print(f.pdf)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}, cwd=str(tracking))
+    assert result.returncode == 0, result.stderr[-3000:]
+    pdf = Path(result.stdout.strip().splitlines()[-1])
+    assert pdf == out / "report-test-model-v2.pdf" and pdf.is_file()
+    text = _flat(" ".join(page.extract_text() for page in PdfReader(pdf).pages))
+    assert "No champion to compare with" in text
+    assert any(a.path == "report/report-test-model-v2.pdf" for a in client.list_artifacts(runs["2"], "report"))
