@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pandas as pd
 import torch
 
@@ -43,21 +42,7 @@ MEMORY_SIZES = (64, 256)
 
 
 def write_cohort(folder: Path, n: int, voxel_size: float) -> Path:
-    """A cohort of n subjects; the synthetic one when available, else random heads."""
-    if hasattr(synthetic, "write_cohort"):
-        return Path(synthetic.write_cohort(folder, n_subjects=n, voxel_size=voxel_size, progress=False))
-    shape, affine = synthetic.grid_for(voxel_size)
-    rng = np.random.default_rng(0)
-    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij"))
-    head = (grid**2).sum(0) < 0.8
-    rows = []
-    for i in range(n):
-        volume = np.where(head, 1.0 + 0.2 * rng.standard_normal(shape), 0.0).astype(np.float32)
-        path = folder / f"sub-{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(volume, affine), path)
-        rows.append({"subject_id": f"sub-{i:03d}", "path": path.name, "label": ("CN", "AD")[i % 2]})
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
+    return Path(synthetic.write_cohort(folder, n_subjects=n, voxel_size=voxel_size, progress=False))
 
 
 def subset_manifest(manifest: Path, n: int) -> Path:

@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     # MLflow talks a lot at INFO level (table creation, experiment creation); the user wants
     # our progress and errors. MLflow reads this when it is first imported, below.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module="mlflow")
     try:
         _run(args)

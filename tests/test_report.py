@@ -247,6 +247,25 @@ def test_every_section_and_page_count(rendered):
         assert len(rest.strip()) > 20 or len(xobjects) > 0, f"page {number} looks blank: {text!r}"
 
 
+def test_no_blank_pages_when_rendered_to_images(rendered):
+    """Every page, drawn as pixels, has content beyond its running header and footer band; every
+    figure the PDF embeds shows something (not one flat colour)."""
+    pdfium = pytest.importorskip("pypdfium2")
+    document = pdfium.PdfDocument(str(rendered["files"].pdf))
+    try:
+        for number in range(len(document)):
+            pixels = np.asarray(document[number].render(scale=40 / 72).to_pil().convert("L"), dtype=float)
+            band = max(1, int(0.08 * pixels.shape[0]))  # running header / footer
+            body = pixels[band:-band]
+            assert (body < 200).mean() > 0.002, f"page {number + 1} is blank"
+    finally:
+        document.close()
+    for page in rendered["reader"].pages:
+        for image in page.images:
+            drawn = np.asarray(image.image.convert("L"), dtype=float)
+            assert drawn.std() > 0, f"a blank figure: {image.name}"
+
+
 def test_toc_page_numbers_match_headings_and_outline(rendered):
     reader, texts = rendered["reader"], rendered["texts"]
     toc = {}
