@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -205,11 +205,12 @@ class ReliabilityCurve:
     count: np.ndarray
 
     def to_dict(self) -> dict:
-        return {
-            "bin_lower": self.bin_lower.tolist(), "bin_upper": self.bin_upper.tolist(),
-            "mean_predicted": self.mean_predicted.tolist(), "observed_fraction": self.observed_fraction.tolist(),
-            "count": self.count.tolist(),
-        }  # fmt: skip
+        return _arrays_as_lists(self)
+
+
+def _arrays_as_lists(curve) -> dict:
+    """A curve of finite numpy arrays as JSON-ready lists, one per field."""
+    return {f.name: getattr(curve, f.name).tolist() for f in fields(curve)}
 
 
 @dataclass(frozen=True)
@@ -227,11 +228,7 @@ class DecisionCurve:
     net_benefit_treat_none: np.ndarray
 
     def to_dict(self) -> dict:
-        return {
-            "thresholds": self.thresholds.tolist(), "net_benefit_model": self.net_benefit_model.tolist(),
-            "net_benefit_treat_all": self.net_benefit_treat_all.tolist(),
-            "net_benefit_treat_none": self.net_benefit_treat_none.tolist(),
-        }  # fmt: skip
+        return _arrays_as_lists(self)
 
 
 @dataclass(frozen=True)
