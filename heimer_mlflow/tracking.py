@@ -76,13 +76,11 @@ def predictions_table(evaluation) -> pd.DataFrame:
     meta, engine, cohort = evaluation.model.meta, evaluation.engine, evaluation.cohort
     s = engine.subjects
     names = np.asarray(meta.class_names, dtype=object)
-    negative = next(i for i, c in enumerate(meta.class_names) if c != meta.positive_class)
-    pred_index = np.where(s["pred"].astype(bool), meta.positive_index, negative) if s["pred"].dtype == bool else s["pred"].astype(int)
     table = pd.DataFrame({
         "subject_id": s["subject_id"],
         "label": names[s["label"].astype(int)],
         f"prob_{meta.positive_class}": s["prob"].astype(float),
-        "prediction": names[pred_index],
+        "prediction": names[s["pred"].astype(int)],  # the engine's predicted class index
         "loss": s["loss"].astype(float),
         "cam_outside_brain_fraction": s["cam_outside_brain_fraction"].astype(float),
     })

@@ -72,6 +72,7 @@ def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: 
     y = (predictions["label"] == "AD").astype(int).to_numpy()
     p = predictions["prob_AD"].to_numpy()
     called = (p >= 0.5).astype(int)
+    assert (predictions["prediction"] == np.where(called == 1, "AD", "CN")).all()
     m = run.data.metrics
     assert m["n_subjects"] == len(manifest) and m["n_excluded"] == 0
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
