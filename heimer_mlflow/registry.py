@@ -171,7 +171,7 @@ def _not_found(what: str, hint: str) -> HeimerError:
     return HeimerError(f"{what} not found in the tracking store {mlflow.get_tracking_uri()}; {hint}")
 
 
-def _registered_names(client, name_like: str | None = None) -> str:
+def _registered_names(client) -> str:
     try:
         names = sorted(rm.name for rm in client.search_registered_models(max_results=50))
     except MlflowException:

@@ -19,7 +19,6 @@ import pandas as pd
 from . import __version__
 from .errors import HeimerError
 
-RUN_TAG_PREFIX = "heimer."
 VERSION_TAGS = ("roc_auc", "sensitivity", "specificity", "cam_outside_brain_fraction")
 
 
@@ -209,8 +208,8 @@ def log_evaluation(evaluation, staging: Path, *, run_id: str | None = None, say=
             "save_cams": evaluation.options.save_cams, "skip_bad": evaluation.options.skip_bad,
             "n_bootstrap": evaluation.options.n_bootstrap,
         }.items()})
-        linked = [LoggedModelInput(model.model_id)] if model.model_id else None
-        mlflow.log_input(dataset, context="evaluation", model=linked[0] if linked else None)
+        linked_model = LoggedModelInput(model.model_id) if model.model_id else None
+        mlflow.log_input(dataset, context="evaluation", model=linked_model)
         mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
         mlflow.log_artifacts(str(staging))
         # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
