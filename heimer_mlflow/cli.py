@@ -184,7 +184,8 @@ def _run(args) -> None:
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress,
         )
-        print(f"run {result.run_id}: verdict {result.verdict}")
+        if result is not None:  # None: a torchrun rank other than 0, which logs nothing
+            print(f"run {result.run_id}: verdict {result.verdict}")
     elif args.command == "report":
         from .report import report_for_run
 
@@ -201,12 +202,19 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module="mlflow")
+    from .interrupts import Terminated, handled
+
     try:
-        _run(args)
+        with handled():  # Ctrl-C and SIGTERM end the evaluation run as KILLED, not FAILED
+            _run(args)
     except HeimerError as e:
         print(f"heimer-mlflow: error: {e}", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"heimer-mlflow: terminated by {e}; the evaluation run (if one was open) is marked KILLED",
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("heimer-mlflow: interrupted", file=sys.stderr)
+        print("heimer-mlflow: interrupted; the evaluation run (if one was open) is marked KILLED", file=sys.stderr)
         return 130
     return 0

@@ -16,7 +16,9 @@ the subject with its ``problem`` set instead of raising, so the caller decides t
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,7 @@ class Cohort:
     excluded: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=["subject_id", "path", "reason"])
     )
+    pending: list = field(default_factory=list)  # (subject_id, path, reason) not yet settled by validate()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -145,9 +148,11 @@ def _from_folders(root: Path, class_names) -> tuple[pd.DataFrame, list]:
     return pd.DataFrame(rows), []
 
 
-def read_cohort(data, class_names, *, skip_bad: bool = False) -> Cohort:
+def read_cohort(data, class_names, *, skip_bad: bool = False, settle: bool = True) -> Cohort:
     """Read a manifest (CSV path or DataFrame) or class folders into a Cohort, without reading
-    voxels. Problems are collected for every subject; see :func:`validate`."""
+    voxels. Problems are collected for every subject and settled here (stop, or leave out with
+    ``skip_bad``), or, with ``settle=False``, kept in ``pending`` for :func:`validate` to report
+    together with its own."""
     class_names = list(class_names)
     if isinstance(data, pd.DataFrame):
         table, problems = _from_manifest(data, Path.cwd(), "the data frame", class_names)
@@ -164,6 +169,9 @@ def read_cohort(data, class_names, *, skip_bad: bool = False) -> Cohort:
         else:
             try:
                 frame = pd.read_csv(path, dtype={"subject_id": str})
+                if "subject_id" in frame.columns:  # ids such as "NA" or "nan" are ids, not missing values
+                    frame["subject_id"] = pd.read_csv(path, usecols=["subject_id"], dtype=str, keep_default_na=False,
+                                                      na_values=[""])["subject_id"]
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
                 raise HeimerError(f"manifest {path} is not a readable CSV ({str(e).splitlines()[0]})") from None
             table, problems = _from_manifest(frame, path.parent, source, class_names)
@@ -174,6 +182,9 @@ def read_cohort(data, class_names, *, skip_bad: bool = False) -> Cohort:
         table = table[~table["subject_id"].isin(set(dupes))].reset_index(drop=True)
     covariates = [c for c in table.columns if c not in ("subject_id", "path", "label", "label_name")]
     cohort = Cohort(table=table, class_names=class_names, source=source, covariates=covariates)
+    if not settle:
+        cohort.pending = problems
+        return cohort
     return _settle(cohort, problems, skip_bad)
 
 
@@ -199,7 +210,7 @@ def header_problem(path: str, expected_shape=None) -> str | None:
     try:
         img = nib.load(str(p))
     except Exception as e:  # nibabel raises many types for unreadable files
-        return f"not a readable NIfTI file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+        return f"not a readable NIfTI file ({_detail(e)})"
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         return f"not a NIfTI image (read as {type(img).__name__})"
     shape = tuple(int(s) for s in img.shape)
@@ -213,12 +224,47 @@ def header_problem(path: str, expected_shape=None) -> str | None:
         return f"shape {shape} differs from the model input {tuple(expected_shape)}; resample the image to the model's grid"
     if not np.all(np.isfinite(img.affine)):
         return "affine has non-finite entries"
-    return None
+    return _truncation(p, img)
 
 
-def validate(cohort: Cohort, meta: ModelMeta, *, skip_bad: bool = False) -> Cohort:
+def _detail(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
+def _truncation(path: Path, img) -> str | None:
+    """A file shorter than its header says, judged without decompressing in the common case:
+    an uncompressed file by its size, a gzip file by its trailer (ISIZE, the uncompressed size
+    mod 2**32); only a file whose trailer disagrees is streamed through to be sure (a
+    multi-member gzip, e.g. from bgzip, has the last member's size there)."""
+    header = img.header
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))  # where the reader starts
+    needed = offset + int(np.prod(img.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    if not path.name.endswith(".gz"):
+        size = path.stat().st_size
+        return f"file is truncated: {size} bytes, the header needs {needed}" if size < needed else None
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        trailer = int.from_bytes(f.read(4), "little")
+    if trailer == needed % 2**32:
+        return None
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as e:
+        return f"compressed data is truncated or corrupt ({_detail(e)})"
+    return f"file is truncated: {total} bytes of image data, the header needs {needed}" if total < needed else None
+
+
+def validate(cohort: Cohort, meta: ModelMeta, *, skip_bad: bool = False, progress: bool = False) -> Cohort:
     """Header-level validation of every subject against the model input; all problems are
-    reported together (or, with ``skip_bad``, recorded in ``cohort.excluded``)."""
+    reported together (or, with ``skip_bad``, recorded in ``cohort.excluded``).
+
+    When the run is going to stop anyway (problems found, no ``skip_bad``), the voxels of the
+    other subjects are read too, so the one message lists every problem (NaN, all-zero, corrupt
+    data) and the user fixes the cohort in one go."""
     expected = None
     if meta.input_shape is not None:
         if meta.input_shape[0] != 1:
@@ -226,11 +272,16 @@ def validate(cohort: Cohort, meta: ModelMeta, *, skip_bad: bool = False) -> Coho
                 f"model input has {meta.input_shape[0]} channels; cohorts of 3D NIfTI volumes give 1"
             )
         expected = meta.input_shape[1:]
-    problems = []
+    problems, cohort.pending = list(cohort.pending), []
+    fine = []
     for sid, path in zip(cohort.table["subject_id"], cohort.table["path"]):
         reason = header_problem(path, expected)
         if reason:
             problems.append((sid, path, reason))
+        else:
+            fine.append((sid, path))
+    if problems and not skip_bad:
+        problems += voxel_problems(fine, progress=progress)
     cohort = _settle(cohort, problems, skip_bad)
     if len(cohort) == 0:
         raise HeimerError(f"no usable subjects in {cohort.source}")
@@ -276,13 +327,27 @@ def brain_mask(volume: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
 
 
+def _read_image(path: str):
+    """The image of a NIfTI file. A gzip stream is read to its end, so its CRC-32 and length
+    are checked: nibabel stops at the last voxel, before the trailer, and would read a corrupted
+    stream that still inflates as if it were data."""
+    if not str(path).endswith(".gz"):
+        return nib.load(path)
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    sizeof_hdr = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+    return (nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image).from_bytes(raw)
+
+
 def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Voxels (float32, 3D) and affine of one NIfTI file; raises ValueError with the reason."""
-    img = nib.load(path)
     try:
+        img = _read_image(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # corrupt or truncated streams surface as zlib/EOF/OSError errors
-        raise ValueError(f"voxel data cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'truncated'})") from None
+    except (gzip.BadGzipFile, zlib.error, EOFError) as e:
+        raise ValueError(f"compressed data is truncated or corrupt ({_detail(e)})") from None
+    except Exception as e:  # a short uncompressed file, an unreadable data type, ...
+        raise ValueError(f"voxel data cannot be read ({_detail(e)})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if not np.all(np.isfinite(data)):
@@ -290,6 +355,26 @@ def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not np.any(data):
         raise ValueError("volume is all zeros")
     return data, img.affine.astype(np.float64)
+
+
+def voxel_problems(subjects, *, progress: bool = False) -> list[tuple[str, str, str]]:
+    """(subject_id, path, reason) for each (subject_id, path) whose voxels are unusable (threads:
+    decompression releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def check(item):
+        try:
+            load_volume(item[1])
+        except (ValueError, OSError, EOFError) as e:
+            return (item[0], item[1], str(e) or type(e).__name__)
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        found = list(tqdm(pool.map(check, subjects), total=len(subjects), unit="subject", disable=not progress,
+                          desc="checking every volume to list all problems"))
+    return [f for f in found if f is not None]
 
 
 class CohortDataset(torch.utils.data.Dataset):
@@ -332,11 +417,12 @@ class CohortDataset(torch.utils.data.Dataset):
 
 
 def make_loader(dataset, *, batch_size: int = 4, workers: int | None = None, device: str = "cpu",
-                shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+                shuffle: bool = False, seed: int = 0, processes_per_node: int = 1) -> torch.utils.data.DataLoader:
     """A DataLoader that keeps the device fed: worker processes decompress NIfTI files while
-    the device computes, pinned memory and prefetch on CUDA."""
+    the device computes, pinned memory and prefetch on CUDA. By default each of the
+    ``processes_per_node`` evaluation processes on a host takes its share of the cores."""
     if workers is None:
-        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
+        workers = min(4, max(0, (os.cpu_count() or 1) // max(1, processes_per_node) - 1))
     workers = min(workers, len(dataset))
     on_cuda = str(device).startswith("cuda")
     generator = torch.Generator().manual_seed(seed)

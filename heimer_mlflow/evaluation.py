@@ -7,6 +7,7 @@ engine and metrics return numbers, figures draw them, tracking logs what both pr
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -17,10 +18,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import torch
 
 from .cohort import Cohort, CohortDataset, make_loader, read_cohort, validate
 from .engine import run_engine
-from .engine.run import EngineResult
+from .engine.run import EngineResult, pick_device
 from .errors import HeimerError
 from .metrics import ClassificationReport, compute_metrics
 from .registry import LoadedModel, load
@@ -201,7 +203,7 @@ def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> 
 # --------------------------------------------------------------------------- evaluate
 
 
-def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> Evaluation:
+def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> Evaluation | None:
     """Evaluate a registered model version on a cohort and log everything to MLflow.
 
     ``data``: a CSV manifest, a folder (``ROOT/<class>/*.nii.gz`` or one holding
@@ -209,45 +211,105 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     fields of :class:`EvaluationOptions`. The results go to ``run_id`` when given, else to the
     active run (the one ``mlflow run`` started), else to a new run in ``experiment``. Returns
     the :class:`Evaluation` (numbers, arrays, the run id).
+
+    Under torchrun every rank evaluates its shard of the cohort and rank 0 gets the whole
+    evaluation, logs it and returns it; the other ranks return None (see
+    :mod:`heimer_mlflow.distributed`).
     """
-    from . import tracking
+    from . import distributed, tracking
 
     opts = EvaluationOptions(**options).check()
-    tracking.check_reachable()
     started = time.perf_counter()
-    loaded = load(model_uri, target_layer=opts.target_layer)
-    return evaluate_loaded(loaded, data, opts, run_id=run_id, started=started)
+    ctx = distributed.from_env(opts.device)
+    try:
+        def prepare():
+            tracking.check_reachable()
+            loaded = load(model_uri, target_layer=opts.target_layer)
+            return loaded, *_prepare_cohort(loaded, data, opts, ctx)
+
+        # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
+        loaded, cohort, atlas, grid_affine = distributed.from_main(prepare, ctx)
+        return _evaluate(loaded, cohort, atlas, grid_affine, opts, run_id=run_id, started=started, ctx=ctx)
+    finally:
+        distributed.shutdown()
 
 
 def evaluate_loaded(loaded: LoadedModel, data, opts: EvaluationOptions, *, run_id: str | None = None,
                     started: float | None = None) -> Evaluation:
     """``evaluate`` for a model already in memory (the MLflow evaluator plug-in's entry)."""
-
     started = time.perf_counter() if started is None else started
-    say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress else (lambda msg: None)
+    cohort, atlas, grid_affine = _prepare_cohort(loaded, data, opts, None)
+    return _evaluate(loaded, cohort, atlas, grid_affine, opts, run_id=run_id, started=started, ctx=None)
+
+
+def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx):
+    """Everything a user can get wrong that the headers can show, checked before the MLflow run
+    is opened: the cohort, both classes, the atlas, the device, the options."""
     meta = loaded.meta
-    cohort = validate(read_cohort(data, meta.class_names, skip_bad=opts.skip_bad), meta, skip_bad=opts.skip_bad)
+    cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False)
+    cohort = validate(cohort, meta, skip_bad=opts.skip_bad, progress=opts.progress)
+    require_both_classes(cohort, meta)
     first = nib.load(cohort.table["path"].iloc[0])
     grid_shape, grid_affine = first.shape[:3], first.affine.astype(np.float64)
     if meta.input_shape is None:  # no metadata and no signature: the cohort's grid is the input
         meta.input_shape = [1, *map(int, grid_shape)]
     atlas = load_atlas(opts.atlas, opts.atlas_labels, grid_shape, grid_affine) if opts.atlas else None
-    say(f"evaluating {loaded.name or loaded.uri} v{loaded.version or '-'} on {len(cohort)} subjects from {cohort.source}")
-    with tempfile.TemporaryDirectory(prefix="heimer-eval-") as staging:
-        return _evaluate_cohort(loaded, cohort, atlas, grid_affine, opts, Path(staging), run_id, started, say)
+    if ctx is None:
+        pick_device(opts.device)  # an unavailable device is a user error, before the run opens
+    elif opts.save_cams == "all":
+        raise HeimerError("--save-cams all is not available under torchrun (each rank would write its own "
+                          "share of the volumes): use --save-cams gallery, or run one process")
+    return cohort, atlas, grid_affine
 
 
-def _evaluate_cohort(loaded, cohort, atlas, grid_affine, opts, staging: Path, run_id, started, say) -> Evaluation:
-    from . import tracking
+def _evaluate(loaded, cohort, atlas, grid_affine, opts, *, run_id, started, ctx) -> Evaluation | None:
+    """Open the run (rank 0), run the engine (every rank, its shard), conclude (rank 0).
+
+    From the moment the run is open it tells the truth: FINISHED, FAILED with the reason (also
+    when another rank failed), KILLED on Ctrl-C/SIGTERM.
+    """
+    from . import distributed, tracking
+
+    main = ctx is None or ctx.is_main
+    say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress and main else (lambda msg: None)
+    device = ctx.device if ctx is not None else str(pick_device(opts.device))
+    excluded = f" ({len(cohort.excluded)} left out)" if len(cohort.excluded) else ""
+    ranks = f" across {ctx.world_size} processes ({ctx.backend})" if ctx is not None else ""
+    say(f"evaluating {loaded.name or loaded.uri} v{loaded.version or '-'} on {len(cohort)} subjects "
+        f"from {cohort.source}{excluded}{ranks}")
+    with contextlib.ExitStack() as stack:
+        staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heimer-eval-")))
+        handle = stack.enter_context(tracking.evaluation_run(loaded, opts, device, run_id=run_id)) if main else None
+        if handle is not None:
+            say(f"run {handle.run_id} is open ({tracking.mlflow.get_tracking_uri()})")
+        t0 = time.perf_counter()
+        with distributed.guard(ctx):
+            engine = _run_engine(loaded, cohort, atlas, opts, staging, device, ctx)
+        engine = distributed.merge(engine, ctx)
+        if not main:
+            return None
+        result = _conclude(loaded, cohort, engine, grid_affine, opts, time.perf_counter() - t0)
+        tracking.log_results(result, staging, handle, say=say)
+    result.timings["total_s"] = time.perf_counter() - started
+    say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
+    return result
+
+
+def _run_engine(loaded, cohort, atlas, opts, staging: Path, device: str, ctx) -> EngineResult:
+    """This process's engine pass: the whole cohort, or under torchrun its rank's shard."""
+    from . import distributed, tracking
 
     meta = loaded.meta
-    t0 = time.perf_counter()
     cam_dir = staging / "volumes" / "subjects" if opts.save_cams == "all" else None
-    engine = run_engine(
+    dataset = CohortDataset(cohort, meta)
+    if ctx is not None:
+        dataset = torch.utils.data.Subset(dataset, distributed.shard(len(dataset), ctx))
+    return run_engine(
         loaded.module,
-        make_loader(CohortDataset(cohort, meta), batch_size=opts.batch_size, workers=opts.workers, device=opts.device),
+        make_loader(dataset, batch_size=opts.batch_size, workers=opts.workers, device=device,
+                    processes_per_node=distributed.local_world_size(ctx)),
         meta,
-        device=opts.device,
+        device=device,
         feature_layers=tuple(opts.feature_layers),
         atlas=atlas,
         gallery_k=opts.gallery_k if opts.save_cams != "none" else 0,
@@ -255,13 +317,20 @@ def _evaluate_cohort(loaded, cohort, atlas, grid_affine, opts, staging: Path, ru
         save_cams=tracking.cam_writer(cam_dir) if cam_dir else None,
         amp=opts.amp,
         threshold=opts.threshold,
-        progress=opts.progress,
+        progress=opts.progress and (ctx is None or ctx.is_main),
         seed=opts.seed,
+        stop_on_problem=not opts.skip_bad,
+        should_stop=ctx.peer_failed if ctx is not None else None,
     )
-    engine_s = time.perf_counter() - t0
+
+
+def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s: float) -> Evaluation:
+    """Exclusions, metrics, training history and the verdict from the (merged) engine result."""
+    meta = loaded.meta
     cohort = _exclude_unreadable(cohort, engine, opts.skip_bad)
     if len(engine.subjects.get("prob", [])) == 0:
         raise HeimerError(f"no subject of {cohort.source} could be evaluated")
+    require_both_classes(_evaluated(cohort, engine), meta)
     rows = engine.subjects["index"].astype(int)
     y_true = (engine.subjects["label"].astype(int) == meta.positive_index).astype(int)
     covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True) if cohort.covariates else None
@@ -277,10 +346,27 @@ def _evaluate_cohort(loaded, cohort, atlas, grid_affine, opts, staging: Path, ru
     )
     result.verdict, result.verdict_reason = plausibility_verdict(result.summary, engine.region_names)
     result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
-    tracking.log_evaluation(result, staging, run_id=run_id, say=say)
-    result.timings["total_s"] = time.perf_counter() - started
-    say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
     return result
+
+
+def require_both_classes(cohort: Cohort, meta) -> None:
+    """AUC, sensitivity and specificity need subjects of the positive class and of another."""
+    counts = cohort.table["label"].astype(int).value_counts()
+    positives = int(counts.get(meta.positive_index, 0))
+    if positives == 0 or positives == len(cohort):
+        present = ", ".join(f"{meta.class_names[int(k)]}={int(v)}" for k, v in sorted(counts.items()))
+        left = " after leaving out the unusable ones" if len(cohort.excluded) else ""
+        raise HeimerError(
+            f"the cohort {cohort.source} has one class only{left} ({present}): the metrics need both "
+            f"{meta.positive_class} and {_negative_positive(meta)[0]} subjects; add subjects of the other class"
+        )
+
+
+def _evaluated(cohort: Cohort, engine: EngineResult) -> Cohort:
+    """The cohort restricted to the subjects the engine evaluated."""
+    rows = engine.subjects["index"].astype(int)
+    return Cohort(cohort.table.iloc[rows].reset_index(drop=True), cohort.class_names, cohort.source,
+                  cohort.covariates, cohort.excluded)
 
 
 def _negative_positive(meta) -> tuple[str, str]:

@@ -5,6 +5,7 @@ evaluation that did not finish."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,22 +17,33 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import HeimerError
 
 VERSION_TAGS = ("roc_auc", "sensitivity", "specificity", "cam_outside_brain_fraction")
 
 
-def check_reachable() -> None:
-    """Fail before any compute when the tracking store cannot be reached."""
+def check_reachable(timeout_s: float = 5.0) -> None:
+    """Fail before any compute when the tracking store cannot be reached.
+
+    An HTTP server is asked for ``/health`` once, with a short timeout: MLflow's own client
+    retries for minutes (right for a server restarting mid-run, wrong for a typo in the URI).
+    """
+    import requests
+
     uri = mlflow.get_tracking_uri()
+    fix = "start the server or set MLFLOW_TRACKING_URI"
+    if uri.startswith(("http://", "https://")):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as e:
+            reason = "connection refused" if isinstance(e, requests.ConnectionError) else type(e).__name__
+            raise HeimerError(f"the MLflow tracking server {uri} cannot be reached ({reason}); {fix}") from None
     try:
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise HeimerError(
-            f"the MLflow tracking store {uri} cannot be reached ({first}); start the server or set MLFLOW_TRACKING_URI"
-        ) from None
+        raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 
 def cam_writer(folder: Path):
@@ -147,6 +159,7 @@ def evaluation_record(evaluation) -> dict:
         "engine": {"device": engine.device, "amp": engine.amp, "target_layer": engine.target_layer,
                    "feature_layers": engine.feature_layers, "region_names": engine.region_names,
                    "chunk_size": engine.chunk_size, "threshold": engine.threshold,
+                   "world_size": engine.world_size,
                    "gradcam": {"target_class": m.meta.positive_class, "upsampling": "trilinear",
                                "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
                    "sanity": sanity, "feature_ranking": ranking,
@@ -173,69 +186,154 @@ def _dataset(evaluation):
     return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
 
 
-def log_evaluation(evaluation, staging: Path, *, run_id: str | None = None, say=print) -> None:
-    """Write the artifacts, log the run, then tag the model version (last)."""
+class EvaluationRun:
+    """The MLflow run of one evaluation while it computes (see :func:`evaluation_run`)."""
+
+    def __init__(self, run, owned: bool):
+        self.run_id, self.artifact_uri, self.owned = run.info.run_id, run.info.artifact_uri, owned
+        self.version_tags: dict[str, str] = {}  # set by log_results; written only once the run FINISHED
+        self.model_name: str | None = None
+        self.model_version: str | None = None
+
+
+@contextlib.contextmanager
+def evaluation_run(model, options, device: str, *, run_id: str | None = None):
+    """Open the evaluation's run before any compute and close it truthfully.
+
+    The run is RUNNING (tag ``heimer.status=running``) while the engine works; it ends FINISHED
+    when everything was logged, FAILED with the one-line error in ``heimer.error``, or KILLED on
+    Ctrl-C / SIGTERM. Only after FINISHED does the model version get its tags (and a signal
+    cannot cut that in half), so a version never claims an evaluation that did not finish. A
+    run that `mlflow run` or the caller started is logged into; its owner ends it.
+    """
+    handle = None
+    try:
+        # Opened and described in one piece: a signal now would leave a RUNNING run that
+        # MLflow's exit hook then marks FINISHED.
+        with interrupts.deferred():
+            run, owned = _open_run(model, options, run_id)
+            handle = EvaluationRun(run, owned)
+            handle.model_name, handle.model_version = model.name, model.version
+            _describe(handle, model, options, device)
+        yield handle
+        interrupts.raise_if_swallowed()
+    except BaseException as e:
+        if handle is not None:
+            killed = isinstance(e, KeyboardInterrupt) or interrupts.received() is not None
+            _close(handle, "KILLED" if killed else "FAILED", _one_line(e))
+        raise
+    client = mlflow.MlflowClient()
+    with interrupts.deferred():
+        _close(handle, "FINISHED")
+        if handle.model_name and handle.model_version and handle.version_tags:
+            for key, value in handle.version_tags.items():
+                client.set_model_version_tag(handle.model_name, handle.model_version, key, value)
+
+
+def _describe(handle: EvaluationRun, model, options, device: str) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in {"heimer.model_uri": model.uri, "heimer.model_name": model.name or "",
+                       "heimer.model_version": model.version or "", "heimer.status": "running"}.items():
+        client.set_tag(handle.run_id, key, value)
+    # Resolved values, prefixed: `mlflow run` has already logged the raw entry-point parameters.
+    for key, value in {"threshold": options.threshold, "target_layer": model.meta.target_layer,
+                       "batch_size": options.batch_size, "device": device, "save_cams": options.save_cams,
+                       "skip_bad": options.skip_bad, "n_bootstrap": options.n_bootstrap,
+                       "processes": int(os.environ.get("WORLD_SIZE") or 1)}.items():
+        client.log_param(handle.run_id, f"heimer.{key}", value)
+
+
+def _open_run(model, options, run_id: str | None):
+    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one."""
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id):
+        return active, False  # `mlflow run`, mlflow.models.evaluate or the caller started it
+    if run_id is not None:
+        # start_run(run_id) refuses a run outside the active experiment: make its experiment active
+        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        return mlflow.start_run(run_id=run_id), True
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.start_run(), True  # resumes the run `mlflow run` created for this entry point
+    _set_experiment(options.experiment)
+    name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
+    return mlflow.start_run(run_name=name), True
+
+
+def _set_experiment(name: str) -> None:
+    """``mlflow.set_experiment``, safe when another evaluation creates the same experiment at
+    the same moment (the loser of that race sees RESOURCE_ALREADY_EXISTS: the experiment is there)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.set_experiment(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
+            raise
+        mlflow.set_experiment(name)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, interrupts.Terminated):
+        return f"terminated by {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}"[:5000] if not isinstance(error, HeimerError) else text[:5000]
+
+
+def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None:
+    """End the run with ``status``; on the way out of a failure, never mask the original error
+    (the tracking server may be what failed)."""
+    client = mlflow.MlflowClient()
+    try:
+        client.set_tag(handle.run_id, "heimer.status", status.lower())
+        if error:
+            client.set_tag(handle.run_id, "heimer.error", error)
+        if handle.owned:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == handle.run_id:
+                mlflow.end_run(status)
+            else:
+                client.set_terminated(handle.run_id, status)
+    except Exception:
+        if status == "FINISHED":
+            raise
+        # The store could not be told (it may be what failed): forget the run locally at least.
+        active = mlflow.active_run()
+        if handle.owned and active is not None and active.info.run_id == handle.run_id:
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)
+
+
+def log_results(evaluation, staging: Path, handle: EvaluationRun, *, say=print) -> None:
+    """Write the artifacts and log them, the data set, the metrics and the report to the open
+    run; the model-version tags are prepared here and written when the run has FINISHED."""
     from mlflow.entities import LoggedModelInput
 
+    from .report import report_for_run
+
+    evaluation.run_id = handle.run_id
     evaluation.artifacts = write_artifacts(evaluation, staging)
     model = evaluation.model
     dataset = _dataset(evaluation)
     flat = {**evaluation.metrics.to_flat_metrics(), **evaluation.summary,
             "n_subjects": int(len(evaluation.engine.subjects["prob"])), "n_excluded": int(len(evaluation.cohort.excluded))}
-    active = mlflow.active_run()
-    if active is not None and run_id in (None, active.info.run_id):
-        context = _ActiveRun()  # `mlflow run`, mlflow.models.evaluate or the caller started it
-    elif run_id is not None:
-        # start_run(run_id) refuses a run outside the active experiment: make its experiment active
-        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
-        context = mlflow.start_run(run_id=run_id)
-    elif os.environ.get("MLFLOW_RUN_ID"):
-        context = mlflow.start_run()  # resumes the run `mlflow run` created for this entry point
-    else:
-        mlflow.set_experiment(evaluation.options.experiment)
-        name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
-        context = mlflow.start_run(run_name=name)
-    with context as run:
-        evaluation.run_id = run.info.run_id
-        mlflow.set_tags({
-            "heimer.model_uri": model.uri, "heimer.model_name": model.name or "",
-            "heimer.model_version": model.version or "", "heimer.verdict": evaluation.verdict,
-        })
-        # Resolved values, prefixed: `mlflow run` has already logged the raw entry-point parameters.
-        mlflow.log_params({f"heimer.{k}": v for k, v in {
-            "threshold": evaluation.options.threshold, "target_layer": evaluation.engine.target_layer,
-            "batch_size": evaluation.options.batch_size, "device": evaluation.engine.device,
-            "save_cams": evaluation.options.save_cams, "skip_bad": evaluation.options.skip_bad,
-            "n_bootstrap": evaluation.options.n_bootstrap,
-        }.items()})
-        linked_model = LoggedModelInput(model.model_id) if model.model_id else None
-        mlflow.log_input(dataset, context="evaluation", model=linked_model)
-        mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
-        mlflow.log_artifacts(str(staging))
-        # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
-        # re-renders it later: one path, and proof that the artifacts alone suffice.
-        from .report import report_for_run
-
-        report = report_for_run(evaluation.run_id, log=True)
-        evaluation.artifacts["report"] = f"{run.info.artifact_uri}/report/{report.pdf.name}"
-        say(f"logged the evaluation and its report to run {evaluation.run_id} ({mlflow.get_tracking_uri()})")
-    if model.name and model.version:
-        tag_model_version(evaluation, flat)
-
-
-class _ActiveRun:
-    """The run `mlflow run` (or the caller) started: log into it, leave ending it to its owner."""
-
-    def __enter__(self):
-        return mlflow.active_run()
-
-    def __exit__(self, *exc):
-        return False
-
-
-def tag_model_version(evaluation, flat: dict) -> None:
     client = mlflow.MlflowClient()
-    model = evaluation.model
+    client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
+    linked_model = LoggedModelInput(model.model_id) if model.model_id else None
+    mlflow.log_input(dataset, context="evaluation", model=linked_model)
+    mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
+    mlflow.log_artifacts(str(staging))
+    # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
+    # re-renders it later: one path, and proof that the artifacts alone suffice.
+    report = report_for_run(handle.run_id, log=True)
+    evaluation.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
+    handle.version_tags = version_tags(evaluation, flat)
+    say(f"logged the evaluation and its report to run {handle.run_id} ({mlflow.get_tracking_uri()})")
+
+
+def version_tags(evaluation, flat: dict) -> dict[str, str]:
+    """The model version's ``heimer.*`` tags: the verdict, key figures and where to read more."""
     tags = {"heimer.evaluation_run_id": evaluation.run_id, "heimer.verdict": evaluation.verdict,
             "heimer.verdict_reason": evaluation.verdict_reason[:5000]}
     for key in VERSION_TAGS:
@@ -243,5 +341,4 @@ def tag_model_version(evaluation, flat: dict) -> None:
             tags[f"heimer.{key}"] = f"{flat[key]:.4f}"
     if "report" in evaluation.artifacts:
         tags["heimer.report"] = evaluation.artifacts["report"]
-    for key, value in tags.items():
-        client.set_model_version_tag(model.name, model.version, key, value)
+    return tags

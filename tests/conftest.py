@@ -64,3 +64,30 @@ class TinyCNN(nn.Module):
 def tiny_cnn():
     torch.manual_seed(0)
     return TinyCNN()
+
+
+def register_tiny_model(name: str, *, seed: int = 1, experiment: str = "tiny-training") -> str:
+    """A tiny, untrained DemoCNN for the 4 mm synthetic grid, logged with the full contract from
+    a training run with loss/accuracy curves and registered as ``name`` in the current tracking
+    store (scores spread enough). Returns the new version."""
+    from heimer_mlflow import registry
+    from heimer_mlflow.nets import DemoCNN
+
+    torch.manual_seed(seed)
+    net = DemoCNN(width=4).eval()
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run():
+        for step, (loss, acc) in enumerate([(0.7, 0.5), (0.6, 0.7)]):
+            mlflow.log_metrics({"loss": loss, "val_loss": loss + 0.05, "acc": acc, "val_acc": acc - 0.1}, step=step)
+        info = registry.log_model(net, "model", input_shape=[1, 46, 55, 46], intensity="zscore",
+                                  registered_model_name=name, pip_requirements=["torch"])
+    return str(info.registered_model_version)
+
+
+class FailsOnRankOne(TinyCNN):
+    """A model that breaks on the second torchrun process only (a fault on one rank)."""
+
+    def forward(self, x):
+        if os.environ.get("RANK") == "1":
+            raise RuntimeError("injected fault on rank 1")
+        return super().forward(x)

@@ -17,16 +17,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pypdf import PdfReader
 from sklearn import metrics as skm
 
-from heimer_mlflow import registry
 from heimer_mlflow.evaluation import evaluate
-from heimer_mlflow.nets import DemoCNN
 from heimer_mlflow.synthetic import write_cohort
 
-from .conftest import subprocess_env
+from .conftest import register_tiny_model, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,16 +39,9 @@ def cohort(tmp_path_factory):
 def model_name(tracking_dir, cohort):
     """A tiny, untrained DemoCNN registered with the full contract (scores spread enough)."""
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    torch.manual_seed(1)
-    net = DemoCNN(width=4).eval()
     name = "tiny-eval"
-    mlflow.set_experiment("tiny-training")
-    with mlflow.start_run():
-        for step, (loss, acc) in enumerate([(0.7, 0.5), (0.6, 0.7)]):
-            mlflow.log_metrics({"loss": loss, "val_loss": loss + 0.05, "acc": acc, "val_acc": acc - 0.1}, step=step)
-        info = registry.log_model(net, "model", input_shape=[1, 46, 55, 46], intensity="zscore",
-                                  registered_model_name=name, pip_requirements=["torch"])
-    mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+    version = register_tiny_model(name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
     return name
 
 

@@ -5,11 +5,11 @@ Plain results only (numpy arrays and numbers); figures, logging and the report c
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
 from heimer_mlflow.engine.gradcam import Attribution, GradCam3d, conv_layers, normalize_per_subject, resolve_layer
-from heimer_mlflow.engine.run import EngineResult, SanityResult, pick_device, run_engine, spearman
+from heimer_mlflow.engine.run import EngineResult, EngineStopped, SanityResult, pick_device, run_engine, spearman
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
 
 __all__ = [
-    "Attribution", "CaseGallery", "EngineResult", "GalleryCase", "GradCam3d", "GroupMaps", "GroupStats",
-    "SanityResult", "conv_layers", "normalize_per_subject", "pick_device", "rank_channels", "resolve_layer",
-    "run_engine", "spearman",
+    "Attribution", "CaseGallery", "EngineResult", "EngineStopped", "GalleryCase", "GradCam3d", "GroupMaps",
+    "GroupStats", "SanityResult", "conv_layers", "normalize_per_subject", "pick_device", "rank_channels",
+    "resolve_layer", "run_engine", "spearman",
 ]  # fmt: skip

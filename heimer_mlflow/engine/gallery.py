@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,17 +31,18 @@ def outcome_of(is_positive: bool, predicted_positive: bool) -> str:
 
 
 class CaseGallery:
-    """Keeps at most k cases per outcome, most confident first; earlier subjects win ties."""
+    """Keeps at most k cases per outcome, most confident first; the lower cohort index wins ties,
+    so the kept cases do not depend on the order subjects arrive in (or on how they are sharded)."""
 
     def __init__(self, k: int):
         self.k = k
         self._heaps: dict[str, list] = {outcome: [] for outcome in OUTCOMES}
-        self._arrival = itertools.count()
 
-    def offer(self, outcome: str, confidence: float, make_case: Callable[[], GalleryCase]) -> None:
-        """Consider a subject; ``make_case`` (which copies its volumes) runs only if it is kept."""
+    def offer(self, outcome: str, confidence: float, index: int, make_case: Callable[[], GalleryCase]) -> None:
+        """Consider subject ``index`` (its cohort row); ``make_case`` (which copies its volumes)
+        runs only if it is kept."""
         heap = self._heaps[outcome]
-        rank = (confidence, -next(self._arrival))
+        rank = (confidence, -index)
         if len(heap) < self.k:
             heapq.heappush(heap, (*rank, make_case()))
         elif self.k and rank > heap[0][:2]:
@@ -52,7 +52,7 @@ class CaseGallery:
         """Add another shard's cases; returns self."""
         for outcome, heap in other._heaps.items():
             for confidence, _, case in heap:
-                self.offer(outcome, confidence, lambda case=case: case)
+                self.offer(outcome, confidence, case.index, lambda case=case: case)
         return self
 
     def cases(self) -> dict[str, list[GalleryCase]]:

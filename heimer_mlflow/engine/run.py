@@ -4,8 +4,8 @@
 single ``autograd.grad`` to the target activation: positive-class probability, prediction, loss,
 the Grad-CAM at input resolution and the feature-layer activations. These feed the per-subject
 rows, the CAM shares (outside the brain, per atlas region), the mergeable group statistics, the
-bounded case gallery and, on the first subjects, the randomised-weights sanity check. Memory does
-not grow with the number of subjects except for the per-subject rows of scalars.
+bounded case gallery and, on the first subjects of the cohort, the randomised-weights sanity
+check. Memory does not grow with the number of subjects except for the per-subject rows of scalars.
 """
 
 from __future__ import annotations
@@ -45,6 +45,17 @@ class SanityResult:
     subject_ids: list[str]
     spearman: np.ndarray  # per subject, trained vs randomised-weights Grad-CAM (target-layer resolution)
     mean: float
+    indices: list[int] = field(default_factory=list)  # cohort rows of subject_ids
+
+    @classmethod
+    def of(cls, subject_ids: list[str], indices: list[int], values: list[float]) -> SanityResult | None:
+        """The check over these subjects in cohort order; None when there are none."""
+        if not values:
+            return None
+        order = np.argsort(np.asarray(indices), kind="stable")
+        spearman_values = np.asarray(values, dtype=np.float64)[order]
+        return cls([subject_ids[i] for i in order], spearman_values, float(np.nanmean(spearman_values)),
+                   [int(indices[i]) for i in order])  # fmt: skip
 
 
 @dataclass
@@ -64,9 +75,24 @@ class EngineResult:
     threshold: float = 0.5
     chunk_size: int | None = None  # sub-batch size after out-of-memory halving; None = never halved
     timings: dict[str, float] = field(default_factory=dict)  # seconds, and subjects_per_s
+    gallery_k: int = 4  # cases kept per outcome
+    world_size: int = 1  # processes whose shards were merged into this result
 
 
 SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction")
+
+
+class EngineStopped(HeimerError):
+    """The pass was stopped from outside (``should_stop``), e.g. because another rank failed."""
+
+
+def maps_from_stats(stats: GroupStats, layers: list[str]) -> tuple[dict[str, GroupMaps], dict[str, dict]]:
+    """Group maps ("input", "cam", "features/<layer>") and per-layer channel rankings of ``stats``,
+    empty when no subject was evaluated: the same for one pass and for shards' merged states."""
+    if not stats.quantities:
+        return {}, {}
+    maps = {name: stats.compute(name) for name in ("input", "cam", *(f"features/{p}" for p in layers))}
+    return maps, {layer: rank_channels(stats, layer) for layer in layers}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -105,23 +131,31 @@ def run_engine(
     threshold: float = 0.5,
     progress: bool = True,
     seed: int = 0,
+    stop_on_problem: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EngineResult:
     """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
 
     The model is moved to the device and put in eval mode (its train/eval mode is restored).
     ``save_cams`` is called once per subject with its raw Grad-CAM and affine. ``amp`` runs the
-    forward under autocast in bf16 or fp16; maps and statistics stay float32/float64. ``seed``
-    draws the randomised weights of the sanity check.
+    forward under autocast in bf16 or fp16; maps and statistics stay float32/float64. With
+    ``stop_on_problem``, the first unreadable volume ends the compute; the rest of the loader is
+    still read, so ``excluded`` lists every unusable subject for one message. ``seed``
+    draws the randomised weights of the sanity check, which runs on the subjects whose cohort
+    ``index`` is below ``sanity_subjects`` (the same ones however the cohort is sharded).
+    ``should_stop`` is asked before each batch; when it says True the pass ends with
+    :class:`EngineStopped` (``heimer_mlflow.distributed`` uses it to stop when another rank failed).
     """
     if amp not in (None, *AMP_DTYPES):
         raise HeimerError(f"unknown amp {amp!r}: use bf16, fp16 or leave it unset")
     chosen = pick_device(device)
     run = _Run(model.to(chosen), meta, chosen, feature_layers, atlas, gallery_k, sanity_subjects, save_cams,
                amp, threshold, seed)  # fmt: skip
+    run.stop_on_problem = stop_on_problem
     was_training = model.training
     model.eval()
     try:
-        return run.over(loader, progress)
+        return run.over(loader, progress, should_stop)
     finally:
         model.train(was_training)
 
@@ -138,7 +172,7 @@ class _Chunk:
     cam: torch.Tensor
     activations: dict[str, torch.Tensor]
     scalars: torch.Tensor  # CPU [b, 4 + regions]: prob, loss, pred, outside-brain fraction, region gains
-    sanity: list[float]
+    sanity: list[tuple[int, float]]  # (row in the chunk, Spearman) for the sanity-check subjects
 
 
 class _Run:
@@ -153,27 +187,41 @@ class _Run:
         self.gallery = CaseGallery(gallery_k)
         self.sanity_subjects, self.seed = sanity_subjects, seed
         self.sanity_ids: list[str] = []
+        self.sanity_indices: list[int] = []
         self.sanity_values: list[float] = []
+        self.sanity_left = sanity_subjects  # sanity subjects still to come; at 0 the randomised copy is freed
         self.random_gradcam: GradCam3d | None = None
+        self.gallery_k = gallery_k
         self.save_cams, self.amp, self.threshold = save_cams, amp, threshold
         self.target_column: int | None = None  # output column of the positive class, known after a probe
         self.chunk_size: int | None = None
         self.rows: dict[str, list] = {name: [] for name in SUBJECT_COLUMNS}
         self.rows.update({f"cam_roi_gain_{name}": [] for name in self.region_names})
         self.excluded: list[dict] = []
+        self.stop_on_problem = False
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def over(self, loader, progress: bool) -> EngineResult:
+    def over(self, loader, progress: bool, should_stop: Callable[[], bool] | None = None) -> EngineResult:
         total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+        self.sanity_left = _sanity_quota(loader.dataset, self.sanity_subjects)
         bar = tqdm(total=total, unit="subject", desc="evaluating", file=sys.stderr, disable=not progress)
         timings = {"loader_wait_s": 0.0, "compute_s": 0.0}
         started = waiting = time.perf_counter()
         with bar:
             for batch in loader:
                 timings["loader_wait_s"] += time.perf_counter() - waiting
+                if should_stop is not None and should_stop():
+                    raise EngineStopped("the evaluation was stopped before the end of the cohort")
                 computing = time.perf_counter()
-                self._batch(self._drop_unreadable(batch, bar), bar)
+                batch = self._drop_unreadable(batch, bar)
+                if self.excluded and self.stop_on_problem:
+                    # The run will stop: skip the compute, only look for the other unusable volumes
+                    # so the user gets all of them in one message.
+                    if batch is not None:
+                        bar.update(len(batch["subject_id"]))
+                    batch = None
+                self._batch(batch, bar)
                 timings["compute_s"] += time.perf_counter() - computing
                 waiting = time.perf_counter()
         timings["total_s"] = time.perf_counter() - started
@@ -189,7 +237,9 @@ class _Run:
         for sid, index, problem in zip(batch["subject_id"], batch["index"].tolist(), problems):
             if problem:
                 self.excluded.append({"subject_id": sid, "index": index, "reason": problem})
-                log.warning("skipping subject %s: %s", sid, problem)
+                self.sanity_left -= index < self.sanity_subjects
+                # stopping: the one error line lists them all; skipping: say so as it happens
+                log.log(logging.INFO if self.stop_on_problem else logging.WARNING, "leaving out subject %s: %s", sid, problem)
                 bar.update(1)
         keep = [i for i, problem in enumerate(problems) if not problem]
         if not keep:
@@ -266,25 +316,26 @@ class _Run:
             per_region.index_add_(1, self.region_of_voxel, cam.flatten(1))
             gains = per_region[:, :-1] / cam_total[:, None] / self.region_volume_share
             columns += list(gains.T)
-        sanity = self._sanity(images, attribution.layer_cam)
+        sanity = self._sanity(images, attribution.layer_cam, batch["index"][rows])
         return _Chunk(
             images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
             affines=batch["affine"][rows], cam=cam, activations=attribution.activations,
             scalars=torch.stack(columns, dim=1).cpu(), sanity=sanity,
         )  # fmt: skip
 
-    def _sanity(self, images, layer_cam) -> list[float]:
-        """Rank correlation of trained and randomised-weights maps at the target layer's resolution:
-        upsampling is the same fixed interpolation for both, and ranking input-size maps is costly."""
-        wanted = self.sanity_subjects - len(self.sanity_ids)
-        if wanted <= 0:
-            self.random_gradcam = None  # done: free the randomised copy
+    def _sanity(self, images, layer_cam, indices: torch.Tensor) -> list[tuple[int, float]]:
+        """Rank correlation of trained and randomised-weights maps at the target layer's resolution
+        (upsampling is the same fixed interpolation for both, and ranking input-size maps is costly),
+        for the chunk's subjects whose cohort index is below ``sanity_subjects``."""
+        chosen = (indices < self.sanity_subjects).nonzero().flatten().tolist()
+        if not chosen:
             return []
-        if self.random_gradcam is None:
+        if self.random_gradcam is None:  # the same weights whenever (and on whichever rank) it is made
             self.random_gradcam = GradCam3d(_randomised_copy(self.model, self.seed), self.gradcam.layer_path)
+        rows = torch.as_tensor(chosen, device=images.device)
         with self._autocast():
-            random_cam = self.random_gradcam.attribute(images[:wanted], self.target_column).layer_cam
-        return [spearman(a, b) for a, b in zip(layer_cam[:wanted], random_cam)]
+            random_cam = self.random_gradcam.attribute(images[rows], self.target_column).layer_cam
+        return [(i, spearman(layer_cam[i], b)) for i, b in zip(chosen, random_cam)]
 
     # -- commit: updates the run's state ---------------------------------------------------------
 
@@ -301,8 +352,13 @@ class _Run:
             values[f"channel_means/{layer}"] = activation.mean(dim=(2, 3, 4))
         self.stats.update(cells, **values)
 
-        self.sanity_ids += chunk.subject_ids[: len(chunk.sanity)]
-        self.sanity_values += chunk.sanity
+        for i, value in chunk.sanity:
+            self.sanity_ids.append(chunk.subject_ids[i])
+            self.sanity_indices.append(int(chunk.indices[i]))
+            self.sanity_values.append(value)
+        self.sanity_left -= len(chunk.sanity)
+        if self.sanity_left <= 0:
+            self.random_gradcam = None  # done: free the randomised copy
         for i, sid in enumerate(chunk.subject_ids):
             is_positive = labels[i] == self.meta.positive_index
             row = {
@@ -314,7 +370,8 @@ class _Run:
                 self.rows[name].append(value)
             outcome = outcome_of(is_positive, bool(predicted_positive[i]))
             confidence = prob[i] if predicted_positive[i] else 1.0 - prob[i]
-            self.gallery.offer(outcome, confidence, functools.partial(_case, chunk, i, row, outcome, confidence))
+            self.gallery.offer(outcome, confidence, row["index"],
+                               functools.partial(_case, chunk, i, row, outcome, confidence))  # fmt: skip
             if self.save_cams is not None:
                 self.save_cams(sid, _own_numpy(chunk.cam[i]), _own_numpy(chunk.affines[i]))
 
@@ -328,21 +385,15 @@ class _Run:
         subjects["subject_id"] = np.asarray(self.rows["subject_id"], dtype=object)
         stats = GroupStats.from_state({k: v.cpu() for k, v in self.stats.state.items()},
                                       self.meta.class_names, self.meta.positive_index)  # fmt: skip
-        maps, ranking = {}, {}
-        if stats.quantities:  # at least one subject was evaluated
-            maps = {name: stats.compute(name) for name in ("input", "cam", *(f"features/{p}" for p in self.layers))}
-            ranking = {layer: rank_channels(stats, layer) for layer in self.layers}
-        sanity = None
-        if self.sanity_values:
-            values = np.asarray(self.sanity_values)
-            sanity = SanityResult(list(self.sanity_ids), values, float(np.nanmean(values)))
+        maps, ranking = maps_from_stats(stats, self.layers)
+        sanity = SanityResult.of(self.sanity_ids, self.sanity_indices, self.sanity_values)
         return EngineResult(
             subjects=subjects, maps=maps,
             feature_ranking=ranking,
             gallery=self.gallery.cases(), sanity=sanity, stats=stats, target_layer=self.gradcam.layer_path,
             feature_layers=list(self.layers), region_names=list(self.region_names), excluded=self.excluded,
             device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
-            timings=timings,
+            timings=timings, gallery_k=self.gallery_k,
         )  # fmt: skip
 
 
@@ -362,6 +413,14 @@ def _prepare_atlas(atlas, device):
         raise HeimerError(f"atlas regions {missing} have no voxels: fix the atlas label table or the label image")
     share = torch.as_tensor(counts / slots.size, dtype=torch.float32, device=device)
     return [names[label] for label in sorted(names)], torch.as_tensor(slots.ravel(), device=device), share
+
+
+def _sanity_quota(dataset, n: int) -> int:
+    """How many sanity-check subjects (cohort index < n) ``dataset`` holds: a Subset of the cohort
+    (one rank's shard) holds those of its indices; a wrong count costs only memory or a re-copy."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return sum(1 for i in dataset.indices if i < n)
+    return min(n, len(dataset)) if hasattr(dataset, "__len__") else n
 
 
 def _randomised_copy(model: nn.Module, seed: int) -> nn.Module:

@@ -39,6 +39,9 @@ class GroupStats:
         self.state: dict[str, torch.Tensor] = {
             COUNT_KEY: torch.zeros(2 * len(self.class_names), dtype=torch.float64, device=self.device)
         }
+        # One float64 volume per quantity, reused by every update: a fresh multi-MB temporary per
+        # subject costs more (allocation, page faults) than the sums themselves. Not part of the state.
+        self._scratch: dict[str, torch.Tensor] = {}
 
     @property
     def quantities(self) -> list[str]:
@@ -50,8 +53,8 @@ class GroupStats:
     def update(self, cells: list[int], **values: torch.Tensor) -> None:
         """Add one batch: ``cells[i]`` is subject i's cell, each value is [B, *shape] on the state's device.
 
-        Sums run per subject in float64 (exact squares of float32 values), so a temporary never
-        exceeds one subject's volume.
+        Sums run per subject in float64 (exact squares of float32 values) through one reused
+        float64 buffer per quantity, so the only temporary is one subject's volume, allocated once.
         """
         for name, batch in values.items():
             if f"{name}|sum" not in self.state:
@@ -59,10 +62,13 @@ class GroupStats:
                 zeros = torch.zeros(shape, dtype=torch.float64, device=self.device)
                 self.state[f"{name}|sum"], self.state[f"{name}|sumsq"] = zeros, zeros.clone()
             total, total_sq = self.state[f"{name}|sum"], self.state[f"{name}|sumsq"]
+            scratch = self._scratch.get(name)
+            if scratch is None or scratch.shape != total.shape[1:]:
+                scratch = self._scratch[name] = torch.empty(total.shape[1:], dtype=torch.float64, device=self.device)
             for cell, value in zip(cells, batch):
-                value = value.to(torch.float64)
-                total[cell].add_(value)
-                total_sq[cell].addcmul_(value, value)
+                scratch.copy_(value)
+                total[cell].add_(scratch)
+                total_sq[cell].addcmul_(scratch, scratch)
         for cell in cells:
             self.state[COUNT_KEY][cell] += 1
 

@@ -1,0 +1,82 @@
+"""Ctrl-C and SIGTERM during an evaluation.
+
+Both become exceptions in the main thread (``KeyboardInterrupt``, :class:`Terminated`), so the
+evaluation run ends as KILLED on the way out. A few steps must not be cut in half (the model
+version's tags): inside :func:`deferred` a signal waits until the block ends. Only the command
+line installs the handlers (:func:`handled`); a library caller keeps its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. a scheduler or torchrun stopping the job), raised like Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_state = {"installed": False, "depth": 0, "pending": None, "received": None}
+
+
+def _raise_for(signum: int):
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def _on_signal(signum, frame):
+    _state["received"] = signum
+    if _state["depth"] > 0:
+        _state["pending"] = signum
+        return
+    _raise_for(signum)
+
+
+def received() -> int | None:
+    """The interrupting signal seen since :func:`handled` started, if any (an exception raised
+    later as a consequence, e.g. by a killed DataLoader worker, is still an interruption)."""
+    return _state["received"]
+
+
+def raise_if_swallowed() -> None:
+    """Raise a signal's exception that never surfaced: one raised inside a ``__del__`` or a
+    callback is printed and dropped by Python, and the work would go on as if nothing happened."""
+    signum = _state["received"]
+    if signum is not None and _state["installed"] and _state["depth"] == 0:
+        _raise_for(signum)
+
+
+@contextlib.contextmanager
+def handled():
+    """Turn SIGINT and SIGTERM into exceptions for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread() or _state["installed"]:
+        yield
+        return
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _state.update(installed=True, received=None, pending=None)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _state.update(installed=False)
+
+
+@contextlib.contextmanager
+def deferred():
+    """A block that a signal does not cut in half: it is raised when the block ends."""
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        pending = _state["pending"]
+        if _state["depth"] == 0 and pending is not None:
+            _state["pending"] = None
+            _raise_for(pending)

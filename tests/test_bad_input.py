@@ -1,0 +1,321 @@
+"""Bad input through the command line (issue: reliability): every problem a user can cause ends
+in one line naming the subject or value and the fix, or, with --skip-bad, in a listed exclusion;
+the MLflow run's status and the model version's tags tell the truth. Real NIfTI files (nibabel),
+a real sqlite tracking store, the real CLI (in process, and in a subprocess for signals)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pypdf import PdfReader
+from torch import nn
+
+from heimer_mlflow import cli, registry
+
+from .conftest import TinyCNN, subprocess_env
+
+GRID = (8, 10, 8)
+AFFINE = np.array([[-3.0, 0, 0, 12], [0, 3, 0, -18], [0, 0, 3, -9], [0, 0, 0, 1]])
+EXPERIMENT = "bad-input"
+
+
+def head(seed: int, shape=GRID) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    zz = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = (zz ** 2).sum(0) < 0.7
+    return np.where(inside, 100 + 10 * rng.standard_normal(shape) + 5 * (seed % 2), 0).astype(np.float32)
+
+
+def write(path: Path, data, affine=AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def good_rows(folder: Path, n: int = 8) -> list[dict]:
+    rows = []
+    for i in range(n):
+        write(folder / f"good{i}.nii.gz", head(i))
+        rows.append({"path": f"good{i}.nii.gz", "label": "AD" if i % 2 else "CN", "subject_id": f"good{i}"})
+    return rows
+
+
+def broken_files(folder: Path) -> dict[str, tuple[str, str]]:
+    """subject_id -> (file name, what the message must say) for every file-level problem."""
+    cases = {}
+    cases["missing"] = ("missing.nii.gz", "file not found")
+    raw = gzip.compress(nib.Nifti1Image(head(20), AFFINE).to_bytes(), mtime=0)
+    middle = len(raw) // 2
+    (folder / "corrupt.nii.gz").write_bytes(raw[:middle] + bytes(b ^ 0xFF for b in raw[middle:middle + 64]) + raw[middle + 64:])
+    cases["corrupt"] = ("corrupt.nii.gz", "corrupt")
+    (folder / "truncated.nii.gz").write_bytes(raw[: int(len(raw) * 0.6)])
+    cases["truncated"] = ("truncated.nii.gz", "truncated")
+    plain = nib.Nifti1Image(head(21), AFFINE).to_bytes()
+    (folder / "truncated_plain.nii").write_bytes(plain[: len(plain) - 100])
+    cases["truncated_plain"] = ("truncated_plain.nii", "truncated")
+    (folder / "text.nii.gz").write_bytes(gzip.compress(b"subject_id,label\n" * 40))
+    cases["text"] = ("text.nii.gz", "not a readable NIfTI")
+    write(folder / "four_d.nii.gz", np.stack([head(22)] * 3, axis=-1))
+    cases["four_d"] = ("four_d.nii.gz", "4D")
+    write(folder / "small.nii.gz", head(23, (6, 6, 6)))
+    cases["small"] = ("small.nii.gz", "differs from the model input")
+    nan = head(24)
+    nan[4, 5, 4] = np.nan
+    write(folder / "nan.nii.gz", nan)
+    cases["nan"] = ("nan.nii.gz", "NaN or infinite")
+    inf = head(25)
+    inf[3, 3, 3] = np.inf
+    write(folder / "inf.nii.gz", inf)
+    cases["inf"] = ("inf.nii.gz", "NaN or infinite")
+    write(folder / "zeros.nii.gz", np.zeros(GRID, np.float32))
+    cases["zeros"] = ("zeros.nii.gz", "all zeros")
+    huge = folder / "huge.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), AFFINE), str(huge))
+    patched = bytearray(huge.read_bytes())
+    patched[42:48] = np.array([4096, 4096, 4096], "<i2").tobytes()  # dim[1..3] of the NIfTI-1 header
+    huge.write_bytes(bytes(patched))
+    cases["huge"] = ("huge.nii", "implausible size")
+    return cases
+
+
+@pytest.fixture(scope="module")
+def registered(tracking_dir):
+    """Version 1 of a tiny model with the full contract, for the cohort cases."""
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    torch.manual_seed(0)
+    mlflow.set_experiment("bad-input-training")
+    with mlflow.start_run():
+        registry.log_model(TinyCNN(), "model", input_shape=[1, *GRID], intensity="zscore",
+                           registered_model_name="bad-input", pip_requirements=["torch"])
+    return "bad-input"
+
+
+def new_version(name: str, module: nn.Module, **contract) -> str:
+    """A fresh registered version (no heimer.* tags yet) of ``module``."""
+    mlflow.set_experiment("bad-input-training")
+    with mlflow.start_run():
+        info = registry.log_model(module, "model", input_shape=[1, *GRID], registered_model_name=name,
+                                  pip_requirements=["torch"], **contract)
+    return str(info.registered_model_version)
+
+
+def evaluate(capsys, *args) -> tuple[int, list[str]]:
+    code = cli.main(["-q", "evaluate", *args, "--experiment", EXPERIMENT, "--bootstrap", "50", "--workers", "0"])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def runs() -> list:
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    return mlflow.MlflowClient().search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+
+
+def heimer_tags(name: str, version: str) -> dict:
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    return {k: v for k, v in tags.items() if k.startswith("heimer.")}
+
+
+# --------------------------------------------------------------------------- cohorts
+
+
+@pytest.fixture(scope="module")
+def broken_cohort(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("broken")
+    rows = good_rows(folder)
+    cases = broken_files(folder)
+    rows += [{"path": file, "label": "AD", "subject_id": sid} for sid, (file, _) in cases.items()]
+    rows += [{"path": "good0.nii.gz", "label": "MCI", "subject_id": "unknown_label"},
+             {"path": "good1.nii.gz", "label": "AD", "subject_id": "twin"},
+             {"path": "good2.nii.gz", "label": "CN", "subject_id": "twin"}]
+    reasons = {sid: why for sid, (_, why) in cases.items()}
+    reasons.update(unknown_label="unknown label 'MCI'", twin="appears 2 times")
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv", reasons
+
+
+def test_every_problem_in_one_line_before_a_run_is_opened(tracking, registered, broken_cohort, capsys):
+    manifest, reasons = broken_cohort
+    before = len(runs())
+    code, lines = evaluate(capsys, f"models:/{registered}/1", "--data", str(manifest))
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("heimer-mlflow: error:"), lines
+    line = lines[0]
+    assert f"{len(reasons)} subject(s)" in line and "--skip-bad" in line
+    for sid, why in reasons.items():
+        # each subject named with its reason, voxel-level problems (NaN, zeros, corrupt) included
+        assert f"{sid}: " in line, sid
+        assert why in line.split(f"{sid}: ", 1)[1].split("; ")[0], (sid, why, line)
+    assert len(runs()) == before, "a cohort refused from its headers must not leave a run behind"
+
+
+def test_skip_bad_lists_every_exclusion_in_the_run_and_the_report(tracking, registered, broken_cohort, capsys):
+    manifest, reasons = broken_cohort
+    code, lines = evaluate(capsys, f"models:/{registered}/1", "--data", str(manifest), "--skip-bad")
+    assert code == 0, lines
+    run = runs()[0]
+    assert run.info.status == "FINISHED" and run.data.tags["heimer.status"] == "finished"
+    assert run.data.metrics["n_excluded"] == len(reasons)
+    assert run.data.metrics["n_subjects"] == 8  # good0..good7
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id))
+    predictions = pd.read_csv(local / "predictions.csv")
+    exclusions = pd.read_csv(local / "exclusions.csv")
+    exclusions = pd.read_csv(local / "exclusions.csv", dtype=str, keep_default_na=False)  # an id may be "nan"
+    assert set(exclusions["subject_id"]) == set(reasons)
+    assert not set(predictions["subject_id"]) & set(reasons)
+    for sid, why in reasons.items():
+        assert why in exclusions.loc[exclusions["subject_id"] == sid, "reason"].iloc[0], sid
+    text = " ".join(page.extract_text() for page in PdfReader(next((local / "report").glob("*.pdf"))).pages)
+    flat = " ".join(text.split())
+    assert f"{len(reasons)} subjects were excluded" in flat
+    table = "".join(flat[flat.find("Excluded subjects"):].split())  # narrow cells wrap ids
+    for sid in reasons:
+        assert sid in table, sid
+    assert heimer_tags(registered, "1")["heimer.evaluation_run_id"] == run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def voxel_broken_cohort(tmp_path_factory):
+    """Headers all fine; only the voxels show the problems (found during the engine pass)."""
+    folder = tmp_path_factory.mktemp("voxels")
+    rows = good_rows(folder)
+    cases = {sid: v for sid, v in broken_files(folder).items() if sid in ("corrupt", "nan", "zeros")}
+    rows += [{"path": file, "label": "CN", "subject_id": sid} for sid, (file, _) in cases.items()]
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv", {sid: why for sid, (_, why) in cases.items()}
+
+
+def test_voxel_problems_stop_the_run_as_failed_and_leave_the_version_untagged(tracking, voxel_broken_cohort, capsys):
+    manifest, reasons = voxel_broken_cohort
+    version = new_version("bad-input-voxels", TinyCNN(), intensity="zscore")
+    capsys.readouterr()
+    code, lines = evaluate(capsys, f"models:/bad-input-voxels/{version}", "--data", str(manifest))
+    assert code == 2 and len(lines) == 1, lines
+    for sid, why in reasons.items():
+        assert f"{sid}: " in lines[0] and why in lines[0], sid
+    run = runs()[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["heimer.status"] == "failed"
+    assert all(f"{sid}: " in run.data.tags["heimer.error"] for sid in reasons)
+    assert run.data.tags["heimer.model_version"] == version
+    assert heimer_tags("bad-input-voxels", version) == {}
+    assert "report" not in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+
+def manifest_with(folder: Path, rows: list[dict] | None, columns=("path", "label", "subject_id")) -> Path:
+    path = folder / "manifest.csv"
+    pd.DataFrame(rows or [], columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("case, match", [
+    ("empty", "lists no subjects; add rows with path,label"),
+    ("no_label_column", "lacks the column(s) label"),
+    ("one_class", "has one class only (CN=4): the metrics need both AD and CN subjects"),
+    ("one_class_after_skip", "has one class only after leaving out the unusable ones (CN=4)"),
+    ("missing_data", "does not exist; pass a CSV manifest or a folder"),
+])
+def test_cohort_level_errors(tracking, registered, tmp_path, capsys, case, match):
+    rows = good_rows(tmp_path)
+    extra = []
+    if case == "empty":
+        data = manifest_with(tmp_path, None)
+    elif case == "no_label_column":
+        data = manifest_with(tmp_path, [{"path": r["path"]} for r in rows], columns=("path",))
+    elif case == "one_class":
+        data = manifest_with(tmp_path, [r for r in rows if r["label"] == "CN"])
+    elif case == "one_class_after_skip":
+        data = manifest_with(tmp_path, [{**r, "path": "gone.nii.gz"} if r["label"] == "AD" else r for r in rows])
+        extra = ["--skip-bad"]
+    else:
+        data = tmp_path / "nowhere.csv"
+    before = len(runs())
+    code, lines = evaluate(capsys, f"models:/{registered}/1", "--data", str(data), *extra)
+    assert code == 2 and len(lines) == 1 and match in lines[0], lines
+    assert len(runs()) == before
+
+
+class NoConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(GRID)), 2))
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def log_raw(name: str, module: nn.Module) -> str:
+    """Register a module without our contract (no metadata), as a team's own script might."""
+    import mlflow.pytorch
+
+    mlflow.set_experiment("bad-input-training")
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(module, name="model", registered_model_name=name,
+                                        serialization_format="pickle", pip_requirements=["torch"])
+    return str(info.registered_model_version)
+
+
+def test_model_level_errors(tracking, registered, broken_cohort, tmp_path, capsys):
+    data = manifest_with(tmp_path, good_rows(tmp_path))
+    cases = [
+        ("models:/no-such-model/1", [], "no-such-model"),
+        (f"models:/{registered}/7", [], "version"),
+        (f"models:/{registered}@nobody", [], "nobody"),
+        (f"models:/{registered}/1", ["--target-layer", "body.9"], "body.0"),  # lists the conv layers
+        (f"models:/bad-input-noconv/{log_raw('bad-input-noconv', NoConv())}", [], "Conv3d"),
+    ]
+    capsys.readouterr()
+    torch.manual_seed(0)
+    three = log_raw("bad-input-three", TinyCNN(n_outputs=3))  # log_model itself refuses such a head
+    capsys.readouterr()
+    for uri, extra, match in cases:
+        code, lines = evaluate(capsys, uri, "--data", str(data), *extra)
+        assert code == 2 and len(lines) == 1 and match in lines[0], (uri, lines)
+    code, lines = evaluate(capsys, f"models:/bad-input-three/{three}", "--data", str(data))
+    assert code == 2 and len(lines) == 1, lines
+    assert "model outputs 3 logits for classes ['CN', 'AD']" in lines[0] and "fix the model head" in lines[0]
+    run = runs()[0]
+    assert run.info.status == "FAILED" and "3 logits" in run.data.tags["heimer.error"]
+    assert heimer_tags("bad-input-three", three) == {}
+
+
+@pytest.mark.parametrize("sig, exit_code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, sig, exit_code):
+    name = f"bad-input-{sig.name.lower()}"
+    version = new_version(name, TinyCNN(), intensity="zscore")
+    data = manifest_with(tmp_path, good_rows(tmp_path, 12))
+    experiment = f"signals-{sig.name}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{name}/{version}", "--data", str(data),
+         "--experiment", experiment, "--bootstrap", "200"],
+        env=subprocess_env(tracking), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        client, deadline, run_id = mlflow.MlflowClient(), time.monotonic() + 120, None
+        while run_id is None and proc.poll() is None and time.monotonic() < deadline:
+            found = mlflow.get_experiment_by_name(experiment)
+            running = client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'") if found else []
+            run_id = running[0].info.run_id if running else None
+            time.sleep(0.05)
+        assert run_id, "the evaluation never opened its run"
+        proc.send_signal(sig)  # while it computes, draws or logs
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == exit_code, stderr[-3000:]
+    assert "Traceback" not in stderr and "KILLED" in stderr.strip().splitlines()[-1], stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["heimer.status"] == "killed"
+    assert heimer_tags(name, version) == {}
