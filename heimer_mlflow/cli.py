@@ -217,4 +217,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("heimer-mlflow: interrupted; the evaluation run (if one was open) is marked KILLED", file=sys.stderr)
         return 130
+    except Exception as e:  # not a user error: one line here, the traceback on request
+        if os.environ.get("HEIMER_DEBUG"):
+            raise
+        detail = (str(e).strip().splitlines() or [""])[0][:500]
+        print(f"heimer-mlflow: unexpected error: {type(e).__name__}: {detail} (the evaluation run, if one was "
+              "open, is marked FAILED; set HEIMER_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
     return 0

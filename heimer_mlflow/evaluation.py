@@ -331,6 +331,11 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     if len(engine.subjects.get("prob", [])) == 0:
         raise HeimerError(f"no subject of {cohort.source} could be evaluated")
     require_both_classes(_evaluated(cohort, engine), meta)
+    broken = ~np.isfinite(engine.subjects["prob"].astype(float))
+    if broken.any():
+        ids = ", ".join(map(str, engine.subjects["subject_id"][broken][:20]))
+        raise HeimerError(f"the model's output is NaN or infinite for {int(broken.sum())} subject(s) ({ids}); "
+                          "check the model (weights, normalisation layers) and these volumes")
     rows = engine.subjects["index"].astype(int)
     y_true = (engine.subjects["label"].astype(int) == meta.positive_index).astype(int)
     covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True) if cohort.covariates else None

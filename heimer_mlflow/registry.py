@@ -291,6 +291,17 @@ def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> Lo
         module = mlflow.pytorch.load_model(load_uri, map_location=map_location)
     except MlflowException as e:
         raise HeimerError(f"cannot load the model at {uri}: {str(e).splitlines()[0]}") from None
+    except (ImportError, AttributeError) as e:  # unpickling needs the model's class
+        raise HeimerError(
+            f"cannot load the model at {uri}: its class cannot be imported here ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0]}); install the package that defines it, or log the model with "
+            "code_paths=[...] so MLflow ships its code"
+        ) from None
+    except Exception as e:  # a damaged or foreign artifact
+        raise HeimerError(
+            f"cannot load the model at {uri} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
+            "log it again with heimer_mlflow.log_model"
+        ) from None
     if isinstance(module, torch.fx.GraphModule):
         raise pt2_refusal(uri)
     if not isinstance(module, torch.nn.Module):

@@ -113,7 +113,9 @@ def new_version(name: str, module: nn.Module, **contract) -> str:
 
 def evaluate(capsys, *args) -> tuple[int, list[str]]:
     code = cli.main(["-q", "evaluate", *args, "--experiment", EXPERIMENT, "--bootstrap", "50", "--workers", "0"])
-    return code, capsys.readouterr().err.strip().splitlines()
+    lines = capsys.readouterr().err.strip().splitlines()
+    # MLflow's own INFO lines appear in process only (the CLI quiets MLflow before importing it)
+    return code, [line for line in lines if " INFO mlflow" not in line]
 
 
 def runs() -> list:
@@ -256,6 +258,19 @@ class NoConv(nn.Module):
         return self.head(x)
 
 
+class TwoChannels(TinyCNN):
+    """Expects two input channels: the cohort's one-channel volumes do not fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.body[0] = nn.Conv3d(2, 4, 3, padding=1)
+
+
+class NanOutput(TinyCNN):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
 def log_raw(name: str, module: nn.Module) -> str:
     """Register a module without our contract (no metadata), as a team's own script might."""
     import mlflow.pytorch
@@ -319,3 +334,43 @@ def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, si
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["heimer.status"] == "killed"
     assert heimer_tags(name, version) == {}
+
+
+def test_models_that_cannot_run_on_the_cohort(tracking, tmp_path, capsys, monkeypatch):
+    data = manifest_with(tmp_path, good_rows(tmp_path))
+    # a class only importable while the model is logged, as with a team's own training package
+    (tmp_path / "team_nets.py").write_text(
+        "from torch import nn\n"
+        "class TeamNet(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv3d(1, 2, 3)\n"
+        "        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2))\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.conv(x))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import team_nets
+
+    team = log_raw("bad-input-team", team_nets.TeamNet())
+    monkeypatch.delitem(sys.modules, "team_nets")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    cases = [
+        (f"models:/bad-input-team/{team}", "its class cannot be imported here", None),
+        (f"models:/bad-input-channels/{log_raw('bad-input-channels', TwoChannels())}",
+         "the model fails on an input of shape [1, 1, 8, 10, 8]", "FAILED"),
+        (f"models:/bad-input-nan/{log_raw('bad-input-nan', NanOutput())}",
+         "output is NaN or infinite for 8 subject(s)", "FAILED"),
+    ]
+    capsys.readouterr()
+    for uri, match, status in cases:
+        before = len(runs())
+        code, lines = evaluate(capsys, uri, "--data", str(data))
+        assert code == 2 and len(lines) == 1 and match in lines[0], (uri, lines)
+        if status is None:
+            assert len(runs()) == before
+        else:
+            run = runs()[0]
+            assert run.info.status == status and match in run.data.tags["heimer.error"]
+            name, version = uri.split("/")[-2:]
+            assert heimer_tags(name, version) == {}

@@ -83,16 +83,20 @@ def write_cohort(folder: Path) -> None:
 
 
 class Injected(nn.Module):
-    """On the failing rank the first forward raises; elsewhere every forward is slow and counted,
-    so the test can see the other rank stop early instead of finishing its shard."""
+    """On the failing rank the first forward after the engine's probe raises; elsewhere every
+    forward is slow and counted, so the test can see the other rank stop early instead of
+    finishing its shard."""
 
     def __init__(self, model, failing: bool):
         super().__init__()
-        self.model, self.failing, self.forwards = model, failing, 0
+        self.model, self.failing, self.forwards, self.probed = model, failing, 0, False
 
     def forward(self, x):
         if self.failing:
-            raise RuntimeError("injected failure\nsecond line that must not reach the message")
+            if self.probed:
+                raise RuntimeError("injected failure\nsecond line that must not reach the message")
+            self.probed = True
+            return self.model(x)
         self.forwards += 1
         time.sleep(SLOW_FORWARD_S)
         return self.model(x)

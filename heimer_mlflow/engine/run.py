@@ -280,8 +280,16 @@ class _Run:
 
     def _probe(self, image: torch.Tensor) -> int:
         """The output column to explain: the logit (one output) or the positive class's logit."""
-        with torch.no_grad(), self._autocast():
-            width = as_logits(self.model(image), 1).shape[1]
+        try:
+            with torch.no_grad(), self._autocast():
+                output = self.model(image)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:  # e.g. the input does not fit the model
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise HeimerError(
+                f"the model fails on an input of shape {list(image.shape)} ({type(e).__name__}: {detail}); "
+                "check the model's input_shape and intensity metadata against the cohort"
+            ) from None
+        width = as_logits(output, 1).shape[1]
         n_classes = len(self.meta.class_names)
         if width == 1 and n_classes == 2:
             return 0
