@@ -86,8 +86,10 @@ def test_cam_concentrates_in_the_planted_regions(evaluations):
 
 @pytest.mark.xfail(strict=False, reason=(
     "not robust: over training seeds 0-3 the shortcut model's CAM share outside the brain (AD subjects) "
-    "was 0.56/0.76/0.74/0.47 vs 0.60/0.60/0.53/0.45 for the clean model; the background patch is 0.02% "
-    "of the grid, so diffuse in-brain CAM mass dominates the share"
+    "was 0.56/0.76/0.74/0.47 vs 0.60/0.60/0.53/0.45 for the clean model. Grad-CAM behind DemoCNN's global "
+    "max pooling is not faithful: with 48 subjects every shortcut model classifies a held-out shortcut "
+    "cohort perfectly (it uses the patch), yet 2 of 4 seeds put their CAM in the brain (share 0.42/0.50, "
+    "ROI gain ~2); bigger patches, bias-free nets and larger cohorts did not make it robust either"
 ))  # fmt: skip
 def test_shortcut_model_looks_outside_the_brain(evaluations):
     clean = ad_mean(evaluations["clean"], "cam_outside_brain_fraction")
