@@ -11,6 +11,7 @@ import contextlib
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,7 +128,9 @@ def training_history(run_id: str | None, mapping: dict[str, str] | None = None) 
     client = mlflow.MlflowClient()
     try:
         logged = client.get_run(run_id).data.metrics
-    except Exception:  # the source run may be gone or on another server: no curves, not a failure
+    except Exception as e:  # the source run may be gone or on another server: no curves, not a failure
+        warnings.warn(f"the training curves cannot be read from the source run {run_id} "
+                      f"({type(e).__name__}); the report says they are missing", RuntimeWarning, stacklevel=2)
         return {}
     history = {}
     for curve in HISTORY_NAMES:

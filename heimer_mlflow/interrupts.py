@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 
@@ -32,10 +33,31 @@ def _raise_for(signum: int):
 
 def _on_signal(signum, frame):
     _state["received"] = signum
+    threading.excepthook, sys.excepthook = _quiet_teardown, _quiet_teardown_sys
     if _state["depth"] > 0:
         _state["pending"] = signum
         return
     _raise_for(signum)
+
+
+_TEARDOWN_ERRORS = (ConnectionError, EOFError)
+_default_excepthook, _default_sys_excepthook = threading.excepthook, sys.excepthook
+
+
+def _quiet_teardown(args) -> None:
+    """After a signal, background threads that lose their peer (e.g. the DataLoader's file
+    descriptor sharer while its workers stop) would print tracebacks over the one-line
+    message; those are expected, anything else is still shown."""
+    if issubclass(args.exc_type, _TEARDOWN_ERRORS):
+        return
+    _default_excepthook(args)
+
+
+def _quiet_teardown_sys(exc_type, exc, tb) -> None:
+    """The same for threads that report through ``sys.excepthook`` (multiprocessing's)."""
+    if issubclass(exc_type, _TEARDOWN_ERRORS) and threading.current_thread() is not threading.main_thread():
+        return
+    _default_sys_excepthook(exc_type, exc, tb)
 
 
 def received() -> int | None:
@@ -66,6 +88,7 @@ def handled():
         for s, handler in previous.items():
             signal.signal(s, handler)
         _state.update(installed=False)
+        # after a signal the quiet hook stays: workers' threads may still be winding down
 
 
 @contextlib.contextmanager
