@@ -55,7 +55,7 @@ def setup(manifest: Path, args):
     device = pick_device(args.device)
     cohort = read_cohort(manifest, ["CN", "AD"])
     shape = nib.load(cohort.table["path"][0]).shape[:3]
-    meta = ModelMeta(input_shape=[1, *shape], intensity="zscore")
+    meta = ModelMeta(input_shape=[1, *shape], intensity="zscore", target_layer="features.4.0")
     torch.manual_seed(0)
     model = DemoCNN(n_outputs=2, width=args.width).to(device).eval()
     loader = make_loader(CohortDataset(cohort, meta), batch_size=args.batch_size, workers=args.workers,

@@ -123,5 +123,5 @@ def train_demo(
             history[k].append(v)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.2f}")
     model.eval()
-    meta.target_layer = "features.4.0"
+    meta.target_layer = model.gradcam_layer
     return TrainedModel(model=model, meta=meta, history=history)
