@@ -29,6 +29,7 @@ import torch
 from scipy import ndimage
 
 from .errors import HeimerError
+from .interrupts import quiet_worker
 from .meta import ModelMeta
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -435,4 +436,5 @@ def make_loader(dataset, *, batch_size: int = 4, workers: int | None = None, dev
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
         generator=generator,
+        worker_init_fn=quiet_worker if workers > 0 else None,
     )

@@ -282,7 +282,8 @@ def _evaluate(loaded, cohort, atlas, grid_affine, opts, *, run_id, started, ctx)
         f"from {cohort.source}{excluded}{ranks}")
     with contextlib.ExitStack() as stack:
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heimer-eval-")))
-        handle = stack.enter_context(tracking.evaluation_run(loaded, opts, device, run_id=run_id)) if main else None
+        with distributed.guard(ctx):  # if rank 0 cannot open the run, no rank starts computing
+            handle = stack.enter_context(tracking.evaluation_run(loaded, opts, device, run_id=run_id)) if main else None
         if handle is not None:
             say(f"run {handle.run_id} is open ({tracking.mlflow.get_tracking_uri()})")
         t0 = time.perf_counter()

@@ -60,6 +60,13 @@ def _quiet_teardown_sys(exc_type, exc, tb) -> None:
     _default_sys_excepthook(exc_type, exc, tb)
 
 
+def quiet_worker(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a worker's background thread that hands tensors to the
+    main process fails with a connection error when the main process stops (Ctrl-C, SIGTERM);
+    that traceback, printed over the command's one-line message, tells the user nothing."""
+    threading.excepthook, sys.excepthook = _quiet_teardown, _quiet_teardown_sys
+
+
 def received() -> int | None:
     """The interrupting signal seen since :func:`handled` started, if any (an exception raised
     later as a consequence, e.g. by a killed DataLoader worker, is still an interruption)."""
