@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from . import __version__
-from .errors import HeimerError
+from .errors import HeimerError, one_line
 
 DESCRIPTION = """\
 Evaluate and explain 3D CNNs that tell Alzheimer's disease (AD) from cognitively normal (CN)
@@ -220,8 +220,7 @@ def main(argv=None) -> int:
     except Exception as e:  # not a user error: one line here, the traceback on request
         if os.environ.get("HEIMER_DEBUG"):
             raise
-        detail = (str(e).strip().splitlines() or [""])[0][:500]
-        print(f"heimer-mlflow: unexpected error: {type(e).__name__}: {detail} (the evaluation run, if one was "
+        print(f"heimer-mlflow: unexpected error: {one_line(e, 500)} (the evaluation run, if one was "
               "open, is marked FAILED; set HEIMER_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
     return 0

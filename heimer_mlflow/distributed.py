@@ -36,7 +36,7 @@ import torch.distributed as dist
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
 from heimer_mlflow.engine.run import EngineResult, EngineStopped, SanityResult, maps_from_stats, pick_device
 from heimer_mlflow.engine.stats import GroupStats
-from heimer_mlflow.errors import HeimerError
+from heimer_mlflow.errors import HeimerError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def check_all(error: str | None, ctx: Context | None) -> None:
             raise HeimerError(error)
         return
     errors: list[str | None] = [None] * ctx.world_size
-    dist.all_gather_object(errors, None if error is None else _one_line(error))
+    dist.all_gather_object(errors, None if error is None else _first_line(error))
     failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
     if failed:
         (rank, message), others = failed[0], failed[1:]
@@ -165,7 +165,7 @@ def guard(ctx: Context | None):
             yield
         except Exception as exc:
             stopped = isinstance(exc, EngineStopped) and ctx.peer_failed()
-            message = None if stopped else _describe(exc)
+            message = None if stopped else one_line(exc, 500)
             if not stopped:
                 if ctx.store is not None:
                     ctx.store.set(key, message)
@@ -261,15 +261,7 @@ def _rank_device(device: str, rank: int, local_rank: int) -> str:
     return f"cuda:{local_rank}"
 
 
-def _describe(exc: BaseException) -> str:
-    """One line for a failure: a HeimerError's own message, else the exception type and message."""
-    text = str(exc).strip()
-    if isinstance(exc, HeimerError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _one_line(message: str, limit: int = 500) -> str:
+def _first_line(message: str, limit: int = 500) -> str:
     line = (message.strip().splitlines() or [""])[0]
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -375,7 +367,7 @@ def from_main(prepare, ctx: Context | None):
         try:
             value = prepare()
         except BaseException as exc:
-            dist.broadcast_object_list([("error", _one_line(_describe(exc)))], src=0)
+            dist.broadcast_object_list([("error", one_line(exc, 500))], src=0)
             raise
         dist.broadcast_object_list([("ok", value)], src=0)
         return value

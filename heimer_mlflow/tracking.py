@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, interrupts
-from .errors import HeimerError
+from .errors import HeimerError, one_line
 
 VERSION_TAGS = ("roc_auc", "sensitivity", "specificity", "cam_outside_brain_fraction")
 
@@ -189,11 +189,10 @@ def _dataset(evaluation):
 class EvaluationRun:
     """The MLflow run of one evaluation while it computes (see :func:`evaluation_run`)."""
 
-    def __init__(self, run, owned: bool):
+    def __init__(self, run, owned: bool, model):
         self.run_id, self.artifact_uri, self.owned = run.info.run_id, run.info.artifact_uri, owned
+        self.model_name, self.model_version = model.name, model.version
         self.version_tags: dict[str, str] = {}  # set by log_results; written only once the run FINISHED
-        self.model_name: str | None = None
-        self.model_version: str | None = None
 
 
 @contextlib.contextmanager
@@ -212,8 +211,7 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
         # MLflow's exit hook then marks FINISHED.
         with interrupts.deferred():
             run, owned = _open_run(model, options, run_id)
-            handle = EvaluationRun(run, owned)
-            handle.model_name, handle.model_version = model.name, model.version
+            handle = EvaluationRun(run, owned, model)
             _describe(handle, model, options, device)
         yield handle
         interrupts.raise_if_swallowed()
@@ -277,8 +275,7 @@ def _one_line(error: BaseException) -> str:
         return f"terminated by {error}"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text}"[:5000] if not isinstance(error, HeimerError) else text[:5000]
+    return one_line(error)
 
 
 def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None:
