@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from .errors import HeimerError
+from .errors import HeimerError, one_line
 from .interrupts import quiet_worker
 from .meta import ModelMeta
 
@@ -211,7 +211,7 @@ def header_problem(path: str, expected_shape=None) -> str | None:
     try:
         img = nib.load(str(p))
     except Exception as e:  # nibabel raises many types for unreadable files
-        return f"not a readable NIfTI file ({_detail(e)})"
+        return f"not a readable NIfTI file ({one_line(e, 500)})"
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         return f"not a NIfTI image (read as {type(img).__name__})"
     shape = tuple(int(s) for s in img.shape)
@@ -226,11 +226,6 @@ def header_problem(path: str, expected_shape=None) -> str | None:
     if not np.all(np.isfinite(img.affine)):
         return "affine has non-finite entries"
     return _truncation(p, img)
-
-
-def _detail(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no detail'}"
 
 
 def _truncation(path: Path, img) -> str | None:
@@ -255,7 +250,7 @@ def _truncation(path: Path, img) -> str | None:
             while chunk := f.read(1 << 22):
                 total += len(chunk)
     except (EOFError, OSError, zlib.error) as e:
-        return f"compressed data is truncated or corrupt ({_detail(e)})"
+        return f"compressed data is truncated or corrupt ({one_line(e, 500)})"
     return f"file is truncated: {total} bytes of image data, the header needs {needed}" if total < needed else None
 
 
@@ -346,9 +341,9 @@ def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
         img = _read_image(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except (gzip.BadGzipFile, zlib.error, EOFError) as e:
-        raise ValueError(f"compressed data is truncated or corrupt ({_detail(e)})") from None
+        raise ValueError(f"compressed data is truncated or corrupt ({one_line(e, 500)})") from None
     except Exception as e:  # a short uncompressed file, an unreadable data type, ...
-        raise ValueError(f"voxel data cannot be read ({_detail(e)})") from None
+        raise ValueError(f"voxel data cannot be read ({one_line(e, 500)})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if not np.all(np.isfinite(data)):
