@@ -6,13 +6,18 @@ One cohort on disk (.nii.gz), one model, one run of each, side by side:
 - floor: loader + forward + gradient of the positive score to the target activation;
 - full engine: ``run_engine`` with its defaults (stats, gallery, CAM shares, sanity check);
 - seed style: a separate inference pass for metrics, MONAI GradCAM per batch (full backward
-  into the parameters), a separate feature-map pass;
+  into the parameters), a separate feature-map pass that also sums the inputs (the seed's raw
+  mean(AD - CN)); it computes less than the engine (no squares, outcome groups, shares, sanity);
 
 then full / floor and seed / full, and the peak resident memory of the full engine for N=64 and
 N=256 subjects, each in its own process. Targets: full / floor <= 1.15, seed / full >= 3,
 peak(256) / peak(64) <= 1.10.
 
-    python benchmarks/engine.py [--subjects 64] [--device auto|cpu|cuda[:i]] [--amp bf16|fp16]
+    python benchmarks/engine.py [--subjects 256] [--width 32] [--device auto|cpu|cuda[:i]] [--amp bf16|fp16]
+
+Defaults: 256 subjects at 2 mm and DemoCNN width 32 (32-64-128 channels, the scale of published
+3D CNNs for AD/CN). The demo's width-8 model is a toy sized to train on two CPU cores: with it
+every phase on a small CPU machine waits on NIfTI decompression (``--width 8`` shows that).
 """
 
 from __future__ import annotations
@@ -99,7 +104,9 @@ def full_engine(model, loader, meta, device, amp):
 
 
 def seed_style(model, loader, meta, device, amp):
-    """Three passes as the seed scripts did: metrics, MONAI Grad-CAM, then feature maps."""
+    """Three passes as the seed scripts did: metrics, MONAI Grad-CAM, then feature maps and the
+    raw input means. Only class means, as the seed drew them: the engine's t-maps, outcome groups,
+    CAM shares and sanity check have no counterpart here."""
     from monai.visualize import GradCAM
 
     layer_path, layer = resolve_layer(model, meta.target_layer)
@@ -112,17 +119,18 @@ def seed_style(model, loader, meta, device, amp):
             cams = gradcam(batch["image"].to(device), class_idx=meta.positive_index).detach().float().cpu().numpy()
         for label, cam in zip(batch["label"].tolist(), cams):
             cam_sums[label] = cam_sums.get(label, 0) + cam
-    feature_sums = {}
+    feature_sums, input_sums = {}, {}  # the feature-map pass also gives the raw mean(AD - CN)
     handle = layer.register_forward_hook(lambda _m, _i, output: feature_sums.update(last=output.float().cpu().numpy()))
     try:
         with torch.no_grad(), autocast(device, amp):
             for batch in loader:
                 model(batch["image"].to(device))
-                for label, activation in zip(batch["label"].tolist(), feature_sums["last"]):
+                for label, activation, image in zip(batch["label"].tolist(), feature_sums["last"], batch["image"].numpy()):
                     feature_sums[label] = feature_sums.get(label, 0) + activation
+                    input_sums[label] = input_sums.get(label, 0) + image
     finally:
         handle.remove()
-    return probs, cam_sums, feature_sums
+    return probs, cam_sums, feature_sums, input_sums
 
 
 def timed(phase, *setup_args):
@@ -167,13 +175,16 @@ def _reset_peak_rss() -> bool:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subjects", type=int, default=64, help="subjects in the throughput runs")
+    parser.add_argument("--subjects", type=int, default=256,
+                        help="subjects in the throughput runs (the sanity check's 8 subjects are a fixed cost)")  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the cohort loader's)")
     parser.add_argument("--voxel-size", type=float, default=2.0, help="mm; 2 gives the 91x109x91 MNI grid")
-    parser.add_argument("--width", type=int, default=8, help="DemoCNN width")
+    parser.add_argument("--width", type=int, default=32,
+                        help="DemoCNN width: 32 gives 32-64-128 channels, the scale of published 3D CNNs for AD/CN; "
+                             "the demo trains width 8, small enough to train on two CPU cores")  # fmt: skip
     parser.add_argument("--memory-sizes", default=",".join(map(str, MEMORY_SIZES)),
                         help="comma-separated N for the peak-memory runs; empty to skip")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="time each phase this many times, keep the fastest")

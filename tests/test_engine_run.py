@@ -1,9 +1,12 @@
 """run_engine on a tiny in-memory cohort: every output against a direct computation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import stats as scipy_stats
 from torch import nn
 
 from heimer_mlflow.engine import GradCam3d, pick_device, run_engine, spearman
@@ -99,6 +102,9 @@ def test_outputs_match_a_direct_computation(n_outputs):
     maps = result.maps["cam"]
     np.testing.assert_allclose(maps.mean["AD"], cam[ad].mean(0), rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(maps.diff, cam[ad].mean(0) - cam[cn].mean(0), rtol=1e-4, atol=1e-9)
+    welch_t = scipy_stats.ttest_ind(cam[ad].astype(np.float64), cam[cn].astype(np.float64), equal_var=False).statistic
+    # the CAMs stay on the layer grid (6x7x6); t is 0 (scipy: NaN) where both groups are constant
+    np.testing.assert_allclose(maps.t, np.nan_to_num(welch_t, nan=0.0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(result.maps["input"].mean["CN"], x[cn].numpy().mean(0), rtol=1e-5, atol=1e-6)
     first_conv = model[0](x).detach().numpy()
     np.testing.assert_allclose(result.maps["features/0"].mean["AD"], first_conv[ad].mean(0), rtol=1e-5, atol=1e-6)
@@ -122,6 +128,24 @@ def test_outputs_match_a_direct_computation(n_outputs):
     assert result.sanity.subject_ids == ["sub-00", "sub-01", "sub-02"]
     assert np.all(np.abs(result.sanity.spearman) <= 1)
     assert result.device == "cpu" and result.chunk_size is None and result.timings["subjects_per_s"] > 0
+
+
+def test_a_target_layer_on_the_input_grid_gives_the_same_kind_of_results():
+    """Layer "0" keeps the input grid: its CAMs are summed voxel by voxel (no neighbour products)."""
+    model = model_with(2)
+    meta = dataclasses.replace(META, target_layer="0")
+    data = Subjects()
+    result = run_engine(model, loader(data), meta, device="cpu", progress=False, atlas=ATLAS)
+    cam = GradCam3d(model, "0").attribute(data.images, 1).cam.numpy()
+    assert "cam|neighbours" not in result.stats.state and result.stats.state["cam|sumsq"].shape[1:] == SPATIAL
+    outside = (cam * ~data.mask.numpy()).sum((1, 2, 3)) / cam.sum((1, 2, 3))
+    np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-5)
+    lesion = ATLAS_LABELS == 7
+    gain = (cam * lesion).sum((1, 2, 3)) / cam.sum((1, 2, 3)) / lesion.mean()
+    np.testing.assert_allclose(result.subjects["cam_roi_gain_lesion"], gain, rtol=1e-5)
+    ad, cn = data.labels.numpy() == 1, data.labels.numpy() == 0
+    welch_t = scipy_stats.ttest_ind(cam[ad].astype(np.float64), cam[cn].astype(np.float64), equal_var=False).statistic
+    np.testing.assert_allclose(result.maps["cam"].t, np.nan_to_num(welch_t, nan=0.0), rtol=1e-4, atol=1e-5)
 
 
 class RunsOutOfMemoryOnce(nn.Module):

@@ -84,3 +84,61 @@ def test_rank_channels_puts_the_separating_channel_first():
 def test_merge_refuses_other_layouts():
     with pytest.raises(ValueError):
         GroupStats(CLASSES, 1).merge(GroupStats(CLASSES, 0))
+
+
+def test_maps_kept_on_a_coarse_grid_equal_statistics_of_the_upsampled_maps():
+    """Grad-CAMs stay on the layer grid (sum + neighbour products); reported on the input grid they
+    equal sums over every trilinearly upsampled map, also after merging two shards."""
+    import torch.nn.functional as F
+
+    from heimer_mlflow.engine.upsampling import Trilinear
+
+    rng = np.random.default_rng(1)
+    labels, predicted, _, _ = cohort(n=23)
+    coarse = np.maximum(rng.normal(size=(23, 3, 4, 5)), 0).astype(np.float32) + labels[:, None, None, None]
+    grid = (11, 13, 17)  # uneven factors on purpose
+    upsampled = F.interpolate(torch.from_numpy(coarse)[:, None], grid, mode="trilinear", align_corners=False)[:, 0]
+    assert Trilinear(coarse.shape[1:], grid).coarse
+
+    def kept(rows):
+        stats = GroupStats(CLASSES, POSITIVE)
+        for start in range(rows.start, rows.stop, 4):
+            part = slice(start, min(start + 4, rows.stop))
+            cells = [stats.cell(k, p) for k, p in zip(labels[part], predicted[part])]
+            stats.update(cells, upsampled={"cam": torch.from_numpy(coarse[part])})
+        return stats
+
+    direct = stream(labels, predicted, upsampled.numpy()).compute("volume")
+    one_pass = kept(slice(0, 23))
+    assert "cam|sumsq" not in one_pass.state and one_pass.state["cam|neighbours"].shape == (4, 27, 3, 4, 5)
+    merged = GroupStats.from_state(kept(slice(0, 9)).merge(kept(slice(9, 23))).state_dict(), CLASSES, POSITIVE)
+    for stats in (one_pass, merged):
+        maps = stats.compute("cam", grid=grid)
+        for group in direct.mean:
+            np.testing.assert_allclose(maps.mean[group], direct.mean[group], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(maps.diff, direct.diff, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(maps.t, direct.t, rtol=1e-4, atol=1e-5)
+    ad, cn = upsampled.numpy()[labels == 1].astype(np.float64), upsampled.numpy()[labels == 0].astype(np.float64)
+    np.testing.assert_allclose(one_pass.compute("cam", grid=grid).t, scipy_stats.ttest_ind(ad, cn, equal_var=False).statistic,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="grid"):
+        one_pass.compute("cam")
+
+
+def test_trilinear_pull_and_square_sums_match_upsampling():
+    import torch.nn.functional as F
+
+    from heimer_mlflow.engine.upsampling import Trilinear, neighbour_products
+
+    g = torch.Generator().manual_seed(0)
+    for source, target in [((5, 6, 7), (13, 17, 11)), ((4, 4, 4), (4, 9, 3)), ((3, 4, 5), (3, 4, 5))]:
+        maps = torch.rand((6, *source), generator=g, dtype=torch.float64)
+        volumes = torch.rand((6, *target), generator=g)
+        grid = Trilinear(source, target)
+        up = F.interpolate(maps[:, None], target, mode="trilinear", align_corners=False)[:, 0]
+        np.testing.assert_allclose(grid.up(maps), up, rtol=1e-12)
+        pulled = (grid.pull(volumes).double() * maps).sum((1, 2, 3))
+        np.testing.assert_allclose(pulled, (volumes.double() * up).sum((1, 2, 3)), rtol=1e-5)
+        np.testing.assert_allclose((grid.cell_weights.double() * maps).sum((1, 2, 3)), up.sum((1, 2, 3)), rtol=1e-5)
+        squares = grid.square_sums(neighbour_products(maps).sum(0))
+        np.testing.assert_allclose(squares, (up * up).sum(0), rtol=1e-12)

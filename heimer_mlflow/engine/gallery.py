@@ -20,8 +20,10 @@ class GalleryCase:
     outcome: str  # TP, TN, FP or FN
     confidence: float  # prob if predicted positive, else 1 - prob
     image: np.ndarray  # [C, D, H, W] float32, as the model saw it
-    cam: np.ndarray  # [D, H, W] float32, raw Grad-CAM (normalise for display only)
+    cam: np.ndarray | None  # [D, H, W] float32, raw Grad-CAM (normalise for display only); the engine
+    # fills it when the pass ends, from layer_cam, so that only the kept cases are upsampled
     affine: np.ndarray  # [4, 4] float64
+    layer_cam: np.ndarray | None = None  # [d, h, w] float32, raw Grad-CAM on the target layer's grid
 
 
 def outcome_of(is_positive: bool, predicted_positive: bool) -> str:

@@ -72,7 +72,7 @@ class Attribution:
     @functools.cached_property
     def cam(self) -> torch.Tensor:
         """[B, D, H, W] float32: the raw Grad-CAM upsampled (trilinear) to the input grid, on first use."""
-        with _autocast_off(self.layer_cam.device):
+        with autocast_off(self.layer_cam.device):
             upsampled = F.interpolate(self.layer_cam[:, None], self.input_size, mode="trilinear", align_corners=False)
         return upsampled[:, 0]
 
@@ -141,7 +141,7 @@ class GradCam3d:
             for handle in handles:
                 handle.remove()
 
-        with _autocast_off(x.device):
+        with autocast_off(x.device):
             activation = activation.detach().float()
             weights = gradient.float().mean(dim=(2, 3, 4), keepdim=True)
             layer_cam = F.relu((weights * activation).sum(dim=1))
@@ -173,7 +173,7 @@ def _describe(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def _autocast_off(device: torch.device):
+def autocast_off(device: torch.device):
     if device.type in ("cuda", "cpu", "mps"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()

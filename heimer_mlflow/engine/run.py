@@ -2,10 +2,13 @@
 
 ``run_engine`` walks a DataLoader once. Per chunk of a batch it gets, from a single forward and a
 single ``autograd.grad`` to the target activation: positive-class probability, prediction, loss,
-the Grad-CAM at input resolution and the feature-layer activations. These feed the per-subject
-rows, the CAM shares (outside the brain, per atlas region), the mergeable group statistics, the
-bounded case gallery and, on the first subjects of the cohort, the randomised-weights sanity
-check. Memory does not grow with the number of subjects except for the per-subject rows of scalars.
+the Grad-CAM on the target layer's grid and the feature-layer activations. These feed the
+per-subject rows, the CAM shares (outside the brain, per atlas region), the mergeable group
+statistics, the bounded case gallery and, on the first subjects of the cohort, the
+randomised-weights sanity check. The CAM is reported on the input grid (trilinear), but its
+shares and group statistics are computed on the layer grid with the same results
+(``engine.upsampling``); only the gallery's cases and saved CAMs are upsampled one by one.
+Memory does not grow with the number of subjects except for the per-subject rows of scalars.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tqdm import tqdm
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase, outcome_of
 from heimer_mlflow.engine.gradcam import GradCam3d, as_logits
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
+from heimer_mlflow.engine.upsampling import Trilinear
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
@@ -91,7 +95,8 @@ def maps_from_stats(stats: GroupStats, layers: list[str]) -> tuple[dict[str, Gro
     empty when no subject was evaluated: the same for one pass and for shards' merged states."""
     if not stats.quantities:
         return {}, {}
-    maps = {name: stats.compute(name) for name in ("input", "cam", *(f"features/{p}" for p in layers))}
+    input_grid = tuple(stats.state["input|sum"].shape[2:])  # [cells, channels, D, H, W]
+    maps = {name: stats.compute(name, grid=input_grid) for name in ("input", "cam", *(f"features/{p}" for p in layers))}
     return maps, {layer: rank_channels(stats, layer) for layer in layers}
 
 
@@ -169,7 +174,7 @@ class _Chunk:
     subject_ids: list[str]
     indices: torch.Tensor  # CPU
     affines: torch.Tensor  # CPU
-    cam: torch.Tensor
+    layer_cam: torch.Tensor  # [b, d, h, w] raw Grad-CAM on the target layer's grid
     activations: dict[str, torch.Tensor]
     scalars: torch.Tensor  # CPU [b, 4 + regions]: prob, loss, pred, outside-brain fraction, region gains
     sanity: list[tuple[int, float]]  # (row in the chunk, Spearman) for the sanity-check subjects
@@ -181,9 +186,12 @@ class _Run:
         self.model, self.meta, self.device = model, meta, device
         self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
         self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]
-        self.region_names, self.region_of_voxel, self.region_volume_share = _prepare_atlas(atlas, device)
+        self.region_names, self.region_slots, self.region_volume_share = _prepare_atlas(atlas, device)
+        self.upsampling: Trilinear | None = None  # target layer grid -> input grid, made on the first batch
+        self.region_weights: torch.Tensor | None = None  # [regions, cells]: the atlas pulled to the layer grid
         self.atlas_shape = None if atlas is None else tuple(np.shape(atlas[0]))
-        self.stats = GroupStats(meta.class_names, meta.positive_index, device)
+        # float64 sums on the device, except on MPS, which has no float64
+        self.stats = GroupStats(meta.class_names, meta.positive_index, "cpu" if device.type == "mps" else device)
         self.gallery = CaseGallery(gallery_k)
         self.sanity_subjects, self.seed = sanity_subjects, seed
         self.sanity_ids: list[str] = []
@@ -304,7 +312,7 @@ class _Run:
         labels = batch["label"][rows]
         with self._autocast():
             attribution = self.gradcam.attribute(images, self.target_column)
-        logits, cam = attribution.logits, attribution.cam
+        logits, layer_cam = attribution.logits, attribution.layer_cam
         labels_here = labels.to(self.device, non_blocking=True)
         positive = self.meta.positive_index
         if logits.shape[1] == 1:
@@ -316,20 +324,32 @@ class _Run:
             loss = F.cross_entropy(logits, labels_here, reduction="none")
             negative = logits.index_fill(1, torch.tensor([positive], device=logits.device), -torch.inf).argmax(1)
         pred = torch.where(prob >= self.threshold, positive, negative)
-        cam_total = cam.sum(dim=(1, 2, 3))
-        outside = cam.masked_fill(masks, 0).sum(dim=(1, 2, 3)) / cam_total
+        # Shares of the CAM on the input grid, computed on the layer grid (see engine.upsampling):
+        # the sum of the upsampled map inside a voxel set is the map times the set pulled back.
+        upsampling = self._upsampling(tuple(layer_cam.shape[1:]), tuple(images.shape[2:]))
+        cam_total = (layer_cam * upsampling.cell_weights).sum(dim=(1, 2, 3))
+        outside = (layer_cam * upsampling.pull((~masks).float())).sum(dim=(1, 2, 3)) / cam_total
         columns = [prob, loss, pred.float(), outside]
         if self.region_names:
-            per_region = torch.zeros(len(cam), len(self.region_names) + 1, device=cam.device)
-            per_region.index_add_(1, self.region_of_voxel, cam.flatten(1))
-            gains = per_region[:, :-1] / cam_total[:, None] / self.region_volume_share
+            gains = layer_cam.flatten(1) @ self.region_weights.T / cam_total[:, None] / self.region_volume_share
             columns += list(gains.T)
         sanity = self._sanity(images, attribution.layer_cam, batch["index"][rows])
         return _Chunk(
             images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
-            affines=batch["affine"][rows], cam=cam, activations=attribution.activations,
+            affines=batch["affine"][rows], layer_cam=layer_cam, activations=attribution.activations,
             scalars=torch.stack(columns, dim=1).cpu(), sanity=sanity,
         )  # fmt: skip
+
+    def _upsampling(self, layer_grid: tuple[int, ...], input_grid: tuple[int, ...]) -> Trilinear:
+        """The layer -> input grid upsampling (and the atlas regions on the layer grid), made once."""
+        if self.upsampling is None or (self.upsampling.source, self.upsampling.target) != (layer_grid, input_grid):
+            self.upsampling = Trilinear(layer_grid, input_grid, self.device)
+            if self.region_names:
+                self.region_weights = torch.cat([  # eight regions at a time: one float volume each
+                    self.upsampling.pull(torch.stack([(self.region_slots == r).float() for r in part])).flatten(1)
+                    for part in _groups_of(range(len(self.region_names)), 8)
+                ])  # fmt: skip
+        return self.upsampling
 
     def _sanity(self, images, layer_cam, indices: torch.Tensor) -> list[tuple[int, float]]:
         """Rank correlation of trained and randomised-weights maps at the target layer's resolution
@@ -353,12 +373,16 @@ class _Run:
         predicted_positive = pred == self.meta.positive_index
         labels = chunk.labels.tolist()
         cells = [self.stats.cell(k, p) for k, p in zip(labels, predicted_positive)]
-        values = {"input": chunk.images, "cam": chunk.cam}
+        values, upsampled = {"input": chunk.images}, {}
+        if self.upsampling.coarse:  # kept on the layer grid, reported on the input grid (see GroupStats)
+            upsampled["cam"] = chunk.layer_cam
+        else:
+            values["cam"] = self.upsampling.up(chunk.layer_cam)
         for layer in self.layers:
             activation = chunk.activations[layer]
             values[f"features/{layer}"] = activation
             values[f"channel_means/{layer}"] = activation.mean(dim=(2, 3, 4))
-        self.stats.update(cells, **values)
+        self.stats.update(cells, upsampled=upsampled, **values)
 
         for i, value in chunk.sanity:
             self.sanity_ids.append(chunk.subject_ids[i])
@@ -381,12 +405,21 @@ class _Run:
             self.gallery.offer(outcome, confidence, row["index"],
                                functools.partial(_case, chunk, i, row, outcome, confidence))  # fmt: skip
             if self.save_cams is not None:
-                self.save_cams(sid, _own_numpy(chunk.cam[i]), _own_numpy(chunk.affines[i]))
+                self.save_cams(sid, _own_numpy(self.upsampling.up(chunk.layer_cam[i : i + 1])[0]),
+                               _own_numpy(chunk.affines[i]))  # fmt: skip
 
     def _autocast(self):
         if self.amp is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
+
+    def _gallery_cases(self) -> dict[str, list[GalleryCase]]:
+        """The kept cases, their CAMs upsampled now: only the winners are ever brought to the input grid."""
+        cases = self.gallery.cases()
+        for case in (case for kept in cases.values() for case in kept if case.cam is None):
+            layer_cam = torch.from_numpy(case.layer_cam)[None]
+            case.cam = self.upsampling.up(layer_cam)[0].numpy()
+        return cases
 
     def _result(self, timings: dict[str, float]) -> EngineResult:
         subjects = {name: np.asarray(values) for name, values in self.rows.items()}
@@ -398,7 +431,7 @@ class _Run:
         return EngineResult(
             subjects=subjects, maps=maps,
             feature_ranking=ranking,
-            gallery=self.gallery.cases(), sanity=sanity, stats=stats, target_layer=self.gradcam.layer_path,
+            gallery=self._gallery_cases(), sanity=sanity, stats=stats, target_layer=self.gradcam.layer_path,
             feature_layers=list(self.layers), region_names=list(self.region_names), excluded=self.excluded,
             device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
             timings=timings, gallery_k=self.gallery_k,
@@ -406,7 +439,8 @@ class _Run:
 
 
 def _prepare_atlas(atlas, device):
-    """Region names, each voxel's region slot (the last slot = no named region), volume shares."""
+    """Region names, each voxel's region slot (the last slot = no named region) on the atlas grid,
+    volume shares."""
     if atlas is None:
         return [], None, None
     labels, names = atlas
@@ -420,7 +454,12 @@ def _prepare_atlas(atlas, device):
     if missing:
         raise HeimerError(f"atlas regions {missing} have no voxels: fix the atlas label table or the label image")
     share = torch.as_tensor(counts / slots.size, dtype=torch.float32, device=device)
-    return [names[label] for label in sorted(names)], torch.as_tensor(slots.ravel(), device=device), share
+    return [names[label] for label in sorted(names)], torch.as_tensor(slots, device=device), share
+
+
+def _groups_of(items, size: int):
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _sanity_quota(dataset, n: int) -> int:
@@ -459,8 +498,8 @@ def _average_ranks(values: torch.Tensor) -> torch.Tensor:
 def _case(chunk: _Chunk, i: int, row: dict, outcome: str, confidence: float) -> GalleryCase:
     return GalleryCase(
         subject_id=row["subject_id"], index=row["index"], label=row["label"], prob=row["prob"], outcome=outcome,
-        confidence=confidence, image=_own_numpy(chunk.images[i]), cam=_own_numpy(chunk.cam[i]),
-        affine=_own_numpy(chunk.affines[i]),
+        confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None, affine=_own_numpy(chunk.affines[i]),
+        layer_cam=_own_numpy(chunk.layer_cam[i]),
     )  # fmt: skip
 
 

@@ -6,6 +6,12 @@ positive or not) a count, a sum and a sum of squares of every quantity. Sums mer
 and every reported group is a union of cells: a true class is its two cells, TP/FN are the
 positive class's cells, FP/TN pool the predicted-positive/negative cells of the other classes.
 Memory is independent of the number of subjects.
+
+A quantity computed on a coarser grid and reported on a finer one (the Grad-CAM: target layer
+grid -> input grid, trilinear) can be kept on its own grid: its sum and its neighbour products
+(``upsampled=`` in ``update``; see ``heimer_mlflow.engine.upsampling``), from which ``compute``
+gives the same voxel-wise maps as sums over every upsampled map, without touching the fine grid
+per subject.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from heimer_mlflow.engine.upsampling import OFFSETS, Trilinear, neighbour_products
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 COUNT_KEY = "count"
@@ -50,27 +58,43 @@ class GroupStats:
     def cell(self, label: int, predicted_positive: bool) -> int:
         return 2 * int(label) + int(bool(predicted_positive))
 
-    def update(self, cells: list[int], **values: torch.Tensor) -> None:
+    def update(self, cells: list[int], upsampled: dict[str, torch.Tensor] | None = None, **values: torch.Tensor) -> None:
         """Add one batch: ``cells[i]`` is subject i's cell, each value is [B, *shape] on the state's device.
 
         Sums run per subject in float64 (exact squares of float32 values) through one reused
         float64 buffer per quantity, so the only temporary is one subject's volume, allocated once.
+        ``upsampled`` maps [B, d, h, w] keep ``sum`` and ``neighbours`` (27 products per cell)
+        on their own grid instead of a sum of squares; ``compute(name, grid=...)`` reports them
+        on the finer grid.
         """
         for name, batch in values.items():
-            if f"{name}|sum" not in self.state:
-                shape = (len(self.state[COUNT_KEY]), *batch.shape[1:])
-                zeros = torch.zeros(shape, dtype=torch.float64, device=self.device)
-                self.state[f"{name}|sum"], self.state[f"{name}|sumsq"] = zeros, zeros.clone()
-            total, total_sq = self.state[f"{name}|sum"], self.state[f"{name}|sumsq"]
-            scratch = self._scratch.get(name)
-            if scratch is None or scratch.shape != total.shape[1:]:
-                scratch = self._scratch[name] = torch.empty(total.shape[1:], dtype=torch.float64, device=self.device)
+            total, total_sq = self._sums(f"{name}|sum", batch.shape[1:]), self._sums(f"{name}|sumsq", batch.shape[1:])
+            scratch = self._scratch_for(name, batch.shape[1:])
             for cell, value in zip(cells, batch):
                 scratch.copy_(value)
                 total[cell].add_(scratch)
                 total_sq[cell].addcmul_(scratch, scratch)
+        for name, batch in (upsampled or {}).items():
+            total = self._sums(f"{name}|sum", batch.shape[1:])
+            neighbours = self._sums(f"{name}|neighbours", (len(OFFSETS), *batch.shape[1:]))
+            for cell, value in zip(cells, batch.to(self.device)):
+                total[cell].add_(value)
+                neighbours[cell].add_(neighbour_products(value[None])[0])
         for cell in cells:
             self.state[COUNT_KEY][cell] += 1
+
+    def _sums(self, key: str, shape) -> torch.Tensor:
+        """The state tensor ``key`` ([cells, *shape] float64), created as zeros on first use."""
+        if key not in self.state:
+            cells = len(self.state[COUNT_KEY])
+            self.state[key] = torch.zeros((cells, *shape), dtype=torch.float64, device=self.device)
+        return self.state[key]
+
+    def _scratch_for(self, name: str, shape) -> torch.Tensor:
+        scratch = self._scratch.get(name)
+        if scratch is None or scratch.shape != tuple(shape):
+            scratch = self._scratch[name] = torch.empty(tuple(shape), dtype=torch.float64, device=self.device)
+        return scratch
 
     def merge(self, other: GroupStats) -> GroupStats:
         """Add another shard's state into this one (same classes); returns self."""
@@ -113,20 +137,31 @@ class GroupStats:
             total += tensor[cell]
         return total
 
-    def _moments(self, name: str, cells: list[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def _moments(self, name: str, cells: list[int], upsampling: Trilinear | None):
         n = int(self.state[COUNT_KEY][cells].sum())
-        return n, self._cell_total(f"{name}|sum", cells), self._cell_total(f"{name}|sumsq", cells)
+        total = self._cell_total(f"{name}|sum", cells)
+        if upsampling is None:
+            return n, total, self._cell_total(f"{name}|sumsq", cells)
+        return n, upsampling.up(total[None])[0], upsampling.square_sums(self._cell_total(f"{name}|neighbours", cells))
 
-    def compute(self, name: str) -> GroupMaps:
+    def compute(self, name: str, grid: tuple[int, ...] | None = None) -> GroupMaps:
+        """Group maps of quantity ``name``; one kept with ``upsampled=`` is reported on ``grid``."""
+        upsampling = None
+        if f"{name}|neighbours" in self.state:
+            if grid is None:
+                raise ValueError(f"{name!r} is kept on a coarser grid: say which grid to report it on")
+            upsampling = Trilinear(self.state[f"{name}|sum"].shape[1:], grid, self.device)
         groups = self.groups()
         count, mean = {}, {}
         for group, cells in groups.items():
             count[group] = int(self.state[COUNT_KEY][cells].sum())
             if count[group]:
-                mean[group] = (self._cell_total(f"{name}|sum", cells) / count[group]).float().cpu().numpy()
+                total = self._cell_total(f"{name}|sum", cells) / count[group]
+                total = total if upsampling is None else upsampling.up(total[None])[0]
+                mean[group] = total.float().cpu().numpy()
         positive = self.class_names[self.positive_index]
         negatives = [cell for group in self.class_names if group != positive for cell in groups[group]]
-        diff, t = welch(self._moments(name, groups[positive]), self._moments(name, negatives))
+        diff, t = welch(self._moments(name, groups[positive], upsampling), self._moments(name, negatives, upsampling))
         return GroupMaps(count=count, mean=mean, diff=diff.float().cpu().numpy(), t=t.float().cpu().numpy())
 
 

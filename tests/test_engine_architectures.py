@@ -1,0 +1,84 @@
+"""run_engine on MONAI architectures and odd grids, every CAM number against captum's LayerGradCam
+upsampled on the input grid (the engine itself keeps the CAM on the layer grid)."""
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from monai.networks.nets import DenseNet, ResNet
+from scipy import stats as scipy_stats
+
+from heimer_mlflow.engine import run_engine
+from heimer_mlflow.meta import ModelMeta
+
+GRID = (19, 23, 17)  # odd on purpose: uneven upsampling factors, cells cut by the border
+N = 12
+
+
+def resnet():
+    net = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 4, 8, 8], spatial_dims=3,
+                 n_input_channels=1, num_classes=1)  # fmt: skip
+    return net, "layer3.0.conv2"
+
+
+def densenet():
+    net = DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=4, growth_rate=4,
+                   block_config=(2, 2), bn_size=2)  # fmt: skip
+    return net, "features.denseblock2.denselayer2.layers.conv2"
+
+
+class Subjects(torch.utils.data.Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(3)
+        self.images = torch.randn((N, 1, *GRID), generator=g)
+        self.labels = torch.arange(N) % 2
+        self.images[self.labels == 1, :, 4:10, 5:12, 3:9] += 1.0
+        self.masks = torch.zeros((N, *GRID), dtype=torch.bool)
+        for i in range(N):  # a different "brain" per subject
+            self.masks[i, 2 + i % 3 : 16, 3:20, 2 : 15 - i % 2] = True
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": int(self.labels[i]), "subject_id": f"s{i:02d}",
+                "affine": torch.eye(4, dtype=torch.float64), "brain_mask": self.masks[i], "index": i, "problem": ""}  # fmt: skip
+
+
+ATLAS_LABELS = np.zeros(GRID, dtype=np.int32)
+ATLAS_LABELS[4:10, 5:12, 3:9] = 1
+ATLAS_LABELS[12:19, 0:6, :] = 2
+
+
+@pytest.mark.parametrize("factory", [resnet, densenet])
+def test_engine_cam_numbers_equal_captum_on_the_input_grid(factory):
+    torch.manual_seed(0)
+    model, layer = factory()
+    model.eval()
+    data = Subjects()
+    n_outputs = 1 if factory is resnet else 2
+    meta = ModelMeta(class_names=["CN", "AD"], positive_class="AD", input_shape=[1, *GRID], target_layer=layer)
+    result = run_engine(model, torch.utils.data.DataLoader(data, batch_size=5), meta, device="cpu", progress=False,
+                        atlas=(ATLAS_LABELS, {1: "lesion", 2: "corner"}), gallery_k=2, sanity_subjects=2)  # fmt: skip
+
+    assert "cam|neighbours" in result.stats.state  # the layer-grid path, not voxel-wise sums
+    attribution = LayerGradCam(model, model.get_submodule(layer)).attribute(
+        data.images, target=n_outputs - 1, relu_attributions=True
+    )
+    cam = LayerAttribution.interpolate(attribution, GRID, interpolate_mode="trilinear")[:, 0].detach().double().numpy()
+    total = cam.sum((1, 2, 3))
+    outside = (cam * ~data.masks.numpy()).sum((1, 2, 3)) / total
+    np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-4, atol=1e-6)
+    lesion = ATLAS_LABELS == 1
+    gain = (cam * lesion).sum((1, 2, 3)) / total / lesion.mean()
+    np.testing.assert_allclose(result.subjects["cam_roi_gain_lesion"], gain, rtol=1e-4, atol=1e-6)
+
+    ad, cn = data.labels.numpy() == 1, data.labels.numpy() == 0
+    maps = result.maps["cam"]
+    scale = np.abs(cam).max()
+    np.testing.assert_allclose(maps.mean["AD"], cam[ad].mean(0), rtol=1e-4, atol=1e-6 * scale)
+    np.testing.assert_allclose(maps.diff, cam[ad].mean(0) - cam[cn].mean(0), rtol=1e-4, atol=1e-6 * scale)
+    welch_t = np.nan_to_num(scipy_stats.ttest_ind(cam[ad], cam[cn], equal_var=False).statistic, nan=0.0)
+    np.testing.assert_allclose(maps.t, welch_t, rtol=1e-3, atol=1e-4)
+    for case in (case for cases in result.gallery.values() for case in cases):
+        np.testing.assert_allclose(case.cam, cam[case.index], rtol=1e-4, atol=1e-6 * scale)
