@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import platform
+import time
 from importlib import metadata as package_metadata
 from pathlib import Path
 
@@ -270,6 +271,27 @@ def _set_experiment(name: str) -> None:
         mlflow.set_experiment(name)
 
 
+# How the stores word a unique-key violation (sqlite, PostgreSQL, MySQL)
+_DUPLICATE_KEY = ("unique constraint", "duplicate key", "uniqueviolation", "duplicate entry")
+
+
+def _log_input(dataset, linked_model, attempts: int = 3) -> None:
+    """``mlflow.log_input``, again when another evaluation logged the same manifest at the same
+    moment: the store looks the dataset up and inserts it in two steps, so the slower of two runs
+    can hit the dataset's unique key; the insert was rolled back, and on the next try the
+    dataset is found and only linked."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.log_input(dataset, context="evaluation", model=linked_model)
+            return
+        except MlflowException as e:
+            if attempt == attempts or not any(words in str(e).lower() for words in _DUPLICATE_KEY):
+                raise
+            time.sleep(0.2 * attempt)
+
+
 def _one_line(error: BaseException) -> str:
     if isinstance(error, interrupts.Terminated):
         return f"terminated by {error}"
@@ -318,7 +340,7 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, *, say=print) 
     client = mlflow.MlflowClient()
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
     linked_model = LoggedModelInput(model.model_id) if model.model_id else None
-    mlflow.log_input(dataset, context="evaluation", model=linked_model)
+    _log_input(dataset, linked_model)
     mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
     mlflow.log_artifacts(str(staging))
     # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`

@@ -194,3 +194,35 @@ def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, m
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], done.stderr[-2000:]
+
+
+def test_a_dataset_created_by_a_concurrent_evaluation_is_linked_not_fatal(tracking, cohort, model_name, monkeypatch):
+    """Two evaluations of the same manifest at once: the store may refuse the slower one's dataset
+    insert on its unique key (PostgreSQL's words below, seen in tests/test_server.py); the input is
+    logged again, found, linked. Any other store error still fails the evaluation."""
+    from mlflow.exceptions import MlflowException
+
+    from heimer_mlflow import tracking as heimer_tracking
+
+    real, calls = mlflow.log_input, []
+    duplicate = ('BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint '
+                 '"dataset_pk"')  # fmt: skip
+
+    def collides_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException(duplicate)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", collides_once)
+    result = evaluate(f"models:/{model_name}/1", cohort, n_bootstrap=50, workers=0, progress=False, experiment="py-evals")
+    assert len(calls) == 2
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED" and len(run.inputs.dataset_inputs) == 1
+
+    def refuses(*args, **kwargs):
+        raise MlflowException("INVALID_PARAMETER_VALUE: dataset too large")
+
+    monkeypatch.setattr(mlflow, "log_input", refuses)
+    with pytest.raises(MlflowException, match="too large"):
+        heimer_tracking._log_input(object(), None)
