@@ -115,6 +115,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=float, default=0.5, help="probability threshold for AD (default 0.5)")
     evaluate.add_argument("--atlas", default=None, help="label NIfTI on the input grid, for per-region CAM gains")
     evaluate.add_argument("--atlas-labels", default=None, help="CSV with columns index,name for --atlas")
+    evaluate.add_argument("--brain-mask", default=None, metavar="NIFTI",
+                          help="brain mask on the input grid (nonzero = brain) for the CAM outside-brain share "
+                               "(default: each scan's non-background voxels)")  # fmt: skip
     evaluate.add_argument("--save-cams", choices=["gallery", "all", "none"], default="gallery",
                           help="which subjects' CAM volumes to log (default gallery)")
     evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
@@ -179,7 +182,8 @@ def _run(args) -> None:
         result = evaluate(
             args.model_uri, args.data, target_layer=_optional(args.target_layer), feature_layers=tuple(args.feature_layers),
             batch_size=args.batch_size, device=args.device, amp=args.amp, threshold=args.threshold,
-            atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), save_cams=args.save_cams, gallery_k=args.gallery_k,
+            atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), brain_mask=_optional(args.brain_mask),
+            save_cams=args.save_cams, gallery_k=args.gallery_k,
             skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress,

@@ -42,6 +42,7 @@ class EvaluationOptions:
     threshold: float = 0.5
     atlas: str | None = None
     atlas_labels: str | None = None
+    brain_mask: str | None = None  # NIfTI on the input grid; None: each input's non-background voxels
     save_cams: str = "gallery"
     skip_bad: bool = False
     experiment: str = "heimer-evaluations"
@@ -146,20 +147,36 @@ def training_history(run_id: str | None, mapping: dict[str, str] | None = None) 
 # --------------------------------------------------------------------------- atlas
 
 
-def load_atlas(atlas: str, labels_csv: str, grid_shape, grid_affine) -> tuple[np.ndarray, dict[int, str]]:
-    """An integer label image on the model's input grid and its label table (index,name)."""
+def _on_grid(path: str, what: str, grid_shape, grid_affine) -> np.ndarray:
+    """The voxels of ``path``, a NIfTI that must lie on the cohort's grid (shape and affine)."""
     try:
-        img = nib.load(atlas)
-        labels = np.asarray(img.dataobj)
+        img = nib.load(path)
+        voxels = np.asarray(img.dataobj)
     except Exception as e:
-        raise HeimerError(f"atlas {atlas} cannot be read as NIfTI ({type(e).__name__}); give a label NIfTI") from None
-    if labels.shape != tuple(grid_shape):
+        raise HeimerError(f"{what} {path} cannot be read as NIfTI ({type(e).__name__}); give a NIfTI image on the input grid") from None
+    if voxels.shape != tuple(grid_shape):
         raise HeimerError(
-            f"atlas {atlas} has shape {labels.shape}, the cohort grid is {tuple(grid_shape)}; "
-            "resample the atlas to the input grid (nearest neighbour)"
+            f"{what} {path} has shape {voxels.shape}, the cohort grid is {tuple(grid_shape)}; "
+            f"resample the {what} to the input grid (nearest neighbour)"
         )
     if not np.allclose(img.affine, grid_affine, atol=1e-3):
-        raise HeimerError(f"atlas {atlas} has another affine than the cohort images; resample it to their grid")
+        raise HeimerError(f"{what} {path} has another affine than the cohort images; resample it to their grid")
+    return voxels
+
+
+def load_brain_mask(path: str, grid_shape, grid_affine) -> np.ndarray:
+    """A brain mask on the model's input grid (nonzero = brain), as bool."""
+    voxels = _on_grid(path, "brain mask", grid_shape, grid_affine)
+    mask = np.nan_to_num(voxels) != 0
+    if not mask.any() or mask.all():
+        raise HeimerError(f"brain mask {path} is {'empty' if not mask.any() else 'all brain'}: "
+                          "give a mask that is nonzero inside the brain and zero outside")  # fmt: skip
+    return mask
+
+
+def load_atlas(atlas: str, labels_csv: str, grid_shape, grid_affine) -> tuple[np.ndarray, dict[int, str]]:
+    """An integer label image on the model's input grid and its label table (index,name)."""
+    labels = _on_grid(atlas, "atlas", grid_shape, grid_affine)
     try:
         table = pd.read_csv(labels_csv)
     except Exception as e:
@@ -228,11 +245,11 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
         def prepare():
             tracking.check_reachable()
             loaded = load(model_uri, target_layer=opts.target_layer)
-            return loaded, *_prepare_cohort(loaded, data, opts, ctx)
+            return loaded, _prepare_cohort(loaded, data, opts, ctx)
 
         # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
-        loaded, cohort, atlas, grid_affine = distributed.from_main(prepare, ctx)
-        return _evaluate(loaded, cohort, atlas, grid_affine, opts, run_id=run_id, started=started, ctx=ctx)
+        loaded, prepared = distributed.from_main(prepare, ctx)
+        return _evaluate(loaded, prepared, opts, run_id=run_id, started=started, ctx=ctx)
     finally:
         distributed.shutdown()
 
@@ -241,13 +258,22 @@ def evaluate_loaded(loaded: LoadedModel, data, opts: EvaluationOptions, *, run_i
                     started: float | None = None) -> Evaluation:
     """``evaluate`` for a model already in memory (the MLflow evaluator plug-in's entry)."""
     started = time.perf_counter() if started is None else started
-    cohort, atlas, grid_affine = _prepare_cohort(loaded, data, opts, None)
-    return _evaluate(loaded, cohort, atlas, grid_affine, opts, run_id=run_id, started=started, ctx=None)
+    return _evaluate(loaded, _prepare_cohort(loaded, data, opts, None), opts, run_id=run_id, started=started, ctx=None)
 
 
-def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx):
+@dataclass
+class _Prepared:
+    """The validated cohort and the images on its grid that every subject shares."""
+
+    cohort: Cohort
+    atlas: tuple[np.ndarray, dict[int, str]] | None
+    brain_mask: np.ndarray | None
+    grid_affine: np.ndarray
+
+
+def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> _Prepared:
     """Everything a user can get wrong that the headers can show, checked before the MLflow run
-    is opened: the cohort, both classes, the atlas, the device, the options."""
+    is opened: the cohort, both classes, the atlas and brain mask, the device, the options."""
     meta = loaded.meta
     cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False)
     cohort = validate(cohort, meta, skip_bad=opts.skip_bad, progress=opts.progress)
@@ -257,15 +283,16 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx):
     if meta.input_shape is None:  # no metadata and no signature: the cohort's grid is the input
         meta.input_shape = [1, *map(int, grid_shape)]
     atlas = load_atlas(opts.atlas, opts.atlas_labels, grid_shape, grid_affine) if opts.atlas else None
+    brain_mask = load_brain_mask(opts.brain_mask, grid_shape, grid_affine) if opts.brain_mask else None
     if ctx is None:
         pick_device(opts.device)  # an unavailable device is a user error, before the run opens
     elif opts.save_cams == "all":
         raise HeimerError("--save-cams all is not available under torchrun (each rank would write its own "
                           "share of the volumes): use --save-cams gallery, or run one process")
-    return cohort, atlas, grid_affine
+    return _Prepared(cohort, atlas, brain_mask, grid_affine)
 
 
-def _evaluate(loaded, cohort, atlas, grid_affine, opts, *, run_id, started, ctx) -> Evaluation | None:
+def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Evaluation | None:
     """Open the run (rank 0), run the engine (every rank, its shard), conclude (rank 0).
 
     From the moment the run is open it tells the truth: FINISHED, FAILED with the reason (also
@@ -273,6 +300,7 @@ def _evaluate(loaded, cohort, atlas, grid_affine, opts, *, run_id, started, ctx)
     """
     from . import distributed, tracking
 
+    cohort = prepared.cohort
     main = ctx is None or ctx.is_main
     say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress and main else (lambda msg: None)
     device = ctx.device if ctx is not None else str(pick_device(opts.device))
@@ -288,24 +316,24 @@ def _evaluate(loaded, cohort, atlas, grid_affine, opts, *, run_id, started, ctx)
             say(f"run {handle.run_id} is open ({tracking.mlflow.get_tracking_uri()})")
         t0 = time.perf_counter()
         with distributed.guard(ctx):
-            engine = _run_engine(loaded, cohort, atlas, opts, staging, device, ctx)
+            engine = _run_engine(loaded, prepared, opts, staging, device, ctx)
         engine = distributed.merge(engine, ctx)
         if not main:
             return None
-        result = _conclude(loaded, cohort, engine, grid_affine, opts, time.perf_counter() - t0)
+        result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         tracking.log_results(result, staging, handle, say=say)
     result.timings["total_s"] = time.perf_counter() - started
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
     return result
 
 
-def _run_engine(loaded, cohort, atlas, opts, staging: Path, device: str, ctx) -> EngineResult:
+def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, ctx) -> EngineResult:
     """This process's engine pass: the whole cohort, or under torchrun its rank's shard."""
     from . import distributed, tracking
 
     meta = loaded.meta
     cam_dir = staging / "volumes" / "subjects" if opts.save_cams == "all" else None
-    dataset = CohortDataset(cohort, meta)
+    dataset = CohortDataset(prepared.cohort, meta)
     if ctx is not None:
         dataset = torch.utils.data.Subset(dataset, distributed.shard(len(dataset), ctx))
     return run_engine(
@@ -315,7 +343,8 @@ def _run_engine(loaded, cohort, atlas, opts, staging: Path, device: str, ctx) ->
         meta,
         device=device,
         feature_layers=tuple(opts.feature_layers),
-        atlas=atlas,
+        atlas=prepared.atlas,
+        brain_mask=prepared.brain_mask,
         gallery_k=opts.gallery_k if opts.save_cams != "none" else 0,
         sanity_subjects=opts.sanity_subjects,
         save_cams=tracking.cam_writer(cam_dir) if cam_dir else None,

@@ -333,7 +333,8 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "{pos} subjects the model called {neg}, most confident first. Look for whether the typical regions "
         "received little attention.", "gallery"),
     "cam_outside_brain": ("Grad-CAM outside the brain per subject",
-        "The share of each subject's Grad-CAM that lies outside the brain mask, per true class. Most of the "
+        "The share of each subject's Grad-CAM that lies outside the brain (the brain mask given to the evaluation, "
+        "else the scan's non-background voxels), per true class. Most of the "
         "attention should be inside the brain; high shares point to a shortcut.", "small"),
     "region_gain": ("Grad-CAM per atlas region relative to its volume",
         "How much of the Grad-CAM falls in each atlas region, divided by the region's share of the brain volume. "

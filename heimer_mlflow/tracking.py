@@ -238,6 +238,7 @@ def _describe(handle: EvaluationRun, model, options, device: str) -> None:
     for key, value in {"threshold": options.threshold, "target_layer": model.meta.target_layer,
                        "batch_size": options.batch_size, "device": device, "save_cams": options.save_cams,
                        "skip_bad": options.skip_bad, "n_bootstrap": options.n_bootstrap,
+                       "brain_mask": options.brain_mask or "non-background voxels",
                        "processes": int(os.environ.get("WORLD_SIZE") or 1)}.items():
         client.log_param(handle.run_id, f"heimer.{key}", value)
 

@@ -148,6 +148,19 @@ def test_a_target_layer_on_the_input_grid_gives_the_same_kind_of_results():
     np.testing.assert_allclose(result.maps["cam"].t, np.nan_to_num(welch_t, nan=0.0), rtol=1e-4, atol=1e-5)
 
 
+def test_a_given_brain_mask_replaces_each_subjects_own():
+    model = model_with(2)
+    data = Subjects()
+    given = np.zeros(SPATIAL, dtype=np.uint8)
+    given[1:11, 3:13, 1:9] = 1  # not the loader's mask
+    result = evaluate(model, brain_mask=given)
+    cam = GradCam3d(model, "3").attribute(data.images, 1).cam.numpy()
+    outside = (cam * (given == 0)).sum((1, 2, 3)) / cam.sum((1, 2, 3))
+    np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-5)
+    with pytest.raises(HeimerError, match="brain mask grid"):
+        evaluate(model, brain_mask=given[:-1])
+
+
 class RunsOutOfMemoryOnce(nn.Module):
     """Raises torch.OutOfMemoryError, as CUDA would, the first time it sees more than 4 subjects."""
 

@@ -186,6 +186,7 @@ def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
         (["models:/no-such-model/1"], "no-such-model"),
         (["models:/tiny-eval/1", "--target-layer", "features.9"], "features.9"),
         (["models:/tiny-eval/1", "--threshold", "1.5"], "threshold=1.5"),
+        (["models:/tiny-eval/1", "--brain-mask", "no-such-mask.nii.gz"], "brain mask no-such-mask.nii.gz"),
     ],
 )
 def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, match):
@@ -226,3 +227,36 @@ def test_a_dataset_created_by_a_concurrent_evaluation_is_linked_not_fatal(tracki
     monkeypatch.setattr(mlflow, "log_input", refuses)
     with pytest.raises(MlflowException, match="too large"):
         heimer_tracking._log_input(object(), None)
+
+
+def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, model_name, tmp_path):
+    """--brain-mask: each subject's outside-brain share is its saved CAM outside that mask; a
+    mask on another grid stops before the run, in one line."""
+    mask_path = cohort / "atlas" / "brain_mask.nii.gz"
+    result = evaluate(f"models:/{model_name}/1", cohort, n_bootstrap=50, workers=0, progress=False, save_cams="all",
+                      brain_mask=str(mask_path), experiment="py-evals")  # fmt: skip
+    run, local = check_evaluation_run(result.run_id, cohort, model_name, atlas=False)
+    assert run.data.params["heimer.brain_mask"] == str(mask_path)
+    outside = ~(nib.load(mask_path).get_fdata() > 0)
+    predictions = pd.read_csv(local / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    shares = {}
+    for path in (local / "volumes" / "subjects").glob("*_cam.nii.gz"):
+        cam = nib.load(path).get_fdata()
+        shares[path.name[: -len("_cam.nii.gz")]] = (cam * outside).sum() / cam.sum()
+    assert len(shares) == 12
+    for subject_id, share in shares.items():
+        assert predictions.loc[subject_id, "cam_outside_brain_fraction"] == pytest.approx(share, rel=1e-4, abs=1e-6)
+    # not what each scan's own non-background mask gives
+    default = evaluate(f"models:/{model_name}/1", cohort, n_bootstrap=50, workers=0, progress=False,
+                       experiment="py-evals")  # fmt: skip
+    assert not np.allclose(default.engine.subjects["cam_outside_brain_fraction"],
+                           result.engine.subjects["cam_outside_brain_fraction"])  # fmt: skip
+
+    image = nib.load(mask_path)
+    small = tmp_path / "small_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), image.affine), small)
+    done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{model_name}/1",
+                           "--data", str(cohort), "--brain-mask", str(small)],
+                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "resample the brain mask" in lines[0], done.stderr[-2000:]

@@ -129,6 +129,7 @@ def run_engine(
     device: str = "auto",
     feature_layers: tuple[str, ...] = (),
     atlas: tuple[np.ndarray, dict[int, str]] | None = None,
+    brain_mask: np.ndarray | None = None,
     gallery_k: int = 4,
     sanity_subjects: int = 8,
     save_cams: SaveCam | None = None,
@@ -142,7 +143,9 @@ def run_engine(
     """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
 
     The model is moved to the device and put in eval mode (its train/eval mode is restored).
-    ``save_cams`` is called once per subject with its raw Grad-CAM and affine. ``amp`` runs the
+    ``brain_mask`` (nonzero = brain, on the input grid) is the brain for every subject's
+    outside-brain share; without it, each subject's ``brain_mask`` from the loader (its
+    non-background voxels). ``save_cams`` is called once per subject with its raw Grad-CAM and affine. ``amp`` runs the
     forward under autocast in bf16 or fp16; maps and statistics stay float32/float64. With
     ``stop_on_problem``, the first unreadable volume ends the compute; the rest of the loader is
     still read, so ``excluded`` lists every unusable subject for one message. ``seed``
@@ -156,6 +159,8 @@ def run_engine(
     chosen = pick_device(device)
     run = _Run(model.to(chosen), meta, chosen, feature_layers, atlas, gallery_k, sanity_subjects, save_cams,
                amp, threshold, seed)  # fmt: skip
+    if brain_mask is not None:
+        run.given_brain = torch.as_tensor(np.asarray(brain_mask) != 0, device=chosen)
     run.stop_on_problem = stop_on_problem
     was_training = model.training
     model.eval()
@@ -189,6 +194,8 @@ class _Run:
         self.region_names, self.region_slots, self.region_volume_share = _prepare_atlas(atlas, device)
         self.upsampling: Trilinear | None = None  # target layer grid -> input grid, made on the first batch
         self.region_weights: torch.Tensor | None = None  # [regions, cells]: the atlas pulled to the layer grid
+        self.given_brain: torch.Tensor | None = None  # [D, H, W] bool, one brain mask for every subject
+        self.outside_weights: torch.Tensor | None = None  # [d, h, w]: outside the given brain, pulled back
         self.atlas_shape = None if atlas is None else tuple(np.shape(atlas[0]))
         # float64 sums on the device, except on MPS, which has no float64
         self.stats = GroupStats(meta.class_names, meta.positive_index, "cpu" if device.type == "mps" else device)
@@ -266,6 +273,11 @@ class _Run:
                     f"the atlas grid {list(self.atlas_shape)} differs from the images' {list(images.shape[2:])}: "
                     "resample the atlas label image onto the input grid"
                 )
+            if self.given_brain is not None and tuple(self.given_brain.shape) != tuple(images.shape[2:]):
+                raise HeimerError(
+                    f"the brain mask grid {list(self.given_brain.shape)} differs from the images' "
+                    f"{list(images.shape[2:])}: resample the brain mask onto the input grid"
+                )
         start, size = 0, len(images)
         while start < size:
             stop = min(start + (self.chunk_size or size), size)
@@ -328,7 +340,8 @@ class _Run:
         # the sum of the upsampled map inside a voxel set is the map times the set pulled back.
         upsampling = self._upsampling(tuple(layer_cam.shape[1:]), tuple(images.shape[2:]))
         cam_total = (layer_cam * upsampling.cell_weights).sum(dim=(1, 2, 3))
-        outside = (layer_cam * upsampling.pull((~masks).float())).sum(dim=(1, 2, 3)) / cam_total
+        outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
+        outside = (layer_cam * outside_weights).sum(dim=(1, 2, 3)) / cam_total
         columns = [prob, loss, pred.float(), outside]
         if self.region_names:
             gains = layer_cam.flatten(1) @ self.region_weights.T / cam_total[:, None] / self.region_volume_share
@@ -341,9 +354,12 @@ class _Run:
         )  # fmt: skip
 
     def _upsampling(self, layer_grid: tuple[int, ...], input_grid: tuple[int, ...]) -> Trilinear:
-        """The layer -> input grid upsampling (and the atlas regions on the layer grid), made once."""
+        """The layer -> input grid upsampling (and the atlas regions and the given brain mask on the
+        layer grid), made once."""
         if self.upsampling is None or (self.upsampling.source, self.upsampling.target) != (layer_grid, input_grid):
             self.upsampling = Trilinear(layer_grid, input_grid, self.device)
+            if self.given_brain is not None:
+                self.outside_weights = self.upsampling.pull((~self.given_brain).float()[None])[0]
             if self.region_names:
                 self.region_weights = torch.cat([  # eight regions at a time: one float volume each
                     self.upsampling.pull(torch.stack([(self.region_slots == r).float() for r in part])).flatten(1)
