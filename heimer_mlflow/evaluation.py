@@ -206,7 +206,7 @@ def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> 
         )
     gains = {r: summary[f"cam_roi_gain_{r}"] for r in region_names if f"cam_roi_gain_{r}" in summary}
     if gains and max(gains.values()) <= 1.0:
-        reasons.append("no atlas region draws more Grad-CAM than its volume share (every gain <= 1)")
+        reasons.append("no atlas region draws more of the Grad-CAM inside the brain than its share of the brain's volume (every gain <= 1)")
     sanity = summary.get("sanity_spearman_mean")
     if sanity is not None and sanity > MAX_SANITY_SPEARMAN:
         reasons.append(

@@ -879,7 +879,8 @@ def plot_input_difference(diff, t=None, affine=None, *, class_names: Sequence[st
 
 def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = ("CN", "AD"),
                      ax=None):  # fmt: skip
-    """Grad-CAM share of each region relative to its share of the volume (1 = no preference).
+    """Each region's share of the Grad-CAM inside the brain relative to its share of the brain's
+    volume (1 = a map spread evenly over the brain).
 
     ``gains``: [subjects, regions] (or a mapping region -> per-subject values); ``labels``:
     1 (AD) / 0 (CN) per subject, to colour the points. Bars: the mean over subjects; points:
@@ -908,11 +909,11 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
             if rows.any():
                 ax.scatter((x[None, :] + jitter[rows, None]).ravel(), gains[rows].ravel(), s=10, color=color,
                            marker=marker, alpha=0.7, zorder=3, label=f"{name} subjects")  # fmt: skip
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="1 = chance (share = volume share)")
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="1 = spread evenly over the brain")
     tick_labels = [name.replace("_", " ") for name in names]
     slanted = len(names) > 4 or sum(len(label) for label in tick_labels) > 40
     ax.set_xticks(x, tick_labels, rotation=30 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_ylabel("Grad-CAM share / volume share")
+    ax.set_ylabel("Grad-CAM share / brain volume share")
     ax.set_ylim(bottom=0)
     ax.set_title("Where the model looks: Grad-CAM per atlas region")
     ax.grid(axis="y", alpha=0.3)

@@ -48,7 +48,7 @@ class DemoCNN(nn.Module):
       head, by -0.13-0.36 with the max head. On the 2 mm demo cohort it needs about three
       times the epochs (20 epochs: validation accuracy 0.5-0.7; 60 epochs at learning rate
       3e-3 without dropout: 0.73-0.8, held-out AUC 0.76 against the max head's 0.85), hence
-      not yet the demo's default; its held-out Grad-CAM then has region gains 2.6-4.1 in the
+      not yet the demo's default; its held-out Grad-CAM then has region gains 1.4-2.2 in the
       hippocampi and ventricles and 52% outside the brain, against 100% for the max head.
 
     At 2 mm (91x109x91) the last block works on 12x14x12 voxels.

@@ -337,7 +337,8 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "else the scan's non-background voxels), per true class. Most of the "
         "attention should be inside the brain; high shares point to a shortcut.", "small"),
     "region_gain": ("Grad-CAM per atlas region relative to its volume",
-        "How much of the Grad-CAM falls in each atlas region, divided by the region's share of the brain volume. "
+        "How much of the Grad-CAM inside the brain falls in each atlas region, divided by the region's share of "
+        "the brain volume. "
         "A gain above 1 means the region draws more attention than its size alone would give it.", "medium"),
     "sanity": ("Randomisation sanity check",
         "Spearman correlation between each subject's Grad-CAM from the trained model and from the same "
@@ -562,8 +563,9 @@ GLOSSARY = [
     ("Feature map", "The output of one channel of a convolutional layer: what that filter responds to, per voxel."),
     ("t-map", "Voxel-wise t statistic of the AD - CN difference: the mean difference divided by its standard "
             "error. Large absolute values are consistent differences."),
-    ("Gain (region)", "Share of Grad-CAM in an atlas region divided by the region's share of the brain volume; "
-            "above 1 means more attention than the size of the region alone would give."),
+    ("Gain (region)", "Share of the Grad-CAM inside the brain that falls in an atlas region, divided by the "
+            "region's share of the brain volume; above 1 means more attention than the size of the region alone "
+            "would give, 1 is what a map spread evenly over the brain gives."),
     ("Spearman correlation", "Rank correlation between two maps; near 0 means unrelated."),
     ("Randomisation sanity check", "Comparing the maps of the trained model with those of the same network with "
             "random weights: faithful explanations must change when the weights do."),

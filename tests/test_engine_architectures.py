@@ -70,7 +70,8 @@ def test_engine_cam_numbers_equal_captum_on_the_input_grid(factory):
     outside = (cam * ~data.masks.numpy()).sum((1, 2, 3)) / total
     np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-4, atol=1e-6)
     lesion = ATLAS_LABELS == 1
-    gain = (cam * lesion).sum((1, 2, 3)) / total / lesion.mean()
+    brain = data.masks.numpy()  # gain: share of the CAM inside the brain / share of the brain's volume
+    gain = (cam * lesion).sum((1, 2, 3)) / (cam * brain).sum((1, 2, 3)) / (lesion.sum() / brain.sum((1, 2, 3)))
     np.testing.assert_allclose(result.subjects["cam_roi_gain_lesion"], gain, rtol=1e-4, atol=1e-6)
 
     ad, cn = data.labels.numpy() == 1, data.labels.numpy() == 0

@@ -94,7 +94,8 @@ def test_outputs_match_a_direct_computation(n_outputs):
     outside = (cam * ~mask).sum((1, 2, 3)) / cam.sum((1, 2, 3))
     np.testing.assert_allclose(rows["cam_outside_brain_fraction"], outside, rtol=1e-5)
     lesion = ATLAS_LABELS == 7
-    gain = (cam * lesion).sum((1, 2, 3)) / cam.sum((1, 2, 3)) / lesion.mean()
+    brain = data.mask.numpy()  # gain: share of the CAM inside the brain / share of the brain's volume
+    gain = (cam * lesion).sum((1, 2, 3)) / (cam * brain).sum((1, 2, 3)) / (lesion.sum() / brain.sum())
     np.testing.assert_allclose(rows["cam_roi_gain_lesion"], gain, rtol=1e-5)
     assert result.region_names == ["corner", "lesion"]
 
@@ -141,7 +142,8 @@ def test_a_target_layer_on_the_input_grid_gives_the_same_kind_of_results():
     outside = (cam * ~data.mask.numpy()).sum((1, 2, 3)) / cam.sum((1, 2, 3))
     np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-5)
     lesion = ATLAS_LABELS == 7
-    gain = (cam * lesion).sum((1, 2, 3)) / cam.sum((1, 2, 3)) / lesion.mean()
+    brain = data.mask.numpy()  # gain: share of the CAM inside the brain / share of the brain's volume
+    gain = (cam * lesion).sum((1, 2, 3)) / (cam * brain).sum((1, 2, 3)) / (lesion.sum() / brain.sum())
     np.testing.assert_allclose(result.subjects["cam_roi_gain_lesion"], gain, rtol=1e-5)
     ad, cn = data.labels.numpy() == 1, data.labels.numpy() == 0
     welch_t = scipy_stats.ttest_ind(cam[ad].astype(np.float64), cam[cn].astype(np.float64), equal_var=False).statistic
@@ -153,10 +155,17 @@ def test_a_given_brain_mask_replaces_each_subjects_own():
     data = Subjects()
     given = np.zeros(SPATIAL, dtype=np.uint8)
     given[1:11, 3:13, 1:9] = 1  # not the loader's mask
-    result = evaluate(model, brain_mask=given)
+    result = evaluate(model, brain_mask=given, atlas=ATLAS)
     cam = GradCam3d(model, "3").attribute(data.images, 1).cam.numpy()
     outside = (cam * (given == 0)).sum((1, 2, 3)) / cam.sum((1, 2, 3))
     np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-5)
+    corner = ATLAS_LABELS == 3
+    gain = (cam * corner).sum((1, 2, 3)) / (cam * given).sum((1, 2, 3)) / (corner.sum() / given.sum())
+    np.testing.assert_allclose(result.subjects["cam_roi_gain_corner"], gain, rtol=1e-5)
+    blind = model_with(2)
+    torch.nn.init.zeros_(blind[-1].weight)  # the logits ignore the features: every Grad-CAM is 0
+    rows = evaluate(blind, brain_mask=given, atlas=ATLAS).subjects  # undefined, not infinite
+    assert np.isnan(rows["cam_roi_gain_corner"]).all() and np.isnan(rows["cam_outside_brain_fraction"]).all()
     with pytest.raises(HeimerError, match="brain mask grid"):
         evaluate(model, brain_mask=given[:-1])
 

@@ -191,7 +191,7 @@ class _Run:
         self.model, self.meta, self.device = model, meta, device
         self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
         self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]
-        self.region_names, self.region_slots, self.region_volume_share = _prepare_atlas(atlas, device)
+        self.region_names, self.region_slots, self.region_voxels = _prepare_atlas(atlas, device)
         self.upsampling: Trilinear | None = None  # target layer grid -> input grid, made on the first batch
         self.region_weights: torch.Tensor | None = None  # [regions, cells]: the atlas pulled to the layer grid
         self.given_brain: torch.Tensor | None = None  # [D, H, W] bool, one brain mask for every subject
@@ -341,10 +341,16 @@ class _Run:
         upsampling = self._upsampling(tuple(layer_cam.shape[1:]), tuple(images.shape[2:]))
         cam_total = (layer_cam * upsampling.cell_weights).sum(dim=(1, 2, 3))
         outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
-        outside = (layer_cam * outside_weights).sum(dim=(1, 2, 3)) / cam_total
-        columns = [prob, loss, pred.float(), outside]
+        cam_outside = (layer_cam * outside_weights).sum(dim=(1, 2, 3))
+        columns = [prob, loss, pred.float(), cam_outside / cam_total]
         if self.region_names:
-            gains = layer_cam.flatten(1) @ self.region_weights.T / cam_total[:, None] / self.region_volume_share
+            # gain = the region's share of the CAM inside the brain / its share of the brain's
+            # volume: 1 for a map spread evenly over the brain; undefined with no CAM inside
+            brain = self.given_brain if self.given_brain is not None else masks
+            brain_voxels = brain.flatten(-3).sum(-1).float().expand(len(layer_cam))[:, None]
+            cam_inside = (cam_total - cam_outside)[:, None]
+            cam_share = layer_cam.flatten(1) @ self.region_weights.T / cam_inside
+            gains = torch.where(cam_inside > 0, cam_share * brain_voxels / self.region_voxels, torch.nan)
             columns += list(gains.T)
         sanity = self._sanity(images, attribution.layer_cam, batch["index"][rows])
         return _Chunk(
@@ -456,7 +462,7 @@ class _Run:
 
 def _prepare_atlas(atlas, device):
     """Region names, each voxel's region slot (the last slot = no named region) on the atlas grid,
-    volume shares."""
+    each region's voxel count."""
     if atlas is None:
         return [], None, None
     labels, names = atlas
@@ -469,8 +475,8 @@ def _prepare_atlas(atlas, device):
     missing = [names[label] for label, slot in slot_of_label.items() if counts[slot] == 0]
     if missing:
         raise HeimerError(f"atlas regions {missing} have no voxels: fix the atlas label table or the label image")
-    share = torch.as_tensor(counts / slots.size, dtype=torch.float32, device=device)
-    return [names[label] for label in sorted(names)], torch.as_tensor(slots, device=device), share
+    voxels = torch.as_tensor(counts, dtype=torch.float32, device=device)
+    return [names[label] for label in sorted(names)], torch.as_tensor(slots, device=device), voxels
 
 
 def _groups_of(items, size: int):
