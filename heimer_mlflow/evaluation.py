@@ -30,7 +30,9 @@ from .registry import LoadedModel, load
 
 SAVE_CAMS = ("gallery", "all", "none")
 # Plausibility thresholds behind the verdict (DESIGN: "pass" / "review" with the reason).
-MAX_OUTSIDE_BRAIN_FRACTION = 0.10  # mean share of positive Grad-CAM outside the brain
+# Mean share of positive Grad-CAM outside the brain, above what a map spread evenly over the brain
+# shows at the target layer's resolution (cam_outside_brain_floor: coarse layers blur past the edge)
+MAX_OUTSIDE_BRAIN_EXCESS = 0.10
 MAX_SANITY_SPEARMAN = 0.5  # maps of a randomised model should not look like the trained one's
 
 
@@ -98,6 +100,7 @@ class Evaluation:
         out = {}
         if len(subjects.get("cam_outside_brain_fraction", [])):
             out["cam_outside_brain_fraction"] = float(np.nanmean(subjects["cam_outside_brain_fraction"]))
+            out["cam_outside_brain_floor"] = float(np.nanmean(subjects["cam_outside_brain_floor"]))
         for region in self.engine.region_names:
             values = subjects[f"cam_roi_gain_{region}"]
             if np.isfinite(values).any():
@@ -193,16 +196,23 @@ def load_atlas(atlas: str, labels_csv: str, grid_shape, grid_affine) -> tuple[np
 # --------------------------------------------------------------------------- verdict
 
 
+def outside_brain_limit(floor: float | None) -> float:
+    """The largest mean outside-brain share that passes: the resolution floor (0 if unknown) + 10%."""
+    return (floor if floor is not None and np.isfinite(floor) else 0.0) + MAX_OUTSIDE_BRAIN_EXCESS
+
+
 def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> tuple[str, str]:
     """``pass`` or ``review``, with the reason, from the plausibility checks."""
     reasons = []
     outside = summary.get("cam_outside_brain_fraction")
+    limit = outside_brain_limit(summary.get("cam_outside_brain_floor"))
     if outside is None:
         reasons.append("no subject could be explained")
-    elif outside > MAX_OUTSIDE_BRAIN_FRACTION:
+    elif outside > limit:
         reasons.append(
-            f"{outside:.0%} of the Grad-CAM lies outside the brain (limit {MAX_OUTSIDE_BRAIN_FRACTION:.0%}): "
-            "the model may use a shortcut"
+            f"{outside:.0%} of the Grad-CAM lies outside the brain (limit {limit:.0%}: "
+            f"{summary.get('cam_outside_brain_floor', 0.0):.0%} from the layer's resolution "
+            f"+ {MAX_OUTSIDE_BRAIN_EXCESS:.0%}): the model may use a shortcut"
         )
     gains = {r: summary[f"cam_roi_gain_{r}"] for r in region_names if f"cam_roi_gain_{r}" in summary}
     if gains and max(gains.values()) <= 1.0:

@@ -47,7 +47,7 @@ REPORT_CSS = "report.css"
 TEMPLATE = "report.html.j2"
 PDF_VARIANT = "pdf/a-3b"
 MAX_SANITY_SPEARMAN = 0.5  # mirrors heimer_mlflow.evaluation (not imported: it pulls in torch)
-MAX_OUTSIDE_BRAIN_FRACTION = 0.10  # idem
+MAX_OUTSIDE_BRAIN_EXCESS = 0.10  # idem: above the floor the target layer's resolution imposes
 MAX_FIGURE_PIXELS = 40_000_000  # a larger "figure" is refused (decompression bombs)
 MAX_TEXT = 4000  # registry text (description, tag values) longer than this is cut, with a note
 MAX_TAGS = 200
@@ -609,6 +609,8 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     plaus = _d(evaluation.get("plausibility")) or _d(metrics.get("plausibility"))
     verdict = str(plaus.get("verdict") or "not assessed")
     outside = _num(plaus.get("cam_outside_brain_fraction"))
+    outside_floor = _num(plaus.get("cam_outside_brain_floor")) or 0.0  # absent in runs before it existed
+    outside_limit = outside_floor + MAX_OUTSIDE_BRAIN_EXCESS
     gains = [{"region": k[len("cam_roi_gain_"):].replace("_", " "), "gain": _fmt_num(v, 2),
               "above": (_num(v) or 0) > 1}
              for k, v in sorted(plaus.items()) if k.startswith("cam_roi_gain_")]
@@ -702,8 +704,9 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "subgroups": _subgroup_rows(_l(metrics.get("subgroups"))),
         "verdict": verdict, "verdict_pass": verdict == "pass",
         "verdict_reason": _text(plaus.get("reason")) if plaus.get("reason") else "",
-        "outside": _fmt_pct(outside, 1), "outside_limit": _fmt_pct(MAX_OUTSIDE_BRAIN_FRACTION),
-        "outside_ok": None if outside is None else outside <= MAX_OUTSIDE_BRAIN_FRACTION,
+        "outside": _fmt_pct(outside, 1), "outside_limit": _fmt_pct(outside_limit),
+        "outside_floor": _fmt_pct(outside_floor, 1), "outside_excess": _fmt_pct(MAX_OUTSIDE_BRAIN_EXCESS),
+        "outside_ok": None if outside is None else outside <= outside_limit,
         "gains": gains, "sanity_rows": sanity_rows, "sanity_mean": _fmt_num(sanity_mean, 2),
         "sanity_ok": None if sanity_mean is None else sanity_mean <= MAX_SANITY_SPEARMAN,
         "sanity_limit": f"{MAX_SANITY_SPEARMAN:.1f}",

@@ -95,6 +95,7 @@ def predictions_table(evaluation) -> pd.DataFrame:
         "prediction": names[s["pred"].astype(int)],  # the engine's predicted class index
         "loss": s["loss"].astype(float),
         "cam_outside_brain_fraction": s["cam_outside_brain_fraction"].astype(float),
+        "cam_outside_brain_floor": s["cam_outside_brain_floor"].astype(float),
     })
     for region in engine.region_names:
         table[f"cam_roi_gain_{region}"] = s[f"cam_roi_gain_{region}"].astype(float)

@@ -98,6 +98,7 @@ def test_outputs_match_a_direct_computation(n_outputs):
     gain = (cam * lesion).sum((1, 2, 3)) / (cam * brain).sum((1, 2, 3)) / (lesion.sum() / brain.sum())
     np.testing.assert_allclose(rows["cam_roi_gain_lesion"], gain, rtol=1e-5)
     assert result.region_names == ["corner", "lesion"]
+    np.testing.assert_allclose(rows["cam_outside_brain_floor"], even_brain_floor(data.mask, (6, 7, 6)), rtol=1e-5)
 
     ad, cn = labels.numpy() == 1, labels.numpy() == 0
     maps = result.maps["cam"]
@@ -168,6 +169,21 @@ def test_a_given_brain_mask_replaces_each_subjects_own():
     assert np.isnan(rows["cam_roi_gain_corner"]).all() and np.isnan(rows["cam_outside_brain_fraction"]).all()
     with pytest.raises(HeimerError, match="brain mask grid"):
         evaluate(model, brain_mask=given[:-1])
+
+
+def even_brain_floor(mask: torch.Tensor, layer_grid) -> float:
+    """The outside share of a map spread evenly over the brain as a layer grid can draw it: each
+    cell at its share of brain (U^T m / U^T 1, by autograd through F.interpolate), upsampled."""
+
+    def pulled(volume):
+        cells = torch.zeros((1, 1, *layer_grid), dtype=torch.float64, requires_grad=True)
+        up = F.interpolate(cells, tuple(mask.shape), mode="trilinear", align_corners=False)
+        (up[0, 0] * volume).sum().backward()
+        return cells.grad
+
+    even = pulled(mask.double()) / pulled(torch.ones(mask.shape, dtype=torch.float64))
+    up = F.interpolate(even, tuple(mask.shape), mode="trilinear", align_corners=False)[0, 0]
+    return float((up * ~mask).sum() / up.sum())
 
 
 class RunsOutOfMemoryOnce(nn.Module):

@@ -260,3 +260,18 @@ def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, mod
                           env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "resample the brain mask" in lines[0], done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "outside, floor, verdict",
+    [(0.20, 0.15, "pass"), (0.26, 0.15, "review"), (0.08, None, "pass"), (0.12, None, "review")],
+)
+def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, floor, verdict):
+    from heimer_mlflow.evaluation import plausibility_verdict
+
+    summary = {"cam_outside_brain_fraction": outside, "cam_roi_gain_hippocampus": 1.5}
+    if floor is not None:
+        summary["cam_outside_brain_floor"] = floor
+    got, reason = plausibility_verdict(summary, ["hippocampus"])
+    assert got == verdict, reason
+    assert ("outside the brain (limit" in reason) == (verdict == "review")

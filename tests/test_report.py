@@ -96,7 +96,8 @@ def write_artifacts(folder: Path, *, port: int, name="tiny-model", version="3", 
     scanner = np.where(np.isin(np.arange(n), [0, 2, 4]), "old", "new")  # "old": CN only, so its AUC is not computable
     covariates = pd.DataFrame({"site": sites, "scanner": scanner})
     report = compute_metrics(y, score, threshold=0.5, covariates=covariates, n_bootstrap=200)
-    plausibility = {"cam_outside_brain_fraction": 0.04, "cam_roi_gain_hippocampus_left": 2.1,
+    plausibility = {"cam_outside_brain_fraction": 0.04, "cam_outside_brain_floor": 0.125,
+                    "cam_roi_gain_hippocampus_left": 2.1,
                     "cam_roi_gain_lateral_ventricle_left": 0.7, "sanity_spearman_mean": 0.12}
     folder.mkdir(parents=True, exist_ok=True)
     metrics = report.to_json_dict()
@@ -237,6 +238,7 @@ def test_every_section_and_page_count(rendered):
     for label in ("AUC", "Sensitivity", "Specificity", "Balanced accuracy", "95% confidence interval"):
         assert label in summary, label
     assert "Page 2 of" in summary and f"of {len(reader.pages)}" in summary
+    assert "4.0% (limit 22%: 12.5% that a map spread evenly over the brain" in body  # the resolution floor
     # no blank page: beyond the running header and footer, each page has text or an image
     for number, (page, text) in enumerate(zip(reader.pages, texts), start=1):
         rest = _flat(text)

@@ -83,7 +83,11 @@ class EngineResult:
     world_size: int = 1  # processes whose shards were merged into this result
 
 
-SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction")
+SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction",
+                   "cam_outside_brain_floor")
+# cam_outside_brain_floor: the outside share of a Grad-CAM spread evenly over the subject's brain,
+# as the target layer's grid can draw it (each cell at its share of brain), upsampled the same way:
+# what a perfectly brain-confined map shows at this resolution.
 
 
 class EngineStopped(HeimerError):
@@ -181,7 +185,7 @@ class _Chunk:
     affines: torch.Tensor  # CPU
     layer_cam: torch.Tensor  # [b, d, h, w] raw Grad-CAM on the target layer's grid
     activations: dict[str, torch.Tensor]
-    scalars: torch.Tensor  # CPU [b, 4 + regions]: prob, loss, pred, outside-brain fraction, region gains
+    scalars: torch.Tensor  # CPU [b, 5 + regions]: prob, loss, pred, outside-brain fraction and floor, region gains
     sanity: list[tuple[int, float]]  # (row in the chunk, Spearman) for the sanity-check subjects
 
 
@@ -342,7 +346,10 @@ class _Run:
         cam_total = (layer_cam * upsampling.cell_weights).sum(dim=(1, 2, 3))
         outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
         cam_outside = (layer_cam * outside_weights).sum(dim=(1, 2, 3))
-        columns = [prob, loss, pred.float(), cam_outside / cam_total]
+        inside_weights = upsampling.cell_weights - outside_weights  # the brain pulled back
+        even = torch.where(upsampling.cell_weights > 0, inside_weights / upsampling.cell_weights, 0.0)  # cell's share of brain
+        floor = (even * outside_weights).flatten(-3).sum(-1) / inside_weights.flatten(-3).sum(-1)
+        columns = [prob, loss, pred.float(), cam_outside / cam_total, floor.expand(len(layer_cam))]
         if self.region_names:
             # gain = the region's share of the CAM inside the brain / its share of the brain's
             # volume: 1 for a map spread evenly over the brain; undefined with no CAM inside
@@ -418,8 +425,9 @@ class _Run:
             row = {
                 "subject_id": sid, "index": int(chunk.indices[i]), "label": labels[i], "prob": prob[i],
                 "pred": pred[i], "loss": scalars[i, 1], "cam_outside_brain_fraction": scalars[i, 3],
+                "cam_outside_brain_floor": scalars[i, 4],
             }  # fmt: skip
-            row.update({f"cam_roi_gain_{name}": scalars[i, 4 + r] for r, name in enumerate(self.region_names)})
+            row.update({f"cam_roi_gain_{name}": scalars[i, 5 + r] for r, name in enumerate(self.region_names)})
             for name, value in row.items():
                 self.rows[name].append(value)
             outcome = outcome_of(is_positive, bool(predicted_positive[i]))
