@@ -340,16 +340,28 @@ class _Run:
             loss = F.cross_entropy(logits, labels_here, reduction="none")
             negative = logits.index_fill(1, torch.tensor([positive], device=logits.device), -torch.inf).argmax(1)
         pred = torch.where(prob >= self.threshold, positive, negative)
-        # Shares of the CAM on the input grid, computed on the layer grid (see engine.upsampling):
-        # the sum of the upsampled map inside a voxel set is the map times the set pulled back.
-        upsampling = self._upsampling(tuple(layer_cam.shape[1:]), tuple(images.shape[2:]))
-        cam_total = (layer_cam * upsampling.cell_weights).sum(dim=(1, 2, 3))
+        columns = [prob, loss, pred.float(), *self._cam_shares(layer_cam, masks, tuple(images.shape[2:]))]
+        sanity = self._sanity(images, attribution.layer_cam, batch["index"][rows])
+        return _Chunk(
+            images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
+            affines=batch["affine"][rows], layer_cam=layer_cam, activations=attribution.activations,
+            scalars=torch.stack(columns, dim=1).cpu(), sanity=sanity,
+        )  # fmt: skip
+
+    def _cam_shares(self, layer_cam, masks, input_grid) -> list[torch.Tensor]:
+        """Per subject: the CAM's share outside the brain, that share's resolution floor, and the
+        region gains, all on the input grid but computed on the layer grid (see engine.upsampling):
+        the sum of the upsampled map inside a voxel set is the map times the set pulled back."""
+        upsampling = self._upsampling(tuple(layer_cam.shape[1:]), input_grid)
+        cells = upsampling.cell_weights
+        cam_total = (layer_cam * cells).sum(dim=(1, 2, 3))
         outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
         cam_outside = (layer_cam * outside_weights).sum(dim=(1, 2, 3))
-        inside_weights = upsampling.cell_weights - outside_weights  # the brain pulled back
-        even = torch.where(upsampling.cell_weights > 0, inside_weights / upsampling.cell_weights, 0.0)  # cell's share of brain
+        # the floor: a map spread evenly over the brain, each cell at its share of brain, upsampled
+        inside_weights = cells - outside_weights  # the brain pulled back
+        even = torch.where(cells > 0, inside_weights / cells, 0.0)
         floor = (even * outside_weights).flatten(-3).sum(-1) / inside_weights.flatten(-3).sum(-1)
-        columns = [prob, loss, pred.float(), cam_outside / cam_total, floor.expand(len(layer_cam))]
+        shares = [cam_outside / cam_total, floor.expand(len(layer_cam))]
         if self.region_names:
             # gain = the region's share of the CAM inside the brain / its share of the brain's
             # volume: 1 for a map spread evenly over the brain; undefined with no CAM inside
@@ -358,13 +370,8 @@ class _Run:
             cam_inside = (cam_total - cam_outside)[:, None]
             cam_share = layer_cam.flatten(1) @ self.region_weights.T / cam_inside
             gains = torch.where(cam_inside > 0, cam_share * brain_voxels / self.region_voxels, torch.nan)
-            columns += list(gains.T)
-        sanity = self._sanity(images, attribution.layer_cam, batch["index"][rows])
-        return _Chunk(
-            images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
-            affines=batch["affine"][rows], layer_cam=layer_cam, activations=attribution.activations,
-            scalars=torch.stack(columns, dim=1).cpu(), sanity=sanity,
-        )  # fmt: skip
+            shares += list(gains.T)
+        return shares
 
     def _upsampling(self, layer_grid: tuple[int, ...], input_grid: tuple[int, ...]) -> Trilinear:
         """The layer -> input grid upsampling (and the atlas regions and the given brain mask on the
@@ -420,6 +427,7 @@ class _Run:
         self.sanity_left -= len(chunk.sanity)
         if self.sanity_left <= 0:
             self.random_gradcam = None  # done: free the randomised copy
+        saved_cams = self.upsampling.up(chunk.layer_cam) if self.save_cams is not None else None
         for i, sid in enumerate(chunk.subject_ids):
             is_positive = labels[i] == self.meta.positive_index
             row = {
@@ -435,8 +443,7 @@ class _Run:
             self.gallery.offer(outcome, confidence, row["index"],
                                functools.partial(_case, chunk, i, row, outcome, confidence))  # fmt: skip
             if self.save_cams is not None:
-                self.save_cams(sid, _own_numpy(self.upsampling.up(chunk.layer_cam[i : i + 1])[0]),
-                               _own_numpy(chunk.affines[i]))  # fmt: skip
+                self.save_cams(sid, _own_numpy(saved_cams[i]), _own_numpy(chunk.affines[i]))
 
     def _autocast(self):
         if self.amp is None:
