@@ -211,7 +211,7 @@ def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> 
     elif outside > limit:
         reasons.append(
             f"{outside:.0%} of the Grad-CAM lies outside the brain (limit {limit:.0%}: "
-            f"{summary.get('cam_outside_brain_floor', 0.0):.0%} from the layer's resolution "
+            f"{limit - MAX_OUTSIDE_BRAIN_EXCESS:.0%} from the layer's resolution "
             f"+ {MAX_OUTSIDE_BRAIN_EXCESS:.0%}): the model may use a shortcut"
         )
     gains = {r: summary[f"cam_roi_gain_{r}"] for r in region_names if f"cam_roi_gain_{r}" in summary}

@@ -264,7 +264,8 @@ def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, mod
 
 @pytest.mark.parametrize(
     "outside, floor, verdict",
-    [(0.20, 0.15, "pass"), (0.26, 0.15, "review"), (0.08, None, "pass"), (0.12, None, "review")],
+    [(0.20, 0.15, "pass"), (0.26, 0.15, "review"), (0.08, None, "pass"), (0.12, None, "review"),
+     (0.12, float("nan"), "review")],
 )
 def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, floor, verdict):
     from heimer_mlflow.evaluation import plausibility_verdict
@@ -274,4 +275,4 @@ def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, fl
         summary["cam_outside_brain_floor"] = floor
     got, reason = plausibility_verdict(summary, ["hippocampus"])
     assert got == verdict, reason
-    assert ("outside the brain (limit" in reason) == (verdict == "review")
+    assert ("outside the brain (limit" in reason) == (verdict == "review") and "nan" not in reason
