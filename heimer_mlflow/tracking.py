@@ -262,15 +262,19 @@ def _open_run(model, options, run_id: str | None):
 
 def _set_experiment(name: str) -> None:
     """``mlflow.set_experiment``, safe when another evaluation creates the same experiment at
-    the same moment (the loser of that race sees RESOURCE_ALREADY_EXISTS: the experiment is there)."""
+    the same moment. The loser of that race either sees RESOURCE_ALREADY_EXISTS, or (MLflow
+    3.17's fluent API) gets the experiment back *without* it being made active, so its run
+    would land in the Default experiment (seen in tests/test_server.py): hence the second call,
+    by id, which activates it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
             raise
-        mlflow.set_experiment(name)
+        experiment = mlflow.set_experiment(name)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
 
 
 # How the stores word a unique-key violation (sqlite, PostgreSQL, MySQL)

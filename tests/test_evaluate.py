@@ -276,3 +276,23 @@ def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, fl
     got, reason = plausibility_verdict(summary, ["hippocampus"])
     assert got == verdict, reason
     assert ("outside the brain (limit" in reason) == (verdict == "review") and "nan" not in reason
+
+
+def test_an_experiment_created_by_a_concurrent_evaluation_gets_the_run(tracking, cohort, model_name, monkeypatch):
+    """The loser of the experiment-creation race: MLflow's set_experiment then returns the
+    experiment without making it active; the run must still land in it, not in Default."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    real = TrackingServiceClient.create_experiment
+
+    def created_by_the_other_one(self, name, *args, **kwargs):
+        real(self, name, *args, **kwargs)  # the other evaluation wins ...
+        raise MlflowException(f"Experiment(name={name}) already exists.", error_code=RESOURCE_ALREADY_EXISTS)
+
+    monkeypatch.setattr(TrackingServiceClient, "create_experiment", created_by_the_other_one)
+    result = evaluate(f"models:/{model_name}/1", cohort, n_bootstrap=50, workers=0, progress=False,
+                      experiment="raced-experiment")  # fmt: skip
+    client = mlflow.MlflowClient()
+    assert client.get_run(result.run_id).info.experiment_id == client.get_experiment_by_name("raced-experiment").experiment_id
