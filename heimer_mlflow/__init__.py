@@ -6,6 +6,7 @@ Python entry points (imported lazily, so ``heimer-mlflow --help`` stays fast):
   target_layer, registered_model_name=None, **mlflow_kwargs)`` for training code;
 - ``load_model(model_uri)`` -> ``LoadedModel`` (module in eval mode, metadata, version, run);
 - ``evaluate(model_uri, data, **options)`` -> ``Evaluation`` (numbers, arrays, the MLflow run);
+  with ``require=[...]`` rules it raises ``GateFailed`` when one breaks;
 - ``write_cohort(out_dir, ...)`` for a synthetic AD/CN cohort with planted atrophy.
 """
 
@@ -17,6 +18,7 @@ _EXPORTS = {
     "evaluate": ("evaluation", "evaluate"),
     "write_cohort": ("synthetic", "write_cohort"),
     "HeimerError": ("errors", "HeimerError"),
+    "GateFailed": ("gate", "GateFailed"),
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -10,14 +10,15 @@ import warnings
 
 from . import __version__
 from .errors import HeimerError, one_line
+from .gate import EXIT_GATE_FAILED, GateFailed
 
 DESCRIPTION = """\
 Evaluate and explain 3D CNNs that tell Alzheimer's disease (AD) from cognitively normal (CN)
 subjects on brain MRI, with MLflow.
 
 Start here:
-  heimer-mlflow demo                 synthetic cohort -> train a small 3D CNN -> register it
-                                     as heimer-demo@champion in ./mlflow.db
+  heimer-mlflow demo                 a registry review in miniature (./mlflow.db): heimer-demo
+                                     v1 @champion vs v2 @challenger, both evaluated
   heimer-mlflow cohort OUT_DIR       write a synthetic AD/CN cohort with planted atrophy
   heimer-mlflow evaluate MODEL_URI --data COHORT
                                      metrics, Grad-CAM, maps and a PDF report, logged to MLflow
@@ -73,15 +74,20 @@ def _build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--sites", type=_positive_int, default=3, help="number of acquisition sites (default 3)")
     cohort.add_argument("--shortcut", action="store_true",
                         help="negative control: AD is marked by a bright patch outside the brain, not by atrophy")
+    cohort.add_argument("--marker", type=float, default=None, metavar="SHARE",
+                        help="mixed cohort: atrophy as usual, and the bright patch on this share of AD subjects "
+                             "and 1 - SHARE of CN subjects, like a site that goes with the diagnosis (e.g. 0.9)")
     cohort.add_argument("--workers", type=_positive_int, default=None, help="processes (default: up to 2)")
 
     demo = commands.add_parser(
         "demo",
-        help="cohort -> train a small 3D CNN -> register heimer-demo@champion",
-        description="Write a synthetic training cohort and a held-out evaluation cohort under "
-        "--workdir, train the demo 3D CNN on CPU (train/val loss and accuracy per epoch go to its "
-        "MLflow run), log it with heimer_mlflow.log_model and register it as heimer-demo with "
-        "alias 'champion'.",
+        help="a registry review in miniature: champion vs a challenger that cheats, both evaluated",
+        description="Write synthetic cohorts under --workdir, train the demo 3D CNN on clean data "
+        "(train/val loss and accuracy per epoch go to its MLflow run), register it as heimer-demo "
+        "with alias 'champion' and evaluate it on a held-out multi-site cohort where a site marker "
+        "goes with the diagnosis; then train a challenger on data from those sites, register it "
+        "with alias 'challenger', evaluate it on the same cohort, compared with the champion, and "
+        "print the story in three lines.",
     )
     demo.add_argument("--subjects", type=_positive_int, default=120, help="training cohort size (default 120)")
     demo.add_argument("--eval-subjects", type=_positive_int, default=60, help="held-out cohort size (default 60)")
@@ -92,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model-name", default="heimer-demo", help="registered model name (default heimer-demo)")
     demo.add_argument("--experiment", default="heimer-demo", help="MLflow experiment of the training run")
     demo.add_argument("--skip-evaluation", action="store_true", help="stop after registering the model")
+    demo.add_argument("--skip-challenger", nargs="?", const=True, default=False, type=_boolean, metavar="BOOL",
+                      help="the one-version demo: no challenger trained where the site marker goes with the label")
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a registered model version on a cohort and log everything to MLflow",
@@ -118,6 +126,14 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--brain-mask", default=None, metavar="NIFTI",
                           help="brain mask on the input grid (nonzero = brain) for the CAM outside-brain share "
                                "(default: each scan's non-background voxels)")  # fmt: skip
+    evaluate.add_argument("--cam", choices=["gradcam", "hirescam"], default="hirescam",
+                          help="the primary map behind the verdict, group maps and gallery (both are computed; "
+                               "default hirescam: faithful to the score whatever the head)")  # fmt: skip
+    evaluate.add_argument("--require", action="append", default=[], metavar="RULE",
+                          help="promotion rule on a run metric, e.g. \"roc_auc_ci_lower>=0.75\" (repeatable; "
+                               "';' separates several in one): a broken rule exits with code 3")  # fmt: skip
+    evaluate.add_argument("--require-verdict", default=None, metavar="VERDICT",
+                          help="promotion rule on the verdict: pass (a 'review' verdict exits with code 3)")
     evaluate.add_argument("--save-cams", choices=["gallery", "all", "none"], default="gallery",
                           help="which subjects' CAM volumes to log (default gallery)")
     evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
@@ -160,22 +176,22 @@ def _run(args) -> None:
 
         manifest = write_cohort(
             args.out_dir, n_subjects=args.subjects, seed=args.seed, voxel_size=args.voxel_size,
-            shortcut=args.shortcut, ad_fraction=args.ad_fraction, n_sites=args.sites,
+            shortcut=args.shortcut, marker=args.marker, ad_fraction=args.ad_fraction, n_sites=args.sites,
             workers=args.workers, progress=progress,
         )
         print(manifest)
     elif args.command == "demo":
-        from .demo import run_demo
+        from .demo import run_demo, story
 
         result = run_demo(
             subjects=args.subjects, eval_subjects=args.eval_subjects, epochs=args.epochs,
             voxel_size=args.voxel_size, seed=args.seed, workdir=args.workdir,
             model_name=args.model_name, experiment=args.experiment, evaluate_model=not args.skip_evaluation,
-            progress=progress,
+            challenger=not args.skip_challenger, progress=progress,
         )
         print(f"{result['model_name']} version {result['version']} (alias champion), training run {result['run_id']}")
         if result["evaluation"] is not None:
-            print(f"evaluation run {result['evaluation'].run_id}: verdict {result['evaluation'].verdict}")
+            print("\n".join(story(result)))
     elif args.command == "evaluate":
         from .evaluation import evaluate
 
@@ -186,7 +202,7 @@ def _run(args) -> None:
             save_cams=args.save_cams, gallery_k=args.gallery_k,
             skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
-            progress=progress,
+            progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
         )
         if result is not None:  # None: a torchrun rank other than 0, which logs nothing
             print(f"run {result.run_id}: verdict {result.verdict}")
@@ -211,6 +227,11 @@ def main(argv=None) -> int:
     try:
         with handled():  # Ctrl-C and SIGTERM end the evaluation run as KILLED, not FAILED
             _run(args)
+    except GateFailed as e:  # the run FINISHED and is logged; the model must not be promoted
+        print(f"run {e.evaluation.run_id}: verdict {e.evaluation.verdict}")
+        for failure in e.failures:
+            print(f"heimer-mlflow: gate failed: {failure}", file=sys.stderr)
+        return EXIT_GATE_FAILED
     except HeimerError as e:
         print(f"heimer-mlflow: error: {e}", file=sys.stderr)
         return 2

@@ -1,11 +1,15 @@
-"""``heimer-mlflow demo``: synthetic cohorts -> train the demo CNN -> register it as
-``heimer-demo`` with alias ``champion`` -> evaluate it on the held-out cohort, all in the
-current tracking store."""
+"""``heimer-mlflow demo``: a registry review in miniature, all in the current tracking store.
+
+synthetic cohorts -> train the demo CNN on clean data -> register ``heimer-demo`` v1, alias
+``champion`` -> evaluate it on a held-out multi-site cohort -> train it again where a site
+marker goes with the diagnosis -> register v2, alias ``challenger`` -> evaluate it on the same
+cohort, compared with the champion -> print the story in three lines."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -18,7 +22,12 @@ from .training import train_demo
 
 DEMO_MODEL_NAME = "heimer-demo"
 DEMO_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
 EVALUATION_EXPERIMENT = "heimer-evaluations"
+# The held-out cohort, and the challenger's training cohort, come from several sites, one of
+# which marks its scans (a bright patch outside the brain) and sees most of the AD patients:
+# 90% of AD and 10% of CN scans carry the marker (COHORT.md, "registry review").
+SITE_MARKER = 0.9
 
 
 def run_demo(
@@ -32,24 +41,64 @@ def run_demo(
     model_name: str = DEMO_MODEL_NAME,
     experiment: str = "heimer-demo",
     evaluate_model: bool = True,
+    challenger: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Run the demo; returns what it made (cohort paths, run id, model version)."""
+    """Run the demo; returns what it made (cohort paths, run ids, model versions, evaluations).
+
+    A registry review in miniature: version 1 (alias ``champion``) is trained on clean data;
+    version 2 (alias ``challenger``) on data where a site marker goes with the diagnosis. Both
+    are evaluated on the same held-out multi-site cohort; the challenger's evaluation compares
+    itself with the champion's. ``challenger=False`` stops after the champion.
+    """
     workdir = Path(workdir)
-    say = (lambda msg: print(f"[demo] {msg}", file=sys.stderr)) if progress else (lambda msg: None)
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        if progress:
+            print(f"[demo {time.perf_counter() - started:5.0f} s] {message}", file=sys.stderr)
+
     say(f"writing the synthetic training cohort ({subjects} subjects, {voxel_size} mm) to {workdir / 'cohort-train'}")
     train_manifest = write_cohort(workdir / "cohort-train", n_subjects=subjects, seed=seed,
                                   voxel_size=voxel_size, progress=progress)
     # A held-out cohort from another seed: the evaluation must not see training subjects.
-    say(f"writing the held-out evaluation cohort ({eval_subjects} subjects) to {workdir / 'cohort-eval'}")
+    say(f"writing the held-out evaluation cohort ({eval_subjects} subjects, with the site marker on "
+        f"{SITE_MARKER:.0%} of AD and {1 - SITE_MARKER:.0%} of CN scans) to {workdir / 'cohort-eval'}")
     eval_manifest = write_cohort(workdir / "cohort-eval", n_subjects=eval_subjects, seed=seed + 10_000,
-                                 voxel_size=voxel_size, progress=progress)
+                                 voxel_size=voxel_size, marker=SITE_MARKER, progress=progress)
 
     if "MLFLOW_RUN_ID" not in os.environ:  # under `mlflow run` the run (and experiment) exist
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="train-demo-cnn") as run:
-        mlflow.set_tags({"heimer.demo": "true", "heimer.cohort": str(train_manifest)})
-        trained = train_demo(train_manifest, epochs=epochs, seed=seed, progress=progress)
+    champion = _train_and_register(train_manifest, "train-champion", epochs, seed, model_name, DEMO_ALIAS, progress, say)
+    result = dict(train_manifest=train_manifest, eval_manifest=eval_manifest, run_id=champion["run_id"],
+                  model_name=model_name, version=champion["version"], model_uri=f"models:/{model_name}@{DEMO_ALIAS}",
+                  history=champion["history"], evaluation=None, challenger=None)  # fmt: skip
+    if not evaluate_model:
+        say(f"next: heimer-mlflow evaluate {result['model_uri']} --data {eval_manifest}")
+        return result
+    result["evaluation"] = _evaluate(result["model_uri"], eval_manifest, progress, say)
+    if not challenger:
+        return result
+
+    say(f"writing the challenger's training cohort ({subjects} subjects from the sites of the held-out "
+        f"cohort, marker on {SITE_MARKER:.0%} of AD scans) to {workdir / 'cohort-train-sites'}")
+    sites_manifest = write_cohort(workdir / "cohort-train-sites", n_subjects=subjects, seed=seed + 20_000,
+                                  voxel_size=voxel_size, marker=SITE_MARKER, progress=progress)
+    trained = _train_and_register(sites_manifest, "train-challenger", epochs, seed, model_name, CHALLENGER_ALIAS,
+                                  progress, say)  # fmt: skip
+    uri = f"models:/{model_name}@{CHALLENGER_ALIAS}"
+    result["challenger"] = dict(train_manifest=sites_manifest, run_id=trained["run_id"], version=trained["version"],
+                                model_uri=uri, history=trained["history"],
+                                evaluation=_evaluate(uri, eval_manifest, progress, say))  # fmt: skip
+    return result
+
+
+def _train_and_register(manifest, run_name: str, epochs: int, seed: int, model_name: str, alias: str, progress,
+                        say) -> dict:  # fmt: skip
+    """Train DemoCNN on ``manifest`` in a new run, register it under ``model_name`` with ``alias``."""
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"heimer.demo": "true", "heimer.cohort": str(manifest)})
+        trained = train_demo(manifest, epochs=epochs, seed=seed, progress=progress)
         info = log_model(
             trained.model,
             "model",
@@ -62,22 +111,43 @@ def run_demo(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "nibabel", "heimer-mlflow"],
         )
     version = str(info.registered_model_version)
-    mlflow.MlflowClient().set_registered_model_alias(model_name, DEMO_ALIAS, version)
-    say(f"registered {model_name} version {version} with alias '{DEMO_ALIAS}' "
-        f"(tracking store: {mlflow.get_tracking_uri()}); final val_accuracy "
-        f"{trained.history['val_accuracy'][-1]:.2f}")
-    result = dict(train_manifest=train_manifest, eval_manifest=eval_manifest, run_id=run.info.run_id,
-                  model_name=model_name, version=version, model_uri=f"models:/{model_name}@{DEMO_ALIAS}",
-                  history=trained.history, evaluation=None)
-    if not evaluate_model:
-        say(f"next: heimer-mlflow evaluate {result['model_uri']} --data {eval_manifest}")
-        return result
-    atlas = Path(eval_manifest).parent / "atlas"
-    # A new run in the evaluation experiment, also under `mlflow run`: that run was the training's
-    # (and MLflow consumed MLFLOW_RUN_ID when the training resumed it).
-    say(f"evaluating {result['model_uri']} on the held-out cohort")
-    result["evaluation"] = evaluate(
-        result["model_uri"], eval_manifest, experiment=EVALUATION_EXPERIMENT,
-        atlas=str(atlas / "atlas.nii.gz"), atlas_labels=str(atlas / "labels.csv"), progress=progress,
-    )
-    return result
+    mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)
+    say(f"registered {model_name} version {version} with alias '{alias}' (tracking store: "
+        f"{mlflow.get_tracking_uri()}); final val_accuracy {trained.history['val_accuracy'][-1]:.2f}")
+    return {"run_id": run.info.run_id, "version": version, "history": trained.history}
+
+
+def _evaluate(model_uri: str, manifest, progress: bool, say):
+    """``heimer-mlflow evaluate`` with the cohort's atlas, in a new run of the evaluation
+    experiment (also under `mlflow run`: that run was the training's)."""
+    atlas = Path(manifest).parent / "atlas"
+    say(f"evaluating {model_uri} on the held-out cohort")
+    return evaluate(model_uri, manifest, experiment=EVALUATION_EXPERIMENT, atlas=str(atlas / "atlas.nii.gz"),
+                    atlas_labels=str(atlas / "labels.csv"), progress=progress)
+
+
+def story(result: dict) -> list[str]:
+    """The demo's ending, three lines: scores, verdicts, where to read the reports."""
+    champion, challenger = result["evaluation"], (result.get("challenger") or {}).get("evaluation")
+    if champion is None:
+        return [f"{result['model_name']} version {result['version']} (alias champion), training run {result['run_id']}"]
+
+    def auc(evaluation) -> str:
+        est = evaluation.metrics.overall["roc_auc"]
+        return f"AUC {est.value:.2f} [{est.lower:.2f}, {est.upper:.2f}]" if est.computable else "AUC n/a"
+
+    name = result["model_name"]
+    if challenger is None:
+        return [f"{name} v{result['version']} (champion): {auc(champion)} on the held-out cohort",
+                f"verdict {champion.verdict}: {champion.verdict_reason}",
+                f"report: {champion.artifacts.get('report', '-')}"]
+    c = challenger.comparison
+    delta = (f"; difference {c.roc_auc_diff:+.2f} [{c.roc_auc_diff_ci_lower:+.2f}, {c.roc_auc_diff_ci_upper:+.2f}], "
+             f"DeLong p = {c.delong_p:.2g}") if c is not None and c.roc_auc_diff is not None else ""
+    version = result["challenger"]["version"]
+    return [
+        f"scores: champion v{result['version']} {auc(champion)}; challenger v{version} {auc(challenger)}{delta}",
+        f"verdicts: champion {champion.verdict} ({champion.verdict_reason}); challenger {challenger.verdict} "
+        f"({challenger.verdict_reason})",
+        f"reports: {champion.artifacts.get('report', '-')} and {challenger.artifacts.get('report', '-')}",
+    ]

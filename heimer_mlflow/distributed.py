@@ -272,7 +272,7 @@ def _layout(result: EngineResult) -> dict:
         "class_names": result.stats.class_names, "positive_index": result.stats.positive_index,
         "target_layer": result.target_layer, "feature_layers": result.feature_layers,
         "region_names": result.region_names, "threshold": result.threshold, "gallery_k": result.gallery_k,
-        "amp": result.amp, "subject_columns": sorted(result.subjects),
+        "amp": result.amp, "subject_columns": sorted(result.subjects), "cam_method": result.cam_method,
     }  # fmt: skip
 
 

@@ -21,10 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .champion import Comparison
 from .cohort import Cohort, CohortDataset, make_loader, read_cohort, validate
 from .engine import run_engine
+from .engine.gradcam import check_cam_method
 from .engine.run import EngineResult, pick_device
 from .errors import HeimerError
+from .gate import Gate, GateFailed, GateResult
 from .metrics import ClassificationReport, compute_metrics
 from .registry import LoadedModel, load
 
@@ -34,6 +37,7 @@ SAVE_CAMS = ("gallery", "all", "none")
 # shows at the target layer's resolution (cam_outside_brain_floor: coarse layers blur past the edge)
 MAX_OUTSIDE_BRAIN_EXCESS = 0.10
 MAX_SANITY_SPEARMAN = 0.5  # maps of a randomised model should not look like the trained one's
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 
 
 @dataclass
@@ -57,8 +61,12 @@ class EvaluationOptions:
     history_metrics: dict[str, str] = field(default_factory=dict)  # train_loss=... -> source-run key
     seed: int = 0
     progress: bool = True
+    require: tuple[str, ...] = ()  # promotion rules, e.g. "roc_auc_ci_lower>=0.75" (see heimer_mlflow.gate)
+    require_verdict: str | None = None  # "pass": the verdict is a rule too
+    cam: str = "hirescam"  # the primary map: hirescam or gradcam (README: why HiResCAM by default)
 
     def check(self) -> EvaluationOptions:
+        check_cam_method(self.cam)
         if self.save_cams not in SAVE_CAMS:
             raise HeimerError(f"save_cams={self.save_cams!r}: use one of {', '.join(SAVE_CAMS)}")
         if not 0.0 < self.threshold < 1.0:
@@ -67,12 +75,17 @@ class EvaluationOptions:
             raise HeimerError(f"batch_size={self.batch_size}: give a positive integer")
         if (self.atlas is None) != (self.atlas_labels is None):
             raise HeimerError("an atlas needs both --atlas NIFTI and --atlas-labels CSV (columns index,name)")
+        self.require = tuple(self.require) if not isinstance(self.require, str) else (self.require,)
+        self.gate()  # a rule that cannot be read is a user error before anything runs
         unknown = set(self.history_metrics) - set(HISTORY_NAMES)
         if unknown:
             raise HeimerError(
                 f"history metric {sorted(unknown)[0]!r} is not one of {', '.join(HISTORY_NAMES)}"
             )
         return self
+
+    def gate(self) -> Gate:
+        return Gate.parse(self.require, self.require_verdict)
 
 
 @dataclass
@@ -90,21 +103,42 @@ class Evaluation:
     grid_affine: np.ndarray
     run_id: str | None = None
     evaluated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    artifacts: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> artifact URI (figures by name, report, ...)
     timings: dict[str, float] = field(default_factory=dict)
+    gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
+    comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
+
+    @property
+    def run_metrics(self) -> dict[str, float]:
+        """Every number logged to the run as a metric (and returned by the evaluator plug-in)."""
+        comparison = self.comparison.run_metrics() if self.comparison is not None else {}
+        return {**self.metrics.to_flat_metrics(), **self.summary, **comparison,
+                "n_subjects": int(len(self.engine.subjects["prob"])), "n_excluded": int(len(self.cohort.excluded))}
 
     @property
     def summary(self) -> dict[str, float]:
-        """Cohort-level plausibility numbers, logged as run metrics."""
+        """Cohort-level plausibility numbers, logged as run metrics.
+
+        The map explains the positive class's score, so its checks look where the model looks
+        when it calls a subject positive: the outside-brain shares, their floor, the region gains
+        and the two maps' agreement are means over the subjects called positive (all subjects when
+        it calls none; ``cam_n_subjects`` says over how many). For a subject called negative the
+        positive score's map shows the little evidence there was, mostly noise at the edges, and
+        would blur a model that looks at the brain into one that seems not to.
+        """
         subjects = self.engine.subjects
-        out = {}
-        if len(subjects.get("cam_outside_brain_fraction", [])):
-            out["cam_outside_brain_fraction"] = float(np.nanmean(subjects["cam_outside_brain_fraction"]))
-            out["cam_outside_brain_floor"] = float(np.nanmean(subjects["cam_outside_brain_floor"]))
-        for region in self.engine.region_names:
-            values = subjects[f"cam_roi_gain_{region}"]
+        if not len(subjects.get("cam_outside_brain_fraction", [])):
+            return {}
+        called = subjects["pred"].astype(int) == self.model.meta.positive_index
+        rows = called if called.any() else np.ones_like(called)
+        out = {"cam_n_subjects": int(rows.sum())}
+        columns = ["cam_outside_brain_fraction", "cam_outside_brain_floor", "cam_method_agreement",
+                   *(f"{method}_outside_brain_fraction" for method in CAM_NAMES),
+                   *(f"cam_roi_gain_{region}" for region in self.engine.region_names)]  # fmt: skip
+        for column in (c for c in columns if c in subjects):
+            values = np.asarray(subjects[column], dtype=float)[rows]
             if np.isfinite(values).any():
-                out[f"cam_roi_gain_{region}"] = float(np.nanmean(values))
+                out[column] = float(np.nanmean(values))
         if self.engine.sanity is not None and np.isfinite(self.engine.sanity.mean):
             out["sanity_spearman_mean"] = float(self.engine.sanity.mean)
         return out
@@ -201,22 +235,24 @@ def outside_brain_limit(floor: float | None) -> float:
     return (floor if floor is not None and np.isfinite(floor) else 0.0) + MAX_OUTSIDE_BRAIN_EXCESS
 
 
-def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> tuple[str, str]:
-    """``pass`` or ``review``, with the reason, from the plausibility checks."""
+def plausibility_verdict(summary: dict[str, float], region_names: list[str], method: str = "hirescam") -> tuple[str, str]:
+    """``pass`` or ``review``, with the reason, from the plausibility checks of the primary map
+    (``method``: ``hirescam`` or ``gradcam``)."""
+    name = CAM_NAMES.get(method, method)
     reasons = []
     outside = summary.get("cam_outside_brain_fraction")
-    limit = outside_brain_limit(summary.get("cam_outside_brain_floor"))
+    floor = summary.get("cam_outside_brain_floor")
+    limit = outside_brain_limit(floor)
     if outside is None:
         reasons.append("no subject could be explained")
     elif outside > limit:
-        reasons.append(
-            f"{outside:.0%} of the Grad-CAM lies outside the brain (limit {limit:.0%}: "
-            f"{limit - MAX_OUTSIDE_BRAIN_EXCESS:.0%} from the layer's resolution "
-            f"+ {MAX_OUTSIDE_BRAIN_EXCESS:.0%}): the model may use a shortcut"
-        )
+        allowance = (f": {limit - MAX_OUTSIDE_BRAIN_EXCESS:.0%} the layer's resolution allows + "
+                     f"{MAX_OUTSIDE_BRAIN_EXCESS:.0%}") if floor is not None and np.isfinite(floor) else ""
+        reasons.append(f"{outside:.0%} of the {name} lies outside the brain (limit {limit:.0%}{allowance}): "
+                       "the model may use a shortcut")  # fmt: skip
     gains = {r: summary[f"cam_roi_gain_{r}"] for r in region_names if f"cam_roi_gain_{r}" in summary}
     if gains and max(gains.values()) <= 1.0:
-        reasons.append("no atlas region draws more of the Grad-CAM inside the brain than its share of the brain's volume (every gain <= 1)")
+        reasons.append(f"no atlas region draws more of the {name} than its share of the brain (every gain <= 1)")
     sanity = summary.get("sanity_spearman_mean")
     if sanity is not None and sanity > MAX_SANITY_SPEARMAN:
         reasons.append(
@@ -227,7 +263,7 @@ def plausibility_verdict(summary: dict[str, float], region_names: list[str]) -> 
         return "review", "; ".join(reasons)
     best = max(gains, key=gains.get) if gains else None
     where = f"; most attention in {best} (gain {gains[best]:.1f})" if best else ""
-    return "pass", f"{outside:.0%} of the Grad-CAM lies outside the brain{where}"
+    return "pass", f"{outside:.0%} of the {name} lies outside the brain{where}"
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -240,7 +276,10 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     ``manifest.csv``) or a DataFrame with ``path`` and ``label`` columns. ``options`` are the
     fields of :class:`EvaluationOptions`. The results go to ``run_id`` when given, else to the
     active run (the one ``mlflow run`` started), else to a new run in ``experiment``. Returns
-    the :class:`Evaluation` (numbers, arrays, the run id).
+    the :class:`Evaluation` (numbers, arrays, the run id). With promotion rules (``require``,
+    ``require_verdict``; see :mod:`heimer_mlflow.gate`) they are judged once the run FINISHED:
+    ``result.gate`` holds the outcome, and a broken rule raises :class:`GateFailed` (with the
+    evaluation) after everything was logged.
 
     Under torchrun every rank evaluates its shard of the cohort and rank 0 gets the whole
     evaluation, logs it and returns it; the other ranks return None (see
@@ -294,6 +333,7 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
         meta.input_shape = [1, *map(int, grid_shape)]
     atlas = load_atlas(opts.atlas, opts.atlas_labels, grid_shape, grid_affine) if opts.atlas else None
     brain_mask = load_brain_mask(opts.brain_mask, grid_shape, grid_affine) if opts.brain_mask else None
+    opts.gate().check_names(sorted(atlas[1].values()) if atlas else ())  # a rule on an unknown metric
     if ctx is None:
         pick_device(opts.device)  # an unavailable device is a user error, before the run opens
     elif opts.save_cams == "all":
@@ -333,7 +373,12 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         tracking.log_results(result, staging, handle, say=say)
     result.timings["total_s"] = time.perf_counter() - started
+    result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
+    if result.gate is not None:
+        say(f"gate {result.gate.status}: {result.gate.rules}")
+        if not result.gate.passed:
+            raise GateFailed(result, result.gate)
     return result
 
 
@@ -364,6 +409,7 @@ def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, c
         seed=opts.seed,
         stop_on_problem=not opts.skip_bad,
         should_stop=ctx.peer_failed if ctx is not None else None,
+        cam=opts.cam,
     )
 
 
@@ -392,7 +438,7 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
         model=loaded, cohort=cohort, engine=engine, metrics=report, history=history,
         verdict="", verdict_reason="", options=opts, grid_affine=grid_affine,
     )
-    result.verdict, result.verdict_reason = plausibility_verdict(result.summary, engine.region_names)
+    result.verdict, result.verdict_reason = plausibility_verdict(result.summary, engine.region_names, engine.cam_method)
     result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
     return result
 

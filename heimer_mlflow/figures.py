@@ -48,6 +48,18 @@ OUTCOME_TITLES = {
     "FP": "false positives ({negative} called {positive})", "FN": "false negatives ({positive} called {negative})",
 }  # fmt: skip
 VIEWS = ("axial", "coronal", "sagittal")
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
+# The report prints brain figures at the full text width of an A4 page (210 mm - 2 x 16 mm):
+# drawn at this width they print at scale 1, so every font size below is its printed size.
+BRAIN_FIGURE_WIDTH_IN = 7.0
+MIN_PRINTED_FONT_PT = 6.0  # no text in a printed figure is smaller (tests check every figure)
+
+
+def cam_name(method: str | None) -> str:
+    """The display name of a CAM method (``gradcam`` -> Grad-CAM, ``hirescam`` -> HiResCAM);
+    None or empty (evaluations before HiResCAM existed) is Grad-CAM."""
+    method = (method or "gradcam").strip().lower()
+    return CAM_NAMES.get(method, method)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +86,15 @@ def _axes(ax, figsize=(5.0, 4.0)):
     if ax is not None:
         return ax
     return _figure(figsize).add_subplot()
+
+
+def _legend_below(ax, owned: bool, ncol: int = 2, **kwargs):
+    """A legend under the plot (never over the data) when this module made the figure (its
+    constrained layout keeps room for it), else a legend inside ``ax`` where it covers least."""
+    if owned:
+        handles, labels = ax.get_legend_handles_labels()
+        return ax.figure.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, **kwargs)
+    return ax.legend(fontsize=8, **kwargs)
 
 
 def _message(ax, text: str, title: str | None = None):
@@ -113,7 +134,7 @@ def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) 
     ``val_accuracy``; any name containing ``loss`` or ``acc``) to per-epoch values or
     ``(step, value)`` pairs. With no usable history the figure says so in words.
     """
-    fig = fig if fig is not None else _figure((9.0, 3.6))
+    fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, 3.0))
     panels = {"loss": {}, "accuracy": {}}
     stepped = False
     for name, values in sorted((history or {}).items()):
@@ -171,7 +192,7 @@ def plot_roc(
     ``fpr``/``tpr``: the curve's points (None when not computable, then ``reason`` is shown).
     ``operating_point``: (1 - specificity, sensitivity) at the threshold, marked on the curve.
     """
-    ax = _axes(ax, (4.6, 4.4))
+    ax = _axes(ax, (4.2, 4.0))
     negative, positive = class_names
     if fpr is None or tpr is None or len(fpr) == 0:
         return _message(ax, f"ROC curve not computable:\n{reason or 'no curve given'}", title="ROC curve")
@@ -201,7 +222,8 @@ def plot_score_histogram(
     ``y_true`` is 1 for the positive class (``class_names[1]``), 0 for the negative;
     ``youden_threshold``, if given, is marked (dotted) for information.
     """
-    ax = _axes(ax, (5.2, 3.8))
+    owned = ax is None
+    ax = _axes(ax, (4.6, 4.2 if youden_threshold is not None else 3.8))
     negative, positive = class_names
     y_true, y_score = np.asarray(y_true).astype(int), np.asarray(y_score, dtype=float)
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -216,15 +238,15 @@ def plot_score_histogram(
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"model score: probability of {positive}")
     ax.set_ylabel("subjects")
-    ax.set_title(f"Scores by true class (called {positive} at >= {threshold:g})")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Scores by true class (called {positive} at >= {threshold:g})", fontsize=10)
+    _legend_below(ax, owned, ncol=1 if youden_threshold is not None else 2)
     return ax
 
 
 def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = ("CN", "AD"),
                           threshold: float | None = None, ax=None):  # fmt: skip
     """Counts and row percentages (share of each true class), true class down, prediction across."""
-    ax = _axes(ax, (4.4, 3.8))
+    ax = _axes(ax, (4.0, 3.5))
     negative, positive = class_names
     counts = np.array([[tn, fp], [fn, tp]], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
@@ -249,7 +271,7 @@ def plot_calibration(
 ) -> Figure:  # fmt: skip
     """Reliability curve (observed AD share against mean score per bin) with the diagonal of
     perfect calibration, Brier score and ECE in the legend, and subjects per bin below."""
-    fig = fig if fig is not None else _figure((4.6, 5.2))
+    fig = fig if fig is not None else _figure((4.2, 4.8))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     positive = class_names[1]
     mean_predicted, observed, count = (np.asarray(a, dtype=float) for a in (mean_predicted, observed_fraction, count))
@@ -258,7 +280,7 @@ def plot_calibration(
     label = "model" + (f" ({', '.join(p for p in parts if p)})" if any(parts) else "")
     top.plot(mean_predicted, observed, "o-", color=AD_COLOR, label=label)
     for x, y, n in zip(mean_predicted, observed, count):
-        top.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        top.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
     top.set_xlim(0, 1)
     top.set_ylim(-0.02, 1.02)
     top.set_ylabel(f"observed share of {positive}")
@@ -277,7 +299,7 @@ def plot_decision_curve(
     threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
 ):  # fmt: skip
     """Net benefit of acting on the model's call against treating everyone or nobody as AD."""
-    ax = _axes(ax, (5.2, 3.8))
+    ax = _axes(ax, (4.6, 3.6))
     positive = class_names[1]
     pt = np.asarray(thresholds, dtype=float)
     model, every = np.asarray(net_benefit_model, dtype=float), np.asarray(net_benefit_treat_all, dtype=float)
@@ -349,14 +371,16 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
     """
     titles = {"sensitivity": "sensitivity", "specificity": "specificity", "roc_auc": "ROC AUC",
               "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "ppv": "PPV", "npv": "NPV"}
-    fig = fig if fig is not None else _figure((3.0 * len(names) + 2.0, 0.32 * len(rows) + 1.6))
+    fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, 0.3 * len(rows) + 1.6))
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+    if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().set(wspace=0.08)  # room between the panels' end and start ticks
     y = np.arange(len(rows))[::-1]
     for ax, name in zip(axes, names):
         for yi, (_, estimates) in zip(y, rows):
             e = estimates.get(name)
             if e is None or e.value is None:
-                ax.text(0.5, yi, "n/a", ha="center", va="center", fontsize=7, color=NEUTRAL_COLOR)
+                ax.text(0.5, yi, "n/a", ha="center", va="center", fontsize=8, color=NEUTRAL_COLOR)
                 continue
             if e.lower is not None and e.upper is not None:
                 ax.plot([e.lower, e.upper], [yi, yi], color="black", linewidth=1)
@@ -364,9 +388,11 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
         whole = (overall or {}).get(name)
         if whole is not None and whole.value is not None:
             ax.axvline(whole.value, color=AD_COLOR, linestyle="--", linewidth=1, label=f"all: {whole.value:.2f}")
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7.5, loc="lower left")
         ax.set_xlim(-0.02, 1.02)
-        ax.set_xlabel(titles.get(name, name) + " (95% CI)")
+        ax.set_xticks([0.0, 0.5, 1.0], ["0", "0.5", "1"])
+        ax.set_xlabel(titles.get(name, name) + " (95% CI)", fontsize=9)
+        ax.tick_params(labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [label for label, _ in rows], fontsize=8)
     axes[0].set_ylim(-0.7, len(rows) - 0.3)
@@ -528,7 +554,10 @@ def _symmetric_limit(*arrays) -> float:
 
 @dataclass(frozen=True)
 class Layer:
-    """How to draw one plane of a ``SliceView`` (index into ``planes``)."""
+    """How to draw one plane of a ``SliceView`` (index into ``planes``).
+
+    ``source``: which of the view sets given to ``draw_views`` the plane comes from (a coarse
+    feature grid and the fine anatomy have one set each; they cover the same field of view)."""
 
     plane: int
     cmap: str = "gray"
@@ -536,12 +565,15 @@ class Layer:
     vmax: float | None = None
     alpha: float = 1.0
     hide_below: float | None = None  # values below this are transparent
+    source: int = 0
+    hide_abs_below: float | None = None  # values with |value| below this are transparent (diverging maps)
 
 
 _VIEW_GAP_MM = 12.0
 
 
 _TOP_MARGIN_MM, _BOTTOM_MARGIN_MM = 17.0, 18.0
+_SMALL_FONT = 7.0  # view titles, side letters, scale bar, colour-bar ticks: 7 pt printed
 
 
 def _content_size_mm(views: Mapping[str, SliceView]) -> tuple[float, float]:
@@ -551,26 +583,38 @@ def _content_size_mm(views: Mapping[str, SliceView]) -> tuple[float, float]:
     return sum(widths) + _VIEW_GAP_MM * (len(widths) - 1) + 2, max(heights) + _TOP_MARGIN_MM + _BOTTOM_MARGIN_MM
 
 
-def draw_views(ax, views: Mapping[str, SliceView], layers: Sequence[Layer], *, side_color: str = "white",
-               scale_bar: bool = True):  # fmt: skip
+def _masked(plane, layer: Layer, cmap):
+    if layer.hide_below is not None:
+        plane = np.ma.masked_less(plane, layer.hide_below)
+    if layer.hide_abs_below is not None:
+        plane = np.ma.masked_where(~(np.abs(np.ma.filled(plane, np.nan)) >= layer.hide_abs_below), plane)
+    if layer.hide_below is not None or layer.hide_abs_below is not None:
+        cmap = cmap.with_extremes(bad=(0, 0, 0, 0))
+    return plane, cmap
+
+
+def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white", scale_bar: bool = True):
     """Draw the three views side by side in one Axes (mm units, equal aspect, like nilearn), each
     titled with its slice position and marked with its anatomical sides; returns the last image
-    (for a colour bar). One Axes per row keeps large figures fast to build and render."""
+    (for a colour bar). One Axes per row keeps large figures fast to build and render.
+
+    ``views``: one ``{name: SliceView}`` mapping, or a list of them (``Layer.source`` picks one),
+    e.g. a coarse feature map over the fine anatomy: the first set gives the geometry and titles."""
+    view_sets = [views] if isinstance(views, Mapping) else list(views)
+    first = view_sets[0]
     offset, image = 0.0, None
-    top = max(v.extent[3] - v.extent[2] for v in views.values())
+    top = max(v.extent[3] - v.extent[2] for v in first.values())
     text = dict(fontsize=8, fontweight="bold", color=side_color)
-    for view in views.values():
+    for name, view in first.items():
         left, right, bottom, upper = view.extent
-        extent = (offset, offset + right - left, 0.0, upper - bottom)
         for layer in layers:
-            plane = view.planes[layer.plane]
-            cmap = matplotlib.colormaps[layer.cmap]
-            if layer.hide_below is not None:
-                plane = np.ma.masked_less(plane, layer.hide_below)
-                cmap = cmap.with_extremes(bad=(0, 0, 0, 0))
+            source = view_sets[layer.source][name]
+            s_left, s_right, s_bottom, s_upper = source.extent
+            extent = (offset + s_left - left, offset + s_right - left, s_bottom - bottom, s_upper - bottom)
+            plane, cmap = _masked(source.planes[layer.plane], layer, matplotlib.colormaps[layer.cmap])
             image = ax.imshow(plane, cmap=cmap, vmin=layer.vmin, vmax=layer.vmax, alpha=layer.alpha, origin="lower",
                               extent=extent, interpolation="nearest")  # fmt: skip
-        width, height = extent[1] - extent[0], extent[3]
+        width, height = right - left, upper - bottom
         ax.text(offset + width / 2, top + 2, view.title, ha="center", va="bottom", fontsize=8)
         ax.text(offset + 2, height / 2, view.sides[0], ha="left", va="center", **text)
         ax.text(offset + width - 2, height / 2, view.sides[1], ha="right", va="center", **text)
@@ -578,7 +622,7 @@ def draw_views(ax, views: Mapping[str, SliceView], layers: Sequence[Layer], *, s
         offset += width + _VIEW_GAP_MM
     if scale_bar:
         ax.plot([0, 50], [-6, -6], color="black", linewidth=2, solid_capstyle="butt")
-        ax.text(25, -8, "50 mm", ha="center", va="top", fontsize=7)
+        ax.text(25, -8, "50 mm", ha="center", va="top", fontsize=_SMALL_FONT)
     ax.set_xlim(-1, offset - _VIEW_GAP_MM + 1)
     ax.set_ylim(-_BOTTOM_MARGIN_MM, top + _TOP_MARGIN_MM)
     ax.set_aspect("equal")
@@ -587,13 +631,22 @@ def draw_views(ax, views: Mapping[str, SliceView], layers: Sequence[Layer], *, s
     return image
 
 
-def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height=2.4, content=(600.0, 250.0),
-                 shared_bar=False, caption: str = CONVENTION):  # fmt: skip
-    """A figure with one brain Axes per row and a colour-bar Axes per row (or one for all rows),
-    sized so that ``content`` ((width, height) in mm per row, see ``_content_size_mm``) fills it.
-    A fixed layout (no constrained/tight layout solver): fast for tall galleries."""
+def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float | None = None,
+                 content=(600.0, 250.0), shared_bar=False, caption: str = CONVENTION,
+                 width: float = BRAIN_FIGURE_WIDTH_IN):  # fmt: skip
+    """A figure with one brain Axes per row and a colour-bar Axes per row (or one for all rows).
+
+    The figure is ``width`` inches wide (the report's text width: it prints at scale 1, so the
+    font sizes here are printed sizes) and each row as tall as ``content`` ((width, height) in mm
+    per row, see ``_content_size_mm``) needs at that width; ``row_height`` (inches) instead fixes
+    the rows' height and derives the width. A fixed layout (no constrained/tight layout solver):
+    fast for tall galleries."""
     head, foot, row_gap, bar_room, side = 0.5, 0.3, 0.35, 1.0, 0.1
-    image_width = row_height * content[0] / content[1]
+    if row_height is None:
+        image_width = width - bar_room - 2 * side
+        row_height = image_width * content[1] / content[0]
+    else:
+        image_width = row_height * content[0] / content[1]
     width, height = image_width + bar_room + 2 * side, row_height * rows + row_gap * (rows - 1) + head + foot
     fig = fig if fig is not None else _figure((width, height), layout=None)
     width, height = fig.get_figwidth(), fig.get_figheight()
@@ -605,14 +658,14 @@ def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height=2.4, c
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.1 / height, va="top")
     if caption:
-        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=7.5, color="#333333")
+        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=_SMALL_FONT, color="#333333")
     return fig, axes, bars
 
 
 def _colorbar(fig, image, cax, label: str):
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label(label, fontsize=7)
-    bar.ax.tick_params(labelsize=6)
+    bar.set_label(label, fontsize=_SMALL_FONT + 0.5)
+    bar.ax.tick_params(labelsize=_SMALL_FONT)
     return bar
 
 
@@ -626,28 +679,36 @@ def _volume3d(array) -> np.ndarray:
     return array[0] if array.ndim == 4 else array
 
 
+def _crossing_mm(views: Mapping[str, SliceView]) -> tuple[float, float, float]:
+    """The world point (x, y, z in mm) where the three views of ``ortho_slices`` cross."""
+    return views["sagittal"].position_mm, views["coronal"].position_mm, views["axial"].position_mm
+
+
 # --------------------------------------------------------------------------------------------
-# 7. Grad-CAM overlays
+# 7. CAM overlays (Grad-CAM or HiResCAM, the evaluation's primary map)
 # --------------------------------------------------------------------------------------------
 
 
 def plot_cam_overlay(image, cam, affine=None, *, title: str | None = None, center_mm=None, alpha: float = 0.5,
-                     show_below: float = 0.1, fig: Figure | None = None) -> Figure:  # fmt: skip
-    """One subject's Grad-CAM over its MRI in axial, coronal and sagittal views, with a colour bar.
+                     show_below: float = 0.1, method: str = "gradcam",
+                     fig: Figure | None = None) -> Figure:  # fmt: skip
+    """One subject's CAM (``method``: gradcam or hirescam, for the labels) over its MRI in axial,
+    coronal and sagittal views, with a colour bar.
 
     ``image``: [D, H, W] or [C, D, H, W] (first channel shown); ``cam``: [D, H, W] on the same grid;
     ``affine``: their NIfTI affine. The CAM is shown as a share of its maximum; values below
     ``show_below`` of it are left transparent. Slices cross at the CAM's peak unless ``center_mm``.
     """
-    return plot_cam_gallery([(image, cam, affine, title or "Grad-CAM")], center_mm=center_mm, alpha=alpha,
-                            show_below=show_below, fig=fig)  # fmt: skip
+    return plot_cam_gallery([(image, cam, affine, title or cam_name(method))], center_mm=center_mm, alpha=alpha,
+                            show_below=show_below, method=method, fig=fig)  # fmt: skip
 
 
 def plot_cam_gallery(
     cases, *, title: str | None = None, center_mm=None, alpha: float = 0.5, show_below: float = 0.1,
-    positive_class: str = "AD", fig: Figure | None = None,
+    positive_class: str = "AD", method: str = "gradcam", fig: Figure | None = None,
 ) -> Figure:  # fmt: skip
-    """One row of three orthogonal Grad-CAM overlays per case, slices through each case's CAM peak.
+    """One row of three orthogonal CAM overlays per case (``method``: the map shown, gradcam or
+    hirescam), slices through each case's CAM peak.
 
     ``cases``: ``engine.GalleryCase`` objects (image, cam, affine, subject_id, prob, outcome) or
     tuples ``(image, cam, affine, row_title)``.
@@ -672,56 +733,74 @@ def plot_cam_gallery(
         _message(axes[0], "no cases to show")
         return fig
     heat = None
-    for ax, views, (image, cam, affine, label) in zip(axes, row_views, rows):
+    for r, (ax, views, (image, cam, affine, label)) in enumerate(zip(axes, row_views, rows)):
         low, high = _grey_range(image)
         heat = draw_views(ax, views, [Layer(0, "gray", low, high),
-                                      Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)])  # fmt: skip
+                                      Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)],
+                          scale_bar=r == len(rows) - 1)  # fmt: skip
         _row_label(ax, label)
-    bar = _colorbar(fig, heat, bars[0], f"Grad-CAM, share of the subject's maximum (< {show_below:g} not shown)")
+    bar = _colorbar(fig, heat, bars[0],
+                    f"{cam_name(method)}, share of the subject's maximum (< {show_below:g} not shown)")
     bar.solids.set_alpha(1.0)
     return fig
 
 
 # --------------------------------------------------------------------------------------------
-# 8. Group-mean Grad-CAM and its AD-CN difference
+# 8. Group-mean CAM and its AD-CN difference
 # --------------------------------------------------------------------------------------------
 
 
 def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *, background=None,
                    class_names: Sequence[str] = ("CN", "AD"), counts: Mapping[str, int] | None = None,
-                   center_mm=None, alpha: float = 0.6, fig: Figure | None = None) -> Figure:  # fmt: skip
-    """Group-mean Grad-CAM per class (over a grey ``background``, e.g. the mean input, if given) and
-    the AD - CN difference (RdBu_r, symmetric), three views each, slices through the positive
-    class's mean-CAM peak. Both means share one colour scale (raw Grad-CAM units)."""
+                   center_mm=None, alpha: float = 0.6, show_below: float = 0.1, method: str = "gradcam",
+                   fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Group-mean CAM per class (``method``: gradcam or hirescam, for the labels) over a grey
+    ``background`` (e.g. the mean input) if given, and the AD - CN difference (RdBu_r, symmetric,
+    over the same background), three views each, slices through the positive class's mean-CAM
+    peak. Both means and the difference share one scale: a share of the highest group-mean value
+    (raw CAM units mean nothing to a reader). Over a background, means below ``show_below`` and
+    differences below ``show_below`` of their scale are transparent, so the anatomy shows."""
+    cam = cam_name(method)
     negative, positive = class_names
     present = [name for name in (negative, positive) if name in mean_by_class]
     means = [np.asarray(mean_by_class[name], dtype=np.float32) for name in present]
     diff = np.asarray(diff, dtype=np.float32)
     high = max([float(np.nanmax(m)) for m in means if np.any(np.isfinite(m))] + [0.0]) or 1.0
+    means = [m / high for m in means]
+    diff = diff / high
     background = None if background is None else _volume3d(background)
     peak_source = means[present.index(positive)] if positive in present else diff
     volumes = [peak_source, *means, diff] + ([] if background is None else [background])
     views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0)
-    fig, axes, bars = _grid_figure(len(present) + 1, fig, title="Grad-CAM: group means and their difference",
+    fig, axes, bars = _grid_figure(len(present) + 1, fig, title=f"{cam}: group means and their difference",
                                    content=_content_size_mm(views))  # fmt: skip
     grey = _grey_range(background) if background is not None else None
     counts = counts or {}
+    hidden = f" (< {show_below:g} not shown)" if background is not None else ""
     for r, name in enumerate(present):
         if background is not None:
-            layers = [Layer(len(volumes) - 1, "gray", *grey), Layer(1 + r, HEAT_CMAP, 0.0, high, alpha)]
+            layers = [Layer(len(volumes) - 1, "gray", *grey),
+                      Layer(1 + r, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)]  # fmt: skip
         else:
-            layers = [Layer(1 + r, HEAT_CMAP, 0.0, high)]
+            layers = [Layer(1 + r, HEAT_CMAP, 0.0, 1.0)]
         image = draw_views(axes[r], views, layers, scale_bar=False)
-        _row_label(axes[r], f"mean Grad-CAM, {name}" + (f" (n = {counts[name]})" if name in counts else ""))
-        _colorbar(fig, image, bars[r], "Grad-CAM (raw units)").solids.set_alpha(1.0)
+        _row_label(axes[r], f"mean {cam}, {name}" + (f" (n = {counts[name]})" if name in counts else ""))
+        _colorbar(fig, image, bars[r], f"share of the highest group mean{hidden}").solids.set_alpha(1.0)
     if not np.any(np.isfinite(diff)):
         bars[-1].set_axis_off()
         _message(axes[-1], f"difference {positive} - {negative} not computable: it needs subjects in both groups")
         return fig
     limit = _symmetric_limit(diff)
-    image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)], side_color="black")
-    _row_label(axes[-1], f"difference {positive} - {negative} (red: more Grad-CAM in {positive}, blue: in {negative})")
-    _colorbar(fig, image, bars[-1], f"{positive} - {negative}")
+    if background is not None:
+        layers = [Layer(len(volumes) - 1, "gray", *grey),
+                  Layer(1 + len(present), DIVERGING_CMAP, -limit, limit, 0.85, hide_abs_below=show_below * limit)]
+        image = draw_views(axes[-1], views, layers)
+    else:
+        image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)],
+                           side_color="black")  # fmt: skip
+    _row_label(axes[-1], f"difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})")
+    bar = _colorbar(fig, image, bars[-1], f"{positive} - {negative}, same scale{hidden}")
+    bar.solids.set_alpha(1.0)
     return fig
 
 
@@ -730,90 +809,160 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
 # --------------------------------------------------------------------------------------------
 
 
-def _channel_slices(maps: Sequence[np.ndarray], channels, affine, view: str, slice_mm):
-    """The ``view`` plane of each channel of each [C, d, h, w] map, and its SliceView (extent)."""
-    stacked = [np.moveaxis(np.asarray(m)[list(channels)], 0, -1) for m in maps]  # [d, h, w, k]
-    views = ortho_slices(stacked, affine, center_mm=slice_mm, peak_of=None)
-    return views[view]
+def _feature_grids(diff_shape, affine, input_shape, background):
+    """(input affine, feature-grid affine) for [C, d, h, w] maps of an input of ``input_shape``."""
+    input_affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if input_shape is None:
+        input_shape = np.shape(background)[-3:] if background is not None else diff_shape[1:]
+    return input_affine, feature_affine(input_affine, input_shape, diff_shape[1:])
+
+
+FEATURE_DIFF_HIDDEN = 0.2  # over the anatomy, feature-map differences below this share of the scale are not drawn
+
+
+def _head_on_grid(background, shape) -> np.ndarray | None:
+    """Which cells of a coarse grid of ``shape`` (same field of view and voxel order as
+    ``background``) lie mostly in the head: the voxels that differ from the image's most common
+    value (the background). None when the image has no clear background."""
+    from scipy.ndimage import zoom
+
+    values = np.asarray(background, dtype=np.float32)
+    sample = values[::3, ::3, ::3].ravel()
+    levels, counts = np.unique(sample[np.isfinite(sample)], return_counts=True)
+    if levels.size == 0 or counts.max() < 0.1 * sample.size:
+        return None
+    head = (~np.isclose(values, levels[np.argmax(counts)])).astype(np.float32)
+    factors = [n / m for n, m in zip(shape, head.shape)]
+    return zoom(head, factors, order=1, grid_mode=True, mode="nearest")[: shape[0], : shape[1], : shape[2]] >= 0.5
 
 
 def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=None, input_shape=None,
-                      class_names: Sequence[str] = ("CN", "AD"), layer: str = "", n_channels: int = 8,
-                      view: str = "axial", slice_mm=None, fig: Figure | None = None) -> Figure:  # fmt: skip
+                      background=None, class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+                      n_channels: int = 6, view: str = "axial", slice_mm=None,
+                      fig: Figure | None = None) -> Figure:  # fmt: skip
     """Average feature maps per group and their difference, one column per channel.
 
     ``mean_positive``/``mean_negative``/``diff``: [C, d, h, w] layer activations (group means and
     AD - CN); ``channels``: channel indices, most separating first (the first ``n_channels`` are
     shown); ``affine``/``input_shape``: of the input, to orient the coarse grid (see
-    ``feature_affine``). One central ``view`` slice per channel (or at ``slice_mm``); the means
-    share one colour scale, the differences one symmetric scale (+-max|d| over the shown channels).
+    ``feature_affine``); ``background``: an input-grid volume (e.g. the cohort's mean input) under
+    the difference row, so differences sit on the anatomy (|difference| below
+    ``FEATURE_DIFF_HIDDEN`` of the scale is transparent). One ``view`` slice per channel through
+    the grid's centre (or ``slice_mm``);
+    the means share one colour scale, the differences one symmetric scale (+-max|d| over the
+    shown channels). Drawn in mm at the report's text width.
     """
     negative, positive = class_names
     channels = [int(c) for c in list(channels)[:n_channels]]
     k = max(len(channels), 1)
-    fig = fig if fig is not None else _figure((1.35 * k + 1.6, 5.6), layout=None)
-    grid = fig.add_gridspec(3, 2, width_ratios=[1, 0.15 / (1.35 * k)], left=0.06, right=0.93, top=0.88, bottom=0.06,
-                            wspace=0.03, hspace=0.15)  # fmt: skip
-    fig.suptitle(f"Average feature maps{f' of {layer}' if layer else ''}: top {len(channels)} channels "
-                 f"(by {positive}/{negative} separation), {view} slice", fontsize=10)  # fmt: skip
+    title = (f"Average feature maps{f' of {layer}' if layer else ''}: top {len(channels)} channels "
+             f"(by {positive}/{negative} separation), {view} slice")  # fmt: skip
     if not channels:
-        _message(fig.add_subplot(grid[:, :]), "no channels to show")
+        fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, 2.0), layout=None)
+        fig.suptitle(title, fontsize=10)
+        _message(fig.add_subplot(), "no channels to show")
         return fig
-    shape = np.asarray(diff).shape
-    layer_affine = feature_affine(affine, input_shape or shape[1:], shape[1:]) if affine is not None else None
-    v = _channel_slices([mean_positive, mean_negative, diff], channels, layer_affine, view, slice_mm)
+    diff = np.asarray(diff)
+    background = None if background is None else _volume3d(background)
+    input_affine, layer_affine = _feature_grids(diff.shape, affine, input_shape, background)
+    stacked = [np.moveaxis(np.asarray(m)[channels], 0, -1) for m in (mean_positive, mean_negative, diff)]
+    v = ortho_slices(stacked, layer_affine, center_mm=slice_mm, peak_of=None)[view]
     pos, neg, dif = v.planes  # [rows, cols, k]
+    anatomy = None
+    if background is not None:
+        crossing = [0.0, 0.0, 0.0]
+        crossing["xyz".index(v.axis)] = v.position_mm
+        anatomy = ortho_slices(background, input_affine, center_mm=crossing)[view]
     high = max(float(np.nanmax(pos)), float(np.nanmax(neg)), 0.0) or 1.0
     low = min(float(np.nanmin(pos)), float(np.nanmin(neg)), 0.0)
     limit = _symmetric_limit(dif)
+    tile_w, tile_h = v.extent[1] - v.extent[0], v.extent[3] - v.extent[2]
+    gap = 0.08 * tile_w
+    head_room = 0.14 * tile_h  # channel numbers above the tiles
+    label_room, bar_room, side, top, foot, row_gap = 0.45, 0.95, 0.05, 0.45, 0.3, 0.12
+    image_width = BRAIN_FIGURE_WIDTH_IN - label_room - bar_room - side
+    mosaic_w = k * tile_w + (k - 1) * gap
+    row_height = image_width * (tile_h + head_room) / mosaic_w
+    height = 3 * row_height + 2 * row_gap + top + foot
+    fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, height), layout=None)
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    grid = fig.add_gridspec(3, 2, width_ratios=[image_width, 0.15], left=label_room / width,
+                            right=1 - (bar_room - 0.3) / width, top=1 - top / height, bottom=foot / height,
+                            wspace=0.3 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     rows = ((pos, f"mean {positive}", "viridis", low, high), (neg, f"mean {negative}", "viridis", low, high),
             (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))  # fmt: skip
-    height, width = pos.shape[:2]
-    gap = max(1, width // 8)
-    aspect = abs((v.extent[3] - v.extent[2]) / height / ((v.extent[1] - v.extent[0]) / width))
+    grey = _grey_range(background) if background is not None else None
     for r, (planes, label, cmap, vmin, vmax) in enumerate(rows):
-        # One mosaic image per row (channels side by side, NaN gaps): far fewer Axes to build and draw.
-        mosaic = np.full((height, k * (width + gap) - gap), np.nan, dtype=np.float32)
-        for c in range(k):
-            mosaic[:, c * (width + gap): c * (width + gap) + width] = planes[..., c]
         ax = fig.add_subplot(grid[r, 0])
-        image = ax.imshow(mosaic, cmap=matplotlib.colormaps[cmap].with_extremes(bad="white"), vmin=vmin, vmax=vmax,
-                          origin="lower", interpolation="nearest", aspect=aspect)  # fmt: skip
+        overlay = r == 2 and anatomy is not None
+        image = None
+        for c, channel in enumerate(channels):
+            x0 = c * (tile_w + gap)
+            extent = (x0, x0 + tile_w, 0.0, tile_h)
+            if overlay:
+                a = anatomy.extent
+                ax.imshow(anatomy.planes[0], cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower",
+                          interpolation="nearest", extent=(x0 + a[0] - v.extent[0], x0 + a[1] - v.extent[0],
+                                                           a[2] - v.extent[2], a[3] - v.extent[2]))  # fmt: skip
+                plane, colours = _masked(planes[..., c], Layer(0, cmap, hide_abs_below=FEATURE_DIFF_HIDDEN * limit),
+                                         matplotlib.colormaps[cmap])  # fmt: skip
+                image = ax.imshow(plane, cmap=colours, vmin=vmin, vmax=vmax, alpha=0.8, origin="lower",
+                                  interpolation="nearest", extent=extent)  # fmt: skip
+            else:
+                image = ax.imshow(planes[..., c], cmap=cmap, vmin=vmin, vmax=vmax, origin="lower",
+                                  interpolation="nearest", extent=extent)  # fmt: skip
+            if r == 0:
+                ax.text(x0 + tile_w / 2, tile_h + 0.03 * tile_h, f"ch {channel}", ha="center", va="bottom", fontsize=8)
+            if c == 0:
+                color = "white" if r < 2 or overlay else "black"
+                ax.text(x0 + 0.03 * tile_w, 0.03 * tile_h, v.sides[0], fontsize=_SMALL_FONT, color=color,
+                        va="bottom", fontweight="bold")  # fmt: skip
+                ax.text(x0 + 0.97 * tile_w, 0.03 * tile_h, v.sides[1], fontsize=_SMALL_FONT, color=color,
+                        va="bottom", ha="right", fontweight="bold")  # fmt: skip
+        ax.set_xlim(0, mosaic_w)
+        ax.set_ylim(0, tile_h + head_room)
+        ax.set_aspect("equal")
+        ax.set_anchor("W")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_ylabel(label, fontsize=8)
-        for c, channel in enumerate(channels):
-            x0 = c * (width + gap)
-            if r == 0:
-                ax.text(x0 + width / 2, height + 0.5, f"ch {channel}", ha="center", va="bottom", fontsize=8)
-            if c == 0:
-                color = "white" if r < 2 else "black"
-                ax.text(x0 + 0.5, 0.5, v.sides[0], fontsize=7, color=color, va="bottom")
-                ax.text(x0 + width - 1, 0.5, v.sides[1], fontsize=7, color=color, va="bottom", ha="right")
-        _colorbar(fig, image, fig.add_subplot(grid[r, 1]), "activation" if r < 2 else "difference")
-    fig.text(0.5, 0.01, f"{v.name} slice {v.axis} = {v.position_mm:.0f} mm; " + CONVENTION, ha="center",
-             fontsize=7, color="#333333")  # fmt: skip
+        hidden = f" (< {FEATURE_DIFF_HIDDEN:.0%} not shown)"
+        bar_label = "activation" if r < 2 else ("difference" + (hidden if overlay else ""))
+        bar = _colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
+        bar.solids.set_alpha(1.0)
+    fig.text(0.5, 0.06 / height, f"{v.name} slice {v.axis} = {v.position_mm:.0f} mm; " + CONVENTION, ha="center",
+             va="bottom", fontsize=_SMALL_FONT, color="#333333")  # fmt: skip
     return fig
 
 
-def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 4,
-                                 class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 3,
+                                 background=None, class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
                                  scores=None, fig: Figure | None = None) -> Figure:  # fmt: skip
     """AD - CN difference of single top-ranked channels in three orthogonal views (one row each,
-    through the channel's largest |difference|), each on its own symmetric scale.
+    through the channel's largest |difference|), each on its own symmetric scale; over the
+    ``background`` anatomy (an input-grid volume, e.g. the cohort's mean input) when given, with
+    |difference| below ``FEATURE_DIFF_HIDDEN`` of the row's scale transparent and the slices
+    through the largest |difference| inside the head (not at the edge of the field of view).
 
     ``scores``: optional ranking score per listed channel (e.g. mean |t|), shown in the row label.
     """
     negative, positive = class_names
     channels = [int(c) for c in list(channels)[:n_channels]]
     diff = np.asarray(diff)
-    layer_affine = None
-    if affine is not None and channels:
-        layer_affine = feature_affine(affine, input_shape or diff.shape[1:], diff.shape[1:])
-    row_views = [ortho_slices(diff[channel], layer_affine, peak_of=0, absolute_peak=True) for channel in channels]
-    fig, axes, bars = _grid_figure(max(len(channels), 1), fig, row_height=2.0,
+    background = None if background is None else _volume3d(background)
+    layer_affine = input_affine = None
+    if channels and (affine is not None or background is not None):
+        input_affine, layer_affine = _feature_grids(diff.shape, affine, input_shape, background)
+    head = _head_on_grid(background, diff.shape[1:]) if background is not None and channels else None
+    row_views = []
+    for channel in channels:
+        strength = np.nan_to_num(np.abs(diff[channel]) * (1.0 if head is None else head), nan=0.0)
+        peak = np.unravel_index(int(np.argmax(strength)), strength.shape) if strength.max() > 0 else None
+        row_views.append(ortho_slices(diff[channel], layer_affine, center_voxel=peak, peak_of=0, absolute_peak=True))
+    fig, axes, bars = _grid_figure(max(len(channels), 1), fig,
                                    content=_content_size_mm(row_views[0]) if row_views else (600.0, 250.0),
                                    title=f"Feature-map difference {positive} - {negative}"
                                    f"{f' ({layer})' if layer else ''}, top channels")  # fmt: skip
@@ -822,13 +971,23 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
         _message(axes[0], "no channels to show")
         return fig
     scores = None if scores is None else list(scores)
+    grey = _grey_range(background) if background is not None else None
     for r, (channel, views) in enumerate(zip(channels, row_views)):
         limit = _symmetric_limit(diff[channel])
-        image = draw_views(axes[r], views, [Layer(0, DIVERGING_CMAP, -limit, limit)], side_color="black",
-                           scale_bar=r == len(channels) - 1)  # fmt: skip
+        last = r == len(channels) - 1
+        if background is not None:
+            anatomy = ortho_slices(background, input_affine, center_mm=_crossing_mm(views))
+            layers = [Layer(0, "gray", *grey, source=1),
+                      Layer(0, DIVERGING_CMAP, -limit, limit, 0.8, hide_abs_below=FEATURE_DIFF_HIDDEN * limit)]
+            image = draw_views(axes[r], [views, anatomy], layers, scale_bar=last)
+        else:
+            image = draw_views(axes[r], views, [Layer(0, DIVERGING_CMAP, -limit, limit)], side_color="black",
+                               scale_bar=last)  # fmt: skip
         score = "" if scores is None else f", mean |t| = {float(scores[r]):.2f}"
         _row_label(axes[r], f"channel {channel} (rank {r + 1}{score}); red: higher in {positive}")
-        _colorbar(fig, image, bars[r], f"{positive} - {negative}")
+        hidden = f" (< {FEATURE_DIFF_HIDDEN:.0%} not shown)" if background is not None else ""
+        label = f"{positive} - {negative}{hidden}"
+        _colorbar(fig, image, bars[r], label).solids.set_alpha(1.0)
     return fig
 
 
@@ -873,64 +1032,69 @@ def plot_input_difference(diff, t=None, affine=None, *, class_names: Sequence[st
 
 
 # --------------------------------------------------------------------------------------------
-# 11. Grad-CAM share per atlas region
+# 11. CAM share per atlas region, outside the brain
 # --------------------------------------------------------------------------------------------
 
 
 def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = ("CN", "AD"),
-                     ax=None):  # fmt: skip
-    """Each region's share of the Grad-CAM inside the brain relative to its share of the brain's
-    volume (1 = a map spread evenly over the brain).
+                     method: str = "gradcam", ax=None):  # fmt: skip
+    """Each region's share of the CAM (``method``, the primary map) inside the brain relative to its
+    share of the brain's volume (1 = a map spread evenly over the brain).
 
     ``gains``: [subjects, regions] (or a mapping region -> per-subject values); ``labels``:
-    1 (AD) / 0 (CN) per subject, to colour the points. Bars: the mean over subjects; points:
-    each subject (deterministic jitter).
+    1 (AD) / 0 (CN) per subject, to colour the points. Horizontal bars (one row per region, any
+    number of regions, names readable): the mean over subjects; points: each subject
+    (deterministic jitter).
     """
+    cam = cam_name(method)
     names = list(region_names)
     if isinstance(gains, Mapping):
         gains = np.column_stack([np.asarray(gains[name], dtype=float) for name in names]) if names else np.zeros((0, 0))
     gains = np.asarray(gains, dtype=float).reshape(-1, len(names)) if names else np.zeros((0, 0))
-    ax = _axes(ax, (max(4.5, 1.0 * len(names) + 2.0), 4.0))
+    owned = ax is None
+    ax = _axes(ax, (6.0, 2.1 + 0.32 * max(len(names), 2)))
     if not names or gains.size == 0:
-        return _message(ax, "No atlas regions: the Grad-CAM share per region needs an atlas (--atlas).",
-                        title="Grad-CAM per region")  # fmt: skip
+        return _message(ax, f"No atlas regions: the {cam} share per region needs an atlas (--atlas).",
+                        title=f"{cam} per region")  # fmt: skip
     negative, positive = class_names
-    x = np.arange(len(names))
+    y = np.arange(len(names))[::-1]  # the first region on top
     means = np.nanmean(gains, axis=0)
-    ax.bar(x, means, width=0.6, color="#DDDDDD", edgecolor="#555555", label="mean over subjects", zorder=1)
+    ax.barh(y, means, height=0.6, color="#DDDDDD", edgecolor="#555555", label="mean over subjects", zorder=1)
     jitter = (np.random.default_rng(0).random(gains.shape[0]) - 0.5) * 0.35
     if labels is None:
-        ax.scatter((x[None, :] + jitter[:, None]).ravel(), gains.ravel(), s=8, color="black", alpha=0.6, zorder=3,
+        ax.scatter(gains.ravel(), (y[None, :] + jitter[:, None]).ravel(), s=8, color="black", alpha=0.6, zorder=3,
                    label="subjects")  # fmt: skip
     else:
         labels = np.asarray(labels).astype(int)
         for value, name, color, marker in ((0, negative, CN_COLOR, "o"), (1, positive, AD_COLOR, "^")):
             rows = labels == value
             if rows.any():
-                ax.scatter((x[None, :] + jitter[rows, None]).ravel(), gains[rows].ravel(), s=10, color=color,
+                ax.scatter(gains[rows].ravel(), (y[None, :] + jitter[rows, None]).ravel(), s=10, color=color,
                            marker=marker, alpha=0.7, zorder=3, label=f"{name} subjects")  # fmt: skip
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="1 = spread evenly over the brain")
-    tick_labels = [name.replace("_", " ") for name in names]
-    slanted = len(names) > 4 or sum(len(label) for label in tick_labels) > 40
-    ax.set_xticks(x, tick_labels, rotation=30 if slanted else 0, ha="right" if slanted else "center")
-    ax.set_ylabel("Grad-CAM share / brain volume share")
-    ax.set_ylim(bottom=0)
-    ax.set_title("Where the model looks: Grad-CAM per atlas region")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="1 = spread evenly over the brain")
+    ax.set_yticks(y, [name.replace("_", " ") for name in names], fontsize=8)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel(f"{cam} share / brain volume share")
+    ax.set_xlim(left=0)
+    ax.set_title(f"Where the model looks: {cam} per atlas region", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    _legend_below(ax, owned)
     return ax
 
 
-def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = ("CN", "AD"), ax=None):
-    """Share of each subject's Grad-CAM outside the brain mask (skull, background) per true class.
+def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = ("CN", "AD"), method: str = "gradcam",
+                       ax=None):  # fmt: skip
+    """Share of each subject's CAM (``method``, the primary map) outside the brain mask (skull,
+    background) per true class.
 
     ``fractions``: per subject, in [0, 1]; ``labels``: 1 (AD) / 0 (CN) per subject, or None.
     Near 0 is what an anatomically plausible model shows; a large share suggests a shortcut.
     """
-    ax = _axes(ax, (5.2, 3.8))
+    cam = cam_name(method)
+    ax = _axes(ax, (4.6, 3.6))
     values = np.asarray(fractions, dtype=float)
     if values.size == 0 or not np.any(np.isfinite(values)):
-        return _message(ax, "No Grad-CAM shares to show.", title="Grad-CAM outside the brain")
+        return _message(ax, f"No {cam} shares to show.", title=f"{cam} outside the brain")
     negative, positive = class_names
     edges = np.linspace(0.0, 1.0, 21)
     groups = [(None, "all subjects", NEUTRAL_COLOR, "")] if labels is None else [
@@ -942,9 +1106,9 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = (
         ax.hist(chosen, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color,
                 label=f"{name} (n={len(chosen)}, median {np.median(chosen) if len(chosen) else float('nan'):.2f})")
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of Grad-CAM outside the brain mask (0 = all inside)")
+    ax.set_xlabel(f"share of {cam} outside the brain mask (0 = all inside)")
     ax.set_ylabel("subjects")
-    ax.set_title("Grad-CAM outside the brain (skull, background)")
+    ax.set_title(f"{cam} outside the brain (skull, background)", fontsize=10)
     ax.legend(fontsize=8)
     return ax
 
@@ -954,30 +1118,32 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = (
 # --------------------------------------------------------------------------------------------
 
 
-def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: float | None = None, ax=None):
-    """Rank correlation of each subject's Grad-CAM with the trained vs randomised-weights model."""
+def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: float | None = None,
+                method: str = "gradcam", ax=None):  # fmt: skip
+    """Rank correlation of each subject's CAM (``method``, the primary map) with the trained vs
+    randomised-weights model."""
+    cam = cam_name(method)
     ax = _axes(ax, (5.6, 3.8))
     values = np.asarray(spearman, dtype=float)
     if values.size == 0:
-        return _message(ax, "Sanity check not run: no subjects.", title="Grad-CAM sanity check")
+        return _message(ax, "Sanity check not run: no subjects.", title=f"{cam} sanity check")
     ids = list(subject_ids) if subject_ids is not None else [str(i + 1) for i in range(len(values))]
     mean = float(np.nanmean(values)) if mean is None and np.any(np.isfinite(values)) else mean
     x = np.arange(len(values))
     ax.bar(x, np.nan_to_num(values), color=MODEL_COLOR, width=0.6)
     has_mean = mean is not None and math.isfinite(mean)
     if has_mean:
-        ax.axhline(mean, color="black", linestyle="--")
-        ax.text(len(values) - 0.5, mean, f"mean {mean:.2f}", ha="right", va="top" if mean > 0.8 else "bottom",
-                fontsize=8)  # fmt: skip
+        ax.axhline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
+        ax.legend(fontsize=8, loc="lower right")
     ax.axhline(0.0, color=NEUTRAL_COLOR, linewidth=0.8)
     ax.set_ylim(-1.05, 1.05)
-    ax.set_xticks(x, ids, rotation=45 if len(ids) > 4 else 0, ha="right" if len(ids) > 4 else "center", fontsize=7)
+    ax.set_xticks(x, ids, rotation=45 if len(ids) > 4 else 0, ha="right" if len(ids) > 4 else "center", fontsize=8)
     # The reading guide goes in the x label, so the layout engine keeps room for it.
     ax.set_xlabel("subject\n\nGood: correlation near 0 (the maps depend on what the model learned).\n"
                   "Near 1: the maps would look the same from an untrained model (not explanations).", fontsize=8)
     ax.set_ylabel("Spearman rank correlation")
     summary = f"\nmean rank correlation {mean:.2f} over {len(values)} subjects (bars)" if has_mean else ""
-    ax.set_title(f"Sanity check: trained vs randomised-weights Grad-CAM{summary}", fontsize=10)
+    ax.set_title(f"Sanity check: trained vs randomised-weights {cam}{summary}", fontsize=10)
     return ax
 
 
@@ -1047,24 +1213,31 @@ def figure_plan(report=None, engine_result=None, history=None, *, affine=None, i
         return plan
 
     affine = _first_affine(engine_result) if affine is None else affine
+    method = getattr(engine_result, "cam_method", None) or "gradcam"  # the primary map
     for outcome, cases in (getattr(engine_result, "gallery", None) or {}).items():
         if cases:
             what = OUTCOME_TITLES.get(outcome, outcome).format(negative=negative, positive=positive)
-            title = f"Grad-CAM, most confident {what}"
+            title = f"{cam_name(method)}, most confident {what}"
             plan.append((f"gradcam_{outcome}", lambda cases=cases, title=title: plot_cam_gallery(
-                cases[:max_gallery_cases], positive_class=positive, title=title)))  # fmt: skip
+                cases[:max_gallery_cases], positive_class=positive, title=title, method=method)))  # fmt: skip
     maps = getattr(engine_result, "maps", None) or {}
     inputs = maps.get("input")
     if input_shape is None and inputs is not None:
         input_shape = np.asarray(inputs.diff).shape[-3:]
+
+    def anatomy():
+        """The cohort's mean input (both groups pooled): the anatomy under the maps."""
+        if inputs is None:
+            return None
+        pooled = [_volume3d(inputs.mean[name]) for name in class_names if name in inputs.mean]
+        return np.mean(pooled, axis=0) if pooled else None
+
     if "cam" in maps:
         cam = maps["cam"]
 
         def group_cam():
-            pooled = [inputs.mean[name] for name in class_names if name in inputs.mean] if inputs is not None else []
-            background = np.mean(pooled, axis=0) if pooled else None
-            return plot_group_cam(cam.mean, cam.diff, affine, background=background, class_names=class_names,
-                                  counts=cam.count)  # fmt: skip
+            return plot_group_cam(cam.mean, cam.diff, affine, background=anatomy(), class_names=class_names,
+                                  counts=cam.count, method=method)  # fmt: skip
 
         plan.append(("group_cam", group_cam))
     layer = getattr(engine_result, "target_layer", None)
@@ -1074,26 +1247,26 @@ def figure_plan(report=None, engine_result=None, history=None, *, affine=None, i
         plan += [
             ("feature_maps", lambda: plot_feature_maps(
                 features.mean[positive], features.mean[negative], features.diff, ranking["channel"], affine=affine,
-                input_shape=input_shape, class_names=class_names, layer=layer)),
+                input_shape=input_shape, background=anatomy(), class_names=class_names, layer=layer)),
             ("feature_channel_differences", lambda: plot_channel_difference_maps(
-                features.diff, ranking["channel"], affine=affine, input_shape=input_shape, class_names=class_names,
-                layer=layer, scores=ranking.get("mean_abs_t"))),
+                features.diff, ranking["channel"], affine=affine, input_shape=input_shape, background=anatomy(),
+                class_names=class_names, layer=layer, scores=ranking.get("mean_abs_t"))),
         ]  # fmt: skip
     if inputs is not None:
         plan.append(("input_difference", lambda: plot_input_difference(
             inputs.diff, inputs.t, affine, class_names=class_names, counts=inputs.count)))  # fmt: skip
     if "cam_outside_brain_fraction" in subjects:
         plan.append(("cam_outside_brain", lambda: plot_outside_brain(
-            subjects["cam_outside_brain_fraction"], labels=y_true, class_names=class_names).figure))  # fmt: skip
+            subjects["cam_outside_brain_fraction"], labels=y_true, class_names=class_names, method=method).figure))
     regions = list(getattr(engine_result, "region_names", None) or [])
     if regions and all(f"cam_roi_gain_{name}" in subjects for name in regions):
         gains = {name: subjects[f"cam_roi_gain_{name}"] for name in regions}
         plan.append(("region_gain", lambda: plot_region_gain(
-            regions, gains, labels=y_true, class_names=class_names).figure))  # fmt: skip
+            regions, gains, labels=y_true, class_names=class_names, method=method).figure))  # fmt: skip
     sanity = getattr(engine_result, "sanity", None)
     if sanity is not None and len(sanity.spearman):
         plan.append(("sanity", lambda: plot_sanity(
-            sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean).figure))  # fmt: skip
+            sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean, method=method).figure))  # fmt: skip
     return plan
 
 
@@ -1124,3 +1297,26 @@ def render_all(report=None, engine_result=None, history=None, out_dir=".", *, af
                 raise
             log.warning("figure %s could not be drawn; it is left out", name, exc_info=True)
     return paths
+
+
+def plot_champion_comparison(this_map, champion_map, affine=None, *, background=None,
+                             labels: Sequence[str] = ("this version", "champion"), group: str = "AD",
+                             alpha: float = 0.6, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """The registry review's picture: each model's group-mean map of ``group`` over the same grey
+    ``background`` (the cohort's mean input), one row per model, slices through that row's own
+    peak (where each model looks most). Each row has its own colour scale: raw map units of two
+    models are not comparable, their places are."""
+    maps = [_volume3d(np.asarray(m, dtype=np.float32)) for m in (this_map, champion_map)]
+    background = None if background is None else _volume3d(background)
+    fig_views = [ortho_slices([m] + ([] if background is None else [background]), affine, peak_of=0) for m in maps]
+    fig, axes, bars = _grid_figure(2, fig, title=f"Where each model looks: mean map of the {group} group",
+                                   content=_content_size_mm(fig_views[0]))  # fmt: skip
+    grey = _grey_range(background) if background is not None else None
+    for r, (volume, views, label) in enumerate(zip(maps, fig_views, labels)):
+        high = float(np.nanmax(volume)) if np.any(np.isfinite(volume)) and np.nanmax(volume) > 0 else 1.0
+        layers = ([Layer(1, "gray", *grey), Layer(0, HEAT_CMAP, 0.0, high, alpha)] if background is not None
+                  else [Layer(0, HEAT_CMAP, 0.0, high)])  # fmt: skip
+        image = draw_views(axes[r], views, layers, scale_bar=r == 1)
+        _row_label(axes[r], label)
+        _colorbar(fig, image, bars[r], "map (raw units)").solids.set_alpha(1.0)
+    return fig

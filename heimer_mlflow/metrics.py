@@ -433,6 +433,17 @@ def delong_auc(y_true, y_score, *, class_names=DEFAULT_CLASS_NAMES) -> Estimate:
     reason = _class_count_reason(y, MIN_PER_CLASS_AUC, "the AUC", class_names)
     if reason:
         return Estimate.missing(reason)
+    outscored_by_positive, outscoring_negative = _delong_components(y, score)
+    auc = float(outscored_by_positive.mean())
+    se = math.sqrt(outscored_by_positive.var(ddof=1) / len(outscored_by_positive)
+                   + outscoring_negative.var(ddof=1) / len(outscoring_negative))  # fmt: skip
+    return Estimate(auc, max(0.0, auc - _Z * se), min(1.0, auc + _Z * se), method="delong", se=se)
+
+
+def _delong_components(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: per AD subject, the share of CN subjects it outscores;
+    per CN subject, the share of AD subjects that outscore it (ties count half). Their means are
+    the AUC."""
     positives, negatives = score[y == 1], score[y == 0]
     n_pos, n_neg = len(positives), len(negatives)
     ranks = rankdata(np.concatenate([positives, negatives]))
@@ -440,9 +451,32 @@ def delong_auc(y_true, y_score, *, class_names=DEFAULT_CLASS_NAMES) -> Estimate:
     # class score below it, ties counted half.
     outscored_by_positive = (ranks[:n_pos] - rankdata(positives)) / n_neg
     outscoring_negative = 1 - (ranks[n_pos:] - rankdata(negatives)) / n_pos
-    auc = float(outscored_by_positive.mean())
-    se = math.sqrt(outscored_by_positive.var(ddof=1) / n_pos + outscoring_negative.var(ddof=1) / n_neg)
-    return Estimate(auc, max(0.0, auc - _Z * se), min(1.0, auc + _Z * se), method="delong", se=se)
+    return outscored_by_positive, outscoring_negative
+
+
+def paired_delong(y_true, score_a, score_b, *, class_names=DEFAULT_CLASS_NAMES) -> tuple[Estimate, float | None]:
+    """AUC(model A) - AUC(model B) on the same subjects, with DeLong's variance for correlated
+    ROC curves (DeLong et al. 1988): the difference with its 95% interval and standard error,
+    and the two-sided p-value of "the two AUCs are equal". Both models' components are taken
+    on the same subjects, so their covariance enters the variance of the difference (a paired
+    test: the same hard cases hurt both models and cancel out). ``(missing, None)`` with fewer
+    than two subjects per class.
+    """
+    y, a = _validated(y_true, score_a, class_names, score_name="score_a")
+    _, b = _validated(y_true, score_b, class_names, score_name="score_b")
+    reason = _class_count_reason(y, MIN_PER_CLASS_AUC, "the AUC", class_names)
+    if reason:
+        return Estimate.missing(reason), None
+    (pos_a, neg_a), (pos_b, neg_b) = _delong_components(y, a), _delong_components(y, b)
+    difference = float(pos_a.mean() - pos_b.mean())
+    # var(A - B) = var(A) + var(B) - 2 cov(A, B), per class, over the class sizes
+    variance = sum(np.var(ca - cb, ddof=1) / len(ca) for ca, cb in ((pos_a, pos_b), (neg_a, neg_b)))
+    se = math.sqrt(max(float(variance), 0.0))
+    if se > 0:
+        p_value = float(2 * norm.sf(abs(difference) / se))
+    else:  # identical rankings of both classes' pairs: the difference is exact
+        p_value = 1.0 if difference == 0 else 0.0
+    return Estimate(difference, difference - _Z * se, difference + _Z * se, method="delong", se=se), p_value
 
 
 def stratified_bootstrap_weights(y_true, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:

@@ -3,13 +3,19 @@
 A thin shell: MLflow hands over a pyfunc model and a data set; this recovers the torch module
 (``get_raw_model()``), the model contract and the registry version, rebuilds the manifest
 (``path`` and ``label`` columns) and calls the same ``evaluate_loaded`` as the CLI.
-``evaluator_config`` takes the options of ``heimer_mlflow.evaluate`` (threshold, atlas, ...).
+``evaluator_config`` takes the options of ``heimer_mlflow.evaluate`` (threshold, atlas, cam,
+require, ...). It runs only when asked for by name (``evaluators="heimer"``): MLflow's own
+evaluations of other models are left exactly as they are without this package.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import PurePosixPath
+
 import pandas as pd
 import torch
+from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvaluationArtifact, JsonEvaluationArtifact
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from .errors import HeimerError
@@ -17,11 +23,22 @@ from .evaluation import EvaluationOptions, evaluate_loaded
 from .registry import LoadedModel, pt2_refusal, read_meta, resolve_version
 
 
+NAME = "heimer"  # the entry-point name in pyproject.toml
+
+
 class HeimerEvaluator(ModelEvaluator):
     @classmethod
     def can_evaluate(cls, *, model_type, evaluator_config, **kwargs) -> bool:
-        # Only used when asked for by name; any model type of a binary AD/CN classifier.
-        return model_type in (None, "classifier")
+        """Yes only when the caller asked for this evaluator by name.
+
+        With ``evaluators=None`` MLflow runs every installed evaluator that answers yes here, and
+        this one only fits a 3D CNN on NIfTI paths: answering yes to every classifier would take
+        over (and break) everyone else's evaluations. MLflow passes neither the model nor the
+        evaluator list to this method, so the list is read from ``mlflow.models.evaluate``'s own
+        frame; where it cannot be found, the answer is no (installing a plug-in must never change
+        another evaluation).
+        """
+        return model_type in (None, "classifier") and _asked_for_by_name()
 
     def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
         if model is None:
@@ -30,8 +47,39 @@ class HeimerEvaluator(ModelEvaluator):
         options = dict(evaluator_config or {})
         options.setdefault("progress", False)
         evaluation = evaluate_loaded(loaded, _manifest(dataset), EvaluationOptions(**options).check(), run_id=run_id)
-        metrics = {**evaluation.metrics.to_flat_metrics(), **evaluation.summary}
-        return EvaluationResult(metrics=metrics, artifacts={}, run_id=evaluation.run_id)
+        return EvaluationResult(metrics=evaluation.run_metrics, artifacts=evaluation_artifacts(evaluation.artifacts),
+                                run_id=evaluation.run_id)  # fmt: skip
+
+
+def _asked_for_by_name() -> bool:
+    """Whether the running ``mlflow.models.evaluate`` call names this evaluator in ``evaluators``
+    (a name, a list of names, or, once MLflow resolved them, its bundles)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "evaluate" and frame.f_globals.get("__name__") == "mlflow.models.evaluation.base":
+            asked = frame.f_locals.get("evaluators")
+            if isinstance(asked, str):
+                return asked == NAME
+            names = [getattr(item, "name", item) for item in asked or ()]
+            return NAME in names
+        frame = frame.f_back
+    return False
+
+
+# MLflow's artifact types by file suffix: EvaluationResult.artifacts["roc"].content is an image,
+# ["predictions"].content a DataFrame, ["metrics"].content a dict (loaded from the run on first use)
+_ARTIFACT_TYPES = {".png": ImageEvaluationArtifact, ".json": JsonEvaluationArtifact, ".csv": CsvEvaluationArtifact}
+
+
+def evaluation_artifacts(uris: dict[str, str]) -> dict:
+    """What the evaluation logged, as MLflow's evaluation artifacts (the PDF report has no such
+    type: its URI is the version's ``heimer.report`` tag and the run's ``report/`` folder)."""
+    typed = {}
+    for name, uri in uris.items():
+        kind = _ARTIFACT_TYPES.get(PurePosixPath(uri).suffix)
+        if kind is not None:
+            typed[name] = kind(uri=uri)
+    return typed
 
 
 def _loaded_from_pyfunc(model) -> LoadedModel:

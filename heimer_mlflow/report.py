@@ -292,7 +292,8 @@ def report_file_name(name, version) -> str:
 # Figures: what each shows and what to look for
 # --------------------------------------------------------------------------------------------
 
-# name: (title, caption, size) ; size: small | medium | wide | tall
+# name: (title, caption, size); size (a CSS class, see report.css): small | medium | wide | brain (brain
+# views, at the full text width). {pos}/{neg}: the classes; {cam}: the primary map's name (Grad-CAM or HiResCAM).
 FIGURES: dict[str, tuple[str, str, str]] = {
     "training_curves": ("Training curves",
         "Accuracy and loss per epoch on the training and validation data, from the model's training run. "
@@ -316,43 +317,51 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "threshold probabilities. The model is useful where its curve lies above both reference lines.", "small"),
     "subgroups": ("Results per subgroup",
         "Sensitivity, specificity and AUC with 95% intervals per subgroup. Look for subgroups whose "
-        "intervals lie clearly below the others: the model may not work as well for them.", "medium"),
-    "group_cam": ("Group-mean Grad-CAM and the {pos} - {neg} difference",
+        "intervals lie clearly below the others: the model may not work as well for them.", "wide"),
+    "group_cam": ("Group-mean {cam} and the {pos} - {neg} difference",
         "Where the model looks, averaged over each true class, and the difference between the classes "
         "(red: more attention in {pos}, blue: more in {neg}). Plausible maps highlight the hippocampus and the "
-        "ventricles; attention on the skull, the edges or the background suggests a shortcut.", "tall"),
+        "ventricles; attention on the skull, the edges or the background suggests a shortcut.", "brain"),
     "gradcam_TP": ("Case gallery: most confident true positives",
-        "Grad-CAM over the MRI of the {pos} subjects the model was most sure about and right. "
-        "Look for attention inside the brain, in the same regions as the group map.", "gallery"),
+        "{cam} over the MRI of the {pos} subjects the model was most sure about and right. "
+        "Look for attention inside the brain, in the same regions as the group map.", "brain"),
     "gradcam_TN": ("Case gallery: most confident true negatives",
-        "Grad-CAM of the {neg} subjects the model was most sure about and right.", "gallery"),
+        "{cam} of the {neg} subjects the model was most sure about and right.", "brain"),
     "gradcam_FP": ("Case gallery: false positives",
         "{neg} subjects the model called {pos}, most confident first. Look for what drew the model's attention: "
-        "an artefact, an unusual anatomy, or the regions it uses for true {pos} cases.", "gallery"),
+        "an artefact, an unusual anatomy, or the regions it uses for true {pos} cases.", "brain"),
     "gradcam_FN": ("Case gallery: false negatives",
         "{pos} subjects the model called {neg}, most confident first. Look for whether the typical regions "
-        "received little attention.", "gallery"),
-    "cam_outside_brain": ("Grad-CAM outside the brain per subject",
-        "The share of each subject's Grad-CAM that lies outside the brain (the brain mask given to the evaluation, "
+        "received little attention.", "brain"),
+    "cam_outside_brain": ("{cam} outside the brain per subject",
+        "The share of each subject's {cam} that lies outside the brain (the brain mask given to the evaluation, "
         "else the scan's non-background voxels), per true class. Most of the "
         "attention should be inside the brain; high shares point to a shortcut.", "small"),
-    "region_gain": ("Grad-CAM per atlas region relative to its volume",
-        "How much of the Grad-CAM inside the brain falls in each atlas region, divided by the region's share of "
+    "region_gain": ("{cam} per atlas region relative to its volume",
+        "How much of the {cam} inside the brain falls in each atlas region, divided by the region's share of "
         "the brain volume. "
-        "A gain above 1 means the region draws more attention than its size alone would give it.", "medium"),
+        "A gain above 1 means the region draws more attention than its size alone would give it.", "wide"),
     "sanity": ("Randomisation sanity check",
-        "Spearman correlation between each subject's Grad-CAM from the trained model and from the same "
-        "network with randomised weights. Low values are good: the maps depend on what the model learned.", "small"),
+        "Spearman correlation between each subject's {cam} from the trained model and from the same "
+        "network with randomised weights. Low values are good: the maps depend on what the model learned.", "medium"),
     "feature_maps": ("Feature maps per group",
-        "Mean activation of the most discriminative channels of the layer, for {pos} and {neg} and their "
-        "difference. Look for differences inside the brain, in anatomically meaningful places.", "wide"),
+        "Mean activation of the most discriminative channels of the layer, for {pos} and {neg}, and their "
+        "difference drawn over the cohort's mean MRI. Look for differences inside the brain, in anatomically "
+        "meaningful places.", "brain"),
     "feature_channel_differences": ("Feature map differences per channel",
         "{pos} - {neg} difference of the mean activation for the channels that separate the groups best "
-        "(red positive, blue negative, symmetric scale).", "tall"),
+        "over the cohort's mean MRI (red positive, blue negative, symmetric scale; small differences are not "
+        "drawn, so the anatomy shows). The layer's grid is coarse: each square is one feature-map cell.", "brain"),
     "input_difference": ("Raw data baseline: mean difference and t-map",
         "Voxel-wise mean difference of the preprocessed images ({pos} - {neg}) and the voxel-wise t statistic. "
-        "This is what differs in the data itself; compare it with the model's maps above.", "tall"),
+        "This is what differs in the data itself; compare it with the model's maps above.", "brain"),
+    "champion_comparison": ("Where each model looks: this version and the champion",
+        "Each model's mean map of the {pos} group over the cohort's mean MRI, one row per model, slices through "
+        "each map's own peak. Each row has its own colour scale: the places compare, the raw values do not. "
+        "A model that scores from anatomy looks inside the brain; one that scores from a marker looks at it.",
+        "brain"),
 }
+EXTRA_FIGURE_SIZE = "wide"  # a figure the report does not know, at the full text width
 FIGURE_SECTIONS = {
     "performance": ["training_curves", "roc", "score_histogram", "confusion_matrix", "calibration",
                     "decision_curve", "subgroups"],
@@ -485,7 +494,52 @@ def _scores(predictions, positive: str):
     return frame["subject_id"].astype(str).to_numpy(), y, frame[column].astype(float).to_numpy(np.float64)
 
 
+def _comparison_context(evaluation: dict, champion, metrics, predictions, positive, class_names, version) -> dict:
+    """The recorded comparison (evaluations since it was recorded, also when there was none); for
+    older records, one found at render time (``champion``)."""
+    if "comparison" not in evaluation:
+        return _champion_context(champion, metrics, predictions, positive, class_names)
+    recorded = evaluation.get("comparison")
+    if not isinstance(recorded, dict):
+        return {"available": False,
+                "why": "No champion to compare with: when this evaluation ran, no other version of this model "
+                       "carried the alias 'champion' with an evaluation on the same data set."}
+    return _recorded_comparison(recorded, metrics, version)
+
+
+def _recorded_comparison(recorded: dict, this_metrics: dict, version) -> dict:
+    """The comparison the evaluation made and recorded (evaluation.json ``comparison``; see
+    heimer_mlflow.champion): what was compared then, whoever holds the alias now."""
+    this_est = _d(_d(this_metrics.get("overall")).get("estimates"))
+    other_est = _d(recorded.get("champion_estimates"))
+    rows = [{"label": METRIC_LABELS[name][0], "this": _fmt_est(this_est.get(name), name),
+             "champion": _fmt_est(other_est.get(name), name)}
+            for name in COMPARISON_METRICS if name in this_est or name in other_est]  # fmt: skip
+    delta = {"value": recorded.get("roc_auc_diff"), "lower": recorded.get("roc_auc_diff_ci_lower"),
+             "upper": recorded.get("roc_auc_diff_ci_upper")}  # fmt: skip
+    p_value = _num(recorded.get("delong_p"))
+    champion_outside = _num(recorded.get("champion_cam_outside_brain_fraction"))
+    return {
+        "available": True, "recorded": True, "version": _text(recorded.get("champion_version")),
+        "run_id": _text(recorded.get("champion_run_id")), "rows": rows, "n_matched": int(recorded.get("n_shared") or 0),
+        "note": _text(recorded.get("note") or ""), "method": "DeLong's test for paired AUCs",
+        "delta": _fmt_est(delta, "roc_auc_delta") if delta["value"] is not None else None,
+        "delta_value": _num(delta["value"]), "delta_lower": _num(delta["lower"]), "delta_upper": _num(delta["upper"]),
+        "p": None if p_value is None else (f"{p_value:.2g}" if p_value >= 0.001 else "< 0.001"),
+        "p_value": p_value,
+        "champion_verdict": _text(recorded.get("champion_verdict") or "not recorded"),
+        "champion_reason": _text(recorded.get("champion_verdict_reason") or ""),
+        "champion_map": CAM_NAMES.get(_text(recorded.get("champion_cam_method")), "Grad-CAM"),
+        "champion_outside": None if champion_outside is None else _fmt_pct(champion_outside, 1),
+    }  # fmt: skip
+
+
+COMPARISON_METRICS = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "brier_score",
+                      "expected_calibration_error")  # mirrors heimer_mlflow.champion.TABLE_METRICS (torch-free there too)
+
+
 def _champion_context(champion, this_metrics: dict, predictions, positive: str, class_names) -> dict:
+    """The comparison found at render time, for records from before evaluations recorded theirs."""
     if not champion:
         return {"available": False,
                 "why": "No champion to compare with: no other version of this model carries the alias "
@@ -496,8 +550,7 @@ def _champion_context(champion, this_metrics: dict, predictions, positive: str, 
     this_est = _d(_d(this_metrics.get("overall")).get("estimates"))
     other_est = _d(_d(other.get("overall")).get("estimates"))
     rows = []
-    for name in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "brier_score",
-                 "expected_calibration_error"):
+    for name in COMPARISON_METRICS:
         if name in this_est or name in other_est:
             rows.append({"label": METRIC_LABELS[name][0], "this": _fmt_est(this_est.get(name), name),
                          "champion": _fmt_est(other_est.get(name), name)})
@@ -527,11 +580,89 @@ def _champion_context(champion, this_metrics: dict, predictions, positive: str, 
                 note = f"The paired comparison could not be computed ({type(error).__name__}: {error})."
         else:
             note = "No subject appears in both evaluations with the same label."
-    return {"available": True, "version": version, "rows": rows, "n_matched": n_matched,
+    return {"available": True, "recorded": False, "method": "paired bootstrap", "p": None, "version": version, "rows": rows,
+            "n_matched": n_matched,
             "n_this": 0 if mine is None else len(mine[0]), "note": note,
             "delta": _fmt_est(delta, "roc_auc_delta") if delta else None,
             "delta_value": _num(_d(delta).get("value")), "delta_lower": _num(_d(delta).get("lower")),
             "delta_upper": _num(_d(delta).get("upper"))}
+
+
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}  # mirrors heimer_mlflow.figures (no matplotlib here)
+# The two maps disagree (one of them is unreliable for this architecture) when their rank agreement
+# inside the brain is below MIN_CAM_AGREEMENT or their mean outside-brain shares differ by more than
+# MAX_OUTSIDE_SHARE_GAP.
+MIN_CAM_AGREEMENT = 0.5
+MAX_OUTSIDE_SHARE_GAP = 0.20
+CAM_EXPLAINED = {
+    "gradcam": "Grad-CAM weights each channel of the layer by its gradient averaged over the whole image, so it "
+               "marks every place where a channel the model relies on is active, whether or not the score used "
+               "that place.",
+    "hirescam": "HiResCAM multiplies gradient and activation at each place before adding up the channels, so it "
+                "marks only the places the model's score actually used.",
+}
+
+
+def _cam_method(engine: dict, configuration: dict) -> str:
+    """The primary map (``gradcam`` / ``hirescam``): the engine's, else the configuration's; an
+    evaluation from before HiResCAM existed used Grad-CAM."""
+    for value in (engine.get("cam_method"), configuration.get("cam")):
+        if isinstance(value, str) and value.strip().lower() in CAM_NAMES:
+            return value.strip().lower()
+    return "gradcam"
+
+
+def _cohort_mean(plaus: dict, predictions, name: str) -> tuple[float | None, int]:
+    """(mean, subjects with a value) of a per-subject number: the logged summary, else the
+    predictions table's column."""
+    values = None
+    if predictions is not None and name in predictions.columns:
+        import pandas as pd
+
+        values = pd.to_numeric(predictions[name], errors="coerce").dropna()
+        values = values[values.apply(math.isfinite)]
+    summary = _num(plaus.get(name))
+    if summary is not None:
+        return summary, len(values) if values is not None else 0
+    if values is not None and len(values):
+        return float(values.mean()), len(values)
+    return None, 0
+
+
+def _cam_context(engine: dict, configuration: dict, plaus: dict, predictions) -> dict:
+    """The primary map's name and the two maps side by side: mean outside-brain shares, their
+    agreement, and whether (and why) they disagree."""
+    method = _cam_method(engine, configuration)
+    other = "hirescam" if method == "gradcam" else "gradcam"
+    shares = {m: _cohort_mean(plaus, predictions, f"{m}_outside_brain_fraction")[0] for m in CAM_NAMES}
+    agreement, n_agreement = _cohort_mean(plaus, predictions, "cam_method_agreement")
+    both = all(v is not None for v in shares.values())
+    reasons = []
+    if agreement is not None and agreement < MIN_CAM_AGREEMENT:
+        reasons.append(f"their rank agreement inside the brain is {agreement:.2f}, below {MIN_CAM_AGREEMENT:.1f}")
+    gap = abs(shares["gradcam"] - shares["hirescam"]) if both else None
+    if gap is not None and gap > MAX_OUTSIDE_SHARE_GAP:
+        reasons.append(f"Grad-CAM puts {shares['gradcam'] * 100:.0f}% of its map outside the brain and HiResCAM "
+                       f"{shares['hirescam'] * 100:.0f}%, a gap of {gap * 100:.0f} percentage points "
+                       f"(more than {MAX_OUTSIDE_SHARE_GAP * 100:.0f})")
+    if agreement is None and both:
+        agreement_text = ("not computable: for every subject one of the maps is constant inside the brain "
+                          "(for example all zero)")
+    elif agreement is None:
+        agreement_text = "not recorded"
+    else:
+        agreement_text = _fmt_num(agreement, 2) + (f" (mean over {n_agreement} subjects)" if n_agreement else "")
+    return {
+        "method": method, "name": CAM_NAMES[method], "other": other, "other_name": CAM_NAMES[other],
+        "explained": [CAM_EXPLAINED["gradcam"], CAM_EXPLAINED["hirescam"]],
+        "compared": both or agreement is not None,
+        "rows": [{"name": CAM_NAMES[m], "primary": m == method, "outside": _fmt_pct(shares[m], 1)} for m in CAM_NAMES],
+        "primary_outside": _fmt_pct(shares[method], 1),
+        "agreement": agreement_text, "min_agreement": f"{MIN_CAM_AGREEMENT:.1f}",
+        "max_gap": f"{MAX_OUTSIDE_SHARE_GAP * 100:.0f}",
+        "disagree": bool(reasons), "reasons": reasons, "agreement_known": agreement is not None,
+        "verdict_on_gradcam": bool(reasons) and method == "gradcam",
+    }
 
 
 GLOSSARY = [
@@ -559,11 +690,17 @@ GLOSSARY = [
     ("Decision curve / net benefit", "True positives minus false positives weighted by the odds of the threshold "
             "probability, per subject: the value of acting on the model's calls."),
     ("Grad-CAM", "Gradient-weighted class activation mapping: a heat map of where in the image the model's evidence "
-            "for a class comes from, from the gradients of the class score at a convolutional layer."),
+            "for a class comes from, from the gradients of the class score at a convolutional layer, averaged "
+            "over the image per channel. With max-pooling or flatten heads it can mark places the score did not use."),
+    ("HiResCAM", "High-resolution class activation mapping: like Grad-CAM, but gradient and activation are "
+            "multiplied at each place, so the map shows the places the class score actually used."),
+    ("Agreement (of the two maps)", "Spearman rank correlation of a subject's Grad-CAM and HiResCAM inside the brain; "
+            "1 means the two methods rank the places alike, near 0 that they point at different places."),
     ("Feature map", "The output of one channel of a convolutional layer: what that filter responds to, per voxel."),
     ("t-map", "Voxel-wise t statistic of the AD - CN difference: the mean difference divided by its standard "
             "error. Large absolute values are consistent differences."),
-    ("Gain (region)", "Share of the Grad-CAM inside the brain that falls in an atlas region, divided by the "
+    ("Gain (region)", "Share of the attention map (Grad-CAM or HiResCAM) inside the brain that falls in an atlas "
+            "region, divided by the "
             "region's share of the brain volume; above 1 means more attention than the size of the region alone "
             "would give, 1 is what a map spread evenly over the brain gives."),
     ("Spearman correlation", "Rank correlation between two maps; near 0 means unrelated."),
@@ -644,12 +781,13 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     youden = _d(rationale.get("youden_threshold"))
     tags = _d(model.get("tags"))
     figures_present = set(available_figures or ())
-    fmt = {"pos": positive, "neg": negative}
+    cam = _cam_context(engine, _d(evaluation.get("configuration")), plaus, predictions)
+    fmt = {"pos": positive, "neg": negative, "cam": cam["name"]}
     figure_info = {key: {"name": key, "title": t.format(**fmt), "caption": c.format(**fmt), "size": s,
                          "src": f"{figure_dir}/{key}.png", "present": key in figures_present}
                    for key, (t, c, s) in FIGURES.items()}
     extra_figures = [{"name": f, "title": f.replace("_", " ").capitalize(),
-                      "caption": "An additional figure the evaluation produced.", "size": "medium",
+                      "caption": "An additional figure the evaluation produced.", "size": EXTRA_FIGURE_SIZE,
                       "src": f"{figure_dir}/{f}.png", "present": True}
                      for f in sorted(figures_present - set(FIGURES))]
     display_name = _text(name) if name else "unregistered model"
@@ -662,7 +800,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "version": _text(version) if version else "", "date": stamp.strftime("%d %B %Y"),
         "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
         "generator": f"heimer-mlflow {_text(_d(evaluation.get('versions')).get('heimer-mlflow', ''))}".strip(),
-        "keywords": ", ".join(k for k in ["Alzheimer's disease", "MRI", "3D CNN", "Grad-CAM", "model evaluation",
+        "keywords": ", ".join(k for k in ["Alzheimer's disease", "MRI", "3D CNN", cam["name"], "model evaluation",
                                            display_name.replace(",", " ")] if k),
         "description": f"Evaluation of the AD vs CN classifier {display_name}"
                        + (f" version {version}" if version else "")
@@ -707,7 +845,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "outside": _fmt_pct(outside, 1), "outside_limit": _fmt_pct(outside_limit),
         "outside_floor": _fmt_pct(outside_floor, 1), "outside_excess": _fmt_pct(MAX_OUTSIDE_BRAIN_EXCESS),
         "outside_ok": None if outside is None else outside <= outside_limit,
-        "gains": gains, "sanity_rows": sanity_rows, "sanity_mean": _fmt_num(sanity_mean, 2),
+        "gains": gains, "sanity_rows": sanity_rows, "sanity_mean": _fmt_num(sanity_mean, 2), "cam": cam,
         "sanity_ok": None if sanity_mean is None else sanity_mean <= MAX_SANITY_SPEARMAN,
         "sanity_limit": f"{MAX_SANITY_SPEARMAN:.1f}",
         "gradcam": {"layer": _text(engine.get("target_layer")),
@@ -722,7 +860,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "versions": sorted(versions.items()), "configuration": sorted(configuration.items()),
         "timings": sorted(timings.items()),
         "figures": figure_info, "extra_figures": extra_figures, "figure_sections": FIGURE_SECTIONS,
-        "champion": _champion_context(champion, metrics, predictions, positive, class_names),
+        "champion": _comparison_context(evaluation, champion, metrics, predictions, positive, class_names, version),
         "glossary": GLOSSARY,
         "artifact_files": [f for f in REPORT_ARTIFACTS if (artifact_dir / f).is_file()],
     }
@@ -883,50 +1021,23 @@ def _subject_ids(folder: Path) -> set[str] | None:
     return set(table["subject_id"].astype(str))
 
 
-def _dataset_digests(client, run_id: str) -> set[str]:
-    """Digests of the data sets logged as the run's inputs (empty when none or unreadable)."""
-    try:
-        inputs = client.get_run(run_id).inputs
-        return {d.dataset.digest for d in (inputs.dataset_inputs or []) if d.dataset and d.dataset.digest}
-    except Exception:  # noqa: BLE001
-        return set()
-
-
 def _find_champion(client, evaluation: dict, run_id: str, this_dir: Path, work: Path):
-    """The champion's ``{"version", "metrics", "predictions"}``, or None (with the reason logged)."""
-    import pandas as pd
+    """For a record from before evaluations recorded their comparison: the champion's
+    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find)."""
+    from . import champion
 
     model = _d(evaluation.get("model"))
-    name, version = model.get("name"), model.get("version")
-    if not name:
+    ids = _subject_ids(this_dir)
+    if ids is None:
         return None
-    try:
-        champion = client.get_model_version_by_alias(name, "champion")
-    except Exception as error:  # noqa: BLE001 - deleted model, no alias, unreachable store
-        log.info("no champion for %s (%s)", name, type(error).__name__)
+    digests = champion.dataset_digests(client, run_id)
+    found = champion.find(client, model.get("name"), model.get("version"), run_id,
+                          source=_d(evaluation.get("cohort")).get("source"), subject_ids=ids,
+                          digest=next(iter(digests)) if len(digests) == 1 else None, folder=work / "champion")  # fmt: skip
+    if found is None:
         return None
-    if str(champion.version) == str(version):
-        return None
-    other_run = (champion.tags or {}).get("heimer.evaluation_run_id")
-    if not other_run or other_run == run_id:
-        return None
-    folder = work / "champion"
-    try:
-        _download(other_run, folder, names=("evaluation.json", "metrics.json", "predictions.csv"),
-                  required=("evaluation.json", "metrics.json", "predictions.csv"))
-    except Exception as error:  # noqa: BLE001
-        log.info("champion v%s: artifacts unavailable (%s)", champion.version, error)
-        return None
-    other_eval = _read_json(folder / "evaluation.json", [])
-    same_source = _d(other_eval.get("cohort")).get("source") == _d(evaluation.get("cohort")).get("source")
-    ids_this, ids_other = _subject_ids(this_dir), _subject_ids(folder)
-    digests = _dataset_digests(client, run_id), _dataset_digests(client, other_run)
-    same_digest = not (digests[0] and digests[1]) or digests[0] == digests[1]  # compared when both logged one
-    if not same_source or not same_digest or ids_this is None or ids_this != ids_other:
-        log.info("champion v%s was evaluated on other data; no comparison", champion.version)
-        return None
-    return {"version": str(champion.version), "metrics": _read_json(folder / "metrics.json", []),
-            "predictions": pd.read_csv(folder / "predictions.csv", dtype={"subject_id": str})}
+    return {"version": found.version, "metrics": _read_json(found.folder / "metrics.json", []),
+            "predictions": found.predictions()}
 
 
 def find_champion(artifact_dir, run_id: str | None = None):
@@ -942,11 +1053,14 @@ def find_champion(artifact_dir, run_id: str | None = None):
         return _find_champion(MlflowClient(), evaluation, run_id or "", artifact_dir, Path(work))
 
 
-def report_for_run(run_id: str, *, out_dir=None, log: bool = True) -> ReportFiles:
+def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: bool = True) -> ReportFiles:
     """Re-render the report of evaluation run ``run_id`` from its logged artifacts alone and
-    (``log=True``) log it to the run as ``report/<name>-v<version>.pdf`` and ``report/html/``,
-    tagging the model version (when it still exists) with ``heimer.report``. ``out_dir``:
-    where the files go (default: a new temporary folder, kept)."""
+    (``log=True``) log it to the run as ``report/<name>-v<version>.pdf`` and ``report/html/``.
+    With ``tag_version``, the model version's ``heimer.report`` follows, but only when the run
+    FINISHED and is the version's evaluation (its ``heimer.evaluation_run_id``): a version never
+    points at a run that was killed or that a newer evaluation replaced. The evaluation itself
+    renders with ``tag_version=False`` while its run is still RUNNING, and writes every version
+    tag once the run FINISHED. ``out_dir``: where the files go (default: a new temporary folder, kept)."""
     from mlflow import MlflowClient
 
     logger = logging.getLogger(__name__)  # (``log`` is the argument)
@@ -956,7 +1070,8 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True) -> ReportFile
     try:
         artifacts = _download(run_id, work / "artifacts")
         evaluation = _read_json(artifacts / "evaluation.json", [])
-        champion = _find_champion(client, evaluation, run_id, artifacts, work)
+        # Evaluations record their comparison (heimer_mlflow.champion); older records get one now.
+        champion = None if "comparison" in evaluation else _find_champion(client, evaluation, run_id, artifacts, work)
         created = None
         if run.info.start_time:
             created = _dt.datetime.fromtimestamp(run.info.start_time // 1000, _dt.timezone.utc)
@@ -967,14 +1082,15 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True) -> ReportFile
             client.log_artifacts(run_id, str(files.html_dir), artifact_path="report/html")
             model = _d(evaluation.get("model"))
             name, version = model.get("name"), model.get("version")
-            if name and version:
+            if tag_version and name and version and run.info.status == "FINISHED":
                 try:
-                    client.get_model_version(name, str(version))
+                    registered = client.get_model_version(name, str(version))
                 except Exception:  # noqa: BLE001 - the version (or model) was deleted: no tag
                     logger.info("model %s v%s not in the registry; not tagging", name, version)
                 else:
-                    uri = f"{run.info.artifact_uri.rstrip('/')}/report/{files.pdf.name}"
-                    client.set_model_version_tag(name, str(version), "heimer.report", uri)
+                    if registered.tags.get("heimer.evaluation_run_id") == run_id:
+                        uri = f"{run.info.artifact_uri.rstrip('/')}/report/{files.pdf.name}"
+                        client.set_model_version_tag(name, str(version), "heimer.report", uri)
         return files
     finally:
         shutil.rmtree(work, ignore_errors=True)

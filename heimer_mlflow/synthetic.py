@@ -30,7 +30,9 @@ the number of workers):
 
 With ``shortcut=True`` (a negative control) nobody gets planted atrophy; instead AD subjects
 carry a bright cube in the background, well away from the brain, which a model can learn as a
-shortcut and the report's "attention outside the brain" check must flag.
+shortcut and the report's "attention outside the brain" check must flag. With ``marker=0.9`` (a
+mixed cohort, for registry reviews) atrophy is planted as usual and the same patch marks 90% of
+AD and 10% of CN subjects, as a site or scanner that goes with the diagnosis would.
 """
 
 from __future__ import annotations
@@ -509,11 +511,10 @@ def _subject_id(index: int, n_subjects: int) -> str:
 
 
 def _write_subject(setup: _Setup, seed: int, index: int, subject_id: str, label: str,
-                   shortcut: bool, out: pathlib.Path) -> dict:
+                   shortcut: bool, with_patch: bool, out: pathlib.Path) -> dict:
     """Simulate one subject, write its image and masks; return its truth.csv row."""
     # In the negative control nobody is planted: the label lives in the background patch only.
-    subject = _simulate(setup, seed, index, planted=label == "AD" and not shortcut,
-                        with_patch=label == "AD" and shortcut)
+    subject = _simulate(setup, seed, index, planted=label == "AD" and not shortcut, with_patch=with_patch)
     _save(subject.image, setup.affine, out / "images" / f"{subject_id}.nii.gz", "scanner")
     _save(subject.roi, setup.affine, out / "masks" / f"{subject_id}_roi.nii.gz", "scanner")
     _save(subject.changed, setup.affine, out / "masks" / f"{subject_id}_changed.nii.gz", "scanner")
@@ -559,6 +560,17 @@ def _covariates(n_subjects: int, seed: int, ad_fraction: float, n_sites: int) ->
             "age": int(age),
         })
     return rows
+
+
+def _with_marker(labels: list[str], seed: int, shortcut: bool, marker: float | None) -> list[bool]:
+    """Which subjects carry the background patch: every AD subject in the negative control; with
+    ``marker``, that share of AD subjects and the complement of CN subjects (drawn once per cohort)."""
+    if shortcut:
+        return [label == "AD" for label in labels]
+    if marker is None:
+        return [False] * len(labels)
+    draws = _rng(seed, 2).random(len(labels))
+    return [bool(u < (marker if label == "AD" else 1.0 - marker)) for u, label in zip(draws, labels)]
 
 
 def _validate(out: pathlib.Path, n_subjects, seed, voxel_size, ad_fraction, n_sites, workers):
@@ -610,7 +622,7 @@ def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
 
 def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: float = 2.0,
                  shortcut: bool = False, ad_fraction: float = 0.5, n_sites: int = 3,
-                 workers: int | None = None, progress: bool = True) -> pathlib.Path:
+                 marker: float | None = None, workers: int | None = None, progress: bool = True) -> pathlib.Path:
     """Write a synthetic cohort; return the path of OUT_DIR/manifest.csv.
 
     Layout: ``manifest.csv`` (subject_id, path, label, site, sex, age), ``images/sub-*.nii.gz``,
@@ -618,10 +630,16 @@ def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: fl
     ``truth.csv`` (planted volume factors and ROI volumes, not covariates), ``atlas/``
     (``atlas.nii.gz``, ``labels.csv``, ``brain_mask.nii.gz``) and ``NOTICE.txt``. Every file is
     on the grid of :func:`grid_for`. The output depends on ``seed`` only, not on ``workers``.
+    ``marker`` (a mixed cohort, as multi-site data is): planted atrophy as usual, and the
+    background patch of the negative control on that share of AD subjects and on ``1 - marker``
+    of CN subjects, like a scanner that goes with the diagnosis (``truth.csv``: ``has_patch``).
     A folder that an earlier call wrote is overwritten; any other non-empty folder is refused.
     """
     out = pathlib.Path(out_dir)
     _validate(out, n_subjects, seed, voxel_size, ad_fraction, n_sites, workers)
+    if marker is not None and (shortcut or isinstance(marker, bool) or not 0.0 <= float(marker) <= 1.0):
+        raise HeimerError(f"marker={marker!r}: give the share of AD subjects with the marker, between 0 and 1 "
+                          "(e.g. 0.9), and not together with shortcut")  # fmt: skip
     n_subjects, seed, n_sites = int(n_subjects), int(seed), int(n_sites)
     voxel_size, ad_fraction = float(voxel_size), float(ad_fraction)
     _clear_previous_cohort(out)
@@ -630,7 +648,7 @@ def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: fl
     (out / "NOTICE.txt").write_text(
         f"{NOTICE_MARKER}, written by heimer_mlflow.synthetic.write_cohort\n"
         f"parameters: seed={seed} n_subjects={n_subjects} voxel_size={voxel_size} "
-        f"shortcut={shortcut} ad_fraction={ad_fraction} n_sites={n_sites}\n\n{MNI_NOTICE}"
+        f"shortcut={shortcut} marker={marker} ad_fraction={ad_fraction} n_sites={n_sites}\n\n{MNI_NOTICE}"
     )
 
     setup = _setup_for(voxel_size)
@@ -640,7 +658,8 @@ def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: fl
     _write_csv(atlas / "labels.csv", [{"index": k, "name": n} for k, n in ATLAS_LABELS.items()])
 
     rows = _covariates(n_subjects, seed, ad_fraction, n_sites)
-    jobs = [(seed, i, row["subject_id"], row["label"], shortcut, out) for i, row in enumerate(rows)]
+    patched = _with_marker([row["label"] for row in rows], seed, shortcut, marker)
+    jobs = [(seed, i, row["subject_id"], row["label"], shortcut, patched[i], out) for i, row in enumerate(rows)]
     workers = min(workers or min(2, os.cpu_count() or 1), n_subjects)
     bar = tqdm(total=n_subjects, desc="synthetic cohort", unit="subject", file=sys.stderr,
                disable=not progress)

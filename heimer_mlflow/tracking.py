@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import platform
+import tempfile
 import time
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -18,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from . import __version__, interrupts
+from . import __version__, champion, interrupts
 from .errors import HeimerError, one_line
 
 VERSION_TAGS = ("roc_auc", "sensitivity", "specificity", "cam_outside_brain_fraction")
@@ -48,11 +49,13 @@ def check_reachable(timeout_s: float = 5.0) -> None:
 
 
 def cam_writer(folder: Path):
-    """A ``save_cams`` callback writing each subject's raw Grad-CAM as NIfTI with its affine."""
+    """A ``save_cams`` callback writing each subject's raw maps as NIfTI with its affine, one file per
+    method: ``<subject>_gradcam.nii.gz``, ``<subject>_hirescam.nii.gz``."""
     folder.mkdir(parents=True, exist_ok=True)
 
-    def write(subject_id: str, cam: np.ndarray, affine: np.ndarray) -> None:
-        save_volume(cam, affine, folder / f"{safe_name(subject_id)}_cam.nii.gz")
+    def write(subject_id: str, cams: dict[str, np.ndarray], affine: np.ndarray) -> None:
+        for method, cam in cams.items():
+            save_volume(cam, affine, folder / f"{safe_name(subject_id)}_{method}.nii.gz")
 
     return write
 
@@ -96,6 +99,9 @@ def predictions_table(evaluation) -> pd.DataFrame:
         "loss": s["loss"].astype(float),
         "cam_outside_brain_fraction": s["cam_outside_brain_fraction"].astype(float),
         "cam_outside_brain_floor": s["cam_outside_brain_floor"].astype(float),
+        "gradcam_outside_brain_fraction": s["gradcam_outside_brain_fraction"].astype(float),
+        "hirescam_outside_brain_fraction": s["hirescam_outside_brain_fraction"].astype(float),
+        "cam_method_agreement": s["cam_method_agreement"].astype(float),
     })
     for region in engine.region_names:
         table[f"cam_roi_gain_{region}"] = s[f"cam_roi_gain_{region}"].astype(float)
@@ -106,8 +112,10 @@ def predictions_table(evaluation) -> pd.DataFrame:
     return table
 
 
-def write_artifacts(evaluation, staging: Path) -> dict[str, str]:
-    """Everything the run keeps, written to ``staging`` (the run's artifact root)."""
+def write_artifacts(evaluation, staging: Path, *, champion_run=None) -> dict[str, str]:
+    """Everything the run keeps, written to ``staging`` (the run's artifact root). With
+    ``champion_run`` (:class:`heimer_mlflow.champion.ChampionRun`), also the figure that sets
+    both models' group maps side by side."""
     from .figures import render_all
 
     engine, affine = evaluation.engine, evaluation.grid_affine
@@ -134,9 +142,42 @@ def write_artifacts(evaluation, staging: Path) -> dict[str, str]:
                         volumes / f"{quantity}_{name}_{safe_name(positive)}-{safe_name(negative)}.nii.gz")
     for outcome, cases in engine.gallery.items():
         for case in cases:
-            save_volume(case.cam, case.affine, volumes / "gallery" / f"{outcome}_{safe_name(case.subject_id)}_cam.nii.gz")
+            name = f"{outcome}_{safe_name(case.subject_id)}"
+            for method, cam in (case.cams or {engine.cam_method: case.cam}).items():
+                save_volume(cam, case.affine, volumes / "gallery" / f"{name}_{method}.nii.gz")
     files.update(render_all(evaluation.metrics, engine, evaluation.history, staging / "figures", affine=affine))
+    if champion_run is not None:
+        files.update(_champion_figure(evaluation, champion_run, staging / "figures"))
     return files
+
+
+def _champion_figure(evaluation, champion_run, folder: Path) -> dict[str, Path]:
+    """figures/champion_comparison.png: the AD group's mean map of this version and of the
+    champion over the cohort's mean anatomy; nothing when the champion's run lacks the volume."""
+    from .evaluation import CAM_NAMES
+    from .figures import plot_champion_comparison, save_figure
+
+    positive = evaluation.model.meta.positive_class
+    path = champion_run.volume(f"cam_mean_{safe_name(positive)}.nii.gz")
+    cam = evaluation.engine.maps.get("cam")
+    if path is None or cam is None or positive not in cam.mean:
+        return {}
+    anatomy = evaluation.engine.maps["input"].mean
+    background = np.mean([v[0] if v.ndim == 4 else v for v in anatomy.values()], axis=0)
+    comparison = evaluation.comparison
+    figure = plot_champion_comparison(
+        _volume3d(cam.mean[positive]), np.asarray(nib.load(path).dataobj, dtype=np.float32),
+        affine=evaluation.grid_affine, background=background,
+        labels=(f"this version (v{evaluation.model.version}), {CAM_NAMES[evaluation.engine.cam_method]}",
+                f"champion (v{comparison.champion_version}), {CAM_NAMES.get(comparison.champion_cam_method, 'Grad-CAM')}"),
+        group=positive,
+    )  # fmt: skip
+    return {"champion_comparison": save_figure(figure, folder / "champion_comparison.png")}
+
+
+def _volume3d(volume) -> np.ndarray:
+    volume = np.asarray(volume)
+    return volume[0] if volume.ndim == 4 else volume
 
 
 def evaluation_record(evaluation) -> dict:
@@ -159,6 +200,7 @@ def evaluation_record(evaluation) -> dict:
                    "counts": {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()}},
         "configuration": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "engine": {"device": engine.device, "amp": engine.amp, "target_layer": engine.target_layer,
+                   "cam_method": engine.cam_method,
                    "feature_layers": engine.feature_layers, "region_names": engine.region_names,
                    "chunk_size": engine.chunk_size, "threshold": engine.threshold,
                    "world_size": engine.world_size,
@@ -168,6 +210,7 @@ def evaluation_record(evaluation) -> dict:
                    "gallery": {o: [{"subject_id": c.subject_id, "prob": _finite(c.prob), "label": int(c.label)}
                                    for c in cases] for o, cases in engine.gallery.items()}},
         "plausibility": {"verdict": evaluation.verdict, "reason": evaluation.verdict_reason, **evaluation.summary},
+        "comparison": evaluation.comparison.to_dict() if evaluation.comparison is not None else None,
         "history": {k: [[int(s), _finite(v)] for s, v in pts] for k, pts in evaluation.history.items()},
         "grid_affine": np.asarray(evaluation.grid_affine).tolist(),
         "evaluated_at": evaluation.evaluated_at,
@@ -191,10 +234,13 @@ def _dataset(evaluation):
 class EvaluationRun:
     """The MLflow run of one evaluation while it computes (see :func:`evaluation_run`)."""
 
-    def __init__(self, run, owned: bool, model):
+    def __init__(self, run, owned: bool, model, options):
         self.run_id, self.artifact_uri, self.owned = run.info.run_id, run.info.artifact_uri, owned
         self.model_name, self.model_version = model.name, model.version
         self.version_tags: dict[str, str] = {}  # set by log_results; written only once the run FINISHED
+        self.gate = options.gate()  # promotion rules, judged once the run FINISHED
+        self.judged: tuple[dict, str, str, dict] | None = None  # (metrics, verdict, reason, not computable)
+        self.gate_result = None
 
 
 @contextlib.contextmanager
@@ -213,7 +259,7 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
         # MLflow's exit hook then marks FINISHED.
         with interrupts.deferred():
             run, owned = _open_run(model, options, run_id)
-            handle = EvaluationRun(run, owned, model)
+            handle = EvaluationRun(run, owned, model, options)
             _describe(handle, model, options, device)
         yield handle
         interrupts.raise_if_swallowed()
@@ -225,8 +271,14 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
     client = mlflow.MlflowClient()
     with interrupts.deferred():
         _close(handle, "FINISHED")
-        if handle.model_name and handle.model_version and handle.version_tags:
-            for key, value in handle.version_tags.items():
+        version_tags = dict(handle.version_tags)
+        if handle.gate and handle.judged is not None:
+            handle.gate_result = handle.gate.judge(*handle.judged)
+            for key, value in handle.gate_result.tags().items():
+                client.set_tag(handle.run_id, key, value)
+            version_tags["heimer.gate"] = handle.gate_result.status
+        if handle.model_name and handle.model_version and version_tags:
+            for key, value in version_tags.items():
                 client.set_model_version_tag(handle.model_name, handle.model_version, key, value)
 
 
@@ -338,11 +390,19 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, *, say=print) 
     from .report import report_for_run
 
     evaluation.run_id = handle.run_id
-    evaluation.artifacts = write_artifacts(evaluation, staging)
     model = evaluation.model
     dataset = _dataset(evaluation)
-    flat = {**evaluation.metrics.to_flat_metrics(), **evaluation.summary,
-            "n_subjects": int(len(evaluation.engine.subjects["prob"])), "n_excluded": int(len(evaluation.cohort.excluded))}
+    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
+        evaluation.comparison, champion_run = champion.with_champion(evaluation, predictions_table(evaluation),
+                                                                     dataset.digest, Path(work))  # fmt: skip
+        if evaluation.comparison is not None:
+            c = evaluation.comparison
+            say(f"compared with the champion, version {c.champion_version}: AUC difference "
+                f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
+                f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
+        figures = write_artifacts(evaluation, staging, champion_run=champion_run)
+    evaluation.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
+    flat = evaluation.run_metrics
     client = mlflow.MlflowClient()
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
     linked_model = LoggedModelInput(model.model_id) if model.model_id else None
@@ -351,10 +411,28 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, *, say=print) 
     mlflow.log_artifacts(str(staging))
     # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
     # re-renders it later: one path, and proof that the artifacts alone suffice.
-    report = report_for_run(handle.run_id, log=True)
+    # The version is not tagged here: the run is still RUNNING (all version tags come after FINISHED).
+    with tempfile.TemporaryDirectory(prefix="heimer-report-") as rendered:  # logged to the run, then gone
+        report = report_for_run(handle.run_id, out_dir=rendered, log=True, tag_version=False)
     evaluation.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
     handle.version_tags = version_tags(evaluation, flat)
+    handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.metrics.not_computable()))
     say(f"logged the evaluation and its report to run {handle.run_id} ({mlflow.get_tracking_uri()})")
+
+
+# The run's files that MLflow's artifact types describe, by name (EvaluationResult.artifacts);
+# figures join them under their own names (roc, calibration, gallery_TP, ...).
+NAMED_ARTIFACTS = {"metrics": "metrics.json", "evaluation": "evaluation.json", "predictions": "predictions.csv",
+                   "exclusions": "exclusions.csv"}  # fmt: skip
+
+
+def artifact_uris(artifact_uri: str, staging: Path, figures: dict[str, Path]) -> dict[str, str]:
+    """{name: artifact URI} of what the run keeps: the named files, then every figure by its name."""
+    root = artifact_uri.rstrip("/")
+    uris = {name: f"{root}/{path}" for name, path in NAMED_ARTIFACTS.items() if (staging / path).exists()}
+    for name, path in figures.items():
+        uris.setdefault(name, f"{root}/{Path(path).relative_to(staging).as_posix()}")
+    return uris
 
 
 def version_tags(evaluation, flat: dict) -> dict[str, str]:

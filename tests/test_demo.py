@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from heimer_mlflow import registry
-from heimer_mlflow.demo import run_demo
+from heimer_mlflow.demo import run_demo, story
 
 from .conftest import subprocess_env
 
@@ -37,13 +38,33 @@ def assert_demo_registered(name: str, epochs: int, version: str = "1"):
 
 
 def test_demo_in_python(tracking, tmp_path):
+    """The registry review's mechanics on a tiny cohort (whether the maps tell the two models
+    apart needs the full-size demo, measured in README): champion v1 and challenger v2, both
+    evaluated on the same held-out cohort, the challenger's run compared with the champion's."""
     result = run_demo(workdir=tmp_path / "demo", model_name="demo-py", progress=False, **TINY)
     assert result["version"] == "1"
     assert_demo_registered("demo-py", TINY["epochs"])
     assert Path(result["eval_manifest"]).is_file() and Path(result["train_manifest"]).is_file()
-    # the held-out cohort shares no subject files with the training cohort
-    assert Path(result["eval_manifest"]).parent != Path(result["train_manifest"]).parent
+    # the held-out cohort shares no subject files with the training cohorts, and carries the site marker
+    challenger = result["challenger"]
+    folders = {Path(m).parent for m in (result["eval_manifest"], result["train_manifest"], challenger["train_manifest"])}
+    assert len(folders) == 3
+    truth = pd.read_csv(Path(result["eval_manifest"]).parent / "truth.csv")
+    assert truth["has_patch"].any() and not pd.read_csv(Path(result["train_manifest"]).parent / "truth.csv")["has_patch"].any()
     assert_demo_evaluated("demo-py", result["run_id"])
+
+    client = mlflow.MlflowClient()
+    assert challenger["version"] == "2" and str(client.get_model_version_by_alias("demo-py", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("demo-py", "champion").version) == "1"
+    champion_run = client.get_model_version("demo-py", "1").tags["heimer.evaluation_run_id"]
+    evaluation = challenger["evaluation"]
+    assert evaluation.comparison.champion_run_id == champion_run
+    logged = client.get_run(evaluation.run_id).data.metrics
+    assert {"vs_champion_roc_auc_diff", "vs_champion_delong_p"} <= set(logged)
+    assert client.get_model_version("demo-py", "2").tags["heimer.evaluation_run_id"] == evaluation.run_id
+    lines = story(result)
+    assert [line.split(":")[0] for line in lines] == ["scores", "verdicts", "reports"]
+    assert "challenger v2" in lines[0] and "DeLong p" in lines[0] and evaluation.verdict in lines[1]
 
 
 def assert_demo_evaluated(name: str, training_run_id: str):
@@ -71,7 +92,7 @@ def test_demo_through_mlflow_run(tracking, tmp_path):
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "demo", "--env-manager", "local",
            "--experiment-name", "heimer-demo-mlproject",
            "-P", "subjects=12", "-P", "eval_subjects=6", "-P", "epochs=2", "-P", "voxel_size=4",
-           "-P", f"workdir={tmp_path / 'm'}", "-P", "model_name=demo-mlproject"]
+           "-P", f"workdir={tmp_path / 'm'}", "-P", "model_name=demo-mlproject", "-P", "skip_challenger=true"]
     done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = assert_demo_registered("demo-mlproject", 2)
@@ -79,6 +100,7 @@ def test_demo_through_mlflow_run(tracking, tmp_path):
     run = mlflow.get_run(loaded.source_run_id)
     assert run.data.tags.get("mlflow.project.entryPoint") == "demo"
     assert_demo_evaluated("demo-mlproject", loaded.source_run_id)
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='demo-mlproject'")] == ["1"]
 
 
 def test_cli_user_error_is_one_line(tmp_path):

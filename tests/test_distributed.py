@@ -28,6 +28,7 @@ from heimer_mlflow import distributed
 from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.engine.gallery import CaseGallery
+from heimer_mlflow.engine.run import SUBJECT_COLUMNS
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
@@ -190,7 +191,7 @@ def test_two_ranks_equal_one_process(runs, manifest):
     one, merged, other = (run[manifest] for run in runs)
     assert other is None and merged.world_size == 2 and one.world_size == 1
 
-    assert merged.subjects.keys() == one.subjects.keys()
+    assert merged.subjects.keys() == one.subjects.keys() and set(SUBJECT_COLUMNS) <= one.subjects.keys()
     for column, values in one.subjects.items():
         assert merged.subjects[column].dtype == values.dtype, column
         if values.dtype.kind in "OiU":
@@ -222,6 +223,9 @@ def test_two_ranks_equal_one_process(runs, manifest):
             np.testing.assert_array_equal(got.image, case.image)
             np.testing.assert_array_equal(got.affine, case.affine)
             np.testing.assert_allclose(got.cam, case.cam, rtol=1e-6, atol=1e-9)
+            assert got.cams.keys() == case.cams.keys() == {"gradcam", "hirescam"}
+            for method, cam in case.cams.items():
+                np.testing.assert_allclose(got.cams[method], cam, rtol=1e-6, atol=1e-9, err_msg=method)
             assert got.confidence == pytest.approx(case.confidence, rel=1e-6)
 
     if one.sanity is None:

@@ -59,7 +59,8 @@ def test_engine_cam_numbers_equal_captum_on_the_input_grid(factory):
     n_outputs = 1 if factory is resnet else 2
     meta = ModelMeta(class_names=["CN", "AD"], positive_class="AD", input_shape=[1, *GRID], target_layer=layer)
     result = run_engine(model, torch.utils.data.DataLoader(data, batch_size=5), meta, device="cpu", progress=False,
-                        atlas=(ATLAS_LABELS, {1: "lesion", 2: "corner"}), gallery_k=2, sanity_subjects=2)  # fmt: skip
+                        atlas=(ATLAS_LABELS, {1: "lesion", 2: "corner"}), gallery_k=2, sanity_subjects=2,
+                        cam="gradcam")  # fmt: skip
 
     assert "cam|neighbours" in result.stats.state  # the layer-grid path, not voxel-wise sums
     attribution = LayerGradCam(model, model.get_submodule(layer)).attribute(

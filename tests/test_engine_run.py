@@ -61,7 +61,9 @@ ATLAS = (ATLAS_LABELS, {7: "lesion", 3: "corner"})
 
 
 def evaluate(model, **options):
-    options = {"device": "cpu", "progress": False, "gallery_k": 2, "sanity_subjects": 3, **options}
+    # Grad-CAM as the primary map: these tests check it against a direct computation (HiResCAM's
+    # parity is in test_engine_hirescam.py)
+    options = {"device": "cpu", "progress": False, "gallery_k": 2, "sanity_subjects": 3, "cam": "gradcam", **options}
     return run_engine(model, loader(options.pop("dataset", None), options.pop("batch_size", 4)), META, **options)
 
 
@@ -113,7 +115,10 @@ def test_outputs_match_a_direct_computation(n_outputs):
     assert result.feature_layers == ["3", "0"] and sorted(result.feature_ranking["3"]["channel"]) == list(range(6))
 
     assert set(saved) == set(rows["subject_id"])
-    np.testing.assert_allclose(saved["sub-03"][0], cam[3], rtol=1e-6)
+    assert set(saved["sub-03"][0]) == {"gradcam", "hirescam"}
+    np.testing.assert_allclose(saved["sub-03"][0]["gradcam"], cam[3], rtol=1e-6)
+    hirescam = GradCam3d(model, "3").attribute(x, column).hirescam.numpy()
+    np.testing.assert_allclose(saved["sub-03"][0]["hirescam"], hirescam[3], rtol=1e-6)
 
     predicted = prob.numpy() >= 0.5
     for outcome, members in {"TP": ad & predicted, "TN": cn & ~predicted, "FP": cn & predicted,
@@ -137,7 +142,7 @@ def test_a_target_layer_on_the_input_grid_gives_the_same_kind_of_results():
     model = model_with(2)
     meta = dataclasses.replace(META, target_layer="0")
     data = Subjects()
-    result = run_engine(model, loader(data), meta, device="cpu", progress=False, atlas=ATLAS)
+    result = run_engine(model, loader(data), meta, device="cpu", progress=False, atlas=ATLAS, cam="gradcam")
     cam = GradCam3d(model, "0").attribute(data.images, 1).cam.numpy()
     assert "cam|neighbours" not in result.stats.state and result.stats.state["cam|sumsq"].shape[1:] == SPATIAL
     outside = (cam * ~data.mask.numpy()).sum((1, 2, 3)) / cam.sum((1, 2, 3))

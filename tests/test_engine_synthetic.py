@@ -1,70 +1,98 @@
-"""End to end on planted ground truth: a tiny model trained on the synthetic cohort looks at the
-planted regions, and one trained on the shortcut cohort looks outside the brain (4 mm, ~30 s)."""
+"""End to end on planted ground truth, for each DemoCNN head on its primary map (HiResCAM): a tiny
+model trained on the shortcut cohort learns the patch outside the brain and its map looks there,
+far more than a model trained on the clean cohort (4 mm, ~10 s per head).
+
+What holds depends on the head; ``benchmarks/cam_evidence.py`` measured it over training seeds
+0-3 (cohort seed 0). Trained like this (24 subjects, 30 epochs), every clean model fits its
+cohort but stays at chance on a fresh one: it memorises, so its region gains say where it
+memorised, not that it learned the planted atrophy. The checks below are those that hold with
+margin at the training seed used here, as noted per head in EXPECT.
+"""
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from heimer_mlflow import synthetic
 from heimer_mlflow.cohort import CohortDataset, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.nets import DemoCNN
+from heimer_mlflow.training import fit_in_memory
 
 pytestmark = pytest.mark.skipif(not hasattr(synthetic, "write_cohort"), reason="needs synthetic.write_cohort")
 
-SUBJECTS, VOXEL_MM, EPOCHS = 24, 4.0, 30
-# DemoCNN's evidence head, whose Grad-CAM (at the last block's output) is the map the decision
-# pools (nets.py). Over training seeds 0-3 the shortcut - clean difference in outside share was
-# 0.39-0.66 here; with the max head it was -0.13-0.36, so that head cannot be checked this way.
-HEAD = "evidence"
+SUBJECTS, VOXEL_MM, EPOCHS, SEED = 24, 4.0, 30, 0
+CAM = "hirescam"  # the primary map for every head (benchmarks/cam_evidence.py)
+# Per head, at training seed 0 (over seeds 0-3 in brackets, HiResCAM, AD subjects' means):
+# - patch: the shortcut model scores a fresh shortcut cohort from the patch (max, evidence: 1.00
+#   at seeds 0-2; seed 3 memorises instead, 0.48). The avg head learns it only in part (0.58-0.77).
+# - outside: shortcut outside share > clean + 0.1. max: +0.22 (+0.22..+0.62 where the patch was
+#   learned; Grad-CAM only +0.09 here), evidence: +0.98 (+0.47..+0.98). avg: +0.13, but
+#   -0.01..+0.13 over seeds, so not checked.
+# - regions: clean model's mean region gain > 1.3. Only the evidence head at this seed (2.84;
+#   0.61-2.84 over seeds, so a regression check of this seed, not a property of the head);
+#   max: 0.77, avg: 1.33 (1.16-1.41).
+EXPECT = {
+    "max": {"patch": True, "outside": True, "regions": False},
+    "evidence": {"patch": True, "outside": True, "regions": True},
+    "avg": {"patch": False, "outside": False, "regions": False},
+}
 
 
-def train_and_evaluate(folder, atlas):
+def load(folder):
     meta = ModelMeta(class_names=["CN", "AD"], positive_class="AD", intensity="zscore")
     dataset = CohortDataset(read_cohort(folder, meta.class_names), meta)
     items = [dataset[i] for i in range(len(dataset))]
+    labels = np.asarray(nib.load(folder / "atlas" / "atlas.nii.gz").dataobj).astype(int)
+    return meta, items, (labels, synthetic.ATLAS_LABELS)
+
+
+def stacked(items, meta):
     images = torch.stack([item["image"] for item in items])
     is_ad = torch.tensor([float(item["label"] == meta.positive_index) for item in items])
+    return images, is_ad
 
-    torch.manual_seed(0)
-    model = DemoCNN(n_outputs=1, width=4, dropout=0.0, head=HEAD)
-    meta.target_layer = model.gradcam_layer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(EPOCHS):
-        for batch in torch.randperm(len(items)).split(8):
-            loss = F.binary_cross_entropy_with_logits(model(images[batch])[:, 0], is_ad[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    # So few steps leave the running BatchNorm statistics behind the weights: recompute them.
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model(images)
-    model.eval()
 
-    loader = torch.utils.data.DataLoader(items, batch_size=8)
-    return run_engine(model, loader, meta, device="cpu", atlas=atlas, progress=False, sanity_subjects=4)
+def train(items, meta, head):
+    return fit_in_memory(*stacked(items, meta), head=head, width=4, epochs=EPOCHS, learning_rate=3e-3, seed=SEED)
 
 
 @pytest.fixture(scope="module")
-def evaluations(tmp_path_factory):
+def cohorts(tmp_path_factory):
+    """clean and shortcut (cohort seed 0) to train on, and a fresh shortcut cohort (seed 1000)."""
     root = tmp_path_factory.mktemp("cohorts")
+    loaded = {}
+    for name, shortcut, seed in (("clean", False, 0), ("shortcut", True, 0), ("fresh_shortcut", True, 1000)):
+        synthetic.write_cohort(root / name, n_subjects=SUBJECTS, seed=seed, voxel_size=VOXEL_MM, shortcut=shortcut,
+                               progress=False)  # fmt: skip
+        loaded[name] = load(root / name)
+    return loaded
+
+
+@pytest.fixture(scope="module", params=list(EXPECT))
+def head(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def evaluations(cohorts, head):
     results = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # multi-threaded conv gradients sum in varying order: training would not repeat
     try:
-        for name, shortcut in (("clean", False), ("shortcut", True)):
-            synthetic.write_cohort(root / name, n_subjects=SUBJECTS, voxel_size=VOXEL_MM, shortcut=shortcut,
-                                   progress=False)  # fmt: skip
-            labels = np.asarray(nib.load(root / name / "atlas" / "atlas.nii.gz").dataobj).astype(int)
-            results[name] = train_and_evaluate(root / name, (labels, synthetic.ATLAS_LABELS))
+        for name in ("clean", "shortcut"):
+            meta, items, atlas = cohorts[name]
+            model = train(items, meta, head)
+            meta.target_layer = model.gradcam_layer
+            loader = torch.utils.data.DataLoader(items, batch_size=8)
+            results[name] = run_engine(model, loader, meta, device="cpu", atlas=atlas, progress=False,
+                                       sanity_subjects=4, cam=CAM)  # fmt: skip
+            if name == "shortcut":
+                images, is_ad = stacked(cohorts["fresh_shortcut"][1], meta)
+                with torch.no_grad():
+                    correct = (model(images)[:, 0] > 0) == is_ad.bool()
+                results["fresh_shortcut_accuracy"] = float(correct.float().mean())
     finally:
         torch.set_num_threads(threads)
     return results
@@ -76,20 +104,44 @@ def ad_mean(result, column):
 
 
 def test_the_models_learned_their_cohorts(evaluations):
-    for result in evaluations.values():
-        assert (result.subjects["pred"] == result.subjects["label"]).mean() >= 0.9
+    for name in ("clean", "shortcut"):
+        result = evaluations[name]
+        assert result.cam_method == CAM
+        assert (result.subjects["pred"] == result.subjects["label"]).mean() >= 0.9, name
 
 
-def test_cam_concentrates_in_the_planted_regions(evaluations):
+def test_shortcut_model_scores_a_fresh_cohort_from_the_patch(evaluations, head):
+    if not EXPECT[head]["patch"]:
+        pytest.skip(f"the {head} head learns the patch only in part at this scale")
+    assert evaluations["fresh_shortcut_accuracy"] >= 0.9
+
+
+def test_shortcut_model_looks_outside_the_brain(evaluations, head):
+    if not EXPECT[head]["outside"]:
+        pytest.skip(f"the {head} head's shortcut and clean models do not separate over training seeds")
+    clean = ad_mean(evaluations["clean"], "cam_outside_brain_fraction")
+    shortcut = ad_mean(evaluations["shortcut"], "cam_outside_brain_fraction")
+    assert shortcut > clean + 0.1, (clean, shortcut)
+    assert shortcut > 0.9, shortcut  # the model scores from the patch: all of its map belongs there
+
+
+def test_cam_concentrates_in_the_planted_regions(evaluations, head):
+    if not EXPECT[head]["regions"]:
+        pytest.skip(f"the {head} head's clean model does not show the planted regions")
     result = evaluations["clean"]
     gains = {name: ad_mean(result, f"cam_roi_gain_{name}") for name in result.region_names}
     assert np.mean(list(gains.values())) > 1.3, gains
 
 
-def test_shortcut_model_looks_outside_the_brain(evaluations):
-    clean = ad_mean(evaluations["clean"], "cam_outside_brain_fraction")
-    shortcut = ad_mean(evaluations["shortcut"], "cam_outside_brain_fraction")
-    assert shortcut > clean + 0.1, (clean, shortcut)
+def test_avg_head_maps_are_one(evaluations, head):
+    """Global average pooling: every voxel's gradient is w_c / N, so Grad-CAM is HiResCAM (nets.py)."""
+    if head != "avg":
+        pytest.skip("only the avg head's two maps coincide")
+    for result in (evaluations["clean"], evaluations["shortcut"]):
+        rows = result.subjects
+        np.testing.assert_allclose(rows["gradcam_outside_brain_fraction"], rows["hirescam_outside_brain_fraction"],
+                                   rtol=1e-4)  # fmt: skip
+        assert np.nanmin(rows["cam_method_agreement"]) > 0.999
 
 
 def test_sanity_check_separates_trained_from_random_weights(evaluations):

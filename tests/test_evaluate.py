@@ -58,7 +58,8 @@ def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: 
     predictions = pd.read_csv(local / "predictions.csv")
     manifest = pd.read_csv(cohort / "manifest.csv")
     assert sorted(predictions["subject_id"]) == sorted(manifest["subject_id"])
-    assert {"site", "sex", "age", "loss", "cam_outside_brain_fraction"} <= set(predictions.columns)
+    assert {"site", "sex", "age", "loss", "cam_outside_brain_fraction", "gradcam_outside_brain_fraction",
+            "hirescam_outside_brain_fraction", "cam_method_agreement"} <= set(predictions.columns)  # fmt: skip
     y = (predictions["label"] == "AD").astype(int).to_numpy()
     p = predictions["prob_AD"].to_numpy()
     called = (p >= 0.5).astype(int)
@@ -71,7 +72,13 @@ def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: 
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, called), abs=1e-9)
     assert m["sensitivity"] == pytest.approx(skm.recall_score(y, called), abs=1e-9)
     assert m["brier_score"] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-9)
-    assert m["cam_outside_brain_fraction"] == pytest.approx(predictions["cam_outside_brain_fraction"].mean(), abs=1e-6)
+    # the map checks are over the subjects called AD (all of them when nobody is)
+    called = predictions[predictions["prediction"] == "AD"] if (predictions["prediction"] == "AD").any() else predictions
+    assert m["cam_n_subjects"] == len(called)
+    for column in ("gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction", "cam_outside_brain_floor",
+                   "cam_method_agreement"):
+        assert m[column] == pytest.approx(called[column].mean(), abs=1e-6), column
+    assert m["cam_outside_brain_fraction"] == m["hirescam_outside_brain_fraction"]  # the default primary map
     if atlas:
         assert {f"cam_roi_gain_{r}" for r in ("hippocampus_left", "lateral_ventricle_right")} <= set(m)
     # artifacts
@@ -87,7 +94,9 @@ def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: 
     volumes = sorted((local / "volumes").rglob("*.nii.gz"))
     names = {v.name for v in volumes}
     assert {"cam_mean_AD.nii.gz", "cam_mean_CN.nii.gz", "cam_diff_AD-CN.nii.gz", "input_t_AD-CN.nii.gz"} <= names
-    assert any(v.parent.name == "gallery" for v in volumes)
+    gallery = sorted(v.name for v in volumes if v.parent.name == "gallery")
+    cases = {name.rsplit("_", 1)[0] for name in gallery}  # <outcome>_<subject>_<method>.nii.gz
+    assert gallery and gallery == sorted(f"{case}_{m}.nii.gz" for case in cases for m in ("gradcam", "hirescam"))
     for v in volumes:
         img = nib.load(v)
         np.testing.assert_allclose(img.affine, input_affine, atol=1e-5)
@@ -147,11 +156,14 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "main", "--env-manager", "local",
            "--experiment-name", "mlproject-evals", "-P", f"model_uri=models:/{model_name}/1",
            "-P", f"data={cohort / 'manifest.csv'}", "-P", f"atlas={cohort / 'atlas' / 'atlas.nii.gz'}",
-           "-P", f"atlas_labels={cohort / 'atlas' / 'labels.csv'}", "-P", "batch_size=3"]
+           "-P", f"atlas_labels={cohort / 'atlas' / 'labels.csv'}", "-P", "batch_size=3",
+           "-P", "require=roc_auc>=0;n_subjects>=12"]
     done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = mlflow.get_experiment_by_name("mlproject-evals")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
+    assert runs[0].data.tags["heimer.gate"] == "passed"
+    assert runs[0].data.tags["heimer.gate_rules"] == "roc_auc>=0; n_subjects>=12"
     assert len(runs) == 1 and runs[0].data.tags["mlflow.project.entryPoint"] == "main"
     check_evaluation_run(runs[0].info.run_id, cohort, model_name)
 
@@ -166,8 +178,33 @@ def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_na
             evaluator_config={"atlas": str(cohort / "atlas" / "atlas.nii.gz"),
                               "atlas_labels": str(cohort / "atlas" / "labels.csv"), "n_bootstrap": 500, "workers": 0},
         )
-    assert result.metrics["roc_auc"] == pytest.approx(mlflow.get_run(run.info.run_id).data.metrics["roc_auc"])
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    assert result.metrics == {name: pytest.approx(logged[name]) for name in result.metrics}
+    assert {"roc_auc", "roc_auc_ci_lower", "n_subjects", "cam_outside_brain_fraction"} <= result.metrics.keys()
     check_evaluation_run(run.info.run_id, cohort, model_name)
+    # what it logged, as MLflow's own evaluator lists its artifacts: typed, loaded from the run on use
+    artifacts = result.artifacts
+    assert {"roc", "calibration", "score_histogram", "metrics", "evaluation", "predictions"} <= artifacts.keys()
+    assert artifacts["roc"].uri.endswith("/figures/roc.png") and artifacts["roc"].uri.startswith(run.info.artifact_uri)
+    assert artifacts["roc"].content.size[0] > 100  # a PIL image
+    assert list(artifacts["predictions"].content["subject_id"]) == list(pd.read_csv(cohort / "manifest.csv")["subject_id"])
+    assert artifacts["metrics"].content["plausibility"]["cam_outside_brain_fraction"] == pytest.approx(
+        result.metrics["cam_outside_brain_fraction"])
+    # MLflow's own validation works on these metrics: against thresholds and against a baseline
+    from mlflow.models import MetricThreshold
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    auc = result.metrics["roc_auc"]
+    mlflow.validate_evaluation_results({"roc_auc": MetricThreshold(threshold=auc - 0.01, greater_is_better=True),
+                                        "brier_score": MetricThreshold(threshold=1.0, greater_is_better=False)},
+                                       candidate_result=result)  # fmt: skip
+    with pytest.raises(ModelValidationFailedException, match="roc_auc"):
+        mlflow.validate_evaluation_results(
+            {"roc_auc": MetricThreshold(threshold=auc + 0.01, greater_is_better=True)}, candidate_result=result)
+    with pytest.raises(ModelValidationFailedException, match="roc_auc"):
+        mlflow.validate_evaluation_results(
+            {"roc_auc": MetricThreshold(min_absolute_change=0.05, greater_is_better=True)},
+            candidate_result=result, baseline_result=result)
 
 
 def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
@@ -177,7 +214,46 @@ def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
     assert result.history["train_loss"] == [(0, 0.7), (1, 0.6)]  # `loss` recognised as the training loss
     assert result.history["val_accuracy"] == [(0, pytest.approx(0.4)), (1, pytest.approx(0.6))]
     run, local = check_evaluation_run(result.run_id, cohort, model_name, atlas=False)
-    assert len(list((local / "volumes" / "subjects").glob("*_cam.nii.gz"))) == 12
+    for method in ("gradcam", "hirescam"):
+        assert len(list((local / "volumes" / "subjects").glob(f"*_{method}.nii.gz"))) == 12
+
+
+def test_a_challenger_is_compared_with_the_champion_on_the_same_subjects(tracking, cohort, model_name):
+    """v1 holds alias champion and was evaluated on this cohort; v2 evaluated on the same cohort
+    records the comparison (metrics, evaluation.json, figure, report); on other data it does not."""
+    from heimer_mlflow.metrics import paired_delong
+
+    options = dict(n_bootstrap=200, workers=0, progress=False, experiment="champion-evals")
+    champion = evaluate(f"models:/{model_name}@champion", cohort, **options)
+    challenger_version = register_tiny_model(model_name, seed=5)
+    challenger = evaluate(f"models:/{model_name}/{challenger_version}", cohort, **options)
+    comparison = challenger.comparison
+    assert comparison.champion_version == "1" and comparison.champion_run_id == champion.run_id
+    assert comparison.n_shared == 12 and comparison.champion_verdict == champion.verdict
+    # the numbers, recomputed from both runs' predictions.csv
+    local = {e.run_id: pd.read_csv(mlflow.artifacts.download_artifacts(run_id=e.run_id, artifact_path="predictions.csv"))
+             for e in (champion, challenger)}
+    mine, theirs = (local[e.run_id].set_index("subject_id").sort_index() for e in (challenger, champion))
+    y = (mine["label"] == "AD").to_numpy(int)
+    expected, p_value = paired_delong(y, mine["prob_AD"].to_numpy(), theirs["prob_AD"].to_numpy())
+    logged = mlflow.get_run(challenger.run_id).data.metrics
+    assert logged["vs_champion_roc_auc_diff"] == pytest.approx(expected.value)
+    assert expected.value == pytest.approx(skm.roc_auc_score(y, mine["prob_AD"]) - skm.roc_auc_score(y, theirs["prob_AD"]))
+    assert logged["vs_champion_roc_auc_diff_ci_lower"] == pytest.approx(expected.lower)
+    assert logged["vs_champion_roc_auc_diff_ci_upper"] == pytest.approx(expected.upper)
+    assert logged["vs_champion_delong_p"] == pytest.approx(p_value)
+    local_run = Path(mlflow.artifacts.download_artifacts(run_id=challenger.run_id))
+    record = json.loads((local_run / "evaluation.json").read_text())
+    assert record["comparison"]["champion_version"] == "1" and record["comparison"]["delong_p"] == pytest.approx(p_value)
+    assert matplotlib.image.imread(local_run / "figures" / "champion_comparison.png").shape[1] > 400
+    text = " ".join(page.extract_text() for page in PdfReader(next((local_run / "report").glob("*.pdf"))).pages)
+    assert "champion is version 1" in " ".join(text.split()) and "DeLong" in text
+    # the champion itself, and an evaluation on other subjects, compare with nothing
+    assert champion.comparison is None
+    manifest = pd.read_csv(cohort / "manifest.csv").iloc[:8]
+    manifest["path"] = [str(cohort / p) for p in manifest["path"]]
+    other = evaluate(f"models:/{model_name}/{challenger_version}", manifest, **options)
+    assert other.comparison is None and "vs_champion_roc_auc_diff" not in mlflow.get_run(other.run_id).data.metrics
 
 
 @pytest.mark.parametrize(
@@ -239,13 +315,18 @@ def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, mod
     assert run.data.params["heimer.brain_mask"] == str(mask_path)
     outside = ~(nib.load(mask_path).get_fdata() > 0)
     predictions = pd.read_csv(local / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
-    shares = {}
-    for path in (local / "volumes" / "subjects").glob("*_cam.nii.gz"):
-        cam = nib.load(path).get_fdata()
-        shares[path.name[: -len("_cam.nii.gz")]] = (cam * outside).sum() / cam.sum()
-    assert len(shares) == 12
-    for subject_id, share in shares.items():
-        assert predictions.loc[subject_id, "cam_outside_brain_fraction"] == pytest.approx(share, rel=1e-4, abs=1e-6)
+    for method in ("gradcam", "hirescam"):
+        shares = {}
+        for path in (local / "volumes" / "subjects").glob(f"*_{method}.nii.gz"):
+            cam = nib.load(path).get_fdata()
+            shares[path.name[: -len(f"_{method}.nii.gz")]] = (cam * outside).sum() / cam.sum()
+        assert len(shares) == 12
+        for subject_id, share in shares.items():
+            got = predictions.loc[subject_id, f"{method}_outside_brain_fraction"]
+            assert got == pytest.approx(share, rel=1e-4, abs=1e-6), method
+    # HiResCAM is the primary map by default
+    primary = predictions["cam_outside_brain_fraction"]
+    np.testing.assert_array_equal(primary, predictions["hirescam_outside_brain_fraction"])
     # not what each scan's own non-background mask gives
     default = evaluate(f"models:/{model_name}/1", cohort, n_bootstrap=50, workers=0, progress=False,
                        experiment="py-evals")  # fmt: skip

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import re
 import types
+from pathlib import Path
+from unittest import mock
 
 import matplotlib.image
+import matplotlib.text
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -320,3 +326,138 @@ def test_no_pyplot_state_is_left_behind(report):
     F.plot_performance_from_report(report)
     F.plot_training_curves(HISTORY)
     assert plt.get_fignums() == before
+
+
+# -- the primary map's name ----------------------------------------------------------------------------
+
+
+def _all_texts(fig) -> str:
+    fig.draw_without_rendering()
+    return " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+
+
+def test_titles_name_the_primary_map(report, engine_result):
+    """Every title and colour-bar label that is about the primary map names the method the
+    evaluation used: HiResCAM when it is the primary map, never Grad-CAM."""
+    hires = dataclasses.replace(engine_result, cam_method="hirescam")
+    figures = F.build_figures(report, hires, HISTORY)
+    about_the_map = ["gradcam_TP", "gradcam_TN", "gradcam_FN", "group_cam", "cam_outside_brain", "region_gain",
+                     "sanity"]  # fmt: skip
+    for name in about_the_map:
+        text = _all_texts(figures[name])
+        assert "HiResCAM" in text and "Grad-CAM" not in text, (name, text[:300])
+    assert "Grad-CAM" in _all_texts(F.build_figures(None, engine_result, None)["group_cam"])  # the default
+    assert F.cam_name(None) == "Grad-CAM" and F.cam_name("hirescam") == "HiResCAM"
+
+
+# -- printed text size -----------------------------------------------------------------------------------
+
+CSS = Path(__file__).resolve().parents[1] / "templates" / "report.css"
+
+
+def _css_mm(value: str, reference_mm: float) -> float:
+    number, unit = re.fullmatch(r"\s*([\d.]+)\s*(mm|cm|in|%)\s*", value).groups()
+    return float(number) * {"mm": 1.0, "cm": 10.0, "in": 25.4, "%": reference_mm / 100}[unit]
+
+
+def _text_width_mm(css: str) -> float:
+    """The text width of the report's page: A4 (210 mm) less the @page left and right margins."""
+    page = re.search(r"@page\s*\{([^}]*)", css).group(1)
+    assert re.search(r"size:\s*A4", page)
+    margins = re.search(r"margin:\s*([^;]+);", page).group(1).split()
+    right, left = {1: (0, 0), 2: (1, 1), 3: (1, 1), 4: (1, 3)}[len(margins)]
+    return 210.0 - _css_mm(margins[right], 210) - _css_mm(margins[left], 210)
+
+
+def printed_width_in(size: str, fig: Figure, css: str) -> float:
+    """How wide the report prints a figure of CSS class ``size`` (``figure.<size> img``: width,
+    max-width, max-height as report.css gives them), in inches."""
+    text_mm = _text_width_mm(css)
+    rule = re.search(rf"figure\.{size} img\s*\{{([^}}]*)\}}", css)
+    assert rule, f"report.css has no rule for figure.{size} img"
+    props = dict((k.strip(), v.strip()) for k, v in (p.split(":", 1) for p in rule.group(1).split(";") if ":" in p))
+    aspect = fig.get_figheight() / fig.get_figwidth()
+    natural = fig.get_figwidth() * 25.4
+    width = natural if props.get("width", "auto") == "auto" else _css_mm(props["width"], text_mm)
+    width = min(width, _css_mm(props.get("max-width", "100%"), text_mm), text_mm)
+    if "max-height" in props:
+        width = min(width, _css_mm(props["max-height"], text_mm) / aspect)
+    return width / 25.4
+
+
+def _drawn_text_sizes(fig) -> list[tuple[float, str]]:
+    """(font size in pt, text) of every text the figure actually draws (visible, non-empty, on
+    axes that are shown)."""
+    drawn = []
+    original = matplotlib.text.Text.draw
+
+    def draw(self, renderer):
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((float(self.get_fontsize()), self.get_text()))
+        return original(self, renderer)
+
+    with mock.patch.object(matplotlib.text.Text, "draw", draw):
+        fig.savefig(io.BytesIO(), format="png", dpi=20)
+    return drawn
+
+
+def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
+    """Every figure the evaluation makes, at the width report.css prints it: its smallest text is
+    at least 6 pt on paper (font size x printed width / figure width). Brain figures print at
+    the full text width."""
+    from heimer_mlflow.report import EXTRA_FIGURE_SIZE, FIGURES
+
+    import pandas as pd
+
+    css = CSS.read_text()
+    y = np.r_[np.zeros(15, int), np.ones(15, int)]
+    with_groups = compute_metrics(y, np.linspace(0.05, 0.95, 30), n_bootstrap=30,
+                                  covariates=pd.DataFrame({"site": ["site-A", "site-B", "site-C"] * 10,
+                                                           "age": ["<65", "65-74", "75-84", ">=85", "65-74"] * 6}))
+    figures = F.build_figures(with_groups, dataclasses.replace(engine_result, cam_method="hirescam"), HISTORY)
+    assert {"subgroups", "group_cam", "gradcam_TP", "feature_maps", "feature_channel_differences",
+            "input_difference"} <= set(figures)  # fmt: skip
+    if hasattr(F, "plot_champion_comparison"):
+        maps = engine_result.maps
+        figures["champion_comparison"] = F.plot_champion_comparison(
+            maps["cam"].mean["AD"], maps["cam"].mean["CN"], RAS_AFFINE, background=maps["input"].mean["CN"][0])
+    failures = []
+    for name, fig in figures.items():
+        size = FIGURES[name][2] if name in FIGURES else EXTRA_FIGURE_SIZE
+        scale = printed_width_in(size, fig, css) / fig.get_figwidth()
+        smallest, text = min(_drawn_text_sizes(fig))
+        if smallest * scale < F.MIN_PRINTED_FONT_PT - 1e-6:
+            failures.append(f"{name} ({size}): {text!r} prints at {smallest * scale:.2f} pt")
+    assert not failures, failures
+    for name in ("group_cam", "gradcam_TP", "feature_maps", "feature_channel_differences", "input_difference"):
+        assert FIGURES[name][2] == "brain"
+        assert printed_width_in("brain", figures[name], css) == pytest.approx(_text_width_mm(css) / 25.4)
+
+
+# -- feature-map differences sit on the anatomy --------------------------------------------------------
+
+
+def test_feature_differences_are_drawn_over_the_anatomy(engine_result):
+    feats, inputs = engine_result.maps["features/body.2"], engine_result.maps["input"]
+    order = engine_result.feature_ranking["body.2"]["channel"]
+    anatomy = inputs.mean["CN"][0]
+    for fig in (F.plot_channel_difference_maps(feats.diff, order, affine=RAS_AFFINE, input_shape=SHAPE,
+                                               background=anatomy),
+                F.plot_feature_maps(feats.mean["AD"], feats.mean["CN"], feats.diff, order, affine=RAS_AFFINE,
+                                    input_shape=SHAPE, background=anatomy)):  # fmt: skip
+        for ax in fig.axes:
+            diverging = [im for im in ax.images if im.get_cmap().name.startswith("RdBu_r")]
+            if not diverging or ax.get_label() == "<colorbar>":
+                continue
+            grey = [im for im in ax.images if im.get_cmap().name == "gray"]
+            assert grey, "a difference map without the anatomy under it"
+            # the anatomy is drawn first (underneath), on the input's fine grid, over the same field of view
+            assert ax.images.index(grey[0]) < ax.images.index(diverging[0])
+            assert grey[0].get_array().shape[0] > diverging[0].get_array().shape[0]
+            np.testing.assert_allclose(grey[0].get_extent(), diverging[0].get_extent(), atol=1e-6)
+            # small differences are transparent, so the anatomy shows through
+            assert np.ma.count_masked(diverging[0].get_array()) > 0
+    # the slices of the plan's figures use the cohort's mean input as the anatomy
+    plan = dict(F.figure_plan(None, engine_result, None))
+    fig = plan["feature_channel_differences"]()
+    assert any(im.get_cmap().name == "gray" for ax in fig.axes for im in ax.images)

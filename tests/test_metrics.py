@@ -28,6 +28,7 @@ from heimer_mlflow.metrics import (
     Estimate,
     compute_metrics,
     delong_auc,
+    paired_delong,
     paired_delta_auc,
     stratified_bootstrap_weights,
     wilson_interval,
@@ -292,6 +293,36 @@ def test_paired_delta_auc():
     assert 0 < better.lower < better.value < better.upper and better.se > 0
     assert paired_delta_auc(y, score, noisy, 500, 1) == better
     assert "only one class" in paired_delta_auc(np.ones(5, int), score[:5], score[:5]).reason
+
+
+def test_paired_delong_matches_the_covariance_of_structural_components_by_brute_force():
+    """DeLong et al. (1988), eq. for correlated AUCs: S = S10 / m + S01 / n over the two models'
+    placement values; var(A - B) = S_aa + S_bb - 2 S_ab; z = (A - B) / sqrt(var)."""
+    y, score = cohort(n=120, seed=9, decimals=1)  # ties
+    other = np.clip(score + np.random.default_rng(9).normal(0, 0.25, len(y)), 0, 1).round(1)
+    placements = []
+    for s in (score, other):
+        pos, neg = s[y == 1], s[y == 0]
+        kernel = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        placements.append((kernel.mean(axis=1), kernel.mean(axis=0)))
+    s10 = np.cov(np.stack([p[0] for p in placements]))
+    s01 = np.cov(np.stack([p[1] for p in placements]))
+    cov = s10 / (y == 1).sum() + s01 / (y == 0).sum()
+    se = math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = roc_auc_score(y, score) - roc_auc_score(y, other)
+    p_value = 2 * (1 - 0.5 * (1 + math.erf(abs(diff) / se / math.sqrt(2))))
+    estimate, p = paired_delong(y, score, other)
+    np.testing.assert_allclose((estimate.value, estimate.se, p), (diff, se, p_value), rtol=1e-9)
+    np.testing.assert_allclose((estimate.lower, estimate.upper), (diff - 1.959964 * se, diff + 1.959964 * se), rtol=1e-6)
+    assert 0 < estimate.lower and p < 0.05  # the noisier copy separates worse, clearly
+    # antisymmetric; the same model against itself: no difference, p = 1
+    swapped, p_swapped = paired_delong(y, other, score)
+    assert swapped.value == pytest.approx(-diff) and p_swapped == pytest.approx(p)
+    assert paired_delong(y, score, score) == (Estimate(0.0, 0.0, 0.0, method="delong", se=0.0), 1.0)
+    # pairing matters: the unpaired variance (covariance ignored) is larger for correlated models
+    assert se < math.sqrt(cov[0, 0] + cov[1, 1])
+    missing, none = paired_delong(np.ones(5, int), score[:5], other[:5])
+    assert none is None and "only one class" in missing.reason
 
 
 def test_estimate_never_holds_nan():

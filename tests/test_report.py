@@ -440,3 +440,98 @@ def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, liste
     text = _flat(" ".join(page.extract_text() for page in PdfReader(pdf).pages))
     assert "No champion to compare with" in text
     assert any(a.path == "report/report-test-model-v2.pdf" for a in client.list_artifacts(runs["2"], "report"))
+
+
+# ---------------------------------------------------------------------------------- the primary map
+
+
+def _set_cam(folder: Path, *, method: str | None, gradcam_out=None, hirescam_out=None, agreement=None) -> Path:
+    """Rewrite an artifact folder's evaluation.json/metrics.json as an evaluation whose primary
+    map is ``method`` (None: a record from before HiResCAM, without engine.cam_method), with
+    the two maps' mean outside-brain shares and their agreement."""
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    numbers = {k: v for k, v in (("gradcam_outside_brain_fraction", gradcam_out),
+                                 ("hirescam_outside_brain_fraction", hirescam_out),
+                                 ("cam_method_agreement", agreement)) if v is not None}
+    if method is not None:
+        evaluation["engine"]["cam_method"] = method
+        evaluation["configuration"]["cam"] = method
+    evaluation["plausibility"].update(numbers)
+    metrics["plausibility"].update(numbers)
+    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return folder
+
+
+def _section(text: str, start: str, end: str) -> str:
+    body = text[text.index(start):]
+    return body[:body.index(end)] if end in body else body
+
+
+def test_hirescam_report_names_the_map_and_says_which_to_trust(tmp_path, listener):
+    """Primary map HiResCAM, the two maps disagree: the explainability section, the figure
+    captions and the checks say HiResCAM, explain both methods, show both outside-brain shares
+    and the agreement, and say in words which map to trust; the verdict text is unchanged."""
+    artifacts = _set_cam(write_artifacts(tmp_path / "a", port=listener.port), method="hirescam",
+                         gradcam_out=0.62, hirescam_out=0.04, agreement=0.21)
+    files = render_checked(artifacts, tmp_path / "out")
+    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    explain = _section(text, "Explainability Method", "Feature maps and raw data baseline Layers")
+    assert "Method (primary map) HiResCAM" in explain
+    assert "Grad-CAM weights each channel" in explain and "HiResCAM multiplies gradient and activation" in explain
+    assert re.search(r"Grad-CAM .*62\.0%", explain) and re.search(r"HiResCAM .*4\.0%", explain)
+    assert "0.21" in explain
+    assert "The two maps disagree" in explain and "Trust HiResCAM here" in explain
+    assert "already rest on HiResCAM" in explain and "--cam hirescam" not in explain
+    assert "Group-mean HiResCAM and the AD - CN difference" in explain  # the figure's caption
+    assert "HiResCAM over the MRI of the AD subjects" in explain
+    assert "HiResCAM outside the brain" in explain and "HiResCAM per atlas region" in explain
+    for stale in ("Group-mean Grad-CAM", "Grad-CAM over the MRI", "Grad-CAM outside the brain",
+                  "Grad-CAM per atlas region"):
+        assert stale not in text, stale
+    summary = _section(text, "Summary Plausibility verdict", "Model identity")
+    assert "4% of the Grad-CAM lies outside the brain" in summary  # the verdict as applied, unchanged
+    assert "explainability checks behind the verdict use HiResCAM maps" in summary
+    assert "The two explanation methods disagree" in summary
+    assert "HiResCAM" in (PdfReader(files.pdf).metadata.get("/Keywords") or "")
+
+
+def test_gradcam_verdict_on_disagreeing_maps_suggests_hirescam(tmp_path, listener):
+    from heimer_mlflow.report import build_context, render_html
+
+    folder = write_artifacts(tmp_path / "a", port=listener.port, figures=())
+    cases = [  # (method, gradcam share, hirescam share, agreement) -> disagree?
+        ("gradcam", 0.05, 0.07, 0.2, True),  # low agreement
+        ("gradcam", 0.45, 0.05, 0.9, True),  # outside shares 40 points apart
+        ("gradcam", 0.05, 0.07, 0.8, False),
+        ("hirescam", 0.10, 0.12, 0.75, False),
+    ]
+    for method, g, h, rho, disagree in cases:
+        _set_cam(folder, method=method, gradcam_out=g, hirescam_out=h, agreement=rho)
+        context = build_context(folder)
+        html = _flat(re.sub(r"<[^>]+>", " ", render_html(context)))
+        assert context["cam"]["disagree"] is disagree, (method, g, h, rho)
+        assert ("The two maps disagree" in html) is disagree
+        assert ("The two maps agree" in html) is not disagree
+        name = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}[method]
+        assert f"Method (primary map) {name}" in html
+        if disagree:
+            assert "rest on Grad-CAM, the less reliable of the two" in html and "--cam hirescam" in html
+            assert "HiResCAM shows the places the model's score actually used" in html
+    # agreement not computable (a map constant inside the brain for every subject) but the shares
+    # are close: the report says so instead of "agree"
+    folder = _set_cam(write_artifacts(tmp_path / "b", port=listener.port, figures=()), method="hirescam",
+                      gradcam_out=0.05, hirescam_out=0.06)
+    html = _flat(re.sub(r"<[^>]+>", " ", render_html(build_context(folder))))
+    assert "The two maps agree" not in html and "disagree" not in html
+    assert "is not computable: for every subject one of the maps is constant inside the brain" in html
+
+
+def test_old_evaluation_without_cam_method_is_grad_cam(rendered):
+    """A record from before HiResCAM (no engine.cam_method, no shares per method): Grad-CAM
+    throughout, and the report says the two methods cannot be compared."""
+    text = _flat(" ".join(rendered["texts"]))
+    explain = _section(text, "Explainability Method", "Feature maps and raw data baseline Layers")
+    assert "Method (primary map) Grad-CAM" in explain and "Group-mean Grad-CAM" in explain
+    assert "predates HiResCAM" in explain and "disagree" not in explain

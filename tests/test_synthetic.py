@@ -171,6 +171,34 @@ def test_shortcut_plants_no_atrophy(shortcut_cohort):
     assert "shortcut=True" in (out / "NOTICE.txt").read_text()
 
 
+def test_mixed_cohort_plants_atrophy_and_a_marker_that_goes_with_the_label(tmp_path):
+    n = 40
+    write_cohort(tmp_path, n_subjects=n, seed=SEED, voxel_size=4.0, marker=0.9, progress=False)
+    rows, truth = _rows(tmp_path / "manifest.csv"), {r["subject_id"]: r for r in _rows(tmp_path / "truth.csv")}
+    marked = {g: [truth[r["subject_id"]]["has_patch"] == "True" for r in rows if r["label"] == g] for g in ("AD", "CN")}
+    assert 0.7 <= np.mean(marked["AD"]) <= 1.0 and 0.0 <= np.mean(marked["CN"]) <= 0.3, marked
+    assert any(marked["CN"]) or not all(marked["AD"])  # a marker, not the label itself
+    ad, cn = _group_means(rows, truth, "hippocampus_factor_realised")
+    assert ad / cn < 0.9  # the atrophy is planted as usual
+    # same seed without the marker: the same subjects and anatomy; the images differ only by the patch
+    clean = tmp_path / "clean"
+    write_cohort(clean, n_subjects=n, seed=SEED, voxel_size=4.0, progress=False)
+    assert _rows(clean / "manifest.csv") == rows
+    template_brain = _array(tmp_path / "atlas" / "brain_mask.nii.gz") > 0
+    far_from_brain = ~ndimage.binary_dilation(template_brain, iterations=int(15 / 4.0) + 1)
+    for row in rows:
+        image, unmarked = _array(tmp_path / row["path"]), _array(clean / row["path"])
+        differs = image != unmarked
+        has_patch = truth[row["subject_id"]]["has_patch"] == "True"
+        assert differs.any() == has_patch, row["subject_id"]
+        assert not (differs & ~far_from_brain).any() and (not has_patch or image[differs].min() > 3)
+    assert "marker=0.9" in (tmp_path / "NOTICE.txt").read_text()
+    with pytest.raises(HeimerError, match="marker=1.5"):
+        write_cohort(tmp_path / "bad", n_subjects=4, marker=1.5, progress=False)
+    with pytest.raises(HeimerError, match="not together with shortcut"):
+        write_cohort(tmp_path / "bad", n_subjects=4, marker=0.9, shortcut=True, progress=False)
+
+
 def test_rewriting_a_cohort_replaces_it(tmp_path):
     write_cohort(tmp_path, n_subjects=3, voxel_size=VOXEL, workers=1, progress=False)
     write_cohort(tmp_path, n_subjects=2, voxel_size=VOXEL, workers=1, progress=False)

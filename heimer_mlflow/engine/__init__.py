@@ -1,15 +1,17 @@
-"""The one-pass evaluation engine: predictions, Grad-CAM, streaming group statistics, gallery.
+"""The one-pass evaluation engine: predictions, Grad-CAM and HiResCAM, streaming group statistics, gallery.
 
 Plain results only (numpy arrays and numbers); figures, logging and the report consume them.
 """
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
-from heimer_mlflow.engine.gradcam import Attribution, GradCam3d, conv_layers, normalize_per_subject, resolve_layer
+from heimer_mlflow.engine.gradcam import (
+    CAM_METHODS, Attribution, GradCam3d, check_cam_method, conv_layers, normalize_per_subject, resolve_layer,
+)  # fmt: skip
 from heimer_mlflow.engine.run import EngineResult, EngineStopped, SanityResult, pick_device, run_engine, spearman
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
 
 __all__ = [
-    "Attribution", "CaseGallery", "EngineResult", "EngineStopped", "GalleryCase", "GradCam3d", "GroupMaps",
-    "GroupStats", "SanityResult", "conv_layers", "normalize_per_subject", "pick_device", "rank_channels",
-    "resolve_layer", "run_engine", "spearman",
+    "CAM_METHODS", "Attribution", "CaseGallery", "EngineResult", "EngineStopped", "GalleryCase", "GradCam3d",
+    "GroupMaps", "GroupStats", "SanityResult", "check_cam_method", "conv_layers", "normalize_per_subject",
+    "pick_device", "rank_channels", "resolve_layer", "run_engine", "spearman",
 ]  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -20,10 +20,14 @@ class GalleryCase:
     outcome: str  # TP, TN, FP or FN
     confidence: float  # prob if predicted positive, else 1 - prob
     image: np.ndarray  # [C, D, H, W] float32, as the model saw it
-    cam: np.ndarray | None  # [D, H, W] float32, raw Grad-CAM (normalise for display only); the engine
-    # fills it when the pass ends, from layer_cam, so that only the kept cases are upsampled
+    cam: np.ndarray | None  # [D, H, W] float32, the raw primary map (normalise for display only); the
+    # engine fills it when the pass ends, from layer_cam, so that only the kept cases are upsampled
     affine: np.ndarray  # [4, 4] float64
-    layer_cam: np.ndarray | None = None  # [d, h, w] float32, raw Grad-CAM on the target layer's grid
+    layer_cam: np.ndarray | None = None  # [d, h, w] float32, the raw primary map on the target layer's grid
+    # every method's raw map (engine.gradcam.CAM_METHODS), the primary one included: on the layer grid,
+    # and on the input grid once the engine fills ``cam``
+    layer_cams: dict[str, np.ndarray] = field(default_factory=dict)
+    cams: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def outcome_of(is_positive: bool, predicted_positive: bool) -> str:

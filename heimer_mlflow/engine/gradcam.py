@@ -1,8 +1,13 @@
-"""3D Grad-CAM from one forward and one gradient to the target activation.
+"""3D Grad-CAM and HiResCAM from one forward and one gradient to the target activation.
 
 ``GradCam3d(model, layer).attribute(x, target)`` returns the positive-part Grad-CAM
-(Selvaraju et al. 2017) at input resolution, together with the logits and the captured
-activations, so that a caller needs no second pass for predictions or feature maps.
+(Selvaraju et al. 2017) and HiResCAM (Draelos & Carin 2020) at input resolution, together with
+the logits and the captured activations, so that a caller needs no second pass for predictions
+or feature maps. Both maps come from the same gradient g and activation A of the target layer:
+Grad-CAM weighs each channel by its gradient averaged over space, relu(sum_c mean(g_c) A_c);
+HiResCAM keeps the gradient where it is, relu(sum_c g_c A_c), so it shows where the score
+comes from also when the head makes Grad-CAM paint every place a channel fires (e.g. global max
+pooling). With global average pooling and a linear head the two are equal up to a positive factor.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
         ) from None
 
 
+CAM_METHODS = ("gradcam", "hirescam")
+
+
+def check_cam_method(name: str) -> str:
+    """``name`` if it is one of ``CAM_METHODS``, else a HeimerError saying which are."""
+    if name not in CAM_METHODS:
+        raise HeimerError(f"unknown cam {name!r}: use {' or '.join(CAM_METHODS)}")
+    return name
+
+
 def normalize_per_subject(cam: torch.Tensor) -> torch.Tensor:
     """Scale each subject's map to [0, 1] by (cam - min) / (max - min), for display only.
 
@@ -65,20 +80,40 @@ class Attribution:
     """What one forward and one gradient give for a batch (all detached)."""
 
     logits: torch.Tensor  # [B, K] float32, K = 1 (sigmoid) or one per class
-    layer_cam: torch.Tensor  # [B, d, h, w] float32, raw (un-normalised) Grad-CAM at the target layer
+    # method (CAM_METHODS) -> [B, d, h, w] float32, the raw (un-normalised) map on the target layer's grid
+    layer_maps: dict[str, torch.Tensor]
     activations: dict[str, torch.Tensor]  # layer path -> [B, C, d, h, w] float32
     input_size: tuple[int, int, int]  # (D, H, W)
 
+    @property
+    def layer_cam(self) -> torch.Tensor:
+        """[B, d, h, w]: the raw Grad-CAM on the target layer's grid."""
+        return self.layer_maps["gradcam"]
+
+    @property
+    def layer_hirescam(self) -> torch.Tensor:
+        """[B, d, h, w]: the raw HiResCAM on the target layer's grid."""
+        return self.layer_maps["hirescam"]
+
+    def upsampled(self, method: str) -> torch.Tensor:
+        """[B, D, H, W] float32: the raw map of ``method`` upsampled (trilinear) to the input grid."""
+        layer_map = self.layer_maps[method]
+        with autocast_off(layer_map.device):
+            return F.interpolate(layer_map[:, None], self.input_size, mode="trilinear", align_corners=False)[:, 0]
+
     @functools.cached_property
     def cam(self) -> torch.Tensor:
-        """[B, D, H, W] float32: the raw Grad-CAM upsampled (trilinear) to the input grid, on first use."""
-        with autocast_off(self.layer_cam.device):
-            upsampled = F.interpolate(self.layer_cam[:, None], self.input_size, mode="trilinear", align_corners=False)
-        return upsampled[:, 0]
+        """[B, D, H, W] float32: the raw Grad-CAM on the input grid, upsampled on first use."""
+        return self.upsampled("gradcam")
+
+    @functools.cached_property
+    def hirescam(self) -> torch.Tensor:
+        """[B, D, H, W] float32: the raw HiResCAM on the input grid, upsampled on first use."""
+        return self.upsampled("hirescam")
 
 
 class GradCam3d:
-    """Grad-CAM of a 3D CNN at one layer; optional extra layers' activations come for free.
+    """Grad-CAM and HiResCAM of a 3D CNN at one layer; optional extra layers' activations come for free.
 
     Only the gradient of the target score to the target activation is computed
     (``torch.autograd.grad``), never a backward into the parameters, so frozen weights,
@@ -94,7 +129,8 @@ class GradCam3d:
         }
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor = 0) -> Attribution:
-        """Grad-CAM of output column ``target`` (an int, or one index per sample) for ``x`` [B, C, D, H, W].
+        """Grad-CAM and HiResCAM of output column ``target`` (an int, or one index per sample) for
+        ``x`` [B, C, D, H, W].
 
         Run it inside ``torch.autocast`` for mixed precision: the maps are computed in float32.
         """
@@ -143,11 +179,15 @@ class GradCam3d:
 
         with autocast_off(x.device):
             activation = activation.detach().float()
-            weights = gradient.float().mean(dim=(2, 3, 4), keepdim=True)
-            layer_cam = F.relu((weights * activation).sum(dim=1))
+            gradient = gradient.float()
+            weights = gradient.mean(dim=(2, 3, 4), keepdim=True)
+            layer_maps = {
+                "gradcam": F.relu((weights * activation).sum(dim=1)),
+                "hirescam": F.relu((gradient * activation).sum(dim=1)),
+            }
         activations = {path: captured[path] for path in self.feature_layers}
         activations[self.layer_path] = activation
-        return Attribution(logits=logits.detach().float(), layer_cam=layer_cam, activations=activations,
+        return Attribution(logits=logits.detach().float(), layer_maps=layer_maps, activations=activations,
                            input_size=tuple(x.shape[2:]))  # fmt: skip
 
 

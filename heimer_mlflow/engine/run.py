@@ -2,12 +2,13 @@
 
 ``run_engine`` walks a DataLoader once. Per chunk of a batch it gets, from a single forward and a
 single ``autograd.grad`` to the target activation: positive-class probability, prediction, loss,
-the Grad-CAM on the target layer's grid and the feature-layer activations. These feed the
-per-subject rows, the CAM shares (outside the brain, per atlas region), the mergeable group
-statistics, the bounded case gallery and, on the first subjects of the cohort, the
-randomised-weights sanity check. The CAM is reported on the input grid (trilinear), but its
-shares and group statistics are computed on the layer grid with the same results
-(``engine.upsampling``); only the gallery's cases and saved CAMs are upsampled one by one.
+Grad-CAM and HiResCAM on the target layer's grid and the feature-layer activations. The primary
+map (``cam``: either method) feeds the CAM shares (outside the brain, per atlas region), the
+mergeable group statistics, the bounded case gallery and, on the first subjects of the cohort,
+the randomised-weights sanity check; both maps feed per-subject outside-brain shares and their
+agreement. The CAM is reported on the input grid (trilinear), but its shares and group
+statistics are computed on the layer grid with the same results (``engine.upsampling``); only
+the gallery's cases and saved CAMs are upsampled one by one.
 Memory does not grow with the number of subjects except for the per-subject rows of scalars.
 """
 
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase, outcome_of
-from heimer_mlflow.engine.gradcam import GradCam3d, as_logits
+from heimer_mlflow.engine.gradcam import GradCam3d, as_logits, check_cam_method
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
 from heimer_mlflow.engine.upsampling import Trilinear
 from heimer_mlflow.errors import HeimerError
@@ -39,7 +40,8 @@ from heimer_mlflow.meta import ModelMeta
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-SaveCam = Callable[[str, np.ndarray, np.ndarray], None]  # (subject_id, raw cam [D,H,W], affine)
+# (subject_id, method (CAM_METHODS) -> raw map [D, H, W] float32, affine [4, 4])
+SaveCam = Callable[[str, dict[str, np.ndarray], np.ndarray], None]
 
 
 @dataclass
@@ -47,7 +49,7 @@ class SanityResult:
     """Adebayo et al. (2018) model-randomisation test: low rank correlation = maps depend on weights."""
 
     subject_ids: list[str]
-    spearman: np.ndarray  # per subject, trained vs randomised-weights Grad-CAM (target-layer resolution)
+    spearman: np.ndarray  # per subject, trained vs randomised-weights primary map (target-layer resolution)
     mean: float
     indices: list[int] = field(default_factory=list)  # cohort rows of subject_ids
 
@@ -81,11 +83,15 @@ class EngineResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds, and subjects_per_s
     gallery_k: int = 4  # cases kept per outcome
     world_size: int = 1  # processes whose shards were merged into this result
+    cam_method: str = "hirescam"  # the primary map (CAM_METHODS) behind the "cam" maps, cam_* shares, gallery, sanity
 
 
 SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction",
-                   "cam_outside_brain_floor")
-# cam_outside_brain_floor: the outside share of a Grad-CAM spread evenly over the subject's brain,
+                   "cam_outside_brain_floor", "gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction",
+                   "cam_method_agreement")  # fmt: skip
+# cam_outside_brain_fraction, cam_outside_brain_floor and cam_roi_gain_<region> are the primary map's;
+# <method>_outside_brain_fraction the same share for each method, whichever is primary.
+# cam_outside_brain_floor: the outside share of a map spread evenly over the subject's brain,
 # as the target layer's grid can draw it (each cell at its share of brain), upsampled the same way:
 # what a perfectly brain-confined map shows at this resolution.
 
@@ -143,13 +149,16 @@ def run_engine(
     seed: int = 0,
     stop_on_problem: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    cam: str = "hirescam",
 ) -> EngineResult:
     """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
 
     The model is moved to the device and put in eval mode (its train/eval mode is restored).
     ``brain_mask`` (nonzero = brain, on the input grid) is the brain for every subject's
     outside-brain share; without it, each subject's ``brain_mask`` from the loader (its
-    non-background voxels). ``save_cams`` is called once per subject with its raw Grad-CAM and affine. ``amp`` runs the
+    non-background voxels). ``cam`` (``gradcam`` or ``hirescam``) is the primary map: the one behind
+    the "cam" group maps, the CAM shares, the gallery's ``cam`` and the sanity check. ``save_cams``
+    is called once per subject with both raw maps (by method) and its affine. ``amp`` runs the
     forward under autocast in bf16 or fp16; maps and statistics stay float32/float64. With
     ``stop_on_problem``, the first unreadable volume ends the compute; the rest of the loader is
     still read, so ``excluded`` lists every unusable subject for one message. ``seed``
@@ -160,9 +169,10 @@ def run_engine(
     """
     if amp not in (None, *AMP_DTYPES):
         raise HeimerError(f"unknown amp {amp!r}: use bf16, fp16 or leave it unset")
+    check_cam_method(cam)
     chosen = pick_device(device)
     run = _Run(model.to(chosen), meta, chosen, feature_layers, atlas, gallery_k, sanity_subjects, save_cams,
-               amp, threshold, seed)  # fmt: skip
+               amp, threshold, seed, cam)  # fmt: skip
     if brain_mask is not None:
         run.given_brain = torch.as_tensor(np.asarray(brain_mask) != 0, device=chosen)
     run.stop_on_problem = stop_on_problem
@@ -183,16 +193,22 @@ class _Chunk:
     subject_ids: list[str]
     indices: torch.Tensor  # CPU
     affines: torch.Tensor  # CPU
-    layer_cam: torch.Tensor  # [b, d, h, w] raw Grad-CAM on the target layer's grid
+    layer_maps: dict[str, torch.Tensor]  # method -> [b, d, h, w] raw map on the target layer's grid
+    primary: str  # the method of layer_cam
     activations: dict[str, torch.Tensor]
-    scalars: torch.Tensor  # CPU [b, 5 + regions]: prob, loss, pred, outside-brain fraction and floor, region gains
+    scalars: dict[str, np.ndarray]  # float64 [b] by name: prob, loss, pred and the per-subject CAM columns
     sanity: list[tuple[int, float]]  # (row in the chunk, Spearman) for the sanity-check subjects
+
+    @property
+    def layer_cam(self) -> torch.Tensor:
+        """[b, d, h, w]: the primary map on the target layer's grid."""
+        return self.layer_maps[self.primary]
 
 
 class _Run:
     def __init__(self, model, meta, device, feature_layers, atlas, gallery_k, sanity_subjects, save_cams, amp,
-                 threshold, seed):  # fmt: skip
-        self.model, self.meta, self.device = model, meta, device
+                 threshold, seed, cam_method="hirescam"):  # fmt: skip
+        self.model, self.meta, self.device, self.cam_method = model, meta, device, cam_method
         self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
         self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]
         self.region_names, self.region_slots, self.region_voxels = _prepare_atlas(atlas, device)
@@ -328,7 +344,7 @@ class _Run:
         labels = batch["label"][rows]
         with self._autocast():
             attribution = self.gradcam.attribute(images, self.target_column)
-        logits, layer_cam = attribution.logits, attribution.layer_cam
+        logits, layer_maps = attribution.logits, attribution.layer_maps
         labels_here = labels.to(self.device, non_blocking=True)
         positive = self.meta.positive_index
         if logits.shape[1] == 1:
@@ -340,28 +356,37 @@ class _Run:
             loss = F.cross_entropy(logits, labels_here, reduction="none")
             negative = logits.index_fill(1, torch.tensor([positive], device=logits.device), -torch.inf).argmax(1)
         pred = torch.where(prob >= self.threshold, positive, negative)
-        columns = [prob, loss, pred.float(), *self._cam_shares(layer_cam, masks, tuple(images.shape[2:]))]
-        sanity = self._sanity(images, attribution.layer_cam, batch["index"][rows])
+        upsampling = self._upsampling(tuple(layer_maps["gradcam"].shape[1:]), tuple(images.shape[2:]))
+        # outside the brain pulled back to the layer grid: [d, h, w] for the given brain, else per subject
+        outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
+        columns = {"prob": prob, "loss": loss, "pred": pred.float(),
+                   **self._cam_shares(layer_maps, masks, outside_weights)}  # fmt: skip
+        scalars = dict(zip(columns, torch.stack(list(columns.values())).cpu().numpy().astype(np.float64)))
+        scalars["cam_method_agreement"] = method_agreement(layer_maps, upsampling.cell_weights, outside_weights)
+        sanity = self._sanity(images, layer_maps[self.cam_method], batch["index"][rows])
         return _Chunk(
             images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
-            affines=batch["affine"][rows], layer_cam=layer_cam, activations=attribution.activations,
-            scalars=torch.stack(columns, dim=1).cpu(), sanity=sanity,
+            affines=batch["affine"][rows], layer_maps=layer_maps, primary=self.cam_method,
+            activations=attribution.activations, scalars=scalars, sanity=sanity,
         )  # fmt: skip
 
-    def _cam_shares(self, layer_cam, masks, input_grid) -> list[torch.Tensor]:
-        """Per subject: the CAM's share outside the brain, that share's resolution floor, and the
-        region gains, all on the input grid but computed on the layer grid (see engine.upsampling):
-        the sum of the upsampled map inside a voxel set is the map times the set pulled back."""
-        upsampling = self._upsampling(tuple(layer_cam.shape[1:]), input_grid)
-        cells = upsampling.cell_weights
-        cam_total = (layer_cam * cells).sum(dim=(1, 2, 3))
-        outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
-        cam_outside = (layer_cam * outside_weights).sum(dim=(1, 2, 3))
+    def _cam_shares(self, layer_maps, masks, outside_weights) -> dict[str, torch.Tensor]:
+        """Per subject: each map's share outside the brain and, for the primary map, that share's
+        resolution floor and the region gains, all on the input grid but computed on the layer grid
+        (see engine.upsampling): the sum of the upsampled map inside a voxel set is the map times
+        the set pulled back."""
+        layer_cam = layer_maps[self.cam_method]
+        cells = self.upsampling.cell_weights
+        totals = {method: (m * cells).sum(dim=(1, 2, 3)) for method, m in layer_maps.items()}
+        outsides = {method: (m * outside_weights).sum(dim=(1, 2, 3)) for method, m in layer_maps.items()}
+        shares = {f"{method}_outside_brain_fraction": outsides[method] / totals[method] for method in layer_maps}
+        cam_total, cam_outside = totals[self.cam_method], outsides[self.cam_method]
         # the floor: a map spread evenly over the brain, each cell at its share of brain, upsampled
         inside_weights = cells - outside_weights  # the brain pulled back
         even = torch.where(cells > 0, inside_weights / cells, 0.0)
         floor = (even * outside_weights).flatten(-3).sum(-1) / inside_weights.flatten(-3).sum(-1)
-        shares = [cam_outside / cam_total, floor.expand(len(layer_cam))]
+        shares["cam_outside_brain_fraction"] = shares[f"{self.cam_method}_outside_brain_fraction"]
+        shares["cam_outside_brain_floor"] = floor.expand(len(layer_cam))
         if self.region_names:
             # gain = the region's share of the CAM inside the brain / its share of the brain's
             # volume: 1 for a map spread evenly over the brain; undefined with no CAM inside
@@ -370,7 +395,7 @@ class _Run:
             cam_inside = (cam_total - cam_outside)[:, None]
             cam_share = layer_cam.flatten(1) @ self.region_weights.T / cam_inside
             gains = torch.where(cam_inside > 0, cam_share * brain_voxels / self.region_voxels, torch.nan)
-            shares += list(gains.T)
+            shares.update({f"cam_roi_gain_{name}": gain for name, gain in zip(self.region_names, gains.T)})
         return shares
 
     def _upsampling(self, layer_grid: tuple[int, ...], input_grid: tuple[int, ...]) -> Trilinear:
@@ -398,14 +423,14 @@ class _Run:
             self.random_gradcam = GradCam3d(_randomised_copy(self.model, self.seed), self.gradcam.layer_path)
         rows = torch.as_tensor(chosen, device=images.device)
         with self._autocast():
-            random_cam = self.random_gradcam.attribute(images[rows], self.target_column).layer_cam
+            random_cam = self.random_gradcam.attribute(images[rows], self.target_column).layer_maps[self.cam_method]
         return [(i, spearman(layer_cam[i], b)) for i, b in zip(chosen, random_cam)]
 
     # -- commit: updates the run's state ---------------------------------------------------------
 
     def _commit(self, chunk: _Chunk) -> None:
-        scalars = chunk.scalars.numpy().astype(np.float64)
-        prob, pred = scalars[:, 0], scalars[:, 2].astype(int)
+        scalars = chunk.scalars
+        prob, pred = scalars["prob"], scalars["pred"].astype(int)
         predicted_positive = pred == self.meta.positive_index
         labels = chunk.labels.tolist()
         cells = [self.stats.cell(k, p) for k, p in zip(labels, predicted_positive)]
@@ -427,15 +452,14 @@ class _Run:
         self.sanity_left -= len(chunk.sanity)
         if self.sanity_left <= 0:
             self.random_gradcam = None  # done: free the randomised copy
-        saved_cams = self.upsampling.up(chunk.layer_cam) if self.save_cams is not None else None
+        saved_cams = {}
+        if self.save_cams is not None:
+            saved_cams = {method: self.upsampling.up(layer_map) for method, layer_map in chunk.layer_maps.items()}
         for i, sid in enumerate(chunk.subject_ids):
             is_positive = labels[i] == self.meta.positive_index
-            row = {
-                "subject_id": sid, "index": int(chunk.indices[i]), "label": labels[i], "prob": prob[i],
-                "pred": pred[i], "loss": scalars[i, 1], "cam_outside_brain_fraction": scalars[i, 3],
-                "cam_outside_brain_floor": scalars[i, 4],
-            }  # fmt: skip
-            row.update({f"cam_roi_gain_{name}": scalars[i, 5 + r] for r, name in enumerate(self.region_names)})
+            row = {"subject_id": sid, "index": int(chunk.indices[i]), "label": labels[i]}
+            row.update({name: column[i] for name, column in scalars.items()})
+            row["pred"] = pred[i]
             for name, value in row.items():
                 self.rows[name].append(value)
             outcome = outcome_of(is_positive, bool(predicted_positive[i]))
@@ -443,7 +467,8 @@ class _Run:
             self.gallery.offer(outcome, confidence, row["index"],
                                functools.partial(_case, chunk, i, row, outcome, confidence))  # fmt: skip
             if self.save_cams is not None:
-                self.save_cams(sid, _own_numpy(saved_cams[i]), _own_numpy(chunk.affines[i]))
+                self.save_cams(sid, {method: _own_numpy(maps[i]) for method, maps in saved_cams.items()},
+                               _own_numpy(chunk.affines[i]))  # fmt: skip
 
     def _autocast(self):
         if self.amp is None:
@@ -451,11 +476,13 @@ class _Run:
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
 
     def _gallery_cases(self) -> dict[str, list[GalleryCase]]:
-        """The kept cases, their CAMs upsampled now: only the winners are ever brought to the input grid."""
+        """The kept cases, their maps upsampled now: only the winners are ever brought to the input grid."""
         cases = self.gallery.cases()
         for case in (case for kept in cases.values() for case in kept if case.cam is None):
-            layer_cam = torch.from_numpy(case.layer_cam)[None]
-            case.cam = self.upsampling.up(layer_cam)[0].numpy()
+            methods = list(case.layer_cams)
+            upsampled = self.upsampling.up(torch.from_numpy(np.stack([case.layer_cams[m] for m in methods]))).numpy()
+            case.cams = dict(zip(methods, upsampled))
+            case.cam = case.cams[self.cam_method]
         return cases
 
     def _result(self, timings: dict[str, float]) -> EngineResult:
@@ -471,7 +498,7 @@ class _Run:
             gallery=self._gallery_cases(), sanity=sanity, stats=stats, target_layer=self.gradcam.layer_path,
             feature_layers=list(self.layers), region_names=list(self.region_names), excluded=self.excluded,
             device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
-            timings=timings, gallery_k=self.gallery_k,
+            timings=timings, gallery_k=self.gallery_k, cam_method=self.cam_method,
         )  # fmt: skip
 
 
@@ -518,6 +545,32 @@ def _randomised_copy(model: nn.Module, seed: int) -> nn.Module:
     return randomised
 
 
+def method_agreement(layer_maps: dict[str, torch.Tensor], cell_weights: torch.Tensor,
+                     outside_weights: torch.Tensor) -> np.ndarray:
+    """Per subject (float64): the Spearman rank correlation of Grad-CAM and HiResCAM inside the
+    brain, on the target layer's grid, over the cells that are mostly brain: their pulled-back
+    brain weight (``cell_weights - outside_weights``, see engine.upsampling) is more than half of
+    the cell's weight, i.e. more than half of what the cell gives the upsampled map lands on brain
+    voxels; where the layer keeps the input grid these are exactly the brain voxels. The layer grid
+    holds all of both maps' information (upsampling is a fixed interpolation), and ranking its
+    cells is cheap, unlike upsampling both maps of every subject. NaN where it is undefined: fewer
+    than two such cells, or either map constant over them (e.g. all zero after the ReLU)."""
+    mostly_brain = (cell_weights - outside_weights) > cell_weights / 2
+    gradcam, hirescam = layer_maps["gradcam"].cpu(), layer_maps["hirescam"].cpu()
+    mostly_brain = mostly_brain.expand_as(layer_maps["gradcam"]).cpu()
+    return np.array([_agreement(g[inside], h[inside]) for g, h, inside in zip(gradcam, hirescam, mostly_brain)])
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman of two maps; 0 when exactly one is constant (e.g. Grad-CAM all zero inside the brain
+    while HiResCAM is not: one shows nothing where the other shows structure, no agreement); NaN
+    when both are constant or fewer than two cells."""
+    value = spearman(a, b)
+    if np.isnan(value) and a.numel() >= 2 and bool(a.max() > a.min()) != bool(b.max() > b.min()):
+        return 0.0
+    return value
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two maps (average ranks for ties, e.g. the zeros after ReLU)."""
     ra, rb = _average_ranks(a.flatten().double()), _average_ranks(b.flatten().double())
@@ -533,10 +586,11 @@ def _average_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def _case(chunk: _Chunk, i: int, row: dict, outcome: str, confidence: float) -> GalleryCase:
+    layer_cams = {method: _own_numpy(layer_map[i]) for method, layer_map in chunk.layer_maps.items()}
     return GalleryCase(
         subject_id=row["subject_id"], index=row["index"], label=row["label"], prob=row["prob"], outcome=outcome,
         confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None, affine=_own_numpy(chunk.affines[i]),
-        layer_cam=_own_numpy(chunk.layer_cam[i]),
+        layer_cam=layer_cams[chunk.primary], layer_cams=layer_cams,
     )  # fmt: skip
 
 
