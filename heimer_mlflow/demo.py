@@ -1,9 +1,9 @@
 """``heimer-mlflow demo``: a registry review in miniature, all in the current tracking store.
 
 synthetic cohorts -> train the demo CNN on clean data -> register ``heimer-demo`` v1, alias
-``champion`` -> evaluate it on a held-out multi-site cohort -> train it again where a site
-marker goes with the diagnosis -> register v2, alias ``challenger`` -> evaluate it on the same
-cohort, compared with the champion -> print the story in three lines."""
+``champion`` -> evaluate it on a held-out multi-site cohort -> train it again on data from those
+sites, where a marker goes with the diagnosis -> register v2, alias ``challenger`` -> evaluate it
+on the same cohort, compared with the champion -> print the story in three lines."""
 
 from __future__ import annotations
 
@@ -24,10 +24,18 @@ DEMO_MODEL_NAME = "heimer-demo"
 DEMO_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 EVALUATION_EXPERIMENT = "heimer-evaluations"
-# The held-out cohort, and the challenger's training cohort, come from several sites, one of
-# which marks its scans (a bright patch outside the brain) and sees most of the AD patients:
-# 90% of AD and 10% of CN scans carry the marker (COHORT.md, "registry review").
-SITE_MARKER = 0.9
+# The held-out cohort comes from several sites, one of which marks its scans (a bright patch
+# outside the brain) and sees most of the AD patients: 95% of AD and 5% of CN scans carry the
+# marker (COHORT.md, "registry review"). At 90/10 the marker alone scored about as well as the
+# champion (AUC 0.88 against 0.79-0.93 over seeds): a shortcut must pay off on data that carries
+# it, as real ones do, or there is nothing to resist.
+SITE_MARKER = 0.95
+# The two training runs differ as two teams' would: the champion's recipe learns the planted
+# anatomy (learning rate 3e-3; at 1e-3 one seed in four stayed at chance in 20 epochs), the
+# challenger's, with the same net on the sites' data, learning rate 1e-3, picks the marker up:
+# the easier signal at that pace. (With 3e-3 on the sites' data it learned the anatomy as well
+# and did not cheat; on the marker alone, with no atrophy, it did not learn at all in 20 epochs.)
+CHAMPION_LEARNING_RATE, CHALLENGER_LEARNING_RATE = 3e-3, 1e-3
 
 
 def run_demo(
@@ -47,7 +55,8 @@ def run_demo(
     """Run the demo; returns what it made (cohort paths, run ids, model versions, evaluations).
 
     A registry review in miniature: version 1 (alias ``champion``) is trained on clean data;
-    version 2 (alias ``challenger``) on data where a site marker goes with the diagnosis. Both
+    version 2 (alias ``challenger``) on data where a site marker outside the brain goes with the
+    diagnosis. Both
     are evaluated on the same held-out multi-site cohort; the challenger's evaluation compares
     itself with the champion's. ``challenger=False`` stops after the champion.
     """
@@ -69,7 +78,8 @@ def run_demo(
 
     if "MLFLOW_RUN_ID" not in os.environ:  # under `mlflow run` the run (and experiment) exist
         mlflow.set_experiment(experiment)
-    champion = _train_and_register(train_manifest, "train-champion", epochs, seed, model_name, DEMO_ALIAS, progress, say)
+    champion = _train_and_register(train_manifest, "train-champion", epochs, seed, model_name, DEMO_ALIAS, progress, say,
+                                   learning_rate=CHAMPION_LEARNING_RATE)  # fmt: skip
     result = dict(train_manifest=train_manifest, eval_manifest=eval_manifest, run_id=champion["run_id"],
                   model_name=model_name, version=champion["version"], model_uri=f"models:/{model_name}@{DEMO_ALIAS}",
                   history=champion["history"], evaluation=None, challenger=None)  # fmt: skip
@@ -85,7 +95,7 @@ def run_demo(
     sites_manifest = write_cohort(workdir / "cohort-train-sites", n_subjects=subjects, seed=seed + 20_000,
                                   voxel_size=voxel_size, marker=SITE_MARKER, progress=progress)
     trained = _train_and_register(sites_manifest, "train-challenger", epochs, seed, model_name, CHALLENGER_ALIAS,
-                                  progress, say)  # fmt: skip
+                                  progress, say, learning_rate=CHALLENGER_LEARNING_RATE)  # fmt: skip
     uri = f"models:/{model_name}@{CHALLENGER_ALIAS}"
     result["challenger"] = dict(train_manifest=sites_manifest, run_id=trained["run_id"], version=trained["version"],
                                 model_uri=uri, history=trained["history"],
@@ -94,11 +104,11 @@ def run_demo(
 
 
 def _train_and_register(manifest, run_name: str, epochs: int, seed: int, model_name: str, alias: str, progress,
-                        say) -> dict:  # fmt: skip
+                        say, *, learning_rate: float) -> dict:  # fmt: skip
     """Train DemoCNN on ``manifest`` in a new run, register it under ``model_name`` with ``alias``."""
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({"heimer.demo": "true", "heimer.cohort": str(manifest)})
-        trained = train_demo(manifest, epochs=epochs, seed=seed, progress=progress)
+        trained = train_demo(manifest, epochs=epochs, seed=seed, learning_rate=learning_rate, progress=progress)
         info = log_model(
             trained.model,
             "model",

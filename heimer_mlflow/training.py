@@ -80,7 +80,7 @@ def train_demo(
     *,
     epochs: int = 20,
     batch_size: int = 8,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-3,
     width: int = 8,
     val_fraction: float = 0.25,
     intensity: str = "zscore",

@@ -49,7 +49,7 @@ def test_demo_in_python(tracking, tmp_path):
     challenger = result["challenger"]
     folders = {Path(m).parent for m in (result["eval_manifest"], result["train_manifest"], challenger["train_manifest"])}
     assert len(folders) == 3
-    truth = pd.read_csv(Path(result["eval_manifest"]).parent / "truth.csv")
+    truth = pd.read_csv(Path(result["eval_manifest"]).parent / "truth.csv")  # the marker, 95% of AD, 5% of CN
     assert truth["has_patch"].any() and not pd.read_csv(Path(result["train_manifest"]).parent / "truth.csv")["has_patch"].any()
     assert_demo_evaluated("demo-py", result["run_id"])
 
