@@ -81,6 +81,19 @@ def raise_if_swallowed() -> None:
         _raise_for(signum)
 
 
+_default_unraisablehook = sys.unraisablehook
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """A signal's exception raised where Python cannot propagate it (a ``__del__``, an at-fork
+    callback such as logging's ``_releaseLock`` when a DataLoader forks its workers) is printed
+    as "Exception ignored in ..." with a traceback over the command's one-line message; it is
+    not lost (:func:`raise_if_swallowed` raises it again), so it need not be printed."""
+    if _state["received"] is not None and issubclass(unraisable.exc_type, (KeyboardInterrupt, Terminated)):
+        return
+    _default_unraisablehook(unraisable)
+
+
 @contextlib.contextmanager
 def handled():
     """Turn SIGINT and SIGTERM into exceptions for the duration (main thread only)."""
@@ -89,11 +102,13 @@ def handled():
         return
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     _state.update(installed=True, received=None, pending=None)
+    previous_unraisable, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = previous_unraisable
         _state.update(installed=False)
         # after a signal the quiet hook stays: workers' threads may still be winding down
 

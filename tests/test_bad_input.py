@@ -374,3 +374,23 @@ def test_models_that_cannot_run_on_the_cohort(tracking, tmp_path, capsys, monkey
             assert run.info.status == status and match in run.data.tags["heimer.error"]
             name, version = uri.split("/")[-2:]
             assert heimer_tags(name, version) == {}
+
+
+class _SignalledOnDelete:
+    """Receives SIGINT in ``__del__``, where Python cannot raise: "Exception ignored in ..." (as
+    when the signal lands in logging's at-fork callback while a DataLoader forks its workers)."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs here, inside __del__
+
+
+def test_a_signal_python_cannot_raise_is_raised_later_and_not_printed(capfd):
+    from heimer_mlflow import interrupts
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.handled():
+            _SignalledOnDelete()  # gone at once: the KeyboardInterrupt is unraisable
+            interrupts.raise_if_swallowed()
+            pytest.fail("the swallowed signal was not raised again")
+    assert "Exception ignored" not in capfd.readouterr().err

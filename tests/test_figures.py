@@ -346,7 +346,8 @@ def test_titles_name_the_primary_map(report, engine_result):
     for name in about_the_map:
         text = _all_texts(figures[name])
         assert "HiResCAM" in text and "Grad-CAM" not in text, (name, text[:300])
-    assert "Grad-CAM" in _all_texts(F.build_figures(None, engine_result, None)["group_cam"])  # the default
+    gradcam = dataclasses.replace(engine_result, cam_method="gradcam")
+    assert "Grad-CAM" in _all_texts(F.build_figures(None, gradcam, None)["group_cam"])
     assert F.cam_name(None) == "Grad-CAM" and F.cam_name("hirescam") == "HiResCAM"
 
 
