@@ -28,6 +28,7 @@ from .engine.gradcam import check_cam_method
 from .engine.run import EngineResult, pick_device
 from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
+from .meta import CAM_NAMES
 from .metrics import ClassificationReport, compute_metrics
 from .registry import LoadedModel, load
 
@@ -37,7 +38,6 @@ SAVE_CAMS = ("gallery", "all", "none")
 # shows at the target layer's resolution (cam_outside_brain_floor: coarse layers blur past the edge)
 MAX_OUTSIDE_BRAIN_EXCESS = 0.10
 MAX_SANITY_SPEARMAN = 0.5  # maps of a randomised model should not look like the trained one's
-CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 
 
 @dataclass

@@ -33,6 +33,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
+from .meta import CAM_NAMES
+
 AD_COLOR = "#D55E00"  # Okabe-Ito vermillion: the positive class (AD)
 CN_COLOR = "#0072B2"  # Okabe-Ito blue: the negative class (CN)
 TRAIN_COLOR = "#000000"
@@ -48,7 +50,6 @@ OUTCOME_TITLES = {
     "FP": "false positives ({negative} called {positive})", "FN": "false negatives ({positive} called {negative})",
 }  # fmt: skip
 VIEWS = ("axial", "coronal", "sagittal")
-CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 # The report prints brain figures at the full text width of an A4 page (210 mm - 2 x 16 mm):
 # drawn at this width they print at scale 1, so every font size below is its printed size.
 BRAIN_FIGURE_WIDTH_IN = 7.0

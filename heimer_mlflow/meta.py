@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 INTENSITIES = ("zscore", "minmax", "none")
 DEFAULT_CLASS_NAMES = ("CN", "AD")
 DEFAULT_POSITIVE = "AD"
+# The two maps the engine draws from one gradient, by method name (engine.gradcam.CAM_METHODS)
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 
 
 @dataclass

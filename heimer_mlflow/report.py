@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .champion import TABLE_METRICS
+from .meta import CAM_NAMES
 from .resources import templates_dir
 
 log = logging.getLogger(__name__)
@@ -514,7 +516,7 @@ def _recorded_comparison(recorded: dict, this_metrics: dict, version) -> dict:
     other_est = _d(recorded.get("champion_estimates"))
     rows = [{"label": METRIC_LABELS[name][0], "this": _fmt_est(this_est.get(name), name),
              "champion": _fmt_est(other_est.get(name), name)}
-            for name in COMPARISON_METRICS if name in this_est or name in other_est]  # fmt: skip
+            for name in TABLE_METRICS if name in this_est or name in other_est]  # fmt: skip
     delta = {"value": recorded.get("roc_auc_diff"), "lower": recorded.get("roc_auc_diff_ci_lower"),
              "upper": recorded.get("roc_auc_diff_ci_upper")}  # fmt: skip
     p_value = _num(recorded.get("delong_p"))
@@ -534,8 +536,6 @@ def _recorded_comparison(recorded: dict, this_metrics: dict, version) -> dict:
     }  # fmt: skip
 
 
-COMPARISON_METRICS = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "brier_score",
-                      "expected_calibration_error")  # mirrors heimer_mlflow.champion.TABLE_METRICS (torch-free there too)
 
 
 def _champion_context(champion, this_metrics: dict, predictions, positive: str, class_names) -> dict:
@@ -550,7 +550,7 @@ def _champion_context(champion, this_metrics: dict, predictions, positive: str, 
     this_est = _d(_d(this_metrics.get("overall")).get("estimates"))
     other_est = _d(_d(other.get("overall")).get("estimates"))
     rows = []
-    for name in COMPARISON_METRICS:
+    for name in TABLE_METRICS:
         if name in this_est or name in other_est:
             rows.append({"label": METRIC_LABELS[name][0], "this": _fmt_est(this_est.get(name), name),
                          "champion": _fmt_est(other_est.get(name), name)})
@@ -588,7 +588,6 @@ def _champion_context(champion, this_metrics: dict, predictions, positive: str, 
             "delta_upper": _num(_d(delta).get("upper"))}
 
 
-CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}  # mirrors heimer_mlflow.figures (no matplotlib here)
 # The two maps disagree (one of them is unreliable for this architecture) when their rank agreement
 # inside the brain is below MIN_CAM_AGREEMENT or their mean outside-brain shares differ by more than
 # MAX_OUTSIDE_SHARE_GAP.

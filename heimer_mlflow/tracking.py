@@ -154,7 +154,7 @@ def write_artifacts(evaluation, staging: Path, *, champion_run=None) -> dict[str
 def _champion_figure(evaluation, champion_run, folder: Path) -> dict[str, Path]:
     """figures/champion_comparison.png: the AD group's mean map of this version and of the
     champion over the cohort's mean anatomy; nothing when the champion's run lacks the volume."""
-    from .evaluation import CAM_NAMES
+    from .meta import CAM_NAMES
     from .figures import plot_champion_comparison, save_figure
 
     positive = evaluation.model.meta.positive_class
