@@ -634,15 +634,16 @@ def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white",
 
 def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float | None = None,
                  content=(600.0, 250.0), shared_bar=False, caption: str = CONVENTION,
-                 width: float = BRAIN_FIGURE_WIDTH_IN):  # fmt: skip
+                 width: float = BRAIN_FIGURE_WIDTH_IN, subtitle: str | None = None):  # fmt: skip
     """A figure with one brain Axes per row and a colour-bar Axes per row (or one for all rows).
 
     The figure is ``width`` inches wide (the report's text width: it prints at scale 1, so the
     font sizes here are printed sizes) and each row as tall as ``content`` ((width, height) in mm
     per row, see ``_content_size_mm``) needs at that width; ``row_height`` (inches) instead fixes
     the rows' height and derives the width. A fixed layout (no constrained/tight layout solver):
-    fast for tall galleries."""
-    head, foot, row_gap, bar_room, side = 0.5, 0.3, 0.35, 1.0, 0.1
+    fast for tall galleries. ``subtitle``: one more line under the title (a finding the reader must
+    not miss)."""
+    head, foot, row_gap, bar_room, side = 0.5 + (0.2 if subtitle else 0.0), 0.3, 0.35, 1.0, 0.1
     if row_height is None:
         image_width = width - bar_room - 2 * side
         row_height = image_width * content[1] / content[0]
@@ -658,6 +659,8 @@ def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float
     bars = [fig.add_subplot(grid[:, 1])] * rows if shared_bar else [fig.add_subplot(grid[r, 1]) for r in range(rows)]
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.1 / height, va="top")
+    if subtitle:
+        fig.text(0.5, 1 - 0.32 / height, subtitle, ha="center", va="top", fontsize=8.5, color="#8b0000")
     if caption:
         fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=_SMALL_FONT, color="#333333")
     return fig, axes, bars
@@ -997,39 +1000,87 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
 # --------------------------------------------------------------------------------------------
 
 
-def plot_input_difference(diff, t=None, affine=None, *, class_names: Sequence[str] = ("CN", "AD"),
+def plot_input_difference(diff, t=None, affine=None, *, background=None, class_names: Sequence[str] = ("CN", "AD"),
                           counts: Mapping[str, int] | None = None, center_mm=None,
                           fig: Figure | None = None) -> Figure:  # fmt: skip
     """Voxel-wise mean(AD) - mean(CN) of the preprocessed inputs, and the Welch t-map, in three
-    views each, on symmetric diverging scales; slices through the largest |t| (else |difference|)."""
+    views each, on symmetric diverging scales, over the grey ``background`` (e.g. the cohort's mean
+    input) when given.
+
+    Slices cross at the largest |t| (else |difference|) inside the head: the background's
+    non-background voxels (``cohort.brain_mask``), or everywhere without one. A marker outside the
+    head (a scanner artefact that goes with the diagnosis) would otherwise pick slices that barely
+    show the brain; when the largest |t| lies outside the head, the figure says so and where."""
     negative, positive = class_names
     diff = _volume3d(diff).astype(np.float32)
     t = None if t is None else _volume3d(t).astype(np.float32)
     t_ok = t is not None and bool(np.any(np.isfinite(t)))
-    volumes = [t if t_ok else diff, diff] + ([t] if t_ok else [])
-    views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0, absolute_peak=True)
+    background = None if background is None else _volume3d(background).astype(np.float32)
+    strength = np.abs(t if t_ok else diff)
+    strength = np.where(np.isfinite(strength), strength, -np.inf)
+    volumes = [t if t_ok else diff, diff] + ([t] if t_ok else [diff]) + ([] if background is None else [background])
+    center_voxel, outside_note, head = None, None, _head(background)
+    if np.isfinite(strength).any():
+        peak = np.unravel_index(int(np.argmax(strength)), strength.shape)
+        if head is not None and not head[peak] and np.isfinite(np.where(head, strength, -np.inf)).any():
+            world = (np.eye(4) if affine is None else np.asarray(affine, dtype=float)) @ np.r_[peak, 1.0]
+            what = "|t|" if t_ok else "|difference|"
+            outside_note = (f"The largest {what} ({float(strength[peak]):.1f}) is outside the head, at ({world[0]:.0f}, "
+                            f"{world[1]:.0f}, {world[2]:.0f}) mm; slices and scales here: inside the head")  # fmt: skip
+            peak = np.unravel_index(int(np.argmax(np.where(head, strength, -np.inf))), strength.shape)
+        else:
+            head = None  # the scales take every voxel
+        center_voxel = None if center_mm is not None else peak
+    views = ortho_slices(volumes, affine, center_mm=center_mm, center_voxel=center_voxel, peak_of=0,
+                         absolute_peak=True)  # fmt: skip
     fig, axes, bars = _grid_figure(2, fig, content=_content_size_mm(views), title=f"Input data: {positive} - "
-                                   f"{negative} (the baseline against which the model's maps are judged)")  # fmt: skip
+                                   f"{negative} (the baseline against which the model's maps are judged)",
+                                   subtitle=outside_note)  # fmt: skip
+    # With a marker outside the head, scales from inside it: else the marker's contrast washes the brain out.
+    within = (lambda v: np.where(head, v, np.nan)) if head is not None else (lambda v: v)
+    grey = [] if background is None else [Layer(len(volumes) - 1, "gray", *_grey_range(background))]
     counts = counts or {}
     n = "" if not counts else f" (n = {counts.get(positive, '?')} {positive}, {counts.get(negative, '?')} {negative})"
     if np.any(np.isfinite(diff)):
-        limit = _symmetric_limit(diff)
-        image = draw_views(axes[0], views, [Layer(1, DIVERGING_CMAP, -limit, limit)], side_color="black",
-                           scale_bar=False)  # fmt: skip
-        _row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}")
-        _colorbar(fig, image, bars[0], "intensity difference")
+        limit = _symmetric_limit(within(diff))
+        hidden = INPUT_DIFF_HIDDEN * limit if grey else None
+        image = draw_views(axes[0], views, grey + [Layer(1, DIVERGING_CMAP, -limit, limit, 0.85 if grey else 1.0,
+                                                         hide_abs_below=hidden)],
+                           side_color="white" if grey else "black", scale_bar=False)  # fmt: skip
+        shown = f" (< {INPUT_DIFF_HIDDEN:.0%} of the largest not shown)" if grey else ""
+        _row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}")
+        _colorbar(fig, image, bars[0], "intensity difference").solids.set_alpha(1.0)
     else:
         bars[0].set_axis_off()
         _message(axes[0], f"difference not computable: it needs subjects in both groups{n}")
     if t_ok:
-        t_limit = _symmetric_limit(t)
-        image = draw_views(axes[1], views, [Layer(2, DIVERGING_CMAP, -t_limit, t_limit)], side_color="black")
-        _row_label(axes[1], "Welch t of the difference (|t| > 2 is roughly p < 0.05 per voxel, uncorrected)")
-        _colorbar(fig, image, bars[1], "Welch t")
+        t_limit = _symmetric_limit(within(t))
+        image = draw_views(axes[1], views, grey + [Layer(2, DIVERGING_CMAP, -t_limit, t_limit, 0.85 if grey else 1.0,
+                                                         hide_abs_below=T_HIDDEN if grey else None)],
+                           side_color="white" if grey else "black")  # fmt: skip
+        shown = f"; |t| < {T_HIDDEN:g} not shown" if grey else ""
+        _row_label(axes[1], f"Welch t (|t| > 2: roughly p < 0.05 per voxel, uncorrected{shown})")
+        _colorbar(fig, image, bars[1], "Welch t").solids.set_alpha(1.0)
     else:
         bars[1].set_axis_off()
         _message(axes[1], "t-map not computable: it needs at least 2 subjects in each group")
     return fig
+
+
+# Over the anatomy, the input difference hides what is below this share of its largest value, and
+# the t-map hides |t| below this value (about p = 0.05 per voxel, uncorrected), so the anatomy shows.
+INPUT_DIFF_HIDDEN, T_HIDDEN = 0.25, 2.0
+
+
+def _head(background) -> np.ndarray | None:
+    """The head in ``background`` (its non-background voxels), or None when there is no background
+    or the mask is empty or everything."""
+    if background is None or not np.isfinite(background).all():
+        return None
+    from .cohort import brain_mask  # torch comes with it; only when a background is drawn
+
+    head = brain_mask(background)
+    return head if 0 < head.sum() < head.size else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1255,7 +1306,8 @@ def figure_plan(report=None, engine_result=None, history=None, *, affine=None, i
         ]  # fmt: skip
     if inputs is not None:
         plan.append(("input_difference", lambda: plot_input_difference(
-            inputs.diff, inputs.t, affine, class_names=class_names, counts=inputs.count)))  # fmt: skip
+            inputs.diff, inputs.t, affine, background=anatomy(), class_names=class_names,
+            counts=inputs.count)))  # fmt: skip
     if "cam_outside_brain_fraction" in subjects:
         plan.append(("cam_outside_brain", lambda: plot_outside_brain(
             subjects["cam_outside_brain_fraction"], labels=y_true, class_names=class_names, method=method).figure))

@@ -355,8 +355,10 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "over the cohort's mean MRI (red positive, blue negative, symmetric scale; small differences are not "
         "drawn, so the anatomy shows). The layer's grid is coarse: each square is one feature-map cell.", "brain"),
     "input_difference": ("Raw data baseline: mean difference and t-map",
-        "Voxel-wise mean difference of the preprocessed images ({pos} - {neg}) and the voxel-wise t statistic. "
-        "This is what differs in the data itself; compare it with the model's maps above.", "brain"),
+        "Voxel-wise mean difference of the preprocessed images ({pos} - {neg}) and the voxel-wise t statistic, "
+        "over the cohort's mean MRI (small values not drawn), slices through the largest |t| inside the head. "
+        "This is what differs in the data itself; compare it with the model's maps above. When the largest "
+        "difference lies outside the head (a scanner or site marker), the figure says where.", "brain"),
     "champion_comparison": ("Where each model looks: this version and the champion",
         "Each model's mean map of the {pos} group over the cohort's mean MRI, one row per model, slices through "
         "each map's own peak. Each row has its own colour scale: the places compare, the raw values do not. "

@@ -188,7 +188,7 @@ def test_two_renders_are_byte_identical(tmp_path, report, engine_result, rendere
 
 
 def _texts(fig):
-    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    return " ".join([t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts])
 
 
 @pytest.mark.parametrize("history", [None, {}, {"train_loss": [], "val_loss": []}, {"lr": [0.1, 0.01]}])
@@ -211,6 +211,28 @@ def test_t_map_not_computable_says_why():
     t = np.full(SHAPE, np.nan, dtype=np.float32)
     fig = F.plot_input_difference(_volume(), t, RAS_AFFINE)
     assert "not computable" in _texts(fig)
+
+
+def test_input_difference_cuts_through_the_head_not_a_marker_outside_it(tmp_path):
+    """A site marker outside the head carries the largest t (as on the demo's multi-site cohort):
+    the slices still cross at the largest |t| inside the head, over the anatomy, and the figure
+    says where the larger one is. Without a background, the global peak as before."""
+    head = np.zeros(SHAPE, np.float32)
+    head[2:10, 2:11, 2:8] = 1.0  # the mean anatomy: a box, zero around it
+    t = np.zeros(SHAPE, np.float32)
+    t[4, 5, 4] = -3.0  # in the head (voxel -> world: 2 * i - 12 etc.)
+    t[11, 13, 9] = 9.0  # the marker, outside it
+    fig = F.plot_input_difference(0.1 * t, t, RAS_AFFINE, background=head)
+    texts = _texts(fig)
+    assert "largest |t| (9.0) is outside the head, at (10, 12, 8) mm" in texts
+    for position in ("x = -4 mm", "y = -4 mm", "z = -2 mm"):
+        assert position in texts
+    _assert_not_blank(fig, tmp_path / "input_difference.png")
+    plain = _texts(F.plot_input_difference(0.1 * t, t, RAS_AFFINE))
+    assert "outside the head" not in plain and "x = 10 mm" in plain
+    inside = t.copy()
+    inside[11, 13, 9] = 0.0  # the largest |t| in the head: nothing to say
+    assert "outside the head" not in _texts(F.plot_input_difference(0.1 * inside, inside, RAS_AFFINE, background=head))
 
 
 def test_degenerate_maps_do_not_crash(tmp_path):
