@@ -49,8 +49,11 @@ def test_demo_in_python(tracking, tmp_path):
     challenger = result["challenger"]
     folders = {Path(m).parent for m in (result["eval_manifest"], result["train_manifest"], challenger["train_manifest"])}
     assert len(folders) == 3
-    truth = pd.read_csv(Path(result["eval_manifest"]).parent / "truth.csv")  # the marker, 95% of AD, 5% of CN
-    assert truth["has_patch"].any() and not pd.read_csv(Path(result["train_manifest"]).parent / "truth.csv")["has_patch"].any()
+    truth = pd.read_csv(Path(result["eval_manifest"]).parent / "truth.csv")  # the marker on every AD scan, no CN scan
+    assert (truth["has_patch"] == (truth["label"] == "AD")).all() and truth["has_patch"].any()
+    assert not pd.read_csv(Path(result["train_manifest"]).parent / "truth.csv")["has_patch"].any()
+    sites = pd.read_csv(Path(challenger["train_manifest"]).parent / "truth.csv")
+    assert len(sites) == round(TINY["subjects"] * 2 / 3) and (sites["has_patch"] == (sites["label"] == "AD")).all()
     assert_demo_evaluated("demo-py", result["run_id"])
 
     client = mlflow.MlflowClient()
