@@ -24,22 +24,19 @@ from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
 
+from .conftest import TinyCNN
+
 GRID = (24, 28, 24)  # 4 mm voxels: a 96 x 112 x 96 mm field of view
 # Stored left-to-right flipped (LAS), as many scanners write it: the views must still come out RAS.
 AFFINE = np.array([[-4.0, 0, 0, 46], [0, 4.0, 0, -62], [0, 0, 4.0, -42], [0, 0, 0, 1]])
 
 
-class StridedCNN(nn.Module):
-    """Two convolutions, the first strided: the target layer's grid is coarser than the input's."""
+class StridedCNN(TinyCNN):
+    """The first convolution strided: the target layer's grid is coarser than the input's (upsampling matters)."""
 
     def __init__(self, n_outputs: int = 2):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv3d(4, 4, 3, padding=1), nn.ReLU())  # fmt: skip
-        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, n_outputs))
-
-    def forward(self, x):
-        return self.head(self.body(x))
+        super().__init__(n_outputs)
+        self.body[0] = nn.Conv3d(1, 4, 3, stride=2, padding=1)
 
 
 @pytest.fixture
