@@ -7,7 +7,10 @@ Python entry points (imported lazily, so ``heimer-mlflow --help`` stays fast):
 - ``load_model(model_uri)`` -> ``LoadedModel`` (module in eval mode, metadata, version, run);
 - ``evaluate(model_uri, data, **options)`` -> ``Evaluation`` (numbers, arrays, the MLflow run);
   with ``require=[...]`` rules it raises ``GateFailed`` when one breaks;
-- ``write_cohort(out_dir, ...)`` for a synthetic AD/CN cohort with planted atrophy.
+- ``write_cohort(out_dir, ...)`` for a synthetic AD/CN cohort with planted atrophy;
+- ``GradCamDisplay``, ``FeatureMapDisplay``, ``GroupDifferenceDisplay`` for notebooks: the
+  evaluation's maps of a plain module and NumPy/NIfTI volumes, no MLflow run
+  (``from_model(...)`` / ``from_arrays(...)``, then ``.plot(ax=...)``).
 """
 
 __version__ = "0.1.0"
@@ -19,6 +22,9 @@ _EXPORTS = {
     "write_cohort": ("synthetic", "write_cohort"),
     "HeimerError": ("errors", "HeimerError"),
     "GateFailed": ("gate", "GateFailed"),
+    "GradCamDisplay": ("display", "GradCamDisplay"),
+    "FeatureMapDisplay": ("display", "FeatureMapDisplay"),
+    "GroupDifferenceDisplay": ("display", "GroupDifferenceDisplay"),
 }
 __all__ = [*_EXPORTS, "__version__"]
 
