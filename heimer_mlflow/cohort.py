@@ -174,7 +174,7 @@ def read_cohort(data, class_names, *, skip_bad: bool = False, settle: bool = Tru
                     frame["subject_id"] = pd.read_csv(path, usecols=["subject_id"], dtype=str, keep_default_na=False,
                                                       na_values=[""])["subject_id"]
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-                raise HeimerError(f"manifest {path} is not a readable CSV ({str(e).splitlines()[0]})") from None
+                raise HeimerError(f"manifest {path} is not a readable CSV ({one_line(e, with_type=False)})") from None
             table, problems = _from_manifest(frame, path.parent, source, class_names)
     if len(table):
         dupes = table["subject_id"][table["subject_id"].duplicated(keep=False)]
@@ -364,7 +364,7 @@ def voxel_problems(subjects, *, progress: bool = False) -> list[tuple[str, str, 
         try:
             load_volume(item[1])
         except (ValueError, OSError, EOFError) as e:
-            return (item[0], item[1], str(e) or type(e).__name__)
+            return (item[0], item[1], one_line(e, with_type=False))
         return None
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
@@ -398,7 +398,7 @@ class CohortDataset(torch.utils.data.Dataset):
             mask = brain_mask(data)
             image = normalise_intensity(data, self.intensity, mask)
         except (ValueError, OSError, EOFError) as e:
-            problem = str(e) or type(e).__name__
+            problem = one_line(e, with_type=False)
             shape = self.shape or (1, 1, 1)
             image, mask, affine = np.zeros(shape, np.float32), np.zeros(shape, bool), np.eye(4)
         return {

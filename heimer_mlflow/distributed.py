@@ -138,7 +138,7 @@ def check_all(error: str | None, ctx: Context | None) -> None:
             raise HeimerError(error)
         return
     errors: list[str | None] = [None] * ctx.world_size
-    dist.all_gather_object(errors, None if error is None else _first_line(error))
+    dist.all_gather_object(errors, None if error is None else one_line(error, 500))
     failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
     if failed:
         (rank, message), others = failed[0], failed[1:]
@@ -184,18 +184,22 @@ def merge(result: EngineResult, ctx: Context | None) -> EngineResult | None:
     them, the global top-k gallery, all exclusions and sanity values); other ranks get None.
     Without ``ctx`` (one process) ``result`` is returned as it is.
 
-    Three collectives: the layouts and gallery candidates to everyone (so all ranks agree on the
-    statistics' keys and shapes, also where a rank saw no subject, and on the gallery's winners),
-    one all-reduce of all statistics packed in one buffer, then rows, exclusions, sanity values
-    and only the winning gallery cases to rank 0.
+    Three collectives: the layouts and galleries of stand-ins for the cases to everyone (so all
+    ranks agree on the statistics' keys and shapes, also where a rank saw no subject, and on the
+    gallery's winners), one all-reduce of all statistics packed in one buffer, then rows,
+    exclusions, sanity values and only the winning gallery cases to rank 0. Statistics and
+    galleries combine by their classes' own ``merge``.
     """
     if ctx is None or ctx.world_size == 1:
         return result
     everyone: list = [None] * ctx.world_size
-    dist.all_gather_object(everyone, (_layout(result), _shapes(result.stats), _candidates(result)))
+    dist.all_gather_object(everyone, (_layout(result), _shapes(result.stats), _stand_ins(result, ctx.rank)))
     _check_layouts([layout for layout, _, _ in everyone])
     stats = _all_reduce(result.stats, _union_shapes([shapes for _, shapes, _ in everyone]), ctx)
-    winners = _gallery_winners([candidates for _, _, candidates in everyone], result.gallery_k)
+    gallery = CaseGallery(result.gallery_k)
+    for _, _, stand_ins in everyone:
+        gallery.merge(stand_ins)
+    winners = gallery.cases()  # outcome -> [(rank, cohort index)], best first, the same on every rank
     mine = {case.index: case for cases in result.gallery.values() for case in cases}
     part = {
         "subjects": result.subjects, "excluded": result.excluded, "timings": result.timings,
@@ -261,11 +265,6 @@ def _rank_device(device: str, rank: int, local_rank: int) -> str:
     return f"cuda:{local_rank}"
 
 
-def _first_line(message: str, limit: int = 500) -> str:
-    line = (message.strip().splitlines() or [""])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _layout(result: EngineResult) -> dict:
     """What every rank must share for the shards to combine."""
     return {
@@ -306,36 +305,30 @@ def _union_shapes(per_rank: list[dict[str, tuple[int, ...]]]) -> dict[str, tuple
 
 
 def _all_reduce(stats: GroupStats, shapes: dict[str, tuple[int, ...]], ctx: Context) -> GroupStats:
-    """The sum of every rank's statistics (on CPU): the tensors in sorted key order (zeros where
-    this rank has none) packed into one float64 buffer, one all-reduce (on the rank's GPU for
-    NCCL), unpacked; ``stats`` itself is left as it was."""
+    """The sum of every rank's statistics (on CPU): this rank's merged (``GroupStats.merge``) into
+    zeros of the common layout, laid out as views of one float64 buffer in sorted key order (so a
+    key this rank lacks stays zero), then one all-reduce of that buffer (on the rank's GPU for
+    NCCL), which merges every rank's the same way; ``stats`` itself is left as it was."""
     device = torch.device(ctx.device if ctx.backend == "nccl" else "cpu")
     sizes = [math.prod(shape) for shape in shapes.values()]
-    flat = torch.cat([
-        stats.state[key].to(device=device, dtype=torch.float64).flatten() if key in stats.state
-        else torch.zeros(size, dtype=torch.float64, device=device)
-        for key, size in zip(shapes, sizes)
-    ])  # fmt: skip
+    flat = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
+    views = {key: part.view(shape) for (key, shape), part in zip(shapes.items(), flat.split(sizes))}
+    GroupStats.from_state(views, stats.class_names, stats.positive_index).merge(stats)  # adds into ``flat``
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     parts = flat.cpu().split(sizes)
     state = {key: part.view(shape).clone() for (key, shape), part in zip(shapes.items(), parts)}
     return GroupStats.from_state(state, stats.class_names, stats.positive_index)
 
 
-def _candidates(result: EngineResult) -> list[tuple[str, float, int]]:
-    """(outcome, confidence, cohort index) of the rank's gallery cases: small, unlike the cases."""
-    return [(outcome, float(case.confidence), int(case.index))
-            for outcome, cases in result.gallery.items() for case in cases]  # fmt: skip
-
-
-def _gallery_winners(per_rank: list[list[tuple[str, float, int]]], k: int) -> dict[str, list[tuple[int, int]]]:
-    """The global top-k per outcome as (rank, cohort index), best first, by the gallery's own rule;
-    every rank computes the same from the same candidates."""
-    gallery = CaseGallery(k)
-    for rank, candidates in enumerate(per_rank):
-        for outcome, confidence, index in candidates:
-            gallery.offer(outcome, confidence, index, lambda rank=rank, index=index: (rank, index))
-    return gallery.cases()
+def _stand_ins(result: EngineResult, rank: int) -> CaseGallery:
+    """The rank's gallery with each case standing in as (rank, cohort index): small to send, unlike
+    the cases; merged (``CaseGallery.merge``) they give the global winners and who holds them."""
+    gallery = CaseGallery(result.gallery_k)
+    for outcome, cases in result.gallery.items():
+        for case in cases:
+            index = int(case.index)
+            gallery.offer(outcome, float(case.confidence), index, lambda index=index: (rank, index))
+    return gallery
 
 
 def _concat_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

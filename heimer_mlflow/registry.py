@@ -21,7 +21,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from .engine.gradcam import resolve_layer
-from .errors import HeimerError
+from .errors import HeimerError, one_line
 from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, INTENSITIES, ModelMeta
 
 METADATA_KEY = "heimer"
@@ -281,7 +281,7 @@ def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> Lo
     try:
         info = mlflow.models.get_model_info(load_uri)
     except MlflowException as e:
-        raise HeimerError(f"cannot read the MLflow model at {uri}: {str(e).splitlines()[0]}") from None
+        raise HeimerError(f"cannot read the MLflow model at {uri}: {one_line(e, with_type=False)}") from None
     if "pytorch" not in info.flavors:
         raise HeimerError(
             f"{uri} has no pytorch flavour (flavours: {', '.join(info.flavors)}); log the model "
@@ -290,17 +290,15 @@ def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> Lo
     try:
         module = mlflow.pytorch.load_model(load_uri, map_location=map_location)
     except MlflowException as e:
-        raise HeimerError(f"cannot load the model at {uri}: {str(e).splitlines()[0]}") from None
+        raise HeimerError(f"cannot load the model at {uri}: {one_line(e, with_type=False)}") from None
     except (ImportError, AttributeError) as e:  # unpickling needs the model's class
         raise HeimerError(
-            f"cannot load the model at {uri}: its class cannot be imported here ({type(e).__name__}: "
-            f"{(str(e).splitlines() or [''])[0]}); install the package that defines it, or log the model with "
-            "code_paths=[...] so MLflow ships its code"
+            f"cannot load the model at {uri}: its class cannot be imported here ({one_line(e)}); install the "
+            "package that defines it, or log the model with code_paths=[...] so MLflow ships its code"
         ) from None
     except Exception as e:  # a damaged or foreign artifact
         raise HeimerError(
-            f"cannot load the model at {uri} ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
-            "log it again with heimer_mlflow.log_model"
+            f"cannot load the model at {uri} ({one_line(e)}); log it again with heimer_mlflow.log_model"
         ) from None
     if isinstance(module, torch.fx.GraphModule):
         raise pt2_refusal(uri)

@@ -44,7 +44,7 @@ def check_reachable(timeout_s: float = 5.0) -> None:
     try:
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = one_line(e, 200, with_type=False)
         raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 

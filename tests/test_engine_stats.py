@@ -1,11 +1,13 @@
-"""Streaming group statistics equal a direct numpy computation, and shards merge exactly."""
+"""Streaming group statistics equal a direct numpy computation, and shards (statistics and
+case galleries) merge exactly."""
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from heimer_mlflow.engine.stats import GroupStats, rank_channels
+from heimer_mlflow.engine.gallery import CaseGallery
+from heimer_mlflow.engine.stats import OUTCOMES, GroupStats, rank_channels
 
 CLASSES = ["CN", "AD"]
 POSITIVE = 1
@@ -84,6 +86,46 @@ def test_rank_channels_puts_the_separating_channel_first():
 def test_merge_refuses_other_layouts():
     with pytest.raises(ValueError):
         GroupStats(CLASSES, 1).merge(GroupStats(CLASSES, 0))
+
+
+def test_merge_refuses_other_shapes_and_changes_nothing():
+    """Shards of another grid cannot be added (not even where the sum would broadcast silently);
+    the refused merge leaves the state as it was."""
+    labels, predicted, volumes, _ = cohort()
+    mine = stream(labels, predicted, volumes)
+    before = {key: value.clone() for key, value in mine.state.items()}
+    for other_grid in (volumes[:, :1, :1, :1], volumes[:, :2]):  # [1, 1, 1] broadcasts into [3, 4, 5]
+        other = stream(labels, predicted, np.ascontiguousarray(other_grid))
+        with pytest.raises(ValueError, match="volume"):
+            mine.merge(other)
+        assert mine.state.keys() == before.keys()
+        for key, value in before.items():
+            torch.testing.assert_close(mine.state[key], value, rtol=0, atol=0)
+
+
+def test_galleries_of_shards_merge_into_the_gallery_of_the_whole_cohort():
+    """Whatever the kept cases are (the engine's GalleryCases, or stand-ins such as the (rank,
+    index) pairs distributed merges), ranking uses the confidence and cohort index they were
+    offered with; ties go to the lower index however the cohort was split."""
+    rng = np.random.default_rng(3)
+    confidence = np.round(rng.random(40), 1)  # many exact ties
+    outcomes = rng.choice(OUTCOMES, 40)
+
+    def gallery(indices, make):
+        kept = CaseGallery(3)
+        for i in indices:
+            kept.offer(str(outcomes[i]), float(confidence[i]), int(i), lambda i=i: make(i))
+        return kept
+
+    whole = gallery(range(40), lambda i: ("whole", i)).cases()
+    for shards in ([range(0, 40, 2), range(1, 40, 2)], [range(39, 20, -1), range(0, 21), []]):
+        merged = CaseGallery(3)
+        for rank, shard in enumerate(shards):
+            merged.merge(gallery(shard, lambda i, rank=rank: (rank, i)))
+        got = merged.cases()
+        assert {o: [i for _, i in cases] for o, cases in got.items()} == \
+               {o: [i for _, i in cases] for o, cases in whole.items()}  # fmt: skip
+        assert all(i in shards[rank] for cases in got.values() for rank, i in cases)
 
 
 def test_maps_kept_on_a_coarse_grid_equal_statistics_of_the_upsampled_maps():

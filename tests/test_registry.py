@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
 from heimer_mlflow import registry
 from heimer_mlflow.errors import HeimerError
@@ -155,3 +156,32 @@ def test_meta_round_trips_through_metadata():
     net.x = torch.nn.Conv3d(1, 1, 1)
     back = registry.read_meta({"heimer": meta.to_metadata()}, net)
     assert back.to_metadata() == meta.to_metadata() and back.inferred == []
+
+
+class FailsToUnpickle(TinyCNN):
+    """Loads by raising ``error`` from unpickling, as a broken model class can; the class stays
+    importable (this module), so the failure comes from inside mlflow.pytorch.load_model."""
+
+    error: BaseException = RuntimeError()
+
+    def __setstate__(self, state):
+        raise type(self).error
+
+
+def test_load_failures_without_a_message_end_in_one_line(tracking, monkeypatch):
+    name = _unique("unpickles-badly")
+    with mlflow.start_run():
+        registry.log_model(FailsToUnpickle(), "model", class_names=["CN", "AD"], positive_class="AD", input_shape=SHAPE,
+                           intensity="zscore", registered_model_name=name, pip_requirements=["torch"])  # fmt: skip
+    uri = f"models:/{name}/1"
+    for error, expected in [
+        (MlflowException(""), f"cannot load the model at {uri}: MlflowException"),
+        (AttributeError(), "its class cannot be imported here (AttributeError); install"),
+        (ValueError("\n\n"), f"cannot load the model at {uri} (ValueError); log it again"),
+        (MlflowException("the store said no\ndetails"), f"cannot load the model at {uri}: the store said no"),
+    ]:  # fmt: skip
+        monkeypatch.setattr(FailsToUnpickle, "error", error)
+        with pytest.raises(HeimerError) as err:
+            registry.load(uri)
+        message = str(err.value)
+        assert expected in message and "\n" not in message, message

@@ -21,11 +21,10 @@ class GalleryCase:
     confidence: float  # prob if predicted positive, else 1 - prob
     image: np.ndarray  # [C, D, H, W] float32, as the model saw it
     cam: np.ndarray | None  # [D, H, W] float32, the raw primary map (normalise for display only); the
-    # engine fills it when the pass ends, from layer_cam, so that only the kept cases are upsampled
+    # engine fills it when the pass ends, from layer_cams, so that only the kept cases are upsampled
     affine: np.ndarray  # [4, 4] float64
-    layer_cam: np.ndarray | None = None  # [d, h, w] float32, the raw primary map on the target layer's grid
-    # every method's raw map (engine.gradcam.CAM_METHODS), the primary one included: on the layer grid,
-    # and on the input grid once the engine fills ``cam``
+    # every method's raw map (engine.gradcam.CAM_METHODS), the primary one included: [d, h, w] float32
+    # on the target layer's grid, and on the input grid once the engine fills ``cam``
     layer_cams: dict[str, np.ndarray] = field(default_factory=dict)
     cams: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -38,7 +37,10 @@ def outcome_of(is_positive: bool, predicted_positive: bool) -> str:
 
 class CaseGallery:
     """Keeps at most k cases per outcome, most confident first; the lower cohort index wins ties,
-    so the kept cases do not depend on the order subjects arrive in (or on how they are sharded)."""
+    so the kept cases do not depend on the order subjects arrive in (or on how they are sharded).
+
+    A case is whatever ``make_case`` returns: the engine keeps GalleryCases, ``distributed``
+    merges small stand-ins for them."""
 
     def __init__(self, k: int):
         self.k = k
@@ -55,10 +57,11 @@ class CaseGallery:
             heapq.heapreplace(heap, (*rank, make_case()))
 
     def merge(self, other: CaseGallery) -> CaseGallery:
-        """Add another shard's cases; returns self."""
+        """Add another shard's cases (of other subjects); returns self. Cases are ranked by the
+        confidence and cohort index they were offered with, whatever they are."""
         for outcome, heap in other._heaps.items():
-            for confidence, _, case in heap:
-                self.offer(outcome, confidence, case.index, lambda case=case: case)
+            for confidence, negative_index, case in heap:
+                self.offer(outcome, confidence, -negative_index, lambda case=case: case)
         return self
 
     def cases(self) -> dict[str, list[GalleryCase]]:

@@ -34,7 +34,7 @@ from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase, outcome_of
 from heimer_mlflow.engine.gradcam import GradCam3d, as_logits, check_cam_method
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
 from heimer_mlflow.engine.upsampling import Trilinear
-from heimer_mlflow.errors import HeimerError
+from heimer_mlflow.errors import HeimerError, one_line
 from heimer_mlflow.meta import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -189,15 +189,14 @@ class _Chunk:
     """What the compute step produces for a chunk; committing it has no failure modes worth retrying."""
 
     images: torch.Tensor
-    labels: torch.Tensor  # CPU
-    subject_ids: list[str]
-    indices: torch.Tensor  # CPU
     affines: torch.Tensor  # CPU
     layer_maps: dict[str, torch.Tensor]  # method -> [b, d, h, w] raw map on the target layer's grid
     primary: str  # the method of layer_cam
     activations: dict[str, torch.Tensor]
-    scalars: dict[str, np.ndarray]  # float64 [b] by name: prob, loss, pred and the per-subject CAM columns
-    sanity: list[tuple[int, float]]  # (row in the chunk, Spearman) for the sanity-check subjects
+    # [b] per subject column, by name: every engine column (SUBJECT_COLUMNS, cam_roi_gain_<region>)
+    # with its final dtype (subject_id object, index, label and pred int64, the rest float64)
+    subjects: dict[str, np.ndarray]
+    sanity: dict[int, float]  # row in the chunk -> Spearman, for the sanity-check subjects
 
     @property
     def layer_cam(self) -> torch.Tensor:
@@ -230,7 +229,8 @@ class _Run:
         self.save_cams, self.amp, self.threshold = save_cams, amp, threshold
         self.target_column: int | None = None  # output column of the positive class, known after a probe
         self.chunk_size: int | None = None
-        self.rows: dict[str, list] = {name: [] for name in SUBJECT_COLUMNS}
+        # per subject column, by name: one array per committed chunk
+        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in SUBJECT_COLUMNS}
         self.rows.update({f"cam_roi_gain_{name}": [] for name in self.region_names})
         self.excluded: list[dict] = []
         self.stop_on_problem = False
@@ -260,7 +260,7 @@ class _Run:
                 timings["compute_s"] += time.perf_counter() - computing
                 waiting = time.perf_counter()
         timings["total_s"] = time.perf_counter() - started
-        n = len(self.rows["subject_id"])
+        n = sum(len(part) for part in self.rows["subject_id"])
         timings["subjects_per_s"] = n / timings["total_s"] if timings["total_s"] > 0 else float("nan")
         return self._result(timings)
 
@@ -324,9 +324,8 @@ class _Run:
             with torch.no_grad(), self._autocast():
                 output = self.model(image)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:  # e.g. the input does not fit the model
-            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise HeimerError(
-                f"the model fails on an input of shape {list(image.shape)} ({type(e).__name__}: {detail}); "
+                f"the model fails on an input of shape {list(image.shape)} ({one_line(e, 300)}); "
                 "check the model's input_shape and intensity metadata against the cohort"
             ) from None
         width = as_logits(output, 1).shape[1]
@@ -359,15 +358,18 @@ class _Run:
         upsampling = self._upsampling(tuple(layer_maps["gradcam"].shape[1:]), tuple(images.shape[2:]))
         # outside the brain pulled back to the layer grid: [d, h, w] for the given brain, else per subject
         outside_weights = self.outside_weights if self.given_brain is not None else upsampling.pull((~masks).float())
-        columns = {"prob": prob, "loss": loss, "pred": pred.float(),
-                   **self._cam_shares(layer_maps, masks, outside_weights)}  # fmt: skip
-        scalars = dict(zip(columns, torch.stack(list(columns.values())).cpu().numpy().astype(np.float64)))
-        scalars["cam_method_agreement"] = method_agreement(layer_maps, upsampling.cell_weights, outside_weights)
+        subjects = {
+            "subject_id": np.asarray(batch["subject_id"][rows], dtype=object),
+            "index": batch["index"][rows].numpy().astype(np.int64),
+            "label": labels.numpy().astype(np.int64),
+            "pred": pred.cpu().numpy().astype(np.int64),
+            **_float64_columns({"prob": prob, "loss": loss, **self._cam_shares(layer_maps, masks, outside_weights)}),
+            "cam_method_agreement": method_agreement(layer_maps, upsampling.cell_weights, outside_weights),
+        }
         sanity = self._sanity(images, layer_maps[self.cam_method], batch["index"][rows])
         return _Chunk(
-            images=images, labels=labels, subject_ids=batch["subject_id"][rows], indices=batch["index"][rows],
-            affines=batch["affine"][rows], layer_maps=layer_maps, primary=self.cam_method,
-            activations=attribution.activations, scalars=scalars, sanity=sanity,
+            images=images, affines=batch["affine"][rows], layer_maps=layer_maps, primary=self.cam_method,
+            activations=attribution.activations, subjects=subjects, sanity=sanity,
         )  # fmt: skip
 
     def _cam_shares(self, layer_maps, masks, outside_weights) -> dict[str, torch.Tensor]:
@@ -412,28 +414,29 @@ class _Run:
                 ])  # fmt: skip
         return self.upsampling
 
-    def _sanity(self, images, layer_cam, indices: torch.Tensor) -> list[tuple[int, float]]:
+    def _sanity(self, images, layer_cam, indices: torch.Tensor) -> dict[int, float]:
         """Rank correlation of trained and randomised-weights maps at the target layer's resolution
         (upsampling is the same fixed interpolation for both, and ranking input-size maps is costly),
         for the chunk's subjects whose cohort index is below ``sanity_subjects``."""
         chosen = (indices < self.sanity_subjects).nonzero().flatten().tolist()
         if not chosen:
-            return []
+            return {}
         if self.random_gradcam is None:  # the same weights whenever (and on whichever rank) it is made
             self.random_gradcam = GradCam3d(_randomised_copy(self.model, self.seed), self.gradcam.layer_path)
         rows = torch.as_tensor(chosen, device=images.device)
         with self._autocast():
             random_cam = self.random_gradcam.attribute(images[rows], self.target_column).layer_maps[self.cam_method]
-        return [(i, spearman(layer_cam[i], b)) for i, b in zip(chosen, random_cam)]
+        return {i: spearman(layer_cam[i], b) for i, b in zip(chosen, random_cam)}
 
     # -- commit: updates the run's state ---------------------------------------------------------
 
     def _commit(self, chunk: _Chunk) -> None:
-        scalars = chunk.scalars
-        prob, pred = scalars["prob"], scalars["pred"].astype(int)
-        predicted_positive = pred == self.meta.positive_index
-        labels = chunk.labels.tolist()
-        cells = [self.stats.cell(k, p) for k, p in zip(labels, predicted_positive)]
+        subjects = chunk.subjects
+        if subjects.keys() != self.rows.keys():  # a column added in one place only would misalign the table
+            raise RuntimeError(f"the engine computed columns {sorted(subjects)} but keeps {sorted(self.rows)}")
+        positive = self.meta.positive_index
+        predicted_positive = subjects["pred"] == positive
+        cells = [self.stats.cell(k, p) for k, p in zip(subjects["label"], predicted_positive)]
         values, upsampled = {"input": chunk.images}, {}
         if self.upsampling.coarse:  # kept on the layer grid, reported on the input grid (see GroupStats)
             upsampled["cam"] = chunk.layer_cam
@@ -445,27 +448,24 @@ class _Run:
             values[f"channel_means/{layer}"] = activation.mean(dim=(2, 3, 4))
         self.stats.update(cells, upsampled=upsampled, **values)
 
-        for i, value in chunk.sanity:
-            self.sanity_ids.append(chunk.subject_ids[i])
-            self.sanity_indices.append(int(chunk.indices[i]))
+        for i, value in chunk.sanity.items():
+            self.sanity_ids.append(subjects["subject_id"][i])
+            self.sanity_indices.append(int(subjects["index"][i]))
             self.sanity_values.append(value)
         self.sanity_left -= len(chunk.sanity)
         if self.sanity_left <= 0:
             self.random_gradcam = None  # done: free the randomised copy
+        for name, column in subjects.items():
+            self.rows[name].append(column)
         saved_cams = {}
         if self.save_cams is not None:
             saved_cams = {method: self.upsampling.up(layer_map) for method, layer_map in chunk.layer_maps.items()}
-        for i, sid in enumerate(chunk.subject_ids):
-            is_positive = labels[i] == self.meta.positive_index
-            row = {"subject_id": sid, "index": int(chunk.indices[i]), "label": labels[i]}
-            row.update({name: column[i] for name, column in scalars.items()})
-            row["pred"] = pred[i]
-            for name, value in row.items():
-                self.rows[name].append(value)
-            outcome = outcome_of(is_positive, bool(predicted_positive[i]))
-            confidence = prob[i] if predicted_positive[i] else 1.0 - prob[i]
-            self.gallery.offer(outcome, confidence, row["index"],
-                               functools.partial(_case, chunk, i, row, outcome, confidence))  # fmt: skip
+        for i, sid in enumerate(subjects["subject_id"]):
+            outcome = outcome_of(bool(subjects["label"][i] == positive), bool(predicted_positive[i]))
+            prob = subjects["prob"][i]
+            confidence = prob if predicted_positive[i] else 1.0 - prob
+            self.gallery.offer(outcome, confidence, int(subjects["index"][i]),
+                               functools.partial(_case, chunk, i, outcome, confidence))  # fmt: skip
             if self.save_cams is not None:
                 self.save_cams(sid, {method: _own_numpy(maps[i]) for method, maps in saved_cams.items()},
                                _own_numpy(chunk.affines[i]))  # fmt: skip
@@ -486,8 +486,9 @@ class _Run:
         return cases
 
     def _result(self, timings: dict[str, float]) -> EngineResult:
-        subjects = {name: np.asarray(values) for name, values in self.rows.items()}
-        subjects["subject_id"] = np.asarray(self.rows["subject_id"], dtype=object)
+        # no subject at all: empty float64 columns (object for subject_id), as every caller expects
+        subjects = {name: np.concatenate(parts) if parts else np.asarray([]) for name, parts in self.rows.items()}
+        subjects["subject_id"] = subjects["subject_id"].astype(object)
         stats = GroupStats.from_state({k: v.cpu() for k, v in self.stats.state.items()},
                                       self.meta.class_names, self.meta.positive_index)  # fmt: skip
         maps, ranking = maps_from_stats(stats, self.layers)
@@ -585,13 +586,20 @@ def _average_ranks(values: torch.Tensor) -> torch.Tensor:
     return (last_rank - (counts.double() - 1) / 2)[inverse]
 
 
-def _case(chunk: _Chunk, i: int, row: dict, outcome: str, confidence: float) -> GalleryCase:
+def _case(chunk: _Chunk, i: int, outcome: str, confidence: float) -> GalleryCase:
+    subjects = chunk.subjects
     layer_cams = {method: _own_numpy(layer_map[i]) for method, layer_map in chunk.layer_maps.items()}
     return GalleryCase(
-        subject_id=row["subject_id"], index=row["index"], label=row["label"], prob=row["prob"], outcome=outcome,
-        confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None, affine=_own_numpy(chunk.affines[i]),
-        layer_cam=layer_cams[chunk.primary], layer_cams=layer_cams,
+        subject_id=subjects["subject_id"][i], index=int(subjects["index"][i]), label=int(subjects["label"][i]),
+        prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None,
+        affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
     )  # fmt: skip
+
+
+def _float64_columns(columns: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Same-length per-subject tensors as float64 numpy columns, by name, in one device-to-host copy."""
+    stacked = torch.stack(list(columns.values())).cpu().numpy().astype(np.float64)
+    return {name: stacked[row] for row, name in enumerate(columns)}
 
 
 def _own_numpy(tensor: torch.Tensor) -> np.ndarray:

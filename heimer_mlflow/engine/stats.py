@@ -97,9 +97,15 @@ class GroupStats:
         return scratch
 
     def merge(self, other: GroupStats) -> GroupStats:
-        """Add another shard's state into this one (same classes); returns self."""
+        """Add another shard's state into this one (same classes, same shapes); returns self.
+        A quantity only one of them has counts as zeros in the other."""
         if other.class_names != self.class_names or other.positive_index != self.positive_index:
             raise ValueError("cannot merge statistics of different class layouts")
+        for key, value in other.state.items():  # all checked first: a refused merge changes nothing
+            if key in self.state and self.state[key].shape != value.shape:
+                raise ValueError(
+                    f"cannot merge statistics {key!r} of shape {list(value.shape)} into {list(self.state[key].shape)}"
+                )
         for key, value in other.state.items():
             if key in self.state:
                 self.state[key] += value.to(self.device)
