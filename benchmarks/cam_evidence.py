@@ -33,11 +33,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from heimer_mlflow import synthetic
 from heimer_mlflow.cohort import CohortDataset, read_cohort
+from heimer_mlflow.demo import synthetic
+from heimer_mlflow.demo.training import fit_in_memory
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.training import fit_in_memory
 
 SUBJECTS, VOXEL_MM, EPOCHS, WIDTH, LR = 24, 4.0, 30, 4, 3e-3
 HELDOUT_SUBJECTS = 48

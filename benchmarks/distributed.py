@@ -27,11 +27,11 @@ import torch
 
 from heimer_mlflow import distributed
 from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
+from heimer_mlflow.demo.nets import DemoCNN
+from heimer_mlflow.demo.synthetic import grid_for, write_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.evaluation import load_atlas
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.nets import DemoCNN
-from heimer_mlflow.synthetic import grid_for, write_cohort
 
 
 def worker(args) -> None:

@@ -36,12 +36,12 @@ import nibabel as nib
 import pandas as pd
 import torch
 
-from heimer_mlflow import synthetic
 from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
+from heimer_mlflow.demo import synthetic
+from heimer_mlflow.demo.nets import DemoCNN
 from heimer_mlflow.engine import pick_device, resolve_layer, run_engine
 from heimer_mlflow.engine.run import AMP_DTYPES
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.nets import DemoCNN
 
 MEMORY_SIZES = (64, 256)
 

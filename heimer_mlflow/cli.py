@@ -172,7 +172,7 @@ def _history_mapping(pairs: list[str]) -> dict[str, str]:
 def _run(args) -> None:
     progress = not args.quiet
     if args.command == "cohort":
-        from .synthetic import write_cohort
+        from .demo.synthetic import write_cohort
 
         manifest = write_cohort(
             args.out_dir, n_subjects=args.subjects, seed=args.seed, voxel_size=args.voxel_size,

@@ -39,10 +39,9 @@ from .cohort import brain_mask, load_volume, normalise_intensity
 from .engine import Attribution, GradCam3d, GroupStats, check_cam_method, conv_layers
 from .engine.gradcam import as_logits
 from .errors import HeimerError, one_line
-from .figures import (
-    BRAIN_FIGURE_WIDTH_IN, CONVENTION, DIVERGING_CMAP, DPI, HEAT_CMAP, INPUT_DIFF_HIDDEN, T_HIDDEN, Layer, cam_name,
-    draw_views, feature_affine, ortho_slices,
-)  # fmt: skip
+from .figures.brain_maps import INPUT_DIFF_HIDDEN, T_HIDDEN, head_mask
+from .figures.slices import Layer, crossing_mm, draw_views, feature_affine, grey_range, ortho_slices
+from .figures.style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, DIVERGING_CMAP, DPI, HEAT_CMAP, cam_name
 
 __all__ = ["FeatureMapDisplay", "GradCamDisplay", "GroupDifferenceDisplay", "read_volume"]
 
@@ -185,20 +184,6 @@ def _attribute(model, volume, *, layer, target, affine, intensity) -> _Pass:
 # --------------------------------------------------------------------------------------------
 
 
-def _grey_limits(volume: np.ndarray) -> tuple[float, float]:
-    """Grey-scale limits robust to a few bright voxels: 1st and 99.5th percentile of the non-zero voxels."""
-    values = volume[np.isfinite(volume)]
-    values = values[values != 0] if np.any(values != 0) else values
-    if values.size == 0:
-        return 0.0, 1.0
-    low, high = (float(v) for v in np.percentile(values, [1.0, 99.5]))
-    return low, high if high > low else low + 1.0
-
-
-def _crossing_mm(views) -> tuple[float, float, float]:
-    return views["sagittal"].position_mm, views["coronal"].position_mm, views["axial"].position_mm
-
-
 class _OrthoDisplay:
     """``plot`` bookkeeping shared by the displays: the Axes, the colour bar, ``figure_`` and ``ax_``."""
 
@@ -306,7 +291,7 @@ class GradCamDisplay(_OrthoDisplay):
         shown = cam / peak if peak > 0 else np.zeros_like(cam)
         views = ortho_slices([np.asarray(self.volume), shown], self.affine, peak_of=1)
         ax = self._axes_for(ax, views)
-        image = draw_views(ax, views, [Layer(0, "gray", *_grey_limits(np.asarray(self.volume))),
+        image = draw_views(ax, views, [Layer(0, "gray", *grey_range(np.asarray(self.volume))),
                                        Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)])  # fmt: skip
         if title is None:
             title = cam_name(self.method) + (f" of {self.layer}" if self.layer else "")
@@ -366,11 +351,11 @@ class FeatureMapDisplay(_OrthoDisplay):
         limit = limit if limit > 0 else 1.0
         signed = bool(np.nanmin(fmap) < 0)
         views = ortho_slices(fmap, self.feature_affine, peak_of=0, absolute_peak=True)
-        anatomy = ortho_slices(np.asarray(self.volume), self.affine, center_mm=_crossing_mm(views))
+        anatomy = ortho_slices(np.asarray(self.volume), self.affine, center_mm=crossing_mm(views))
         ax = self._axes_for(ax, views)
         overlay = (Layer(0, DIVERGING_CMAP, -limit, limit, alpha, hide_abs_below=show_below * limit) if signed else
                    Layer(0, FEATURE_CMAP, 0.0, limit, alpha, hide_below=show_below * limit))  # fmt: skip
-        image = draw_views(ax, [views, anatomy], [Layer(0, "gray", *_grey_limits(np.asarray(self.volume)), source=1),
+        image = draw_views(ax, [views, anatomy], [Layer(0, "gray", *grey_range(np.asarray(self.volume)), source=1),
                                                   overlay])  # fmt: skip
         if title is None:
             shown = ", ".join(map(str, self.channels))
@@ -463,7 +448,7 @@ class GroupDifferenceDisplay(_OrthoDisplay):
             need = "a volume in each group" if statistic == "diff" else "at least 2 volumes in each group"
             raise HeimerError(f"the {statistic} map is not computable: it needs {need}")
         strength = np.where(np.isfinite(values), np.abs(values), -np.inf)
-        head = _head(self.background)
+        head = head_mask(self.background)
         if head is not None and np.isfinite(np.where(head, strength, -np.inf)).any():
             # a marker outside the head (an artefact that goes with the group) must not pick the slices
             strength = np.where(head, strength, -np.inf)
@@ -476,7 +461,7 @@ class GroupDifferenceDisplay(_OrthoDisplay):
             layers, side = [Layer(0, DIVERGING_CMAP, -limit, limit)], "black"
         else:
             hidden = INPUT_DIFF_HIDDEN * limit if statistic == "diff" else T_HIDDEN
-            layers = [Layer(1, "gray", *_grey_limits(self.background)),
+            layers = [Layer(1, "gray", *grey_range(self.background)),
                       Layer(0, DIVERGING_CMAP, -limit, limit, 0.85, hide_abs_below=hidden)]  # fmt: skip
             side = "white"
         image = draw_views(ax, views, layers, side_color=side)
@@ -512,10 +497,3 @@ def _each_volume(volumes, name: str):
                           "or an array [N, D, H, W]")  # fmt: skip
     yield from volumes
 
-
-def _head(background) -> np.ndarray | None:
-    """The head in the background anatomy (its non-background voxels), or None when that says nothing."""
-    if background is None:
-        return None
-    head = brain_mask(background)
-    return head if 0 < head.sum() < head.size else None

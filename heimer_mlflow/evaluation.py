@@ -1,8 +1,10 @@
 """``evaluate()``: the one function every interface calls (CLI, MLproject, MLflow evaluator).
 
-model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics ->
-figures -> tracking (run, artifacts, model-version tags). Compute and drawing stay apart: the
-engine and metrics return numbers, figures draw them, tracking logs what both produced.
+model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics and the
+verdict -> champion comparison -> artifacts -> figures -> logged to the run (tracking) ->
+report -> model-version tags once the run FINISHED. This module orchestrates; each step lives
+in its own module. Compute and drawing stay apart: the engine and metrics return numbers,
+figures draw them, tracking logs what both produced.
 """
 
 from __future__ import annotations
@@ -371,7 +373,7 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         if not main:
             return None
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
-        tracking.log_results(result, staging, handle, say=say)
+        _log(result, staging, handle, say)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
@@ -384,7 +386,8 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
 
 def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, ctx) -> EngineResult:
     """This process's engine pass: the whole cohort, or under torchrun its rank's shard."""
-    from . import distributed, tracking
+    from . import distributed
+    from .artifacts import cam_writer
 
     meta = loaded.meta
     cam_dir = staging / "volumes" / "subjects" if opts.save_cams == "all" else None
@@ -402,7 +405,7 @@ def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, c
         brain_mask=prepared.brain_mask,
         gallery_k=opts.gallery_k if opts.save_cams != "none" else 0,
         sanity_subjects=opts.sanity_subjects,
-        save_cams=tracking.cam_writer(cam_dir) if cam_dir else None,
+        save_cams=cam_writer(cam_dir) if cam_dir else None,
         amp=opts.amp,
         threshold=opts.threshold,
         progress=opts.progress and (ctx is None or ctx.is_main),
@@ -441,6 +444,39 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     result.verdict, result.verdict_reason = plausibility_verdict(result.summary, engine.region_names, engine.cam_method)
     result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
     return result
+
+
+def _log(result: Evaluation, staging: Path, handle, say) -> None:
+    """Compare with the champion, write the artifacts and figures, log them to the open run,
+    render the report from what was logged, and prepare the version's tags (written once the run
+    FINISHED)."""
+    from . import champion, tracking
+    from .artifacts import artifact_uris, predictions_table, write_artifacts
+    from .figures import render_evaluation
+    from .report import report_for_run
+
+    result.run_id = handle.run_id
+    dataset = tracking.dataset(result)
+    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
+        result.comparison, champion_run = champion.with_champion(result, predictions_table(result), dataset.digest,
+                                                                 Path(work))  # fmt: skip
+        if result.comparison is not None:
+            c = result.comparison
+            say(f"compared with the champion, version {c.champion_version}: AUC difference "
+                f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
+                f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
+        write_artifacts(result, staging)
+        figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
+    result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
+    tracking.log_results(result, staging, handle, dataset)
+    # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
+    # re-renders it later: one path, and proof that the artifacts alone suffice.
+    # The version is not tagged here: the run is still RUNNING (all version tags come after FINISHED).
+    with tempfile.TemporaryDirectory(prefix="heimer-report-") as rendered:  # logged to the run, then gone
+        report = report_for_run(handle.run_id, out_dir=rendered, log=True, tag_version=False)
+    result.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
+    tracking.prepare_version_tags(result, handle)
+    say(f"logged the evaluation and its report to run {handle.run_id} ({tracking.mlflow.get_tracking_uri()})")
 
 
 def require_both_classes(cohort: Cohort, meta) -> None:

@@ -1,25 +1,18 @@
-"""Logging one evaluation to MLflow: artifacts written to a staging folder, then one run with
-metrics (linked to the logged model and the data set), the manifest as a data set input, the
-artifacts, and, last, the tags on the model version, so a version is never tagged with an
-evaluation that did not finish."""
+"""One evaluation's MLflow run: opened before any compute and closed truthfully
+(``evaluation_run``), the results logged to it (metrics linked to the logged model and the data
+set, the manifest as a data set input, the staged artifacts: ``log_results``) and, last, the tags
+on the model version, so a version is never tagged with an evaluation that did not finish."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import platform
-import tempfile
 import time
-from importlib import metadata as package_metadata
 from pathlib import Path
 
 import mlflow
-import nibabel as nib
-import numpy as np
-import pandas as pd
 
-from . import __version__, champion, interrupts
+from . import interrupts
 from .errors import HeimerError, one_line
 
 VERSION_TAGS = ("roc_auc", "sensitivity", "specificity", "cam_outside_brain_fraction")
@@ -48,183 +41,8 @@ def check_reachable(timeout_s: float = 5.0) -> None:
         raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 
-def cam_writer(folder: Path):
-    """A ``save_cams`` callback writing each subject's raw maps as NIfTI with its affine, one file per
-    method: ``<subject>_gradcam.nii.gz``, ``<subject>_hirescam.nii.gz``."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def write(subject_id: str, cams: dict[str, np.ndarray], affine: np.ndarray) -> None:
-        for method, cam in cams.items():
-            save_volume(cam, affine, folder / f"{safe_name(subject_id)}_{method}.nii.gz")
-
-    return write
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe version of a subject id or label (ids come from user manifests)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("._")
-    return cleaned or "subject"
-
-
-def save_volume(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.nan_to_num(np.asarray(volume, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    nib.save(img, str(path))
-
-
-def _versions() -> dict[str, str]:
-    out = {"heimer-mlflow": __version__, "python": platform.python_version()}
-    for name in ("torch", "mlflow", "numpy", "scipy", "nibabel", "scikit-learn", "matplotlib", "weasyprint", "jinja2"):
-        try:
-            out[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def predictions_table(evaluation) -> pd.DataFrame:
-    """One row per evaluated subject: id, label, probability, prediction, loss, CAM shares,
-    covariates."""
-    meta, engine, cohort = evaluation.model.meta, evaluation.engine, evaluation.cohort
-    s = engine.subjects
-    names = np.asarray(meta.class_names, dtype=object)
-    table = pd.DataFrame({
-        "subject_id": s["subject_id"],
-        "label": names[s["label"].astype(int)],
-        f"prob_{meta.positive_class}": s["prob"].astype(float),
-        "prediction": names[s["pred"].astype(int)],  # the engine's predicted class index
-        "loss": s["loss"].astype(float),
-        "cam_outside_brain_fraction": s["cam_outside_brain_fraction"].astype(float),
-        "cam_outside_brain_floor": s["cam_outside_brain_floor"].astype(float),
-        "gradcam_outside_brain_fraction": s["gradcam_outside_brain_fraction"].astype(float),
-        "hirescam_outside_brain_fraction": s["hirescam_outside_brain_fraction"].astype(float),
-        "cam_method_agreement": s["cam_method_agreement"].astype(float),
-    })
-    for region in engine.region_names:
-        table[f"cam_roi_gain_{region}"] = s[f"cam_roi_gain_{region}"].astype(float)
-    if cohort.covariates:
-        rows = s["index"].astype(int)
-        covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True)
-        table = pd.concat([table, covariates], axis=1)
-    return table
-
-
-def write_artifacts(evaluation, staging: Path, *, champion_run=None) -> dict[str, str]:
-    """Everything the run keeps, written to ``staging`` (the run's artifact root). With
-    ``champion_run`` (:class:`heimer_mlflow.champion.ChampionRun`), also the figure that sets
-    both models' group maps side by side."""
-    from .figures import render_all
-
-    engine, affine = evaluation.engine, evaluation.grid_affine
-    files = {}
-    predictions_table(evaluation).to_csv(staging / "predictions.csv", index=False)
-    evaluation.cohort.excluded.to_csv(staging / "exclusions.csv", index=False)
-    metrics = evaluation.metrics.to_json_dict()
-    metrics["plausibility"] = evaluation.summary
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False))
-    (staging / "evaluation.json").write_text(json.dumps(evaluation_record(evaluation), indent=1, allow_nan=False))
-    volumes = staging / "volumes"
-    positive = evaluation.model.meta.positive_class
-    negative = next(c for c in evaluation.model.meta.class_names if c != positive)
-    for quantity in ("cam", "input"):
-        maps = engine.maps.get(quantity)
-        if maps is None:
-            continue
-        for group in evaluation.model.meta.class_names:
-            if group in maps.mean:
-                save_volume(maps.mean[group][0] if maps.mean[group].ndim == 4 else maps.mean[group], affine,
-                            volumes / f"{quantity}_mean_{safe_name(group)}.nii.gz")
-        for name, volume in (("diff", maps.diff), ("t", maps.t)):
-            save_volume(volume[0] if volume.ndim == 4 else volume, affine,
-                        volumes / f"{quantity}_{name}_{safe_name(positive)}-{safe_name(negative)}.nii.gz")
-    for outcome, cases in engine.gallery.items():
-        for case in cases:
-            name = f"{outcome}_{safe_name(case.subject_id)}"
-            for method, cam in (case.cams or {engine.cam_method: case.cam}).items():
-                save_volume(cam, case.affine, volumes / "gallery" / f"{name}_{method}.nii.gz")
-    files.update(render_all(evaluation.metrics, engine, evaluation.history, staging / "figures", affine=affine))
-    if champion_run is not None:
-        files.update(_champion_figure(evaluation, champion_run, staging / "figures"))
-    return files
-
-
-def _champion_figure(evaluation, champion_run, folder: Path) -> dict[str, Path]:
-    """figures/champion_comparison.png: the AD group's mean map of this version and of the
-    champion over the cohort's mean anatomy; nothing when the champion's run lacks the volume."""
-    from .meta import CAM_NAMES
-    from .figures import plot_champion_comparison, save_figure
-
-    positive = evaluation.model.meta.positive_class
-    path = champion_run.volume(f"cam_mean_{safe_name(positive)}.nii.gz")
-    cam = evaluation.engine.maps.get("cam")
-    if path is None or cam is None or positive not in cam.mean:
-        return {}
-    anatomy = evaluation.engine.maps["input"].mean
-    background = np.mean([v[0] if v.ndim == 4 else v for v in anatomy.values()], axis=0)
-    comparison = evaluation.comparison
-    figure = plot_champion_comparison(
-        _volume3d(cam.mean[positive]), np.asarray(nib.load(path).dataobj, dtype=np.float32),
-        affine=evaluation.grid_affine, background=background,
-        labels=(f"this version (v{evaluation.model.version}), {CAM_NAMES[evaluation.engine.cam_method]}",
-                f"champion (v{comparison.champion_version}), {CAM_NAMES.get(comparison.champion_cam_method, 'Grad-CAM')}"),
-        group=positive,
-    )  # fmt: skip
-    return {"champion_comparison": save_figure(figure, folder / "champion_comparison.png")}
-
-
-def _volume3d(volume) -> np.ndarray:
-    volume = np.asarray(volume)
-    return volume[0] if volume.ndim == 4 else volume
-
-
-def evaluation_record(evaluation) -> dict:
-    """evaluation.json: configuration, provenance and the engine's non-volume results, enough
-    to re-render the report without the model or the data."""
-    m, engine, cohort, opts = evaluation.model, evaluation.engine, evaluation.cohort, evaluation.options
-    sanity = None
-    if engine.sanity is not None:
-        sanity = {"subject_ids": list(engine.sanity.subject_ids),
-                  "spearman": [_finite(v) for v in engine.sanity.spearman], "mean": _finite(engine.sanity.mean)}
-    ranking = {layer: {k: [_finite(v) for v in np.asarray(vals)[:16].tolist()] for k, vals in r.items()}
-               for layer, r in engine.feature_ranking.items()}
-    return {
-        "model": {"uri": m.uri, "name": m.name, "version": m.version, "aliases": m.aliases,
-                  "source_run_id": m.source_run_id, "model_id": m.model_id, "description": m.description,
-                  "tags": m.tags, "metadata": m.meta.to_metadata(), "inferred": m.meta.inferred},
-        "cohort": {"source": cohort.source, "n_subjects": int(len(engine.subjects.get("prob", []))),
-                   "n_excluded": int(len(cohort.excluded)), "covariates": cohort.covariates,
-                   "excluded": cohort.excluded.astype(str).to_dict("records"),
-                   "counts": {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()}},
-        "configuration": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
-        "engine": {"device": engine.device, "amp": engine.amp, "target_layer": engine.target_layer,
-                   "cam_method": engine.cam_method,
-                   "feature_layers": engine.feature_layers, "region_names": engine.region_names,
-                   "chunk_size": engine.chunk_size, "threshold": engine.threshold,
-                   "world_size": engine.world_size,
-                   "gradcam": {"target_class": m.meta.positive_class, "upsampling": "trilinear",
-                               "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
-                   "sanity": sanity, "feature_ranking": ranking,
-                   "gallery": {o: [{"subject_id": c.subject_id, "prob": _finite(c.prob), "label": int(c.label)}
-                                   for c in cases] for o, cases in engine.gallery.items()}},
-        "plausibility": {"verdict": evaluation.verdict, "reason": evaluation.verdict_reason, **evaluation.summary},
-        "comparison": evaluation.comparison.to_dict() if evaluation.comparison is not None else None,
-        "history": {k: [[int(s), _finite(v)] for s, v in pts] for k, pts in evaluation.history.items()},
-        "grid_affine": np.asarray(evaluation.grid_affine).tolist(),
-        "evaluated_at": evaluation.evaluated_at,
-        "timings": {k: _finite(v) for k, v in evaluation.timings.items()},
-        "versions": _versions(),
-    }
-
-
-def _finite(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
-def _dataset(evaluation):
+def dataset(evaluation):
+    """The evaluated cohort as an MLflow data set (its digest identifies the data)."""
     table = evaluation.cohort.table
     frame = table[["subject_id", "path", "label_name", *evaluation.cohort.covariates]].rename(columns={"label_name": "label"})
     name = Path(evaluation.cohort.source).parent.name or "cohort"
@@ -382,57 +200,25 @@ def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None
                 mlflow.end_run(status)
 
 
-def log_results(evaluation, staging: Path, handle: EvaluationRun, *, say=print) -> None:
-    """Write the artifacts and log them, the data set, the metrics and the report to the open
-    run; the model-version tags are prepared here and written when the run has FINISHED."""
+def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset) -> None:
+    """Log the staged artifacts, the data set and the metrics to the open run, with the verdict
+    as a run tag."""
     from mlflow.entities import LoggedModelInput
 
-    from .report import report_for_run
-
-    evaluation.run_id = handle.run_id
     model = evaluation.model
-    dataset = _dataset(evaluation)
-    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
-        evaluation.comparison, champion_run = champion.with_champion(evaluation, predictions_table(evaluation),
-                                                                     dataset.digest, Path(work))  # fmt: skip
-        if evaluation.comparison is not None:
-            c = evaluation.comparison
-            say(f"compared with the champion, version {c.champion_version}: AUC difference "
-                f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
-                f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
-        figures = write_artifacts(evaluation, staging, champion_run=champion_run)
-    evaluation.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
-    flat = evaluation.run_metrics
     client = mlflow.MlflowClient()
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
     linked_model = LoggedModelInput(model.model_id) if model.model_id else None
-    _log_input(dataset, linked_model)
-    mlflow.log_metrics(flat, model_id=model.model_id, dataset=dataset)
+    _log_input(logged_dataset, linked_model)
+    mlflow.log_metrics(evaluation.run_metrics, model_id=model.model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
-    # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
-    # re-renders it later: one path, and proof that the artifacts alone suffice.
-    # The version is not tagged here: the run is still RUNNING (all version tags come after FINISHED).
-    with tempfile.TemporaryDirectory(prefix="heimer-report-") as rendered:  # logged to the run, then gone
-        report = report_for_run(handle.run_id, out_dir=rendered, log=True, tag_version=False)
-    evaluation.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
+
+
+def prepare_version_tags(evaluation, handle: EvaluationRun) -> None:
+    """The model version's tags and the gate's inputs, written and judged once the run FINISHED."""
+    flat = evaluation.run_metrics
     handle.version_tags = version_tags(evaluation, flat)
     handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.metrics.not_computable()))
-    say(f"logged the evaluation and its report to run {handle.run_id} ({mlflow.get_tracking_uri()})")
-
-
-# The run's files that MLflow's artifact types describe, by name (EvaluationResult.artifacts);
-# figures join them under their own names (roc, calibration, gallery_TP, ...).
-NAMED_ARTIFACTS = {"metrics": "metrics.json", "evaluation": "evaluation.json", "predictions": "predictions.csv",
-                   "exclusions": "exclusions.csv"}  # fmt: skip
-
-
-def artifact_uris(artifact_uri: str, staging: Path, figures: dict[str, Path]) -> dict[str, str]:
-    """{name: artifact URI} of what the run keeps: the named files, then every figure by its name."""
-    root = artifact_uri.rstrip("/")
-    uris = {name: f"{root}/{path}" for name, path in NAMED_ARTIFACTS.items() if (staging / path).exists()}
-    for name, path in figures.items():
-        uris.setdefault(name, f"{root}/{Path(path).relative_to(staging).as_posix()}")
-    return uris
 
 
 def version_tags(evaluation, flat: dict) -> dict[str, str]:

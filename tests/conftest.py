@@ -71,7 +71,7 @@ def register_tiny_model(name: str, *, seed: int = 1, experiment: str = "tiny-tra
     a training run with loss/accuracy curves and registered as ``name`` in the current tracking
     store (scores spread enough). Returns the new version."""
     from heimer_mlflow import registry
-    from heimer_mlflow.nets import DemoCNN
+    from heimer_mlflow.demo.nets import DemoCNN
 
     torch.manual_seed(seed)
     net = DemoCNN(width=4).eval()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from heimer_mlflow import registry
-from heimer_mlflow.synthetic import write_cohort
+from heimer_mlflow.demo.synthetic import write_cohort
 
 from .conftest import FailsOnRankOne, register_tiny_model, subprocess_env
 

@@ -15,7 +15,7 @@ from heimer_mlflow.engine.run import SUBJECT_COLUMNS, _randomised_copy
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import EvaluationOptions
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.nets import DemoCNN
+from heimer_mlflow.demo.nets import DemoCNN
 
 from . import test_engine_architectures as architectures
 from .test_engine_gradcam import SHAPE, ConvStack, densenet, make, mixed_batch, resnet

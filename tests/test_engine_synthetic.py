@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from heimer_mlflow import synthetic
+from heimer_mlflow.demo import synthetic
 from heimer_mlflow.cohort import CohortDataset, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.training import fit_in_memory
+from heimer_mlflow.demo.training import fit_in_memory
 
 pytestmark = pytest.mark.skipif(not hasattr(synthetic, "write_cohort"), reason="needs synthetic.write_cohort")
 

@@ -21,7 +21,7 @@ from pypdf import PdfReader
 from sklearn import metrics as skm
 
 from heimer_mlflow.evaluation import evaluate
-from heimer_mlflow.synthetic import write_cohort
+from heimer_mlflow.demo.synthetic import write_cohort
 
 from .conftest import register_tiny_model, subprocess_env
 

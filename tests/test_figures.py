@@ -161,7 +161,7 @@ def test_render_all_skips_a_failing_figure_unless_strict(tmp_path, report, monke
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(F, "plot_confusion_matrix", broken)
+    monkeypatch.setattr(F.performance, "plot_confusion_matrix", broken)
     paths = F.render_all(report, None, None, tmp_path / "lenient", strict=False, dpi=30)
     assert "confusion_matrix" not in paths and "roc" in paths
     with pytest.raises(RuntimeError, match="boom"):

@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from pypdf import PdfReader
 
-from heimer_mlflow.synthetic import write_cohort
+from heimer_mlflow.demo.synthetic import write_cohort
 
 from .conftest import register_tiny_model, subprocess_env
 from .servers import BACKENDS, free_port, tail, tracking_server

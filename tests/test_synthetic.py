@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from heimer_mlflow.errors import HeimerError
-from heimer_mlflow.synthetic import ATLAS_LABELS, grid_for, write_cohort
+from heimer_mlflow.demo.synthetic import ATLAS_LABELS, grid_for, write_cohort
 
 VOXEL = 3.0  # coarse, so the whole module stays fast; 2 mm is checked by hand
 N = 12

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cohort import CohortDataset, make_loader, read_cohort, validate
-from .errors import HeimerError
-from .meta import ModelMeta
+from ..cohort import CohortDataset, make_loader, read_cohort, validate
+from ..errors import HeimerError
+from ..meta import ModelMeta
 from .nets import DemoCNN
 
 

@@ -646,7 +646,7 @@ def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: fl
     for sub in ("images", "masks", "atlas"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / "NOTICE.txt").write_text(
-        f"{NOTICE_MARKER}, written by heimer_mlflow.synthetic.write_cohort\n"
+        f"{NOTICE_MARKER}, written by heimer_mlflow.demo.synthetic.write_cohort\n"
         f"parameters: seed={seed} n_subjects={n_subjects} voxel_size={voxel_size} "
         f"shortcut={shortcut} marker={marker} ad_fraction={ad_fraction} n_sites={n_sites}\n\n{MNI_NOTICE}"
     )

@@ -15,8 +15,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from .evaluation import evaluate
-from .registry import log_model
+from ..evaluation import evaluate
+from ..registry import log_model
 from .synthetic import write_cohort
 from .training import train_demo
 

@@ -1,0 +1,441 @@
+"""Where the model looks and what differs in the data, over the anatomy: one subject's CAM
+(``plot_cam_overlay``) and the case gallery, group-mean CAMs and their AD - CN difference, this
+version beside the champion, feature maps and their channel differences, and the raw input
+difference with its Welch t-map (the baseline the maps are judged against).
+
+Every function takes plain arrays (volumes on the input grid with their NIfTI affine, or layer
+grids) and draws with ``slices``; heat maps use ``inferno``, differences ``RdBu_r`` (red = higher
+in AD) on a scale symmetric about zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from .slices import (
+    Layer, _colorbar, _content_size_mm, crossing_mm, grey_range, _grid_figure, _masked, _row_label, _SMALL_FONT,
+    _symmetric_limit, _volume3d, draw_views, feature_affine, ortho_slices,
+)  # fmt: skip
+from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, DIVERGING_CMAP, HEAT_CMAP, _figure, _message, cam_name
+
+
+# --------------------------------------------------------------------------------------------
+# CAM overlays (Grad-CAM or HiResCAM, the evaluation's primary map)
+# --------------------------------------------------------------------------------------------
+
+
+def plot_cam_overlay(image, cam, affine=None, *, title: str | None = None, center_mm=None, alpha: float = 0.5,
+                     show_below: float = 0.1, method: str = "gradcam",
+                     fig: Figure | None = None) -> Figure:  # fmt: skip
+    """One subject's CAM (``method``: gradcam or hirescam, for the labels) over its MRI in axial,
+    coronal and sagittal views, with a colour bar.
+
+    ``image``: [D, H, W] or [C, D, H, W] (first channel shown); ``cam``: [D, H, W] on the same grid;
+    ``affine``: their NIfTI affine. The CAM is shown as a share of its maximum; values below
+    ``show_below`` of it are left transparent. Slices cross at the CAM's peak unless ``center_mm``.
+    """
+    return plot_cam_gallery([(image, cam, affine, title or cam_name(method))], center_mm=center_mm, alpha=alpha,
+                            show_below=show_below, method=method, fig=fig)  # fmt: skip
+
+
+def plot_cam_gallery(
+    cases, *, title: str | None = None, center_mm=None, alpha: float = 0.5, show_below: float = 0.1,
+    positive_class: str = "AD", method: str = "gradcam", fig: Figure | None = None,
+) -> Figure:  # fmt: skip
+    """One row of three orthogonal CAM overlays per case (``method``: the map shown, gradcam or
+    hirescam), slices through each case's CAM peak.
+
+    ``cases``: ``engine.GalleryCase`` objects (image, cam, affine, subject_id, prob, outcome) or
+    tuples ``(image, cam, affine, row_title)``.
+    """
+    rows = []
+    for case in cases:
+        if isinstance(case, tuple):
+            image, cam, affine, label = case
+        else:
+            image, cam, affine = case.image, case.cam, case.affine
+            label = f"{case.subject_id}: {case.outcome}, model's P({positive_class}) = {case.prob:.2f}"
+        rows.append((_volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
+    row_views = []
+    for image, cam, affine, _ in rows:
+        peak = float(np.nanmax(cam)) if np.any(np.isfinite(cam)) else 0.0
+        shown = cam / peak if peak > 0 else np.zeros_like(cam)
+        row_views.append(ortho_slices([image, shown], affine, center_mm=center_mm, peak_of=1))
+    content = _content_size_mm(row_views[0]) if row_views else (600.0, 250.0)
+    fig, axes, bars = _grid_figure(max(len(rows), 1), fig, title=title, shared_bar=True, content=content)
+    if not rows:
+        bars[0].set_axis_off()
+        _message(axes[0], "no cases to show")
+        return fig
+    heat = None
+    for r, (ax, views, (image, cam, affine, label)) in enumerate(zip(axes, row_views, rows)):
+        low, high = grey_range(image)
+        heat = draw_views(ax, views, [Layer(0, "gray", low, high),
+                                      Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)],
+                          scale_bar=r == len(rows) - 1)  # fmt: skip
+        _row_label(ax, label)
+    bar = _colorbar(fig, heat, bars[0],
+                    f"{cam_name(method)}, share of the subject's maximum (< {show_below:g} not shown)")
+    bar.solids.set_alpha(1.0)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Group-mean CAM and its AD-CN difference
+# --------------------------------------------------------------------------------------------
+
+
+def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *, background=None,
+                   class_names: Sequence[str] = ("CN", "AD"), counts: Mapping[str, int] | None = None,
+                   center_mm=None, alpha: float = 0.6, show_below: float = 0.1, method: str = "gradcam",
+                   fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Group-mean CAM per class (``method``: gradcam or hirescam, for the labels) over a grey
+    ``background`` (e.g. the mean input) if given, and the AD - CN difference (RdBu_r, symmetric,
+    over the same background), three views each, slices through the positive class's mean-CAM
+    peak. Both means and the difference share one scale: a share of the highest group-mean value
+    (raw CAM units mean nothing to a reader). Over a background, means below ``show_below`` and
+    differences below ``show_below`` of their scale are transparent, so the anatomy shows."""
+    cam = cam_name(method)
+    negative, positive = class_names
+    present = [name for name in (negative, positive) if name in mean_by_class]
+    means = [np.asarray(mean_by_class[name], dtype=np.float32) for name in present]
+    diff = np.asarray(diff, dtype=np.float32)
+    high = max([float(np.nanmax(m)) for m in means if np.any(np.isfinite(m))] + [0.0]) or 1.0
+    means = [m / high for m in means]
+    diff = diff / high
+    background = None if background is None else _volume3d(background)
+    peak_source = means[present.index(positive)] if positive in present else diff
+    volumes = [peak_source, *means, diff] + ([] if background is None else [background])
+    views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0)
+    fig, axes, bars = _grid_figure(len(present) + 1, fig, title=f"{cam}: group means and their difference",
+                                   content=_content_size_mm(views))  # fmt: skip
+    grey = grey_range(background) if background is not None else None
+    counts = counts or {}
+    hidden = f" (< {show_below:g} not shown)" if background is not None else ""
+    for r, name in enumerate(present):
+        if background is not None:
+            layers = [Layer(len(volumes) - 1, "gray", *grey),
+                      Layer(1 + r, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)]  # fmt: skip
+        else:
+            layers = [Layer(1 + r, HEAT_CMAP, 0.0, 1.0)]
+        image = draw_views(axes[r], views, layers, scale_bar=False)
+        _row_label(axes[r], f"mean {cam}, {name}" + (f" (n = {counts[name]})" if name in counts else ""))
+        _colorbar(fig, image, bars[r], f"share of the highest group mean{hidden}").solids.set_alpha(1.0)
+    if not np.any(np.isfinite(diff)):
+        bars[-1].set_axis_off()
+        _message(axes[-1], f"difference {positive} - {negative} not computable: it needs subjects in both groups")
+        return fig
+    limit = _symmetric_limit(diff)
+    if background is not None:
+        layers = [Layer(len(volumes) - 1, "gray", *grey),
+                  Layer(1 + len(present), DIVERGING_CMAP, -limit, limit, 0.85, hide_abs_below=show_below * limit)]
+        image = draw_views(axes[-1], views, layers)
+    else:
+        image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)],
+                           side_color="black")  # fmt: skip
+    _row_label(axes[-1], f"difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})")
+    bar = _colorbar(fig, image, bars[-1], f"{positive} - {negative}, same scale{hidden}")
+    bar.solids.set_alpha(1.0)
+    return fig
+
+
+def plot_champion_comparison(this_map, champion_map, affine=None, *, background=None,
+                             labels: Sequence[str] = ("this version", "champion"), group: str = "AD",
+                             alpha: float = 0.6, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """The registry review's picture: each model's group-mean map of ``group`` over the same grey
+    ``background`` (the cohort's mean input), one row per model, slices through that row's own
+    peak (where each model looks most). Each row has its own colour scale: raw map units of two
+    models are not comparable, their places are."""
+    maps = [_volume3d(np.asarray(m, dtype=np.float32)) for m in (this_map, champion_map)]
+    background = None if background is None else _volume3d(background)
+    fig_views = [ortho_slices([m] + ([] if background is None else [background]), affine, peak_of=0) for m in maps]
+    fig, axes, bars = _grid_figure(2, fig, title=f"Where each model looks: mean map of the {group} group",
+                                   content=_content_size_mm(fig_views[0]))  # fmt: skip
+    grey = grey_range(background) if background is not None else None
+    for r, (volume, views, label) in enumerate(zip(maps, fig_views, labels)):
+        high = float(np.nanmax(volume)) if np.any(np.isfinite(volume)) and np.nanmax(volume) > 0 else 1.0
+        layers = ([Layer(1, "gray", *grey), Layer(0, HEAT_CMAP, 0.0, high, alpha)] if background is not None
+                  else [Layer(0, HEAT_CMAP, 0.0, high)])  # fmt: skip
+        image = draw_views(axes[r], views, layers, scale_bar=r == 1)
+        _row_label(axes[r], label)
+        _colorbar(fig, image, bars[r], "map (raw units)").solids.set_alpha(1.0)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Feature maps
+# --------------------------------------------------------------------------------------------
+
+
+def _feature_grids(diff_shape, affine, input_shape, background):
+    """(input affine, feature-grid affine) for [C, d, h, w] maps of an input of ``input_shape``."""
+    input_affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if input_shape is None:
+        input_shape = np.shape(background)[-3:] if background is not None else diff_shape[1:]
+    return input_affine, feature_affine(input_affine, input_shape, diff_shape[1:])
+
+
+FEATURE_DIFF_HIDDEN = 0.2  # over the anatomy, feature-map differences below this share of the scale are not drawn
+
+
+def _head_on_grid(background, shape) -> np.ndarray | None:
+    """Which cells of a coarse grid of ``shape`` (same field of view and voxel order as
+    ``background``) lie mostly in the head: the voxels that differ from the image's most common
+    value (the background). None when the image has no clear background."""
+    from scipy.ndimage import zoom
+
+    values = np.asarray(background, dtype=np.float32)
+    sample = values[::3, ::3, ::3].ravel()
+    levels, counts = np.unique(sample[np.isfinite(sample)], return_counts=True)
+    if levels.size == 0 or counts.max() < 0.1 * sample.size:
+        return None
+    head = (~np.isclose(values, levels[np.argmax(counts)])).astype(np.float32)
+    factors = [n / m for n, m in zip(shape, head.shape)]
+    return zoom(head, factors, order=1, grid_mode=True, mode="nearest")[: shape[0], : shape[1], : shape[2]] >= 0.5
+
+
+def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=None, input_shape=None,
+                      background=None, class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+                      n_channels: int = 6, view: str = "axial", slice_mm=None,
+                      fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Average feature maps per group and their difference, one column per channel.
+
+    ``mean_positive``/``mean_negative``/``diff``: [C, d, h, w] layer activations (group means and
+    AD - CN); ``channels``: channel indices, most separating first (the first ``n_channels`` are
+    shown); ``affine``/``input_shape``: of the input, to orient the coarse grid (see
+    ``feature_affine``); ``background``: an input-grid volume (e.g. the cohort's mean input) under
+    the difference row, so differences sit on the anatomy (|difference| below
+    ``FEATURE_DIFF_HIDDEN`` of the scale is transparent). One ``view`` slice per channel through
+    the grid's centre (or ``slice_mm``);
+    the means share one colour scale, the differences one symmetric scale (+-max|d| over the
+    shown channels). Drawn in mm at the report's text width.
+    """
+    negative, positive = class_names
+    channels = [int(c) for c in list(channels)[:n_channels]]
+    k = max(len(channels), 1)
+    title = (f"Average feature maps{f' of {layer}' if layer else ''}: top {len(channels)} channels "
+             f"(by {positive}/{negative} separation), {view} slice")  # fmt: skip
+    if not channels:
+        fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, 2.0), layout=None)
+        fig.suptitle(title, fontsize=10)
+        _message(fig.add_subplot(), "no channels to show")
+        return fig
+    diff = np.asarray(diff)
+    background = None if background is None else _volume3d(background)
+    input_affine, layer_affine = _feature_grids(diff.shape, affine, input_shape, background)
+    stacked = [np.moveaxis(np.asarray(m)[channels], 0, -1) for m in (mean_positive, mean_negative, diff)]
+    v = ortho_slices(stacked, layer_affine, center_mm=slice_mm, peak_of=None)[view]
+    pos, neg, dif = v.planes  # [rows, cols, k]
+    anatomy = None
+    if background is not None:
+        crossing = [0.0, 0.0, 0.0]
+        crossing["xyz".index(v.axis)] = v.position_mm
+        anatomy = ortho_slices(background, input_affine, center_mm=crossing)[view]
+    high = max(float(np.nanmax(pos)), float(np.nanmax(neg)), 0.0) or 1.0
+    low = min(float(np.nanmin(pos)), float(np.nanmin(neg)), 0.0)
+    limit = _symmetric_limit(dif)
+    tile_w, tile_h = v.extent[1] - v.extent[0], v.extent[3] - v.extent[2]
+    gap = 0.08 * tile_w
+    head_room = 0.14 * tile_h  # channel numbers above the tiles
+    label_room, bar_room, side, top, foot, row_gap = 0.45, 0.95, 0.05, 0.45, 0.3, 0.12
+    image_width = BRAIN_FIGURE_WIDTH_IN - label_room - bar_room - side
+    mosaic_w = k * tile_w + (k - 1) * gap
+    row_height = image_width * (tile_h + head_room) / mosaic_w
+    height = 3 * row_height + 2 * row_gap + top + foot
+    fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, height), layout=None)
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    grid = fig.add_gridspec(3, 2, width_ratios=[image_width, 0.15], left=label_room / width,
+                            right=1 - (bar_room - 0.3) / width, top=1 - top / height, bottom=foot / height,
+                            wspace=0.3 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    rows = ((pos, f"mean {positive}", "viridis", low, high), (neg, f"mean {negative}", "viridis", low, high),
+            (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))  # fmt: skip
+    grey = grey_range(background) if background is not None else None
+    for r, (planes, label, cmap, vmin, vmax) in enumerate(rows):
+        ax = fig.add_subplot(grid[r, 0])
+        overlay = r == 2 and anatomy is not None
+        image = None
+        for c, channel in enumerate(channels):
+            x0 = c * (tile_w + gap)
+            extent = (x0, x0 + tile_w, 0.0, tile_h)
+            if overlay:
+                a = anatomy.extent
+                ax.imshow(anatomy.planes[0], cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower",
+                          interpolation="nearest", extent=(x0 + a[0] - v.extent[0], x0 + a[1] - v.extent[0],
+                                                           a[2] - v.extent[2], a[3] - v.extent[2]))  # fmt: skip
+                plane, colours = _masked(planes[..., c], Layer(0, cmap, hide_abs_below=FEATURE_DIFF_HIDDEN * limit),
+                                         matplotlib.colormaps[cmap])  # fmt: skip
+                image = ax.imshow(plane, cmap=colours, vmin=vmin, vmax=vmax, alpha=0.8, origin="lower",
+                                  interpolation="nearest", extent=extent)  # fmt: skip
+            else:
+                image = ax.imshow(planes[..., c], cmap=cmap, vmin=vmin, vmax=vmax, origin="lower",
+                                  interpolation="nearest", extent=extent)  # fmt: skip
+            if r == 0:
+                ax.text(x0 + tile_w / 2, tile_h + 0.03 * tile_h, f"ch {channel}", ha="center", va="bottom", fontsize=8)
+            if c == 0:
+                color = "white" if r < 2 or overlay else "black"
+                ax.text(x0 + 0.03 * tile_w, 0.03 * tile_h, v.sides[0], fontsize=_SMALL_FONT, color=color,
+                        va="bottom", fontweight="bold")  # fmt: skip
+                ax.text(x0 + 0.97 * tile_w, 0.03 * tile_h, v.sides[1], fontsize=_SMALL_FONT, color=color,
+                        va="bottom", ha="right", fontweight="bold")  # fmt: skip
+        ax.set_xlim(0, mosaic_w)
+        ax.set_ylim(0, tile_h + head_room)
+        ax.set_aspect("equal")
+        ax.set_anchor("W")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, fontsize=8)
+        hidden = f" (< {FEATURE_DIFF_HIDDEN:.0%} not shown)"
+        bar_label = "activation" if r < 2 else ("difference" + (hidden if overlay else ""))
+        bar = _colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
+        bar.solids.set_alpha(1.0)
+    fig.text(0.5, 0.06 / height, f"{v.name} slice {v.axis} = {v.position_mm:.0f} mm; " + CONVENTION, ha="center",
+             va="bottom", fontsize=_SMALL_FONT, color="#333333")  # fmt: skip
+    return fig
+
+
+def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 3,
+                                 background=None, class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+                                 scores=None, fig: Figure | None = None) -> Figure:  # fmt: skip
+    """AD - CN difference of single top-ranked channels in three orthogonal views (one row each,
+    through the channel's largest |difference|), each on its own symmetric scale; over the
+    ``background`` anatomy (an input-grid volume, e.g. the cohort's mean input) when given, with
+    |difference| below ``FEATURE_DIFF_HIDDEN`` of the row's scale transparent and the slices
+    through the largest |difference| inside the head (not at the edge of the field of view).
+
+    ``scores``: optional ranking score per listed channel (e.g. mean |t|), shown in the row label.
+    """
+    negative, positive = class_names
+    channels = [int(c) for c in list(channels)[:n_channels]]
+    diff = np.asarray(diff)
+    background = None if background is None else _volume3d(background)
+    layer_affine = input_affine = None
+    if channels and (affine is not None or background is not None):
+        input_affine, layer_affine = _feature_grids(diff.shape, affine, input_shape, background)
+    head = _head_on_grid(background, diff.shape[1:]) if background is not None and channels else None
+    row_views = []
+    for channel in channels:
+        strength = np.nan_to_num(np.abs(diff[channel]) * (1.0 if head is None else head), nan=0.0)
+        peak = np.unravel_index(int(np.argmax(strength)), strength.shape) if strength.max() > 0 else None
+        row_views.append(ortho_slices(diff[channel], layer_affine, center_voxel=peak, peak_of=0, absolute_peak=True))
+    fig, axes, bars = _grid_figure(max(len(channels), 1), fig,
+                                   content=_content_size_mm(row_views[0]) if row_views else (600.0, 250.0),
+                                   title=f"Feature-map difference {positive} - {negative}"
+                                   f"{f' ({layer})' if layer else ''}, top channels")  # fmt: skip
+    if not channels:
+        bars[0].set_axis_off()
+        _message(axes[0], "no channels to show")
+        return fig
+    scores = None if scores is None else list(scores)
+    grey = grey_range(background) if background is not None else None
+    for r, (channel, views) in enumerate(zip(channels, row_views)):
+        limit = _symmetric_limit(diff[channel])
+        last = r == len(channels) - 1
+        if background is not None:
+            anatomy = ortho_slices(background, input_affine, center_mm=crossing_mm(views))
+            layers = [Layer(0, "gray", *grey, source=1),
+                      Layer(0, DIVERGING_CMAP, -limit, limit, 0.8, hide_abs_below=FEATURE_DIFF_HIDDEN * limit)]
+            image = draw_views(axes[r], [views, anatomy], layers, scale_bar=last)
+        else:
+            image = draw_views(axes[r], views, [Layer(0, DIVERGING_CMAP, -limit, limit)], side_color="black",
+                               scale_bar=last)  # fmt: skip
+        score = "" if scores is None else f", mean |t| = {float(scores[r]):.2f}"
+        _row_label(axes[r], f"channel {channel} (rank {r + 1}{score}); red: higher in {positive}")
+        hidden = f" (< {FEATURE_DIFF_HIDDEN:.0%} not shown)" if background is not None else ""
+        label = f"{positive} - {negative}{hidden}"
+        _colorbar(fig, image, bars[r], label).solids.set_alpha(1.0)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Raw input difference and Welch t-map
+# --------------------------------------------------------------------------------------------
+
+
+def plot_input_difference(diff, t=None, affine=None, *, background=None, class_names: Sequence[str] = ("CN", "AD"),
+                          counts: Mapping[str, int] | None = None, center_mm=None,
+                          fig: Figure | None = None) -> Figure:  # fmt: skip
+    """Voxel-wise mean(AD) - mean(CN) of the preprocessed inputs, and the Welch t-map, in three
+    views each, on symmetric diverging scales, over the grey ``background`` (e.g. the cohort's mean
+    input) when given.
+
+    Slices cross at the largest |t| (else |difference|) inside the head: the background's
+    non-background voxels (``cohort.brain_mask``), or everywhere without one. A marker outside the
+    head (a scanner artefact that goes with the diagnosis) would otherwise pick slices that barely
+    show the brain; when the largest |t| lies outside the head, the figure says so and where."""
+    negative, positive = class_names
+    diff = _volume3d(diff).astype(np.float32)
+    t = None if t is None else _volume3d(t).astype(np.float32)
+    t_ok = t is not None and bool(np.any(np.isfinite(t)))
+    background = None if background is None else _volume3d(background).astype(np.float32)
+    strength = np.abs(t if t_ok else diff)
+    strength = np.where(np.isfinite(strength), strength, -np.inf)
+    volumes = [t if t_ok else diff, diff] + ([t] if t_ok else [diff]) + ([] if background is None else [background])
+    center_voxel, outside_note, head = None, None, head_mask(background)
+    if np.isfinite(strength).any():
+        peak = np.unravel_index(int(np.argmax(strength)), strength.shape)
+        if head is not None and not head[peak] and np.isfinite(np.where(head, strength, -np.inf)).any():
+            world = (np.eye(4) if affine is None else np.asarray(affine, dtype=float)) @ np.r_[peak, 1.0]
+            what = "|t|" if t_ok else "|difference|"
+            outside_note = (f"The largest {what} ({float(strength[peak]):.1f}) is outside the head, at ({world[0]:.0f}, "
+                            f"{world[1]:.0f}, {world[2]:.0f}) mm; slices and scales here: inside the head")  # fmt: skip
+            peak = np.unravel_index(int(np.argmax(np.where(head, strength, -np.inf))), strength.shape)
+        else:
+            head = None  # the scales take every voxel
+        center_voxel = None if center_mm is not None else peak
+    views = ortho_slices(volumes, affine, center_mm=center_mm, center_voxel=center_voxel, peak_of=0,
+                         absolute_peak=True)  # fmt: skip
+    fig, axes, bars = _grid_figure(2, fig, content=_content_size_mm(views), title=f"Input data: {positive} - "
+                                   f"{negative} (the baseline against which the model's maps are judged)",
+                                   subtitle=outside_note)  # fmt: skip
+    # With a marker outside the head, scales from inside it: else the marker's contrast washes the brain out.
+    within = (lambda v: np.where(head, v, np.nan)) if head is not None else (lambda v: v)
+    grey = [] if background is None else [Layer(len(volumes) - 1, "gray", *grey_range(background))]
+    counts = counts or {}
+    n = "" if not counts else f" (n = {counts.get(positive, '?')} {positive}, {counts.get(negative, '?')} {negative})"
+    if np.any(np.isfinite(diff)):
+        limit = _symmetric_limit(within(diff))
+        hidden = INPUT_DIFF_HIDDEN * limit if grey else None
+        image = draw_views(axes[0], views, grey + [Layer(1, DIVERGING_CMAP, -limit, limit, 0.85 if grey else 1.0,
+                                                         hide_abs_below=hidden)],
+                           side_color="white" if grey else "black", scale_bar=False)  # fmt: skip
+        shown = f" (< {INPUT_DIFF_HIDDEN:.0%} of the largest not shown)" if grey else ""
+        _row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}")
+        _colorbar(fig, image, bars[0], "intensity difference").solids.set_alpha(1.0)
+    else:
+        bars[0].set_axis_off()
+        _message(axes[0], f"difference not computable: it needs subjects in both groups{n}")
+    if t_ok:
+        t_limit = _symmetric_limit(within(t))
+        image = draw_views(axes[1], views, grey + [Layer(2, DIVERGING_CMAP, -t_limit, t_limit, 0.85 if grey else 1.0,
+                                                         hide_abs_below=T_HIDDEN if grey else None)],
+                           side_color="white" if grey else "black")  # fmt: skip
+        shown = f"; |t| < {T_HIDDEN:g} not shown" if grey else ""
+        _row_label(axes[1], f"Welch t (|t| > 2: roughly p < 0.05 per voxel, uncorrected{shown})")
+        _colorbar(fig, image, bars[1], "Welch t").solids.set_alpha(1.0)
+    else:
+        bars[1].set_axis_off()
+        _message(axes[1], "t-map not computable: it needs at least 2 subjects in each group")
+    return fig
+
+
+# Over the anatomy, the input difference hides what is below this share of its largest value, and
+# the t-map hides |t| below this value (about p = 0.05 per voxel, uncorrected), so the anatomy shows.
+INPUT_DIFF_HIDDEN, T_HIDDEN = 0.25, 2.0
+
+
+def head_mask(background) -> np.ndarray | None:
+    """The head in ``background`` (its non-background voxels), or None when there is no background
+    or the mask is empty or everything."""
+    if background is None or not np.isfinite(background).all():
+        return None
+    from ..cohort import brain_mask  # torch comes with it; only when a background is drawn
+
+    head = brain_mask(background)
+    return head if 0 < head.sum() < head.size else None

@@ -1,0 +1,24 @@
+"""The evaluation report: an evaluation run's artifact folder in, a PDF and its HTML out.
+
+``render_report(artifact_dir, out_dir)`` reads only what an evaluation logged
+(``evaluation.json``, ``metrics.json``, ``predictions.csv``, ``exclusions.csv``,
+``figures/*.png``), so a report can be re-rendered later without the model or the data.
+``report_for_run(run_id)`` downloads those artifacts from MLflow, finds the champion to compare
+with, renders, logs ``report/...`` to the run and tags the model version with the PDF's URI.
+
+The HTML (``out_dir/html/index.html`` with its figures and stylesheet) is rendered from the
+Jinja2 templates in ``templates/`` and is what the PDF is printed from, with WeasyPrint.
+
+Modules: ``context`` (the artifact folder read into the template's data), ``text`` (the words:
+number formats, metric and figure captions, glossary), ``pdf`` (Jinja2, the asset fetcher and
+WeasyPrint: the one security boundary, its hardening described there), ``runs`` (a logged run's
+report: download, render, log, tag).
+"""
+
+from .context import build_context
+from .pdf import ASSET_BASE_URL, ReportFiles, make_fetcher, render_html, render_report
+from .runs import find_champion, report_for_run
+from .text import EXTRA_FIGURE_SIZE, FIGURE_SECTIONS, FIGURES, report_file_name
+
+__all__ = ["ASSET_BASE_URL", "EXTRA_FIGURE_SIZE", "FIGURES", "FIGURE_SECTIONS", "ReportFiles", "build_context",
+           "find_champion", "make_fetcher", "render_html", "render_report", "report_file_name", "report_for_run"]

@@ -1,0 +1,112 @@
+"""A logged evaluation run's report: download its artifacts, render, log the report to the run
+and point the model version at it (``heimer-mlflow report RUN_ID``, and every evaluation's last
+step)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from .context import REPORT_ARTIFACTS, _d, _read_csv, _read_json
+from .pdf import ReportFiles, render_report
+
+log = logging.getLogger(__name__)
+
+
+def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures"), required=("evaluation.json",)):
+    import mlflow
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst))
+        except Exception as error:  # noqa: BLE001 - optional pieces may be absent
+            if name in required:
+                raise FileNotFoundError(f"run {run_id} has no {name} artifact: is it an evaluation run?") from error
+            log.info("run %s: no %s (%s)", run_id, name, type(error).__name__)
+    return dst
+
+
+def _subject_ids(folder: Path) -> set[str] | None:
+    table = _read_csv(folder / "predictions.csv", [], required=False)
+    if table is None or "subject_id" not in table:
+        return None
+    return set(table["subject_id"].astype(str))
+
+
+def _find_champion(client, evaluation: dict, run_id: str, this_dir: Path, work: Path):
+    """For a record from before evaluations recorded their comparison: the champion's
+    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find)."""
+    from .. import champion
+
+    model = _d(evaluation.get("model"))
+    ids = _subject_ids(this_dir)
+    if ids is None:
+        return None
+    digests = champion.dataset_digests(client, run_id)
+    found = champion.find(client, model.get("name"), model.get("version"), run_id,
+                          source=_d(evaluation.get("cohort")).get("source"), subject_ids=ids,
+                          digest=next(iter(digests)) if len(digests) == 1 else None, folder=work / "champion")  # fmt: skip
+    if found is None:
+        return None
+    return {"version": found.version, "metrics": _read_json(found.folder / "metrics.json", []),
+            "predictions": found.predictions()}
+
+
+def find_champion(artifact_dir, run_id: str | None = None):
+    """The champion to compare the evaluation in ``artifact_dir`` with (``render_report``'s
+    ``champion`` argument), or None: another version of the same registered model with alias
+    ``champion`` whose evaluation run (its ``heimer.evaluation_run_id`` tag) used the same data
+    (same cohort source, same subject ids, same data set digest when both runs logged one)."""
+    from mlflow import MlflowClient
+
+    artifact_dir = Path(artifact_dir)
+    evaluation = _read_json(artifact_dir / "evaluation.json", [])
+    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:
+        return _find_champion(MlflowClient(), evaluation, run_id or "", artifact_dir, Path(work))
+
+
+def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: bool = True) -> ReportFiles:
+    """Re-render the report of evaluation run ``run_id`` from its logged artifacts alone and
+    (``log=True``) log it to the run as ``report/<name>-v<version>.pdf`` and ``report/html/``.
+    With ``tag_version``, the model version's ``heimer.report`` follows, but only when the run
+    FINISHED and is the version's evaluation (its ``heimer.evaluation_run_id``): a version never
+    points at a run that was killed or that a newer evaluation replaced. The evaluation itself
+    renders with ``tag_version=False`` while its run is still RUNNING, and writes every version
+    tag once the run FINISHED. ``out_dir``: where the files go (default: a new temporary folder, kept)."""
+    from mlflow import MlflowClient
+
+    logger = logging.getLogger(__name__)  # (``log`` is the argument)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    work = Path(tempfile.mkdtemp(prefix="heimer-report-"))
+    try:
+        artifacts = _download(run_id, work / "artifacts")
+        evaluation = _read_json(artifacts / "evaluation.json", [])
+        # Evaluations record their comparison (heimer_mlflow.champion); older records get one now.
+        champion = None if "comparison" in evaluation else _find_champion(client, evaluation, run_id, artifacts, work)
+        created = None
+        if run.info.start_time:
+            created = _dt.datetime.fromtimestamp(run.info.start_time // 1000, _dt.timezone.utc)
+        target = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="heimer-report-out-"))
+        files = render_report(artifacts, target, champion=champion, created=created, run_id=run_id)
+        if log:
+            client.log_artifact(run_id, str(files.pdf), artifact_path="report")
+            client.log_artifacts(run_id, str(files.html_dir), artifact_path="report/html")
+            model = _d(evaluation.get("model"))
+            name, version = model.get("name"), model.get("version")
+            if tag_version and name and version and run.info.status == "FINISHED":
+                try:
+                    registered = client.get_model_version(name, str(version))
+                except Exception:  # noqa: BLE001 - the version (or model) was deleted: no tag
+                    logger.info("model %s v%s not in the registry; not tagging", name, version)
+                else:
+                    if registered.tags.get("heimer.evaluation_run_id") == run_id:
+                        uri = f"{run.info.artifact_uri.rstrip('/')}/report/{files.pdf.name}"
+                        client.set_model_version_tag(name, str(version), "heimer.report", uri)
+        return files
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

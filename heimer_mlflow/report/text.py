@@ -1,0 +1,250 @@
+"""The report's words: how numbers are written, what each metric and figure means, the
+glossary, and the PDF's file name. Plain data and functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+MAX_TEXT = 4000  # registry text (description, tag values) longer than this is cut, with a note
+MAX_TAGS = 200
+
+
+def _d(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _num(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+PERCENT = {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv"}
+METRIC_LABELS = {
+    "roc_auc": ("AUC (area under the ROC curve)", "how well scores separate AD from CN; 0.5 is chance, 1 is perfect"),
+    "roc_auc_delong": ("AUC, DeLong interval", "the same AUC with an analytic interval"),
+    "accuracy": ("Accuracy", "share of all subjects classified correctly"),
+    "balanced_accuracy": ("Balanced accuracy", "mean of sensitivity and specificity"),
+    "sensitivity": ("Sensitivity", "share of AD subjects called AD"),
+    "specificity": ("Specificity", "share of CN subjects called CN"),
+    "ppv": ("Positive predictive value (PPV)", "share of AD calls that are AD"),
+    "npv": ("Negative predictive value (NPV)", "share of CN calls that are CN"),
+    "f1": ("F1 score", "harmonic mean of PPV and sensitivity"),
+    "brier_score": ("Brier score", "mean squared error of the probabilities; lower is better"),
+    "log_loss": ("Log loss", "penalty for confident wrong probabilities; lower is better"),
+    "expected_calibration_error": ("Expected calibration error (ECE)",
+                                   "mean gap between predicted and observed; lower is better"),
+    "calibration_slope": ("Calibration slope", "1 is ideal; below 1: over-confident, above 1: under-confident"),
+    "calibration_intercept": ("Calibration intercept", "0 is ideal"),
+}
+
+
+def _fmt_value(value, name: str = "", digits: int = 2) -> str:
+    number = _num(value)
+    if number is None:
+        return "n/a"
+    if name in PERCENT:
+        return f"{number * 100:.0f}%"
+    return f"{number:.{digits}f}"
+
+
+def _fmt_ci(est, name: str = "") -> str:
+    est = _d(est)
+    lower, upper = _num(est.get("lower")), _num(est.get("upper"))
+    if lower is None or upper is None:
+        return "-"
+    if name in PERCENT:
+        return f"{lower * 100:.0f}% to {upper * 100:.0f}%"
+    return f"{lower:.2f} to {upper:.2f}"
+
+
+def _fmt_est(est, name: str = "") -> str:
+    """'0.85 (95% CI 0.73 to 0.93)', or 'not computable: reason'."""
+    est = _d(est)
+    if _num(est.get("value")) is None:
+        return f"not computable: {est.get('reason') or 'no value'}"
+    ci = _fmt_ci(est, name)
+    value = _fmt_value(est.get("value"), name)
+    return value if ci == "-" else f"{value} (95% CI {ci})"
+
+
+def _fmt_num(value, digits: int = 2) -> str:
+    number = _num(value)
+    return "n/a" if number is None else f"{number:.{digits}f}"
+
+
+def _fmt_pct(value, digits: int = 0) -> str:
+    number = _num(value)
+    return "n/a" if number is None else f"{number * 100:.{digits}f}%"
+
+
+def _text(value) -> str:
+    """Any JSON value as display text (escaping is the template's job)."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_text(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]} ... [cut: {len(text) - limit} more characters]"
+
+
+def _safe_file_part(text, fallback: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text or "")).strip("._-")[:100]
+    return cleaned or fallback
+
+
+def report_file_name(name, version) -> str:
+    """``<model-name>-v<version>.pdf``, file-name safe (``model-v-.pdf`` when unregistered)."""
+    return f"{_safe_file_part(name, 'model')}-v{_safe_file_part(version, '-')}.pdf"
+
+
+# --------------------------------------------------------------------------------------------
+# Figures: what each shows and what to look for
+# --------------------------------------------------------------------------------------------
+
+# name: (title, caption, size); size (a CSS class, see report.css): small | medium | wide | brain (brain
+# views, at the full text width). {pos}/{neg}: the classes; {cam}: the primary map's name (Grad-CAM or HiResCAM).
+FIGURES: dict[str, tuple[str, str, str]] = {
+    "training_curves": ("Training curves",
+        "Accuracy and loss per epoch on the training and validation data, from the model's training run. "
+        "Look for validation curves that follow the training curves: a widening gap means over-fitting.", "wide"),
+    "roc": ("ROC curve",
+        "Sensitivity against 1 - specificity for every threshold; the AUC with its 95% interval is in the legend "
+        "and the dot is the operating threshold. The further the curve bows to the top left, the better; the "
+        "diagonal is chance.", "small"),
+    "score_histogram": ("Prediction scores per true class",
+        "The model's probability of {pos} for subjects who are {pos} and who are {neg} (colours in the legend), with "
+        "the threshold. "
+        "Look for two well separated humps; overlap around the threshold is where the errors are.", "small"),
+    "confusion_matrix": ("Confusion matrix",
+        "Counts of true and predicted classes at the threshold. The diagonal holds the correct calls; "
+        "the off-diagonal cells are the false positives and false negatives.", "small"),
+    "calibration": ("Calibration (reliability) curve",
+        "Observed share of {pos} against the predicted probability, in bins. Points on the diagonal mean the "
+        "probabilities can be read at face value; below it the model is over-confident about {pos}.", "small"),
+    "decision_curve": ("Decision curve",
+        "Net benefit of acting on the model's calls compared with treating everyone or no one, across "
+        "threshold probabilities. The model is useful where its curve lies above both reference lines.", "small"),
+    "subgroups": ("Results per subgroup",
+        "Sensitivity, specificity and AUC with 95% intervals per subgroup. Look for subgroups whose "
+        "intervals lie clearly below the others: the model may not work as well for them.", "wide"),
+    "group_cam": ("Group-mean {cam} and the {pos} - {neg} difference",
+        "Where the model looks, averaged over each true class, and the difference between the classes "
+        "(red: more attention in {pos}, blue: more in {neg}). Plausible maps highlight the hippocampus and the "
+        "ventricles; attention on the skull, the edges or the background suggests a shortcut.", "brain"),
+    "gradcam_TP": ("Case gallery: most confident true positives",
+        "{cam} over the MRI of the {pos} subjects the model was most sure about and right. "
+        "Look for attention inside the brain, in the same regions as the group map.", "brain"),
+    "gradcam_TN": ("Case gallery: most confident true negatives",
+        "{cam} of the {neg} subjects the model was most sure about and right.", "brain"),
+    "gradcam_FP": ("Case gallery: false positives",
+        "{neg} subjects the model called {pos}, most confident first. Look for what drew the model's attention: "
+        "an artefact, an unusual anatomy, or the regions it uses for true {pos} cases.", "brain"),
+    "gradcam_FN": ("Case gallery: false negatives",
+        "{pos} subjects the model called {neg}, most confident first. Look for whether the typical regions "
+        "received little attention.", "brain"),
+    "cam_outside_brain": ("{cam} outside the brain per subject",
+        "The share of each subject's {cam} that lies outside the brain (the brain mask given to the evaluation, "
+        "else the scan's non-background voxels), per true class. Most of the "
+        "attention should be inside the brain; high shares point to a shortcut.", "small"),
+    "region_gain": ("{cam} per atlas region relative to its volume",
+        "How much of the {cam} inside the brain falls in each atlas region, divided by the region's share of "
+        "the brain volume. "
+        "A gain above 1 means the region draws more attention than its size alone would give it.", "wide"),
+    "sanity": ("Randomisation sanity check",
+        "Spearman correlation between each subject's {cam} from the trained model and from the same "
+        "network with randomised weights. Low values are good: the maps depend on what the model learned.", "medium"),
+    "feature_maps": ("Feature maps per group",
+        "Mean activation of the most discriminative channels of the layer, for {pos} and {neg}, and their "
+        "difference drawn over the cohort's mean MRI. Look for differences inside the brain, in anatomically "
+        "meaningful places.", "brain"),
+    "feature_channel_differences": ("Feature map differences per channel",
+        "{pos} - {neg} difference of the mean activation for the channels that separate the groups best "
+        "over the cohort's mean MRI (red positive, blue negative, symmetric scale; small differences are not "
+        "drawn, so the anatomy shows). The layer's grid is coarse: each square is one feature-map cell.", "brain"),
+    "input_difference": ("Raw data baseline: mean difference and t-map",
+        "Voxel-wise mean difference of the preprocessed images ({pos} - {neg}) and the voxel-wise t statistic, "
+        "over the cohort's mean MRI (small values not drawn), slices through the largest |t| inside the head. "
+        "This is what differs in the data itself; compare it with the model's maps above. When the largest "
+        "difference lies outside the head (a scanner or site marker), the figure says where.", "brain"),
+    "champion_comparison": ("Where each model looks: this version and the champion",
+        "Each model's mean map of the {pos} group over the cohort's mean MRI, one row per model, slices through "
+        "each map's own peak. Each row has its own colour scale: the places compare, the raw values do not. "
+        "A model that scores from anatomy looks inside the brain; one that scores from a marker looks at it.",
+        "brain"),
+}
+EXTRA_FIGURE_SIZE = "wide"  # a figure the report does not know, at the full text width
+FIGURE_SECTIONS = {
+    "performance": ["training_curves", "roc", "score_histogram", "confusion_matrix", "calibration",
+                    "decision_curve", "subgroups"],
+    "explain_group": ["group_cam"],
+    "explain_gallery": ["gradcam_TP", "gradcam_TN", "gradcam_FP", "gradcam_FN"],
+    "explain_checks": ["cam_outside_brain", "region_gain", "sanity"],
+    "features": ["feature_maps", "feature_channel_differences", "input_difference"],
+}
+
+
+CAM_EXPLAINED = {
+    "gradcam": "Grad-CAM weights each channel of the layer by its gradient averaged over the whole image, so it "
+               "marks every place where a channel the model relies on is active, whether or not the score used "
+               "that place.",
+    "hirescam": "HiResCAM multiplies gradient and activation at each place before adding up the channels, so it "
+                "marks only the places the model's score actually used.",
+}
+
+
+GLOSSARY = [
+    ("AUC", "Area under the ROC curve: the chance that a randomly chosen AD subject gets a higher score than a "
+            "randomly chosen CN subject. 0.5 is chance, 1.0 perfect separation."),
+    ("ROC curve", "Receiver operating characteristic: sensitivity against 1 - specificity over all thresholds."),
+    ("Sensitivity", "Share of AD subjects the model calls AD (true positive rate, recall)."),
+    ("Specificity", "Share of CN subjects the model calls CN (true negative rate)."),
+    ("Balanced accuracy", "Mean of sensitivity and specificity; not swayed by unequal class sizes."),
+    ("PPV", "Positive predictive value: of the subjects called AD, the share that are AD. Depends on how common AD "
+            "is in the cohort."),
+    ("NPV", "Negative predictive value: of the subjects called CN, the share that are CN."),
+    ("F1 score", "Harmonic mean of PPV and sensitivity."),
+    ("Threshold", "The score at or above which a subject is called AD."),
+    ("95% confidence interval (CI)", "The range that, in repeated studies of this size, would contain the true "
+            "value 95% of the time. Wide intervals mean few subjects."),
+    ("Bootstrap", "Re-computing a figure on many resamples of the subjects to see how much it varies."),
+    ("Wilson interval", "A confidence interval for a proportion that behaves well with small counts."),
+    ("DeLong interval", "An analytic confidence interval for the AUC."),
+    ("Brier score", "Mean squared difference between predicted probability and outcome (0 or 1); lower is better."),
+    ("Log loss", "Mean negative log-probability given to the true class; punishes confident mistakes."),
+    ("ECE", "Expected calibration error: the average gap between predicted probability and observed frequency, "
+            "over probability bins."),
+    ("Calibration", "Whether predicted probabilities match observed frequencies (a 70% score is AD 70% of the time)."),
+    ("Decision curve / net benefit", "True positives minus false positives weighted by the odds of the threshold "
+            "probability, per subject: the value of acting on the model's calls."),
+    ("Grad-CAM", "Gradient-weighted class activation mapping: a heat map of where in the image the model's evidence "
+            "for a class comes from, from the gradients of the class score at a convolutional layer, averaged "
+            "over the image per channel. With max-pooling or flatten heads it can mark places the score did not use."),
+    ("HiResCAM", "High-resolution class activation mapping: like Grad-CAM, but gradient and activation are "
+            "multiplied at each place, so the map shows the places the class score actually used."),
+    ("Agreement (of the two maps)", "Spearman rank correlation of a subject's Grad-CAM and HiResCAM inside the brain; "
+            "1 means the two methods rank the places alike, near 0 that they point at different places."),
+    ("Feature map", "The output of one channel of a convolutional layer: what that filter responds to, per voxel."),
+    ("t-map", "Voxel-wise t statistic of the AD - CN difference: the mean difference divided by its standard "
+            "error. Large absolute values are consistent differences."),
+    ("Gain (region)", "Share of the attention map (Grad-CAM or HiResCAM) inside the brain that falls in an atlas "
+            "region, divided by the "
+            "region's share of the brain volume; above 1 means more attention than the size of the region alone "
+            "would give, 1 is what a map spread evenly over the brain gives."),
+    ("Spearman correlation", "Rank correlation between two maps; near 0 means unrelated."),
+    ("Randomisation sanity check", "Comparing the maps of the trained model with those of the same network with "
+            "random weights: faithful explanations must change when the weights do."),
+    ("Shortcut", "A feature unrelated to the disease (skull, background, scanner) that the model uses to "
+            "separate the classes in this data; it will not generalise."),
+]
