@@ -7,15 +7,13 @@ after, from ``heimer_mlflow.figures`` and ``heimer_mlflow.report``; ``tracking``
 from __future__ import annotations
 
 import json
-import platform
-from importlib import metadata as package_metadata
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from . import __version__
+from .record import EvaluationRecord
 
 # The run's files that MLflow's artifact types describe, by name (EvaluationResult.artifacts);
 # figures join them under their own names (roc, calibration, gallery_TP, ...).
@@ -85,7 +83,7 @@ def write_artifacts(evaluation, staging: Path) -> None:
     metrics = evaluation.metrics.to_json_dict()
     metrics["plausibility"] = evaluation.summary
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False))
-    (staging / "evaluation.json").write_text(json.dumps(evaluation_record(evaluation), indent=1, allow_nan=False))
+    EvaluationRecord.of(evaluation).write(staging / "evaluation.json")
     volumes = staging / "volumes"
     positive = evaluation.model.meta.positive_class
     negative = next(c for c in evaluation.model.meta.class_names if c != positive)
@@ -114,57 +112,3 @@ def artifact_uris(artifact_uri: str, staging: Path, figures: dict[str, Path]) ->
     for name, path in figures.items():
         uris.setdefault(name, f"{root}/{Path(path).relative_to(staging).as_posix()}")
     return uris
-
-
-def package_versions() -> dict[str, str]:
-    out = {"heimer-mlflow": __version__, "python": platform.python_version()}
-    for name in ("torch", "mlflow", "numpy", "scipy", "nibabel", "scikit-learn", "matplotlib", "weasyprint", "jinja2"):
-        try:
-            out[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def evaluation_record(evaluation) -> dict:
-    """evaluation.json: configuration, provenance and the engine's non-volume results, enough
-    to re-render the report without the model or the data."""
-    m, engine, cohort, opts = evaluation.model, evaluation.engine, evaluation.cohort, evaluation.options
-    sanity = None
-    if engine.sanity is not None:
-        sanity = {"subject_ids": list(engine.sanity.subject_ids),
-                  "spearman": [_finite(v) for v in engine.sanity.spearman], "mean": _finite(engine.sanity.mean)}
-    ranking = {layer: {k: [_finite(v) for v in np.asarray(vals)[:16].tolist()] for k, vals in r.items()}
-               for layer, r in engine.feature_ranking.items()}
-    return {
-        "model": {"uri": m.uri, "name": m.name, "version": m.version, "aliases": m.aliases,
-                  "source_run_id": m.source_run_id, "model_id": m.model_id, "description": m.description,
-                  "tags": m.tags, "metadata": m.meta.to_metadata(), "inferred": m.meta.inferred},
-        "cohort": {"source": cohort.source, "n_subjects": int(len(engine.subjects.get("prob", []))),
-                   "n_excluded": int(len(cohort.excluded)), "covariates": cohort.covariates,
-                   "excluded": cohort.excluded.astype(str).to_dict("records"),
-                   "counts": {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()}},
-        "configuration": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
-        "engine": {"device": engine.device, "amp": engine.amp, "target_layer": engine.target_layer,
-                   "cam_method": engine.cam_method,
-                   "feature_layers": engine.feature_layers, "region_names": engine.region_names,
-                   "chunk_size": engine.chunk_size, "threshold": engine.threshold,
-                   "world_size": engine.world_size,
-                   "gradcam": {"target_class": m.meta.positive_class, "upsampling": "trilinear",
-                               "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
-                   "sanity": sanity, "feature_ranking": ranking,
-                   "gallery": {o: [{"subject_id": c.subject_id, "prob": _finite(c.prob), "label": int(c.label)}
-                                   for c in cases] for o, cases in engine.gallery.items()}},
-        "plausibility": {"verdict": evaluation.verdict, "reason": evaluation.verdict_reason, **evaluation.summary},
-        "comparison": evaluation.comparison.to_dict() if evaluation.comparison is not None else None,
-        "history": {k: [[int(s), _finite(v)] for s, v in pts] for k, pts in evaluation.history.items()},
-        "grid_affine": np.asarray(evaluation.grid_affine).tolist(),
-        "evaluated_at": evaluation.evaluated_at,
-        "timings": {k: _finite(v) for k, v in evaluation.timings.items()},
-        "versions": package_versions(),
-    }
-
-
-def _finite(value):
-    value = float(value)
-    return value if np.isfinite(value) else None

@@ -33,13 +33,9 @@ from .gate import Gate, GateFailed, GateResult
 from .meta import CAM_NAMES
 from .metrics import ClassificationReport, compute_metrics
 from .registry import LoadedModel, load
+from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 
 SAVE_CAMS = ("gallery", "all", "none")
-# Plausibility thresholds behind the verdict (DESIGN: "pass" / "review" with the reason).
-# Mean share of positive Grad-CAM outside the brain, above what a map spread evenly over the brain
-# shows at the target layer's resolution (cam_outside_brain_floor: coarse layers blur past the edge)
-MAX_OUTSIDE_BRAIN_EXCESS = 0.10
-MAX_SANITY_SPEARMAN = 0.5  # maps of a randomised model should not look like the trained one's
 
 
 @dataclass
@@ -109,6 +105,7 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)
     gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
+    verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
 
     @property
     def run_metrics(self) -> dict[str, float]:
@@ -227,45 +224,6 @@ def load_atlas(atlas: str, labels_csv: str, grid_shape, grid_affine) -> tuple[np
     if not present & set(names):
         raise HeimerError(f"none of the labels in {labels_csv} occur in {atlas}")
     return np.rint(labels).astype(np.int64), names
-
-
-# --------------------------------------------------------------------------- verdict
-
-
-def outside_brain_limit(floor: float | None) -> float:
-    """The largest mean outside-brain share that passes: the resolution floor (0 if unknown) + 10%."""
-    return (floor if floor is not None and np.isfinite(floor) else 0.0) + MAX_OUTSIDE_BRAIN_EXCESS
-
-
-def plausibility_verdict(summary: dict[str, float], region_names: list[str], method: str = "hirescam") -> tuple[str, str]:
-    """``pass`` or ``review``, with the reason, from the plausibility checks of the primary map
-    (``method``: ``hirescam`` or ``gradcam``)."""
-    name = CAM_NAMES.get(method, method)
-    reasons = []
-    outside = summary.get("cam_outside_brain_fraction")
-    floor = summary.get("cam_outside_brain_floor")
-    limit = outside_brain_limit(floor)
-    if outside is None:
-        reasons.append("no subject could be explained")
-    elif outside > limit:
-        allowance = (f": {limit - MAX_OUTSIDE_BRAIN_EXCESS:.0%} the layer's resolution allows + "
-                     f"{MAX_OUTSIDE_BRAIN_EXCESS:.0%}") if floor is not None and np.isfinite(floor) else ""
-        reasons.append(f"{outside:.0%} of the {name} lies outside the brain (limit {limit:.0%}{allowance}): "
-                       "the model may use a shortcut")  # fmt: skip
-    gains = {r: summary[f"cam_roi_gain_{r}"] for r in region_names if f"cam_roi_gain_{r}" in summary}
-    if gains and max(gains.values()) <= 1.0:
-        reasons.append(f"no atlas region draws more of the {name} than its share of the brain (every gain <= 1)")
-    sanity = summary.get("sanity_spearman_mean")
-    if sanity is not None and sanity > MAX_SANITY_SPEARMAN:
-        reasons.append(
-            f"maps of a randomised-weights model correlate with the trained model's (Spearman {sanity:.2f} > "
-            f"{MAX_SANITY_SPEARMAN}): the maps may not reflect what the model learned"
-        )
-    if reasons:
-        return "review", "; ".join(reasons)
-    best = max(gains, key=gains.get) if gains else None
-    where = f"; most attention in {best} (gain {gains[best]:.1f})" if best else ""
-    return "pass", f"{outside:.0%} of the {name} lies outside the brain{where}"
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -441,7 +399,8 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
         model=loaded, cohort=cohort, engine=engine, metrics=report, history=history,
         verdict="", verdict_reason="", options=opts, grid_affine=grid_affine,
     )
-    result.verdict, result.verdict_reason = plausibility_verdict(result.summary, engine.region_names, engine.cam_method)
+    result.verdict_applied = judge(result.summary, engine.region_names, engine.cam_method)
+    result.verdict, result.verdict_reason = result.verdict_applied.result, result.verdict_applied.reason
     result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
     return result
 

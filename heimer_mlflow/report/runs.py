@@ -10,7 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .context import REPORT_ARTIFACTS, _d, _read_csv, _read_json
+from ..record import EvaluationRecord
+from .context import REPORT_ARTIFACTS, _read_csv, _read_json, read_record
 from .pdf import ReportFiles, render_report
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,17 @@ def _subject_ids(folder: Path) -> set[str] | None:
     return set(table["subject_id"].astype(str))
 
 
-def _find_champion(client, evaluation: dict, run_id: str, this_dir: Path, work: Path):
+def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path, work: Path):
     """For a record from before evaluations recorded their comparison: the champion's
     ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find)."""
     from .. import champion
 
-    model = _d(evaluation.get("model"))
     ids = _subject_ids(this_dir)
     if ids is None:
         return None
     digests = champion.dataset_digests(client, run_id)
-    found = champion.find(client, model.get("name"), model.get("version"), run_id,
-                          source=_d(evaluation.get("cohort")).get("source"), subject_ids=ids,
+    found = champion.find(client, record.model.name, record.model.version, run_id,
+                          source=record.cohort.source, subject_ids=ids,
                           digest=next(iter(digests)) if len(digests) == 1 else None, folder=work / "champion")  # fmt: skip
     if found is None:
         return None
@@ -64,9 +64,9 @@ def find_champion(artifact_dir, run_id: str | None = None):
     from mlflow import MlflowClient
 
     artifact_dir = Path(artifact_dir)
-    evaluation = _read_json(artifact_dir / "evaluation.json", [])
+    record = read_record(artifact_dir, [], where=f"run {run_id}" if run_id else str(artifact_dir))
     with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:
-        return _find_champion(MlflowClient(), evaluation, run_id or "", artifact_dir, Path(work))
+        return _find_champion(MlflowClient(), record, run_id or "", artifact_dir, Path(work))
 
 
 def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: bool = True) -> ReportFiles:
@@ -85,9 +85,10 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
     work = Path(tempfile.mkdtemp(prefix="heimer-report-"))
     try:
         artifacts = _download(run_id, work / "artifacts")
-        evaluation = _read_json(artifacts / "evaluation.json", [])
+        # A record newer than this code stops here, in one line naming the run.
+        record = read_record(artifacts, [], where=f"run {run_id}")
         # Evaluations record their comparison (heimer_mlflow.champion); older records get one now.
-        champion = None if "comparison" in evaluation else _find_champion(client, evaluation, run_id, artifacts, work)
+        champion = None if record.comparison_recorded else _find_champion(client, record, run_id, artifacts, work)
         created = None
         if run.info.start_time:
             created = _dt.datetime.fromtimestamp(run.info.start_time // 1000, _dt.timezone.utc)
@@ -96,8 +97,7 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
         if log:
             client.log_artifact(run_id, str(files.pdf), artifact_path="report")
             client.log_artifacts(run_id, str(files.html_dir), artifact_path="report/html")
-            model = _d(evaluation.get("model"))
-            name, version = model.get("name"), model.get("version")
+            name, version = record.model.name, record.model.version
             if tag_version and name and version and run.info.status == "FINISHED":
                 try:
                     registered = client.get_model_version(name, str(version))

@@ -7,22 +7,10 @@ import json
 import math
 import re
 
+from ..metrics import Estimate
+
 MAX_TEXT = 4000  # registry text (description, tag values) longer than this is cut, with a note
 MAX_TAGS = 200
-
-
-def _d(value) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _l(value) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _num(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 PERCENT = {"accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv"}
@@ -45,62 +33,62 @@ METRIC_LABELS = {
 }
 
 
-def _fmt_value(value, name: str = "", digits: int = 2) -> str:
-    number = _num(value)
-    if number is None:
+def _finite(number) -> bool:
+    return number is not None and math.isfinite(number)
+
+
+def fmt_value(number: float | None, name: str = "", digits: int = 2) -> str:
+    """A figure's value: a percentage for the proportions, else ``digits`` decimals; n/a if none."""
+    if not _finite(number):
         return "n/a"
     if name in PERCENT:
         return f"{number * 100:.0f}%"
     return f"{number:.{digits}f}"
 
 
-def _fmt_ci(est, name: str = "") -> str:
-    est = _d(est)
-    lower, upper = _num(est.get("lower")), _num(est.get("upper"))
-    if lower is None or upper is None:
+def fmt_ci(est: Estimate | None, name: str = "") -> str:
+    """'0.73 to 0.93' (percentages for the proportions), '-' without an interval."""
+    if est is None or not (_finite(est.lower) and _finite(est.upper)):
         return "-"
     if name in PERCENT:
-        return f"{lower * 100:.0f}% to {upper * 100:.0f}%"
-    return f"{lower:.2f} to {upper:.2f}"
+        return f"{est.lower * 100:.0f}% to {est.upper * 100:.0f}%"
+    return f"{est.lower:.2f} to {est.upper:.2f}"
 
 
-def _fmt_est(est, name: str = "") -> str:
+def fmt_est(est: Estimate | None, name: str = "") -> str:
     """'0.85 (95% CI 0.73 to 0.93)', or 'not computable: reason'."""
-    est = _d(est)
-    if _num(est.get("value")) is None:
-        return f"not computable: {est.get('reason') or 'no value'}"
-    ci = _fmt_ci(est, name)
-    value = _fmt_value(est.get("value"), name)
+    if est is None or not _finite(est.value):
+        return f"not computable: {(est.reason if est is not None else None) or 'no value'}"
+    ci = fmt_ci(est, name)
+    value = fmt_value(est.value, name)
     return value if ci == "-" else f"{value} (95% CI {ci})"
 
 
-def _fmt_num(value, digits: int = 2) -> str:
-    number = _num(value)
-    return "n/a" if number is None else f"{number:.{digits}f}"
+def fmt_num(number: float | None, digits: int = 2) -> str:
+    return "n/a" if not _finite(number) else f"{number:.{digits}f}"
 
 
-def _fmt_pct(value, digits: int = 0) -> str:
-    number = _num(value)
-    return "n/a" if number is None else f"{number * 100:.{digits}f}%"
+def fmt_pct(number: float | None, digits: int = 0) -> str:
+    return "n/a" if not _finite(number) else f"{number * 100:.{digits}f}%"
 
 
-def _text(value) -> str:
+def text(value) -> str:
     """Any JSON value as display text (escaping is the template's job)."""
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
-        return ", ".join(_text(v) for v in value) or "-"
+        return ", ".join(text(v) for v in value) or "-"
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True, default=str)
     return str(value)
 
 
-def _clip(text: str, limit: int = MAX_TEXT) -> str:
-    return text if len(text) <= limit else f"{text[:limit]} ... [cut: {len(text) - limit} more characters]"
+def clip(words: str, limit: int = MAX_TEXT) -> str:
+    return words if len(words) <= limit else f"{words[:limit]} ... [cut: {len(words) - limit} more characters]"
 
 
-def _safe_file_part(text, fallback: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text or "")).strip("._-")[:100]
+def _safe_file_part(value, fallback: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(value or "")).strip("._-")[:100]
     return cleaned or fallback
 
 

@@ -1,0 +1,439 @@
+"""The evaluation record behind ``evaluation.json``: typed, versioned, written once by the
+evaluation (``EvaluationRecord.of``), read by the report and by every re-render
+(``EvaluationRecord.read``), with no model and no data.
+
+``schema_version`` says which layout a record has. Version 1 added ``schema_version``, ``run_id``
+and ``verdict``, the verdict as applied (its limits and each check's value, limit and result,
+see :mod:`heimer_mlflow.verdict`); every earlier key is still written, unchanged. A record without
+a ``schema_version`` (written before) is read as it is and its checks are judged again by the
+limits every evaluation applied then (``verdict.LIMITS_BEFORE_RECORDING``), keeping the verdict it
+recorded; a record newer than this code stops with one line that says to upgrade.
+
+Reading is forgiving by design: a missing or mistyped field becomes None or empty (the report
+then says "not recorded"), never an exception. ``MetricsRecord`` reads ``metrics.json`` the same
+way. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .champion import Comparison
+from .errors import HeimerError
+from .metrics import Estimate
+from .verdict import LIMITS_BEFORE_RECORDING, Check, Limits, Verdict, judge
+
+SCHEMA_VERSION = 1
+UPGRADE = "pip install -U heimer-mlflow"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading JSON values as the types the record promises
+# --------------------------------------------------------------------------------------------
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _number(value) -> float | None:
+    """A finite float, else None (JSON has no NaN; booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value) -> int | None:
+    number = _number(value)
+    return None if number is None or number != int(number) else int(number)
+
+
+def _str(value) -> str | None:
+    """Text for a scalar (a version may be written as a number), None for anything else."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def estimate(value) -> Estimate | None:
+    """A ``metrics.Estimate`` from its JSON (``Estimate.to_dict``), None when absent. A figure
+    without a value is not computable, with its reason ("no value" when none was written)."""
+    if not isinstance(value, dict):
+        return None
+    number = _number(value.get("value"))
+    reason = None if number is not None else (_str(value.get("reason")) or "no value")
+    return Estimate(value=number, lower=_number(value.get("lower")), upper=_number(value.get("upper")),
+                    method=_str(value.get("method")), se=_number(value.get("se")), reason=reason)  # fmt: skip
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation.json
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRecord:
+    """The evaluated model version as the registry described it."""
+
+    uri: str | None = None
+    name: str | None = None
+    version: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    source_run_id: str | None = None
+    model_id: str | None = None
+    description: str | None = None
+    tags: dict = field(default_factory=dict)  # registry tags as given (text from the registry, shown escaped)
+    metadata: dict = field(default_factory=dict)  # metadata["heimer"] (meta.ModelMeta.to_metadata)
+    inferred: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelRecord:
+        return cls(uri=_str(data.get("uri")), name=_str(data.get("name")), version=_str(data.get("version")),
+                   aliases=[str(a) for a in _list(data.get("aliases"))], source_run_id=_str(data.get("source_run_id")),
+                   model_id=_str(data.get("model_id")), description=_str(data.get("description")),
+                   tags=_dict(data.get("tags")), metadata=_dict(data.get("metadata")),
+                   inferred=[str(v) for v in _list(data.get("inferred"))])  # fmt: skip
+
+
+@dataclass
+class CohortRecord:
+    """Where the subjects came from, how many, which were left out and why."""
+
+    source: str | None = None
+    n_subjects: int | None = None
+    n_excluded: int | None = None
+    covariates: list[str] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)  # subject_id, path, reason
+    counts: dict[str, int | None] = field(default_factory=dict)  # subjects per class
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CohortRecord:
+        return cls(source=_str(data.get("source")), n_subjects=_int(data.get("n_subjects")),
+                   n_excluded=_int(data.get("n_excluded")), covariates=[c for c in _list(data.get("covariates"))
+                                                                        if isinstance(c, str)],
+                   excluded=[e for e in _list(data.get("excluded")) if isinstance(e, dict)],
+                   counts={str(k): _int(v) for k, v in _dict(data.get("counts")).items()})  # fmt: skip
+
+
+@dataclass
+class SanityRecord:
+    """The model-randomisation check per subject (Spearman, trained vs randomised weights)."""
+
+    subject_ids: list[str]
+    spearman: list[float | None]
+    mean: float | None
+
+    @classmethod
+    def from_dict(cls, data) -> SanityRecord | None:
+        if not isinstance(data, dict):
+            return None
+        return cls([str(s) for s in _list(data.get("subject_ids"))], [_number(v) for v in _list(data.get("spearman"))],
+                   _number(data.get("mean")))  # fmt: skip
+
+
+@dataclass
+class GalleryEntry:
+    subject_id: str | None
+    prob: float | None
+    label: int | str | None  # the class index as the engine saw it
+
+
+@dataclass
+class EngineRecord:
+    """The engine's pass: where and how it ran, and its results other than volumes."""
+
+    device: str | None = None
+    amp: str | None = None
+    target_layer: str | None = None
+    cam_method: str | None = None  # the primary map; None in records from before HiResCAM
+    feature_layers: list[str] = field(default_factory=list)
+    region_names: list[str] = field(default_factory=list)
+    chunk_size: int | None = None
+    threshold: float | None = None
+    world_size: int | None = None
+    gradcam: dict[str, str] = field(default_factory=dict)  # how the maps were made, in words
+    sanity: SanityRecord | None = None
+    feature_ranking: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)  # layer -> column -> values
+    gallery: dict[str, list[GalleryEntry]] = field(default_factory=dict)  # outcome -> cases
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EngineRecord:
+        ranking = {str(layer): {str(k): [_number(v) for v in _list(values)] for k, values in _dict(table).items()}
+                   for layer, table in _dict(data.get("feature_ranking")).items()}  # fmt: skip
+        gallery = {str(outcome): [GalleryEntry(_str(_dict(c).get("subject_id")), _number(_dict(c).get("prob")),
+                                               _dict(c).get("label")) for c in _list(cases)]
+                   for outcome, cases in _dict(data.get("gallery")).items()}  # fmt: skip
+        return cls(
+            device=_str(data.get("device")), amp=_str(data.get("amp")), target_layer=_str(data.get("target_layer")),
+            cam_method=_str(data.get("cam_method")), feature_layers=[str(v) for v in _list(data.get("feature_layers"))],
+            region_names=[str(v) for v in _list(data.get("region_names"))], chunk_size=_int(data.get("chunk_size")),
+            threshold=_number(data.get("threshold")), world_size=_int(data.get("world_size")),
+            gradcam={str(k): v for k, v in _dict(data.get("gradcam")).items()},
+            sanity=SanityRecord.from_dict(data.get("sanity")), feature_ranking=ranking, gallery=gallery,
+        )  # fmt: skip
+
+
+@dataclass
+class Plausibility:
+    """The verdict and reason as the run's tags give them, and the cohort-level plausibility
+    numbers behind them (``Evaluation.summary``: outside-brain shares, floor, region gains, ...)."""
+
+    verdict: str | None = None
+    reason: str | None = None
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plausibility:
+        numbers = {str(k): _number(v) for k, v in data.items() if k not in ("verdict", "reason")}
+        return cls(_str(data.get("verdict")), _str(data.get("reason")),
+                   {k: v for k, v in numbers.items() if v is not None})  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "reason": self.reason, **self.numbers}
+
+
+def _verdict(data, plausibility: Plausibility, engine: EngineRecord, method: str) -> tuple[Verdict, bool]:
+    """(the verdict as applied, whether the record holds it). A record without one gets its
+    checks judged by the limits that held before limits were recorded, and keeps the verdict and
+    reason it recorded."""
+    if isinstance(data, dict) and isinstance(data.get("limits"), dict):
+        written = _dict(data.get("limits"))
+        limits = Limits(**{name: _number(written.get(name)) if _number(written.get(name)) is not None else default
+                           for name, default in LIMITS_BEFORE_RECORDING.to_dict().items()})  # fmt: skip
+        checks = tuple(Check(str(c.get("name")), _number(c.get("value")), _number(c.get("limit")),
+                             c.get("passed") if isinstance(c.get("passed"), bool) else None)
+                       for c in _list(data.get("checks")) if isinstance(c, dict))  # fmt: skip
+        return Verdict(_str(data.get("result")) or plausibility.verdict or "not assessed",
+                       _str(data.get("reason")) or plausibility.reason or "", _str(data.get("method")) or method,
+                       limits, checks), True  # fmt: skip
+    prefix = "cam_roi_gain_"
+    regions = engine.region_names or [k[len(prefix):] for k in plausibility.numbers if k.startswith(prefix)]
+    judged = judge(plausibility.numbers, regions, method, LIMITS_BEFORE_RECORDING)
+    return Verdict(plausibility.verdict or "not assessed", plausibility.reason or "", method, judged.limits,
+                   judged.checks), False  # fmt: skip
+
+
+@dataclass
+class EvaluationRecord:
+    """One evaluation, as ``evaluation.json`` holds it."""
+
+    schema_version: int  # 0: a record from before schema_version existed
+    run_id: str | None
+    model: ModelRecord
+    cohort: CohortRecord
+    configuration: dict  # EvaluationOptions as given (option name -> value)
+    engine: EngineRecord
+    plausibility: Plausibility
+    verdict: Verdict  # as applied: result, reason, limits, checks
+    verdict_recorded: bool  # False: a record from before, its checks judged by LIMITS_BEFORE_RECORDING
+    comparison: Comparison | None  # None: there was no champion evaluated on the same data
+    comparison_recorded: bool  # False: a record from before evaluations recorded their comparison
+    history: dict[str, list[tuple[int, float | None]]]  # training curve -> (step, value)
+    grid_affine: list | None
+    evaluated_at: str | None
+    timings: dict[str, float | None]
+    versions: dict[str, str | None]  # package -> version
+
+    @property
+    def cam_method(self) -> str:
+        """The primary map (``gradcam`` / ``hirescam``)."""
+        return _cam_method(self.engine, self.configuration)
+
+    @classmethod
+    def of(cls, evaluation) -> EvaluationRecord:
+        """The record of a finished ``evaluation.Evaluation``."""
+        m, engine, cohort = evaluation.model, evaluation.engine, evaluation.cohort
+        sanity = None
+        if engine.sanity is not None:
+            sanity = SanityRecord(list(engine.sanity.subject_ids), [_finite(v) for v in engine.sanity.spearman],
+                                  _finite(engine.sanity.mean))  # fmt: skip
+        ranking = {layer: {k: [_finite(v) for v in list(vals)[:16]] for k, vals in r.items()}
+                   for layer, r in engine.feature_ranking.items()}  # fmt: skip
+        return cls(
+            schema_version=SCHEMA_VERSION, run_id=evaluation.run_id,
+            model=ModelRecord(m.uri, m.name, m.version, m.aliases, m.source_run_id, m.model_id, m.description, m.tags,
+                              m.meta.to_metadata(), m.meta.inferred),
+            cohort=CohortRecord(cohort.source, int(len(engine.subjects.get("prob", []))), int(len(cohort.excluded)),
+                                cohort.covariates, cohort.excluded.astype(str).to_dict("records"),
+                                {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()}),
+            configuration={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(evaluation.options).items()},
+            engine=EngineRecord(
+                device=engine.device, amp=engine.amp, target_layer=engine.target_layer, cam_method=engine.cam_method,
+                feature_layers=engine.feature_layers, region_names=engine.region_names, chunk_size=engine.chunk_size,
+                threshold=engine.threshold, world_size=engine.world_size,
+                gradcam={"target_class": m.meta.positive_class, "upsampling": "trilinear",
+                         "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
+                sanity=sanity, feature_ranking=ranking,
+                gallery={o: [GalleryEntry(c.subject_id, _finite(c.prob), int(c.label)) for c in cases]
+                         for o, cases in engine.gallery.items()}),
+            plausibility=Plausibility(evaluation.verdict, evaluation.verdict_reason, dict(evaluation.summary)),
+            verdict=evaluation.verdict_applied or judge(evaluation.summary, engine.region_names, engine.cam_method),
+            verdict_recorded=True,
+            comparison=evaluation.comparison, comparison_recorded=True,
+            history={k: [(int(s), _finite(v)) for s, v in pts] for k, pts in evaluation.history.items()},
+            grid_affine=[[float(x) for x in row] for row in evaluation.grid_affine],
+            evaluated_at=evaluation.evaluated_at,
+            timings={k: _finite(v) for k, v in evaluation.timings.items()},
+            versions=_package_versions(),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict:
+        """evaluation.json: every key of the records before schema_version, and the new ones."""
+        return {
+            "schema_version": self.schema_version, "run_id": self.run_id,
+            "model": asdict(self.model), "cohort": asdict(self.cohort), "configuration": self.configuration,
+            "engine": asdict(self.engine), "plausibility": self.plausibility.to_dict(),
+            "verdict": self.verdict.to_dict(), "comparison": None if self.comparison is None else self.comparison.to_dict(),
+            "history": {k: [list(p) for p in pts] for k, pts in self.history.items()},
+            "grid_affine": self.grid_affine, "evaluated_at": self.evaluated_at, "timings": self.timings,
+            "versions": self.versions,
+        }  # fmt: skip
+
+    def write(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "this evaluation") -> EvaluationRecord:
+        """The record in ``data`` (evaluation.json's object). ``where`` names it in an error
+        (e.g. ``run 1a2b...``). Raises ``HeimerError`` (one line) for a record written by a newer
+        heimer-mlflow, whose layout this code cannot know."""
+        version = data.get("schema_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise HeimerError(f"{where}: evaluation.json has schema_version {version!r}, not a version heimer-mlflow "
+                              "writes; re-run the evaluation to get a readable record")  # fmt: skip
+        if version > SCHEMA_VERSION:
+            raise HeimerError(f"{where}: evaluation.json has schema_version {version}, newer than this heimer-mlflow "
+                              f"reads ({SCHEMA_VERSION}); upgrade it ({UPGRADE}) and render again")  # fmt: skip
+        engine, configuration = EngineRecord.from_dict(_dict(data.get("engine"))), _dict(data.get("configuration"))
+        plausibility = Plausibility.from_dict(_dict(data.get("plausibility")))
+        verdict, verdict_recorded = _verdict(data.get("verdict"), plausibility, engine, _cam_method(engine, configuration))
+        return cls(
+            schema_version=version, run_id=_str(data.get("run_id")), model=ModelRecord.from_dict(_dict(data.get("model"))),
+            cohort=CohortRecord.from_dict(_dict(data.get("cohort"))), configuration=configuration,
+            engine=engine, plausibility=plausibility, verdict=verdict, verdict_recorded=verdict_recorded,
+            comparison=_comparison(data["comparison"]) if isinstance(data.get("comparison"), dict) else None,
+            comparison_recorded="comparison" in data,
+            history={str(k): [(_int(p[0]), _number(p[1])) for p in _list(v) if isinstance(p, list) and len(p) == 2]
+                     for k, v in _dict(data.get("history")).items()},
+            grid_affine=_list(data.get("grid_affine")) or None,
+            evaluated_at=next((data[k] for k in ("evaluated_at", "created", "finished_at") if isinstance(data.get(k), str)),
+                              None),
+            timings={str(k): _number(v) for k, v in _dict(data.get("timings")).items()},
+            versions={str(k): _str(v) for k, v in _dict(data.get("versions")).items()},
+        )  # fmt: skip
+
+
+
+def _comparison(data: dict) -> Comparison:
+    """The recorded comparison with the champion (``champion.Comparison.to_dict``)."""
+    numbers = ("roc_auc", "champion_roc_auc", "roc_auc_diff", "roc_auc_diff_ci_lower", "roc_auc_diff_ci_upper",
+               "delong_p", "champion_cam_outside_brain_fraction")  # fmt: skip
+    texts = ("champion_version", "champion_run_id", "champion_verdict", "champion_verdict_reason",
+             "champion_cam_method", "note")  # fmt: skip
+    return Comparison(n_shared=_int(data.get("n_shared")) or 0, champion_estimates=_dict(data.get("champion_estimates")),
+                      **{k: _number(data.get(k)) for k in numbers}, **{k: _str(data.get(k)) or "" for k in texts})
+
+
+def _cam_method(engine: EngineRecord, configuration: dict) -> str:
+    """The primary map (``gradcam`` / ``hirescam``): the engine's, else the configuration's; an
+    evaluation from before HiResCAM existed used Grad-CAM."""
+    from .meta import CAM_NAMES
+
+    for value in (engine.cam_method, configuration.get("cam")):
+        if isinstance(value, str) and value.strip().lower() in CAM_NAMES:
+            return value.strip().lower()
+    return "gradcam"
+
+
+def _package_versions() -> dict[str, str]:
+    import platform
+    from importlib import metadata as package_metadata
+
+    from . import __version__
+
+    out = {"heimer-mlflow": __version__, "python": platform.python_version()}
+    for name in ("torch", "mlflow", "numpy", "scipy", "nibabel", "scikit-learn", "matplotlib", "weasyprint", "jinja2"):
+        try:
+            out[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.json
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupRecord:
+    """The figures of one set of subjects (``metrics.GroupMetrics.to_dict``)."""
+
+    n_subjects: int | None = None
+    n_positive: int | None = None
+    n_negative: int | None = None
+    confusion: dict[str, float | None] = field(default_factory=dict)  # tn, fp, fn, tp
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GroupRecord:
+        estimates = {str(k): estimate(v) for k, v in _dict(data.get("estimates")).items()}
+        return cls(_int(data.get("n_subjects")), _int(data.get("n_positive")), _int(data.get("n_negative")),
+                   {str(k): _number(v) for k, v in _dict(data.get("confusion")).items()},
+                   {k: v for k, v in estimates.items() if v is not None})  # fmt: skip
+
+
+@dataclass
+class SubgroupRecord:
+    covariate: str
+    group: str
+    metrics: GroupRecord
+
+
+@dataclass
+class MetricsRecord:
+    """``metrics.json`` (``metrics.ClassificationReport.to_json_dict`` and the plausibility
+    numbers), read as forgivingly as the evaluation record."""
+
+    class_names: list[str] | None = None
+    threshold: float | None = None
+    n_bootstrap: int | None = None
+    seed: int | None = None
+    confidence: float | None = None
+    overall: GroupRecord = field(default_factory=GroupRecord)
+    threshold_note: str | None = None
+    youden: dict[str, Estimate] = field(default_factory=dict)  # youden_threshold, _sensitivity, _specificity
+    subgroups: list[SubgroupRecord] = field(default_factory=list)
+    not_computable: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    plausibility: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data) -> MetricsRecord:
+        data = _dict(data)
+        names = data.get("class_names")
+        rationale = _dict(data.get("threshold_rationale"))
+        youden = {k: estimate(rationale.get(k)) for k in ("youden_threshold", "youden_sensitivity", "youden_specificity")}
+        return cls(
+            class_names=[str(c) for c in names] if isinstance(names, list) and len(names) == 2 else None,
+            threshold=_number(data.get("threshold")), n_bootstrap=_int(data.get("n_bootstrap")),
+            seed=_int(data.get("seed")), confidence=_number(data.get("confidence")),
+            overall=GroupRecord.from_dict(_dict(data.get("overall"))), threshold_note=_str(rationale.get("note")),
+            youden={k: v for k, v in youden.items() if v is not None},
+            subgroups=[SubgroupRecord(_str(_dict(s).get("covariate")) or "-", _str(_dict(s).get("group")) or "-",
+                                      GroupRecord.from_dict(_dict(s))) for s in _list(data.get("subgroups"))],
+            not_computable=[(_str(_dict(i).get("name")) or "-", _str(_dict(i).get("reason")) or "-")
+                            for i in _list(data.get("not_computable"))],
+            plausibility=Plausibility.from_dict(_dict(data.get("plausibility"))).numbers,
+        )  # fmt: skip
