@@ -30,7 +30,7 @@ from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.demo.nets import DemoCNN
 from heimer_mlflow.demo.synthetic import grid_for, write_cohort
 from heimer_mlflow.engine import run_engine
-from heimer_mlflow.evaluation import load_atlas
+from heimer_mlflow.atlas import load_atlas
 from heimer_mlflow.meta import ModelMeta
 
 

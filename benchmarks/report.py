@@ -21,7 +21,7 @@ from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.demo.nets import DemoCNN
 from heimer_mlflow.demo.synthetic import grid_for, write_cohort
 from heimer_mlflow.engine import run_engine
-from heimer_mlflow.evaluation import load_atlas
+from heimer_mlflow.atlas import load_atlas
 from heimer_mlflow.figures import render_all
 from heimer_mlflow.meta import ModelMeta
 from heimer_mlflow.metrics import compute_metrics

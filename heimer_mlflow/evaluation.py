@@ -13,7 +13,6 @@ import contextlib
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +31,8 @@ from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
 from .meta import CAM_NAMES
 from .metrics import ClassificationReport, compute_metrics
-from .registry import LoadedModel, load
+from .atlas import load_atlas, load_brain_mask
+from .registry import HISTORY_NAMES, LoadedModel, load, training_history
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 
 SAVE_CAMS = ("gallery", "all", "none")
@@ -144,87 +144,6 @@ class Evaluation:
 
 
 # --------------------------------------------------------------------------- training history
-
-HISTORY_NAMES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
-# Names training scripts commonly use, per curve; the first one the source run has wins.
-HISTORY_ALIASES = {
-    "train_loss": ("train_loss", "loss", "training_loss", "train/loss", "trn_loss"),
-    "val_loss": ("val_loss", "validation_loss", "valid_loss", "val/loss", "eval_loss", "test_loss"),
-    "train_accuracy": ("train_accuracy", "train_acc", "accuracy", "acc", "training_accuracy", "train/acc", "train/accuracy"),
-    "val_accuracy": ("val_accuracy", "val_acc", "validation_accuracy", "valid_acc", "val/acc", "val/accuracy", "eval_accuracy", "test_accuracy"),
-}
-
-
-def training_history(run_id: str | None, mapping: dict[str, str] | None = None) -> dict[str, list[tuple[int, float]]]:
-    """Train/validation loss and accuracy per step from the model's source run; curves the run
-    does not have are absent (the figure then says so)."""
-    import mlflow
-
-    if not run_id:
-        return {}
-    client = mlflow.MlflowClient()
-    try:
-        logged = client.get_run(run_id).data.metrics
-    except Exception as e:  # the source run may be gone or on another server: no curves, not a failure
-        warnings.warn(f"the training curves cannot be read from the source run {run_id} "
-                      f"({type(e).__name__}); the report says they are missing", RuntimeWarning, stacklevel=2)
-        return {}
-    history = {}
-    for curve in HISTORY_NAMES:
-        candidates = (mapping or {}).get(curve)
-        keys = (candidates,) if candidates else HISTORY_ALIASES[curve]
-        key = next((k for k in keys if k in logged), None)
-        if key is not None:
-            points = client.get_metric_history(run_id, key)
-            history[curve] = sorted((int(m.step), float(m.value)) for m in points)
-    return history
-
-
-# --------------------------------------------------------------------------- atlas
-
-
-def _on_grid(path: str, what: str, grid_shape, grid_affine) -> np.ndarray:
-    """The voxels of ``path``, a NIfTI that must lie on the cohort's grid (shape and affine)."""
-    try:
-        img = nib.load(path)
-        voxels = np.asarray(img.dataobj)
-    except Exception as e:
-        raise HeimerError(f"{what} {path} cannot be read as NIfTI ({type(e).__name__}); give a NIfTI image on the input grid") from None
-    if voxels.shape != tuple(grid_shape):
-        raise HeimerError(
-            f"{what} {path} has shape {voxels.shape}, the cohort grid is {tuple(grid_shape)}; "
-            f"resample the {what} to the input grid (nearest neighbour)"
-        )
-    if not np.allclose(img.affine, grid_affine, atol=1e-3):
-        raise HeimerError(f"{what} {path} has another affine than the cohort images; resample it to their grid")
-    return voxels
-
-
-def load_brain_mask(path: str, grid_shape, grid_affine) -> np.ndarray:
-    """A brain mask on the model's input grid (nonzero = brain), as bool."""
-    voxels = _on_grid(path, "brain mask", grid_shape, grid_affine)
-    mask = np.nan_to_num(voxels) != 0
-    if not mask.any() or mask.all():
-        raise HeimerError(f"brain mask {path} is {'empty' if not mask.any() else 'all brain'}: "
-                          "give a mask that is nonzero inside the brain and zero outside")  # fmt: skip
-    return mask
-
-
-def load_atlas(atlas: str, labels_csv: str, grid_shape, grid_affine) -> tuple[np.ndarray, dict[int, str]]:
-    """An integer label image on the model's input grid and its label table (index,name)."""
-    labels = _on_grid(atlas, "atlas", grid_shape, grid_affine)
-    try:
-        table = pd.read_csv(labels_csv)
-    except Exception as e:
-        raise HeimerError(f"atlas label table {labels_csv} is not a readable CSV ({type(e).__name__})") from None
-    if not {"index", "name"} <= set(table.columns):
-        raise HeimerError(f"atlas label table {labels_csv} needs the columns index,name (has {', '.join(table.columns)})")
-    names = {int(i): str(n) for i, n in zip(table["index"], table["name"]) if int(i) != 0}
-    present = set(np.unique(labels).astype(int)) - {0}
-    if not present & set(names):
-        raise HeimerError(f"none of the labels in {labels_csv} occur in {atlas}")
-    return np.rint(labels).astype(np.int64), names
-
 
 # --------------------------------------------------------------------------- evaluate
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 
 import mlflow
@@ -321,3 +322,39 @@ def load(uri: str, *, target_layer: str | None = None, map_location="cpu") -> Lo
         description=mv.description if mv is not None else None,
         tags=dict(mv.tags) if mv is not None else {},
     )
+
+
+# --------------------------------------------------------------------------- the source run's training curves
+
+
+HISTORY_NAMES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+# Names training scripts commonly use, per curve; the first one the source run has wins.
+HISTORY_ALIASES = {
+    "train_loss": ("train_loss", "loss", "training_loss", "train/loss", "trn_loss"),
+    "val_loss": ("val_loss", "validation_loss", "valid_loss", "val/loss", "eval_loss", "test_loss"),
+    "train_accuracy": ("train_accuracy", "train_acc", "accuracy", "acc", "training_accuracy", "train/acc", "train/accuracy"),
+    "val_accuracy": ("val_accuracy", "val_acc", "validation_accuracy", "valid_acc", "val/acc", "val/accuracy", "eval_accuracy", "test_accuracy"),
+}
+
+
+def training_history(run_id: str | None, mapping: dict[str, str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Train/validation loss and accuracy per step from the model's source run; curves the run
+    does not have are absent (the figure then says so)."""
+    if not run_id:
+        return {}
+    client = mlflow.MlflowClient()
+    try:
+        logged = client.get_run(run_id).data.metrics
+    except Exception as e:  # the source run may be gone or on another server: no curves, not a failure
+        warnings.warn(f"the training curves cannot be read from the source run {run_id} "
+                      f"({type(e).__name__}); the report says they are missing", RuntimeWarning, stacklevel=2)
+        return {}
+    history = {}
+    for curve in HISTORY_NAMES:
+        candidates = (mapping or {}).get(curve)
+        keys = (candidates,) if candidates else HISTORY_ALIASES[curve]
+        key = next((k for k in keys if k in logged), None)
+        if key is not None:
+            points = client.get_metric_history(run_id, key)
+            history[curve] = sorted((int(m.step), float(m.value)) for m in points)
+    return history
