@@ -6,7 +6,6 @@ import dataclasses
 import io
 import re
 import types
-from pathlib import Path
 from unittest import mock
 
 import matplotlib.image
@@ -20,6 +19,8 @@ from heimer_mlflow.engine.gallery import GalleryCase
 from heimer_mlflow.engine.run import EngineResult, SanityResult
 from heimer_mlflow.engine.stats import GroupMaps
 from heimer_mlflow.metrics import compute_metrics
+
+from .helpers import REPO
 
 SHAPE = (12, 14, 10)
 RAS_AFFINE = np.array([[2.0, 0, 0, -12], [0, 2.0, 0, -14], [0, 0, 2.0, -10], [0, 0, 0, 1]])
@@ -375,7 +376,7 @@ def test_titles_name_the_primary_map(report, engine_result):
 
 # -- printed text size -----------------------------------------------------------------------------------
 
-CSS = Path(__file__).resolve().parents[1] / "templates" / "report.css"
+CSS = REPO / "templates" / "report.css"
 
 
 def _css_mm(value: str, reference_mm: float) -> float:
