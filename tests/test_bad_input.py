@@ -113,6 +113,7 @@ def test_every_problem_in_one_line_before_a_run_is_opened(tracking, registered, 
     assert len(runs()) == before, "a cohort refused from its headers must not leave a run behind"
 
 
+@pytest.mark.slow
 def test_skip_bad_lists_every_exclusion_in_the_run_and_the_report(tracking, registered, broken_cohort, capsys):
     manifest, reasons = broken_cohort
     code, lines = evaluate(capsys, f"models:/{registered}/1", "--data", str(manifest), "--skip-bad")
@@ -249,6 +250,7 @@ def test_model_level_errors(tracking, registered, broken_cohort, tmp_path, capsy
 
 
 @pytest.mark.parametrize("sig, exit_code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, sig, exit_code):
     name = f"bad-input-{sig.name.lower()}"
     version = new_version(name, TinyCNN(), intensity="zscore")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 
 from heimer_mlflow import registry
 from heimer_mlflow.demo import run_demo, story
@@ -35,6 +36,7 @@ def assert_demo_registered(name: str, epochs: int, version: str = "1"):
     return loaded
 
 
+@pytest.mark.slow
 def test_demo_in_python(tracking, tmp_path):
     """The registry review's mechanics on a tiny cohort (whether the maps tell the two models
     apart needs the full-size demo, measured in README): champion v1 and challenger v2, both
@@ -75,6 +77,7 @@ def assert_demo_evaluated(name: str, training_run_id: str):
     assert mv.tags["heimer.verdict"] in ("pass", "review")
 
 
+@pytest.mark.slow
 def test_demo_through_the_cli(tracking, tmp_path):
     done = run_heimer(tracking, "-q", "demo", "--subjects", "12", "--eval-subjects", "6", "--epochs", "2",
                       "--voxel-size", "4", "--workdir", str(tmp_path / "d"), "--model-name", "demo-cli",
@@ -85,6 +88,7 @@ def test_demo_through_the_cli(tracking, tmp_path):
     assert "heimer.evaluation_run_id" not in mlflow.MlflowClient().get_model_version("demo-cli", "1").tags
 
 
+@pytest.mark.slow
 def test_demo_through_mlflow_run(tracking, tmp_path):
     params = {"subjects": 12, "eval_subjects": 6, "epochs": 2, "voxel_size": 4, "workdir": tmp_path / "m",
               "model_name": "demo-mlproject", "skip_challenger": "true"}  # fmt: skip

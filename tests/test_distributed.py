@@ -181,6 +181,7 @@ def runs(cohort, tmp_path_factory):
 
 
 @pytest.mark.parametrize("manifest", ["manifest.csv", "manifest_one.csv"])
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(runs, manifest):
     one, merged, other = (run[manifest] for run in runs)
     assert other is None and merged.world_size == 2 and one.world_size == 1
@@ -232,6 +233,7 @@ def test_two_ranks_equal_one_process(runs, manifest):
     assert merged.timings["subjects_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_the_whole_cohort_is_there_once(runs):
     one, merged, _ = (run["manifest.csv"] for run in runs)
     assert list(merged.subjects["index"]) == [i for i in range(N_SUBJECTS) if i != UNREADABLE]
@@ -248,6 +250,7 @@ def test_the_whole_cohort_is_there_once(runs):
     assert first.confidence == second.confidence
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_every_rank_without_hanging(cohort, tmp_path):
     started = time.perf_counter()
     output = finish(launch(cohort, tmp_path / "failing", "--fail"))

@@ -96,6 +96,7 @@ def outside_share(cam: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("factory", [odd_grid.resnet, odd_grid.densenet])
+@pytest.mark.slow
 def test_engine_with_hirescam_primary_follows_captum(factory):
     torch.manual_seed(0)
     model, layer = factory()

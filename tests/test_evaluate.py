@@ -39,6 +39,7 @@ def model_name(tracking_dir, cohort):
     return name
 
 
+@pytest.mark.slow
 def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
     done = run_heimer(tracking, "-q", "evaluate", f"models:/{model_name}@champion", "--data", str(cohort),
                       *atlas_args(cohort), "--workers", "0", "--bootstrap", "500", "--experiment", "cli-evals",
@@ -57,6 +58,7 @@ def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
     params = {"model_uri": f"models:/{model_name}/1", "data": cohort / "manifest.csv",
               "atlas": cohort / "atlas" / "atlas.nii.gz", "atlas_labels": cohort / "atlas" / "labels.csv",
@@ -71,6 +73,7 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
     check_evaluation_run(runs[0].info.run_id, cohort, model_name)
 
 
+@pytest.mark.slow
 def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_name):
     manifest = pd.read_csv(cohort / "manifest.csv")
     manifest["path"] = [str(cohort / p) for p in manifest["path"]]
@@ -110,6 +113,7 @@ def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_na
             candidate_result=result, baseline_result=result)
 
 
+@pytest.mark.slow
 def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
     result = evaluate(f"models:/{model_name}@champion", cohort, n_bootstrap=200, workers=0, progress=False,
                       save_cams="all", experiment="py-evals")
@@ -121,6 +125,7 @@ def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
         assert len(list((local / "volumes" / "subjects").glob(f"*_{method}.nii.gz"))) == 12
 
 
+@pytest.mark.slow
 def test_a_challenger_is_compared_with_the_champion_on_the_same_subjects(tracking, cohort, model_name):
     """v1 holds alias champion and was evaluated on this cohort; v2 evaluated on the same cohort
     records the comparison (metrics, evaluation.json, figure, report); on other data it does not."""
@@ -168,6 +173,7 @@ def test_a_challenger_is_compared_with_the_champion_on_the_same_subjects(trackin
         (["models:/tiny-eval/1", "--brain-mask", "no-such-mask.nii.gz"], "brain mask no-such-mask.nii.gz"),
     ],
 )
+@pytest.mark.slow
 def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, match):
     done = run_heimer(tracking, "-q", "evaluate", *args, "--data", str(cohort))
     assert done.returncode == 2
@@ -175,6 +181,7 @@ def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, m
     assert len(lines) == 1 and match in lines[0], done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_dataset_created_by_a_concurrent_evaluation_is_linked_not_fatal(tracking, cohort, model_name, monkeypatch):
     """Two evaluations of the same manifest at once: the store may refuse the slower one's dataset
     insert on its unique key (PostgreSQL's words below, seen in tests/test_server.py); the input is
@@ -207,6 +214,7 @@ def test_a_dataset_created_by_a_concurrent_evaluation_is_linked_not_fatal(tracki
         heimer_tracking._log_input(object(), None)
 
 
+@pytest.mark.slow
 def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, model_name, tmp_path):
     """--brain-mask: each subject's outside-brain share is its saved CAM outside that mask; a
     mask on another grid stops before the run, in one line."""
@@ -260,6 +268,7 @@ def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, fl
     assert ("outside the brain (limit" in reason) == (verdict == "review") and "nan" not in reason
 
 
+@pytest.mark.slow
 def test_an_experiment_created_by_a_concurrent_evaluation_gets_the_run(tracking, cohort, model_name, monkeypatch):
     """The loser of the experiment-creation race: MLflow's set_experiment then returns the
     experiment without making it active; the run must still land in it, not in Default."""

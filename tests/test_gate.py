@@ -113,6 +113,7 @@ def test_a_broken_rule_exits_3_after_the_run_finished(tracking, gated, capsys):
     assert tags["heimer.report"].startswith(run.info.artifact_uri)
 
 
+@pytest.mark.slow
 def test_python_require_passes_or_raises_with_the_evaluation(tracking, gated):
     version = new_version("gate-python", TinyCNN(), intensity="zscore")
     options = dict(experiment=EXPERIMENT, n_bootstrap=50, workers=0, progress=False)
@@ -149,6 +150,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigterm_after_the_render_leaves_the_version_untagged(tracking, gated):
     from heimer_mlflow.report import report_for_run
 

@@ -400,6 +400,7 @@ def _evaluation_run(client, experiment_id, artifacts: Path) -> str:
     return run.info.run_id
 
 
+@pytest.mark.slow
 def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, listener):
     import mlflow
     from mlflow import MlflowClient

@@ -112,6 +112,8 @@ def test_unreachable_server_fails_fast_with_one_line(cohort, tmp_path):
     assert elapsed < 15, f"took {elapsed:.1f} s to report the unreachable server (interpreter start included)"
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_evaluate_and_report_through_the_server(server_log, cohort, tmp_path):
     """Register, evaluate, re-render: run FINISHED, artifacts stored by the server and
     downloadable through it, the version tagged with this run, the PDF readable."""
@@ -161,6 +163,8 @@ def wait_for_running_run(client, experiment: str, proc: subprocess.Popen, timeou
     return None
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_evaluation_survives_a_server_restart(server_log, cohort, tmp_path):
     """Stop the server while the evaluation's run is RUNNING, keep it down, start a new one on
     the same port and store: MLflow's client retries carry the evaluation through."""
@@ -209,6 +213,8 @@ def test_evaluation_survives_a_server_restart(server_log, cohort, tmp_path):
         assert record["history"]["train_loss"] == [[0, 0.7], [1, 0.6]]
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_two_evaluations_at_once(server_log, cohort, tmp_path):
     """Two versions evaluated concurrently into one (new) experiment: each version's tags point
     to its own run, each run and report to its own version."""
