@@ -177,6 +177,7 @@ def test_render_all_tolerates_missing_pieces(tmp_path, report):
 # -- deterministic bytes ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_renders_are_byte_identical(tmp_path, report, engine_result, rendered):
     _, first = rendered
     second = F.render_all(report, engine_result, HISTORY, tmp_path / "two", dpi=40)
@@ -425,6 +426,7 @@ def _drawn_text_sizes(fig) -> list[tuple[float, str]]:
     return drawn
 
 
+@pytest.mark.slow
 def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
     """Every figure the evaluation makes, at the width report.css prints it: its smallest text is
     at least 6 pt on paper (font size x printed width / figure width). Brain figures print at

@@ -97,6 +97,7 @@ def cover_text(path: Path) -> str:
     return " ".join((reader.pages[0].extract_text() or "").split())
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_fast_with_one_line(cohort, tmp_path):
     """Nothing listens on the port: exit 2 within seconds, one line naming the URI."""
     uri = f"http://127.0.0.1:{free_port()}"
