@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone: creates ./.venv if absent, installs everything, then
-#   ./dev.sh demo [ARGS]   runs `heimer-mlflow demo ARGS`
-#   ./dev.sh test [ARGS]   runs the test suite (pytest ARGS)
-#   ./dev.sh setup         only the set-up
-#   ./dev.sh bench NAME    runs benchmarks/NAME.py
+#   ./dev.sh demo [ARGS]       runs `heimer-mlflow demo ARGS`
+#   ./dev.sh test [ARGS]       runs the test suite (pytest ARGS)
+#   ./dev.sh test-fast [ARGS]  runs the fast subset (pytest -m "not slow and not server" ARGS)
+#   ./dev.sh setup             only the set-up
+#   ./dev.sh bench NAME        runs benchmarks/NAME.py
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${HEIMER_VENV:-.venv}"
@@ -29,7 +30,8 @@ cmd="${1:-help}"
 case "$cmd" in
     demo)  exec "$VENV/bin/heimer-mlflow" demo "$@" ;;
     test)  exec "$VENV/bin/python" -m pytest "$@" ;;
+    test-fast) exec "$VENV/bin/python" -m pytest -m "not slow and not server" "$@" ;;
     bench) name="$1"; shift; exec "$VENV/bin/python" "benchmarks/$name.py" "$@" ;;
     setup) echo "[dev.sh] environment ready: $VENV" >&2 ;;
-    *)     sed -n '2,7p' "$0"; exit 2 ;;
+    *)     sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -19,37 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pypdf import PdfReader
 from torch import nn
 
-from heimer_mlflow import cli, registry
+from .helpers.artifacts import pdf_text
+from .helpers.cohorts import AFFINE, GRID, good_rows, head, write_implausible_header, write_manifest, write_nifti
+from .helpers.models import TinyCNN
+from .helpers.tracking import cli_evaluate, experiment_runs, heimer_tags, new_version, subprocess_env
 
-from .conftest import TinyCNN, subprocess_env
-
-GRID = (8, 10, 8)
-AFFINE = np.array([[-3.0, 0, 0, 12], [0, 3, 0, -18], [0, 0, 3, -9], [0, 0, 0, 1]])
 EXPERIMENT = "bad-input"
-
-
-def head(seed: int, shape=GRID) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    zz = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    inside = (zz ** 2).sum(0) < 0.7
-    return np.where(inside, 100 + 10 * rng.standard_normal(shape) + 5 * (seed % 2), 0).astype(np.float32)
-
-
-def write(path: Path, data, affine=AFFINE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
-
-
-def good_rows(folder: Path, n: int = 8) -> list[dict]:
-    rows = []
-    for i in range(n):
-        write(folder / f"good{i}.nii.gz", head(i))
-        rows.append({"path": f"good{i}.nii.gz", "label": "AD" if i % 2 else "CN", "subject_id": f"good{i}"})
-    return rows
 
 
 def broken_files(folder: Path) -> dict[str, tuple[str, str]]:
@@ -67,25 +44,21 @@ def broken_files(folder: Path) -> dict[str, tuple[str, str]]:
     cases["truncated_plain"] = ("truncated_plain.nii", "truncated")
     (folder / "text.nii.gz").write_bytes(gzip.compress(b"subject_id,label\n" * 40))
     cases["text"] = ("text.nii.gz", "not a readable NIfTI")
-    write(folder / "four_d.nii.gz", np.stack([head(22)] * 3, axis=-1))
+    write_nifti(folder / "four_d.nii.gz", np.stack([head(22)] * 3, axis=-1))
     cases["four_d"] = ("four_d.nii.gz", "4D")
-    write(folder / "small.nii.gz", head(23, (6, 6, 6)))
+    write_nifti(folder / "small.nii.gz", head(23, (6, 6, 6)))
     cases["small"] = ("small.nii.gz", "differs from the model input")
     nan = head(24)
     nan[4, 5, 4] = np.nan
-    write(folder / "nan.nii.gz", nan)
+    write_nifti(folder / "nan.nii.gz", nan)
     cases["nan"] = ("nan.nii.gz", "NaN or infinite")
     inf = head(25)
     inf[3, 3, 3] = np.inf
-    write(folder / "inf.nii.gz", inf)
+    write_nifti(folder / "inf.nii.gz", inf)
     cases["inf"] = ("inf.nii.gz", "NaN or infinite")
-    write(folder / "zeros.nii.gz", np.zeros(GRID, np.float32))
+    write_nifti(folder / "zeros.nii.gz", np.zeros(GRID, np.float32))
     cases["zeros"] = ("zeros.nii.gz", "all zeros")
-    huge = folder / "huge.nii"
-    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), AFFINE), str(huge))
-    patched = bytearray(huge.read_bytes())
-    patched[42:48] = np.array([4096, 4096, 4096], "<i2").tobytes()  # dim[1..3] of the NIfTI-1 header
-    huge.write_bytes(bytes(patched))
+    write_implausible_header(folder / "huge.nii")
     cases["huge"] = ("huge.nii", "implausible size")
     return cases
 
@@ -95,39 +68,17 @@ def registered(tracking_dir):
     """Version 1 of a tiny model with the full contract, for the cohort cases."""
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     torch.manual_seed(0)
-    mlflow.set_experiment("bad-input-training")
-    with mlflow.start_run():
-        registry.log_model(TinyCNN(), "model", input_shape=[1, *GRID], intensity="zscore",
-                           registered_model_name="bad-input", pip_requirements=["torch"])
+    new_version("bad-input", TinyCNN(), intensity="zscore")
     return "bad-input"
 
 
-def new_version(name: str, module: nn.Module, **contract) -> str:
-    """A fresh registered version (no heimer.* tags yet) of ``module``."""
-    mlflow.set_experiment("bad-input-training")
-    with mlflow.start_run():
-        info = registry.log_model(module, "model", input_shape=[1, *GRID], registered_model_name=name,
-                                  pip_requirements=["torch"], **contract)
-    return str(info.registered_model_version)
-
-
 def evaluate(capsys, *args) -> tuple[int, list[str]]:
-    code = cli.main(["-q", "evaluate", *args, "--experiment", EXPERIMENT, "--bootstrap", "50", "--workers", "0"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    # MLflow's own INFO lines appear in process only (the CLI quiets MLflow before importing it)
-    return code, [line for line in lines if " INFO mlflow" not in line]
+    code, lines, _ = cli_evaluate(capsys, *args, experiment=EXPERIMENT)
+    return code, lines
 
 
 def runs() -> list:
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return []
-    return mlflow.MlflowClient().search_runs([experiment.experiment_id], order_by=["start_time DESC"])
-
-
-def heimer_tags(name: str, version: str) -> dict:
-    tags = mlflow.MlflowClient().get_model_version(name, version).tags
-    return {k: v for k, v in tags.items() if k.startswith("heimer.")}
+    return experiment_runs(EXPERIMENT)
 
 
 # --------------------------------------------------------------------------- cohorts
@@ -144,8 +95,7 @@ def broken_cohort(tmp_path_factory):
              {"path": "good2.nii.gz", "label": "CN", "subject_id": "twin"}]
     reasons = {sid: why for sid, (_, why) in cases.items()}
     reasons.update(unknown_label="unknown label 'MCI'", twin="appears 2 times")
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv", reasons
+    return write_manifest(folder, rows), reasons
 
 
 def test_every_problem_in_one_line_before_a_run_is_opened(tracking, registered, broken_cohort, capsys):
@@ -163,6 +113,7 @@ def test_every_problem_in_one_line_before_a_run_is_opened(tracking, registered, 
     assert len(runs()) == before, "a cohort refused from its headers must not leave a run behind"
 
 
+@pytest.mark.slow
 def test_skip_bad_lists_every_exclusion_in_the_run_and_the_report(tracking, registered, broken_cohort, capsys):
     manifest, reasons = broken_cohort
     code, lines = evaluate(capsys, f"models:/{registered}/1", "--data", str(manifest), "--skip-bad")
@@ -179,8 +130,7 @@ def test_skip_bad_lists_every_exclusion_in_the_run_and_the_report(tracking, regi
     assert not set(predictions["subject_id"]) & set(reasons)
     for sid, why in reasons.items():
         assert why in exclusions.loc[exclusions["subject_id"] == sid, "reason"].iloc[0], sid
-    text = " ".join(page.extract_text() for page in PdfReader(next((local / "report").glob("*.pdf"))).pages)
-    flat = " ".join(text.split())
+    flat = pdf_text(next((local / "report").glob("*.pdf")))
     assert f"{len(reasons)} subjects were excluded" in flat
     table = "".join(flat[flat.find("Excluded subjects"):].split())  # narrow cells wrap ids
     for sid in reasons:
@@ -195,8 +145,7 @@ def voxel_broken_cohort(tmp_path_factory):
     rows = good_rows(folder)
     cases = {sid: v for sid, v in broken_files(folder).items() if sid in ("corrupt", "nan", "zeros")}
     rows += [{"path": file, "label": "CN", "subject_id": sid} for sid, (file, _) in cases.items()]
-    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv", {sid: why for sid, (_, why) in cases.items()}
+    return write_manifest(folder, rows), {sid: why for sid, (_, why) in cases.items()}
 
 
 def test_voxel_problems_stop_the_run_as_failed_and_leave_the_version_untagged(tracking, voxel_broken_cohort, capsys):
@@ -216,12 +165,6 @@ def test_voxel_problems_stop_the_run_as_failed_and_leave_the_version_untagged(tr
     assert "report" not in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 
 
-def manifest_with(folder: Path, rows: list[dict] | None, columns=("path", "label", "subject_id")) -> Path:
-    path = folder / "manifest.csv"
-    pd.DataFrame(rows or [], columns=list(columns)).to_csv(path, index=False)
-    return path
-
-
 @pytest.mark.parametrize("case, match", [
     ("empty", "lists no subjects; add rows with path,label"),
     ("no_label_column", "lacks the column(s) label"),
@@ -233,13 +176,13 @@ def test_cohort_level_errors(tracking, registered, tmp_path, capsys, case, match
     rows = good_rows(tmp_path)
     extra = []
     if case == "empty":
-        data = manifest_with(tmp_path, None)
+        data = write_manifest(tmp_path, None)
     elif case == "no_label_column":
-        data = manifest_with(tmp_path, [{"path": r["path"]} for r in rows], columns=("path",))
+        data = write_manifest(tmp_path, [{"path": r["path"]} for r in rows], columns=("path",))
     elif case == "one_class":
-        data = manifest_with(tmp_path, [r for r in rows if r["label"] == "CN"])
+        data = write_manifest(tmp_path, [r for r in rows if r["label"] == "CN"])
     elif case == "one_class_after_skip":
-        data = manifest_with(tmp_path, [{**r, "path": "gone.nii.gz"} if r["label"] == "AD" else r for r in rows])
+        data = write_manifest(tmp_path, [{**r, "path": "gone.nii.gz"} if r["label"] == "AD" else r for r in rows])
         extra = ["--skip-bad"]
     else:
         data = tmp_path / "nowhere.csv"
@@ -283,7 +226,7 @@ def log_raw(name: str, module: nn.Module) -> str:
 
 
 def test_model_level_errors(tracking, registered, broken_cohort, tmp_path, capsys):
-    data = manifest_with(tmp_path, good_rows(tmp_path))
+    data = write_manifest(tmp_path, good_rows(tmp_path))
     cases = [
         ("models:/no-such-model/1", [], "no-such-model"),
         (f"models:/{registered}/7", [], "version"),
@@ -307,10 +250,11 @@ def test_model_level_errors(tracking, registered, broken_cohort, tmp_path, capsy
 
 
 @pytest.mark.parametrize("sig, exit_code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, sig, exit_code):
     name = f"bad-input-{sig.name.lower()}"
     version = new_version(name, TinyCNN(), intensity="zscore")
-    data = manifest_with(tmp_path, good_rows(tmp_path, 12))
+    data = write_manifest(tmp_path, good_rows(tmp_path, 12))
     experiment = f"signals-{sig.name}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{name}/{version}", "--data", str(data),
@@ -337,7 +281,7 @@ def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, si
 
 
 def test_models_that_cannot_run_on_the_cohort(tracking, tmp_path, capsys, monkeypatch):
-    data = manifest_with(tmp_path, good_rows(tmp_path))
+    data = write_manifest(tmp_path, good_rows(tmp_path))
     # a class only importable while the model is logged, as with a team's own training package
     (tmp_path / "team_nets.py").write_text(
         "from torch import nn\n"

@@ -16,29 +16,15 @@ from heimer_mlflow.cohort import (
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
-GRID = (8, 10, 8)
-AFFINE = np.array([[-3.0, 0, 0, 12], [0, 3, 0, -18], [0, 0, 3, -9], [0, 0, 0, 1]])
+from .helpers.cohorts import AFFINE, GRID, head, write_implausible_header, write_nifti
+
 CLASSES = ["CN", "AD"]
-
-
-def head(seed: int, shape=GRID) -> np.ndarray:
-    """A bright ellipsoid 'head' on a zero background."""
-    rng = np.random.default_rng(seed)
-    zz = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    inside = (zz ** 2).sum(0) < 0.7
-    return np.where(inside, 100 + 10 * rng.standard_normal(shape), 0).astype(np.float32)
-
-
-def write(path, data, affine=AFFINE):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
 
 
 @pytest.fixture
 def manifest_dir(tmp_path):
     for i in range(4):
-        write(tmp_path / "img" / f"s{i}.nii.gz", head(i))
+        write_nifti(tmp_path / "img" / f"s{i}.nii.gz", head(i))
     pd.DataFrame({
         "path": [f"img/s{i}.nii.gz" for i in range(4)],
         "label": ["CN", "AD", 0, "ad"],
@@ -65,9 +51,9 @@ def test_manifest_paths_relative_labels_by_name_or_index_and_covariates(manifest
 
 
 def test_class_folders(tmp_path):
-    write(tmp_path / "AD" / "a1.nii.gz", head(1))
-    write(tmp_path / "CN" / "c1.nii", head(2))
-    write(tmp_path / "CN" / "c2.nii.gz", head(3))
+    write_nifti(tmp_path / "AD" / "a1.nii.gz", head(1))
+    write_nifti(tmp_path / "CN" / "c1.nii", head(2))
+    write_nifti(tmp_path / "CN" / "c2.nii.gz", head(3))
     (tmp_path / "CN" / "notes.txt").write_text("ignored")
     cohort = read_cohort(tmp_path, CLASSES)
     assert sorted(zip(cohort.table["subject_id"], cohort.table["label_name"])) == [
@@ -77,9 +63,9 @@ def test_class_folders(tmp_path):
 
 
 def test_every_problem_in_one_message_or_skipped_with_reasons(tmp_path):
-    write(tmp_path / "ok.nii.gz", head(0))
-    write(tmp_path / "four_d.nii.gz", np.zeros((*GRID, 3), np.float32))
-    write(tmp_path / "small.nii.gz", head(0, (6, 6, 6)))
+    write_nifti(tmp_path / "ok.nii.gz", head(0))
+    write_nifti(tmp_path / "four_d.nii.gz", np.zeros((*GRID, 3), np.float32))
+    write_nifti(tmp_path / "small.nii.gz", head(0, (6, 6, 6)))
     (tmp_path / "text.nii.gz").write_bytes(gzip.compress(b"not a nifti at all" * 30))
     rows = ["ok", "four_d", "small", "text", "missing"]
     pd.DataFrame({"path": [f"{r}.nii.gz" for r in rows], "label": ["CN", "AD", "CN", "AD", "CN"]}).to_csv(
@@ -100,11 +86,7 @@ def test_every_problem_in_one_message_or_skipped_with_reasons(tmp_path):
 
 
 def test_absurd_header_is_refused_without_reading(tmp_path):
-    path = tmp_path / "huge.nii"
-    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), AFFINE), str(path))
-    raw = bytearray(path.read_bytes())
-    raw[42:48] = np.array([4096, 4096, 4096], "<i2").tobytes()  # dim[1..3] of the NIfTI-1 header
-    path.write_bytes(bytes(raw))
+    path = write_implausible_header(tmp_path / "huge.nii")
     assert nib.load(str(path)).shape == (4096, 4096, 4096)
     cohort = read_cohort(pd.DataFrame({"path": [str(tmp_path / "huge.nii")], "label": ["AD"]}), CLASSES)
     with pytest.raises(CohortProblems, match="implausible size"):
@@ -151,7 +133,7 @@ def test_brain_mask_leaves_out_a_detached_patch():
 
 
 def test_dataset_and_loader_yield_volumes_labels_ids_affines(manifest_dir):
-    write(manifest_dir / "img" / "s1.nii.gz", np.where(head(1) > 0, np.nan, 0).astype(np.float32))
+    write_nifti(manifest_dir / "img" / "s1.nii.gz", np.where(head(1) > 0, np.nan, 0).astype(np.float32))
     cohort = validate(read_cohort(manifest_dir / "cohort.csv", CLASSES), meta(intensity="zscore"))
     loader = make_loader(CohortDataset(cohort, meta(intensity="zscore")), batch_size=3, workers=1)
     batches = list(loader)

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 
 from heimer_mlflow import registry
 from heimer_mlflow.demo import run_demo, story
 
-from .conftest import subprocess_env
+from .helpers.tracking import DESIGN_KEYS, mlflow_run, run_heimer
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(subjects=12, eval_subjects=6, epochs=2, voxel_size=4.0)
 HISTORIES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-DESIGN_KEYS = {"class_names", "positive_class", "input_shape", "intensity", "target_layer"}
 
 
 def assert_demo_registered(name: str, epochs: int, version: str = "1"):
@@ -37,6 +36,7 @@ def assert_demo_registered(name: str, epochs: int, version: str = "1"):
     return loaded
 
 
+@pytest.mark.slow
 def test_demo_in_python(tracking, tmp_path):
     """The registry review's mechanics on a tiny cohort (whether the maps tell the two models
     apart needs the full-size demo, measured in README): champion v1 and challenger v2, both
@@ -80,23 +80,22 @@ def assert_demo_evaluated(name: str, training_run_id: str):
     assert mv.tags["heimer.verdict"] in ("pass", "review")
 
 
+@pytest.mark.slow
 def test_demo_through_the_cli(tracking, tmp_path):
-    cmd = [sys.executable, "-m", "heimer_mlflow", "-q", "demo", "--subjects", "12", "--eval-subjects", "6",
-           "--epochs", "2", "--voxel-size", "4", "--workdir", str(tmp_path / "d"), "--model-name", "demo-cli",
-           "--skip-evaluation"]
-    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
+    done = run_heimer(tracking, "-q", "demo", "--subjects", "12", "--eval-subjects", "6", "--epochs", "2",
+                      "--voxel-size", "4", "--workdir", str(tmp_path / "d"), "--model-name", "demo-cli",
+                      "--skip-evaluation")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "demo-cli version 1" in done.stdout
     assert_demo_registered("demo-cli", 2)
     assert "heimer.evaluation_run_id" not in mlflow.MlflowClient().get_model_version("demo-cli", "1").tags
 
 
+@pytest.mark.slow
 def test_demo_through_mlflow_run(tracking, tmp_path):
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "demo", "--env-manager", "local",
-           "--experiment-name", "heimer-demo-mlproject",
-           "-P", "subjects=12", "-P", "eval_subjects=6", "-P", "epochs=2", "-P", "voxel_size=4",
-           "-P", f"workdir={tmp_path / 'm'}", "-P", "model_name=demo-mlproject", "-P", "skip_challenger=true"]
-    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    params = {"subjects": 12, "eval_subjects": 6, "epochs": 2, "voxel_size": 4, "workdir": tmp_path / "m",
+              "model_name": "demo-mlproject", "skip_challenger": "true"}  # fmt: skip
+    done = mlflow_run(tracking, "demo", "heimer-demo-mlproject", params, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = assert_demo_registered("demo-mlproject", 2)
     # the training metrics went into the run that `mlflow run` started

@@ -24,7 +24,7 @@ from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
 
-from .conftest import TinyCNN
+from .helpers.models import TinyCNN
 
 GRID = (24, 28, 24)  # 4 mm voxels: a 96 x 112 x 96 mm field of view
 # Stored left-to-right flipped (LAS), as many scanners write it: the views must still come out RAS.
@@ -232,6 +232,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path, model, call, words):
         assert word in message
 
 
+@pytest.mark.slow  # a fresh interpreter: about 12 s
 def test_nothing_is_written_to_mlflow(tmp_path):
     """The whole notebook flow in a fresh interpreter: MLflow is never imported, nothing lands in the folder."""
     script = textwrap.dedent("""

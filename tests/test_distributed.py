@@ -1,14 +1,13 @@
 """One evaluation sharded over two gloo processes (torchrun) equals a one-process run; a failure
 on one rank ends both with the failing rank's message, without hanging.
 
-The workers are this file run as a script (``--worker``), under ``torchrun --standalone`` for the
-sharded run and as a plain process for the reference, both with one thread each.
+The workers are this module run with ``python -m`` (``--worker``), under ``torchrun --standalone``
+for the sharded run and as a plain process for the reference, both with one thread each.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import subprocess
@@ -32,6 +31,9 @@ from heimer_mlflow.engine.run import SUBJECT_COLUMNS
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
+from .helpers import REPO
+from .helpers.models import small_cnn
+
 SPATIAL = (16, 18, 16)
 N_SUBJECTS = 12
 UNREADABLE = 3  # cohort row with a NaN voxel: excluded, and one of the sanity subjects
@@ -41,19 +43,10 @@ ATLAS_LABELS = np.zeros(SPATIAL, dtype=np.int64)
 ATLAS_LABELS[5:9, 6:10, 5:9] = 1
 ATLAS_LABELS[9:12, 4:8, 4:12] = 2
 ATLAS = (ATLAS_LABELS, {1: "ventricles", 2: "hippocampus"})
-# seed: the randomised weights of the sanity check must differ from tiny_model's (seed 0)
+# seed: the randomised weights of the sanity check must differ from small_cnn's (seed 0)
 OPTIONS = dict(feature_layers=("0",), atlas=ATLAS, gallery_k=2, sanity_subjects=5, progress=False, seed=1)
 FAILING_RANK, SLOW_FORWARD_S = 1, 0.4
 LAUNCH_TIMEOUT_S = 90
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-        nn.Conv3d(4, 6, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, 2),
-    ).eval()  # fmt: skip
 
 
 def write_cohort(folder: Path) -> None:
@@ -115,7 +108,7 @@ def worker(argv: list[str]) -> None:
     out = args.out / f"rank{rank}.pkl"
     try:
         if args.fail:
-            model = Injected(tiny_model(), failing=rank == FAILING_RANK)
+            model = Injected(small_cnn(), failing=rank == FAILING_RANK)
             try:
                 evaluate(args.cohort / "manifest.csv", model, ctx, batch_size=1, feature_layers=("model.0",))
                 outcome = {"error": None}
@@ -123,7 +116,7 @@ def worker(argv: list[str]) -> None:
                 outcome = {"error": str(e)}
             outcome["forwards"] = model.forwards
         else:
-            outcome = {name: evaluate(args.cohort / name, tiny_model(), ctx)
+            outcome = {name: evaluate(args.cohort / name, small_cnn(), ctx)
                        for name in ("manifest.csv", "manifest_one.csv")}  # fmt: skip
         out.write_bytes(pickle.dumps(outcome))
     finally:
@@ -147,8 +140,9 @@ def evaluate(manifest: Path, model, ctx, batch_size: int = 3, **options):
 
 def launch(cohort: Path, out: Path, *extra: str, processes: int = 2) -> subprocess.Popen:
     out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [sys.executable, __file__, "--worker", str(cohort), str(out), *extra]
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]  # REPO: the package `tests`
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths))
+    command = [sys.executable, "-m", __spec__.name, "--worker", str(cohort), str(out), *extra]
     if processes > 1:
         for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(name, None)
@@ -187,6 +181,7 @@ def runs(cohort, tmp_path_factory):
 
 
 @pytest.mark.parametrize("manifest", ["manifest.csv", "manifest_one.csv"])
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(runs, manifest):
     one, merged, other = (run[manifest] for run in runs)
     assert other is None and merged.world_size == 2 and one.world_size == 1
@@ -238,6 +233,7 @@ def test_two_ranks_equal_one_process(runs, manifest):
     assert merged.timings["subjects_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_the_whole_cohort_is_there_once(runs):
     one, merged, _ = (run["manifest.csv"] for run in runs)
     assert list(merged.subjects["index"]) == [i for i in range(N_SUBJECTS) if i != UNREADABLE]
@@ -254,6 +250,7 @@ def test_the_whole_cohort_is_there_once(runs):
     assert first.confidence == second.confidence
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_every_rank_without_hanging(cohort, tmp_path):
     started = time.perf_counter()
     output = finish(launch(cohort, tmp_path / "failing", "--fail"))

@@ -5,7 +5,6 @@ rank ends the job with the rank's message, the run FAILED and the version untagg
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,25 +16,22 @@ import pandas as pd
 import pytest
 import torch
 
-from heimer_mlflow import registry
-from heimer_mlflow.demo.synthetic import write_cohort
+from .helpers import REPO
+from .helpers.cohorts import SYNTHETIC_INPUT_SHAPE, atlas_args
+from .helpers.models import FailsOnRankOne
+from .helpers.tracking import heimer_tags, log_version, only_run, register_tiny_model, subprocess_env
 
-from .conftest import FailsOnRankOne, register_tiny_model, subprocess_env
-
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist-cohort") / "cohort"
-    write_cohort(out, n_subjects=12, seed=5, voxel_size=4.0, progress=False)
-    return out
+def cohort(synthetic_cohort):
+    return synthetic_cohort
 
 
 def command(model_uri: str, cohort: Path, experiment: str, processes: int) -> list[str]:
-    args = ["-m", "heimer_mlflow", "-q", "evaluate", model_uri, "--data", str(cohort),
-            "--atlas", str(cohort / "atlas" / "atlas.nii.gz"), "--atlas-labels", str(cohort / "atlas" / "labels.csv"),
+    args = ["-m", "heimer_mlflow", "-q", "evaluate", model_uri, "--data", str(cohort), *atlas_args(cohort),
             "--experiment", experiment, "--bootstrap", "200", "--workers", "0", "--device", "cpu"]
     if processes > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *args]
@@ -49,13 +45,6 @@ def launch(tracking: Path, model_uri: str, cohort: Path, experiment: str, proces
         env.pop(name, None)
     return subprocess.run(command(model_uri, cohort, experiment, processes), env=env, capture_output=True,
                           text=True, timeout=TIMEOUT_S, cwd=tracking)
-
-
-def only_run(experiment: str):
-    found = mlflow.get_experiment_by_name(experiment)
-    runs = mlflow.MlflowClient().search_runs([found.experiment_id])
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    return runs[0]
 
 
 def test_two_processes_log_one_run_equal_to_one_process(tracking, cohort):
@@ -89,11 +78,8 @@ def test_two_processes_log_one_run_equal_to_one_process(tracking, cohort):
 
 def test_a_fault_on_one_rank_fails_the_run_and_tags_nothing(tracking, cohort):
     torch.manual_seed(0)
-    mlflow.set_experiment("tiny-training")
-    with mlflow.start_run():
-        info = registry.log_model(FailsOnRankOne(), "model", input_shape=[1, 46, 55, 46], intensity="zscore",
-                                  registered_model_name="dist-fault", pip_requirements=["torch"])
-    version = str(info.registered_model_version)
+    version = log_version("dist-fault", FailsOnRankOne(), input_shape=SYNTHETIC_INPUT_SHAPE, intensity="zscore",
+                          experiment="tiny-training")  # fmt: skip
     done = launch(tracking, f"models:/dist-fault/{version}", cohort, "dist-fault", 2)
     assert done.returncode != 0
     assert "rank 1 of 2 failed: the model fails on an input" in done.stderr, done.stderr[-3000:]
@@ -102,5 +88,4 @@ def test_a_fault_on_one_rank_fails_the_run_and_tags_nothing(tracking, cohort):
     run = only_run("dist-fault")
     assert run.info.status == "FAILED"
     assert "rank 1 of 2 failed" in run.data.tags["heimer.error"]
-    version_tags = mlflow.MlflowClient().get_model_version("dist-fault", version).tags
-    assert not {k for k in version_tags if k.startswith("heimer.")}
+    assert not heimer_tags("dist-fault", version)

@@ -5,49 +5,12 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from monai.networks.nets import DenseNet, ResNet
 from scipy import stats as scipy_stats
 
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
 
-GRID = (19, 23, 17)  # odd on purpose: uneven upsampling factors, cells cut by the border
-N = 12
-
-
-def resnet():
-    net = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 4, 8, 8], spatial_dims=3,
-                 n_input_channels=1, num_classes=1)  # fmt: skip
-    return net, "layer3.0.conv2"
-
-
-def densenet():
-    net = DenseNet(spatial_dims=3, in_channels=1, out_channels=2, init_features=4, growth_rate=4,
-                   block_config=(2, 2), bn_size=2)  # fmt: skip
-    return net, "features.denseblock2.denselayer2.layers.conv2"
-
-
-class Subjects(torch.utils.data.Dataset):
-    def __init__(self):
-        g = torch.Generator().manual_seed(3)
-        self.images = torch.randn((N, 1, *GRID), generator=g)
-        self.labels = torch.arange(N) % 2
-        self.images[self.labels == 1, :, 4:10, 5:12, 3:9] += 1.0
-        self.masks = torch.zeros((N, *GRID), dtype=torch.bool)
-        for i in range(N):  # a different "brain" per subject
-            self.masks[i, 2 + i % 3 : 16, 3:20, 2 : 15 - i % 2] = True
-
-    def __len__(self):
-        return N
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": int(self.labels[i]), "subject_id": f"s{i:02d}",
-                "affine": torch.eye(4, dtype=torch.float64), "brain_mask": self.masks[i], "index": i, "problem": ""}  # fmt: skip
-
-
-ATLAS_LABELS = np.zeros(GRID, dtype=np.int32)
-ATLAS_LABELS[4:10, 5:12, 3:9] = 1
-ATLAS_LABELS[12:19, 0:6, :] = 2
+from .helpers.odd_grid import ATLAS, ATLAS_LABELS, GRID, Subjects, densenet, resnet
 
 
 @pytest.mark.parametrize("factory", [resnet, densenet])
@@ -59,8 +22,7 @@ def test_engine_cam_numbers_equal_captum_on_the_input_grid(factory):
     n_outputs = 1 if factory is resnet else 2
     meta = ModelMeta(class_names=["CN", "AD"], positive_class="AD", input_shape=[1, *GRID], target_layer=layer)
     result = run_engine(model, torch.utils.data.DataLoader(data, batch_size=5), meta, device="cpu", progress=False,
-                        atlas=(ATLAS_LABELS, {1: "lesion", 2: "corner"}), gallery_k=2, sanity_subjects=2,
-                        cam="gradcam")  # fmt: skip
+                        atlas=ATLAS, gallery_k=2, sanity_subjects=2, cam="gradcam")  # fmt: skip
 
     assert "cam|neighbours" in result.stats.state  # the layer-grid path, not voxel-wise sums
     attribution = LayerGradCam(model, model.get_submodule(layer)).attribute(

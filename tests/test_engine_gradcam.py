@@ -3,60 +3,14 @@
 import pytest
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from monai.networks.nets import DenseNet, ResNet
 from monai.visualize import GradCAM
 from torch import nn
 
 from heimer_mlflow.engine import GradCam3d, conv_layers, normalize_per_subject, resolve_layer
 from heimer_mlflow.errors import HeimerError
 
-SHAPE = (1, 24, 28, 24)
-
-
-class ConvStack(nn.Module):
-    def __init__(self, n_outputs: int, inplace: bool = False):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
-            nn.MaxPool3d(2),
-            nn.Conv3d(4, 8, 3, padding=1), nn.ReLU(),
-            nn.MaxPool3d(2),
-            nn.Conv3d(8, 8, 3, padding=1), nn.ReLU(inplace=inplace),
-        )  # fmt: skip
-        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, n_outputs))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def conv_stack(n_outputs):
-    return ConvStack(n_outputs), "features.6"
-
-
-def densenet(n_outputs):
-    net = DenseNet(spatial_dims=3, in_channels=1, out_channels=n_outputs, init_features=4, growth_rate=4,
-                   block_config=(2, 2), bn_size=2)  # fmt: skip
-    return net, "features.denseblock2.denselayer2.layers.conv2"
-
-
-def resnet(n_outputs):
-    net = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 4, 8, 8], spatial_dims=3,
-                 n_input_channels=1, num_classes=n_outputs, conv1_t_stride=1, no_max_pool=True)  # fmt: skip
-    return net, "layer4.0.conv2"
-
-
-def make(factory, n_outputs, seed=0):
-    torch.manual_seed(seed)
-    model, layer = factory(n_outputs)
-    return model.eval(), layer
-
-
-def mixed_batch(seed=1):
-    """Four subjects of two 'classes' (shifted intensity) so targets and maps differ within the batch."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((4, *SHAPE), generator=g)
-    x[2:] += 1.0
-    return x
+from .helpers.models import ConvStack, conv_stack, densenet, make, resnet
+from .helpers.subjects import SHAPE, mixed_batch
 
 
 @pytest.mark.parametrize("factory", [conv_stack, densenet, resnet])

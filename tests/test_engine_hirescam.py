@@ -17,11 +17,12 @@ from heimer_mlflow.evaluation import EvaluationOptions
 from heimer_mlflow.meta import ModelMeta
 from heimer_mlflow.demo.nets import DemoCNN
 
-from . import test_engine_architectures as architectures
-from .test_engine_gradcam import SHAPE, ConvStack, densenet, make, mixed_batch, resnet
+from .helpers import odd_grid
+from .helpers.models import ConvStack, densenet, make, resnet
+from .helpers.subjects import SHAPE, mixed_batch, pulled
 
-GRID = architectures.GRID
-REGIONS = (architectures.ATLAS_LABELS, {1: "lesion", 2: "corner"})
+GRID = odd_grid.GRID
+REGIONS = odd_grid.ATLAS
 
 
 def demo_cnn(head):
@@ -94,13 +95,14 @@ def outside_share(cam: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return (cam * ~masks).sum((1, 2, 3)) / cam.sum((1, 2, 3))
 
 
-@pytest.mark.parametrize("factory", [architectures.resnet, architectures.densenet])
+@pytest.mark.parametrize("factory", [odd_grid.resnet, odd_grid.densenet])
+@pytest.mark.slow
 def test_engine_with_hirescam_primary_follows_captum(factory):
     torch.manual_seed(0)
     model, layer = factory()
     model.eval()
-    data = architectures.Subjects()
-    target = 0 if factory is architectures.resnet else 1
+    data = odd_grid.Subjects()
+    target = 0 if factory is odd_grid.resnet else 1
     saved = {}
     result = engine(model, layer, data, cam="hirescam",
                     save_cams=lambda sid, cams, affine: saved.setdefault(sid, (cams, affine)))  # fmt: skip
@@ -122,7 +124,7 @@ def test_engine_with_hirescam_primary_follows_captum(factory):
     np.testing.assert_allclose(rows["hirescam_outside_brain_fraction"], outside_share(hirescam, masks), rtol=1e-4)
     np.testing.assert_allclose(rows["gradcam_outside_brain_fraction"], outside_share(gradcam, masks), rtol=1e-4)
     np.testing.assert_array_equal(rows["cam_outside_brain_fraction"], rows["hirescam_outside_brain_fraction"])
-    lesion = architectures.ATLAS_LABELS == 1
+    lesion = odd_grid.ATLAS_LABELS == 1
     lesion_share = (hirescam * lesion).sum((1, 2, 3)) / (hirescam * masks).sum((1, 2, 3))
     gain = lesion_share / (lesion.sum() / masks.sum((1, 2, 3)))
     np.testing.assert_allclose(rows["cam_roi_gain_lesion"], gain, rtol=1e-4, atol=1e-6)
@@ -156,18 +158,10 @@ def test_engine_with_hirescam_primary_follows_captum(factory):
         np.testing.assert_allclose(other.subjects[column], rows[column], rtol=1e-6, err_msg=column)
 
 
-def pulled(volume: torch.Tensor, layer_grid) -> torch.Tensor:
-    """U^T volume on the layer grid, by autograd through F.interpolate (independent of engine.upsampling)."""
-    cells = torch.zeros((1, 1, *layer_grid), dtype=torch.float64, requires_grad=True)
-    up = F.interpolate(cells, tuple(volume.shape), mode="trilinear", align_corners=False)
-    (up[0, 0] * volume.double()).sum().backward()
-    return cells.grad[0, 0]
-
-
 def test_method_agreement_is_spearman_over_the_mostly_brain_cells():
     torch.manual_seed(0)
     model, layer = ConvStack(1).eval(), "features.3"  # a 9x11x8 layer grid: enough cells to rank
-    data = architectures.Subjects()
+    data = odd_grid.Subjects()
     result = engine(model, layer, data)
     attribution = GradCam3d(model, layer).attribute(data.images, 0)
     layer_grid = tuple(attribution.layer_cam.shape[1:])
@@ -189,7 +183,7 @@ def test_method_agreement_is_spearman_over_the_mostly_brain_cells():
 def test_with_global_average_pooling_the_methods_agree():
     torch.manual_seed(0)
     model = DemoCNN(n_outputs=1, width=4, dropout=0.0, head="avg").eval()
-    data = architectures.Subjects()
+    data = odd_grid.Subjects()
     result = engine(model, model.gradcam_layer, data)
     rows = result.subjects
     agreement = rows["cam_method_agreement"]
@@ -199,9 +193,9 @@ def test_with_global_average_pooling_the_methods_agree():
 
 
 def test_an_unknown_cam_method_is_a_user_error():
-    model, layer = architectures.resnet()
+    model, layer = odd_grid.resnet()
     with pytest.raises(HeimerError, match="^unknown cam 'scorecam': use gradcam or hirescam$"):
-        engine(model, layer, architectures.Subjects(), cam="scorecam")
+        engine(model, layer, odd_grid.Subjects(), cam="scorecam")
     with pytest.raises(HeimerError, match="^unknown cam 'x': use gradcam or hirescam$"):
         EvaluationOptions(cam="x").check()
     assert EvaluationOptions(cam="hirescam").check().cam == "hirescam"

@@ -1,6 +1,7 @@
 """run_engine on a tiny in-memory cohort: every output against a direct computation."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -13,13 +14,18 @@ from heimer_mlflow.engine import GradCam3d, pick_device, run_engine, spearman
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
+from .helpers.models import small_cnn
+from .helpers.subjects import InMemorySubjects, pulled
+
 SPATIAL = (12, 14, 12)
 N = 10
 META = ModelMeta(class_names=["CN", "AD"], positive_class="AD", input_shape=[1, *SPATIAL])
 
 
-class Subjects(torch.utils.data.Dataset):
-    """Dict items shaped like heimer_mlflow.cohort.CohortDataset's."""
+class Subjects(InMemorySubjects):
+    """Noise with a planted "lesion" in AD (odd indices); one brain mask for all, 2 mm voxels."""
+
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
 
     def __init__(self, n=N, seed=0, problems=()):
         g = torch.Generator().manual_seed(seed)
@@ -30,24 +36,11 @@ class Subjects(torch.utils.data.Dataset):
         self.mask[2:10, 2:12, 2:10] = True
         self.problems = set(problems)
 
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {
-            "image": self.images[i], "label": int(self.labels[i]), "subject_id": f"sub-{i:02d}",
-            "affine": torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64)),
-            "brain_mask": self.mask, "index": i, "problem": "corrupt gzip" if i in self.problems else "",
-        }  # fmt: skip
+    def brain_mask(self, i):
+        return self.mask
 
 
-def model_with(n_outputs, seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool3d(2),
-        nn.Conv3d(4, 6, 3, padding=1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(6, n_outputs),
-    ).eval()  # fmt: skip
+model_with = functools.partial(small_cnn, inplace=True)  # in-place ReLUs, as in many real models
 
 
 def loader(dataset=None, batch_size=4):
@@ -180,14 +173,8 @@ def even_brain_floor(mask: torch.Tensor, layer_grid) -> float:
     """The outside share of a map spread evenly over the brain as a layer grid can draw it: each
     cell at its share of brain (U^T m / U^T 1, by autograd through F.interpolate), upsampled."""
 
-    def pulled(volume):
-        cells = torch.zeros((1, 1, *layer_grid), dtype=torch.float64, requires_grad=True)
-        up = F.interpolate(cells, tuple(mask.shape), mode="trilinear", align_corners=False)
-        (up[0, 0] * volume).sum().backward()
-        return cells.grad
-
-    even = pulled(mask.double()) / pulled(torch.ones(mask.shape, dtype=torch.float64))
-    up = F.interpolate(even, tuple(mask.shape), mode="trilinear", align_corners=False)[0, 0]
+    even = pulled(mask, layer_grid) / pulled(torch.ones(mask.shape), layer_grid)
+    up = F.interpolate(even[None, None], tuple(mask.shape), mode="trilinear", align_corners=False)[0, 0]
     return float((up * ~mask).sum() / up.sum())
 
 

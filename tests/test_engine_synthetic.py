@@ -20,7 +20,8 @@ from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
 from heimer_mlflow.demo.training import fit_in_memory
 
-pytestmark = pytest.mark.skipif(not hasattr(synthetic, "write_cohort"), reason="needs synthetic.write_cohort")
+pytestmark = [pytest.mark.skipif(not hasattr(synthetic, "write_cohort"), reason="needs synthetic.write_cohort"),
+              pytest.mark.slow]  # fmt: skip
 
 SUBJECTS, VOXEL_MM, EPOCHS, SEED = 24, 4.0, 30, 0
 CAM = "hirescam"  # the primary map for every head (benchmarks/cam_evidence.py)

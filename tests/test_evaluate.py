@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -17,22 +15,18 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from pypdf import PdfReader
 from sklearn import metrics as skm
 
 from heimer_mlflow.evaluation import evaluate
-from heimer_mlflow.demo.synthetic import write_cohort
 
-from .conftest import register_tiny_model, subprocess_env
-
-REPO = Path(__file__).resolve().parents[1]
+from .helpers.artifacts import check_evaluation_run, pdf_text
+from .helpers.cohorts import atlas_args
+from .helpers.tracking import mlflow_run, register_tiny_model, run_heimer
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval-cohort") / "cohort"
-    write_cohort(out, n_subjects=12, seed=3, voxel_size=4.0, progress=False)
-    return out
+def cohort(synthetic_cohort):
+    return synthetic_cohort
 
 
 @pytest.fixture(scope="module")
@@ -45,96 +39,11 @@ def model_name(tracking_dir, cohort):
     return name
 
 
-def atlas_args(cohort: Path) -> list[str]:
-    return ["--atlas", str(cohort / "atlas" / "atlas.nii.gz"), "--atlas-labels", str(cohort / "atlas" / "labels.csv")]
-
-
-def check_evaluation_run(run_id: str, cohort: Path, model_name: str, *, tagged: bool = True, atlas: bool = True):
-    client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
-    # predictions: one row per subject; metrics equal scikit-learn on them
-    predictions = pd.read_csv(local / "predictions.csv")
-    manifest = pd.read_csv(cohort / "manifest.csv")
-    assert sorted(predictions["subject_id"]) == sorted(manifest["subject_id"])
-    assert {"site", "sex", "age", "loss", "cam_outside_brain_fraction", "gradcam_outside_brain_fraction",
-            "hirescam_outside_brain_fraction", "cam_method_agreement"} <= set(predictions.columns)  # fmt: skip
-    y = (predictions["label"] == "AD").astype(int).to_numpy()
-    p = predictions["prob_AD"].to_numpy()
-    called = (p >= 0.5).astype(int)
-    assert (predictions["prediction"] == np.where(called == 1, "AD", "CN")).all()
-    m = run.data.metrics
-    assert m["n_subjects"] == len(manifest) and m["n_excluded"] == 0
-    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
-    assert m["roc_auc_ci_lower"] <= m["roc_auc"] <= m["roc_auc_ci_upper"]
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, called), abs=1e-9)
-    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, called), abs=1e-9)
-    assert m["sensitivity"] == pytest.approx(skm.recall_score(y, called), abs=1e-9)
-    assert m["brier_score"] == pytest.approx(skm.brier_score_loss(y, p), abs=1e-9)
-    # the map checks are over the subjects called AD (all of them when nobody is)
-    called = predictions[predictions["prediction"] == "AD"] if (predictions["prediction"] == "AD").any() else predictions
-    assert m["cam_n_subjects"] == len(called)
-    for column in ("gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction", "cam_outside_brain_floor",
-                   "cam_method_agreement"):
-        assert m[column] == pytest.approx(called[column].mean(), abs=1e-6), column
-    assert m["cam_outside_brain_fraction"] == m["hirescam_outside_brain_fraction"]  # the default primary map
-    if atlas:
-        assert {f"cam_roi_gain_{r}" for r in ("hippocampus_left", "lateral_ventricle_right")} <= set(m)
-    # artifacts
-    for name in ("metrics.json", "evaluation.json"):
-        json.loads((local / name).read_text())
-    record = json.loads((local / "evaluation.json").read_text())
-    assert record["model"]["name"] == model_name and record["versions"]["torch"]
-    figures = sorted((local / "figures").glob("*.png"))
-    assert len(figures) >= 8
-    for figure in figures:
-        assert matplotlib.image.imread(figure).std() > 0, figure.name
-    input_affine = nib.load(cohort / manifest["path"][0]).affine
-    volumes = sorted((local / "volumes").rglob("*.nii.gz"))
-    names = {v.name for v in volumes}
-    assert {"cam_mean_AD.nii.gz", "cam_mean_CN.nii.gz", "cam_diff_AD-CN.nii.gz", "input_t_AD-CN.nii.gz"} <= names
-    gallery = sorted(v.name for v in volumes if v.parent.name == "gallery")
-    cases = {name.rsplit("_", 1)[0] for name in gallery}  # <outcome>_<subject>_<method>.nii.gz
-    assert gallery and gallery == sorted(f"{case}_{m}.nii.gz" for case in cases for m in ("gradcam", "hirescam"))
-    for v in volumes:
-        img = nib.load(v)
-        np.testing.assert_allclose(img.affine, input_affine, atol=1e-5)
-        assert img.shape == (46, 55, 46)
-    # the data set input, linked to the model
-    inputs = run.inputs.dataset_inputs
-    evaluation_inputs = [d for d in inputs if any(t.key == "mlflow.data.context" and t.value == "evaluation" for t in d.tags)]
-    assert len(evaluation_inputs) >= 1
-    assert len({d.dataset.digest for d in evaluation_inputs}) == 1
-    # metrics linked to the logged model
-    mv = client.get_model_version(model_name, "1")
-    model_id = mv.source.split("/")[-1]
-    linked = {lm.key for lm in mlflow.get_logged_model(model_id).metrics or [] if lm.run_id == run_id}
-    assert {"roc_auc", "sensitivity"} <= linked
-    keys = [(lm.key, lm.run_id) for lm in mlflow.get_logged_model(model_id).metrics if lm.run_id == run_id]
-    assert len(keys) == len(set(keys)), "duplicate linked metrics"
-    # the report, rendered from the logged artifacts, next to them
-    pdfs = sorted((local / "report").glob("*.pdf"))
-    assert [p.name for p in pdfs] == [f"{model_name}-v1.pdf"]
-    assert (local / "report" / "html" / "index.html").is_file()
-    assert len(PdfReader(pdfs[0]).pages) > 5
-    if tagged:
-        tags = mv.tags
-        assert tags["heimer.report"].endswith(f"/report/{model_name}-v1.pdf")
-        assert tags["heimer.report"].startswith(run.info.artifact_uri)
-        assert tags["heimer.evaluation_run_id"] == run_id
-        assert tags["heimer.verdict"] in ("pass", "review") and tags["heimer.verdict_reason"]
-        assert float(tags["heimer.roc_auc"]) == pytest.approx(m["roc_auc"], abs=1e-4)
-        for key in ("heimer.sensitivity", "heimer.specificity", "heimer.cam_outside_brain_fraction"):
-            assert key in tags
-    return run, local
-
-
+@pytest.mark.slow
 def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
-    cmd = [sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{model_name}@champion",
-           "--data", str(cohort), *atlas_args(cohort), "--workers", "0", "--bootstrap", "500",
-           "--experiment", "cli-evals"]
-    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=600)
+    done = run_heimer(tracking, "-q", "evaluate", f"models:/{model_name}@champion", "--data", str(cohort),
+                      *atlas_args(cohort), "--workers", "0", "--bootstrap", "500", "--experiment", "cli-evals",
+                      timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = done.stdout.split()[1].rstrip(":")
     run, local = check_evaluation_run(run_id, cohort, model_name)
@@ -142,23 +51,19 @@ def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
     assert mlflow.get_experiment(run.info.experiment_id).name == "cli-evals"
     # re-render from the logged artifacts alone, through the CLI and the MLproject entry point
     out = tmp_path / "rerendered"
-    done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "report", run_id, "--out", str(out)],
-                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
+    done = run_heimer(tracking, "report", run_id, "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / f"{model_name}-v1.pdf").is_file() and (out / "html" / "index.html").is_file()
-    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "report", "--env-manager", "local",
-                           "--experiment-name", "reports", "-P", f"run_id={run_id}"],
-                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = mlflow_run(tracking, "report", "reports", {"run_id": run_id}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "main", "--env-manager", "local",
-           "--experiment-name", "mlproject-evals", "-P", f"model_uri=models:/{model_name}/1",
-           "-P", f"data={cohort / 'manifest.csv'}", "-P", f"atlas={cohort / 'atlas' / 'atlas.nii.gz'}",
-           "-P", f"atlas_labels={cohort / 'atlas' / 'labels.csv'}", "-P", "batch_size=3",
-           "-P", "require=roc_auc>=0;n_subjects>=12"]
-    done = subprocess.run(cmd, env=subprocess_env(tracking), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    params = {"model_uri": f"models:/{model_name}/1", "data": cohort / "manifest.csv",
+              "atlas": cohort / "atlas" / "atlas.nii.gz", "atlas_labels": cohort / "atlas" / "labels.csv",
+              "batch_size": 3, "require": "roc_auc>=0;n_subjects>=12"}  # fmt: skip
+    done = mlflow_run(tracking, "main", "mlproject-evals", params, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = mlflow.get_experiment_by_name("mlproject-evals")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
@@ -168,6 +73,7 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
     check_evaluation_run(runs[0].info.run_id, cohort, model_name)
 
 
+@pytest.mark.slow
 def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_name):
     manifest = pd.read_csv(cohort / "manifest.csv")
     manifest["path"] = [str(cohort / p) for p in manifest["path"]]
@@ -207,6 +113,7 @@ def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_na
             candidate_result=result, baseline_result=result)
 
 
+@pytest.mark.slow
 def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
     result = evaluate(f"models:/{model_name}@champion", cohort, n_bootstrap=200, workers=0, progress=False,
                       save_cams="all", experiment="py-evals")
@@ -218,6 +125,7 @@ def test_evaluate_in_python_returns_numbers(tracking, cohort, model_name):
         assert len(list((local / "volumes" / "subjects").glob(f"*_{method}.nii.gz"))) == 12
 
 
+@pytest.mark.slow
 def test_a_challenger_is_compared_with_the_champion_on_the_same_subjects(tracking, cohort, model_name):
     """v1 holds alias champion and was evaluated on this cohort; v2 evaluated on the same cohort
     records the comparison (metrics, evaluation.json, figure, report); on other data it does not."""
@@ -246,8 +154,8 @@ def test_a_challenger_is_compared_with_the_champion_on_the_same_subjects(trackin
     record = json.loads((local_run / "evaluation.json").read_text())
     assert record["comparison"]["champion_version"] == "1" and record["comparison"]["delong_p"] == pytest.approx(p_value)
     assert matplotlib.image.imread(local_run / "figures" / "champion_comparison.png").shape[1] > 400
-    text = " ".join(page.extract_text() for page in PdfReader(next((local_run / "report").glob("*.pdf"))).pages)
-    assert "champion is version 1" in " ".join(text.split()) and "DeLong" in text
+    text = pdf_text(next((local_run / "report").glob("*.pdf")))
+    assert "champion is version 1" in text and "DeLong" in text
     # the champion itself, and an evaluation on other subjects, compare with nothing
     assert champion.comparison is None
     manifest = pd.read_csv(cohort / "manifest.csv").iloc[:8]
@@ -265,14 +173,15 @@ def test_a_challenger_is_compared_with_the_champion_on_the_same_subjects(trackin
         (["models:/tiny-eval/1", "--brain-mask", "no-such-mask.nii.gz"], "brain mask no-such-mask.nii.gz"),
     ],
 )
+@pytest.mark.slow
 def test_evaluate_user_errors_are_one_line(tracking, cohort, model_name, args, match):
-    done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", *args, "--data", str(cohort)],
-                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
+    done = run_heimer(tracking, "-q", "evaluate", *args, "--data", str(cohort))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_dataset_created_by_a_concurrent_evaluation_is_linked_not_fatal(tracking, cohort, model_name, monkeypatch):
     """Two evaluations of the same manifest at once: the store may refuse the slower one's dataset
     insert on its unique key (PostgreSQL's words below, seen in tests/test_server.py); the input is
@@ -305,6 +214,7 @@ def test_a_dataset_created_by_a_concurrent_evaluation_is_linked_not_fatal(tracki
         heimer_tracking._log_input(object(), None)
 
 
+@pytest.mark.slow
 def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, model_name, tmp_path):
     """--brain-mask: each subject's outside-brain share is its saved CAM outside that mask; a
     mask on another grid stops before the run, in one line."""
@@ -336,9 +246,8 @@ def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, mod
     image = nib.load(mask_path)
     small = tmp_path / "small_mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), image.affine), small)
-    done = subprocess.run([sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{model_name}/1",
-                           "--data", str(cohort), "--brain-mask", str(small)],
-                          env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = run_heimer(tracking, "-q", "evaluate", f"models:/{model_name}/1", "--data", str(cohort),
+                      "--brain-mask", str(small))  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "resample the brain mask" in lines[0], done.stderr[-2000:]
 
@@ -359,6 +268,7 @@ def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, fl
     assert ("outside the brain (limit" in reason) == (verdict == "review") and "nan" not in reason
 
 
+@pytest.mark.slow
 def test_an_experiment_created_by_a_concurrent_evaluation_gets_the_run(tracking, cohort, model_name, monkeypatch):
     """The loser of the experiment-creation race: MLflow's set_experiment then returns the
     experiment without making it active; the run must still land in it, not in Default."""

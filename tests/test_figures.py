@@ -6,7 +6,6 @@ import dataclasses
 import io
 import re
 import types
-from pathlib import Path
 from unittest import mock
 
 import matplotlib.image
@@ -20,6 +19,8 @@ from heimer_mlflow.engine.gallery import GalleryCase
 from heimer_mlflow.engine.run import EngineResult, SanityResult
 from heimer_mlflow.engine.stats import GroupMaps
 from heimer_mlflow.metrics import compute_metrics
+
+from .helpers import REPO
 
 SHAPE = (12, 14, 10)
 RAS_AFFINE = np.array([[2.0, 0, 0, -12], [0, 2.0, 0, -14], [0, 0, 2.0, -10], [0, 0, 0, 1]])
@@ -176,6 +177,7 @@ def test_render_all_tolerates_missing_pieces(tmp_path, report):
 # -- deterministic bytes ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_renders_are_byte_identical(tmp_path, report, engine_result, rendered):
     _, first = rendered
     second = F.render_all(report, engine_result, HISTORY, tmp_path / "two", dpi=40)
@@ -375,7 +377,7 @@ def test_titles_name_the_primary_map(report, engine_result):
 
 # -- printed text size -----------------------------------------------------------------------------------
 
-CSS = Path(__file__).resolve().parents[1] / "templates" / "report.css"
+CSS = REPO / "templates" / "report.css"
 
 
 def _css_mm(value: str, reference_mm: float) -> float:
@@ -424,6 +426,7 @@ def _drawn_text_sizes(fig) -> list[tuple[float, str]]:
     return drawn
 
 
+@pytest.mark.slow
 def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
     """Every figure the evaluation makes, at the width report.css prints it: its smallest text is
     at least 6 pt on paper (font size x printed width / figure width). Brain figures print at

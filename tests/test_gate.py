@@ -5,22 +5,22 @@ sqlite store, the real CLI (in process, and in a subprocess for the signal)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import subprocess
 import sys
 
 import mlflow
-import pandas as pd
 import pytest
 
-from heimer_mlflow import cli
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import evaluate
 from heimer_mlflow.gate import Gate, GateFailed, Rule, run_metric_names
 
-from .conftest import TinyCNN, subprocess_env
-from .test_bad_input import good_rows, heimer_tags, new_version
+from .helpers.cohorts import good_rows, write_manifest
+from .helpers.models import TinyCNN
+from .helpers.tracking import cli_evaluate, experiment_runs, heimer_tags, new_version, only_run, subprocess_env
 
 EXPERIMENT = "gates"
 
@@ -67,20 +67,14 @@ def test_metric_names_come_from_the_metrics_module():
 def gated(tmp_path_factory):
     """A fresh version of a tiny model, and a manifest of 8 small heads."""
     folder = tmp_path_factory.mktemp("gates")
-    pd.DataFrame(good_rows(folder)).to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
+    return write_manifest(folder, good_rows(folder))
 
 
 def _runs() -> list:
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    return [] if experiment is None else mlflow.MlflowClient().search_runs([experiment.experiment_id])
+    return experiment_runs(EXPERIMENT)
 
 
-def _cli(capsys, *args) -> tuple[int, list[str], str]:
-    code = cli.main(["-q", "evaluate", *args, "--experiment", EXPERIMENT, "--bootstrap", "50", "--workers", "0"])
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.strip().splitlines() if " INFO mlflow" not in line]
-    return code, lines, captured.out
+_cli = functools.partial(cli_evaluate, experiment=EXPERIMENT)
 
 
 def test_a_rule_on_an_unknown_metric_stops_before_any_run(tracking, gated, capsys):
@@ -119,6 +113,7 @@ def test_a_broken_rule_exits_3_after_the_run_finished(tracking, gated, capsys):
     assert tags["heimer.report"].startswith(run.info.artifact_uri)
 
 
+@pytest.mark.slow
 def test_python_require_passes_or_raises_with_the_evaluation(tracking, gated):
     version = new_version("gate-python", TinyCNN(), intensity="zscore")
     options = dict(experiment=EXPERIMENT, n_bootstrap=50, workers=0, progress=False)
@@ -155,6 +150,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigterm_after_the_render_leaves_the_version_untagged(tracking, gated):
     from heimer_mlflow.report import report_for_run
 
@@ -167,7 +163,7 @@ def test_sigterm_after_the_render_leaves_the_version_untagged(tracking, gated):
     )  # fmt: skip
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
     client = mlflow.MlflowClient()
-    (run,) = client.search_runs([mlflow.get_experiment_by_name("gate-sigterm").experiment_id])
+    run = only_run("gate-sigterm")
     assert run.info.status == "KILLED"
     assert any(a.path.endswith(".pdf") for a in client.list_artifacts(run.info.run_id, "report"))  # it had rendered
     assert "heimer.gate" not in run.data.tags

@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO
 
 
 def test_wheel_ships_the_templates_and_finds_them(tmp_path):

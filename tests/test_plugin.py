@@ -60,6 +60,7 @@ def _artifact_paths(run_id: str, path: str | None = None) -> set[str]:
 
 
 @pytest.mark.parametrize("make", [_classifier, _regressor, _python_function])
+@pytest.mark.slow
 def test_other_evaluations_are_exactly_as_without_the_plugin(tracking, monkeypatch, make):
     assert isinstance(_model_evaluation_registry.get_evaluator("heimer"), HeimerEvaluator)  # installed (entry point)
     mlflow.set_experiment("not-ours")
@@ -77,6 +78,7 @@ def test_other_evaluations_are_exactly_as_without_the_plugin(tracking, monkeypat
     assert with_plugin.artifacts.keys() == without_plugin.artifacts.keys()
 
 
+@pytest.mark.slow
 def test_asked_for_by_name_it_refuses_a_model_it_cannot_evaluate(tracking):
     mlflow.set_experiment("not-ours")
     model_uri, frame, _ = _classifier()

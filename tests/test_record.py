@@ -23,7 +23,7 @@ from heimer_mlflow.metrics import compute_metrics
 from heimer_mlflow.record import SCHEMA_VERSION, EvaluationRecord
 from heimer_mlflow.report import build_context, render_html, report_for_run
 
-from .conftest import subprocess_env
+from .helpers.tracking import subprocess_env
 
 # evaluation.json as heimer-mlflow wrote it before the record had a schema_version (commit
 # 7c6bf60): every key it wrote, none it did not. Users and tests read these keys; they stay.

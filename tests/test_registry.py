@@ -15,10 +15,10 @@ from heimer_mlflow import registry
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
-from .conftest import TinyCNN
+from .helpers.models import TinyCNN
+from .helpers.tracking import DESIGN_KEYS
 
 SHAPE = [1, 8, 10, 8]
-DESIGN_KEYS = {"class_names", "positive_class", "input_shape", "intensity", "target_layer"}
 
 
 def _unique(prefix: str) -> str:

@@ -26,6 +26,8 @@ from pypdf import PdfReader
 from heimer_mlflow.metrics import compute_metrics
 from heimer_mlflow.report import ASSET_BASE_URL, make_fetcher, render_report, report_file_name
 
+from .helpers.artifacts import pdf_text
+
 EPOCH = "1700000000"  # 2023-11-14
 SECTIONS = [
     "Summary", "Model identity", "Intended use and limitations", "Data", "Performance", "Explainability",
@@ -371,7 +373,7 @@ def test_incomplete_folder_still_renders(tmp_path, listener):
     (folder / "figures" / "roc.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # a broken image is a note
     files = render_checked(folder, tmp_path / "out")
     assert files.pdf.name == report_file_name(None, None) == "model-v-.pdf"
-    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    text = pdf_text(files.pdf)
     assert "metrics.json could not be read" in text and "predictions.csv is missing" in text
     assert "Figure not available: roc curve" in text
     assert not (files.html_dir / "figures" / "roc.png").exists()
@@ -383,7 +385,7 @@ def test_champion_comparison(tmp_path, listener):
     champion = {"version": "2", "metrics": json.loads((other / "metrics.json").read_text()),
                 "predictions": pd.read_csv(other / "predictions.csv")}
     files = render_checked(this, tmp_path / "out", champion=champion)
-    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    text = pdf_text(files.pdf)
     assert "The current champion is version 2" in text
     assert re.search(r"Difference in AUC .* on the 40 subjects both evaluations share: -?\d\.\d\d \(95% CI", text)
 
@@ -398,6 +400,7 @@ def _evaluation_run(client, experiment_id, artifacts: Path) -> str:
     return run.info.run_id
 
 
+@pytest.mark.slow
 def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, listener):
     import mlflow
     from mlflow import MlflowClient
@@ -419,7 +422,7 @@ def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, liste
     client.set_registered_model_alias(name, "champion", "1")
 
     files = report_for_run(runs["2"], out_dir=tmp_path / "out")
-    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    text = pdf_text(files.pdf)
     assert "The current champion is version 1" in text and "Difference in AUC" in text
     logged = {a.path for a in client.list_artifacts(runs["2"], "report")}
     assert {"report/report-test-model-v2.pdf", "report/html"} <= logged
@@ -437,7 +440,7 @@ def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, liste
     assert result.returncode == 0, result.stderr[-3000:]
     pdf = Path(result.stdout.strip().splitlines()[-1])
     assert pdf == out / "report-test-model-v2.pdf" and pdf.is_file()
-    text = _flat(" ".join(page.extract_text() for page in PdfReader(pdf).pages))
+    text = pdf_text(pdf)
     assert "No champion to compare with" in text
     assert any(a.path == "report/report-test-model-v2.pdf" for a in client.list_artifacts(runs["2"], "report"))
 
@@ -476,7 +479,7 @@ def test_hirescam_report_names_the_map_and_says_which_to_trust(tmp_path, listene
     artifacts = _set_cam(write_artifacts(tmp_path / "a", port=listener.port), method="hirescam",
                          gradcam_out=0.62, hirescam_out=0.04, agreement=0.21)
     files = render_checked(artifacts, tmp_path / "out")
-    text = _flat(" ".join(page.extract_text() for page in PdfReader(files.pdf).pages))
+    text = pdf_text(files.pdf)
     explain = _section(text, "Explainability Method", "Feature maps and raw data baseline Layers")
     assert "Method (primary map) HiResCAM" in explain
     assert "Grad-CAM weights each channel" in explain and "HiResCAM multiplies gradient and activation" in explain

@@ -1,5 +1,5 @@
 """`heimer-mlflow` against REAL tracking servers: `mlflow server` with a sqlite and with a
-PostgreSQL backend store, artifacts served by the server (tests/servers.py). The command line
+PostgreSQL backend store, artifacts served by the server (tests/helpers/servers.py). The command line
 runs in a subprocess with MLFLOW_TRACKING_URI=http://127.0.0.1:PORT, as a user's would:
 the full path (register, evaluate, report, download through the server), a server restart in
 the middle of an evaluation, two evaluations at once, and a server that is not there.
@@ -20,11 +20,10 @@ import mlflow
 import pytest
 from pypdf import PdfReader
 
-from heimer_mlflow.demo.synthetic import write_cohort
-
-from .conftest import register_tiny_model, subprocess_env
-from .servers import BACKENDS, free_port, tail, tracking_server
-from .test_evaluate import atlas_args, check_evaluation_run
+from .helpers.artifacts import check_evaluation_run
+from .helpers.cohorts import atlas_args
+from .helpers.servers import BACKENDS, free_port, tail, tracking_server
+from .helpers.tracking import register_tiny_model, subprocess_env
 
 CLI = [sys.executable, "-m", "heimer_mlflow", "-q"]
 FAST = ["--workers", "0", "--bootstrap", "200"]  # no DataLoader processes on 2 cores; short CIs
@@ -36,10 +35,8 @@ RETRY_ENV = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    out = tmp_path_factory.mktemp("server-cohort") / "cohort"
-    write_cohort(out, n_subjects=12, seed=3, voxel_size=4.0, progress=False)
-    return out
+def cohort(synthetic_cohort):
+    return synthetic_cohort
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -94,12 +91,13 @@ def run_id_of(stdout: str) -> str:
     return match.group(1)
 
 
-def pdf_text(path: Path) -> str:
+def cover_text(path: Path) -> str:
     reader = PdfReader(path)
     assert len(reader.pages) > 5
     return " ".join((reader.pages[0].extract_text() or "").split())
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_fast_with_one_line(cohort, tmp_path):
     """Nothing listens on the port: exit 2 within seconds, one line naming the URI."""
     uri = f"http://127.0.0.1:{free_port()}"
@@ -115,6 +113,8 @@ def test_unreachable_server_fails_fast_with_one_line(cohort, tmp_path):
     assert elapsed < 15, f"took {elapsed:.1f} s to report the unreachable server (interpreter start included)"
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_evaluate_and_report_through_the_server(server_log, cohort, tmp_path):
     """Register, evaluate, re-render: run FINISHED, artifacts stored by the server and
     downloadable through it, the version tagged with this run, the PDF readable."""
@@ -142,7 +142,7 @@ def test_evaluate_and_report_through_the_server(server_log, cohort, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     pdf = out / f"{name}-v{version}.pdf"
     assert done.stdout.strip().endswith(pdf.name) and pdf.is_file()
-    assert f"{name} version {version}" in pdf_text(pdf)
+    assert f"{name} version {version}" in cover_text(pdf)
     with using(server) as client:
         assert client.get_run(run_id).info.status == "FINISHED"
         logged = [f.path for f in client.list_artifacts(run_id, "report")]
@@ -164,6 +164,8 @@ def wait_for_running_run(client, experiment: str, proc: subprocess.Popen, timeou
     return None
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_evaluation_survives_a_server_restart(server_log, cohort, tmp_path):
     """Stop the server while the evaluation's run is RUNNING, keep it down, start a new one on
     the same port and store: MLflow's client retries carry the evaluation through."""
@@ -212,6 +214,8 @@ def test_evaluation_survives_a_server_restart(server_log, cohort, tmp_path):
         assert record["history"]["train_loss"] == [[0, 0.7], [1, 0.6]]
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_two_evaluations_at_once(server_log, cohort, tmp_path):
     """Two versions evaluated concurrently into one (new) experiment: each version's tags point
     to its own run, each run and report to its own version."""
@@ -247,6 +251,6 @@ def test_two_evaluations_at_once(server_log, cohort, tmp_path):
             assert run.info.status == "FINISHED"
             assert run.data.tags["heimer.model_version"] == v and run.data.tags["heimer.model_name"] == name
             pdf = Path(client.download_artifacts(run_id, f"report/{name}-v{v}.pdf", str(tmp_path / f"dl-{v}")))
-            assert f"{name} version {v}" in pdf_text(pdf)
+            assert f"{name} version {v}" in cover_text(pdf)
             record = client.download_artifacts(run_id, "evaluation.json", str(tmp_path / f"dl-{v}"))
             assert json.loads(Path(record).read_text())["model"]["version"] == v

@@ -171,6 +171,7 @@ def test_shortcut_plants_no_atrophy(shortcut_cohort):
     assert "shortcut=True" in (out / "NOTICE.txt").read_text()
 
 
+@pytest.mark.slow
 def test_mixed_cohort_plants_atrophy_and_a_marker_that_goes_with_the_label(tmp_path):
     n = 40
     write_cohort(tmp_path, n_subjects=n, seed=SEED, voxel_size=4.0, marker=0.9, progress=False)
