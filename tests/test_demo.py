@@ -111,3 +111,24 @@ def test_cli_user_error_is_one_line(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("heimer-mlflow: error:") and "9" in lines[0]
+
+
+def test_training_logs_every_epoch_and_says_what_the_model_takes(tracking, synthetic_cohort):
+    """The demo's training step alone (in the fast subset): one epoch on the shared tiny cohort
+    logs the four curves at step 0 to the active run and returns the model's contract."""
+    from heimer_mlflow.demo.training import train_demo
+
+    with mlflow.start_run() as run:
+        trained = train_demo(synthetic_cohort / "manifest.csv", epochs=1, width=2, progress=False)
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data
+    assert set(HISTORIES) <= set(logged.metrics) and all(len(trained.history[k]) == 1 for k in HISTORIES)
+    assert logged.params["epochs"] == "1" and logged.params["input_shape"] == "[1, 46, 55, 46]"
+    assert trained.meta.input_shape == [1, 46, 55, 46] and trained.meta.target_layer == trained.model.gradcam_layer
+    assert not trained.model.training
+    with pytest.raises(Exception, match="at least one epoch"):
+        train_demo(synthetic_cohort / "manifest.csv", epochs=0, progress=False)
+
+
+def test_the_story_of_a_demo_without_evaluation_names_the_version():
+    assert story({"model_name": "m", "version": "1", "run_id": "abc", "evaluation": None}) == [
+        "m version 1 (alias champion), training run abc"]

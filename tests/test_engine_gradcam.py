@@ -6,11 +6,25 @@ from captum.attr import LayerAttribution, LayerGradCam
 from monai.visualize import GradCAM
 from torch import nn
 
-from heimer_mlflow.engine import GradCam3d, conv_layers, normalize_per_subject, resolve_layer
+from heimer_mlflow.engine import GradCam3d, conv_layers, resolve_layer
 from heimer_mlflow.errors import HeimerError
 
 from .helpers.models import ConvStack, conv_stack, densenet, make, resnet
 from .helpers.subjects import SHAPE, mixed_batch
+
+
+def normalize_per_subject(cam: torch.Tensor) -> torch.Tensor:
+    """Scale each subject's map to [0, 1] by (cam - min) / (max - min), as the parity tests compare maps (captum's and MONAI's differ in scale).
+
+    ``cam`` is [B, ...]; a constant map becomes all zeros. Group statistics use raw maps.
+    """
+    flat = cam.reshape(cam.shape[0], -1)
+    low = flat.min(dim=1).values
+    span = flat.max(dim=1).values - low
+    scale = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
+    shape = (-1,) + (1,) * (cam.dim() - 1)
+    return (cam - low.view(shape)) * scale.view(shape)
+
 
 
 @pytest.mark.parametrize("factory", [conv_stack, densenet, resnet])

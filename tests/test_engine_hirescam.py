@@ -60,10 +60,11 @@ def test_hirescam_equals_captum_gradient_times_activation(factory, n_outputs):
     assert result.hirescam.dtype == torch.float32 and result.hirescam.shape == (4, *SHAPE[1:])
     assert reference.max() > 0, "a map of zeros would test nothing"
     torch.testing.assert_close(result.hirescam, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
-    torch.testing.assert_close(result.layer_hirescam, captum_hirescam(model, layer, x, target), rtol=1e-5,
+    torch.testing.assert_close(result.layer_maps["hirescam"], captum_hirescam(model, layer, x, target), rtol=1e-5,
                                atol=1e-5 * float(reference.abs().max()))  # fmt: skip
-    # the Grad-CAM of the same pass is still Grad-CAM
-    torch.testing.assert_close(result.layer_cam, result.layer_maps["gradcam"])
+    # the Grad-CAM of the same pass is still Grad-CAM (captum's, on the input grid)
+    gradcam = captum_gradcam(model, layer, x, target, tuple(SHAPE[1:]))
+    torch.testing.assert_close(result.cam, gradcam, rtol=1e-5, atol=1e-5 * max(float(gradcam.abs().max()), 1e-12))
     gradcam = captum_gradcam(model, layer, x, target, SHAPE[1:])
     torch.testing.assert_close(result.cam, gradcam, rtol=1e-5, atol=1e-5 * float(gradcam.abs().max()))
 
@@ -80,8 +81,8 @@ def test_a_max_head_makes_the_methods_differ():
     """Global max pooling: the score's gradient lives on one voxel per channel, which HiResCAM keeps."""
     model, layer = make(demo_cnn("max"), 1)
     result = GradCam3d(model, layer).attribute(mixed_batch())
-    hires_cells = (result.layer_hirescam > 0).flatten(1).sum(1)
-    grad_cells = (result.layer_cam > 0).flatten(1).sum(1)
+    hires_cells = (result.layer_maps["hirescam"] > 0).flatten(1).sum(1)
+    grad_cells = (result.layer_maps["gradcam"] > 0).flatten(1).sum(1)
     assert (hires_cells < grad_cells).all(), (hires_cells, grad_cells)
 
 
@@ -143,8 +144,8 @@ def test_engine_with_hirescam_primary_follows_captum(factory):
     # the sanity check compares trained and randomised HiResCAM
     random_model = _randomised_copy(model, 0)
     x = data.images[:3]
-    trained = GradCam3d(model, layer).attribute(x, target).layer_hirescam
-    randomised = GradCam3d(random_model, layer).attribute(x, target).layer_hirescam
+    trained = GradCam3d(model, layer).attribute(x, target).layer_maps["hirescam"]
+    randomised = GradCam3d(random_model, layer).attribute(x, target).layer_maps["hirescam"]
     expected = [spearman(a, b) for a, b in zip(trained, randomised)]
     np.testing.assert_allclose(result.sanity.spearman, expected, rtol=1e-6)
 
@@ -164,7 +165,7 @@ def test_method_agreement_is_spearman_over_the_mostly_brain_cells():
     data = odd_grid.Subjects()
     result = engine(model, layer, data)
     attribution = GradCam3d(model, layer).attribute(data.images, 0)
-    layer_grid = tuple(attribution.layer_cam.shape[1:])
+    layer_grid = tuple(attribution.layer_maps["gradcam"].shape[1:])
     everything = pulled(torch.ones(GRID), layer_grid)
     expected = []
     for i in range(len(data)):

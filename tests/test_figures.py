@@ -189,6 +189,11 @@ def test_two_renders_are_byte_identical(tmp_path, report, engine_result, rendere
 # -- text instead of failures -----------------------------------------------------------------------
 
 
+def _build_figures(report=None, engine_result=None, history=None, **options):
+    """Every figure the pieces allow, drawn: ``{name: Figure}`` from ``figure_plan``."""
+    return {name: draw() for name, draw in F.figure_plan(report, engine_result, history, **options)}
+
+
 def _texts(fig):
     return " ".join([t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts])
 
@@ -364,14 +369,14 @@ def test_titles_name_the_primary_map(report, engine_result):
     """Every title and colour-bar label that is about the primary map names the method the
     evaluation used: HiResCAM when it is the primary map, never Grad-CAM."""
     hires = dataclasses.replace(engine_result, cam_method="hirescam")
-    figures = F.build_figures(report, hires, HISTORY)
+    figures = _build_figures(report, hires, HISTORY)
     about_the_map = ["gradcam_TP", "gradcam_TN", "gradcam_FN", "group_cam", "cam_outside_brain", "region_gain",
                      "sanity"]  # fmt: skip
     for name in about_the_map:
         text = _all_texts(figures[name])
         assert "HiResCAM" in text and "Grad-CAM" not in text, (name, text[:300])
     gradcam = dataclasses.replace(engine_result, cam_method="gradcam")
-    assert "Grad-CAM" in _all_texts(F.build_figures(None, gradcam, None)["group_cam"])
+    assert "Grad-CAM" in _all_texts(_build_figures(None, gradcam, None)["group_cam"])
     assert F.cam_name(None) == "Grad-CAM" and F.cam_name("hirescam") == "HiResCAM"
 
 
@@ -440,7 +445,7 @@ def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
     with_groups = compute_metrics(y, np.linspace(0.05, 0.95, 30), n_bootstrap=30,
                                   covariates=pd.DataFrame({"site": ["site-A", "site-B", "site-C"] * 10,
                                                            "age": ["<65", "65-74", "75-84", ">=85", "65-74"] * 6}))
-    figures = F.build_figures(with_groups, dataclasses.replace(engine_result, cam_method="hirescam"), HISTORY)
+    figures = _build_figures(with_groups, dataclasses.replace(engine_result, cam_method="hirescam"), HISTORY)
     assert {"subgroups", "group_cam", "gradcam_TP", "feature_maps", "feature_channel_differences",
             "input_difference"} <= set(figures)  # fmt: skip
     if hasattr(F, "plot_champion_comparison"):

@@ -5,13 +5,13 @@ Plain results only (numpy arrays and numbers); figures, logging and the report c
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
 from heimer_mlflow.engine.gradcam import (
-    CAM_METHODS, Attribution, GradCam3d, check_cam_method, conv_layers, normalize_per_subject, resolve_layer,
+    CAM_METHODS, Attribution, GradCam3d, check_cam_method, conv_layers, resolve_layer,
 )  # fmt: skip
 from heimer_mlflow.engine.run import EngineResult, EngineStopped, SanityResult, pick_device, run_engine, spearman
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
 
 __all__ = [
     "CAM_METHODS", "Attribution", "CaseGallery", "EngineResult", "EngineStopped", "GalleryCase", "GradCam3d",
-    "GroupMaps", "GroupStats", "SanityResult", "check_cam_method", "conv_layers", "normalize_per_subject",
+    "GroupMaps", "GroupStats", "SanityResult", "check_cam_method", "conv_layers",
     "pick_device", "rank_channels", "resolve_layer", "run_engine", "spearman",
 ]  # fmt: skip

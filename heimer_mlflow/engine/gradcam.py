@@ -62,19 +62,6 @@ def check_cam_method(name: str) -> str:
     return name
 
 
-def normalize_per_subject(cam: torch.Tensor) -> torch.Tensor:
-    """Scale each subject's map to [0, 1] by (cam - min) / (max - min), for display only.
-
-    ``cam`` is [B, ...]; a constant map becomes all zeros. Group statistics use raw maps.
-    """
-    flat = cam.reshape(cam.shape[0], -1)
-    low = flat.min(dim=1).values
-    span = flat.max(dim=1).values - low
-    scale = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0)
-    shape = (-1,) + (1,) * (cam.dim() - 1)
-    return (cam - low.view(shape)) * scale.view(shape)
-
-
 @dataclass
 class Attribution:
     """What one forward and one gradient give for a batch (all detached)."""
@@ -84,16 +71,6 @@ class Attribution:
     layer_maps: dict[str, torch.Tensor]
     activations: dict[str, torch.Tensor]  # layer path -> [B, C, d, h, w] float32
     input_size: tuple[int, int, int]  # (D, H, W)
-
-    @property
-    def layer_cam(self) -> torch.Tensor:
-        """[B, d, h, w]: the raw Grad-CAM on the target layer's grid."""
-        return self.layer_maps["gradcam"]
-
-    @property
-    def layer_hirescam(self) -> torch.Tensor:
-        """[B, d, h, w]: the raw HiResCAM on the target layer's grid."""
-        return self.layer_maps["hirescam"]
 
     def upsampled(self, method: str) -> torch.Tensor:
         """[B, D, H, W] float32: the raw map of ``method`` upsampled (trilinear) to the input grid."""

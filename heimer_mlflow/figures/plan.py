@@ -140,12 +140,6 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
     return plan
 
 
-def build_figures(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
-                  history: Mapping | None = None, **options) -> dict[str, Figure]:  # fmt: skip
-    """Every figure the given pieces allow, as ``{name: Figure}`` (see ``figure_plan``)."""
-    return {name: draw() for name, draw in figure_plan(report, engine_result, history, **options)}
-
-
 def render_all(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
                history: Mapping | None = None, out_dir=".", *, affine=None, dpi: int = DPI,
                max_gallery_cases: int = 3, strict: bool = True) -> dict[str, pathlib.Path]:  # fmt: skip
