@@ -377,7 +377,8 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
     strength = np.abs(t if t_ok else diff)
     strength = np.where(np.isfinite(strength), strength, -np.inf)
     volumes = [t if t_ok else diff, diff] + ([t] if t_ok else [diff]) + ([] if background is None else [background])
-    center_voxel, outside_note, head = None, None, head_mask(background)
+    # scales_within: the head when a larger difference outside it would wash the brain out, else None
+    center_voxel, outside_note, scales_within, head = None, None, None, head_mask(background)
     if np.isfinite(strength).any():
         peak = np.unravel_index(int(np.argmax(strength)), strength.shape)
         if head is not None and not head[peak] and np.isfinite(np.where(head, strength, -np.inf)).any():
@@ -386,16 +387,14 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
             outside_note = (f"The largest {what} ({float(strength[peak]):.1f}) is outside the head, at ({world[0]:.0f}, "
                             f"{world[1]:.0f}, {world[2]:.0f}) mm; slices and scales here: inside the head")  # fmt: skip
             peak = np.unravel_index(int(np.argmax(np.where(head, strength, -np.inf))), strength.shape)
-        else:
-            head = None  # the scales take every voxel
+            scales_within = head
         center_voxel = None if center_mm is not None else peak
     views = ortho_slices(volumes, affine, center_mm=center_mm, center_voxel=center_voxel, peak_of=0,
                          absolute_peak=True)  # fmt: skip
     fig, axes, bars = _grid_figure(2, fig, content=_content_size_mm(views), title=f"Input data: {positive} - "
                                    f"{negative} (the baseline against which the model's maps are judged)",
                                    subtitle=outside_note)  # fmt: skip
-    # With a marker outside the head, scales from inside it: else the marker's contrast washes the brain out.
-    within = (lambda v: np.where(head, v, np.nan)) if head is not None else (lambda v: v)
+    within = (lambda v: np.where(scales_within, v, np.nan)) if scales_within is not None else (lambda v: v)
     grey = [] if background is None else [Layer(len(volumes) - 1, "gray", *grey_range(background))]
     counts = counts or {}
     n = "" if not counts else f" (n = {counts.get(positive, '?')} {positive}, {counts.get(negative, '?')} {negative})"
