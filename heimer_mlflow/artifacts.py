@@ -68,6 +68,8 @@ def predictions_table(evaluation) -> pd.DataFrame:
     })
     for region in engine.region_names:
         table[f"cam_roi_gain_{region}"] = s[f"cam_roi_gain_{region}"].astype(float)
+    if "participant_id" in cohort.table.columns:  # several scans of one participant: one cluster
+        table.insert(1, "participant_id", cohort.participants(s["index"]))
     if cohort.covariates:
         rows = s["index"].astype(int)
         covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True)

@@ -64,6 +64,13 @@ class Cohort:
     def __len__(self) -> int:
         return len(self.table)
 
+    def participants(self, rows) -> np.ndarray | None:
+        """The participant of each of these table rows, or None when the cohort does not say
+        (each scan is then its own participant): the clusters every interval resamples."""
+        if "participant_id" not in self.table.columns:
+            return None
+        return self.table["participant_id"].iloc[np.asarray(rows, dtype=int)].astype(str).to_numpy()
+
 
 class CohortProblems(HeimerError):
     """Several subjects failed validation. ``problems`` is a list of (subject_id, path, reason)."""

@@ -311,7 +311,7 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     t0 = time.perf_counter()
     report = compute_metrics(y_true, engine.subjects["prob"].astype(float), threshold=opts.threshold,
                              covariates=covariates, n_bootstrap=opts.n_bootstrap, seed=opts.seed,
-                             class_names=_negative_positive(meta))
+                             class_names=_negative_positive(meta), clusters=cohort.participants(rows))
     metrics_s = time.perf_counter() - t0
     history = training_history(loaded.source_run_id, opts.history_metrics)
     result = Evaluation(
