@@ -239,8 +239,8 @@ def read_cohort(data, class_names, *, skip_bad: bool = False, settle: bool = Tru
     else:
         path = Path(data)
         if not path.exists():
-            raise HeimerError(f"data {str(data)!r} does not exist; pass a CSV manifest, a folder ROOT/<class>/*.nii.gz, "
-                              "a BIDS root or a ClinicaDL TSV with --caps")
+            raise HeimerError(f"data {str(data)!r} does not exist; pass a CSV manifest or a folder (ROOT/<class>/*.nii.gz "
+                              "or a BIDS root), or a ClinicaDL TSV with --caps")
         if path.is_dir() and (path / "manifest.csv").is_file():
             path = path / "manifest.csv"
         source = str(path)
