@@ -4,6 +4,7 @@ CAPS trees; the end-to-end case runs the real CLI on a real sqlite MLflow store.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -279,3 +280,14 @@ def test_evaluate_on_a_caps_layout_logs_scans_participants_and_exclusions(tracki
     assert set(predictions["session_id"]) == {"ses-M00", "ses-M12"}
     assert (predictions["subject_id"] == predictions["participant_id"] + "_" + predictions["session_id"]).all()
     assert {"age", "sex"} <= set(predictions.columns)
+    # sessions counted right: 11 scans of 6 participants, and the intervals resample participants
+    assert run.data.metrics["n_participants"] == 6
+    metrics = json.loads((local / "metrics.json").read_text())
+    assert metrics["overall"]["n_participants"] == 6
+    assert metrics["overall"]["estimates"]["sensitivity"]["method"] == "cluster bootstrap"
+    assert metrics["overall"]["estimates"]["roc_auc_delong"]["method"] == "obuchowski"
+    import pypdf
+
+    pdf = next((local / "report").glob("*.pdf"))
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(pdf).pages)
+    assert "11 scans of 6 participants" in " ".join(text.split())
