@@ -270,7 +270,9 @@ def atlas_for_cohort(atlas: str | None, atlas_labels: str | None, regions, grid_
         return CohortAtlas((labels, choose_custom_regions(names, regions, atlas, atlas_labels)))
     from . import mni
 
-    labels, names, record = load_named_atlas(named, regions, grid_shape, grid_affine)  # a missing package first
+    _, labels_csv, _ = atlas_files(named)  # a missing package, then an unknown region, before any voxel is read
+    choose_regions(named, _label_table(labels_csv), regions)
     mni.check_cohort_space(table, atlas_name=named.name, skip_bad=skip_bad, progress=progress)
+    labels, names, record = load_named_atlas(named, regions, grid_shape, grid_affine)
     record.space_check = mni.DESCRIPTION
     return CohortAtlas((labels, names), record, mni.mni_check())
