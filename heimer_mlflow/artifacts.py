@@ -49,8 +49,8 @@ def save_volume(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def predictions_table(evaluation) -> pd.DataFrame:
-    """One row per evaluated subject: id, label, probability, prediction, loss, CAM shares,
-    covariates."""
+    """One row per evaluated scan: id, participant (and session), label, probability, prediction,
+    loss, CAM shares, covariates."""
     meta, engine, cohort = evaluation.model.meta, evaluation.engine, evaluation.cohort
     s = engine.subjects
     names = np.asarray(meta.class_names, dtype=object)
@@ -68,6 +68,10 @@ def predictions_table(evaluation) -> pd.DataFrame:
     })
     for region in engine.region_names:
         table[f"cam_roi_gain_{region}"] = s[f"cam_roi_gain_{region}"].astype(float)
+    # who each scan belongs to (several sessions of one participant are one cluster), beside its id
+    ids = [c for c in ("participant_id", "session_id") if c in cohort.table.columns]
+    for position, column in enumerate(ids, start=1):
+        table.insert(position, column, cohort.table[column].iloc[s["index"].astype(int)].to_numpy())
     if cohort.covariates:
         rows = s["index"].astype(int)
         covariates = cohort.table.iloc[rows][cohort.covariates].reset_index(drop=True)

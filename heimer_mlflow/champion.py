@@ -146,13 +146,15 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
     plausibility = record.get("plausibility") or {}
     column = f"prob_{positive}"
     theirs = champion.predictions()
-    merged = this[["subject_id", "label", column]].merge(
-        theirs[["subject_id", "label", column]], on="subject_id", suffixes=("", "_champion"))
+    clustered = "participant_id" in this.columns  # scans of one participant resampled together
+    mine = ["subject_id", "label", column] + (["participant_id"] if clustered else [])
+    merged = this[mine].merge(theirs[["subject_id", "label", column]], on="subject_id", suffixes=("", "_champion"))
     merged = merged[merged["label"].astype(str) == merged["label_champion"].astype(str)].dropna()
     y = (merged["label"].astype(str) == positive).to_numpy(int)
     names = (next(c for c in class_names if c != positive), positive)
     difference, p_value = paired_delong(y, merged[column].to_numpy(float), merged[f"{column}_champion"].to_numpy(float),
-                                        class_names=names)  # fmt: skip
+                                        class_names=names,
+                                        clusters=merged["participant_id"].to_numpy() if clustered else None)  # fmt: skip
     auc_this = auc_champion = None
     if difference.computable:
         from sklearn.metrics import roc_auc_score

@@ -113,7 +113,18 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model_uri", metavar="MODEL_URI",
                           help="models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-ID or runs:/RUN_ID/PATH")
     evaluate.add_argument("--data", required=True,
-                          help="CSV manifest (path,label[,subject_id,covariates...]) or folder ROOT/<class>/*.nii.gz")
+                          help="the cohort: a CSV manifest (path,label[,subject_id,participant_id,covariates...]), "
+                               "a folder ROOT/<class>/*.nii.gz, a BIDS root (participants.tsv; sub-*/[ses-*/]anat/"
+                               "*_T1w.nii[.gz]) or a ClinicaDL TSV (participant_id,session_id,diagnosis) with --caps")
+    evaluate.add_argument("--caps", default=None, metavar="DIR",
+                          help="CAPS folder of a ClinicaDL TSV in --data: reads each session's cropped t1-linear "
+                               "image, subjects/sub-P/ses-S/t1_linear/*_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz")
+    evaluate.add_argument("--label-column", default=None, metavar="NAME",
+                          help="column holding the label (default: diagnosis in BIDS participants.tsv/sessions.tsv "
+                               "and ClinicaDL TSVs, label in a manifest)")
+    evaluate.add_argument("--label-map", default=None, metavar="MAP",
+                          help="source label -> model class, e.g. \"Dementia=AD,Control=CN\" (default: class names, any "
+                               "case); BIDS/CAPS scans whose label is no class (MCI, ...) are left out and listed")
     evaluate.add_argument("--target-layer", default=None, help="Grad-CAM layer (default: the model's metadata, else the last Conv3d)")
     evaluate.add_argument("--feature-layer", action="append", default=[], dest="feature_layers", metavar="LAYER",
                           help="extra layer whose feature maps to average per group (repeatable)")
@@ -211,6 +222,7 @@ def _run(args) -> None:
             skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
+            caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),
         )
         if result is not None:  # None: a torchrun rank other than 0, which logs nothing
             print(f"run {result.run_id}: verdict {result.verdict}")

@@ -6,7 +6,12 @@ The contract (DESIGN.md, "The cohort contract"):
   name or index), optional ``subject_id`` (default: the file stem); other columns are
   covariates;
 - or a folder ``ROOT/<class name>/*.nii[.gz]``; a folder holding ``manifest.csv`` (what
-  ``heimer-mlflow cohort`` writes) is read through that manifest.
+  ``heimer-mlflow cohort`` writes) is read through that manifest;
+- or a BIDS dataset root, or a ClinicaDL TSV over a CAPS folder (:mod:`heimer_mlflow.layouts`).
+
+One row per scan: ``subject_id`` names the scan, ``participant_id`` the person it belongs to
+(several sessions of one participant are one cluster in every interval). Labels are mapped to the
+model's classes by ``label_map`` (source label -> class name), else by class name.
 
 Every subject is validated up front from its NIfTI header (cheap: no voxel data is read) and all
 problems are reported together. Problems only the voxels can show (non-finite or all-zero
@@ -37,6 +42,10 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # (a 1 mm whole-head scan is ~ 1.6e7 voxels; this allows 16x that).
 MAX_VOXELS = 256 * 1024 * 1024
 MAX_SHOWN_PROBLEMS = 50
+# Columns of the subject table that identify a scan or carry its label: never covariates (which
+# split the results into subgroups).
+ID_COLUMNS = ("subject_id", "participant_id", "session_id", "path", "label", "label_name")
+EXCLUDED_COLUMNS = ["subject_id", "path", "reason"]
 
 
 def subject_stem(path: str | os.PathLike) -> str:
@@ -49,20 +58,28 @@ def subject_stem(path: str | os.PathLike) -> str:
 
 @dataclass
 class Cohort:
-    """The subject table: one row per subject, columns ``subject_id``, ``path`` (absolute),
-    ``label`` (class index), ``label_name`` and the covariates; ``source`` is what was read."""
+    """The subject table: one row per scan, columns ``subject_id`` (unique per scan),
+    ``participant_id`` (the person; ``subject_id`` unless the data says otherwise), ``session_id``
+    (BIDS/CAPS and manifests that have it), ``path`` (absolute), ``label`` (class index),
+    ``label_name`` and the covariates; ``source`` is what was read. ``excluded`` lists the scans
+    left out and why (labels that are no model class, and with ``skip_bad`` unusable files)."""
 
     table: pd.DataFrame
     class_names: list[str]
     source: str
     covariates: list[str] = field(default_factory=list)
-    excluded: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=["subject_id", "path", "reason"])
-    )
+    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EXCLUDED_COLUMNS))
     pending: list = field(default_factory=list)  # (subject_id, path, reason) not yet settled by validate()
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def participants(self, rows) -> np.ndarray | None:
+        """The participant of each of these table rows, or None when the cohort does not say
+        (each scan is then its own participant): the clusters every interval resamples."""
+        if "participant_id" not in self.table.columns:
+            return None
+        return self.table["participant_id"].iloc[np.asarray(rows, dtype=int)].astype(str).to_numpy()
 
 
 class CohortProblems(HeimerError):
@@ -79,8 +96,46 @@ class CohortProblems(HeimerError):
         )
 
 
-def _label_index(value, class_names: list[str]) -> int | None:
-    """A class index from a class name (case-insensitive) or an index; None when unknown."""
+def parse_label_map(value) -> dict[str, str]:
+    """``"Dementia=AD,Control=CN"`` (or a dict) -> {source label: class name}; {} for none."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    pairs = value.items() if isinstance(value, dict) else (item.partition("=")[::2] for item in str(value).split(","))
+    mapping: dict[str, str] = {}
+    for source, target in pairs:
+        source, target = str(source).strip(), str(target).strip()
+        if not source or not target:
+            raise HeimerError(f"--label-map {value!r}: write SOURCE=CLASS pairs separated by commas, "
+                              'e.g. "Dementia=AD,Control=CN"')
+        if mapping.get(source, target) != target:
+            raise HeimerError(f"--label-map {value!r} maps {source!r} twice ({mapping[source]}, {target}); keep one")
+        mapping[source] = target
+    return mapping
+
+
+def check_label_map(label_map: dict[str, str], class_names: list[str]) -> dict[str, str]:
+    """The map with its targets spelled as the model's class names; one line for a target that
+    is no class."""
+    lowered = {c.lower(): c for c in class_names}
+    for source, target in label_map.items():
+        if target.lower() not in lowered:
+            raise HeimerError(f"--label-map maps {source!r} to {target!r}, which is not a model class "
+                              f"({', '.join(class_names)}); map each source label to one of them")
+    return {source: lowered[target.lower()] for source, target in label_map.items()}
+
+
+def missing(value) -> bool:
+    """An empty cell: None, NaN or blank text."""
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+
+
+def _label_index(value, class_names: list[str], label_map: dict[str, str] | None = None) -> int | None:
+    """A class index from a source label (through ``label_map``, matched exactly, else ignoring
+    case), a class name (case-insensitive) or an index; None when unknown."""
+    if label_map and not missing(value):
+        text = str(value).strip()
+        folded = {k.lower(): v for k, v in label_map.items()}
+        value = label_map.get(text, folded.get(text.lower(), value))
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value) if 0 <= int(value) < len(class_names) else None
     text = str(value).strip()
@@ -96,12 +151,20 @@ def _label_index(value, class_names: list[str]) -> int | None:
     return None
 
 
-def _from_manifest(frame: pd.DataFrame, base: Path, source: str, class_names) -> tuple[pd.DataFrame, list]:
-    missing = [c for c in ("path", "label") if c not in frame.columns]
-    if missing:
+def _from_manifest(frame: pd.DataFrame, base: Path, source: str, class_names, label_map=None,
+                   label_column: str | None = None) -> tuple[pd.DataFrame, list]:
+    if label_column and label_column != "label":
+        if label_column not in frame.columns:
+            raise HeimerError(f"manifest {source} has no column {label_column!r} (--label-column); it has: "
+                              f"{', '.join(map(str, frame.columns)) or 'none'}")
+        frame = frame.drop(columns=["label"], errors="ignore").rename(columns={label_column: "label"})
+    absent = [c for c in ("path", "label") if c not in frame.columns]
+    if absent:
+        hint = ("; it looks like a ClinicaDL TSV: pass --caps DIR (the CAPS folder with its t1-linear images)"
+                if {"participant_id", "session_id"} <= set(frame.columns) else "")
         raise HeimerError(
-            f"manifest {source} lacks the column(s) {', '.join(missing)} (has: "
-            f"{', '.join(map(str, frame.columns)) or 'none'}); it needs path,label and optionally subject_id"
+            f"manifest {source} lacks the column(s) {', '.join(absent)} (has: "
+            f"{', '.join(map(str, frame.columns)) or 'none'}); it needs path,label and optionally subject_id{hint}"
         )
     if len(frame) == 0:
         raise HeimerError(f"manifest {source} lists no subjects; add rows with path,label")
@@ -116,16 +179,22 @@ def _from_manifest(frame: pd.DataFrame, base: Path, source: str, class_names) ->
         path = path if path.is_absolute() else base / path
         sid = rec.get("subject_id")
         sid = subject_stem(path) if sid is None or (isinstance(sid, float) and np.isnan(sid)) else str(sid)
-        label = _label_index(rec["label"], class_names)
+        label = _label_index(rec["label"], class_names, label_map)
         if label is None:
+            via = " or map it with --label-map" if not label_map else " or add it to --label-map"
             problems.append(
-                (sid, str(path), f"unknown label {rec['label']!r} (use one of {', '.join(class_names)} or 0..{len(class_names) - 1})")
+                (sid, str(path), f"unknown label {rec['label']!r} (use one of {', '.join(class_names)} or "
+                                 f"0..{len(class_names) - 1}{via})")
             )
             continue
-        row = {k: v for k, v in rec.items() if k not in ("path", "label", "subject_id")}
-        row.update(subject_id=sid, path=str(path.resolve()), label=label, label_name=class_names[label])
+        participant = rec.get("participant_id")
+        row = {k: v for k, v in rec.items() if k not in ("path", "label", "subject_id", "participant_id")}
+        row.update(subject_id=sid, participant_id=sid if missing(participant) else str(participant).strip(),
+                   path=str(path.resolve()), label=label, label_name=class_names[label])
         rows.append(row)
-    return pd.DataFrame(rows), problems
+    # without rows the table keeps its columns, so leaving every subject out (--skip-bad) still works
+    return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=["subject_id", "participant_id", "path", "label",
+                                                                  "label_name"])), problems  # fmt: skip
 
 
 def _from_folders(root: Path, class_names) -> tuple[pd.DataFrame, list]:
@@ -139,7 +208,9 @@ def _from_folders(root: Path, class_names) -> tuple[pd.DataFrame, list]:
         label = lowered[sub.name.lower()]
         for path in sorted(sub.iterdir()):
             if path.name.endswith(NIFTI_SUFFIXES):
-                rows.append(dict(subject_id=subject_stem(path), path=str(path.resolve()), label=label, label_name=class_names[label]))
+                sid = subject_stem(path)
+                rows.append(dict(subject_id=sid, participant_id=sid, path=str(path.resolve()), label=label,
+                                 label_name=class_names[label]))
     if not rows:
         extra = f" (found folders: {', '.join(unknown)})" if unknown else ""
         raise HeimerError(
@@ -149,40 +220,61 @@ def _from_folders(root: Path, class_names) -> tuple[pd.DataFrame, list]:
     return pd.DataFrame(rows), []
 
 
-def read_cohort(data, class_names, *, skip_bad: bool = False, settle: bool = True) -> Cohort:
-    """Read a manifest (CSV path or DataFrame) or class folders into a Cohort, without reading
-    voxels. Problems are collected for every subject and settled here (stop, or leave out with
-    ``skip_bad``), or, with ``settle=False``, kept in ``pending`` for :func:`validate` to report
-    together with its own."""
+def read_cohort(data, class_names, *, skip_bad: bool = False, settle: bool = True, caps=None,
+                label_column: str | None = None, label_map=None) -> Cohort:
+    """Read a manifest (CSV path or DataFrame), class folders, a BIDS root or a ClinicaDL TSV
+    with ``caps`` into a Cohort, without reading voxels. Problems are collected for every
+    subject and settled here (stop, or leave out with ``skip_bad``), or, with ``settle=False``,
+    kept in ``pending`` for :func:`validate` to report together with its own.
+
+    ``label_column``: the label's column (default ``label`` in a manifest, ``diagnosis`` in a
+    BIDS ``participants.tsv`` / ``sessions.tsv`` or a ClinicaDL TSV). ``label_map``: source label
+    -> class name (``"Dementia=AD,Control=CN"`` or a dict). Scans of a BIDS or CAPS cohort whose
+    label is no model class (MCI, missing, ...) go to ``excluded`` with the reason; in a manifest
+    such a label is a problem, as any other."""
+    from . import layouts
+
     class_names = list(class_names)
-    if isinstance(data, pd.DataFrame):
-        table, problems = _from_manifest(data, Path.cwd(), "the data frame", class_names)
+    label_map = check_label_map(parse_label_map(label_map), class_names)
+    excluded: list = []
+    if caps is not None or layouts.is_clinicadl_tsv(data):
+        found = layouts.read_clinicadl(data, caps, class_names, label_column or layouts.LABEL_COLUMN, label_map)
+        table, problems, excluded, source = found
+    elif isinstance(data, pd.DataFrame):
         source = "the data frame"
+        table, problems = _from_manifest(data, Path.cwd(), source, class_names, label_map, label_column)
     else:
         path = Path(data)
         if not path.exists():
-            raise HeimerError(f"data {str(data)!r} does not exist; pass a CSV manifest or a folder ROOT/<class>/*.nii.gz")
+            raise HeimerError(f"data {str(data)!r} does not exist; pass a CSV manifest or a folder (ROOT/<class>/*.nii.gz "
+                              "or a BIDS root), or a ClinicaDL TSV with --caps")
         if path.is_dir() and (path / "manifest.csv").is_file():
             path = path / "manifest.csv"
         source = str(path)
-        if path.is_dir():
+        if path.is_dir() and (path / layouts.PARTICIPANTS).is_file():
+            table, problems, excluded = layouts.read_bids(path, class_names, label_column or layouts.LABEL_COLUMN,
+                                                          label_map)  # fmt: skip
+        elif path.is_dir():
             table, problems = _from_folders(path, class_names)
         else:
             try:
-                frame = pd.read_csv(path, dtype={"subject_id": str})
+                frame = pd.read_csv(path, dtype={"subject_id": str, "participant_id": str, "session_id": str})
                 if "subject_id" in frame.columns:  # ids such as "NA" or "nan" are ids, not missing values
                     frame["subject_id"] = pd.read_csv(path, usecols=["subject_id"], dtype=str, keep_default_na=False,
                                                       na_values=[""])["subject_id"]
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
                 raise HeimerError(f"manifest {path} is not a readable CSV ({one_line(e, with_type=False)})") from None
-            table, problems = _from_manifest(frame, path.parent, source, class_names)
+            table, problems = _from_manifest(frame, path.parent, source, class_names, label_map, label_column)
     if len(table):
         dupes = table["subject_id"][table["subject_id"].duplicated(keep=False)]
         for sid in sorted(set(dupes)):
             problems.append((sid, "", f"subject_id {sid!r} appears {int((dupes == sid).sum())} times; ids must be unique"))
         table = table[~table["subject_id"].isin(set(dupes))].reset_index(drop=True)
-    covariates = [c for c in table.columns if c not in ("subject_id", "path", "label", "label_name")]
-    cohort = Cohort(table=table, class_names=class_names, source=source, covariates=covariates)
+        layouts.require_one_class_per_participant(table, source)
+    layouts.require_scans(table, problems, excluded, source)
+    covariates = [c for c in table.columns if c not in ID_COLUMNS]
+    cohort = Cohort(table=table, class_names=class_names, source=source, covariates=covariates,
+                    excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS))
     if not settle:
         cohort.pending = problems
         return cohort
@@ -195,7 +287,7 @@ def _settle(cohort: Cohort, problems, skip_bad: bool) -> Cohort:
         return cohort
     if not skip_bad:
         raise CohortProblems(problems, cohort.source)
-    bad = pd.DataFrame(problems, columns=["subject_id", "path", "reason"])
+    bad = pd.DataFrame(problems, columns=EXCLUDED_COLUMNS)
     cohort.excluded = pd.concat([cohort.excluded, bad], ignore_index=True)
     cohort.table = cohort.table[~cohort.table["subject_id"].isin(set(bad["subject_id"]))].reset_index(drop=True)
     return cohort

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .champion import Comparison
-from .cohort import Cohort, CohortDataset, make_loader, read_cohort, validate
+from .cohort import Cohort, CohortDataset, make_loader, parse_label_map, read_cohort, validate
 from .engine import run_engine
 from .engine.gradcam import check_cam_method
 from .engine.run import EngineResult, pick_device
@@ -64,6 +64,11 @@ class EvaluationOptions:
     require: tuple[str, ...] = ()  # promotion rules, e.g. "roc_auc_ci_lower>=0.75" (see heimer_mlflow.gate)
     require_verdict: str | None = None  # "pass": the verdict is a rule too
     cam: str = "hirescam"  # the primary map: hirescam or gradcam (README: why HiResCAM by default)
+    # cohorts as teams have them (heimer_mlflow.layouts): a ClinicaDL TSV's CAPS folder, the label's
+    # column (default: label in a manifest, diagnosis in BIDS / ClinicaDL), source label -> class name
+    caps: str | None = None
+    label_column: str | None = None
+    label_map: str | dict | None = None  # "Dementia=AD,Control=CN"; a dict once checked
 
     def check(self) -> EvaluationOptions:
         check_cam_method(self.cam)
@@ -75,6 +80,7 @@ class EvaluationOptions:
             raise HeimerError(f"batch_size={self.batch_size}: give a positive integer")
         self._check_atlas()
         self.require = tuple(self.require) if not isinstance(self.require, str) else (self.require,)
+        self.label_map = parse_label_map(self.label_map)  # bad syntax is a user error before anything runs
         self.gate()  # a rule that cannot be read is a user error before anything runs
         unknown = set(self.history_metrics) - set(HISTORY_NAMES)
         if unknown:
@@ -172,7 +178,8 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     """Evaluate a registered model version on a cohort and log everything to MLflow.
 
     ``data``: a CSV manifest, a folder (``ROOT/<class>/*.nii.gz`` or one holding
-    ``manifest.csv``) or a DataFrame with ``path`` and ``label`` columns. ``options`` are the
+    ``manifest.csv``), a BIDS root, a ClinicaDL TSV (with ``caps=``) or a DataFrame with ``path``
+    and ``label`` columns (see :mod:`heimer_mlflow.layouts`). ``options`` are the
     fields of :class:`EvaluationOptions`. The results go to ``run_id`` when given, else to the
     active run (the one ``mlflow run`` started), else to a new run in ``experiment``. Returns
     the :class:`Evaluation` (numbers, arrays, the run id). With promotion rules (``require``,
@@ -225,7 +232,13 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     """Everything a user can get wrong that the headers can show, checked before the MLflow run
     is opened: the cohort, both classes, the atlas and brain mask, the device, the options."""
     meta = loaded.meta
-    cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False)
+    cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False, caps=opts.caps,
+                         label_column=opts.label_column, label_map=opts.label_map)
+    if len(cohort.excluded):  # labels that are no model class: never left out silently, -q or not
+        from .layouts import exclusion_summary
+
+        print(f"[heimer] {exclusion_summary(cohort.excluded, cohort.source)} (listed in the run's exclusions.csv "
+              "and the report)", file=sys.stderr)
     cohort = validate(cohort, meta, skip_bad=opts.skip_bad, progress=opts.progress)
     require_both_classes(cohort, meta)
     first = nib.load(cohort.table["path"].iloc[0])
@@ -336,7 +349,7 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     t0 = time.perf_counter()
     report = compute_metrics(y_true, engine.subjects["prob"].astype(float), threshold=opts.threshold,
                              covariates=covariates, n_bootstrap=opts.n_bootstrap, seed=opts.seed,
-                             class_names=_negative_positive(meta))
+                             class_names=_negative_positive(meta), clusters=cohort.participants(rows))
     metrics_s = time.perf_counter() - t0
     history = training_history(loaded.source_run_id, opts.history_metrics)
     result = Evaluation(

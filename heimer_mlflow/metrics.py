@@ -11,6 +11,12 @@ Conventions:
 - Every interval is a two-sided 95% interval: Wilson score intervals for proportions, a
   stratified percentile bootstrap for AUC, F1 and balanced accuracy (all from the same
   resamples), DeLong for the AUC as well.
+- Scans of one participant are not independent. Given ``clusters`` (the participant of each
+  scan), when some participant has several scans, every interval resamples participants
+  (a stratified cluster bootstrap: participants are drawn with all their scans) - the
+  proportions too, since Wilson intervals assume independent scans - and the analytic AUC
+  interval and the paired test use Obuchowski's (1997) clustered form of DeLong's variance.
+  Point estimates stay per scan.
 - A figure that cannot be computed (one class only, a zero denominator, too few subjects) is an
   ``Estimate`` with ``value=None`` and a ``reason``, never a NaN. The flat metrics for MLflow
   hold only computable figures; ``not_computable()`` lists the others with their reasons.
@@ -60,7 +66,8 @@ class Estimate:
     ``value`` is None exactly when the figure is not computable, and ``reason`` then says why
     (``reason`` is None otherwise). ``lower``/``upper`` are the interval bounds, None when the
     figure has no interval; ``method`` names how they were obtained (``"wilson"``,
-    ``"bootstrap"``, ``"delong"``); ``se`` is a standard error where the method gives one.
+    ``"bootstrap"``, ``"delong"``; with several scans per participant ``"cluster bootstrap"``
+    and ``"obuchowski"``); ``se`` is a standard error where the method gives one.
     All numbers are finite Python floats.
     """
 
@@ -144,11 +151,12 @@ class GroupMetrics:
       when calibrated; slope < 1 means overconfident scores, too extreme; > 1 underconfident).
     """
 
-    n_subjects: int
+    n_subjects: int  # scans
     n_positive: int
     n_negative: int
     confusion: ConfusionMatrix
     estimates: dict[str, Estimate]
+    n_participants: int | None = None  # the clusters the intervals resample; None: one per scan
 
     def __getitem__(self, name: str) -> Estimate:
         return self.estimates[name]
@@ -156,12 +164,17 @@ class GroupMetrics:
     def to_flat_metrics(self) -> dict[str, float | int]:
         """Counts and every computable figure with its interval bounds, nothing else."""
         flat: dict[str, float | int] = {
-            "n_subjects": self.n_subjects, "n_positive": self.n_positive, "n_negative": self.n_negative,
-            **self.confusion.to_dict(),
+            "n_subjects": self.n_subjects, "n_participants": self.participants, "n_positive": self.n_positive,
+            "n_negative": self.n_negative, **self.confusion.to_dict(),
         }  # fmt: skip
         for name, estimate in self.estimates.items():
             flat.update(estimate.flat(name))
         return flat
+
+    @property
+    def participants(self) -> int:
+        """How many participants the scans come from (each scan its own when not told)."""
+        return self.n_subjects if self.n_participants is None else self.n_participants
 
     def not_computable(self) -> list[tuple[str, str]]:
         """(name, reason) of every figure that could not be computed."""
@@ -169,7 +182,8 @@ class GroupMetrics:
 
     def to_dict(self) -> dict:
         return {
-            "n_subjects": self.n_subjects, "n_positive": self.n_positive, "n_negative": self.n_negative,
+            "n_subjects": self.n_subjects, "n_participants": self.participants,
+            "n_positive": self.n_positive, "n_negative": self.n_negative,
             "confusion": self.confusion.to_dict(),
             "estimates": {name: estimate.to_dict() for name, estimate in self.estimates.items()},
         }  # fmt: skip
@@ -345,6 +359,7 @@ def compute_metrics(
     n_bootstrap: int = 2000,
     seed: int = 0,
     class_names: tuple[str, str] = DEFAULT_CLASS_NAMES,
+    clusters=None,
 ) -> ClassificationReport:
     """All clinical figures of one model on one cohort.
 
@@ -353,9 +368,12 @@ def compute_metrics(
     iff its score >= threshold. ``covariates``: one row per subject, in the same order (the
     index is ignored); each column gives subgroups (see ``subgroup_masks``). Bootstrap intervals
     use ``n_bootstrap`` stratified resamples drawn from ``seed``; the same seed gives the same
-    intervals. Raises ``HeimerError`` on invalid input.
+    intervals. ``clusters``: the participant of each scan (any ids, same order); when a
+    participant has several scans, intervals resample participants (see the module notes).
+    Raises ``HeimerError`` on invalid input.
     """
     y, score = _validated(y_true, y_score, class_names)
+    codes = cluster_codes(clusters, y, class_names)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
         raise HeimerError(f"threshold must be a number in [0, 1]; got {threshold!r}")
     n_bootstrap = _validated_n_bootstrap(n_bootstrap)
@@ -364,13 +382,14 @@ def compute_metrics(
         raise HeimerError(f"covariates must be a DataFrame with one row per subject ({len(y)}); got {found}")
     threshold = float(threshold)
 
-    overall = _group_metrics(y, score, threshold, n_bootstrap, seed, class_names)
+    overall = _group_metrics(y, score, threshold, n_bootstrap, seed, class_names, codes)
     subgroups = []
     if covariates is not None:
         # Each subgroup resamples from the same seed, so its intervals do not depend on which
         # other covariates or groups happen to be present.
         for covariate, group, mask in subgroup_masks(covariates):
-            metrics = _group_metrics(y[mask], score[mask], threshold, n_bootstrap, seed, class_names)
+            metrics = _group_metrics(y[mask], score[mask], threshold, n_bootstrap, seed, class_names,
+                                     None if codes is None else codes[mask])
             subgroups.append(SubgroupResult(covariate, group, metrics))
     roc = RocCurve(*roc_curve(y, score)) if overall["roc_auc"].computable else None
     return ClassificationReport(
@@ -386,26 +405,30 @@ def compute_metrics(
 
 
 def paired_delta_auc(
-    y_true, score_a, score_b, n_bootstrap: int = 2000, seed: int = 0, *, class_names=DEFAULT_CLASS_NAMES
+    y_true, score_a, score_b, n_bootstrap: int = 2000, seed: int = 0, *, class_names=DEFAULT_CLASS_NAMES,
+    clusters=None,
 ) -> Estimate:
     """AUC(model A) - AUC(model B) on the same subjects, positive when A separates better.
 
     The interval is a paired, stratified percentile bootstrap: both models are scored on the
     very same resamples, so the subject-to-subject variation common to both cancels out.
-    ``se`` is the standard deviation of the resampled differences.
+    ``se`` is the standard deviation of the resampled differences. With ``clusters`` (the
+    participant of each scan) participants are resampled, not scans.
     """
     y, a = _validated(y_true, score_a, class_names, score_name="score_a")
     _, b = _validated(y_true, score_b, class_names, score_name="score_b")
     n_bootstrap = _validated_n_bootstrap(n_bootstrap)
+    codes = cluster_codes(clusters, y, class_names)
     reason = _class_count_reason(y, MIN_PER_CLASS_AUC, "the AUC", class_names)
     if reason:
         return Estimate.missing(reason)
     auc_a, auc_b = _ResampledAuc(y, a), _ResampledAuc(y, b)
     point = auc_a.point() - auc_b.point()
-    deltas = np.concatenate([auc_a(w) - auc_b(w) for w in stratified_bootstrap_weights(y, n_bootstrap, seed)])
+    weights = stratified_bootstrap_weights(y, n_bootstrap, seed, clusters=codes)
+    deltas = np.concatenate([auc_a(w) - auc_b(w) for w in weights])
     lower, upper = _percentile_interval(deltas)
     se = float(deltas.std(ddof=1)) if len(deltas) > 1 else None
-    return Estimate(point, lower, upper, method="bootstrap", se=se)
+    return Estimate(point, lower, upper, method=_bootstrap_method(codes), se=se)
 
 
 def wilson_interval(successes: int, total: int) -> tuple[float, float]:
@@ -421,23 +444,45 @@ def wilson_interval(successes: int, total: int) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def delong_auc(y_true, y_score, *, class_names=DEFAULT_CLASS_NAMES) -> Estimate:
+def delong_auc(y_true, y_score, *, class_names=DEFAULT_CLASS_NAMES, clusters=None) -> Estimate:
     """The AUC with DeLong's standard error and 95% interval (clipped to [0, 1]).
 
     DeLong et al. (1988), computed from midranks (Sun & Xu 2014): each AD subject's share of CN
     subjects it outscores, and each CN subject's share of AD subjects that outscore it; the
     AUC's variance is the sum of these components' variances over their class sizes. The
-    standard error is 0 when the classes are perfectly separated.
+    standard error is 0 when the classes are perfectly separated. With ``clusters`` (the
+    participant of each scan) and some participant scanned more than once, the variance is
+    Obuchowski's (1997): the components summed per participant, participants independent.
     """
     y, score = _validated(y_true, y_score, class_names)
+    codes = cluster_codes(clusters, y, class_names)
     reason = _class_count_reason(y, MIN_PER_CLASS_AUC, "the AUC", class_names)
     if reason:
         return Estimate.missing(reason)
     outscored_by_positive, outscoring_negative = _delong_components(y, score)
     auc = float(outscored_by_positive.mean())
-    se = math.sqrt(outscored_by_positive.var(ddof=1) / len(outscored_by_positive)
-                   + outscoring_negative.var(ddof=1) / len(outscoring_negative))  # fmt: skip
-    return Estimate(auc, max(0.0, auc - _Z * se), min(1.0, auc + _Z * se), method="delong", se=se)
+    if codes is not None:
+        se = math.sqrt(_clustered_variance(y, codes, outscored_by_positive, outscoring_negative))
+        method = "obuchowski"
+    else:
+        se = math.sqrt(outscored_by_positive.var(ddof=1) / len(outscored_by_positive)
+                       + outscoring_negative.var(ddof=1) / len(outscoring_negative))  # fmt: skip
+        method = "delong"
+    return Estimate(auc, max(0.0, auc - _Z * se), min(1.0, auc + _Z * se), method=method, se=se)
+
+
+def _clustered_variance(y: np.ndarray, codes: np.ndarray, positive_part: np.ndarray, negative_part: np.ndarray) -> float:
+    """Obuchowski's (1997) variance of an AUC (or of a difference of two, given the paired
+    components' differences) over independent participants: per participant, the sum of its
+    scans' components less their expectation, squared, summed, times I / (I - 1), over the
+    squared class sizes. A participant has one class, so the covariance term is zero."""
+    clusters = int(codes.max()) + 1
+    total = 0.0
+    for part, members in ((positive_part, y == 1), (negative_part, y == 0)):
+        centred = part - part.mean()
+        per_cluster = np.bincount(codes[members], weights=centred, minlength=clusters)
+        total += float((per_cluster**2).sum()) / members.sum() ** 2
+    return total * clusters / (clusters - 1)
 
 
 def _delong_components(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -454,32 +499,38 @@ def _delong_components(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np
     return outscored_by_positive, outscoring_negative
 
 
-def paired_delong(y_true, score_a, score_b, *, class_names=DEFAULT_CLASS_NAMES) -> tuple[Estimate, float | None]:
+def paired_delong(y_true, score_a, score_b, *, class_names=DEFAULT_CLASS_NAMES,
+                  clusters=None) -> tuple[Estimate, float | None]:
     """AUC(model A) - AUC(model B) on the same subjects, with DeLong's variance for correlated
     ROC curves (DeLong et al. 1988): the difference with its 95% interval and standard error,
     and the two-sided p-value of "the two AUCs are equal". Both models' components are taken
     on the same subjects, so their covariance enters the variance of the difference (a paired
     test: the same hard cases hurt both models and cancel out). ``(missing, None)`` with fewer
-    than two subjects per class.
+    than two subjects per class. With ``clusters`` and some participant scanned more than once,
+    the variance is Obuchowski's clustered form (participants independent, not scans).
     """
     y, a = _validated(y_true, score_a, class_names, score_name="score_a")
     _, b = _validated(y_true, score_b, class_names, score_name="score_b")
+    codes = cluster_codes(clusters, y, class_names)
     reason = _class_count_reason(y, MIN_PER_CLASS_AUC, "the AUC", class_names)
     if reason:
         return Estimate.missing(reason), None
     (pos_a, neg_a), (pos_b, neg_b) = _delong_components(y, a), _delong_components(y, b)
     difference = float(pos_a.mean() - pos_b.mean())
-    # var(A - B) = var(A) + var(B) - 2 cov(A, B), per class, over the class sizes
-    variance = sum(np.var(ca - cb, ddof=1) / len(ca) for ca, cb in ((pos_a, pos_b), (neg_a, neg_b)))
+    if codes is not None:
+        variance = _clustered_variance(y, codes, pos_a - pos_b, neg_a - neg_b)
+    else:  # var(A - B) = var(A) + var(B) - 2 cov(A, B), per class, over the class sizes
+        variance = sum(np.var(ca - cb, ddof=1) / len(ca) for ca, cb in ((pos_a, pos_b), (neg_a, neg_b)))
     se = math.sqrt(max(float(variance), 0.0))
     if se > 0:
         p_value = float(2 * norm.sf(abs(difference) / se))
     else:  # identical rankings of both classes' pairs: the difference is exact
         p_value = 1.0 if difference == 0 else 0.0
-    return Estimate(difference, difference - _Z * se, difference + _Z * se, method="delong", se=se), p_value
+    method = "obuchowski" if codes is not None else "delong"
+    return Estimate(difference, difference - _Z * se, difference + _Z * se, method=method, se=se), p_value
 
 
-def stratified_bootstrap_weights(y_true, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
+def stratified_bootstrap_weights(y_true, n_bootstrap: int, seed: int, *, clusters=None) -> Iterator[np.ndarray]:
     """The bootstrap resamples, as how often each subject is drawn, in chunks.
 
     Each resample draws, with replacement, as many AD subjects from the AD subjects and as many
@@ -487,21 +538,54 @@ def stratified_bootstrap_weights(y_true, n_bootstrap: int, seed: int) -> Iterato
     prevalence, stay fixed, so every resample has both classes and an AUC). Yields int64 arrays
     [resamples in chunk, subjects] whose rows sum to the number of subjects; the chunks together
     hold ``n_bootstrap`` rows and are the same for the same ``y_true``, ``n_bootstrap`` and
-    ``seed``.
+    ``seed``. With ``clusters`` (codes 0..I-1 from :func:`cluster_codes`, one class each) the
+    participants are drawn, per class as many as it has, and each scan weighs as often as its
+    participant was drawn (rows then sum to a varying number of scans).
     """
     y = np.asarray(y_true)
     rng = np.random.default_rng(seed)
-    classes = [members for members in (np.flatnonzero(y == 1), np.flatnonzero(y == 0)) if len(members)]
+    if clusters is None:
+        units, of_scan = y, None
+    else:  # one unit per participant, with its class; scans follow their participant
+        of_scan = np.asarray(clusters)
+        units = np.zeros(int(of_scan.max()) + 1, dtype=y.dtype)
+        units[of_scan] = y
+    classes = [members for members in (np.flatnonzero(units == 1), np.flatnonzero(units == 0)) if len(members)]
     for start in range(0, n_bootstrap, _BOOTSTRAP_CHUNK):
         size = min(_BOOTSTRAP_CHUNK, n_bootstrap - start)
-        weights = np.zeros((size, len(y)), dtype=np.int64)
+        weights = np.zeros((size, len(units)), dtype=np.int64)
         rows = np.arange(size)[:, None]
         for members in classes:
             drawn = rng.integers(0, len(members), size=(size, len(members)))
             # Count the draws per (resample, subject) with one bincount over row-offset indices.
             counts = np.bincount((drawn + rows * len(members)).ravel(), minlength=size * len(members))
             weights[:, members] = counts.reshape(size, len(members))
-        yield weights
+        yield weights if of_scan is None else weights[:, of_scan]
+
+
+def cluster_codes(clusters, y: np.ndarray, class_names=DEFAULT_CLASS_NAMES) -> np.ndarray | None:
+    """The participant of each scan as codes 0..I-1, or None when there are none or every scan
+    is its own participant (then scans are independent and nothing changes). A participant
+    whose scans carry both classes is an error: the cluster bootstrap keeps class sizes per
+    participant."""
+    if clusters is None:
+        return None
+    ids = pd.Series(np.asarray(clusters, dtype=object)).astype(str)
+    if len(ids) != len(y):
+        raise HeimerError(f"clusters must name one participant per subject ({len(y)}); got {len(ids)}")
+    codes, uniques = pd.factorize(ids, sort=False)
+    if len(uniques) == len(ids):
+        return None
+    per_participant = pd.Series(y).groupby(codes).nunique()
+    mixed = per_participant.index[per_participant.to_numpy() > 1]
+    if len(mixed):
+        raise HeimerError(f"participant {uniques[int(mixed[0])]} has scans of both {class_names[0]} and "
+                          f"{class_names[1]}; a participant belongs to one class: fix its labels or drop sessions")
+    return codes.astype(np.int64)
+
+
+def _bootstrap_method(codes) -> str:
+    return "bootstrap" if codes is None else "cluster bootstrap"
 
 
 def reliability_curve(y_true, y_score) -> ReliabilityCurve:
@@ -637,7 +721,6 @@ class _ResampledAuc:
         self.order = order
         self.level_starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         self.positive = (y[order] == 1)[None, :]
-        self.pairs = int((y == 1).sum()) * int((y == 0).sum())
 
     def __call__(self, weights: np.ndarray) -> np.ndarray:
         """AUC of each row of ``weights`` [resamples, subjects] (times each subject is drawn)."""
@@ -647,7 +730,10 @@ class _ResampledAuc:
         negatives = np.add.reduceat(w - positive_w, self.level_starts, axis=1)
         negatives_below = np.cumsum(negatives, axis=1) - negatives
         twice_u = (positives * (2 * negatives_below + negatives)).sum(axis=1)
-        return twice_u / (2.0 * self.pairs)
+        # AD-CN pairs in each resample (fixed by the stratification, unless participants with
+        # several scans are drawn)
+        pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+        return twice_u / (2.0 * pairs)
 
     def point(self) -> float:
         """The AUC of the cohort itself (every subject drawn once)."""
@@ -666,66 +752,87 @@ def _proportion(successes: int, total: int, reason_if_empty: str) -> Estimate:
     return Estimate(successes / total, *wilson_interval(successes, total), method="wilson")
 
 
-def _group_metrics(y, score, threshold, n_bootstrap, seed, class_names) -> GroupMetrics:
+def _group_metrics(y, score, threshold, n_bootstrap, seed, class_names, codes=None) -> GroupMetrics:
     negative, positive = class_names
     is_pos, called = y == 1, score >= threshold
     tp, fn = int((is_pos & called).sum()), int((is_pos & ~called).sum())
     fp, tn = int((~is_pos & called).sum()), int((~is_pos & ~called).sum())
     n_pos, n_neg, n = tp + fn, fp + tn, len(y)
+    if codes is not None:  # a subgroup: its own participants, and maybe one scan each now
+        codes = cluster_codes(pd.factorize(codes)[0], y, class_names)
+    method = _bootstrap_method(codes)
 
     auc_reason = _class_count_reason(y, MIN_PER_CLASS_AUC, "the AUC", class_names)
     both_reason = _class_count_reason(y, 1, "balanced accuracy", class_names)
-    resampled = _bootstrap(y, score, called, n_bootstrap, seed, with_auc=auc_reason is None)
+    resampled = _bootstrap(y, score, called, n_bootstrap, seed, with_auc=auc_reason is None, codes=codes)
     if auc_reason:
         roc_auc = Estimate.missing(auc_reason)
     else:
-        roc_auc = Estimate(_ResampledAuc(y, score).point(), *_percentile_interval(resampled["auc"]), method="bootstrap")
+        roc_auc = Estimate(_ResampledAuc(y, score).point(), *_percentile_interval(resampled["auc"]), method=method)
     if both_reason:
         balanced = Estimate.missing(both_reason)
     else:
         value = (tp / n_pos + tn / n_neg) / 2
-        balanced = Estimate(value, *_percentile_interval(resampled["balanced_accuracy"]), method="bootstrap")
+        balanced = Estimate(value, *_percentile_interval(resampled["balanced_accuracy"]), method=method)
     if n_pos == 0:
         f1 = Estimate.missing(f"no {positive} subjects; F1 needs at least one")
     else:
-        f1 = Estimate(2 * tp / (2 * tp + fp + fn), *_percentile_interval(resampled["f1"]), method="bootstrap")
+        f1 = Estimate(2 * tp / (2 * tp + fp + fn), *_percentile_interval(resampled["f1"]), method=method)
+
+    def proportion(name, successes, total, reason_if_empty):
+        if codes is None or total == 0:  # independent scans: Wilson
+            return _proportion(successes, total, reason_if_empty)
+        if name not in resampled:  # no resample had a denominator: the figure stands without interval
+            return Estimate(successes / total)
+        return Estimate(successes / total, *_percentile_interval(resampled[name]), method=method)
 
     at = f"at threshold {threshold:g}"
     estimates = {
         "roc_auc": roc_auc,
-        "roc_auc_delong": delong_auc(y, score, class_names=class_names),
-        "accuracy": _proportion(tp + tn, n, "no subjects"),
+        "roc_auc_delong": delong_auc(y, score, class_names=class_names, clusters=codes),
+        "accuracy": proportion("accuracy", tp + tn, n, "no subjects"),
         "balanced_accuracy": balanced,
-        "sensitivity": _proportion(tp, n_pos, f"no {positive} subjects; sensitivity needs at least one"),
-        "specificity": _proportion(tn, n_neg, f"no {negative} subjects; specificity needs at least one"),
-        "ppv": _proportion(tp, tp + fp, f"no subject called {positive} {at}; PPV needs at least one"),
-        "npv": _proportion(tn, tn + fn, f"no subject called {negative} {at}; NPV needs at least one"),
+        "sensitivity": proportion("sensitivity", tp, n_pos, f"no {positive} subjects; sensitivity needs at least one"),
+        "specificity": proportion("specificity", tn, n_neg, f"no {negative} subjects; specificity needs at least one"),
+        "ppv": proportion("ppv", tp, tp + fp, f"no subject called {positive} {at}; PPV needs at least one"),
+        "npv": proportion("npv", tn, tn + fn, f"no subject called {negative} {at}; NPV needs at least one"),
         "f1": f1,
         **_calibration(y, score, class_names),
     }
-    return GroupMetrics(n, n_pos, n_neg, ConfusionMatrix(tn=tn, fp=fp, fn=fn, tp=tp), estimates)
+    participants = None if codes is None else int(codes.max()) + 1
+    return GroupMetrics(n, n_pos, n_neg, ConfusionMatrix(tn=tn, fp=fp, fn=fn, tp=tp), estimates, participants)
 
 
-def _bootstrap(y, score, called, n_bootstrap, seed, *, with_auc) -> dict[str, np.ndarray]:
-    """Resampled AUC (if ``with_auc``), F1 and balanced accuracy, all from the same resamples.
+def _bootstrap(y, score, called, n_bootstrap, seed, *, with_auc, codes=None) -> dict[str, np.ndarray]:
+    """Resampled AUC (if ``with_auc``), F1 and balanced accuracy, all from the same resamples;
+    with participant ``codes`` (a cluster bootstrap) the proportions at the threshold too.
 
-    Class sizes are fixed by the stratification, so only the resampled true- and
-    false-positive counts vary; a figure whose class is absent is left out.
+    Resamples keep the class sizes (in scans, or in participants when clustered), so a class
+    present in the cohort is present in every resample; a figure whose class is absent, or
+    whose denominator is zero in a resample, is left out.
     """
     is_pos = y == 1
-    n_pos, n_neg = int(is_pos.sum()), int((~is_pos).sum())
     auc = _ResampledAuc(y, score) if with_auc else None
-    samples: dict[str, list[np.ndarray]] = {"auc": [], "f1": [], "balanced_accuracy": []}
-    for weights in stratified_bootstrap_weights(y, n_bootstrap, seed):
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in (
+        "auc", "f1", "balanced_accuracy", "accuracy", "sensitivity", "specificity", "ppv", "npv")}
+    for weights in stratified_bootstrap_weights(y, n_bootstrap, seed, clusters=codes):
         tp = weights[:, is_pos & called].sum(axis=1)
         fp = weights[:, ~is_pos & called].sum(axis=1)
+        n_pos, n_neg = weights[:, is_pos].sum(axis=1), weights[:, ~is_pos].sum(axis=1)
         if auc is not None:
             samples["auc"].append(auc(weights))
-        if n_pos:
+        if n_pos.all():
             samples["f1"].append(2 * tp / (tp + fp + n_pos))  # 2TP + FP + FN, as FN = n_pos - TP
-            if n_neg:
+            if n_neg.all():
                 samples["balanced_accuracy"].append((tp / n_pos + 1 - fp / n_neg) / 2)
-    return {name: np.concatenate(parts) for name, parts in samples.items() if parts}
+        if codes is not None:
+            tn, fn = n_neg - fp, n_pos - tp
+            with np.errstate(invalid="ignore", divide="ignore"):
+                for name, part, whole in (("accuracy", tp + tn, n_pos + n_neg), ("sensitivity", tp, n_pos),
+                                          ("specificity", tn, n_neg), ("ppv", tp, tp + fp), ("npv", tn, tn + fn)):
+                    ratio = part / whole
+                    samples[name].append(ratio[np.isfinite(ratio)])
+    return {name: np.concatenate(parts) for name, parts in samples.items() if parts and sum(map(len, parts))}
 
 
 def _calibration_bins(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

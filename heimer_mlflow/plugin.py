@@ -4,8 +4,10 @@ A thin shell: MLflow hands over a pyfunc model and a data set; this recovers the
 (``get_raw_model()``), the model contract and the registry version, rebuilds the manifest
 (``path`` and ``label`` columns) and calls the same ``evaluate_loaded`` as the CLI.
 ``evaluator_config`` takes the options of ``heimer_mlflow.evaluate`` (threshold, atlas, cam,
-require, ...). It runs only when asked for by name (``evaluators="heimer"``): MLflow's own
-evaluations of other models are left exactly as they are without this package.
+require, ...; with ``caps`` the data is a ClinicaDL table: participant_id, session_id and the
+targets column as its diagnosis). It runs only when asked for by name
+(``evaluators="heimer"``): MLflow's own evaluations of other models are left exactly as they are
+without this package.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class HeimerEvaluator(ModelEvaluator):
         loaded = _loaded_from_pyfunc(model)
         options = dict(evaluator_config or {})
         options.setdefault("progress", False)
-        evaluation = evaluate_loaded(loaded, _manifest(dataset), EvaluationOptions(**options).check(), run_id=run_id)
+        frame = _manifest(dataset, options)
+        evaluation = evaluate_loaded(loaded, frame, EvaluationOptions(**options).check(), run_id=run_id)
         return EvaluationResult(metrics=evaluation.run_metrics, artifacts=evaluation_artifacts(evaluation.artifacts),
                                 run_id=evaluation.run_id)  # fmt: skip
 
@@ -110,12 +113,19 @@ def _loaded_from_pyfunc(model) -> LoadedModel:
     )
 
 
-def _manifest(dataset) -> pd.DataFrame:
-    """The data set MLflow passes, back as a manifest (path, label and the rest)."""
+def _manifest(dataset, options: dict) -> pd.DataFrame:
+    """The data set MLflow passes, back as a manifest (path, label and the rest) or, with
+    ``caps`` in the options, a ClinicaDL table (participant_id, session_id, the label column)."""
     frame = dataset.features_data
     if not isinstance(frame, pd.DataFrame):
         raise HeimerError("the heimer evaluator needs data as a DataFrame with path and label columns")
     frame = frame.copy()
-    if dataset.labels_data is not None and "label" not in frame.columns:
-        frame["label"] = list(dataset.labels_data)
+    if dataset.labels_data is not None:
+        # MLflow takes the targets out of the features: put them back where the reader looks
+        manifest = "path" in frame.columns
+        column = options.get("label_column") or ("label" if manifest else dataset.targets_name or "diagnosis")
+        if column not in frame.columns:
+            frame[column] = list(dataset.labels_data)
+        if not manifest:
+            options["label_column"] = column
     return frame

@@ -113,11 +113,12 @@ class CohortRecord:
     """Where the subjects came from, how many, which were left out and why."""
 
     source: str | None = None
-    n_subjects: int | None = None
+    n_subjects: int | None = None  # scans evaluated
     n_excluded: int | None = None
     covariates: list[str] = field(default_factory=list)
     excluded: list[dict] = field(default_factory=list)  # subject_id, path, reason
     counts: dict[str, int | None] = field(default_factory=dict)  # subjects per class
+    n_participants: int | None = None  # the people the scans come from (None in records before it)
 
     @classmethod
     def from_dict(cls, data: dict) -> CohortRecord:
@@ -125,7 +126,8 @@ class CohortRecord:
                    n_excluded=_int(data.get("n_excluded")), covariates=[c for c in _list(data.get("covariates"))
                                                                         if isinstance(c, str)],
                    excluded=[e for e in _list(data.get("excluded")) if isinstance(e, dict)],
-                   counts={str(k): _int(v) for k, v in _dict(data.get("counts")).items()})  # fmt: skip
+                   counts={str(k): _int(v) for k, v in _dict(data.get("counts")).items()},
+                   n_participants=_int(data.get("n_participants")))  # fmt: skip
 
 
 @dataclass
@@ -291,7 +293,8 @@ class EvaluationRecord:
                               m.meta.to_metadata(), m.meta.inferred),
             cohort=CohortRecord(cohort.source, int(len(engine.subjects.get("prob", []))), int(len(cohort.excluded)),
                                 cohort.covariates, cohort.excluded.astype(str).to_dict("records"),
-                                {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()}),
+                                {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()},
+                                evaluation.metrics.overall.participants),
             configuration={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(evaluation.options).items()},
             engine=EngineRecord(
                 device=engine.device, amp=engine.amp, target_layer=engine.target_layer, cam_method=engine.cam_method,
@@ -411,13 +414,15 @@ class GroupRecord:
     n_negative: int | None = None
     confusion: dict[str, float | None] = field(default_factory=dict)  # tn, fp, fn, tp
     estimates: dict[str, Estimate] = field(default_factory=dict)
+    n_participants: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> GroupRecord:
         estimates = {str(k): estimate(v) for k, v in _dict(data.get("estimates")).items()}
         return cls(_int(data.get("n_subjects")), _int(data.get("n_positive")), _int(data.get("n_negative")),
                    {str(k): _number(v) for k, v in _dict(data.get("confusion")).items()},
-                   {k: v for k, v in estimates.items() if v is not None})  # fmt: skip
+                   {k: v for k, v in estimates.items() if v is not None},
+                   _int(data.get("n_participants")))  # fmt: skip
 
 
 @dataclass

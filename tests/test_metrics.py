@@ -351,3 +351,80 @@ def test_invalid_input_raises_one_clear_line(y_true, y_score, kwargs, message):
     with pytest.raises(HeimerError) as caught:
         compute_metrics(y_true, y_score, **kwargs)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------ participants with several scans
+
+
+def _duplicated_cohort(n_per_class=20, repeats=2, seed=3):
+    """A cohort, and the same cohort with every participant scanned ``repeats`` times (same
+    scores: the most correlated sessions can be), participants in the same order."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([1, 0], n_per_class)
+    score = np.clip(np.where(y == 1, 0.62, 0.38) + rng.normal(0, 0.2, len(y)), 0, 1)
+    participants = np.array([f"sub-{i:02d}" for i in range(len(y))])
+    return (y, score), (np.repeat(y, repeats), np.repeat(score, repeats), np.repeat(participants, repeats))
+
+
+def test_cluster_bootstrap_on_duplicated_sessions_equals_the_bootstrap_of_participants():
+    (y, score), (y2, score2, who) = _duplicated_cohort()
+    once = compute_metrics(y, score, n_bootstrap=500, seed=1).overall
+    naive = compute_metrics(y2, score2, n_bootstrap=500, seed=1).overall
+    clustered = compute_metrics(y2, score2, n_bootstrap=500, seed=1, clusters=who).overall
+    for name in ("roc_auc", "f1", "balanced_accuracy"):
+        assert clustered[name].value == pytest.approx(once[name].value)
+        # the same participants drawn the same number of times: the very same intervals
+        assert (clustered[name].lower, clustered[name].upper) == pytest.approx((once[name].lower, once[name].upper))
+        assert clustered[name].method == "cluster bootstrap"
+    # counting each scan as a participant makes the AUC look twice as well measured
+    width = lambda e: e.upper - e.lower  # noqa: E731
+    assert width(naive["roc_auc"]) < 0.85 * width(clustered["roc_auc"])
+    assert (clustered.n_subjects, clustered.n_participants) == (80, 40)
+    flat = compute_metrics(y2, score2, n_bootstrap=50, clusters=who).to_flat_metrics()
+    assert (flat["n_subjects"], flat["n_participants"]) == (80, 40)
+
+
+def test_proportions_resample_participants_when_they_have_several_scans():
+    (y, score), (y2, score2, who) = _duplicated_cohort()
+    once = compute_metrics(y, score, n_bootstrap=500, seed=1).overall
+    naive = compute_metrics(y2, score2, n_bootstrap=500, seed=1).overall
+    clustered = compute_metrics(y2, score2, n_bootstrap=500, seed=1, clusters=who).overall
+    width = lambda e: e.upper - e.lower  # noqa: E731
+    for name in ("sensitivity", "specificity", "accuracy", "ppv", "npv"):
+        e = clustered[name]
+        assert e.method == "cluster bootstrap" and naive[name].method == "wilson"
+        assert e.value == pytest.approx(naive[name].value) and e.lower <= e.value <= e.upper
+        # as wide as the participants' own (Wilson) interval, wider than one that counts scans
+        assert 0.75 < width(e) / width(once[name]) < 1.3, name
+        assert width(e) > 1.1 * width(naive[name]), name
+
+
+def test_obuchowski_variance_on_duplicated_sessions_is_delongs_of_the_participants():
+    (y, score), (y2, score2, who) = _duplicated_cohort()
+    plain = delong_auc(y, score)
+    clustered = delong_auc(y2, score2, clusters=who)
+    naive = delong_auc(y2, score2)
+    assert clustered.method == "obuchowski" and clustered.value == pytest.approx(plain.value)
+    # I/(I-1) over the squared class size vs DeLong's 1/(M(M-1)): within 3% here
+    assert clustered.se == pytest.approx(plain.se, rel=0.03)
+    assert naive.se < 0.75 * clustered.se
+    from heimer_mlflow.metrics import paired_delong
+
+    other = np.clip(score + np.random.default_rng(0).normal(0, 0.15, len(score)), 0, 1)
+    diff_plain, p_plain = paired_delong(y, score, other)
+    diff_clustered, p_clustered = paired_delong(y2, score2, np.repeat(other, 2), clusters=who)
+    assert diff_clustered.value == pytest.approx(diff_plain.value)
+    assert diff_clustered.se == pytest.approx(diff_plain.se, rel=0.03) and p_clustered == pytest.approx(p_plain, rel=0.1)
+
+
+def test_one_scan_per_participant_changes_nothing():
+    (y, score), _ = _duplicated_cohort()
+    ids = [f"p{i}" for i in range(len(y))]
+    assert compute_metrics(y, score, n_bootstrap=200, clusters=ids).to_json_dict() == \
+        compute_metrics(y, score, n_bootstrap=200).to_json_dict()
+
+
+def test_a_participant_in_two_classes_is_an_error():
+    y = np.array([1, 0, 1, 0, 1, 0])
+    with pytest.raises(HeimerError, match="participant sub-1 has scans of both CN and AD"):
+        compute_metrics(y, np.linspace(0.1, 0.9, 6), clusters=["sub-1", "sub-1", "sub-2", "sub-3", "sub-4", "sub-5"])

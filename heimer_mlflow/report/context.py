@@ -241,8 +241,13 @@ def _champion_context(champion, this: MetricsRecord, predictions, positive: str,
             try:
                 from ..metrics import paired_delta_auc
 
+                clusters = None
+                if "participant_id" in predictions.columns:  # scans of one participant resampled together
+                    of = dict(zip(predictions["subject_id"].astype(str), predictions["participant_id"].astype(str)))
+                    clusters = [of[sid] for sid in ids_a[ia]]
                 difference = paired_delta_auc(y_a[ia], s_a[ia], s_b[ib], n_bootstrap=this.n_bootstrap or 2000,
-                                              seed=this.seed or 0, class_names=tuple(class_names))  # fmt: skip
+                                              seed=this.seed or 0, class_names=tuple(class_names),
+                                              clusters=clusters)  # fmt: skip
             except Exception as error:  # noqa: BLE001 - a comparison problem must not stop the report
                 note = f"The paired comparison could not be computed ({type(error).__name__}: {error})."
         else:
@@ -433,7 +438,8 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         },
         "headline": headline,
         "n": {"n_subjects": text(overall.n_subjects), "n_positive": text(overall.n_positive),
-              "n_negative": text(overall.n_negative)},
+              "n_negative": text(overall.n_negative), "n_participants": text(overall.n_participants),
+              "clustered": overall.n_participants is not None and overall.n_participants != overall.n_subjects},
         "confusion": {k: ("n/a" if v is None else f"{v:.0f}") for k, v in overall.confusion.items()},
         "threshold": fmt_num(metrics.threshold if metrics.threshold is not None else engine.threshold, 2),
         "threshold_note": metrics.threshold_note or "",

@@ -208,6 +208,8 @@ GLOSSARY = [
             "value 95% of the time. Wide intervals mean few subjects."),
     ("Bootstrap", "Re-computing a figure on many resamples of the subjects to see how much it varies."),
     ("Wilson interval", "A confidence interval for a proportion that behaves well with small counts."),
+    ("Cluster bootstrap", "A bootstrap that draws participants with all their scans, for cohorts where some "
+            "participants were scanned more than once: their scans are not independent evidence."),
     ("DeLong interval", "An analytic confidence interval for the AUC."),
     ("Brier score", "Mean squared difference between predicted probability and outcome (0 or 1); lower is better."),
     ("Log loss", "Mean negative log-probability given to the true class; punishes confident mistakes."),
