@@ -201,11 +201,13 @@ def region_name(label: str) -> str:
 def _unknown_region(item: str, atlas: NamedAtlas, table: dict[str, int]) -> str:
     import difflib
 
-    close = difflib.get_close_matches(item, list(table), n=3, cutoff=0.6)
+    sides = [region for group in atlas.groups.values() for region in group]
+    close = difflib.get_close_matches(item, [*atlas.groups, *sides, *table], n=3, cutoff=0.6)
     hint = f" (close: {', '.join(close)})" if close else ""
+    example = atlas.groups["hippocampus"]["hippocampus_left"][0]
     return (f"--regions {item!r} is not a region of the {atlas.name} atlas{hint}: use the groups "
             f"{', '.join(atlas.groups)}, one side of them (e.g. hippocampus_left), or an exact label name of "
-            f"{atlas.labels} in the {ATLAS_PACKAGE} package (e.g. {next(iter(next(iter(atlas.groups.values())).values()))[0]})")
+            f"{atlas.labels} in the {ATLAS_PACKAGE} package (e.g. {example})")
 
 
 def load_named_atlas(atlas: NamedAtlas, regions, grid_shape, grid_affine) -> tuple[np.ndarray, dict[int, str], AtlasRecord]:

@@ -87,7 +87,7 @@ class SpaceCheck:
     and torchrun ranks get it with the dataset."""
 
     points: np.ndarray  # [n, 3] world mm (RAS)
-    template: np.ndarray  # [n] smoothed template values
+    template: np.ndarray  # [n] the template's values there, block-averaged as a scan is
 
     def match(self, data: np.ndarray, affine: np.ndarray) -> Match:
         coarse, coarse_affine = _block_average(np.asarray(data, dtype=np.float32), np.asarray(affine, float))
