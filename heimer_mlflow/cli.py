@@ -132,8 +132,15 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or cuda:INDEX")
     evaluate.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast on CUDA (maps stay float32)")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="probability threshold for AD (default 0.5)")
-    evaluate.add_argument("--atlas", default=None, help="label NIfTI on the input grid, for per-region CAM gains")
-    evaluate.add_argument("--atlas-labels", default=None, help="CSV with columns index,name for --atlas")
+    evaluate.add_argument("--atlas", default=None, metavar="neuromorphometrics|desikan-killiany|NIFTI",
+                          help="regions for per-region CAM gains: a named MNI-space atlas (inputs must be in MNI "
+                               "space, which is checked; needs pip install \"heimer-mlflow[atlas]\") or a label "
+                               "NIfTI on the input grid with --atlas-labels")  # fmt: skip
+    evaluate.add_argument("--atlas-labels", default=None, help="CSV with columns index,name for --atlas NIFTI")
+    evaluate.add_argument("--regions", default=None, metavar="LIST",
+                          help="comma-separated atlas regions (default for a named atlas: hippocampus, "
+                               "lateral_ventricle, amygdala, entorhinal, each left and right): these groups, one side "
+                               "(hippocampus_left) or exact atlas label names")  # fmt: skip
     evaluate.add_argument("--brain-mask", default=None, metavar="NIFTI",
                           help="brain mask on the input grid (nonzero = brain) for the CAM outside-brain share "
                                "(default: each scan's non-background voxels)")  # fmt: skip
@@ -209,7 +216,8 @@ def _run(args) -> None:
         result = evaluate(
             args.model_uri, args.data, target_layer=_optional(args.target_layer), feature_layers=tuple(args.feature_layers),
             batch_size=args.batch_size, device=args.device, amp=args.amp, threshold=args.threshold,
-            atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), brain_mask=_optional(args.brain_mask),
+            atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), regions=_optional(args.regions),
+            brain_mask=_optional(args.brain_mask),
             save_cams=args.save_cams, gallery_k=args.gallery_k,
             skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,

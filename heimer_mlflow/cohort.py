@@ -469,14 +469,17 @@ class CohortDataset(torch.utils.data.Dataset):
     """One item per subject: ``image`` [1, D, H, W] float32 (intensity-normalised), ``label``,
     ``subject_id``, ``affine`` [4, 4] float64, ``brain_mask`` [D, H, W] bool, ``index`` (row in
     the cohort table), ``problem`` ("" when the voxels are fine; otherwise the reason and a
-    zero image, so one bad file does not kill a DataLoader worker)."""
+    zero image, so one bad file does not kill a DataLoader worker). With ``space_check`` (a
+    named MNI-space atlas: :class:`heimer_mlflow.mni.SpaceCheck`) a scan not in MNI space is a
+    problem too."""
 
-    def __init__(self, cohort: Cohort, meta: ModelMeta):
+    def __init__(self, cohort: Cohort, meta: ModelMeta, *, space_check=None):
         self.paths = cohort.table["path"].tolist()
         self.labels = cohort.table["label"].astype(int).tolist()
         self.subject_ids = cohort.table["subject_id"].astype(str).tolist()
         self.intensity = meta.intensity
         self.shape = tuple(meta.input_shape[1:]) if meta.input_shape is not None else None
+        self.space_check = space_check
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -487,6 +490,8 @@ class CohortDataset(torch.utils.data.Dataset):
             data, affine = load_volume(self.paths[i])
             if self.shape is not None and data.shape != self.shape:
                 raise ValueError(f"shape {data.shape} differs from the model input {self.shape}")
+            if self.space_check is not None and (elsewhere := self.space_check.problem(data, affine)):
+                raise ValueError(elsewhere)
             mask = brain_mask(data)
             image = normalise_intensity(data, self.intensity, mask)
         except (ValueError, OSError, EOFError) as e:

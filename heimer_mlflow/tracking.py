@@ -112,6 +112,11 @@ def _describe(handle: EvaluationRun, model, options, device: str) -> None:
                        "brain_mask": options.brain_mask or "non-background voxels",
                        "processes": int(os.environ.get("WORLD_SIZE") or 1)}.items():
         client.log_param(handle.run_id, f"heimer.{key}", value)
+    from .atlas import named_atlas
+
+    if (atlas := named_atlas(options.atlas)) is not None:  # its terms travel with the run
+        client.log_param(handle.run_id, "heimer.atlas", atlas.name)
+        client.log_param(handle.run_id, "heimer.atlas_licence", atlas.licence)
 
 
 def _open_run(model, options, run_id: str | None):

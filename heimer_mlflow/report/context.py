@@ -333,6 +333,16 @@ def _checks_context(record: EvaluationRecord, numbers: dict[str, float], sanity_
     }  # fmt: skip
 
 
+def _atlas_context(atlas) -> dict | None:
+    """A named atlas as the appendix shows it: what it is, where from, its licence, the labels
+    behind each region and how the inputs were judged to be in MNI space."""
+    if atlas is None:
+        return None
+    return {"name": text(atlas.name), "title": text(atlas.title), "licence": text(atlas.licence),
+            "source": text(atlas.source), "space_check": text(atlas.space_check),
+            "regions": [(region, ", ".join(labels)) for region, labels in atlas.regions.items()]}
+
+
 def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | None = None,
                   figure_dir: str = "figures", available_figures: set[str] | None = None,
                   run_id: str | None = None) -> dict:
@@ -450,7 +460,8 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
                     "normalisation": text(engine.gradcam.get("display_normalisation")),
                     "statistics": text(engine.gradcam.get("statistics"))},
         "feature_layers": engine.feature_layers, "ranking": ranking, "gallery": gallery,
-        "regions": engine.region_names, "device": text(engine.device), "n_epochs": n_epochs,
+        "regions": engine.region_names, "atlas": _atlas_context(record.atlas),
+        "device": text(engine.device), "n_epochs": n_epochs,
         "versions": sorted((k, text(v)) for k, v in record.versions.items()),
         "configuration": sorted((str(k), text(v)) for k, v in record.configuration.items()),
         "timings": sorted((k, fmt_num(v, 2)) for k, v in record.timings.items()),
