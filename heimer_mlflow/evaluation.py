@@ -272,7 +272,9 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
     device = ctx.device if ctx is not None else str(pick_device(opts.device))
     excluded = f" ({len(cohort.excluded)} left out)" if len(cohort.excluded) else ""
     ranks = f" across {ctx.world_size} processes ({ctx.backend})" if ctx is not None else ""
-    say(f"evaluating {loaded.name or loaded.uri} v{loaded.version or '-'} on {len(cohort)} subjects "
+    people = cohort.table["participant_id"].nunique() if "participant_id" in cohort.table.columns else len(cohort)
+    scans = f"{len(cohort)} scans of {people} participants" if people < len(cohort) else f"{len(cohort)} subjects"
+    say(f"evaluating {loaded.name or loaded.uri} v{loaded.version or '-'} on {scans} "
         f"from {cohort.source}{excluded}{ranks}")
     with contextlib.ExitStack() as stack:
         staging = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heimer-eval-")))

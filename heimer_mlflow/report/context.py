@@ -35,6 +35,9 @@ REPORT_ARTIFACTS = ("evaluation.json", "metrics.json", "predictions.csv", "exclu
 MIN_CAM_AGREEMENT = 0.5
 MAX_OUTSIDE_SHARE_GAP = 0.20
 
+# how an interval was obtained, as the report names it (Obuchowski's method is DeLong's for clusters)
+METHOD_NAMES = {"obuchowski": "clustered DeLong"}
+
 
 # --------------------------------------------------------------------------------------------
 # Reading the artifact folder (every piece optional: a missing piece becomes a note)
@@ -112,7 +115,7 @@ def _metric_rows(estimates: dict[str, Estimate], not_computable: list[tuple[str,
         rows.append({
             "name": name, "label": label, "meaning": meaning, "computable": est.computable,
             "value": fmt_value(est.value, name, digits=3 if name in ("brier_score", "expected_calibration_error") else 2),
-            "ci": fmt_ci(est, name), "method": est.method or "-", "reason": "" if est.computable else est.reason,
+            "ci": fmt_ci(est, name), "method": METHOD_NAMES.get(est.method, est.method or "-"), "reason": "" if est.computable else est.reason,
         })  # fmt: skip
     listed = {row["name"] for row in rows}
     for name, reason in not_computable:
