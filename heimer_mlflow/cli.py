@@ -23,6 +23,7 @@ Start here:
   heimer-mlflow evaluate MODEL_URI --data COHORT
                                      metrics, Grad-CAM, maps and a PDF report, logged to MLflow
   heimer-mlflow report RUN_ID        re-render an evaluation run's report from its artifacts
+  heimer-mlflow watch                evaluate each new version of the registered models that opted in
 
 The tracking store is MLflow's default (sqlite:///mlflow.db in this folder); set
 MLFLOW_TRACKING_URI to use another store or server.
@@ -174,7 +175,39 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
     report.add_argument("--no-log", action="store_true", help="only write to --out; do not log to the run")
+    _add_watch(commands)
     return parser
+
+
+def _add_watch(commands) -> None:
+    watch = commands.add_parser(
+        "watch",
+        help="evaluate every new version of the registered models that opted in (poller, webhooks, queue)",
+        description="Evaluate each new version of every registered model that opted in with the tag "
+        "heimer.data (its evaluation cohort; optional heimer.options: JSON of evaluate's options, e.g. "
+        "{\"threshold\": 0.4}). A poller finds versions without heimer.status; an optional receiver "
+        "takes MLflow's webhooks (secret in HEIMER_WEBHOOK_SECRET); a Huey queue (SQLite file here, or "
+        "Redis for several hosts) feeds the workers, and each version is evaluated once. The version "
+        "shows heimer.status = queued, running, done or failed (with heimer.error), then the "
+        "evaluation's tags and a summary in its description.",
+        epilog="examples: heimer-mlflow watch --once   (cron/CI: one sweep, exit 1 if an evaluation failed)\n"
+        "  HEIMER_WEBHOOK_SECRET=... heimer-mlflow watch --webhook 0.0.0.0:8765 --queue redis://queue:6379/0\n"
+        "  heimer-mlflow watch --no-poll --workers 1 --queue redis://queue:6379/0   (a GPU host)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    watch.add_argument("--model", action="append", default=[], dest="models", metavar="NAME",
+                       help="watch only this registered model (repeatable; default: every model with heimer.data)")
+    watch.add_argument("--alias", default=None, help="evaluate only versions that hold this alias, e.g. challenger")
+    watch.add_argument("--poll-interval", type=float, default=30.0, metavar="S", help="seconds between sweeps (default 30)")
+    watch.add_argument("--webhook", default=None, metavar="HOST:PORT",
+                       help="also receive MLflow's webhooks on http://HOST:PORT/webhook")
+    watch.add_argument("--queue", default=None, metavar="URL",
+                       help="redis://HOST:PORT/DB to share a queue between hosts (default: ./heimer-watch.db, SQLite)")
+    watch.add_argument("--workers", type=int, default=1,
+                       help="evaluations at once in this watcher (default 1; 0: only queue, other hosts evaluate)")
+    watch.add_argument("--no-poll", action="store_true", help="no sweeps: only the webhook and/or the workers")
+    watch.add_argument("--once", action="store_true",
+                       help="one sweep, wait for the evaluations it queued, exit 1 if one failed")
 
 
 def _history_mapping(pairs: list[str]) -> dict[str, str]:
@@ -226,6 +259,14 @@ def _run(args) -> None:
         )
         if result is not None:  # None: a torchrun rank other than 0, which logs nothing
             print(f"run {result.run_id}: verdict {result.verdict}")
+    elif args.command == "watch":
+        from .watch import watch
+
+        code = watch(models=tuple(args.models), alias=_optional(args.alias), poll_interval=args.poll_interval,
+                     webhook=_optional(args.webhook), queue=_optional(args.queue), workers=args.workers,
+                     poll=not args.no_poll, once=args.once)
+        if code:
+            raise SystemExit(code)
     elif args.command == "report":
         from .report import report_for_run
 

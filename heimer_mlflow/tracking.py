@@ -59,6 +59,7 @@ class EvaluationRun:
         self.gate = options.gate()  # promotion rules, judged once the run FINISHED
         self.judged: tuple[dict, str, str, dict] | None = None  # (metrics, verdict, reason, not computable)
         self.gate_result = None
+        self.evaluation = None  # set by prepare_version_tags: the version's description summary is built from it
 
 
 @contextlib.contextmanager
@@ -98,6 +99,23 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
         if handle.model_name and handle.model_version and version_tags:
             for key, value in version_tags.items():
                 client.set_model_version_tag(handle.model_name, handle.model_version, key, value)
+            _write_summary(client, handle)
+
+
+def _write_summary(client, handle: EvaluationRun) -> None:
+    """The Markdown summary in the version's description (heimer_mlflow.summary), after the tags."""
+    from . import summary
+
+    if handle.evaluation is None:
+        return
+    gate = handle.gate_result.status if handle.gate_result is not None else None
+    try:
+        block = summary.from_evaluation(handle.evaluation, gate=gate)
+    except Exception as error:  # noqa: BLE001 - the run and the tags are written; say what is missing
+        summary.log.warning("the evaluation summary for %s version %s could not be built (%s)",
+                            handle.model_name, handle.model_version, one_line(error, 300))
+        return
+    summary.write(client, handle.model_name, handle.model_version, block)
 
 
 def _describe(handle: EvaluationRun, model, options, device: str) -> None:
@@ -223,6 +241,7 @@ def prepare_version_tags(evaluation, handle: EvaluationRun) -> None:
     """The model version's tags and the gate's inputs, written and judged once the run FINISHED."""
     flat = evaluation.run_metrics
     handle.version_tags = version_tags(evaluation, flat)
+    handle.evaluation = evaluation
     handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.metrics.not_computable()))
 
 
