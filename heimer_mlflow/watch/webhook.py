@@ -12,8 +12,7 @@ read from the registry, since the payload's ``run_id`` can be null. MLflow's tes
 example payload, model ``example_model``) is answered 200 and ignored.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation at runtime.
 import base64
 import hashlib
 import hmac

@@ -1,0 +1,421 @@
+"""`heimer-mlflow watch`: every new version of an opted-in registered model evaluates itself.
+
+Fast cases (no tracking server): the webhook signature against MLflow's own signer, the
+receiver's answers (forged, stale, replayed, MLflow's test event) on a real uvicorn port, the
+description block's merge and its 5000-character limit, the opt-in tag's errors, and one claim
+per version on a real Huey SQLite queue.
+
+Server cases (`mlflow server` on sqlite, webhooks allowed to loopback http): a registered version
+ends `done` through a real webhook delivery, with verdict, report and description; forged and
+replayed deliveries queue nothing and the same event four times gives one evaluation run; a
+watcher killed during an evaluation and restarted leaves the version `done` (the version was
+registered while no watcher ran); two workers on one Redis queue evaluate each version once
+(without redis-server that case skips, and fails under HEIMER_REQUIRE_SERVERS=1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from heimer_mlflow import summary
+from heimer_mlflow.errors import HeimerError
+from heimer_mlflow.watch import webhook as wh
+from heimer_mlflow.watch.job import Jobs
+from heimer_mlflow.watch.opt_in import OptIn, read_options
+from heimer_mlflow.watch.queue import open_queue
+from heimer_mlflow.watch.service import _SeenOnce
+
+from .helpers.servers import free_port, tail, tracking_server, unavailable
+from .helpers.tracking import register_tiny_model, subprocess_env
+
+SECRET = "s3cret-for-tests"
+# evaluate options that keep one evaluation to seconds on 2 cores
+FAST_OPTIONS = json.dumps({"n_bootstrap": 50, "workers": 0, "save_cams": "none", "sanity_subjects": 2})
+SERVER_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+              "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "Ks0L6o4Qb3gJ3m1b3hE3mJx3tq2b5yC0W8cH1uVx9aE="}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- signature, receiver
+
+
+def test_signature_is_mlflows_and_forgeries_fail():
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    body = json.dumps({"entity": "model_version", "action": "created", "data": {"name": "m", "version": "1"}})
+    mlflows = _generate_hmac_signature(SECRET, "d-1", "1700000000", body)
+    assert wh.signature(SECRET, "d-1", "1700000000", body.encode()) == mlflows
+    assert wh.verify(SECRET, "d-1", "1700000000", body.encode(), mlflows)
+    assert wh.verify(SECRET, "d-1", "1700000000", body.encode(), f"v1,AAAA {mlflows}")  # several signatures
+    assert not wh.verify(SECRET, "d-1", "1700000000", body.encode() + b" ", mlflows)  # body changed
+    assert not wh.verify(SECRET, "d-2", "1700000000", body.encode(), mlflows)  # another delivery id
+    assert not wh.verify("other", "d-1", "1700000000", body.encode(), mlflows)
+
+
+def signed_post(url: str, payload: dict, *, secret: str = SECRET, delivery_id: str | None = None,
+                timestamp: int | None = None) -> requests.Response:
+    """A delivery as MLflow sends it (body, headers, signature)."""
+    body = json.dumps(payload)
+    delivery_id = delivery_id or str(uuid.uuid4())
+    timestamp = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {"Content-Type": "application/json", wh.DELIVERY_HEADER: delivery_id, wh.TIMESTAMP_HEADER: timestamp,
+               wh.SIGNATURE_HEADER: wh.signature(secret, delivery_id, timestamp, body.encode())}  # fmt: skip
+    return requests.post(url, data=body.encode(), headers=headers, timeout=10)
+
+
+def created(name: str, version: str) -> dict:
+    return {"entity": "model_version", "action": "created", "timestamp": "2026-01-01T00:00:00+00:00",
+            "data": {"name": name, "version": version, "source": "models:/m-1", "run_id": None, "tags": {},
+                     "description": None}}  # fmt: skip
+
+
+def test_receiver_rejects_forged_stale_and_replayed_deliveries(tmp_path):
+    """A real uvicorn receiver; the event handler records what would be queued."""
+    events = []
+    huey = open_queue(None, tmp_path)
+    app = wh.make_app(SECRET, lambda *event: events.append(event) or "queued", _SeenOnce(Jobs(huey).claims))
+    receiver = wh.Receiver(app, f"127.0.0.1:{free_port()}")
+    receiver.start()
+    url = f"http://127.0.0.1:{receiver.port}/webhook"
+    try:
+        forged = signed_post(url, created("m", "1"), secret="not-the-secret")
+        assert forged.status_code == 401 and events == []
+        unsigned = requests.post(url, json=created("m", "1"), timeout=10)
+        assert unsigned.status_code == 401 and events == []
+        stale = signed_post(url, created("m", "1"), timestamp=int(time.time()) - 301)
+        assert stale.status_code == 400 and "timestamp" in stale.json()["reason"] and events == []
+        started = time.monotonic()
+        first = signed_post(url, created("m", "1"), delivery_id="delivery-1")
+        assert time.monotonic() - started < 1.0
+        assert first.status_code == 200 and first.json()["status"] == "queued"
+        assert events == [("model_version", "created", created("m", "1")["data"])]
+        replay = signed_post(url, created("m", "1"), delivery_id="delivery-1")
+        assert replay.status_code == 200 and replay.json()["status"] == "ignored" and len(events) == 1
+        # MLflow's "test webhook" sends the event's example payload
+        from mlflow.webhooks.types import ModelVersionCreatedPayload
+
+        test_event = {**created("x", "1"), "data": dict(ModelVersionCreatedPayload.example())}
+        answered = signed_post(url, test_event)
+        assert answered.status_code == 200 and "test event" in answered.json()["reason"] and len(events) == 1
+    finally:
+        receiver.stop()
+    # a second receiver on the same queue (a restarted watcher) still knows the delivery id
+    app = wh.make_app(SECRET, lambda *event: events.append(event) or "queued", _SeenOnce(Jobs(open_queue(None, tmp_path)).claims))
+    receiver = wh.Receiver(app, f"127.0.0.1:{free_port()}")
+    receiver.start()
+    try:
+        again = signed_post(f"http://127.0.0.1:{receiver.port}/webhook", created("m", "1"), delivery_id="delivery-1")
+        assert again.json()["status"] == "ignored" and len(events) == 1
+    finally:
+        receiver.stop()
+
+
+# --------------------------------------------------------------------------- description block
+
+
+def a_summary(reason: str = "the map stays inside the brain", **extra) -> summary.Summary:
+    metrics = {"roc_auc": 0.81, "roc_auc_ci_lower": 0.7, "roc_auc_ci_upper": 0.9, "sensitivity": 0.75,
+               "sensitivity_ci_lower": 0.5, "sensitivity_ci_upper": 0.9, "specificity": 0.8}
+    return summary.Summary(verdict="pass", reason=reason, metrics=metrics, run_id="r" * 32,
+                           report_uri="mlflow-artifacts:/1/r/artifacts/report/m-v1.pdf", **extra)  # fmt: skip
+
+
+def test_description_block_replaces_only_its_own_and_keeps_peoples_text():
+    people = "Trained on ADNI-3, site 2 held out.\n\nOwner: @maria"
+    first, level = summary.merge(people, a_summary())
+    assert level == 0 and first.startswith(people) and first.count(summary.START) == 1
+    assert "**Verdict: pass**" in first and "| AUC | 0.810 | 0.700 to 0.900 |" in first
+    assert "| Specificity | 0.800 | n/a |" in first  # no interval logged: said, not invented
+    edited = first + "\n\nReviewed on Monday."  # someone writes below our block
+    second, _ = summary.merge(edited, a_summary("a new reason"))
+    assert second.count(summary.START) == 1 and second.count(summary.END) == 1
+    assert "a new reason" in second and "the map stays inside the brain" not in second
+    assert second.startswith(people) and second.endswith("Reviewed on Monday.")
+    assert summary.people_text(second) == people + "\n\nReviewed on Monday."
+    assert summary.merge(None, a_summary())[0].startswith(summary.START)
+
+
+def test_description_stays_within_5000_characters_and_never_cuts_peoples_text():
+    long_reason = "the model looks at the skull; " * 100
+    people = "x" * 4000
+    merged, level = summary.merge(people, a_summary(long_reason))
+    assert len(merged) <= summary.DESCRIPTION_LIMIT and level >= 1 and merged.startswith(people)
+    assert summary.END in merged
+    # people's text alone leaves no room: it stays whole, and our older block goes
+    older, _ = summary.merge("y" * 100, a_summary())
+    crowded = older.replace("y" * 100, "y" * 4990)
+    merged, level = summary.merge(crowded, a_summary())
+    assert level is None and merged == "y" * 4990 and summary.START not in merged
+
+
+# --------------------------------------------------------------------------- opt-in, claims
+
+
+def test_options_tag_errors_name_the_model_and_the_fix():
+    assert read_options("m", '{"threshold": 0.4, "cam": "gradcam"}') == {"threshold": 0.4, "cam": "gradcam"}
+    for text, words in [("{threshold: 0.4}", "not JSON"), ('["threshold"]', "JSON object"),
+                        ('{"treshold": 0.4}', "unknown option 'treshold'"), ('{"threshold": 2}', "threshold=2")]:
+        with pytest.raises(HeimerError) as caught:
+            read_options("adni-cnn", text)
+        message = str(caught.value)
+        assert "'adni-cnn'" in message and words in message and "\n" not in message, message
+
+
+def test_one_claim_per_version_across_queues_on_one_file(tracking, tmp_path):
+    """Two watchers on one SQLite queue, each asked twice (poller and webhook): one job."""
+    client = mlflow.MlflowClient()
+    name = "watch-claims"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=str(tmp_path), run_id=None).version
+    opt_in = OptIn(name, str(tmp_path / "cohort"), {})
+    one, two = Jobs(open_queue(None, tmp_path)), Jobs(open_queue(None, tmp_path))
+    results = [one.queue(client, opt_in, version, via="poller"), two.queue(client, opt_in, version, via="webhook"),
+               one.queue(client, opt_in, version, via="webhook"), two.queue(client, opt_in, version, via="poller")]
+    assert results == [True, False, False, False]
+    assert one.huey.pending_count() == 1
+    assert client.get_model_version(name, version).tags["heimer.status"] == "queued"
+    # other data for the same version is another claim, but the version's status already says queued
+    assert not two.queue(client, OptIn(name, "/elsewhere", {}), version, via="poller")
+    assert one.huey.pending_count() == 1
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` on sqlite that may deliver webhooks to loopback http (dev-only settings)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in SERVER_ENV.items():
+            patch.setenv(key, value)
+        with tracking_server("sqlite", tmp_path_factory.mktemp("watch-server")) as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def cohort(synthetic_cohort):
+    return synthetic_cohort
+
+
+@contextlib.contextmanager
+def using(server):
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server.url)
+    try:
+        yield mlflow.MlflowClient(server.url)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def opted_in_model(server, name: str, cohort: Path) -> str:
+    """Register ``name`` with its opt-in tags set before its first version; returns that version."""
+    with using(server) as client:
+        client.create_registered_model(name, tags={"heimer.data": str(cohort), "heimer.options": FAST_OPTIONS})
+        return register_tiny_model(name)
+
+
+class Watcher:
+    """`heimer-mlflow watch ARGS` in a subprocess; its stderr in a file."""
+
+    def __init__(self, server, folder: Path, label: str, *args, env: dict | None = None):
+        self.err = folder / f"{label}.err"
+        environment = {**subprocess_env(folder), "MLFLOW_TRACKING_URI": server.url, "HEIMER_WEBHOOK_SECRET": SECRET,
+                       **(env or {})}  # fmt: skip
+        with open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "heimer_mlflow", "watch", *map(str, args)],
+                                         cwd=folder, env=environment, stdout=err, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def log(self) -> str:
+        return tail(self.err, 6000)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(what: str, check, timeout: float, watcher: Watcher | None = None, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if watcher is not None and watcher.proc.poll() is not None:
+            pytest.fail(f"the watcher exited ({watcher.proc.returncode}) before {what}:\n{watcher.log()}")
+        time.sleep(interval)
+    pytest.fail(f"not within {timeout:.0f} s: {what}" + (f"\n{watcher.log()}" if watcher else ""))
+
+
+def status(client, name: str, version: str) -> str | None:
+    return (client.get_model_version(name, version).tags or {}).get("heimer.status")
+
+
+def evaluation_runs(client, name: str, version: str) -> list:
+    experiment = client.get_experiment_by_name("heimer-evaluations")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id],
+                              f"tags.`heimer.model_name` = '{name}' and tags.`heimer.model_version` = '{version}'")
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_webhook_delivery_evaluates_the_version_once(server, cohort, tmp_path):
+    """MLflow delivers model_version.created to the watcher, which evaluates the version: `done`
+    with verdict, report and description. Forged deliveries get 401 and queue nothing; the same
+    event again (a replay with its delivery id, and 4 deliveries with new ids) gives no second run."""
+    name = "watch-webhook"
+    waiting = opted_in_model(server, name, cohort)  # registered before the webhook: no delivery for it
+    port = free_port()
+    watcher = Watcher(server, tmp_path, "watcher", "--webhook", f"127.0.0.1:{port}", "--no-poll")
+    url = f"http://127.0.0.1:{port}/webhook"
+    try:
+        wait_for("the receiver answers", lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, watcher)
+        forged = signed_post(url, created(name, waiting), secret="guessed")
+        assert forged.status_code == 401
+        with using(server) as client:
+            client.create_webhook(name="heimer-watch", url=url, events=["model_version.created"], secret=SECRET)
+            tested = client.test_webhook(client.search_webhooks()[0].webhook_id)
+            assert tested.success, tested  # MLflow's test event: answered, ignored
+            with using(server):
+                version = register_tiny_model(name)
+            wait_for(f"{name} v{version} done", lambda: status(client, name, version) in ("done", "failed"), 240, watcher)
+            tags = client.get_model_version(name, version).tags
+            assert tags["heimer.status"] == "done", (tags, watcher.log())
+            assert tags["heimer.verdict"] in ("pass", "review") and tags["heimer.report"].endswith(f"{name}-v{version}.pdf")
+            description = client.get_model_version(name, version).description
+            assert summary.START in description and tags["heimer.evaluation_run_id"] in description
+            assert f"{server.url}/#/experiments/" in description and "get-artifact?path=report" in description
+            # again and again: a replay, four deliveries of the same event; then a forged one
+            first = signed_post(url, created(name, version), delivery_id="same-delivery")
+            assert signed_post(url, created(name, version), delivery_id="same-delivery").json()["status"] == "ignored"
+            answers = [signed_post(url, created(name, version)).json()["status"] for _ in range(4)]
+            assert first.status_code == 200 and all(a.startswith("ignored: already done") for a in answers), answers
+            assert signed_post(url, created(name, waiting), secret="guessed").status_code == 401
+            time.sleep(2)
+            assert len(evaluation_runs(client, name, version)) == 1
+            assert status(client, name, waiting) is None  # only forged deliveries named it
+            assert client.get_run(tags["heimer.evaluation_run_id"]).info.status == "FINISHED"
+    finally:
+        watcher.stop()
+    assert "Traceback" not in watcher.log(), watcher.log()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_killed_watcher_restarted_finishes_the_version(server, cohort, tmp_path):
+    """A version registered while no watcher ran is picked up when one starts; that watcher is
+    SIGKILLed during the evaluation; the next one (`--once`) ends the dead run and evaluates the
+    version again: `done`, never left `running`."""
+    name = "watch-restart"
+    version = opted_in_model(server, name, cohort)
+    first = Watcher(server, tmp_path, "first", "--poll-interval", "1")
+    with using(server) as client:
+        try:
+            wait_for("the evaluation is running", lambda: status(client, name, version) == "running", 120, first)
+            wait_for("the evaluation's run is open", lambda: evaluation_runs(client, name, version), 60, first)
+            time.sleep(3)  # into the engine
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait()
+        finally:
+            first.stop()
+        assert status(client, name, version) == "running"
+        dead_run = evaluation_runs(client, name, version)[0].info.run_id
+        second = Watcher(server, tmp_path, "second", "--once")
+        try:
+            second.proc.wait(timeout=300)
+        finally:
+            second.stop()
+        log = second.log()
+        assert second.proc.returncode == 0, log
+        assert "stopped" in log and "attempt 2" in log, log
+        tags = client.get_model_version(name, version).tags
+        assert tags["heimer.status"] == "done" and tags["heimer.evaluation_run_id"] != dead_run, (tags, log)
+        runs = {r.info.run_id: r.info.status for r in evaluation_runs(client, name, version)}
+        assert runs[dead_run] in ("KILLED", "FAILED") and list(runs.values()).count("FINISHED") == 1, runs
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server not found on PATH (Debian package redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        import redis
+
+        connection = redis.Redis(port=port)
+        wait_for("redis answers", lambda: _pings(connection), 20)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _pings(connection) -> bool:
+    try:
+        return bool(connection.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_two_workers_on_one_redis_queue_evaluate_each_version_once(server, cohort, tmp_path):
+    """Two pollers (no workers) and two GPU-host style workers (`--no-poll --workers 1`) on one
+    Redis queue: each of two versions evaluated exactly once."""
+    pytest.importorskip("redis")
+    with redis_server(tmp_path) as queue:
+        name = "watch-redis"
+        first = opted_in_model(server, name, cohort)
+        with using(server):
+            second = register_tiny_model(name, seed=2)
+        watchers = [Watcher(server, tmp_path, f"worker{i}", "--no-poll", "--workers", "1", "--queue", queue)
+                    for i in range(2)]
+        watchers += [Watcher(server, tmp_path, f"poller{i}", "--workers", "0", "--poll-interval", "1", "--queue", queue)
+                     for i in range(2)]
+        try:
+            with using(server) as client:
+                for version in (first, second):
+                    wait_for(f"{name} v{version} done", lambda: status(client, name, version) in ("done", "failed"),
+                             300, watchers[0])
+                    assert status(client, name, version) == "done", "\n".join(w.log() for w in watchers)
+                time.sleep(2)  # a duplicate would be opening its run by now
+                for version in (first, second):
+                    runs = evaluation_runs(client, name, version)
+                    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+        logs = [w.log() for w in watchers]
+        assert sum(log.count(": evaluating on") for log in logs) == 2, "\n".join(logs)
+        assert sum(log.count(": queued (poller)") for log in logs) == 2, "\n".join(logs)
