@@ -45,7 +45,10 @@ SECRET = "s3cret-for-tests"
 # evaluate options that keep one evaluation to seconds on 2 cores
 FAST_OPTIONS = json.dumps({"n_bootstrap": 50, "workers": 0, "save_cams": "none", "sanity_subjects": 2})
 SERVER_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-              "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "Ks0L6o4Qb3gJ3m1b3hE3mJx3tq2b5yC0W8cH1uVx9aE="}  # fmt: skip
+              "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "Ks0L6o4Qb3gJ3m1b3hE3mJx3tq2b5yC0W8cH1uVx9aE=",
+              # the server caches the webhook list per event for 60 s by default: a webhook created
+              # after an event was delivered would be seen a minute later
+              "MLFLOW_WEBHOOK_CACHE_TTL": "1"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- signature, receiver
@@ -291,12 +294,13 @@ def test_webhook_delivery_evaluates_the_version_once(server, cohort, tmp_path):
         forged = signed_post(url, created(name, waiting), secret="guessed")
         assert forged.status_code == 401
         with using(server) as client:
-            client.create_webhook(name="heimer-watch", url=url, events=["model_version.created"], secret=SECRET)
-            tested = client.test_webhook(client.search_webhooks()[0].webhook_id)
+            hook = client.create_webhook(name="heimer-watch", url=url, events=["model_version.created"], secret=SECRET)
+            time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL
+            tested = client.test_webhook(hook.webhook_id)
             assert tested.success, tested  # MLflow's test event: answered, ignored
             with using(server):
                 version = register_tiny_model(name)
-            wait_for(f"{name} v{version} done", lambda: status(client, name, version) in ("done", "failed"), 240, watcher)
+            wait_for(f"{name} v{version} done", lambda: status(client, name, version) in ("done", "failed"), 150, watcher)
             tags = client.get_model_version(name, version).tags
             assert tags["heimer.status"] == "done", (tags, watcher.log())
             assert tags["heimer.verdict"] in ("pass", "review") and tags["heimer.report"].endswith(f"{name}-v{version}.pdf")
