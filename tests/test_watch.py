@@ -194,6 +194,45 @@ def test_one_claim_per_version_across_queues_on_one_file(tracking, tmp_path):
     assert one.huey.pending_count() == 1
 
 
+def test_dead_worker_on_another_host_is_requeued_then_failed(tracking, tmp_path):
+    """A running job whose worker (on another host) stopped beating: its run ends FAILED and the
+    version is queued again; after the last attempt it ends failed with the reason, not running."""
+    from heimer_mlflow.watch.poller import Poller
+    from heimer_mlflow.watch.queue import claim_key, lease
+
+    client = mlflow.MlflowClient()
+    name = "watch-dead-worker"
+    client.create_registered_model(name)
+    version = client.create_model_version(name, source=str(tmp_path), run_id=None).version
+    opt_in = OptIn(name, str(tmp_path / "cohort"), {})
+    jobs = Jobs(open_queue(None, tmp_path))
+    poller = Poller(jobs, stale_after_s=60, max_attempts=2)
+    key = claim_key(name, version, opt_in.data_key)
+    experiment = mlflow.set_experiment("watch-dead-worker").experiment_id
+    for attempt, expected in ((1, "queued"), (2, "failed")):
+        run_id = client.create_run(experiment).info.run_id
+        stale = {**lease("running", f"task-{attempt}", attempt, run_id=run_id), "host": "gpu-host-7", "pid": 1,
+                 "beat": time.time() - 61}  # fmt: skip
+        jobs.claims.write(key, stale)
+        client.set_model_version_tag(name, version, "heimer.status", "running")
+        assert poller._dead({**stale, "beat": time.time()}, set()) is None  # still beating: left alone
+        assert poller.recover(client, opt_in, version, "running", set()) is (expected == "queued")
+        tags = client.get_model_version(name, version).tags
+        assert tags["heimer.status"] == expected, tags
+        run = client.get_run(run_id)
+        assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["heimer.error"]
+        if expected == "queued":
+            assert jobs.claims.read(key)["attempt"] == 2 and jobs.huey.pending_count() == 1
+            # a second watcher that read the dead lease a moment ago does not recover it again
+            requeued = jobs.claims.read(key)
+            jobs.claims.write(key, stale)
+            assert not poller.recover(client, opt_in, version, "running", set())
+            jobs.claims.write(key, requeued)
+            assert jobs.huey.pending_count() == 1
+    assert "gave up after 2 attempts" in tags["heimer.error"]
+    assert jobs.claims.read(key) is None  # released: deleting heimer.status asks for a new evaluation
+
+
 # --------------------------------------------------------------------------- real servers
 
 
