@@ -27,7 +27,7 @@ HEARTBEAT_S = 5.0  # how often a worker refreshes the lease while it evaluates
 
 
 def say(message: str) -> None:
-    print(f"[heimer watch] {message}", file=sys.stderr, flush=True)
+    print(f"[heimer watch {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class Jobs:
