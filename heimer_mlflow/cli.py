@@ -183,13 +183,13 @@ def _add_watch(commands) -> None:
     watch = commands.add_parser(
         "watch",
         help="evaluate every new version of the registered models that opted in (poller, webhooks, queue)",
-        description="Evaluate each new version of every registered model that opted in with the tag "
-        "heimer.data (its evaluation cohort; optional heimer.options: JSON of evaluate's options, e.g. "
-        "{\"threshold\": 0.4}). A poller finds versions without heimer.status; an optional receiver "
-        "takes MLflow's webhooks (secret in HEIMER_WEBHOOK_SECRET); a Huey queue (SQLite file here, or "
-        "Redis for several hosts) feeds the workers, and each version is evaluated once. The version "
-        "shows heimer.status = queued, running, done or failed (with heimer.error), then the "
-        "evaluation's tags and a summary in its description.",
+        description="Evaluate each new version of every registered model that opted in with the tag\n"
+        "heimer.data (its evaluation cohort; optional heimer.options: JSON of evaluate's options, e.g.\n"
+        "{\"threshold\": 0.4}). A poller finds versions without heimer.status; an optional receiver takes\n"
+        "MLflow's webhooks (secret in HEIMER_WEBHOOK_SECRET); a Huey queue (a SQLite file here, or Redis\n"
+        "for several hosts) feeds the workers, and each version is evaluated once. The version shows\n"
+        "heimer.status = queued, running, done or failed (with heimer.error), then the evaluation's tags\n"
+        "and a summary in its description.",
         epilog="examples: heimer-mlflow watch --once   (cron/CI: one sweep, exit 1 if an evaluation failed)\n"
         "  HEIMER_WEBHOOK_SECRET=... heimer-mlflow watch --webhook 0.0.0.0:8765 --queue redis://queue:6379/0\n"
         "  heimer-mlflow watch --no-poll --workers 1 --queue redis://queue:6379/0   (a GPU host)",

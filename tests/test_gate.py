@@ -111,6 +111,10 @@ def test_a_broken_rule_exits_3_after_the_run_finished(tracking, gated, capsys):
     tags = heimer_tags("gate-fails", version)
     assert tags["heimer.gate"] == "failed" and tags["heimer.evaluation_run_id"] == run_id
     assert tags["heimer.report"].startswith(run.info.artifact_uri)
+    # an evaluation by hand writes the version's description summary too, once the run FINISHED
+    description = mlflow.MlflowClient().get_model_version("gate-fails", version).description
+    assert "<!-- heimer-mlflow summary: start -->" in description and run_id in description
+    assert "(promotion gate: failed)" in description and "| AUC |" in description
 
 
 @pytest.mark.slow
@@ -168,6 +172,7 @@ def test_sigterm_after_the_render_leaves_the_version_untagged(tracking, gated):
     assert any(a.path.endswith(".pdf") for a in client.list_artifacts(run.info.run_id, "report"))  # it had rendered
     assert "heimer.gate" not in run.data.tags
     assert heimer_tags(name, version) == {}
+    assert not client.get_model_version(name, version).description  # no summary of a run that did not finish
     # re-rendering a killed run logs the report to that run but never points the version at it
     report_for_run(run.info.run_id)
     assert heimer_tags(name, version) == {}
