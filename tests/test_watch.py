@@ -380,7 +380,8 @@ def test_killed_watcher_restarted_finishes_the_version(server, cohort, tmp_path)
     with using(server) as client:
         try:
             wait_for("the evaluation is running", lambda: status(client, name, version) == "running", 120, first)
-            wait_for("the evaluation's run is open", lambda: evaluation_runs(client, name, version), 60, first)
+            begun = lambda: any(r.data.tags.get("heimer.status") == "running" for r in evaluation_runs(client, name, version))  # noqa: E731
+            wait_for("the evaluation began in its run", begun, 120, first)
             time.sleep(3)  # into the engine
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait()

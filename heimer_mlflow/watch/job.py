@@ -111,10 +111,12 @@ class Jobs:
                 env.pop(leaked, None)
             child = subprocess.Popen([sys.executable, "-m", "heimer_mlflow.watch.child", json.dumps(spec)],
                                      stdin=subprocess.PIPE, env=env)  # our end of stdin: see child.py
+            stopped = False
             try:
                 while child.poll() is None:
-                    if self.stop.is_set():
-                        child.terminate()
+                    if self.stop.is_set() and not stopped:
+                        child.terminate()  # the child ends its run KILLED (see child.py)
+                        stopped = True
                     try:
                         child.wait(timeout=HEARTBEAT_S)
                     except subprocess.TimeoutExpired:
@@ -126,8 +128,11 @@ class Jobs:
                     child.wait()
                 if child.stdin:
                     child.stdin.close()
-            if result.exists():
-                return json.loads(result.read_text(encoding="utf-8"))
+            outcome = json.loads(result.read_text(encoding="utf-8")) if result.exists() else None
+            if stopped and not (outcome or {}).get("ok"):
+                return {"ok": False, "error": "stopped with the watcher", "terminated": True}
+            if outcome is not None:
+                return outcome
             return {"ok": False, "error": f"the evaluation process ended with exit code {child.returncode} "
                                           "before it could report (crashed or killed)"}
 
@@ -163,8 +168,9 @@ def _open_run(client, name: str, version: str, experiment: str) -> str:
             experiment_id = client.get_experiment_by_name(experiment).experiment_id
     else:
         experiment_id = found.experiment_id
-    run = client.create_run(experiment_id, run_name=f"evaluate {name} v{version}",
-                            tags={"heimer.watch": "true"})  # fmt: skip
+    tags = {"heimer.watch": "true", "heimer.model_uri": f"models:/{name}/{version}", "heimer.model_name": name,
+            "heimer.model_version": str(version)}  # the evaluation sets them again once it begins
+    run = client.create_run(experiment_id, run_name=f"evaluate {name} v{version}", tags=tags)
     return run.info.run_id
 
 

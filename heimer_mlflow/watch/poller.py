@@ -59,7 +59,7 @@ class Poller:
 
     def sweep(self, client) -> list[tuple[str, str]]:
         """One pass: queue what waits, recover what died. Returns the (model, version) pairs
-        this pass queued."""
+        this pass queued, and those it found queued or running (their jobs are on the queue)."""
         queued = []
         pending = None
         for opt_in in self.opted_in(client):
@@ -75,8 +75,8 @@ class Poller:
                 elif status in ("queued", "running"):
                     if pending is None:
                         pending = pending_task_ids(self.jobs.huey)
-                    if self.recover(client, opt_in, v, status, pending):
-                        queued.append((opt_in.name, v))
+                    self.recover(client, opt_in, v, status, pending)
+                    queued.append((opt_in.name, v))
         self._forget_old_marks()
         return queued
 

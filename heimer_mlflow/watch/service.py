@@ -126,10 +126,10 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
 
 
 def _once(client, poller: Poller, consuming: bool, stop: threading.Event) -> int:
-    """One sweep; wait until each version it queued is done or failed (when this watcher has
-    workers); 1 if one failed."""
+    """One sweep; wait until each version it queued, or found queued or running, is done or
+    failed (when this watcher has workers); 1 if one failed."""
     queued = poller.sweep(client)
-    say(f"sweep queued {len(queued)} version(s)")
+    say(f"sweep: {len(queued)} version(s) to wait for")
     if not consuming or not queued:
         return 0
     waiting, failed = set(queued), []
