@@ -53,7 +53,7 @@ class Jobs:
         if (client.get_model_version(opt_in.name, version).tags or {}).get(STATUS_TAG):
             self.claims.release(key)
             return False
-        self._enqueue(client, opt_in.name, version, task)
+        self.enqueue(client, opt_in.name, version, task)
         say(f"{opt_in.name} v{version}: queued ({via})")
         return True
 
@@ -61,10 +61,11 @@ class Jobs:
         """Queue a version again under the claim this caller holds (recovery, shutdown)."""
         task = self.task.s(opt_in.name, str(version), opt_in.data, opt_in.options, key)
         self.claims.write(key, lease("queued", task.id, attempt))
-        self._enqueue(client, opt_in.name, str(version), task)
+        self.enqueue(client, opt_in.name, str(version), task)
         say(f"{opt_in.name} v{version}: queued again, attempt {attempt} ({why})")
 
-    def _enqueue(self, client, name: str, version: str, task) -> None:
+    def enqueue(self, client, name: str, version: str, task) -> None:
+        """Show the version as queued, then put its job on the queue (the caller holds the claim)."""
         client.set_model_version_tag(name, version, STATUS_TAG, "queued")
         self.huey.enqueue(task)
 
@@ -88,10 +89,10 @@ class Jobs:
         say(f"{name} v{version}: evaluating on {data} (run {run_id}, attempt {attempt})")
         outcome = self._evaluate_in_child(name, version, data, opts, run_id, key, task.id, attempt)
         if outcome.get("terminated") and self.stop.is_set():  # this watcher is shutting down
-            _end_run(client, run_id, "KILLED", "the watcher shut down; the version is queued again")
+            end_run(client, run_id, "KILLED", "the watcher shut down; the version is queued again")
             self.requeue(client, OptIn(name, data, options), version, key, attempt, "the watcher shut down")
             return "requeued"
-        _end_run(client, run_id, "FAILED", outcome.get("error"))  # only if the child could not end it
+        end_run(client, run_id, "FAILED", outcome.get("error"))  # only if the child could not end it
         if outcome.get("ok"):
             client.set_model_version_tag(name, version, STATUS_TAG, "done")
             gate = f", gate {outcome['gate']}" if outcome.get("gate") else ""
@@ -174,7 +175,7 @@ def _open_run(client, name: str, version: str, experiment: str) -> str:
     return run.info.run_id
 
 
-def _end_run(client, run_id: str | None, status: str, error: str | None) -> None:
+def end_run(client, run_id: str | None, status: str, error: str | None) -> None:
     """End a run left RUNNING (its process died), with the reason; a no-op for an ended run."""
     if not run_id:
         return

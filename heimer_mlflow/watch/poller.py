@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import HeimerError, one_line
-from .job import Jobs, _end_run, fail, say
+from .job import Jobs, end_run, fail, say
 from .opt_in import STATUS_TAG, OptIn, opt_in_of, opted_in, versions
-from .queue import PREFIX, claim_key, pending_task_ids
+from .queue import PREFIX, claim_key, lease, pending_task_ids
 
 STALE_AFTER_S = 60.0  # a running job's heartbeat (every 5 s) older than this: its worker is gone
 QUEUED_GRACE_S = 30.0  # a worker takes a job, then marks its lease running: time for that step
@@ -97,11 +97,9 @@ class Poller:
             # The status says queued/running but no watcher holds the version: the queue's
             # storage was replaced, or heimer.data changed meanwhile. Queue it afresh.
             task = self.jobs.task.s(opt_in.name, version, opt_in.data, opt_in.options, key)
-            from .queue import lease
-
             if not self.jobs.claims.claim(key, lease("queued", task.id, 1)):
                 return False
-            self.jobs._enqueue(client, opt_in.name, version, task)
+            self.jobs.enqueue(client, opt_in.name, version, task)
             say(f"{opt_in.name} v{version}: was {status} with no job in this queue; queued")
             return True
         why = self._dead(held, pending)
@@ -110,7 +108,7 @@ class Poller:
         attempt = int(held.get("attempt", 1))
         if not self.jobs.claims.once(f"{PREFIX}recovered:{key}:{attempt}:{held.get('task')}"):
             return False  # another watcher is recovering it
-        _end_run(client, held.get("run_id"), "FAILED", why)
+        end_run(client, held.get("run_id"), "FAILED", why)
         if attempt < self.max_attempts:
             self.jobs.requeue(client, opt_in, version, key, attempt + 1, why)
             return True
