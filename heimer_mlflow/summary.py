@@ -37,7 +37,8 @@ class Summary:
     run_url: str | None = None  # the run's page when the tracking URI is http(s)
     report_uri: str | None = None  # the PDF's artifact URI
     report_url: str | None = None  # the PDF through the tracking server, when http(s)
-    n_subjects: int | None = None
+    n_subjects: int | None = None  # scans
+    n_participants: int | None = None  # the people they come from (several sessions each, or one)
     evaluated_at: str = ""
     gate: str | None = None  # passed / failed, when promotion rules were given
     champion: dict | None = None  # Comparison.to_dict() when there was a champion to compare with
@@ -60,7 +61,8 @@ def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | Non
     metrics = evaluation.run_metrics
     return Summary(verdict=evaluation.verdict, reason=evaluation.verdict_reason, metrics=metrics,
                    run_id=evaluation.run_id, run_url=run_url, report_uri=report, report_url=report_url,
-                   n_subjects=int(metrics.get("n_subjects", 0)) or None, evaluated_at=evaluation.evaluated_at,
+                   n_subjects=int(metrics.get("n_subjects", 0)) or None,
+                   n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
                    gate=gate, champion=evaluation.comparison.to_dict() if evaluation.comparison else None)  # fmt: skip
 
 
@@ -106,6 +108,12 @@ def _clip(text: str, limit: int | None) -> str:
     return text if limit is None or len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
+def _scans(s: Summary) -> str:
+    if s.n_participants and s.n_participants < (s.n_subjects or 0):
+        return f"{s.n_subjects} scans of {s.n_participants} participants (intervals resample participants)"
+    return f"{s.n_subjects} subjects"
+
+
 def render(s: Summary, *, level: int = 0) -> str:
     """The block, markers included. ``level`` 0 is the full block; 1 shortens the reason; 2 keeps
     the verdict, the figures and the links; 3 the verdict, the AUC and the run id."""
@@ -121,7 +129,7 @@ def render(s: Summary, *, level: int = 0) -> str:
             lines += [_champion_line(s.champion), ""]
         lines.append(_links(s))
         if level == 0 and s.evaluated_at:
-            lines.append(f"Evaluated {s.evaluated_at}" + (f" on {s.n_subjects} subjects." if s.n_subjects else "."))
+            lines.append(f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."))
     else:
         lines.append(f"AUC {_number(s.metrics.get('roc_auc'))}; evaluation run `{s.run_id}`.")
     lines.append(END)

@@ -8,7 +8,6 @@ Without PostgreSQL binaries the postgres cases skip; with HEIMER_REQUIRE_SERVERS
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
@@ -22,7 +21,7 @@ from pypdf import PdfReader
 
 from .helpers.artifacts import check_evaluation_run
 from .helpers.cohorts import atlas_args
-from .helpers.servers import BACKENDS, free_port, tail, tracking_server
+from .helpers.servers import BACKENDS, free_port, tail, tracking_server, using
 from .helpers.tracking import register_tiny_model, subprocess_env
 
 CLI = [sys.executable, "-m", "heimer_mlflow", "-q"]
@@ -54,17 +53,6 @@ def server_log(server):
     yield server
     print(f"--- {server.name} server log during this test ({server.log}):")
     print(tail(server.log, 8000, start))
-
-
-@contextlib.contextmanager
-def using(server):
-    """This process's MLflow client on the server, then back to whatever it was."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server.url)
-    try:
-        yield mlflow.MlflowClient(server.url)
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def cli_env(uri: str, tmp_path: Path) -> dict:

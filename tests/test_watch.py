@@ -37,7 +37,7 @@ from heimer_mlflow.watch.opt_in import OptIn, read_options
 from heimer_mlflow.watch.queue import open_queue
 from heimer_mlflow.watch.service import _SeenOnce
 
-from .helpers.servers import free_port, tail, tracking_server, unavailable
+from .helpers.servers import free_port, tail, tracking_server, unavailable, using
 from .helpers.tracking import register_tiny_model, subprocess_env
 
 SECRET = "s3cret-for-tests"
@@ -248,16 +248,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cohort(synthetic_cohort):
     return synthetic_cohort
-
-
-@contextlib.contextmanager
-def using(server):
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server.url)
-    try:
-        yield mlflow.MlflowClient(server.url)
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def opted_in_model(server, name: str, cohort: Path) -> str:

@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 
 REQUIRED = os.environ.get("HEIMER_REQUIRE_SERVERS") == "1"
@@ -260,3 +261,14 @@ def tracking_server(backend: str, folder: Path):
             if cluster.log.exists():
                 shutil.copy(cluster.log, folder / "postgres.log")
             cluster.cleanup()
+
+
+@contextlib.contextmanager
+def using(server):
+    """This process's MLflow client on the server, then back to whatever it was."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(server.url)
+    try:
+        yield mlflow.MlflowClient(server.url)
+    finally:
+        mlflow.set_tracking_uri(previous)
