@@ -18,21 +18,32 @@ peak(256) / peak(64) <= 1.10.
 Defaults: 256 subjects at 2 mm and DemoCNN width 32 (32-64-128 channels, the scale of published
 3D CNNs for AD/CN). The demo's width-8 model is a toy sized to train on two CPU cores: with it
 every phase on a small CPU machine waits on NIfTI decompression (``--width 8`` shows that).
+
+``--preset t1-linear`` measures inputs as Clinica's ``t1-linear`` pipeline writes them: the 1 mm
+synthetic cohort cropped centrally to 169x208x179 (the affine follows the crop), MONAI's
+``resnet18`` (33 M parameters; target layer: its last Conv3d), 16 subjects, batch 1, peak memory
+at N=16 and N=64, and, before the timed phases, the loader over the same scans stored three
+ways: ``.nii.gz``, uncompressed ``.nii``, and a tensor store (one ``.npy`` per scan after intensity
+normalisation, memory-mapped, plus its brain mask), against the model's compute per scan.
+Any flag given explicitly overrides the preset's value.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import resource
 import subprocess
 import sys
 import tempfile
+import shutil
 import time
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pandas as pd
 import torch
 
@@ -44,10 +55,35 @@ from heimer_mlflow.engine.run import AMP_DTYPES
 from heimer_mlflow.meta import ModelMeta
 
 MEMORY_SIZES = (64, 256)
+# Clinica t1-linear: MNI152NLin2009cSym at 1 mm, cropped to this grid.
+T1_LINEAR_SHAPE = (169, 208, 179)
+PRESETS = {
+    "t1-linear": dict(voxel_size=1.0, crop=",".join(map(str, T1_LINEAR_SHAPE)), model="resnet18", subjects=16,
+                      memory_sizes="16,64", batch_size=1, warmup_subjects=1, formats=True),
+}
 
 
-def write_cohort(folder: Path, n: int, voxel_size: float) -> Path:
-    return Path(synthetic.write_cohort(folder, n_subjects=n, voxel_size=voxel_size, progress=False))
+def write_cohort(folder: Path, n: int, voxel_size: float, crop: tuple[int, int, int] | None = None) -> Path:
+    manifest = Path(synthetic.write_cohort(folder, n_subjects=n, voxel_size=voxel_size, progress=False))
+    return crop_cohort(manifest, crop) if crop else manifest
+
+
+def crop_cohort(manifest: Path, shape: tuple[int, int, int]) -> Path:
+    """Crop every image of ``manifest`` centrally to ``shape`` (as t1-linear crops MNI space), in
+    place; nibabel's slicer moves the affine's origin with the crop, so world coordinates hold.
+    Only the images: the benchmark reads neither the masks nor the atlas."""
+    table = pd.read_csv(manifest, dtype={"subject_id": str})
+    for path in table["path"]:
+        image = nib.load(manifest.parent / path)
+        if any(want > have for want, have in zip(shape, image.shape)):
+            raise SystemExit(f"cannot crop {image.shape} to {shape}: choose a smaller --voxel-size or --crop")
+        start = [(have - want) // 2 for want, have in zip(shape, image.shape)]
+        cropped = image.slicer[tuple(slice(a, a + n) for a, n in zip(start, shape))]
+        out = nib.Nifti1Image(np.asarray(cropped.dataobj), cropped.affine, cropped.header)
+        out.set_qform(cropped.affine, code=int(image.header["qform_code"]))
+        out.set_sform(cropped.affine, code=int(image.header["sform_code"]))
+        nib.save(out, manifest.parent / path)
+    return manifest
 
 
 def subset_manifest(manifest: Path, n: int) -> Path:
@@ -56,16 +92,86 @@ def subset_manifest(manifest: Path, n: int) -> Path:
     return path
 
 
+def build_model(args) -> tuple[torch.nn.Module, str | None]:
+    """The model and its target layer (None: the engine's default, the last Conv3d)."""
+    torch.manual_seed(0)
+    if args.model == "resnet18":
+        from monai.networks.nets import resnet18
+
+        return resnet18(spatial_dims=3, n_input_channels=1, num_classes=2), None
+    return DemoCNN(n_outputs=2, width=args.width), "features.4.0"
+
+
 def setup(manifest: Path, args):
     device = pick_device(args.device)
     cohort = read_cohort(manifest, ["CN", "AD"])
     shape = nib.load(cohort.table["path"][0]).shape[:3]
-    meta = ModelMeta(input_shape=[1, *shape], intensity="zscore", target_layer="features.4.0")
-    torch.manual_seed(0)
-    model = DemoCNN(n_outputs=2, width=args.width).to(device).eval()
-    loader = make_loader(CohortDataset(cohort, meta), batch_size=args.batch_size, workers=args.workers,
-                         device=str(device))  # fmt: skip
-    return device, meta, model, loader
+    model, target_layer = build_model(args)
+    meta = ModelMeta(input_shape=[1, *shape], intensity="zscore", target_layer=target_layer)
+    model = model.to(device).eval()
+    return device, meta, model, loader_for(CohortDataset(cohort, meta), args, device)
+
+
+def loader_for(dataset, args, device):
+    return make_loader(dataset, batch_size=args.batch_size, workers=args.workers, device=str(device))
+
+
+# --------------------------------------------------------------------------- storage formats
+
+
+def uncompressed_copy(manifest: Path) -> Path:
+    """The cohort with every ``.nii.gz`` gunzipped to ``.nii`` beside it (what ``gunzip -k`` does)."""
+    table = pd.read_csv(manifest, dtype={"subject_id": str})
+    for path in table["path"]:
+        with gzip.open(manifest.parent / path, "rb") as source, open(manifest.parent / path[: -len(".gz")], "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 22)
+    table["path"] = table["path"].str[: -len(".gz")]
+    table.to_csv(manifest.with_name(manifest.stem + "_nii.csv"), index=False)
+    return manifest.with_name(manifest.stem + "_nii.csv")
+
+
+class TensorStore(torch.utils.data.Dataset):
+    """A cached tensor store: each scan as ``.npy`` after loading, brain mask and intensity
+    normalisation (the loader's whole work), read memory-mapped. The items are those of the
+    CohortDataset it was written from."""
+
+    def __init__(self, folder: Path, source: CohortDataset):
+        self.folder, self.labels, self.subject_ids = folder, source.labels, source.subject_ids
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(len(source)):
+            item = source[i]
+            np.save(folder / f"{i}_image.npy", item["image"].numpy())
+            np.save(folder / f"{i}_mask.npy", item["brain_mask"].numpy())
+            np.save(folder / f"{i}_affine.npy", item["affine"].numpy())
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        def read(part):  # copied out of the map: a batch is collated from writable arrays
+            return torch.from_numpy(np.array(np.load(self.folder / f"{i}_{part}.npy", mmap_mode="r")))
+
+        return {"image": read("image"), "label": self.labels[i], "subject_id": self.subject_ids[i],
+                "affine": read("affine"), "brain_mask": read("mask"), "index": i, "problem": ""}  # fmt: skip
+
+
+def storage_formats(manifest: Path, meta: ModelMeta, args, device) -> dict[str, torch.utils.data.DataLoader]:
+    """Loaders over the same scans as .nii.gz, .nii and a tensor store, all with the engine's loader settings."""
+    started = time.perf_counter()
+    nii = uncompressed_copy(manifest)
+    gz_set = CohortDataset(read_cohort(manifest, ["CN", "AD"]), meta)
+    store = TensorStore(manifest.parent / "tensor_store", gz_set)
+    print(f"wrote the .nii copies and the tensor store in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    datasets = {".nii.gz": gz_set, ".nii": CohortDataset(read_cohort(nii, ["CN", "AD"]), meta), "tensor store (.npy)": store}
+    return {name: loader_for(dataset, args, device) for name, dataset in datasets.items()}
+
+
+def per_scan_seconds(dataset, n: int) -> float:
+    """Seconds per scan of the loader's work in this process alone (no worker, nothing overlapped)."""
+    start = time.perf_counter()
+    for i in range(n):
+        dataset[i]
+    return (time.perf_counter() - start) / n
 
 
 def autocast(device, amp):
@@ -173,8 +279,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a bundle of the defaults below; flags given explicitly override it")  # fmt: skip
     parser.add_argument("--subjects", type=int, default=256,
                         help="subjects in the throughput runs (the sanity check's 8 subjects are a fixed cost)")  # fmt: skip
     parser.add_argument("--device", default="auto")
@@ -182,56 +290,106 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the cohort loader's)")
     parser.add_argument("--voxel-size", type=float, default=2.0, help="mm; 2 gives the 91x109x91 MNI grid")
+    parser.add_argument("--crop", default=None,
+                        help="D,H,W: crop the cohort's images centrally to this grid (t1-linear: 169,208,179 at 1 mm)")  # fmt: skip
+    parser.add_argument("--model", choices=("democnn", "resnet18"), default="democnn",
+                        help="democnn (--width) or MONAI's resnet18 (3D, 1 channel, 2 classes)")  # fmt: skip
     parser.add_argument("--width", type=int, default=32,
                         help="DemoCNN width: 32 gives 32-64-128 channels, the scale of published 3D CNNs for AD/CN; "
                              "the demo trains width 8, small enough to train on two CPU cores")  # fmt: skip
     parser.add_argument("--memory-sizes", default=",".join(map(str, MEMORY_SIZES)),
                         help="comma-separated N for the peak-memory runs; empty to skip")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="time each phase this many times, keep the fastest")
+    parser.add_argument("--warmup-subjects", type=int, default=None,
+                        help="subjects in the untimed warm-up pass of the full engine (default: all)")  # fmt: skip
+    parser.add_argument("--formats", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time the loader over .nii.gz, .nii and a tensor store of the same scans")  # fmt: skip
     parser.add_argument("--cohort", type=Path, default=None, help="reuse this folder's cohort (else a temporary one)")
     parser.add_argument("--peak-memory-of", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    preset, _ = parser.parse_known_args(argv)
+    if preset.preset:
+        parser.set_defaults(**PRESETS[preset.preset])
+    return parser.parse_args(argv)
 
+
+def child_command(manifest: Path, args) -> list[str]:
+    """This script, measuring the peak memory of one full-engine run with the same settings."""
+    command = [sys.executable, __file__, "--peak-memory-of", str(manifest), "--device", args.device,
+               "--batch-size", str(args.batch_size), "--width", str(args.width), "--model", args.model]  # fmt: skip
+    command += ["--amp", args.amp] if args.amp else []
+    command += ["--workers", str(args.workers)] if args.workers is not None else []
+    return command
+
+
+def say(text: str) -> None:
+    print(text, flush=True)  # a long run shows each figure as it comes
+
+
+def compare_formats(manifest: Path, meta, args, device) -> dict[str, float]:
+    """Loader throughput over the same scans in three storage formats, side by side; returns
+    each format's in-process seconds per scan."""
+    loaders = storage_formats(manifest, meta, args, device)
+    say(f"{'storage format':<22}{'loader s':>10}{'scans/s':>10}{'s/scan, 1 process':>20}")
+    per_scan = {}
+    for name, loader in loaders.items():
+        seconds = min(timed(loader_only, None, loader, meta, device, args.amp) for _ in range(args.repeats))
+        per_scan[name] = per_scan_seconds(loader.dataset, min(len(loader.dataset), 8))
+        say(f"{name:<22}{seconds:>10.2f}{len(loader.dataset) / seconds:>10.2f}{per_scan[name]:>20.3f}")
+    return per_scan
+
+
+def main():
+    args = parse_args()
     if args.peak_memory_of is not None:
         print(json.dumps(peak_memory_child(args.peak_memory_of, args)))
         return
 
     memory_sizes = [int(n) for n in args.memory_sizes.split(",") if n]
+    crop = tuple(int(n) for n in args.crop.split(",")) if args.crop else None
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.cohort or Path(tmp)
         manifest = folder / "manifest.csv"
         if not manifest.exists():
             started = time.perf_counter()
-            manifest = write_cohort(folder, max([args.subjects, *memory_sizes]), args.voxel_size)
+            manifest = write_cohort(folder, max([args.subjects, *memory_sizes]), args.voxel_size, crop)
             print(f"wrote the cohort in {time.perf_counter() - started:.0f} s: {folder}", file=sys.stderr)
         device, meta, model, loader = setup(subset_manifest(manifest, args.subjects), args)
         shape = "x".join(map(str, meta.input_shape[1:]))
-        print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-              f"amp {args.amp}, N={args.subjects}, grid {shape}, batch {args.batch_size}, "
-              f"workers {loader.num_workers}, DemoCNN width {args.width}, torch {torch.__version__}")  # fmt: skip
+        described = f"DemoCNN width {args.width}" if args.model == "democnn" else "MONAI resnet18"
+        say(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+            f"amp {args.amp}, N={args.subjects}, grid {shape}, batch {args.batch_size}, "
+            f"workers {loader.num_workers}, threads {torch.get_num_threads()}, {described}, torch {torch.__version__}")  # fmt: skip
+        per_scan = compare_formats(subset_manifest(manifest, args.subjects), meta, args, device) if args.formats else {}
         phases = {"loader only": loader_only, "floor (load+forward+grad)": floor, "full engine": full_engine,
                   "seed style": seed_style}  # fmt: skip
-        full_engine(model, loader, meta, device, args.amp)  # warm-up: file cache, allocator, kernels
-        seconds = {name: min(timed(phase, model, loader, meta, device, args.amp) for _ in range(args.repeats))
-                   for name, phase in phases.items()}  # fmt: skip
-        print(f"{'phase':<28}{'seconds':>10}{'subjects/s':>12}")
-        for name, s in seconds.items():
-            print(f"{name:<28}{s:>10.2f}{args.subjects / s:>12.1f}")
+        # warm-up: file cache, allocator, kernels
+        warmup = loader if args.warmup_subjects is None else loader_for(
+            CohortDataset(read_cohort(subset_manifest(manifest, args.warmup_subjects), ["CN", "AD"]), meta), args, device)
+        full_engine(model, warmup, meta, device, args.amp)
+        say(f"{'phase':<28}{'seconds':>10}{'subjects/s':>12}")
+        seconds = {}
+        for name, phase in phases.items():
+            seconds[name] = min(timed(phase, model, loader, meta, device, args.amp) for _ in range(args.repeats))
+            say(f"{name:<28}{seconds[name]:>10.2f}{args.subjects / seconds[name]:>12.2f}")
         full, floor_s = seconds["full engine"], seconds["floor (load+forward+grad)"]
-        print(f"full / floor = {full / floor_s:.2f} (target <= 1.15)")
-        print(f"seed / full  = {seconds['seed style'] / full:.2f} (target >= 3)")
+        say(f"full / floor = {full / floor_s:.2f} (target <= 1.15)")
+        say(f"seed / full  = {seconds['seed style'] / full:.2f} (target >= 3)")
+        if per_scan:
+            # On a small CPU the loader's worker takes cores from the model, so the loader's own
+            # work per scan is what a faster format can save at most in the engine pass.
+            pass_per_scan = floor_s / args.subjects
+            say(f"floor per scan (load + forward + gradient) {pass_per_scan:.2f} s; loader work per scan in one "
+                "process: " + ", ".join(f"{name} {s:.3f} s ({s / pass_per_scan:.2%} of it)" for name, s in per_scan.items()))  # fmt: skip
 
         peaks = {}
         for n in memory_sizes:
-            command = [sys.executable, __file__, "--peak-memory-of", str(subset_manifest(manifest, n)),
-                       "--device", args.device, "--batch-size", str(args.batch_size), "--width", str(args.width)]
-            command += ["--amp", args.amp] if args.amp else []
-            command += ["--workers", str(args.workers)] if args.workers is not None else []
-            peaks[n] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-            print(f"peak memory N={n}: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks[n].items()))
+            result = subprocess.run(child_command(subset_manifest(manifest, n), args), check=True,
+                                    capture_output=True, text=True)  # fmt: skip
+            peaks[n] = json.loads(result.stdout)
+            say(f"peak memory N={n}: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks[n].items()))
         if len(memory_sizes) == 2:
             small, large = (peaks[n]["peak_rss_mb"] for n in memory_sizes)
-            print(f"peak RSS N={memory_sizes[1]} / N={memory_sizes[0]} = {large / small:.3f} (target <= 1.10)")
+            say(f"peak RSS N={memory_sizes[1]} / N={memory_sizes[0]} = {large / small:.3f} (target <= 1.10)")
 
 
 if __name__ == "__main__":
