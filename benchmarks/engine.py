@@ -59,7 +59,8 @@ MEMORY_SIZES = (64, 256)
 T1_LINEAR_SHAPE = (169, 208, 179)
 PRESETS = {
     "t1-linear": dict(voxel_size=1.0, crop=",".join(map(str, T1_LINEAR_SHAPE)), model="resnet18", subjects=16,
-                      memory_sizes="16,64", batch_size=1, warmup_subjects=1, formats=True),
+                      memory_sizes="16,64", batch_size=1, warmup_subjects=1, formats=True, seed_subjects=4,
+                      full_from_memory_run=True),
 }
 
 
@@ -75,6 +76,8 @@ def crop_cohort(manifest: Path, shape: tuple[int, int, int]) -> Path:
     table = pd.read_csv(manifest, dtype={"subject_id": str})
     for path in table["path"]:
         image = nib.load(manifest.parent / path)
+        if image.shape[:3] == tuple(shape):  # cropped by an earlier, interrupted run on this --cohort
+            continue
         if any(want > have for want, have in zip(shape, image.shape)):
             raise SystemExit(f"cannot crop {image.shape} to {shape}: choose a smaller --voxel-size or --crop")
         start = [(have - want) // 2 for want, have in zip(shape, image.shape)]
@@ -155,14 +158,35 @@ class TensorStore(torch.utils.data.Dataset):
                 "affine": read("affine"), "brain_mask": read("mask"), "index": i, "problem": ""}  # fmt: skip
 
 
+def with_scanner_noise(manifest: Path, relative_sd: float = 0.03) -> Path:
+    """The cohort with magnitude noise in every voxel, |x + N(0, sd)| with sd 3% of the 90th
+    percentile of the head, as a real scan has in its background. The synthetic images' constant
+    background compresses about 3x and gives the brain mask a clean border; real scans do neither."""
+    table = pd.read_csv(manifest, dtype={"subject_id": str})
+    (manifest.parent / "noisy").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, path in enumerate(table["path"]):
+        image = nib.load(manifest.parent / path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        sd = relative_sd * float(np.percentile(data[data != 0], 90))
+        noisy = np.abs(data + rng.normal(0.0, sd, data.shape).astype(np.float32))
+        table.loc[i, "path"] = f"noisy/{Path(path).name}"
+        nib.save(nib.Nifti1Image(noisy, image.affine, image.header), manifest.parent / table.loc[i, "path"])
+    table.to_csv(manifest.with_name(manifest.stem + "_noisy.csv"), index=False)
+    return manifest.with_name(manifest.stem + "_noisy.csv")
+
+
 def storage_formats(manifest: Path, meta: ModelMeta, args, device) -> dict[str, torch.utils.data.DataLoader]:
-    """Loaders over the same scans as .nii.gz, .nii and a tensor store, all with the engine's loader settings."""
+    """Loaders over the same scans as .nii.gz, .nii and a tensor store, and over .nii.gz and
+    .nii with scanner noise added, all with the engine's loader settings."""
     started = time.perf_counter()
-    nii = uncompressed_copy(manifest)
+    noisy = with_scanner_noise(manifest)
     gz_set = CohortDataset(read_cohort(manifest, ["CN", "AD"]), meta)
-    store = TensorStore(manifest.parent / "tensor_store", gz_set)
-    print(f"wrote the .nii copies and the tensor store in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    datasets = {".nii.gz": gz_set, ".nii": CohortDataset(read_cohort(nii, ["CN", "AD"]), meta), "tensor store (.npy)": store}
+    manifests = {".nii.gz": manifest, ".nii": uncompressed_copy(manifest), ".nii.gz, noisy": noisy,
+                 ".nii, noisy": uncompressed_copy(noisy)}  # fmt: skip
+    datasets = {name: CohortDataset(read_cohort(path, ["CN", "AD"]), meta) for name, path in manifests.items()}
+    datasets["tensor store (.npy)"] = TensorStore(manifest.parent / "tensor_store", gz_set)
+    print(f"wrote the copies and the tensor store in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return {name: loader_for(dataset, args, device) for name, dataset in datasets.items()}
 
 
@@ -255,9 +279,13 @@ def peak_memory_child(manifest: Path, args) -> dict:
     reset just before the run (``/proc/self/clear_refs``) and read from VmHWM afterwards.
     """
     device, meta, model, loader = setup(manifest, args)
+    if args.warmup_subjects:  # when its time is the full engine's, warm up as the in-process phases do
+        full_engine(model, subset_loader(manifest, args.warmup_subjects, meta, args, device), meta, device, args.amp)
     peak = {"rss_before_run_mb": _status_mb("VmRSS")}
     reset = _reset_peak_rss()
+    started = time.perf_counter()
     full_engine(model, loader, meta, device, args.amp)
+    peak["run_s"] = time.perf_counter() - started
     peak["peak_rss_mb"] = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -304,6 +332,12 @@ def parse_args(argv=None):
                         help="subjects in the untimed warm-up pass of the full engine (default: all)")  # fmt: skip
     parser.add_argument("--formats", action=argparse.BooleanOptionalAction, default=False,
                         help="also time the loader over .nii.gz, .nii and a tensor store of the same scans")  # fmt: skip
+    parser.add_argument("--seed-subjects", type=int, default=None,
+                        help="time the seed style on the first K subjects only and scale it to N (it has no "
+                             "per-run cost: each of its passes is linear in N); default: all N")  # fmt: skip
+    parser.add_argument("--full-from-memory-run", action="store_true",
+                        help="take the full engine's time from the peak-memory run at N (its own process, same "
+                             "settings) instead of a second pass in this process; needs N in --memory-sizes")  # fmt: skip
     parser.add_argument("--cohort", type=Path, default=None, help="reuse this folder's cohort (else a temporary one)")
     parser.add_argument("--peak-memory-of", type=Path, default=None, help=argparse.SUPPRESS)
     preset, _ = parser.parse_known_args(argv)
@@ -318,6 +352,7 @@ def child_command(manifest: Path, args) -> list[str]:
                "--batch-size", str(args.batch_size), "--width", str(args.width), "--model", args.model]  # fmt: skip
     command += ["--amp", args.amp] if args.amp else []
     command += ["--workers", str(args.workers)] if args.workers is not None else []
+    command += ["--warmup-subjects", str(args.warmup_subjects)] if args.full_from_memory_run and args.warmup_subjects else []
     return command
 
 
@@ -329,12 +364,12 @@ def compare_formats(manifest: Path, meta, args, device) -> dict[str, float]:
     """Loader throughput over the same scans in three storage formats, side by side; returns
     each format's in-process seconds per scan."""
     loaders = storage_formats(manifest, meta, args, device)
-    say(f"{'storage format':<22}{'loader s':>10}{'scans/s':>10}{'s/scan, 1 process':>20}")
+    say(f"{'storage format':<24}{'loader s':>10}{'scans/s':>10}{'s/scan, 1 process':>20}")
     per_scan = {}
     for name, loader in loaders.items():
         seconds = min(timed(loader_only, None, loader, meta, device, args.amp) for _ in range(args.repeats))
-        per_scan[name] = per_scan_seconds(loader.dataset, min(len(loader.dataset), 8))
-        say(f"{name:<22}{seconds:>10.2f}{len(loader.dataset) / seconds:>10.2f}{per_scan[name]:>20.3f}")
+        per_scan[name] = per_scan_seconds(loader.dataset, min(len(loader.dataset), 4))
+        say(f"{name:<24}{seconds:>10.2f}{len(loader.dataset) / seconds:>10.2f}{per_scan[name]:>20.3f}")
     return per_scan
 
 
@@ -353,6 +388,8 @@ def main():
             started = time.perf_counter()
             manifest = write_cohort(folder, max([args.subjects, *memory_sizes]), args.voxel_size, crop)
             print(f"wrote the cohort in {time.perf_counter() - started:.0f} s: {folder}", file=sys.stderr)
+        elif crop:
+            crop_cohort(manifest, crop)
         device, meta, model, loader = setup(subset_manifest(manifest, args.subjects), args)
         shape = "x".join(map(str, meta.input_shape[1:]))
         described = f"DemoCNN width {args.width}" if args.model == "democnn" else "MONAI resnet18"
@@ -362,24 +399,23 @@ def main():
         per_scan = compare_formats(subset_manifest(manifest, args.subjects), meta, args, device) if args.formats else {}
         phases = {"loader only": loader_only, "floor (load+forward+grad)": floor, "full engine": full_engine,
                   "seed style": seed_style}  # fmt: skip
+        if args.full_from_memory_run:
+            if args.subjects not in memory_sizes:
+                raise SystemExit("--full-from-memory-run needs --subjects among --memory-sizes")
+            del phases["full engine"]
         # warm-up: file cache, allocator, kernels
-        warmup = loader if args.warmup_subjects is None else loader_for(
-            CohortDataset(read_cohort(subset_manifest(manifest, args.warmup_subjects), ["CN", "AD"]), meta), args, device)
-        full_engine(model, warmup, meta, device, args.amp)
+        full_engine(model, subset_loader(manifest, args.warmup_subjects, meta, args, device) or loader, meta, device,
+                    args.amp)  # fmt: skip
+        seed_loader = subset_loader(manifest, args.seed_subjects, meta, args, device)
         say(f"{'phase':<28}{'seconds':>10}{'subjects/s':>12}")
         seconds = {}
         for name, phase in phases.items():
-            seconds[name] = min(timed(phase, model, loader, meta, device, args.amp) for _ in range(args.repeats))
-            say(f"{name:<28}{seconds[name]:>10.2f}{args.subjects / seconds[name]:>12.2f}")
-        full, floor_s = seconds["full engine"], seconds["floor (load+forward+grad)"]
-        say(f"full / floor = {full / floor_s:.2f} (target <= 1.15)")
-        say(f"seed / full  = {seconds['seed style'] / full:.2f} (target >= 3)")
-        if per_scan:
-            # On a small CPU the loader's worker takes cores from the model, so the loader's own
-            # work per scan is what a faster format can save at most in the engine pass.
-            pass_per_scan = floor_s / args.subjects
-            say(f"floor per scan (load + forward + gradient) {pass_per_scan:.2f} s; loader work per scan in one "
-                "process: " + ", ".join(f"{name} {s:.3f} s ({s / pass_per_scan:.2%} of it)" for name, s in per_scan.items()))  # fmt: skip
+            on, scale = (seed_loader, args.subjects / args.seed_subjects) if name == "seed style" and seed_loader else (loader, 1)
+            seconds[name] = scale * min(timed(phase, model, on, meta, device, args.amp) for _ in range(args.repeats))
+            scaled = f"  (timed on {args.seed_subjects} subjects, x{scale:g})" if scale != 1 else ""
+            say(f"{name:<28}{seconds[name]:>10.2f}{args.subjects / seconds[name]:>12.2f}{scaled}")
+        if "full engine" in seconds:
+            print_ratios(seconds, per_scan, args)
 
         peaks = {}
         for n in memory_sizes:
@@ -387,9 +423,33 @@ def main():
                                     capture_output=True, text=True)  # fmt: skip
             peaks[n] = json.loads(result.stdout)
             say(f"peak memory N={n}: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks[n].items()))
+            if n == args.subjects and "full engine" not in seconds:
+                seconds["full engine"] = peaks[n]["run_s"]
+                say(f"{'full engine (own process)':<28}{seconds['full engine']:>10.2f}"
+                    f"{args.subjects / seconds['full engine']:>12.2f}")  # fmt: skip
+                print_ratios(seconds, per_scan, args)
         if len(memory_sizes) == 2:
             small, large = (peaks[n]["peak_rss_mb"] for n in memory_sizes)
             say(f"peak RSS N={memory_sizes[1]} / N={memory_sizes[0]} = {large / small:.3f} (target <= 1.10)")
+
+
+def subset_loader(manifest: Path, n: int | None, meta, args, device):
+    """A loader over the first ``n`` subjects; None when ``n`` is None (use the whole loader)."""
+    if n is None:
+        return None
+    return loader_for(CohortDataset(read_cohort(subset_manifest(manifest, n), ["CN", "AD"]), meta), args, device)
+
+
+def print_ratios(seconds: dict[str, float], per_scan: dict[str, float], args) -> None:
+    full, floor_s = seconds["full engine"], seconds["floor (load+forward+grad)"]
+    say(f"full / floor = {full / floor_s:.2f} (target <= 1.15)")
+    say(f"seed / full  = {seconds['seed style'] / full:.2f} (target >= 3)")
+    if per_scan:
+        # On a small CPU the loader's worker takes cores from the model, so the loader's own
+        # work per scan is what a faster format can save at most in the engine pass.
+        pass_per_scan = floor_s / args.subjects
+        say(f"floor per scan (load + forward + gradient) {pass_per_scan:.2f} s; loader work per scan in one "
+            "process: " + ", ".join(f"{name} {s:.3f} s ({s / pass_per_scan:.2%} of it)" for name, s in per_scan.items()))  # fmt: skip
 
 
 if __name__ == "__main__":
