@@ -40,10 +40,10 @@ import contextlib
 import gzip
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
-import shutil
 import time
 from pathlib import Path
 
