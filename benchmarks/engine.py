@@ -131,7 +131,8 @@ def uncompressed_copy(manifest: Path) -> Path:
     """The cohort with every ``.nii.gz`` gunzipped to ``.nii`` beside it (what ``gunzip -k`` does)."""
     table = pd.read_csv(manifest, dtype={"subject_id": str})
     for path in table["path"]:
-        with gzip.open(manifest.parent / path, "rb") as source, open(manifest.parent / path[: -len(".gz")], "wb") as out:
+        target = manifest.parent / path[: -len(".gz")]
+        with gzip.open(manifest.parent / path, "rb") as source, open(target, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 22)
     table["path"] = table["path"].str[: -len(".gz")]
     table.to_csv(manifest.with_name(manifest.stem + "_nii.csv"), index=False)
@@ -325,7 +326,8 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the cohort loader's)")
     parser.add_argument("--voxel-size", type=float, default=2.0, help="mm; 2 gives the 91x109x91 MNI grid")
     parser.add_argument("--crop", default=None,
-                        help="D,H,W: crop the cohort's images centrally to this grid (t1-linear: 169,208,179 at 1 mm)")  # fmt: skip
+                        help="D,H,W: crop the cohort's images centrally to this grid "
+                             "(t1-linear: 169,208,179 at 1 mm)")  # fmt: skip
     parser.add_argument("--model", choices=("democnn", "resnet18"), default="democnn",
                         help="democnn (--width) or MONAI's resnet18 (3D, 1 channel, 2 classes)")  # fmt: skip
     parser.add_argument("--width", type=int, default=32,
@@ -361,7 +363,8 @@ def child_command(manifest: Path, args) -> list[str]:
                "--batch-size", str(args.batch_size), "--width", str(args.width), "--model", args.model]  # fmt: skip
     command += ["--amp", args.amp] if args.amp else []
     command += ["--workers", str(args.workers)] if args.workers is not None else []
-    command += ["--warmup-subjects", str(args.warmup_subjects)] if args.full_from_memory_run and args.warmup_subjects else []
+    if args.full_from_memory_run and args.warmup_subjects:  # its time is the full engine's: warm up alike
+        command += ["--warmup-subjects", str(args.warmup_subjects)]
     return command
 
 
@@ -423,7 +426,9 @@ def main():
         say(f"{'phase':<28}{'seconds':>10}{'subjects/s':>12}{'CPU s':>10}")
         seconds, cpu = {}, {}
         for name, phase in phases.items():
-            on, scale = (seed_loader, args.subjects / args.seed_subjects) if name == "seed style" and seed_loader else (loader, 1)
+            on, scale = (loader, 1)
+            if name == "seed style" and seed_loader:
+                on, scale = seed_loader, args.subjects / args.seed_subjects
             wall, cpu[name] = min(timed(phase, model, on, meta, device, args.amp) for _ in range(args.repeats))
             seconds[name], cpu[name] = scale * wall, scale * cpu[name]
             scaled = f"  (timed on {args.seed_subjects} subjects, x{scale:g})" if scale != 1 else ""
@@ -463,8 +468,9 @@ def print_ratios(seconds: dict[str, float], cpu: dict[str, float], per_scan: dic
         # On a small CPU the loader's worker takes cores from the model, so the loader's own
         # work per scan is what a faster format can save at most in the engine pass.
         pass_per_scan = floor_s / args.subjects
-        say(f"floor per scan (load + forward + gradient) {pass_per_scan:.2f} s; loader work per scan in one "
-            "process: " + ", ".join(f"{name} {s:.3f} s ({s / pass_per_scan:.2%} of it)" for name, s in per_scan.items()))  # fmt: skip
+        shares = ", ".join(f"{name} {s:.3f} s ({s / pass_per_scan:.2%} of it)" for name, s in per_scan.items())
+        say(f"floor per scan (load + forward + gradient) {pass_per_scan:.2f} s; loader work per scan in one process: "
+            + shares)  # fmt: skip
 
 
 if __name__ == "__main__":
