@@ -257,6 +257,21 @@ class CohortAtlas:
     regions: tuple[np.ndarray, dict[int, str]] | None = None
     record: AtlasRecord | None = None
     space_check: object | None = None  # heimer_mlflow.mni.SpaceCheck, for a named atlas
+    brain_mask: np.ndarray | None = None  # for a named atlas: the MNI152 template's brain on the grid
+
+
+MNI_BRAIN_MASK = "the MNI152 2009a template's brain mask (nilearn), resampled onto the inputs' grid"
+
+
+def mni_brain_mask(grid_shape, grid_affine) -> np.ndarray:
+    """The MNI152 template's brain mask on the cohort's grid (world coordinates, nearest): for
+    scans in MNI space, the brain, whatever their background and skull look like (a real scan's
+    noisy background or a t1-linear image's skull are not brain)."""
+    from nilearn import datasets
+
+    template = datasets.load_mni152_brain_mask(resolution=1)
+    mask = (np.asarray(template.dataobj) > 0).astype(np.int64)
+    return resample_labels(mask, template.affine, grid_shape, grid_affine) > 0
 
 
 def atlas_for_cohort(atlas: str | None, atlas_labels: str | None, regions, grid_shape, grid_affine, *,
@@ -277,4 +292,5 @@ def atlas_for_cohort(atlas: str | None, atlas_labels: str | None, regions, grid_
     mni.check_cohort_space(table, atlas_name=named.name, skip_bad=skip_bad, progress=progress)
     labels, names, record = load_named_atlas(named, regions, grid_shape, grid_affine)
     record.space_check = mni.DESCRIPTION
-    return CohortAtlas((labels, names), record, mni.mni_check())
+    record.brain_mask = MNI_BRAIN_MASK  # the default brain mask (evaluation: unless --brain-mask)
+    return CohortAtlas((labels, names), record, mni.mni_check(), mni_brain_mask(grid_shape, grid_affine))

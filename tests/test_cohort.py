@@ -146,3 +146,28 @@ def test_dataset_and_loader_yield_volumes_labels_ids_affines(manifest_dir):
     assert b["brain_mask"].shape == (3, *GRID) and b["brain_mask"].dtype == torch.bool
     assert b["problem"][0] == "" and "NaN" in b["problem"][1]  # reported, not raised
     assert b["index"].tolist() == [0, 1, 2]
+
+
+def _head(shape=(40, 48, 40)):
+    """An ellipsoid 'head' (intensity 500-1000) on a zero background, and its mask."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    inside = ((grid / np.array([0.7, 0.75, 0.7])[:, None, None, None]) ** 2).sum(axis=0) <= 1
+    values = np.where(inside, 750 + 250 * np.cos(6 * grid[0]), 0.0).astype(np.float32)
+    return values, inside
+
+
+def test_brain_mask_sees_the_head_through_background_noise_and_a_crop_through_it():
+    """Real scans have a noisy background (Rician): without a noise floor every voxel would be
+    'brain' and a map on the background would never count as outside it."""
+    from heimer_mlflow.cohort import brain_mask
+
+    head, inside = _head()
+    assert (brain_mask(head) == inside).all()  # a clean background: exactly the head, as before
+    rng = np.random.default_rng(0)
+    noisy = np.hypot(head + rng.normal(0, 30, head.shape), rng.normal(0, 30, head.shape)).astype(np.float32)
+    mask = brain_mask(noisy)
+    dice = 2 * (mask & inside).sum() / (mask.sum() + inside.sum())
+    assert dice > 0.97 and mask.sum() < 1.05 * inside.sum()
+    cropped, cropped_inside = noisy[:, :, 12:], inside[:, :, 12:]  # one face cuts through the head
+    mask = brain_mask(cropped)
+    assert 2 * (mask & cropped_inside).sum() / (mask.sum() + cropped_inside.sum()) > 0.97

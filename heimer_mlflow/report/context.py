@@ -343,6 +343,7 @@ def _atlas_context(atlas) -> dict | None:
         return None
     return {"name": text(atlas.name), "title": text(atlas.title), "licence": text(atlas.licence),
             "source": text(atlas.source), "space_check": text(atlas.space_check),
+            "brain_mask": text(atlas.brain_mask) if atlas.brain_mask else "",
             "regions": [(region, ", ".join(labels)) for region, labels in atlas.regions.items()]}
 
 

@@ -143,8 +143,8 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "{pos} subjects the model called {neg}, most confident first. Look for whether the typical regions "
         "received little attention.", "brain"),
     "cam_outside_brain": ("{cam} outside the brain per subject",
-        "The share of each subject's {cam} that lies outside the brain (the brain mask given to the evaluation, "
-        "else the scan's non-background voxels), per true class. Most of the "
+        "The share of each subject's {cam} that lies outside the brain (the brain mask given to the evaluation; with a named "
+        "MNI-space atlas, the MNI152 template's brain; else the scan's non-background voxels), per true class. Most of the "
         "attention should be inside the brain; high shares point to a shortcut.", "small"),
     "region_gain": ("{cam} per atlas region relative to its volume",
         "How much of the {cam} inside the brain falls in each atlas region, divided by the region's share of "
