@@ -144,7 +144,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                "(hippocampus_left) or exact atlas label names")  # fmt: skip
     evaluate.add_argument("--brain-mask", default=None, metavar="NIFTI",
                           help="brain mask on the input grid (nonzero = brain) for the CAM outside-brain share "
-                               "(default: each scan's non-background voxels)")  # fmt: skip
+                               "(default: with a named atlas the MNI152 template's brain, else each scan's "
+                               "non-background voxels)")  # fmt: skip
     evaluate.add_argument("--cam", choices=["gradcam", "hirescam"], default="hirescam",
                           help="the primary map behind the verdict, group maps and gallery (both are computed; "
                                "default hirescam: faithful to the score whatever the head)")  # fmt: skip
