@@ -48,7 +48,7 @@ class EvaluationOptions:
     atlas: str | None = None  # neuromorphometrics, desikan-killiany (MNI-space inputs) or a label NIfTI on the grid
     atlas_labels: str | None = None
     regions: tuple[str, ...] | str | None = None  # of the atlas: groups, sides or label names ("a,b" or a list)
-    brain_mask: str | None = None  # NIfTI on the input grid; None: each input's non-background voxels
+    brain_mask: str | None = None  # NIfTI on the input grid; None: a named atlas brings the MNI152 brain, else each input's non-background voxels
     save_cams: str = "gallery"
     skip_bad: bool = False
     experiment: str = "heimer-evaluations"

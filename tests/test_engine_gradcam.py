@@ -123,3 +123,25 @@ def test_a_layer_off_the_output_path_is_refused():
 
     with pytest.raises(HeimerError, match="does not influence"):
         GradCam3d(WithUnusedBranch().eval(), "unused").attribute(mixed_batch())
+
+
+def test_layers_before_the_target_keep_no_graph_and_the_weights_stay_trainable():
+    """The gradient goes to the target activation only: the layers before it must not save
+    tensors for a backward that never comes (at 1 mm with a resnet18 that was most of the peak
+    memory), and the caller's weights keep requires_grad, also when attribute fails."""
+    model, layer = conv_stack(2)
+    model = model.eval()
+    x = mixed_batch()
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        GradCam3d(model, layer).attribute(x)
+    assert saved and tuple(x.shape) not in saved  # the first convolution saved nothing
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(RuntimeError, match="out of bounds"):  # no such output column: the pass fails midway
+        GradCam3d(model, "features.0").attribute(x, target=torch.tensor([5] * len(x)))
+    assert all(p.requires_grad for p in model.parameters())
