@@ -155,19 +155,14 @@ def atlas_files(atlas: NamedAtlas) -> tuple[Path, Path, str]:
 
 def resample_labels(labels: np.ndarray, affine: np.ndarray, grid_shape, grid_affine) -> np.ndarray:
     """``labels`` (on the grid ``affine``) on another grid, by world coordinates, nearest
-    neighbour; voxels outside the labels' box get 0. Slab by slab: a 1 mm grid is millions of voxels."""
-    to_labels = np.linalg.inv(np.asarray(affine, float)) @ np.asarray(grid_affine, float)
-    shape = tuple(int(s) for s in grid_shape)
-    out = np.zeros(shape, dtype=np.int64)
-    j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
-    ones = np.ones_like(j)
-    limits = np.array(labels.shape[:3])[:, None, None]
-    for i in range(shape[0]):
-        grid = np.stack([i * ones, j, k, ones]).reshape(4, -1).astype(np.float64)
-        at = np.rint(to_labels[:3] @ grid).astype(np.int64).reshape(3, *j.shape)
-        inside = np.all((at >= 0) & (at < limits), axis=0)
-        out[i][inside] = labels[at[0][inside], at[1][inside], at[2][inside]]
-    return out
+    neighbour (nilearn's ``resample_img``); voxels outside the labels' box get 0."""
+    from nilearn.image import resample_img
+
+    image = nib.Nifti1Image(np.asarray(labels).astype(np.int32), np.asarray(affine, float))  # nibabel refuses int64
+    resampled = resample_img(image, target_affine=np.asarray(grid_affine, float),
+                             target_shape=tuple(int(s) for s in grid_shape), interpolation="nearest",
+                             fill_value=0, force_resample=True, copy_header=True)  # fmt: skip
+    return np.asarray(resampled.dataobj).astype(np.int64)
 
 
 def _label_table(path: Path | str) -> dict[str, int]:
