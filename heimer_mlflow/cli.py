@@ -126,6 +126,14 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label-map", default=None, metavar="MAP",
                           help="source label -> model class, e.g. \"Dementia=AD,Control=CN\" (default: class names, any "
                                "case); BIDS/CAPS scans whose label is no class (MCI, ...) are left out and listed")
+    evaluate.add_argument("--class-names", default=None, metavar="NAMES",
+                          help="the model's outputs in order, e.g. CN,AD: fills or overrides its metadata "
+                               "(for models logged without heimer_mlflow.log_model; default CN,AD)")
+    evaluate.add_argument("--positive-class", default=None, metavar="NAME",
+                          help="the class the maps explain and the ROC scores (default: the metadata's, else AD)")
+    evaluate.add_argument("--intensity", default=None, metavar="zscore|minmax|none",
+                          help="per-volume intensity normalisation the model was trained with (default: the "
+                               "metadata's, else none, said on stderr and in the report)")
     evaluate.add_argument("--target-layer", default=None, help="Grad-CAM layer (default: the model's metadata, else the last Conv3d)")
     evaluate.add_argument("--feature-layer", action="append", default=[], dest="feature_layers", metavar="LAYER",
                           help="extra layer whose feature maps to average per group (repeatable)")
@@ -207,6 +215,9 @@ def _add_watch(commands) -> None:
     watch.add_argument("--workers", type=int, default=1,
                        help="evaluations at once in this watcher (default 1; 0: only queue, other hosts evaluate)")
     watch.add_argument("--no-poll", action="store_true", help="no sweeps: only the webhook and/or the workers")
+    watch.add_argument("--allow-pickle", action="store_true",
+                       help="also evaluate pickled versions (loading one runs code from its file on this host); "
+                            "default: pt2 versions only, a pickled one fails with heimer.error")
     watch.add_argument("--once", action="store_true",
                        help="one sweep, wait for the evaluations it queued, exit 1 if one failed")
 
@@ -257,6 +268,8 @@ def _run(args) -> None:
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
             caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),
+            class_names=_optional(args.class_names), positive_class=_optional(args.positive_class),
+            intensity=_optional(args.intensity),
         )
         if result is not None:  # None: a torchrun rank other than 0, which logs nothing
             print(f"run {result.run_id}: verdict {result.verdict}")
@@ -265,7 +278,7 @@ def _run(args) -> None:
 
         code = watch(models=tuple(args.models), alias=_optional(args.alias), poll_interval=args.poll_interval,
                      webhook=_optional(args.webhook), queue=_optional(args.queue), workers=args.workers,
-                     poll=not args.no_poll, once=args.once)
+                     poll=not args.no_poll, once=args.once, allow_pickle=args.allow_pickle)
         if code:
             raise SystemExit(code)
     elif args.command == "report":

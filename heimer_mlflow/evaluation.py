@@ -29,11 +29,11 @@ from .engine.gradcam import check_cam_method
 from .engine.run import EngineResult, pick_device
 from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
-from .meta import CAM_NAMES
+from .meta import CAM_NAMES, INTENSITIES, assumptions
 from .metrics import ClassificationReport, compute_metrics
 from .record import AtlasRecord
 from .atlas import atlas_for_cohort, load_brain_mask
-from .registry import HISTORY_NAMES, LoadedModel, load, training_history
+from .registry import HISTORY_NAMES, LoadedModel, load, split_names, training_history
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 
 SAVE_CAMS = ("gallery", "all", "none")
@@ -69,9 +69,21 @@ class EvaluationOptions:
     caps: str | None = None
     label_column: str | None = None
     label_map: str | dict | None = None  # "Dementia=AD,Control=CN"; a dict once checked
+    # a model logged without our metadata (or with it wrong): these fill or override it, and the
+    # run records them as given (registry.read_meta)
+    class_names: tuple[str, ...] | str | None = None  # output order, "CN,AD"
+    positive_class: str | None = None
+    intensity: str | None = None  # zscore, minmax or none
+    # loading a pickled model runs code from its file: a person evaluating by hand chose the model;
+    # `watch` sets False unless started with --allow-pickle
+    allow_pickle: bool = True
 
     def check(self) -> EvaluationOptions:
         check_cam_method(self.cam)
+        if self.class_names is not None:
+            self.class_names = tuple(split_names(self.class_names)) or None
+        if self.intensity is not None and self.intensity not in INTENSITIES:
+            raise HeimerError(f"intensity={self.intensity!r}: use one of {', '.join(INTENSITIES)}")
         if self.save_cams not in SAVE_CAMS:
             raise HeimerError(f"save_cams={self.save_cams!r}: use one of {', '.join(SAVE_CAMS)}")
         if not 0.0 < self.threshold < 1.0:
@@ -91,6 +103,11 @@ class EvaluationOptions:
 
     def gate(self) -> Gate:
         return Gate.parse(self.require, self.require_verdict)
+
+    def given_meta(self) -> dict:
+        """The model-contract values given with the options (None = not given)."""
+        return {"class_names": list(self.class_names) if self.class_names else None,
+                "positive_class": self.positive_class, "intensity": self.intensity}
 
     def _check_atlas(self) -> None:
         from .atlas import NAMED_ATLASES, named_atlas
@@ -199,7 +216,8 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     try:
         def prepare():
             tracking.check_reachable()
-            loaded = load(model_uri, target_layer=opts.target_layer)
+            loaded = load(model_uri, target_layer=opts.target_layer, allow_pickle=opts.allow_pickle,
+                          given=opts.given_meta())
             return loaded, _prepare_cohort(loaded, data, opts, ctx)
 
         # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
@@ -232,6 +250,10 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     """Everything a user can get wrong that the headers can show, checked before the MLflow run
     is opened: the cohort, both classes, the atlas and brain mask, the device, the options."""
     meta = loaded.meta
+    for note in loaded.notes if opts.progress else ():  # how the model was run (also in the report)
+        print(f"[heimer] {note}", file=sys.stderr)
+    for note in assumptions(meta):  # said even with -q: an assumption changes how the numbers are to be read
+        print(f"[heimer] {note}", file=sys.stderr)
     cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False, caps=opts.caps,
                          label_column=opts.label_column, label_map=opts.label_map)
     if len(cohort.excluded):  # labels that are no model class: never left out silently, -q or not

@@ -128,13 +128,26 @@ def _describe(handle: EvaluationRun, model, options, device: str) -> None:
                        "batch_size": options.batch_size, "device": device, "save_cams": options.save_cams,
                        "skip_bad": options.skip_bad, "n_bootstrap": options.n_bootstrap,
                        "brain_mask": options.brain_mask or "non-background voxels",
-                       "processes": int(os.environ.get("WORLD_SIZE") or 1)}.items():
+                       "processes": int(os.environ.get("WORLD_SIZE") or 1),
+                       "serialization": model.serialization, **_contract_params(model.meta)}.items():
         client.log_param(handle.run_id, f"heimer.{key}", value)
     from .atlas import named_atlas
 
     if (atlas := named_atlas(options.atlas)) is not None:  # its terms travel with the run
         client.log_param(handle.run_id, "heimer.atlas", atlas.name)
         client.log_param(handle.run_id, "heimer.atlas_licence", atlas.licence)
+
+
+def _contract_params(meta) -> dict:
+    """The model-contract values the evaluation used, each with where it came from: ``model``
+    (its metadata), ``given`` (--class-names, --positive-class, --intensity) or ``default``."""
+    values = {"class_names": ",".join(meta.class_names), "positive_class": meta.positive_class,
+              "intensity": meta.intensity}
+    params = {}
+    for key, value in values.items():
+        params[key] = value
+        params[f"{key}_source"] = "given" if key in meta.given else "default" if key in meta.inferred else "model"
+    return params
 
 
 def _open_run(model, options, run_id: str | None):

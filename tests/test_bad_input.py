@@ -241,7 +241,8 @@ def test_model_level_errors(tracking, registered, broken_cohort, tmp_path, capsy
     for uri, extra, match in cases:
         code, lines = evaluate(capsys, uri, "--data", str(data), *extra)
         assert code == 2 and len(lines) == 1 and match in lines[0], (uri, lines)
-    code, lines = evaluate(capsys, f"models:/bad-input-three/{three}", "--data", str(data))
+    # --intensity none: the model declares none, and a given value is not announced on stderr
+    code, lines = evaluate(capsys, f"models:/bad-input-three/{three}", "--data", str(data), "--intensity", "none")
     assert code == 2 and len(lines) == 1, lines
     assert "model outputs 3 logits for classes ['CN', 'AD']" in lines[0] and "fix the model head" in lines[0]
     run = runs()[0]
@@ -309,7 +310,7 @@ def test_models_that_cannot_run_on_the_cohort(tracking, tmp_path, capsys, monkey
     capsys.readouterr()
     for uri, match, status in cases:
         before = len(runs())
-        code, lines = evaluate(capsys, uri, "--data", str(data))
+        code, lines = evaluate(capsys, uri, "--data", str(data), "--intensity", "none")  # raw models declare none
         assert code == 2 and len(lines) == 1 and match in lines[0], (uri, lines)
         if status is None:
             assert len(runs()) == before

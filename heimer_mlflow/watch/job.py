@@ -33,8 +33,9 @@ def say(message: str) -> None:
 class Jobs:
     """Evaluation jobs on one Huey queue: queue a version once, run a job, recover one."""
 
-    def __init__(self, huey, *, stop: threading.Event | None = None):
+    def __init__(self, huey, *, stop: threading.Event | None = None, allow_pickle: bool = False):
         self.huey = huey
+        self.allow_pickle = allow_pickle  # this host's choice (--allow-pickle), never the model's tags
         self.claims = Claims(huey)
         self.stop = stop or threading.Event()
         self.task = huey.task(name=TASK_NAME, context=True)(self._run)
@@ -81,7 +82,7 @@ class Jobs:
             return "skipped"
         client = mlflow.MlflowClient()
         attempt = int(held.get("attempt", 1))
-        opts = {**options, **FIXED_OPTIONS}
+        opts = {**options, **FIXED_OPTIONS, "allow_pickle": self.allow_pickle}
         run_id = _open_run(client, name, version, opts.get("experiment", "heimer-evaluations"))
         self.claims.write(key, lease("running", task.id, attempt, run_id=run_id))
         client.set_model_version_tag(name, version, STATUS_TAG, "running")
