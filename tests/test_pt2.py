@@ -97,13 +97,13 @@ def assert_same_engine_results(pt2, pickled, rtol=0.0):
             assert list(pt2.subjects[column]) == list(values), column
         else:
             np.testing.assert_allclose(pt2.subjects[column], values, atol=TOLERANCE, rtol=rtol, err_msg=column)
-    assert pickled.maps.keys() == pt2.maps.keys()
+    assert pickled.maps.keys() == pt2.maps.keys() and {"input", "cam"} < pickled.maps.keys()
     for name, maps in pickled.maps.items():
-        for field in ("mean_positive", "mean_negative", "difference", "t"):
-            a, b = getattr(pt2.maps[name], field, None), getattr(maps, field, None)
-            if b is not None:
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOLERANCE, rtol=rtol,
-                                           err_msg=f"{name}.{field}")
+        assert pt2.maps[name].count == maps.count and maps.mean.keys() == pt2.maps[name].mean.keys()
+        arrays = {"diff": (pt2.maps[name].diff, maps.diff), "t": (pt2.maps[name].t, maps.t),
+                  **{f"mean {group}": (pt2.maps[name].mean[group], mean) for group, mean in maps.mean.items()}}
+        for field, (a, b) in arrays.items():
+            np.testing.assert_allclose(a, b, atol=TOLERANCE, rtol=rtol, err_msg=f"{name} {field}")
     np.testing.assert_allclose(pt2.sanity.spearman, pickled.sanity.spearman, atol=TOLERANCE, rtol=rtol)
 
 
@@ -332,3 +332,83 @@ def test_bad_pt2_models_end_in_one_line(tracking, tmp_path, capsys):
         assert heimer_tags(name, number) == {}
     new = [r for r in experiment_runs(EXPERIMENT) if r.info.run_id not in before]
     assert all(r.info.status != "FINISHED" for r in new), [(r.info.status) for r in new]
+
+
+# --------------------------------------------------------------------------- every interface
+
+
+@pytest.mark.slow
+def test_every_run_metric_agrees_between_pt2_and_pickle(tracking, synthetic_cohort):
+    """The whole evaluation (Python API) of the same weights logged both ways: every run metric,
+    the verdict and each subject's probability agree."""
+    from heimer_mlflow import evaluate
+    from heimer_mlflow.demo.nets import DemoCNN
+
+    torch.manual_seed(2)
+    model = DemoCNN(width=4).eval()
+    uris = {}
+    for serialization in ("pt2", "pickle"):
+        name = _unique(f"metrics-{serialization}")
+        with mlflow.start_run():
+            info = registry.log_model(model, "model", input_shape=SYNTHETIC_INPUT_SHAPE, intensity="zscore",
+                                      registered_model_name=name, pip_requirements=["torch"],
+                                      serialization_format=serialization)  # fmt: skip
+        uris[serialization] = f"models:/{name}/{info.registered_model_version}"
+    atlas = synthetic_cohort / "atlas"
+    results = {s: evaluate(uri, synthetic_cohort, experiment=EXPERIMENT, n_bootstrap=200, workers=0, progress=False,
+                           atlas=str(atlas / "atlas.nii.gz"), atlas_labels=str(atlas / "labels.csv"))
+               for s, uri in uris.items()}  # fmt: skip
+    pt2, pickled = results["pt2"].run_metrics, results["pickle"].run_metrics
+    assert pt2.keys() == pickled.keys() and len(pt2) > 30
+    for name, value in pickled.items():
+        assert pt2[name] == pytest.approx(value, abs=TOLERANCE, nan_ok=True), name
+    assert results["pt2"].verdict == results["pickle"].verdict
+    np.testing.assert_allclose(results["pt2"].engine.subjects["prob"], results["pickle"].engine.subjects["prob"],
+                               atol=TOLERANCE, rtol=0)  # fmt: skip
+    assert mlflow.get_run(results["pt2"].run_id).data.params["heimer.serialization"] == "pt2"
+
+
+@pytest.mark.slow
+def test_plugin_evaluates_a_pt2_model_without_our_metadata(tracking, synthetic_cohort):
+    """mlflow.models.evaluate(..., evaluators="heimer") on a model logged with MLflow's defaults;
+    evaluator_config gives what its metadata lacks."""
+    import pandas as pd
+
+    from heimer_mlflow.demo.nets import DemoCNN
+
+    torch.manual_seed(1)
+    uri = raw_pt2(_unique("plugin-pt2"), DemoCNN(width=4).eval(), SYNTHETIC_INPUT_SHAPE[1:])
+    manifest = pd.read_csv(synthetic_cohort / "manifest.csv")
+    manifest["path"] = [str(synthetic_cohort / p) for p in manifest["path"]]
+    mlflow.set_experiment("plugin-pt2")
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(uri, data=manifest, targets="label", model_type="classifier",
+                                        evaluators="heimer",
+                                        evaluator_config={"class_names": "CN,AD", "intensity": "zscore",
+                                                          "n_bootstrap": 100, "workers": 0})  # fmt: skip
+    assert 0 <= result.metrics["roc_auc"] <= 1 and result.metrics["n_subjects"] == 12
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params["heimer.serialization"] == "pt2" and params["heimer.intensity"] == "zscore"
+    assert params["heimer.intensity_source"] == params["heimer.class_names_source"] == "given"
+
+
+def test_displays_take_an_exported_program(tracking):
+    """GradCamDisplay and FeatureMapDisplay on what mlflow.pytorch.load_model returns for pt2:
+    the same maps as on the module."""
+    from heimer_mlflow import FeatureMapDisplay, GradCamDisplay
+
+    spatial = (24, 28, 24)
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    uri = raw_pt2(_unique("display-pt2"), model, spatial)
+    program = mlflow.pytorch.load_model(uri)
+    volume = Subjects(spatial).images[1, 0].numpy()
+    on_program = GradCamDisplay.from_model(program, volume, layer="body.0")
+    on_module = GradCamDisplay.from_model(model, volume, layer="body.0")
+    np.testing.assert_allclose(on_program.cam, on_module.cam, atol=TOLERANCE)
+    assert on_program.probability == pytest.approx(on_module.probability, abs=1e-6)
+    features = FeatureMapDisplay.from_model(program, volume, layer="body.2")
+    np.testing.assert_allclose(features.feature_map, FeatureMapDisplay.from_model(model, volume, layer="body.2").feature_map,
+                               atol=TOLERANCE)  # fmt: skip
+    with pytest.raises(HeimerError, match="'body.9'.*body.0, body.2"):
+        GradCamDisplay.from_model(program, volume, layer="body.9")

@@ -168,7 +168,8 @@ def test_description_stays_within_5000_characters_and_never_cuts_peoples_text():
 def test_options_tag_errors_name_the_model_and_the_fix():
     assert read_options("m", '{"threshold": 0.4, "cam": "gradcam"}') == {"threshold": 0.4, "cam": "gradcam"}
     for text, words in [("{threshold: 0.4}", "not JSON"), ('["threshold"]', "JSON object"),
-                        ('{"treshold": 0.4}', "unknown option 'treshold'"), ('{"threshold": 2}', "threshold=2")]:
+                        ('{"treshold": 0.4}', "unknown option 'treshold'"), ('{"threshold": 2}', "threshold=2"),
+                        ('{"allow_pickle": true}', "cannot set 'allow_pickle'; only the watcher's command line")]:
         with pytest.raises(HeimerError) as caught:
             read_options("adni-cnn", text)
         message = str(caught.value)
@@ -390,6 +391,52 @@ def test_killed_watcher_restarted_finishes_the_version(server, cohort, tmp_path)
         assert tags["heimer.status"] == "done" and tags["heimer.evaluation_run_id"] != dead_run, (tags, log)
         runs = {r.info.run_id: r.info.status for r in evaluation_runs(client, name, version)}
         assert runs[dead_run] in ("KILLED", "FAILED") and list(runs.values()).count("FINISHED") == 1, runs
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_pickled_versions_are_evaluated_only_with_allow_pickle(server, cohort, tmp_path):
+    """The watcher loads pt2 versions; a pickled one ends failed with the fix in heimer.error, and
+    nothing of it is unpickled; a watcher started with --allow-pickle evaluates it."""
+    from heimer_mlflow.demo.nets import DemoCNN
+    from heimer_mlflow.watch.opt_in import ERROR_TAG, STATUS_TAG
+
+    from .helpers.cohorts import SYNTHETIC_INPUT_SHAPE
+    from .helpers.tracking import log_version
+
+    name = "watch-pickle"
+    with using(server) as client:
+        client.create_registered_model(name, tags={"heimer.data": str(cohort), "heimer.options": FAST_OPTIONS})
+        exported = register_tiny_model(name)
+        torch_seeded = DemoCNN(width=4).eval()
+        pickled = log_version(name, torch_seeded, input_shape=SYNTHETIC_INPUT_SHAPE, intensity="zscore",
+                              experiment="tiny-training", serialization_format="pickle")  # fmt: skip
+        first = Watcher(server, tmp_path, "pt2-only", "--once")
+        try:
+            first.proc.wait(timeout=300)
+        finally:
+            first.stop()
+        log = first.log()
+        assert first.proc.returncode == 1, log  # one evaluation failed
+        assert "pt2 models" in log, log
+        assert status(client, name, exported) == "done", log
+        tags = client.get_model_version(name, pickled).tags
+        assert tags[STATUS_TAG] == "failed" and "pickled model" in tags[ERROR_TAG], tags
+        assert "--allow-pickle" in tags[ERROR_TAG] and "pt2" in tags[ERROR_TAG], tags
+        assert "heimer.evaluation_run_id" not in tags
+        refused = [r for r in evaluation_runs(client, name, pickled)]
+        assert [r.info.status for r in refused] == ["FAILED"], refused
+        client.delete_model_version_tag(name, pickled, STATUS_TAG)  # asks for a new evaluation
+        second = Watcher(server, tmp_path, "allow-pickle", "--once", "--allow-pickle")
+        try:
+            second.proc.wait(timeout=300)
+        finally:
+            second.stop()
+        assert second.proc.returncode == 0, second.log()
+        tags = client.get_model_version(name, pickled).tags
+        assert tags[STATUS_TAG] == "done" and tags.get("heimer.verdict"), tags
+        run = client.get_run(tags["heimer.evaluation_run_id"])
+        assert run.info.status == "FINISHED" and run.data.params["heimer.serialization"] == "pickle"
 
 
 # --------------------------------------------------------------------------- Redis

@@ -31,6 +31,13 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv3d)]
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """Every module path a layer can be taken from (an exported program's: those its graph ran in)."""
+    if isinstance(model, ExportedModel):
+        return list(model.layer_types)
+    return [name for name, _ in model.named_modules() if name]
+
+
 def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     """The module at ``path`` (dotted module path), or the last ``Conv3d`` when ``path`` is None.
     For an exported program (pt2) the module returned is the layer's tap (engine.exported)."""
