@@ -341,12 +341,13 @@ def serialization_of(model_dir: Path, flavor: dict) -> str | None:
     return None
 
 
-def as_evaluable(module, uri: str, serialization: str) -> tuple[torch.nn.Module, list[str]]:
+def as_evaluable(module, uri: str, serialization: str, archive: bytes | None = None) -> tuple[torch.nn.Module, list[str]]:
     """The loaded object as a module the engine can use, in eval mode, and what was changed
-    (an exported program made hookable, rewritten from training to eval mode)."""
+    (an exported program made hookable, rewritten from training to eval mode). ``archive``: the
+    .pt2 file's bytes, so that the program can be sent to torchrun's other processes."""
     notes = []
     if is_exported(module):
-        module = ExportedModel(module)
+        module = ExportedModel(module, archive)
         if module.eval_rewrites:
             notes.append(f"the exported program was in training mode: {len(module.eval_rewrites)} operations set "
                          "to eval mode (batch norm uses running statistics, dropout off)")  # fmt: skip
@@ -402,7 +403,9 @@ def load(uri: str, *, target_layer: str | None = None, map_location="cpu", allow
         if serialization == "pickle" and not allow_pickle:
             raise pickle_refusal(uri)
         module = _load_module(str(local), uri, serialization, map_location)
-    module, notes = as_evaluable(module, uri, serialization)
+        program = local / str(info.flavors["pytorch"].get("model_data") or "data") / "model.pt2"
+        archive = program.read_bytes() if serialization == "pt2" else None
+    module, notes = as_evaluable(module, uri, serialization, archive)
     meta = read_meta(info.metadata, module, info.signature, given)
     if target_layer is not None:
         resolve_layer(module, target_layer)

@@ -412,3 +412,20 @@ def test_displays_take_an_exported_program(tracking):
                                atol=TOLERANCE)  # fmt: skip
     with pytest.raises(HeimerError, match="'body.9'.*body.0, body.2"):
         GradCamDisplay.from_model(program, volume, layer="body.9")
+
+
+def test_a_loaded_program_travels_to_other_processes(tracking):
+    """torchrun's rank 0 sends the loaded model to the other ranks by pickling it: a program
+    goes as its .pt2 archive and comes back with the same taps and the same maps."""
+    import pickle
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    loaded = log_both_ways(model, "body.2", [1, 8, 10, 8], 2)["pt2"]
+    x = Subjects((8, 10, 8)).images[:3]
+    before = GradCam3d(loaded.module, "body.2", ("body.0",)).attribute(x, 1)
+    copy = pickle.loads(pickle.dumps(loaded))
+    assert list(copy.module.taps) == list(loaded.module.taps)
+    after = GradCam3d(copy.module, "body.2", ("body.0",)).attribute(x, 1)
+    torch.testing.assert_close(after.layer_maps["hirescam"], before.layer_maps["hirescam"], atol=0, rtol=0)
+    torch.testing.assert_close(after.activations["body.0"], before.activations["body.0"], atol=0, rtol=0)

@@ -273,6 +273,14 @@ class Watcher:
     def log(self) -> str:
         return tail(self.err, 6000)
 
+    def finish(self, timeout: float = 300) -> str:
+        """Wait for a `--once` watcher to exit (stopped after ``timeout``); its log."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        return self.log()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -380,11 +388,7 @@ def test_killed_watcher_restarted_finishes_the_version(server, cohort, tmp_path)
         assert status(client, name, version) == "running"
         dead_run = evaluation_runs(client, name, version)[0].info.run_id
         second = Watcher(server, tmp_path, "second", "--once")
-        try:
-            second.proc.wait(timeout=300)
-        finally:
-            second.stop()
-        log = second.log()
+        log = second.finish()
         assert second.proc.returncode == 0, log
         assert "stopped" in log and "attempt 2" in log, log
         tags = client.get_model_version(name, version).tags
@@ -408,15 +412,10 @@ def test_pickled_versions_are_evaluated_only_with_allow_pickle(server, cohort, t
     with using(server) as client:
         client.create_registered_model(name, tags={"heimer.data": str(cohort), "heimer.options": FAST_OPTIONS})
         exported = register_tiny_model(name)
-        torch_seeded = DemoCNN(width=4).eval()
-        pickled = log_version(name, torch_seeded, input_shape=SYNTHETIC_INPUT_SHAPE, intensity="zscore",
+        pickled = log_version(name, DemoCNN(width=4).eval(), input_shape=SYNTHETIC_INPUT_SHAPE, intensity="zscore",
                               experiment="tiny-training", serialization_format="pickle")  # fmt: skip
         first = Watcher(server, tmp_path, "pt2-only", "--once")
-        try:
-            first.proc.wait(timeout=300)
-        finally:
-            first.stop()
-        log = first.log()
+        log = first.finish()
         assert first.proc.returncode == 1, log  # one evaluation failed
         assert "pt2 models" in log, log
         assert status(client, name, exported) == "done", log
@@ -428,11 +427,8 @@ def test_pickled_versions_are_evaluated_only_with_allow_pickle(server, cohort, t
         assert [r.info.status for r in refused] == ["FAILED"], refused
         client.delete_model_version_tag(name, pickled, STATUS_TAG)  # asks for a new evaluation
         second = Watcher(server, tmp_path, "allow-pickle", "--once", "--allow-pickle")
-        try:
-            second.proc.wait(timeout=300)
-        finally:
-            second.stop()
-        assert second.proc.returncode == 0, second.log()
+        log = second.finish()
+        assert second.proc.returncode == 0, log
         tags = client.get_model_version(name, pickled).tags
         assert tags[STATUS_TAG] == "done" and tags.get("heimer.verdict"), tags
         run = client.get_run(tags["heimer.evaluation_run_id"])

@@ -30,6 +30,8 @@ What else a program needs to behave like the eager module in ``eval()``:
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 
 import torch
@@ -59,9 +61,12 @@ class ExportedModel(nn.Module):
     """A ``torch.export`` program behaving as the engine expects of a module (see the module
     docstring): ``conv_layers()``, ``layer(path)`` (a hookable tap), eval mode, any batch size."""
 
-    def __init__(self, program: fx.GraphModule):
+    def __init__(self, program: fx.GraphModule, archive: bytes | None = None):
         super().__init__()
         self.program = program
+        # The .pt2 file's bytes, when loaded from one: a graph module of torch.export does not
+        # pickle, so torchrun's other processes get the model as these bytes (see __reduce__).
+        self.archive = archive
         self.layer_types = _layer_types(program)  # module path -> class name, in graph order
         self.eval_rewrites = _to_eval_mode(program)
         self.batch_size, self.input_shape = _input_spec(program)
@@ -127,6 +132,21 @@ class ExportedModel(nn.Module):
             _retarget_devices(self.program, first.device)
         return self
 
+    def __reduce__(self):
+        """Pickled as its archive and taps (torchrun sends rank 0's model to the other ranks)."""
+        if self.archive is None:
+            raise HeimerError("this exported program was not loaded from a .pt2 file, so it cannot be sent to "
+                              "other processes: load it with heimer_mlflow.load_model")
+        return _from_archive, (self.archive, list(self.taps), self.training)
+
+    def __deepcopy__(self, memo):
+        """A copy of the program and its taps (the sanity check's randomised copy); ``__reduce__``
+        is for other processes, not for copies."""
+        copied = ExportedModel.__new__(ExportedModel)
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copied
+
     # -- the sanity check's randomised weights -----------------------------------------------------
 
     @torch.no_grad()
@@ -157,6 +177,14 @@ class ExportedModel(nn.Module):
             elif own:
                 untouched.append(path)
         return untouched
+
+
+def _from_archive(archive: bytes, taps: list[str], training: bool) -> ExportedModel:
+    """An ExportedModel from a .pt2 file's bytes, with the same taps (in the same order)."""
+    model = ExportedModel(torch.export.load(io.BytesIO(archive)).module(), archive)
+    for path in taps:
+        model.layer(path)
+    return model.train(training)
 
 
 def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
