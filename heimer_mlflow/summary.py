@@ -1,25 +1,39 @@
 """The model version's description: a Markdown summary of its latest evaluation, which MLflow
-renders on the version page (verdict and reason, AUC, sensitivity and specificity with their
-95% intervals, the comparison with the champion, links to the run and the PDF).
+renders on the version page (the recommendation for the registry, verdict and reason, AUC,
+sensitivity and specificity with their 95% intervals, the comparison with the champion, links
+to the run, the reports, the interactive maps and the champion's version page).
 
-The summary sits between two markers and replaces only its own earlier block: what people
-wrote in the description stays as it was. The whole description stays within
-:data:`DESCRIPTION_LIMIT` characters (the column's size on PostgreSQL and MySQL): our block
-shrinks (shorter reason, then fewer lines), people's text is never cut; when their text alone
-leaves no room even for the smallest block, the description keeps their text only (an older
-block of ours is taken out, since it would describe an older evaluation) and a warning says
-so. Written by tracking.py once the run FINISHED, like the version's tags. Torch-free.
+The block opens the description. Its first line is plain text, the verdict in words
+(``heimer-mlflow: review · AUC 1.00 [1.00, 1.00] · +0.07 vs champion v1 (p 0.045) · ...``):
+the registered model's versions list previews only the first line of a description (its first
+32 characters), so that is what a reviewer scanning all versions reads. The markers that
+delimit our block (HTML comments, invisible on the version page) come after that line, so
+they are never what the list shows. The block replaces only its own earlier block (the line
+before :data:`START` when it is our headline, and START..END): what people wrote stays as it
+was, after the block. The whole description stays within :data:`DESCRIPTION_LIMIT` characters
+(the column's size on PostgreSQL and MySQL): our block shrinks (shorter reason, then fewer
+lines), people's text is never cut; when their text alone leaves no room even for the smallest
+block, the description keeps their text only (an older block of ours is taken out, since it
+would describe an older evaluation) and a warning says so.
+
+Links are relative to the MLflow UI (``#/experiments/<id>/runs/<run id>``, the run's artifact
+viewer at ``.../artifacts/<path>``, ``#/models/<name>/versions/<v>``), so they work on whatever
+host and path the UI is served from. Written by tracking.py once the run FINISHED, like the
+version's tags. Torch-free.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
+
+from .decision import Recommendation, p_text, recommend
 
 log = logging.getLogger(__name__)
 
+HEADLINE = "heimer-mlflow: "  # how our first line starts (the versions list shows it)
 START = "<!-- heimer-mlflow summary: start -->"
 END = "<!-- heimer-mlflow summary: end -->"
 DESCRIPTION_LIMIT = 5000
@@ -34,36 +48,74 @@ class Summary:
     reason: str
     metrics: dict  # run metrics: roc_auc, roc_auc_ci_lower, roc_auc_ci_upper, sensitivity, ...
     run_id: str
-    run_url: str | None = None  # the run's page when the tracking URI is http(s)
+    experiment_id: str | None = None  # the evaluation run's experiment (for the UI's run page)
     report_uri: str | None = None  # the PDF's artifact URI
-    report_url: str | None = None  # the PDF through the tracking server, when http(s)
+    report_path: str | None = None  # the PDF's path inside the run's artifacts (report/<name>-v<version>.pdf)
+    html_path: str | None = None  # the HTML report's (report/html/index.html)
+    viewers: tuple = ()  # (title, artifact path) of the interactive map viewers
+    model_name: str | None = None
     n_subjects: int | None = None  # scans
     n_participants: int | None = None  # the people they come from (several sessions each, or one)
     evaluated_at: str = ""
     gate: str | None = None  # passed / failed, when promotion rules were given
+    gate_failures: tuple = ()
     champion: dict | None = None  # Comparison.to_dict() when there was a champion to compare with
+    recommendation: Recommendation | None = field(default=None)
+
+    @property
+    def advice(self) -> Recommendation:
+        if self.recommendation is not None:
+            return self.recommendation
+        m = self.metrics
+        return recommend(verdict=self.verdict, verdict_reason=self.reason, auc=m.get("roc_auc"),
+                         auc_lower=m.get("roc_auc_ci_lower"), auc_upper=m.get("roc_auc_ci_upper"),
+                         champion=self.champion, gate=self.gate, gate_failures=self.gate_failures)
 
 
-def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | None = None) -> Summary:
-    """The summary of a finished evaluation (its run logged, its report rendered)."""
+def run_route(experiment_id, run_id: str) -> str:
+    """The run's page in the MLflow UI, relative to wherever the UI is served."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def artifact_route(experiment_id, run_id: str, path: str) -> str:
+    """An artifact in the run's artifact viewer (the Artifacts tab, the file selected)."""
+    return f"{run_route(experiment_id, run_id)}/artifacts/{quote(path)}"
+
+
+def version_route(name: str, version) -> str:
+    return f"#/models/{quote(str(name), safe='')}/versions/{version}"
+
+
+def artifact_path(uri: str | None, run_id: str) -> str | None:
+    """``report/x.pdf`` from an artifact URI of run ``run_id`` (``.../<run id>/artifacts/report/x.pdf``)."""
+    if not uri:
+        return None
+    marker = f"{run_id}/artifacts/"
+    if marker in uri:
+        return uri.split(marker, 1)[1]
+    return "report/" + uri.rsplit("/report/", 1)[1] if "/report/" in uri else None
+
+
+def from_evaluation(evaluation, gate=None) -> Summary:
+    """The summary of a finished evaluation (its run logged, its report rendered). ``gate``: the
+    promotion gate's result (``gate.GateResult``), or its status text, or None."""
     import mlflow
 
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    experiment_id = mlflow.MlflowClient().get_run(evaluation.run_id).info.experiment_id
     report = evaluation.artifacts.get("report")
-    run_url = report_url = None
-    if uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")
-        experiment_id = mlflow.MlflowClient().get_run(evaluation.run_id).info.experiment_id
-        run_url = f"{base}/#/experiments/{experiment_id}/runs/{evaluation.run_id}"
-        if report and "/report/" in report:
-            path = "report/" + report.rsplit("/report/", 1)[1]
-            report_url = f"{base}/get-artifact?path={quote(path)}&run_uuid={evaluation.run_id}"
+    status = getattr(gate, "status", gate)
+    failures = tuple(getattr(gate, "failures", ()) or ())
     metrics = evaluation.run_metrics
+    viewers = tuple((title, path) for title, path in (getattr(evaluation, "viewers", None) or ()))
     return Summary(verdict=evaluation.verdict, reason=evaluation.verdict_reason, metrics=metrics,
-                   run_id=evaluation.run_id, run_url=run_url, report_uri=report, report_url=report_url,
+                   run_id=evaluation.run_id, experiment_id=experiment_id, report_uri=report,
+                   report_path=artifact_path(report, evaluation.run_id),
+                   html_path="report/html/index.html" if report else None, viewers=viewers,
+                   model_name=evaluation.model.name,
                    n_subjects=int(metrics.get("n_subjects", 0)) or None,
                    n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
-                   gate=gate, champion=evaluation.comparison.to_dict() if evaluation.comparison else None)  # fmt: skip
+                   gate=status, gate_failures=failures,
+                   champion=evaluation.comparison.to_dict() if evaluation.comparison else None)  # fmt: skip
 
 
 def _number(value, digits: int = 3) -> str:
@@ -81,26 +133,62 @@ def _figure_rows(metrics: dict) -> list[str]:
     return rows
 
 
-def _champion_line(champion: dict) -> str:
+def _champion_line(s: Summary) -> str:
+    champion = s.champion
     diff = champion.get("roc_auc_diff")
     if diff is None:
         figures = f"no AUC difference ({champion.get('note') or 'not computable'})"
     else:
         figures = (f"AUC difference {diff:+.3f} (95% CI {_number(champion.get('roc_auc_diff_ci_lower'))} to "
                    f"{_number(champion.get('roc_auc_diff_ci_upper'))}; DeLong p {_number(champion.get('delong_p'))})")
-    return (f"**Against the champion** (version {champion.get('champion_version')}, on "
-            f"{champion.get('n_shared')} shared subjects): {figures}; the champion's verdict: "
-            f"{champion.get('champion_verdict') or 'n/a'}.")
+    version = champion.get("champion_version")
+    named = f"version {version}"
+    if s.model_name and version:
+        named = f"[version {version}]({version_route(s.model_name, version)})"
+    return (f"**Against the champion** ({named}, on {champion.get('n_shared')} shared subjects): {figures}; "
+            f"the champion's verdict: {champion.get('champion_verdict') or 'n/a'}.")
+
+
+def _two(value) -> str:
+    return _number(value, 2)
+
+
+def headline(s: Summary) -> str:
+    """The first line: what the versions list previews. Plain text (the list shows it raw)."""
+    m = s.metrics
+    parts = [f"{HEADLINE}{s.verdict}", f"AUC {_two(m.get('roc_auc'))}"
+             + (f" [{_two(m.get('roc_auc_ci_lower'))}, {_two(m.get('roc_auc_ci_upper'))}]"
+                if m.get("roc_auc_ci_lower") is not None and m.get("roc_auc_ci_upper") is not None else "")]
+    if s.champion:
+        diff = s.champion.get("roc_auc_diff")
+        version = s.champion.get("champion_version")
+        if isinstance(diff, (int, float)) and math.isfinite(diff):
+            parts.append(f"{diff:+.2f} vs champion v{version} (p {p_text(s.champion.get('delong_p'))})")
+        else:
+            parts.append(f"champion v{version}: no AUC difference")
+    if s.gate:
+        parts.append(f"gate {s.gate}")
+    parts.append(s.advice.short)
+    return " · ".join(parts)
 
 
 def _links(s: Summary) -> str:
-    run = f"[{s.run_id}]({s.run_url})" if s.run_url else f"`{s.run_id}`"
-    parts = [f"Evaluation run {run}"]
-    if s.report_url:
-        parts.append(f"report [PDF]({s.report_url}) (`{s.report_uri}`)")
-    elif s.report_uri:
-        parts.append(f"report PDF `{s.report_uri}`")
-    return "; ".join(parts) + "."
+    """Links relative to the MLflow UI: the run's page, the reports and the map viewers in its
+    artifact viewer. Without the experiment id (never, from an evaluation) the run id as text."""
+    if s.experiment_id is None:
+        parts = [f"Evaluation run `{s.run_id}`"] + ([f"report PDF `{s.report_uri}`"] if s.report_uri else [])
+        return "; ".join(parts) + "."
+    links = [f"[Evaluation run]({run_route(s.experiment_id, s.run_id)})"]
+    for title, path in (("PDF report", s.report_path), ("HTML report", s.html_path)):
+        if path:
+            links.append(f"[{title}]({artifact_route(s.experiment_id, s.run_id, path)})")
+    if s.viewers:
+        maps = ", ".join(f"[{title}]({artifact_route(s.experiment_id, s.run_id, path)})" for title, path in s.viewers)
+        links.append(f"maps to scroll: {maps}")
+    if s.champion and s.model_name and s.champion.get("champion_version"):
+        version = s.champion["champion_version"]
+        links.append(f"[champion v{version}]({version_route(s.model_name, version)})")
+    return " · ".join(links)
 
 
 def _clip(text: str, limit: int | None) -> str:
@@ -115,56 +203,69 @@ def _scans(s: Summary) -> str:
 
 
 def render(s: Summary, *, level: int = 0) -> str:
-    """The block, markers included. ``level`` 0 is the full block; 1 shortens the reason; 2 keeps
-    the verdict, the figures and the links; 3 the verdict, the AUC and the run id."""
+    """The block: the headline, then the markers around the rest. ``level`` 0 is the full block;
+    1 shortens the reason and the recommendation; 2 keeps the verdict, the figures and the links;
+    3 the headline and the run's link."""
     verdict = f"**Verdict: {s.verdict}**"
     if level <= 1:
         verdict += f": {_clip(s.reason, None if level == 0 else 200)}"
     if s.gate:
         verdict += f" (promotion gate: {s.gate})"
-    lines = [START, "#### heimer-mlflow evaluation", "", verdict, ""]
+    lines = [headline(s), "", START, "#### heimer-mlflow evaluation", ""]
+    if level <= 1:
+        lines += [f"**Recommendation: {s.advice.words.lower()}.** {_clip(s.advice.sentence, None if level == 0 else 300)}",
+                  ""]
     if level <= 2:
+        lines += [verdict, ""]
         lines += _figure_rows(s.metrics) + [""]
         if s.champion and level <= 1:
-            lines += [_champion_line(s.champion), ""]
-        lines.append(_links(s))
+            lines += [_champion_line(s), ""]
+        lines += [_links(s), ""]
         if level == 0 and s.evaluated_at:
-            lines.append(f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."))
+            lines += [f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."), ""]
     else:
-        lines.append(f"AUC {_number(s.metrics.get('roc_auc'))}; evaluation run `{s.run_id}`.")
+        lines += [_links(s) if s.experiment_id is not None else f"Evaluation run `{s.run_id}`.", ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _block_span(text: str) -> tuple[int, int] | None:
+    """Where our block lies in ``text`` (start, end), with its headline: the last non-empty line
+    before START when it is ours."""
+    start = text.find(START)
+    if start < 0:
+        return None
+    end = text.find(END, start)
+    end = len(text) if end < 0 else end + len(END)
+    before = text[:start].rstrip("\n")
+    line_start = before.rfind("\n") + 1
+    if before[line_start:].startswith(HEADLINE):
+        start = line_start
+    return start, end
 
 
 def people_text(description: str | None) -> str:
     """The description without our block (everything people wrote, as they wrote it)."""
     text = description or ""
-    start = text.find(START)
-    if start < 0:
+    span = _block_span(text)
+    if span is None:
         return text
-    end = text.find(END, start)
-    end = len(text) if end < 0 else end + len(END)
-    before, after = text[:start].rstrip("\n"), text[end:].lstrip("\n")
+    before, after = text[: span[0]].rstrip("\n"), text[span[1]:].lstrip("\n")
     return before + ("\n\n" if before and after else "") + after
 
 
 def merge(description: str | None, summary: Summary, limit: int = DESCRIPTION_LIMIT) -> tuple[str, int | None]:
     """(the new description, the level of the block that fitted, or None when none did).
 
-    The block goes where our earlier block was, else after people's text."""
-    text = description or ""
-    start = text.find(START)
-    if start >= 0:
-        end = text.find(END, start)
-        end = len(text) if end < 0 else end + len(END)
-        before, after = text[:start], text[end:]
-    else:
-        before, after = (text.rstrip("\n") + "\n\n") if text.strip() else "", ""
+    The block opens the description (its headline is what the versions list shows); people's
+    text follows, unchanged (also when an older layout had put our block after it)."""
+    people = people_text(description)
+    after = ("\n\n" + people) if people.strip() else ""
     for level in range(4):
-        merged = before + render(summary, level=level) + after
+        merged = render(summary, level=level) + after
         if len(merged) <= limit:
             return merged, level
-    return people_text(description), None
+    return people, None
 
 
 def write(client, name: str, version: str, summary: Summary) -> None:

@@ -54,6 +54,7 @@ class EvaluationRun:
 
     def __init__(self, run, owned: bool, model, options):
         self.run_id, self.artifact_uri, self.owned = run.info.run_id, run.info.artifact_uri, owned
+        self.experiment_id = run.info.experiment_id
         self.model_name, self.model_version = model.name, model.version
         self.version_tags: dict[str, str] = {}  # set by log_results; written only once the run FINISHED
         self.gate = options.gate()  # promotion rules, judged once the run FINISHED
@@ -108,9 +109,8 @@ def _write_summary(client, handle: EvaluationRun) -> None:
 
     if handle.evaluation is None:
         return
-    gate = handle.gate_result.status if handle.gate_result is not None else None
     try:
-        block = summary.from_evaluation(handle.evaluation, gate=gate)
+        block = summary.from_evaluation(handle.evaluation, gate=handle.gate_result)
     except Exception as error:  # noqa: BLE001 - the run and the tags are written; say what is missing
         summary.log.warning("the evaluation summary for %s version %s could not be built (%s)",
                             handle.model_name, handle.model_version, one_line(error, 300))
@@ -254,6 +254,12 @@ def prepare_version_tags(evaluation, handle: EvaluationRun) -> None:
     """The model version's tags and the gate's inputs, written and judged once the run FINISHED."""
     flat = evaluation.run_metrics
     handle.version_tags = version_tags(evaluation, flat)
+    if "heimer.report" in handle.version_tags:  # where a person opens it: the run's artifact viewer in the UI
+        from .summary import artifact_path, artifact_route
+
+        path = artifact_path(handle.version_tags["heimer.report"], evaluation.run_id)
+        if path:
+            handle.version_tags["heimer.report_page"] = artifact_route(handle.experiment_id, evaluation.run_id, path)
     handle.evaluation = evaluation
     handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.metrics.not_computable()))
 
