@@ -32,7 +32,7 @@ EPOCH = "1700000000"  # 2023-11-14
 SECTIONS = [
     "Summary", "Model identity", "Intended use and limitations", "Data", "Performance", "Explainability",
     "Feature maps and raw data baseline", "Comparison with the champion", "Appendix A: Provenance",
-    "Appendix B: Glossary",
+    "Appendix B: Glossary", "Appendix C: Reporting checklist",
 ]
 SITE_B = '<b style="background:url(file:///etc/passwd)">site-B</b>'
 FIGURES = ("roc", "training_curves", "group_cam", "gradcam_TP", "score_histogram")
@@ -234,12 +234,17 @@ def test_every_section_and_page_count(rendered):
     body = _flat(" ".join(texts[1:]))
     for heading in SECTIONS:
         assert heading in body, heading
-    cover = _flat(texts[0])
+    facts = _flat(texts[0])  # page 1: Model Facts, what to decide
+    for words in ("MODEL FACTS", "tiny-model", "Recommendation for the registry", "What it outputs", "Intended use",
+                  "Evaluation data", "AUC", "95% CI", "Verdict of the checks", "Against the champion",
+                  "Promotion gate", "Warnings", "Research use only"):
+        assert words in facts, words
+    cover = _flat(texts[1])
     assert "tiny-model" in cover and "PASS" in cover and "Research use only" in cover
-    summary = _flat(texts[1])
+    summary = _flat(texts[2])
     for label in ("AUC", "Sensitivity", "Specificity", "Balanced accuracy", "95% confidence interval"):
         assert label in summary, label
-    assert "Page 2 of" in summary and f"of {len(reader.pages)}" in summary
+    assert "Page 3 of" in summary and f"of {len(reader.pages)}" in summary
     assert "4.0% (limit 22%: 12.5% that a map spread evenly over the brain" in body  # the resolution floor
     # no blank page: beyond the running header and footer, each page has text or an image
     for number, (page, text) in enumerate(zip(reader.pages, texts), start=1):
@@ -273,7 +278,7 @@ def test_no_blank_pages_when_rendered_to_images(rendered):
 def test_toc_page_numbers_match_headings_and_outline(rendered):
     reader, texts = rendered["reader"], rendered["texts"]
     toc = {}
-    for line in texts[0].splitlines():
+    for line in texts[1].splitlines():  # the contents, on the cover after the Model Facts page
         match = re.match(r"^(.*?)[ .\u2026]*\.{2,}[ .]*(\d+)\s*$", line.strip())
         if match:
             toc[match.group(1).strip()] = int(match.group(2))
@@ -286,7 +291,7 @@ def test_toc_page_numbers_match_headings_and_outline(rendered):
         lines = [line.strip() for line in texts[page - 1].splitlines()]
         assert heading in lines, (heading, page, lines[:6])
         # the heading is not already on an earlier page after the cover (apart from running headers)
-        for earlier in texts[1:page - 1]:
+        for earlier in texts[2:page - 1]:
             assert heading not in [ln.strip() for ln in earlier.splitlines()[1:]], heading
 
 

@@ -21,6 +21,8 @@ from ..champion import TABLE_METRICS
 from ..meta import CAM_NAMES
 from ..metrics import Estimate
 from ..record import EvaluationRecord, MetricsRecord, estimate
+from .checklist import build_checklist
+from .facts import build_facts
 from .text import (
     CAM_EXPLAINED, EXTRA_FIGURE_SIZE, FIGURE_SECTIONS, FIGURES, GLOSSARY, MAX_TAGS, METRIC_LABELS, clip, fmt_ci,
     fmt_est, fmt_num, fmt_pct, fmt_value, text,
@@ -354,9 +356,11 @@ def _atlas_context(atlas) -> dict | None:
 
 def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | None = None,
                   figure_dir: str = "figures", available_figures: set[str] | None = None,
-                  run_id: str | None = None) -> dict:
+                  run_id: str | None = None, gate: dict | None = None, viewers: list[dict] | None = None) -> dict:
     """Everything the template shows, as plain data (strings and numbers). Raises ``HeimerError``
-    (one line) only for an ``evaluation.json`` newer than this code."""
+    (one line) only for an ``evaluation.json`` newer than this code. ``gate``: the promotion gate
+    judged on the run's metrics (``{"rules", "status", "failures"}``; None: not judged here).
+    ``viewers``: the run's interactive map viewers (``viewers/viewers.json``'s entries)."""
     artifact_dir = Path(artifact_dir)
     problems: list[str] = []
     record = read_record(artifact_dir, problems, where=f"run {run_id}" if run_id else str(artifact_dir))
@@ -416,7 +420,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     youden = metrics.youden
     tags = model.tags
 
-    return {
+    ctx = {
         "title": title, "display_name": display_name, "name": name or "", "version": version or "",
         "date": stamp.strftime("%d %B %Y"), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
         "generator": f"heimer-mlflow {record.versions.get('heimer-mlflow') or ''}".strip(),
@@ -480,4 +484,12 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "champion": _comparison_context(record, champion, metrics, predictions, positive, class_names),
         "glossary": GLOSSARY,
         "artifact_files": [f for f in REPORT_ARTIFACTS if (artifact_dir / f).is_file()],
+        "viewers": [{"title": text(v.get("title")), "path": text(v.get("path")), "what": text(v.get("what"))}
+                    for v in viewers or () if isinstance(v, dict)],
     }
+    ctx["facts"] = build_facts(record=record, metrics=metrics, predictions=predictions, cohort=ctx["cohort"],
+                               n=ctx["n"], positive=positive, negative=negative, threshold=ctx["threshold"],
+                               checks={"gains": ctx["gains"]}, cam=cam, champion=ctx["champion"], numbers=numbers,
+                               gate=gate)  # fmt: skip
+    ctx["checklist"] = build_checklist(ctx)
+    return ctx

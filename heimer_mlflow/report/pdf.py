@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import json
 import logging
 import mimetypes
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..resources import templates_dir
+from .checklist import checklist_json
 from .context import build_context
 from .text import report_file_name
 
@@ -49,6 +51,7 @@ class ReportFiles:
 
     pdf: Path
     html_dir: Path
+    checklist: Path | None = None  # checklist.json beside the PDF
     pages: int = 0
     refused_urls: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -159,7 +162,7 @@ def render_html(context: dict) -> str:
 
 
 def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime | None = None,
-                  run_id: str | None = None) -> ReportFiles:
+                  run_id: str | None = None, gate: dict | None = None) -> ReportFiles:
     """Render the report of the evaluation whose artifacts are in ``artifact_dir``.
 
     Writes ``out_dir/<model-name>-v<version>.pdf`` and ``out_dir/html/index.html`` with its
@@ -167,7 +170,10 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
     <its metrics.json dict>, "predictions": <its predictions.csv DataFrame>}`` to compare with,
     or None. ``created``: the evaluation's time, used for the document's dates unless
     ``SOURCE_DATE_EPOCH`` is set (default: ``evaluation.json``'s time). ``run_id``: the
-    evaluation run, shown in the provenance appendix.
+    evaluation run, shown in the provenance appendix. ``gate``: the promotion gate's result
+    (``{"rules", "status", "failures"}``) for the Model Facts page. Interactive map viewers are
+    listed from ``artifact_dir/viewers/viewers.json`` when present. Also writes
+    ``out_dir/checklist.json`` (the reporting checklist).
     """
     started = time.perf_counter()
     artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
@@ -195,7 +201,9 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
     shutil.copyfile(templates_dir() / REPORT_CSS, css_target)
 
     context = build_context(artifact_dir, champion=champion, created=created, available_figures=present,
-                            run_id=run_id)
+                            run_id=run_id, gate=gate, viewers=_viewers(artifact_dir))
+    checklist = out_dir / "checklist.json"
+    checklist.write_text(json.dumps(checklist_json(context["checklist"], context), indent=1), encoding="utf-8")
     html_text = render_html(context)
     index = html_dir / "index.html"
     if index.is_symlink():
@@ -206,7 +214,18 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
     pages, refused = _write_pdf(html_text, html_dir, pdf_path, artifact_dir, context["datetime"])
     seconds = time.perf_counter() - started
     log.info("report: %s (%d pages, %.1f s)", pdf_path, pages, seconds)
-    return ReportFiles(pdf=pdf_path, html_dir=html_dir, pages=pages, refused_urls=refused, seconds=seconds)
+    return ReportFiles(pdf=pdf_path, html_dir=html_dir, checklist=checklist, pages=pages, refused_urls=refused,
+                       seconds=seconds)
+
+
+def _viewers(artifact_dir: Path) -> list[dict]:
+    """The interactive viewers the evaluation logged (``viewers/viewers.json``), or none."""
+    path = artifact_dir / "viewers" / "viewers.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (OSError, ValueError):
+        return []
+    return [v for v in data if isinstance(v, dict)] if isinstance(data, list) else []
 
 
 class _EnvironmentNoteFilter(logging.Filter):

@@ -17,7 +17,8 @@ from .pdf import ReportFiles, render_report
 log = logging.getLogger(__name__)
 
 
-def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures"), required=("evaluation.json",)):
+def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures", "viewers/viewers.json"),
+              required=("evaluation.json",)):
     import mlflow
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,22 @@ def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path
         return None
     return {"version": found.version, "metrics": _read_json(found.folder / "metrics.json", []),
             "predictions": found.predictions()}
+
+
+def judge_gate(record: EvaluationRecord, run) -> dict | None:
+    """The promotion gate of the evaluation (its recorded ``require`` / ``require_verdict``)
+    judged on the run's logged metrics, as the evaluation judges it once the run FINISHED:
+    ``{"rules": "", ...}`` without rules, None when the rules cannot be read."""
+    from ..gate import Gate
+
+    try:
+        gate = Gate.parse(record.configuration.get("require") or (), record.configuration.get("require_verdict"))
+    except Exception:  # noqa: BLE001 - a record with unreadable rules: say "not judged"
+        return None
+    if not gate:
+        return {"rules": "", "status": None, "failures": []}
+    result = gate.judge(dict(run.data.metrics), record.verdict.result, record.verdict.reason)
+    return {"rules": result.rules, "status": result.status, "failures": list(result.failures)}
 
 
 def find_champion(artifact_dir, run_id: str | None = None):
@@ -93,9 +110,11 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
         if run.info.start_time:
             created = _dt.datetime.fromtimestamp(run.info.start_time // 1000, _dt.timezone.utc)
         target = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="heimer-report-out-"))
-        files = render_report(artifacts, target, champion=champion, created=created, run_id=run_id)
+        files = render_report(artifacts, target, champion=champion, created=created, run_id=run_id,
+                              gate=judge_gate(record, run))
         if log:
             client.log_artifact(run_id, str(files.pdf), artifact_path="report")
+            client.log_artifact(run_id, str(files.checklist), artifact_path="report")
             client.log_artifacts(run_id, str(files.html_dir), artifact_path="report/html")
             name, version = record.model.name, record.model.version
             if tag_version and name and version and run.info.status == "FINISHED":
