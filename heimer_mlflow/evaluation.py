@@ -411,6 +411,7 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
                 f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
         write_artifacts(result, staging)
         figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
+        result.viewers = _viewers(result, staging, champion_run)
     result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
     tracking.log_results(result, staging, handle, dataset)
     # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
@@ -421,6 +422,17 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
     result.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
     tracking.prepare_version_tags(result, handle)
     say(f"logged the evaluation and its report to run {handle.run_id} ({tracking.mlflow.get_tracking_uri()})")
+
+
+def _viewers(result: Evaluation, staging: Path, champion_run) -> list[tuple[str, str]]:
+    """The interactive map viewers (``viewers/*.html``), as (title, artifact path)."""
+    from .artifacts import safe_name
+    from .figures.viewers import write_viewers
+
+    champion_volume = None
+    if champion_run is not None:
+        champion_volume = champion_run.volume(f"cam_mean_{safe_name(result.model.meta.positive_class)}.nii.gz")
+    return [(v["title"], v["path"]) for v in write_viewers(result, staging / "viewers", champion_volume=champion_volume)]
 
 
 def require_both_classes(cohort: Cohort, meta) -> None:
