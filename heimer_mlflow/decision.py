@@ -30,7 +30,12 @@ SHORT_WORDS = {PROMOTE: "promote", DO_NOT_PROMOTE: "do not promote", REVIEW_FIRS
 @dataclass(frozen=True)
 class Recommendation:
     action: str  # promote / do not promote / review first
-    sentence: str  # the action and why, in one sentence (two at most), for a clinician
+    why: str  # why, in one sentence (two at most), for a clinician; starts with a capital
+
+    @property
+    def sentence(self) -> str:
+        """The action and why: ``Do not promote: its AUC ...``."""
+        return f"{self.words}: {self.why[:1].lower()}{self.why[1:]}"
 
     @property
     def words(self) -> str:
@@ -79,12 +84,12 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
     gate_words = " and the promotion gate passed" if gate == "passed" else ""
     if gate == "failed":
         broken = "; ".join(str(f) for f in gate_failures) or "a rule was broken"
-        return Recommendation(DO_NOT_PROMOTE, f"Do not promote: the promotion gate failed ({broken}).")
+        return Recommendation(DO_NOT_PROMOTE, f"The promotion gate failed ({broken}).")
     if auc_v is None:
-        return Recommendation(REVIEW_FIRST, "A person must review first: the AUC could not be computed on this data, "
+        return Recommendation(REVIEW_FIRST, "The AUC could not be computed on this data, "
                                             "so how well the model separates AD from CN is not known.")
     if auc_lo is not None and auc_lo <= 0.5:
-        return Recommendation(DO_NOT_PROMOTE, f"Do not promote: its AUC of {auc_words} does not rule out chance "
+        return Recommendation(DO_NOT_PROMOTE, f"Its AUC of {auc_words} does not rule out chance "
                                               "(0.5).")
     diff = lower = upper = None
     version = "?"
@@ -95,10 +100,10 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
     vs = (f"the champion v{version} (AUC difference "
           f"{interval(diff, lower, upper, signed=True, inline=True)}, p = {p_text((champion or {}).get('delong_p'))})")
     if upper is not None and upper < 0:
-        return Recommendation(DO_NOT_PROMOTE, f"Do not promote: it separates AD from CN worse than {vs}.")
+        return Recommendation(DO_NOT_PROMOTE, f"It separates AD from CN worse than {vs}.")
     if verdict != "pass":
         why = (verdict_reason or "the explainability checks were not passed").strip().rstrip(".")
-        sentence = f"Do not promote until a person has reviewed where the model looks: {why}."
+        sentence = f"The checks found that {why[:1].lower()}{why[1:]}; do not promote it until a person has reviewed where it looks."
         if lower is not None and lower > 0:
             sentence += (f" It scores higher than {vs}, but a score that does not come from brain anatomy will not "
                          "hold on data where that shortcut is absent.")
@@ -106,16 +111,16 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
     if champion:
         if diff is None:
             note = champion.get("note") or "the difference could not be computed"
-            return Recommendation(REVIEW_FIRST, f"A person must review first: the checks passed, but the comparison "
+            return Recommendation(REVIEW_FIRST, f"The checks passed, but the comparison "
                                                 f"with the champion v{version} gave no AUC difference ({note}).")
         if lower is not None and lower > 0:
-            return Recommendation(PROMOTE, f"Promote: the checks passed{gate_words} and it separates AD from CN "
+            return Recommendation(PROMOTE, f"The checks passed{gate_words} and it separates AD from CN "
                                            f"better than {vs}.")
         if (champion.get("champion_verdict") or "pass") != "pass":
-            return Recommendation(PROMOTE, f"Promote: the checks passed{gate_words} where the champion's did not, and "
+            return Recommendation(PROMOTE, f"The checks passed{gate_words} where the champion's did not, and "
                                            f"it is not shown to be worse than {vs}.")
-        return Recommendation(REVIEW_FIRST, f"A person must review first: the checks passed{gate_words}, but it is not "
+        return Recommendation(REVIEW_FIRST, f"The checks passed{gate_words}, but it is not "
                                             f"shown to separate AD from CN better than {vs}; promote it only for "
                                             "another reason.")
-    return Recommendation(PROMOTE, f"Promote: the checks passed{gate_words} and its AUC is {auc_words}; there is no "
+    return Recommendation(PROMOTE, f"The checks passed{gate_words} and its AUC is {auc_words}; there is no "
                                    "champion to compare with.")

@@ -4,13 +4,13 @@ sensitivity and specificity with their 95% intervals, the comparison with the ch
 to the run, the reports, the interactive maps and the champion's version page).
 
 The block opens the description. Its first line is plain text, the verdict in words
-(``heimer-mlflow: review · AUC 1.00 [1.00, 1.00] · +0.07 vs champion v1 (p 0.045) · ...``):
-the registered model's versions list previews only the first line of a description (its first
-32 characters), so that is what a reviewer scanning all versions reads. The markers that
-delimit our block (HTML comments, invisible on the version page) come after that line, so
-they are never what the list shows. The block replaces only its own earlier block (the line
-before :data:`START` when it is our headline, and START..END): what people wrote stays as it
-was, after the block. The whole description stays within :data:`DESCRIPTION_LIMIT` characters
+(``review · AUC 1.00 [1.00, 1.00] · +0.07 vs champion v1 (p 0.045) · review before promoting ·
+heimer-mlflow``): the registered model's versions list previews only the first line of a
+description (its first 32 characters, fewer where the column is narrow), so the verdict comes
+first and our name last. The markers that delimit our block (HTML comments, invisible on the
+version page) come after that line, so they are never what the list shows. The block replaces
+only its own earlier block (the line before :data:`START` when it ends with our name, and
+START..END): what people wrote stays as it was, after the block. The whole description stays within :data:`DESCRIPTION_LIMIT` characters
 (the column's size on PostgreSQL and MySQL): our block shrinks (shorter reason, then fewer
 lines), people's text is never cut; when their text alone leaves no room even for the smallest
 block, the description keeps their text only (an older block of ours is taken out, since it
@@ -33,7 +33,7 @@ from .decision import Recommendation, p_text, recommend
 
 log = logging.getLogger(__name__)
 
-HEADLINE = "heimer-mlflow: "  # how our first line starts (the versions list shows it)
+HEADLINE_END = " · heimer-mlflow"  # how our first line (the versions list shows its start) ends
 START = "<!-- heimer-mlflow summary: start -->"
 END = "<!-- heimer-mlflow summary: end -->"
 DESCRIPTION_LIMIT = 5000
@@ -156,7 +156,7 @@ def _two(value) -> str:
 def headline(s: Summary) -> str:
     """The first line: what the versions list previews. Plain text (the list shows it raw)."""
     m = s.metrics
-    parts = [f"{HEADLINE}{s.verdict}", f"AUC {_two(m.get('roc_auc'))}"
+    parts = [s.verdict, f"AUC {_two(m.get('roc_auc'))}"
              + (f" [{_two(m.get('roc_auc_ci_lower'))}, {_two(m.get('roc_auc_ci_upper'))}]"
                 if m.get("roc_auc_ci_lower") is not None and m.get("roc_auc_ci_upper") is not None else "")]
     if s.champion:
@@ -169,7 +169,7 @@ def headline(s: Summary) -> str:
     if s.gate:
         parts.append(f"gate {s.gate}")
     parts.append(s.advice.short)
-    return " · ".join(parts)
+    return " · ".join(parts) + HEADLINE_END
 
 
 def _links(s: Summary) -> str:
@@ -213,8 +213,7 @@ def render(s: Summary, *, level: int = 0) -> str:
         verdict += f" (promotion gate: {s.gate})"
     lines = [headline(s), "", START, "#### heimer-mlflow evaluation", ""]
     if level <= 1:
-        lines += [f"**Recommendation: {s.advice.words.lower()}.** {_clip(s.advice.sentence, None if level == 0 else 300)}",
-                  ""]
+        lines += [f"**Recommendation: {s.advice.short}.** {_clip(s.advice.why, None if level == 0 else 300)}", ""]
     if level <= 2:
         lines += [verdict, ""]
         lines += _figure_rows(s.metrics) + [""]
@@ -239,7 +238,7 @@ def _block_span(text: str) -> tuple[int, int] | None:
     end = len(text) if end < 0 else end + len(END)
     before = text[:start].rstrip("\n")
     line_start = before.rfind("\n") + 1
-    if before[line_start:].startswith(HEADLINE):
+    if before[line_start:].endswith(HEADLINE_END):
         start = line_start
     return start, end
 

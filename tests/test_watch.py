@@ -15,6 +15,8 @@ registered while no watcher ran); two workers on one Redis queue evaluate each v
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import json
 import shutil
@@ -130,31 +132,62 @@ def test_receiver_rejects_forged_stale_and_replayed_deliveries(tmp_path):
 def a_summary(reason: str = "the map stays inside the brain", **extra) -> summary.Summary:
     metrics = {"roc_auc": 0.81, "roc_auc_ci_lower": 0.7, "roc_auc_ci_upper": 0.9, "sensitivity": 0.75,
                "sensitivity_ci_lower": 0.5, "sensitivity_ci_upper": 0.9, "specificity": 0.8}
-    return summary.Summary(verdict="pass", reason=reason, metrics=metrics, run_id="r" * 32,
-                           report_uri="mlflow-artifacts:/1/r/artifacts/report/m-v1.pdf", **extra)  # fmt: skip
+    return summary.Summary(verdict="pass", reason=reason, metrics=metrics, run_id="r" * 32, experiment_id="7",
+                           report_uri=f"mlflow-artifacts:/7/{'r' * 32}/artifacts/report/m-v1.pdf",
+                           report_path="report/m-v1.pdf", html_path="report/html/index.html", model_name="m",
+                           **extra)  # fmt: skip
 
 
-def test_description_block_replaces_only_its_own_and_keeps_peoples_text():
+def test_description_block_opens_the_description_and_keeps_peoples_text():
+    """The versions list previews a description's first line: ours is the verdict in words, never
+    a marker; people's text follows, whole, and only our block is replaced."""
     people = "Trained on ADNI-3, site 2 held out.\n\nOwner: @maria"
     first, level = summary.merge(people, a_summary())
-    assert level == 0 and first.startswith(people) and first.count(summary.START) == 1
+    assert level == 0 and first.endswith(people) and first.count(summary.START) == 1
+    assert first.splitlines()[0] == "pass · AUC 0.81 [0.70, 0.90] · promote · heimer-mlflow"
+    assert not first.startswith("<") and first.index(summary.START) > first.index("\n")
     assert "**Verdict: pass**" in first and "| AUC | 0.810 | 0.700 to 0.900 |" in first
     assert "| Specificity | 0.800 | n/a |" in first  # no interval logged: said, not invented
+    assert "**Recommendation: promote.** The checks passed" in first
     edited = first + "\n\nReviewed on Monday."  # someone writes below our block
     second, _ = summary.merge(edited, a_summary("a new reason"))
     assert second.count(summary.START) == 1 and second.count(summary.END) == 1
+    assert second.count(summary.HEADLINE_END) == 1
     assert "a new reason" in second and "the map stays inside the brain" not in second
-    assert second.startswith(people) and second.endswith("Reviewed on Monday.")
+    assert second.startswith("pass · AUC") and second.endswith(people + "\n\nReviewed on Monday.")
     assert summary.people_text(second) == people + "\n\nReviewed on Monday."
-    assert summary.merge(None, a_summary())[0].startswith(summary.START)
+    assert summary.merge(None, a_summary())[0].startswith("pass · AUC")
+    # a block of the earlier layout (after people's text, marker first) moves to the top
+    old = people + "\n\n" + summary.START + "\n#### heimer-mlflow evaluation\nold\n" + summary.END
+    moved, _ = summary.merge(old, a_summary())
+    assert moved.startswith("pass · AUC") and moved.endswith(people) and "old" not in moved
+
+
+def test_description_links_are_relative_to_the_mlflow_ui():
+    champion = {"champion_version": "1", "roc_auc_diff": 0.07, "roc_auc_diff_ci_lower": 0.004,
+                "roc_auc_diff_ci_upper": 0.14, "delong_p": 0.045, "n_shared": 60, "champion_verdict": "pass"}
+    shortcut = dataclasses.replace(a_summary("62% of the HiResCAM lies outside the brain (limit 26%)"),
+                                   verdict="review", champion=champion,
+                                   viewers=(("HiResCAM, AD mean", "viewers/hirescam_AD_mean.html"),))
+    block, _ = summary.merge("", shortcut)
+    run = "r" * 32
+    assert block.splitlines()[0] == ("review · AUC 0.81 [0.70, 0.90] · +0.07 vs champion v1 (p 0.045) · "
+                                     "review before promoting · heimer-mlflow")
+    assert f"[Evaluation run](#/experiments/7/runs/{run})" in block
+    assert f"[PDF report](#/experiments/7/runs/{run}/artifacts/report/m-v1.pdf)" in block
+    assert f"[HTML report](#/experiments/7/runs/{run}/artifacts/report/html/index.html)" in block
+    assert f"[HiResCAM, AD mean](#/experiments/7/runs/{run}/artifacts/viewers/hirescam_AD_mean.html)" in block
+    assert "[champion v1](#/models/m/versions/1)" in block
+    assert "**Recommendation: review before promoting.** The checks found that 62% of the HiResCAM" in block
+    assert "http" not in block  # nothing tied to the host that ran the evaluation
 
 
 def test_description_stays_within_5000_characters_and_never_cuts_peoples_text():
     long_reason = "the model looks at the skull; " * 100
     people = "x" * 4000
     merged, level = summary.merge(people, a_summary(long_reason))
-    assert len(merged) <= summary.DESCRIPTION_LIMIT and level >= 1 and merged.startswith(people)
-    assert summary.END in merged
+    assert len(merged) <= summary.DESCRIPTION_LIMIT and level >= 1 and merged.endswith(people)
+    assert summary.END in merged and merged.startswith("pass · AUC")
     # people's text alone leaves no room: it stays whole, and our older block goes
     older, _ = summary.merge("y" * 100, a_summary())
     crowded = older.replace("y" * 100, "y" * 4990)
@@ -343,7 +376,8 @@ def test_webhook_delivery_evaluates_the_version_once(server, cohort, tmp_path):
             assert tags["heimer.verdict"] in ("pass", "review") and tags["heimer.report"].endswith(f"{name}-v{version}.pdf")
             description = client.get_model_version(name, version).description
             assert summary.START in description and tags["heimer.evaluation_run_id"] in description
-            assert f"{server.url}/#/experiments/" in description and "get-artifact?path=report" in description
+            assert description.startswith(tags["heimer.verdict"] + " · AUC ")  # what the versions list shows
+            assert "(#/experiments/" in description and "/artifacts/report/" in description  # links relative to the UI
             # again and again: a replay, four deliveries of the same event; then a forged one
             first = signed_post(url, created(name, version), delivery_id="same-delivery")
             assert signed_post(url, created(name, version), delivery_id="same-delivery").json()["status"] == "ignored"

@@ -231,7 +231,7 @@ def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive
         "evidence": _evidence(record, checks, cam, numbers),
         "comparison": comparison,
         "gate": gate_line,
-        "recommendation": {"action": advice.action, "words": advice.words, "sentence": advice.sentence,
+        "recommendation": {"action": advice.action, "words": advice.words, "why": advice.why, "sentence": advice.sentence,
                            "css": advice.action.replace(" ", "-")},
         "warnings": _warnings(predictions, metrics, cohort, population, positive, negative, cam,
                               auc.value if auc and auc.computable else None),
