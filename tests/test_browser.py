@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,50 @@ def _shots(tmp_path: Path) -> Path:
     return folder
 
 
+def _follow(page, server, name: str, version: str, label):
+    """Click the block's link ``label`` on the version page; MLflow opens Markdown links in a new
+    tab: that tab, loaded."""
+    page.goto(f"{server.url}/#/models/{name}/versions/{version}")
+    page.get_by_text(re.compile(r"^Recommendation:")).first.wait_for()
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name=label, exact=isinstance(label, str)).first.click()
+    tab = opened.value
+    tab.set_default_timeout(UI_TIMEOUT_MS)
+    tab.wait_for_load_state()
+    return tab
+
+
+def _frame_with(tab, words: str, timeout_s: float = 60) -> str:
+    """The text of the first frame (the artifact viewer's sandboxed preview) that shows ``words``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for frame in tab.frames[1:]:
+            try:
+                text = frame.locator("body").inner_text(timeout=2000)
+            except Exception:  # noqa: BLE001 - a frame still loading or gone
+                continue
+            if words in text:
+                return text
+        tab.wait_for_timeout(500)
+    raise AssertionError(f"no frame of {tab.url} shows {words!r}; frames: {[f.url[:80] for f in tab.frames]}")
+
+
+def _canvas_width(tab, timeout_s: float = 60) -> float:
+    """The drawn width of the first canvas in any frame (brainsprite draws the slices into one)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for frame in tab.frames[1:]:
+            try:
+                if frame.locator("canvas").count():
+                    box = frame.locator("canvas").first.bounding_box(timeout=2000)
+                    if box and box["width"] > 0:
+                        return box["width"]
+            except Exception:  # noqa: BLE001 - a frame still loading or gone
+                continue
+        tab.wait_for_timeout(500)
+    raise AssertionError(f"no canvas drawn in {tab.url}; frames: {[f.url[:80] for f in tab.frames]}")
+
+
 @pytest.mark.server
 @pytest.mark.slow
 def test_reviewer_sees_the_verdict_block_links_and_report_in_the_mlflow_ui(synthetic_cohort, tmp_path):
@@ -70,7 +115,7 @@ def test_reviewer_sees_the_verdict_block_links_and_report_in_the_mlflow_ui(synth
             assert tags["heimer.report"].startswith("mlflow-artifacts:")  # machine-readable: the artifact URI
             assert tags["heimer.report_page"] == f"#/experiments/{experiment}/runs/{run_id}/artifacts/report/{name}-v{challenger}.pdf"
 
-            with chromium_page() as page:
+            with chromium_page(viewport=(1600, 1100)) as page:
                 page.set_default_timeout(UI_TIMEOUT_MS)
                 # 1. the registered model's versions list: each description previews its verdict
                 page.goto(f"{server.url}/#/models/{name}")
@@ -83,7 +128,7 @@ def test_reviewer_sees_the_verdict_block_links_and_report_in_the_mlflow_ui(synth
 
                 # 2. the version page: the block renders, with the recommendation and links
                 page.goto(f"{server.url}/#/models/{name}/versions/{challenger}")
-                page.get_by_text("heimer-mlflow evaluation").first.wait_for()
+                page.get_by_text("heimer-mlflow evaluation", exact=True).first.wait_for()
                 page.get_by_text(re.compile(r"^Recommendation:")).first.wait_for()
                 page.screenshot(path=str(shots / "2-version-page.png"), full_page=True)
                 text = page.inner_text("body")
@@ -91,39 +136,35 @@ def test_reviewer_sees_the_verdict_block_links_and_report_in_the_mlflow_ui(synth
                 for label in ("Evaluation run", "PDF report", "HTML report", f"champion v{champion}"):
                     assert page.get_by_role("link", name=label).count() >= 1, label
 
-                # 3. the PDF report link opens the run's artifact viewer on the PDF
-                page.get_by_role("link", name="PDF report").first.click()
-                page.wait_for_url(re.compile(rf"#/experiments/{experiment}/runs/{run_id}/artifacts/report/"))
-                page.get_by_text(f"{name}-v{challenger}.pdf").first.wait_for()
-                page.wait_for_timeout(3000)  # the PDF preview draws its first page
-                page.screenshot(path=str(shots / "3-pdf-in-artifact-viewer.png"), full_page=True)
+                # 3. the PDF report link (the block's links open a new tab) shows the run's artifact
+                # viewer on the PDF
+                tab = _follow(page, server, name, challenger, "PDF report")
+                assert re.search(rf"#/experiments/{experiment}/runs/{run_id}/artifacts/report/{name}-v{challenger}\\.pdf$",
+                                 tab.url), tab.url
+                tab.get_by_text(f"report/{name}-v{challenger}.pdf").first.wait_for()
+                tab.wait_for_timeout(3000)  # the PDF preview draws its first page
+                tab.screenshot(path=str(shots / "3-pdf-in-artifact-viewer.png"))
+                tab.close()
 
                 # 4. the HTML report link: the report's Model Facts page, in the viewer's frame
-                page.goto(f"{server.url}/#/models/{name}/versions/{challenger}")
-                page.get_by_role("link", name="HTML report").first.click()
-                page.wait_for_url(re.compile(r"/artifacts/report/html/index\.html"))
-                frame = page.frame_locator("iframe").first
-                frame.get_by_text("Recommendation for the registry").first.wait_for()
-                page.screenshot(path=str(shots / "4-html-report-in-artifact-viewer.png"), full_page=True)
-                assert "Model Facts" in frame.locator("body").inner_text()
+                tab = _follow(page, server, name, challenger, "HTML report")
+                facts = _frame_with(tab, "Recommendation for the registry")
+                tab.screenshot(path=str(shots / "4-html-report-in-artifact-viewer.png"))
+                assert "Model Facts".upper() in facts.upper() and "Against the champion" in facts
+                tab.close()
 
-                # 5. a map viewer draws inside the artifact viewer (brainsprite's canvas)
-                page.goto(f"{server.url}/#/models/{name}/versions/{challenger}")
-                viewer = page.get_by_role("link", name=re.compile(r"mean$")).first
-                viewer.click()
-                page.wait_for_url(re.compile(r"/artifacts/viewers/"))
-                canvas = page.frame_locator("iframe").first.locator("canvas").first
-                canvas.wait_for()
-                page.wait_for_timeout(2000)
-                page.screenshot(path=str(shots / "5-map-viewer.png"), full_page=True)
-                box = canvas.bounding_box()
-                assert box and box["width"] > 100 and box["height"] > 50, box
+                # 5. a map viewer draws inside the artifact viewer (brainsprite's canvas, in a nested frame)
+                tab = _follow(page, server, name, challenger, re.compile(r"^HiResCAM, AD mean$"))
+                width = _canvas_width(tab)
+                tab.screenshot(path=str(shots / "5-map-viewer.png"))
+                assert width > 100, width
+                tab.close()
 
-                # 6. the champion link goes to the champion's version page
-                page.goto(f"{server.url}/#/models/{name}/versions/{challenger}")
-                page.get_by_role("link", name=f"champion v{champion}").first.click()
-                page.wait_for_url(re.compile(rf"#/models/{name}/versions/{champion}$"))
-                page.get_by_text("Notes by the team: trained on site A.").first.wait_for()
+                # 6. the champion link goes to the champion's version page (people's text kept there)
+                tab = _follow(page, server, name, challenger, f"champion v{champion}")
+                assert tab.url.endswith(f"#/models/{name}/versions/{champion}"), tab.url
+                tab.get_by_text("Notes by the team: trained on site A.").first.wait_for()
+                tab.close()
         except BaseException:
             print(f"--- server log ({server.log}):\n{tail(server.log, 6000)}")
             raise

@@ -6,13 +6,16 @@ sqlite store, the real CLI (in process, and in a subprocess for the signal)."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
+from pypdf import PdfReader
 
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import evaluate
@@ -115,6 +118,21 @@ def test_a_broken_rule_exits_3_after_the_run_finished(tracking, gated, capsys):
     description = mlflow.MlflowClient().get_model_version("gate-fails", version).description
     assert "<!-- heimer-mlflow summary: start -->" in description and run_id in description
     assert "(promotion gate: failed)" in description and "| AUC |" in description
+    # its first line (what the versions list previews) and the report's Model Facts page say what to do
+    assert description.splitlines()[0].startswith(f"{verdict} · AUC ") and "gate failed · do not promote" in description
+    client = mlflow.MlflowClient()
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report"))
+    facts = " ".join((PdfReader(next(local.glob("*.pdf"))).pages[0].extract_text() or "").split())
+    assert "Recommendation for the registry: Do not promote" in facts and "The promotion gate failed" in facts
+    assert "Failed: n_subjects>=100: n_subjects is 8" in facts
+    checklist = json.loads((local / "checklist.json").read_text())
+    assert {i["status"] for i in checklist["items"]} == {"filled", "partly filled", "to be completed by the study team"}
+    # the maps to scroll: self-contained viewers, a few hundred KB each, listed for the report
+    viewers = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="viewers/viewers.json"))
+                         .read_text())  # fmt: skip
+    assert sorted(v["path"] for v in viewers) == sorted(a.path for a in client.list_artifacts(run_id, "viewers")
+                                                       if a.path.endswith(".html"))  # fmt: skip
+    assert len(viewers) == 3 and all(0 < a.file_size < 3_000_000 for a in client.list_artifacts(run_id, "viewers"))
 
 
 @pytest.mark.slow

@@ -543,3 +543,24 @@ def test_old_evaluation_without_cam_method_is_grad_cam(rendered):
     explain = _section(text, "Explainability Method", "Feature maps and raw data baseline Layers")
     assert "Method (primary map) Grad-CAM" in explain and "Group-mean Grad-CAM" in explain
     assert "predates HiResCAM" in explain and "disagree" not in explain
+
+
+def test_model_facts_page_and_reporting_checklist(rendered):
+    """Page 1 says what to decide; Appendix C lists the TRIPOD+AI and CLAIM 2024 items, filled from
+    the record with a pointer to their section, the unknowable ones left to the study team; the
+    same list is written as checklist.json beside the PDF."""
+    texts = rendered["texts"]
+    facts = _flat(texts[0])
+    assert "Recommendation for the registry:" in facts and "Promotion gate Not judged in this rendering." in facts
+    assert "Research use only" in facts and "Warnings" in facts
+    data = json.loads(rendered["files"].checklist.read_text())
+    assert data["standards"] == ["TRIPOD+AI (BMJ 2024)", "CLAIM 2024"] and data["model"]["name"] == "tiny-model"
+    items = {(i["standard"], i["item"] or i["topic"]): i for i in data["items"]}
+    assert items[("TRIPOD+AI", "17")]["status"] == "to be completed by the study team"  # ethics approval
+    assert items[("TRIPOD+AI", "23a")]["status"] == "filled" and "AUC" in items[("TRIPOD+AI", "23a")]["text"]
+    assert items[("TRIPOD+AI", "23a")]["section_name"] == "Performance"
+    assert items[("CLAIM 2024", "Methods for explainability or interpretability")]["section"] == "explainability"
+    assert all(i["section"] is None for i in data["items"] if i["status"].startswith("to be completed"))
+    appendix = _flat(" ".join(texts[-3:]))
+    assert "Appendix C: Reporting checklist" in appendix and "to be completed by the study team" in appendix
+    assert re.search(r"Performance, p\. \d+", appendix)  # the pointer carries the page in the PDF
