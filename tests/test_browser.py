@@ -139,7 +139,7 @@ def test_reviewer_sees_the_verdict_block_links_and_report_in_the_mlflow_ui(synth
                 # 3. the PDF report link (the block's links open a new tab) shows the run's artifact
                 # viewer on the PDF
                 tab = _follow(page, server, name, challenger, "PDF report")
-                assert re.search(rf"#/experiments/{experiment}/runs/{run_id}/artifacts/report/{name}-v{challenger}\\.pdf$",
+                assert re.search(rf"#/experiments/{experiment}/runs/{run_id}/artifacts/report/{name}-v{challenger}\.pdf$",
                                  tab.url), tab.url
                 tab.get_by_text(f"report/{name}-v{challenger}.pdf").first.wait_for()
                 tab.wait_for_timeout(3000)  # the PDF preview draws its first page

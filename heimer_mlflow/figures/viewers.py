@@ -76,6 +76,14 @@ def _write(stat, background, path: Path, *, title: str, threshold: float, vmax: 
     return path
 
 
+def _short(title: str) -> str:
+    """The title drawn on the viewer (brainsprite clips it at the colour bar): the part after the
+    map's name (``AD mean``, ``AD - CN t-map``), with ``v1:`` for the champion."""
+    head, _, rest = title.rpartition(", ")
+    champion = head.split(":")[0] + ": " if head.lower().startswith("champion") else ""
+    return f"{champion}{rest}"[:24]
+
+
 def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -> list[dict]:
     """Write the viewers of a finished evaluation to ``out_dir`` (the run's ``viewers/``) with
     ``viewers.json``; returns its entries (``file``, ``path`` in the run, ``title``, ``what``).
@@ -134,7 +142,7 @@ def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -
             continue
         try:
             stat = _coarse(_image(volume, affine))
-            _write(stat, background, out / file, title=title, threshold=float(threshold), vmax=float(vmax),
+            _write(stat, background, out / file, title=_short(title), threshold=float(threshold), vmax=float(vmax),
                    cmap=cmap, symmetric=symmetric)
         except Exception:  # noqa: BLE001 - a viewer is a convenience: never fail the evaluation for it
             log.warning("viewer %s could not be written; it is left out", file, exc_info=True)
