@@ -151,6 +151,7 @@ def test_reviewer_sees_the_verdict_block_links_and_report_in_the_mlflow_ui(synth
                 facts = _frame_with(tab, "Recommendation for the registry")
                 tab.screenshot(path=str(shots / "4-html-report-in-artifact-viewer.png"))
                 assert "Model Facts".upper() in facts.upper() and "Against the champion" in facts
+                assert "Maps to scroll" in facts and "viewers/champion_v1_AD_mean.html" in facts  # listed in the report
                 tab.close()
 
                 # 5. a map viewer draws inside the artifact viewer (brainsprite's canvas, in a nested frame)

@@ -122,7 +122,9 @@ def test_a_broken_rule_exits_3_after_the_run_finished(tracking, gated, capsys):
     assert description.splitlines()[0].startswith(f"{verdict} · AUC ") and "gate failed · do not promote" in description
     client = mlflow.MlflowClient()
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report"))
-    facts = " ".join((PdfReader(next(local.glob("*.pdf"))).pages[0].extract_text() or "").split())
+    pages = [" ".join((page.extract_text() or "").split()) for page in PdfReader(next(local.glob("*.pdf"))).pages]
+    facts = pages[0]
+    assert "Maps to scroll" in " ".join(pages) and "viewers/hirescam_AD_mean.html" in " ".join(pages)
     assert "Recommendation for the registry: Do not promote" in facts and "The promotion gate failed" in facts
     assert "Failed: n_subjects>=100: n_subjects is 8" in facts
     checklist = json.loads((local / "checklist.json").read_text())

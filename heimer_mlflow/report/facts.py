@@ -115,7 +115,8 @@ def _warnings(predictions, metrics, cohort: dict, population: dict, positive: st
         if g.n_subjects is None:
             continue
         if g.n_subjects < MIN_SUBGROUP or min(g.n_positive or 0, g.n_negative or 0) < MIN_SUBGROUP_CLASS:
-            small.append(f"{row.covariate} = {row.group} ({g.n_subjects or 0}: {g.n_positive or 0} {positive}, "
+            named = f"{row.covariate} {row.group}" if row.group[:1] in "<>" else f"{row.covariate} = {row.group}"
+            small.append(f"{named} ({g.n_subjects or 0}: {g.n_positive or 0} {positive}, "
                          f"{g.n_negative or 0} {negative})")
     if small:
         shown = "; ".join(small[:6]) + (f"; and {len(small) - 6} more" if len(small) > 6 else "")

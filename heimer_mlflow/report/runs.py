@@ -24,7 +24,9 @@ def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures", "view
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst))
+            folder = dst / Path(name).parent  # a file's download lands in dst_path itself: keep its folder
+            folder.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder))
         except Exception as error:  # noqa: BLE001 - optional pieces may be absent
             if name in required:
                 raise FileNotFoundError(f"run {run_id} has no {name} artifact: is it an evaluation run?") from error
