@@ -31,6 +31,7 @@ from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
 from .meta import CAM_NAMES, INTENSITIES, assumptions
 from .metrics import ClassificationReport, compute_metrics
+from .permissions import Access, redacted
 from .record import AtlasRecord
 from .atlas import atlas_for_cohort, load_brain_mask
 from .registry import HISTORY_NAMES, LoadedModel, load, split_names, training_history
@@ -149,6 +150,7 @@ class Evaluation:
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
+    link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
 
     @property
     def run_metrics(self) -> dict[str, float]:
@@ -208,7 +210,7 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     evaluation, logs it and returns it; the other ranks return None (see
     :mod:`heimer_mlflow.distributed`).
     """
-    from . import distributed, tracking
+    from . import distributed, permissions, tracking
 
     opts = EvaluationOptions(**options).check()
     started = time.perf_counter()
@@ -218,7 +220,11 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
             tracking.check_reachable()
             loaded = load(model_uri, target_layer=opts.target_layer, allow_pickle=opts.allow_pickle,
                           given=opts.given_meta())
-            return loaded, _prepare_cohort(loaded, data, opts, ctx)
+            # what the server lets this principal write, before any compute (authenticated servers)
+            access = permissions.check(loaded, None if tracking.run_exists(run_id) else opts.experiment)
+            prepared = _prepare_cohort(loaded, data, opts, ctx)
+            prepared.access = access
+            return loaded, prepared
 
         # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
         loaded, prepared = distributed.from_main(prepare, ctx)
@@ -244,6 +250,7 @@ class _Prepared:
     grid_affine: np.ndarray
     atlas_record: AtlasRecord | None = None  # a named atlas, for the record
     space_check: object | None = None  # mni.SpaceCheck: every scan must be in MNI space (named atlas)
+    access: Access = field(default_factory=Access)  # what the tracking server lets this principal write
 
 
 def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> _Prepared:
@@ -307,7 +314,9 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         with distributed.guard(ctx):  # if rank 0 cannot open the run, no rank starts computing
             handle = stack.enter_context(tracking.evaluation_run(loaded, opts, device, run_id=run_id)) if main else None
         if handle is not None:
-            say(f"run {handle.run_id} is open ({tracking.mlflow.get_tracking_uri()})")
+            say(f"run {handle.run_id} is open ({redacted(tracking.mlflow.get_tracking_uri())})")
+        if prepared.access.note and main:  # never silently: said even with -q
+            print(f"[heimer] {prepared.access.note}", file=sys.stderr)
         t0 = time.perf_counter()
         with distributed.guard(ctx):
             engine = _run_engine(loaded, prepared, opts, staging, device, ctx)
@@ -316,6 +325,7 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
             return None
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         result.atlas = prepared.atlas_record
+        result.link_model = prepared.access.link_model
         _log(result, staging, handle, say)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
@@ -420,7 +430,7 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
         report = report_for_run(handle.run_id, out_dir=rendered, log=True, tag_version=False)
     result.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
     tracking.prepare_version_tags(result, handle)
-    say(f"logged the evaluation and its report to run {handle.run_id} ({tracking.mlflow.get_tracking_uri()})")
+    say(f"logged the evaluation and its report to run {handle.run_id} ({redacted(tracking.mlflow.get_tracking_uri())})")
 
 
 def require_both_classes(cohort: Cohort, meta) -> None:

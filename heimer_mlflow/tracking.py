@@ -26,11 +26,13 @@ def check_reachable(timeout_s: float = 5.0) -> None:
     """
     import requests
 
-    uri = mlflow.get_tracking_uri()
+    from .permissions import redacted
+
+    uri = redacted(mlflow.get_tracking_uri())
     fix = "start the server or set MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")):
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            requests.get(mlflow.get_tracking_uri().rstrip("/") + "/health", timeout=timeout_s)
         except requests.RequestException as e:
             reason = "connection refused" if isinstance(e, requests.ConnectionError) else type(e).__name__
             raise HeimerError(f"the MLflow tracking server {uri} cannot be reached ({reason}); {fix}") from None
@@ -204,7 +206,18 @@ def _log_input(dataset, linked_model, attempts: int = 3) -> None:
             time.sleep(0.2 * attempt)
 
 
+def run_exists(run_id: str | None) -> bool:
+    """Whether the evaluation goes into a run that exists already (given, active, or `mlflow run`'s)."""
+    return bool(run_id or mlflow.active_run() or os.environ.get("MLFLOW_RUN_ID"))
+
+
 def _one_line(error: BaseException) -> str:
+    from .permissions import denied
+
+    if (refused := denied(error)) is not None:
+        return str(refused)
+    if isinstance(error, interrupts.TimedOut):
+        return str(error)
     if isinstance(error, interrupts.Terminated):
         return f"terminated by {error}"
     if isinstance(error, KeyboardInterrupt):
@@ -244,9 +257,10 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset
     model = evaluation.model
     client = mlflow.MlflowClient()
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
-    linked_model = LoggedModelInput(model.model_id) if model.model_id else None
+    model_id = model.model_id if evaluation.link_model else None  # see permissions.check
+    linked_model = LoggedModelInput(model_id) if model_id else None
     _log_input(logged_dataset, linked_model)
-    mlflow.log_metrics(evaluation.run_metrics, model_id=model.model_id, dataset=logged_dataset)
+    mlflow.log_metrics(evaluation.run_metrics, model_id=model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
 
 

@@ -207,7 +207,7 @@ def test_dead_worker_on_another_host_is_requeued_then_failed(tracking, tmp_path)
     opt_in = OptIn(name, str(tmp_path / "cohort"), {})
     jobs = Jobs(open_queue(None, tmp_path))
     poller = Poller(jobs, stale_after_s=60, max_attempts=2)
-    key = claim_key(name, version, opt_in.data_key)
+    key = claim_key(name, version)
     experiment = mlflow.set_experiment("watch-dead-worker").experiment_id
     for attempt, expected in ((1, "queued"), (2, "failed")):
         run_id = client.create_run(experiment).info.run_id
@@ -433,6 +433,55 @@ def test_pickled_versions_are_evaluated_only_with_allow_pickle(server, cohort, t
         assert tags[STATUS_TAG] == "done" and tags.get("heimer.verdict"), tags
         run = client.get_run(tags["heimer.evaluation_run_id"])
         assert run.info.status == "FINISHED" and run.data.params["heimer.serialization"] == "pickle"
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_an_evaluation_past_the_job_timeout_fails_and_the_worker_goes_on(server, cohort, tmp_path):
+    """--job-timeout 1 (no evaluation fits in a second): each version's child is killed, its run
+    ends FAILED with the reason, the version failed; the worker takes the next version."""
+    from heimer_mlflow.watch.opt_in import ERROR_TAG, STATUS_TAG
+
+    name = "watch-timeout"
+    first = opted_in_model(server, name, cohort)
+    with using(server) as client:
+        second = register_tiny_model(name)
+        watcher = Watcher(server, tmp_path, "timeout", "--once", "--job-timeout", "1")
+        log = watcher.finish()
+        assert watcher.proc.returncode == 1, log
+        for version in (first, second):
+            tags = client.get_model_version(name, version).tags
+            assert tags[STATUS_TAG] == "failed" and "--job-timeout 1 s" in tags[ERROR_TAG], (version, tags, log)
+            runs = evaluation_runs(client, name, version)
+            assert [r.info.status for r in runs] == ["FAILED"], runs
+            assert "--job-timeout 1 s" in runs[0].data.tags["heimer.error"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_heimer_data_changed_while_queued_evaluates_once_on_the_new_data(server, cohort, tmp_path):
+    """A version is queued; its model's heimer.data then changes (here to another path of the same
+    cohort); the watcher that starts next evaluates it once, on the data current when the job
+    started, and the run says which."""
+    from heimer_mlflow.watch.poller import Poller
+
+    name = "watch-data-changed"
+    version = opted_in_model(server, name, cohort)
+    moved = tmp_path / "cohort-moved"
+    moved.symlink_to(cohort, target_is_directory=True)
+    with using(server) as client:
+        jobs = Jobs(open_queue(None, tmp_path))  # the queue file the watcher below uses
+        assert (name, version) in Poller(jobs, (name,)).sweep(client)
+        assert status(client, name, version) == "queued"
+        client.set_registered_model_tag(name, "heimer.data", str(moved))
+        watcher = Watcher(server, tmp_path, "data-changed", "--once", "--model", name)
+        log = watcher.finish()
+        assert watcher.proc.returncode == 0, log
+        runs = evaluation_runs(client, name, version)
+        assert [r.info.status for r in runs] == ["FINISHED"], (runs, log)
+        assert runs[0].data.tags["heimer.data"] == str(moved)
+        assert runs[0].data.tags["heimer.data_queued"] == str(cohort)
+        assert status(client, name, version) == "done" and "changed while queued" in log, log
 
 
 # --------------------------------------------------------------------------- Redis

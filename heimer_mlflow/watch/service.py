@@ -61,13 +61,16 @@ def _event_handler(jobs: Jobs, models: tuple[str, ...], alias: str | None):
 def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
           poll_interval: float = DEFAULT_POLL_INTERVAL_S, webhook: str | None = None, queue: str | None = None,
           workers: int = 1, poll: bool = True, once: bool = False, folder: Path | None = None,
-          stale_after_s: float = STALE_AFTER_S, max_attempts: int = MAX_ATTEMPTS, allow_pickle: bool = False) -> int:
+          stale_after_s: float = STALE_AFTER_S, max_attempts: int = MAX_ATTEMPTS, allow_pickle: bool = False,
+          job_timeout: float | None = None) -> int:
     """Evaluate every new version of the opted-in registered models until stopped (SIGINT or
     SIGTERM); with ``once``, one sweep, then wait for the jobs it queued. Returns the exit
     code: 1 when ``once`` and one of its evaluations failed, else 0. Pickled versions fail with
-    ``heimer.error`` naming the fix unless ``allow_pickle`` (loading them runs their code here)."""
+    ``heimer.error`` naming the fix unless ``allow_pickle`` (loading them runs their code here).
+    An evaluation longer than ``job_timeout`` seconds is ended: its run FAILED, the version failed."""
     import mlflow
 
+    from ..permissions import redacted
     from ..tracking import check_reachable
 
     if poll_interval <= 0:
@@ -80,11 +83,13 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
     client = mlflow.MlflowClient()
     stop = threading.Event()
     huey = open_queue(queue, folder)
-    jobs = Jobs(huey, stop=stop, allow_pickle=allow_pickle)
+    if job_timeout is not None and job_timeout <= 0:
+        raise HeimerError(f"--job-timeout {job_timeout}: give a positive number of seconds (0 on the command line: no limit)")
+    jobs = Jobs(huey, stop=stop, allow_pickle=allow_pickle, job_timeout=job_timeout)
     poller = Poller(jobs, tuple(models), alias, stale_after_s=stale_after_s, max_attempts=max_attempts)
     watched = poller.opted_in(client)  # a named model that has not opted in is an error now
     names = ", ".join(o.name for o in watched) or "none yet"
-    say(f"queue {describe(huey)}; registry {mlflow.get_tracking_uri()}; opted-in models: {names}; "
+    say(f"queue {describe(huey)}; registry {redacted(mlflow.get_tracking_uri())}; opted-in models: {names}; "
         f"{'pt2 and pickled' if allow_pickle else 'pt2'} models")
 
     receiver = None
