@@ -225,28 +225,41 @@ def _one_line(error: BaseException) -> str:
     return one_line(error)
 
 
+# How long a failed evaluation keeps trying to tell the server its run FAILED when the server is
+# what failed (MLflow's own retries were spent on the request that broke): a run left RUNNING on
+# the server would claim a live evaluation.
+CLOSE_RETRY_S = 90.0
+
+
 def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None:
     """End the run with ``status``; on the way out of a failure, never mask the original error
-    (the tracking server may be what failed)."""
+    (the tracking server may be what failed: then try again for up to CLOSE_RETRY_S)."""
     client = mlflow.MlflowClient()
-    try:
-        client.set_tag(handle.run_id, "heimer.status", status.lower())
-        if error:
-            client.set_tag(handle.run_id, "heimer.error", error)
-        if handle.owned:
+    deadline = time.monotonic() + CLOSE_RETRY_S
+    while True:
+        try:
+            client.set_tag(handle.run_id, "heimer.status", status.lower())
+            if error:
+                client.set_tag(handle.run_id, "heimer.error", error)
+            if handle.owned:
+                active = mlflow.active_run()
+                if active is not None and active.info.run_id == handle.run_id:
+                    mlflow.end_run(status)
+                else:
+                    client.set_terminated(handle.run_id, status)
+            return
+        except Exception:
+            if status == "FINISHED":
+                raise
+            if time.monotonic() < deadline and handle.owned:
+                time.sleep(3.0)
+                continue
+            # The store could not be told: forget the run locally at least.
             active = mlflow.active_run()
-            if active is not None and active.info.run_id == handle.run_id:
-                mlflow.end_run(status)
-            else:
-                client.set_terminated(handle.run_id, status)
-    except Exception:
-        if status == "FINISHED":
-            raise
-        # The store could not be told (it may be what failed): forget the run locally at least.
-        active = mlflow.active_run()
-        if handle.owned and active is not None and active.info.run_id == handle.run_id:
-            with contextlib.suppress(Exception):
-                mlflow.end_run(status)
+            if handle.owned and active is not None and active.info.run_id == handle.run_id:
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
+            return
 
 
 def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset) -> None:

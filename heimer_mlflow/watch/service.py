@@ -30,10 +30,18 @@ class _SeenOnce:
 
 
 def _event_handler(jobs: Jobs, models: tuple[str, ...], alias: str | None):
-    """``on_event`` for the receiver: queue the version the event names, read from the registry."""
+    """``on_event`` for the receiver: queue the version the event names, read from the registry.
+    With ``alias``, the alias being set on a version evaluated before evaluates it again only
+    when the model's heimer.data changed since (a new cohort for the challenger to face)."""
     import mlflow
 
     def on_event(entity: str, action: str, data: dict) -> str:
+        answer = decide(entity, action, data)
+        if data.get("name"):
+            say(f"webhook {entity}.{action} {data.get('name')} v{data.get('version')}: {answer}")
+        return answer
+
+    def decide(entity: str, action: str, data: dict) -> str:
         name, version = data.get("name"), data.get("version")
         if not name or version in (None, ""):
             return "ignored: no model name or version in the event"
@@ -51,11 +59,30 @@ def _event_handler(jobs: Jobs, models: tuple[str, ...], alias: str | None):
             return f"ignored: {name} has no heimer.data tag"
         found = client.get_model_version(name, str(version))  # the registry's word, not the payload's
         status = (found.tags or {}).get(STATUS_TAG)
+        if status in ("done", "failed") and alias is not None:
+            evaluated_on = _evaluated_on(client, found)
+            if evaluated_on == opt_in.data:
+                return f"ignored: already {status} on {opt_in.data}"
+            client.delete_model_version_tag(name, str(version), STATUS_TAG)  # asks for a new evaluation
+            queued = jobs.queue(client, opt_in, str(version), via=f"webhook, @{alias} on new data")
+            return f"queued: heimer.data changed since its evaluation ({evaluated_on} -> {opt_in.data})" if queued \
+                else "ignored: already queued"
         if status:
             return f"ignored: already {status}"
         return "queued" if jobs.queue(client, opt_in, str(version), via="webhook") else "ignored: already queued"
 
     return on_event
+
+
+def _evaluated_on(client, version) -> str | None:
+    """The cohort (heimer.data) the version's last evaluation by a watcher used, None if unknown."""
+    run_id = (version.tags or {}).get("heimer.evaluation_run_id")
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id).data.tags.get("heimer.data")
+    except Exception:  # noqa: BLE001 - a deleted run: unknown, so evaluate again
+        return None
 
 
 def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
