@@ -77,7 +77,7 @@ def test_an_outage_while_logging_is_ridden_out(server, synthetic_cohort, tmp_pat
             process.kill()
         log = tail(tmp_path / "evaluate.err")
         assert process.returncode == 0, log
-        assert proxy.refused > 0  # the outage was met, not slept through
+        assert proxy.faults > 0  # the outage was met, not slept through
         run = run_of(client, name, version)
         assert run.info.status == "FINISHED"
         files = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "got")))
@@ -100,7 +100,7 @@ def test_retries_run_out_the_run_fails_with_the_reason(server, synthetic_cohort,
             process.kill()
         log = tail(tmp_path / "evaluate.err")
         assert process.returncode == 1 and "unexpected error" in log and "Traceback" not in log, log
-        assert proxy.refused > 0
+        assert proxy.faults > 0
         run = run_of(client, name, version)
         assert run.info.status == "FAILED" and run.data.tags.get("heimer.error"), run.data.tags
         assert not {k for k in client.get_model_version(name, version).tags if k.startswith("heimer.")}
@@ -131,7 +131,7 @@ def test_a_watcher_outlives_an_outage(server, synthetic_cohort, tmp_path):
                     break
                 time.sleep(1)
             assert status == "done", tail(tmp_path / "watch.err")
-            assert proxy.refused > 0
+            assert proxy.faults > 0
         finally:
             watcher.terminate()
             try:

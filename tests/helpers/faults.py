@@ -22,7 +22,8 @@ class FaultyProxy:
         self.target_port = target_port
         self.port = free_port()
         self.mode = "pass"
-        self.refused = 0  # connections or requests failed on purpose
+        self.refused = 0  # new connections or requests failed on purpose
+        self.dropped = 0  # open connections reset when a fault began
         self._until = 0.0
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -105,9 +106,15 @@ class FaultyProxy:
             with contextlib.suppress(OSError):
                 s.close()
 
+    @property
+    def faults(self) -> int:
+        """Connections the faults broke: refused while failing, or reset when failing began."""
+        return self.refused + self.dropped
+
     def _drop_open(self) -> None:
         with self._lock:
             sockets, self._open = list(self._open), set()
+        self.dropped += len(sockets) // 2  # a client's socket and its upstream's
         for s in sockets:
             _reset(s)
 
