@@ -130,6 +130,8 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)
     gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
+    comparison_note: str = ""  # why there is no comparison although a champion exists (champion.Search.why)
+    data_digest: str | None = None  # the evaluated data's content digest (champion.content_digest)
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
 
@@ -379,9 +381,14 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
 
     result.run_id = handle.run_id
     dataset = tracking.dataset(result)
+    predictions = predictions_table(result)
+    key = champion.data_key(result, predictions, dataset.digest)
+    result.data_digest = key.digest
     with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
-        result.comparison, champion_run = champion.with_champion(result, predictions_table(result), dataset.digest,
-                                                                 Path(work))  # fmt: skip
+        result.comparison, champion_run, search = champion.with_champion(result, predictions, key, Path(work))
+        if search.why and search.champion_version:  # a champion exists, and nothing to compare with: say so, -q or not
+            result.comparison_note = search.why
+            print(f"[heimer] no comparison with the champion: {search.why}", file=sys.stderr)
         if result.comparison is not None:
             c = result.comparison
             say(f"compared with the champion, version {c.champion_version}: AUC difference "

@@ -41,12 +41,27 @@ def check_reachable(timeout_s: float = 5.0) -> None:
         raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 
+@contextlib.contextmanager
+def quiet_mlflow_hints():
+    """MLflow's UserWarnings about a data set that nobody running an evaluation can act on (the
+    source "can be interpreted in multiple ways", integer columns in the inferred schema), off
+    while the cohort is made an MLflow data set and logged."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+        yield
+
+
 def dataset(evaluation):
-    """The evaluated cohort as an MLflow data set (its digest identifies the data)."""
+    """The evaluated cohort as an MLflow data set. Its digest (MLflow's, of the subject ids, the
+    resolved paths, the labels and the covariates) is the one every evaluation has logged; the
+    evaluated data's content digest is the run tag ``heimer.data_digest`` (champion.content_digest)."""
     table = evaluation.cohort.table
     frame = table[["subject_id", "path", "label_name", *evaluation.cohort.covariates]].rename(columns={"label_name": "label"})
     name = Path(evaluation.cohort.source).parent.name or "cohort"
-    return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
+    with quiet_mlflow_hints():
+        return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
 
 
 class EvaluationRun:
@@ -230,10 +245,16 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset
 
     model = evaluation.model
     client = mlflow.MlflowClient()
+    from .champion import DIGEST_TAG, SOURCE_TAG
+
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
+    client.set_tag(handle.run_id, SOURCE_TAG, str(evaluation.cohort.source)[:5000])
+    if evaluation.data_digest:
+        client.set_tag(handle.run_id, DIGEST_TAG, evaluation.data_digest)
     linked_model = LoggedModelInput(model.model_id) if model.model_id else None
-    _log_input(logged_dataset, linked_model)
-    mlflow.log_metrics(evaluation.run_metrics, model_id=model.model_id, dataset=logged_dataset)
+    with quiet_mlflow_hints():
+        _log_input(logged_dataset, linked_model)
+        mlflow.log_metrics(evaluation.run_metrics, model_id=model.model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
 
 

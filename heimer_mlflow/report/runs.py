@@ -31,25 +31,19 @@ def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures"), requ
     return dst
 
 
-def _subject_ids(folder: Path) -> set[str] | None:
-    table = _read_csv(folder / "predictions.csv", [], required=False)
-    if table is None or "subject_id" not in table:
-        return None
-    return set(table["subject_id"].astype(str))
-
-
 def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path, work: Path):
     """For a record from before evaluations recorded their comparison: the champion's
-    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find)."""
+    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find;
+    such a record has no content digest, so its data set digest and subjects decide)."""
     from .. import champion
 
-    ids = _subject_ids(this_dir)
-    if ids is None:
+    table = _read_csv(this_dir / "predictions.csv", [], required=False)
+    if table is None or not {"subject_id", "label"} <= set(table.columns):
         return None
     digests = champion.dataset_digests(client, run_id)
-    found = champion.find(client, record.model.name, record.model.version, run_id,
-                          source=record.cohort.source, subject_ids=ids,
-                          digest=next(iter(digests)) if len(digests) == 1 else None, folder=work / "champion")  # fmt: skip
+    key = champion.DataKey(record.cohort.data_digest, next(iter(digests)) if len(digests) == 1 else None,
+                           dict(zip(table["subject_id"].astype(str), table["label"].astype(str))), record.cohort.source)
+    found = champion.find(client, record.model.name, record.model.version, run_id, key, work / "champion").found
     if found is None:
         return None
     return {"version": found.version, "metrics": _read_json(found.folder / "metrics.json", []),
@@ -59,8 +53,7 @@ def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path
 def find_champion(artifact_dir, run_id: str | None = None):
     """The champion to compare the evaluation in ``artifact_dir`` with (``render_report``'s
     ``champion`` argument), or None: another version of the same registered model with alias
-    ``champion`` whose evaluation run (its ``heimer.evaluation_run_id`` tag) used the same data
-    (same cohort source, same subject ids, same data set digest when both runs logged one)."""
+    ``champion`` with a finished evaluation on the same data (heimer_mlflow.champion.find)."""
     from mlflow import MlflowClient
 
     artifact_dir = Path(artifact_dir)
