@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import warnings
 
 from . import __version__
@@ -171,7 +172,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Rebuild the report of evaluation run RUN_ID from the artifacts it logged "
         "(evaluation.json, metrics.json, predictions.csv, figures/): no model and no data are "
         "needed, e.g. after a template change. The report is logged to that run again "
-        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given.",
+        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given; prints "
+        "the PDF's path in --out, else its artifact URI (nothing is left in the temp folder).",
     )
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
@@ -273,8 +275,9 @@ def _run(args) -> None:
 
         if args.no_log and not args.out:
             raise HeimerError("--no-log needs --out DIR, or the rendered report would go nowhere")
-        files = report_for_run(args.run_id, out_dir=args.out, log=not args.no_log)
-        print(files.pdf)
+        with tempfile.TemporaryDirectory(prefix="heimer-report-out-") as scratch:  # without --out: logged, then gone
+            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log)
+        print(files.pdf if args.out else files.artifact_uri)
 
 
 def main(argv=None) -> int:

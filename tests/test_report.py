@@ -445,6 +445,48 @@ def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, liste
     assert any(a.path == "report/report-test-model-v2.pdf" for a in client.list_artifacts(runs["2"], "report"))
 
 
+def test_the_report_command_user_errors_are_one_line_and_it_leaves_nothing_behind(tracking, tmp_path, listener,
+                                                                                 capsys, monkeypatch):  # fmt: skip
+    """`heimer-mlflow report` with a run id that does not exist, with a run that is no evaluation,
+    or with an --out it cannot write: one line, exit 2. Without --out it logs the report, prints
+    the PDF's artifact URI and leaves no folder in the temp directory."""
+    import tempfile
+
+    import mlflow
+
+    from heimer_mlflow import cli
+
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.set_experiment("report-command").experiment_id
+    evaluation = _evaluation_run(client, experiment_id, write_artifacts(tmp_path / "a", port=listener.port,
+                                                                          figures=("roc",)))  # fmt: skip
+    training = client.create_run(experiment_id, run_name="train")
+    client.set_terminated(training.info.run_id)
+    (tmp_path / "a-file").write_text("not a folder")
+
+    def report(*args) -> tuple[int, list[str], str]:
+        code = cli.main(["report", *args])
+        captured = capsys.readouterr()
+        return code, [line for line in captured.err.splitlines() if " INFO mlflow" not in line], captured.out
+
+    for args, words in (((f"{'0' * 31}1",), "does not exist in the tracking store"),
+                        ((training.info.run_id,), "has no evaluation.json, so it is no finished heimer-mlflow evaluation"),
+                        ((evaluation, "--out", str(tmp_path / "a-file" / "out")), "--out")):  # fmt: skip
+        code, lines, _ = report(*args)
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("heimer-mlflow: error: ") and words in lines[0] and "FAILED" not in lines[0]
+    assert not (tmp_path / "a-file").is_dir()
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    code, lines, out = report(evaluation)
+    assert code == 0, lines
+    assert out.strip() == f"{client.get_run(evaluation).info.artifact_uri}/report/tiny-model-v3.pdf"
+    assert list(scratch.iterdir()) == []
+    assert any(a.path == "report/tiny-model-v3.pdf" for a in client.list_artifacts(evaluation, "report"))
+
+
 # ---------------------------------------------------------------------------------- the primary map
 
 

@@ -52,6 +52,7 @@ class ReportFiles:
     pages: int = 0
     refused_urls: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    artifact_uri: str | None = None  # the PDF in the run's artifacts, once report_for_run logged it
 
     @property
     def html(self) -> Path:
