@@ -160,7 +160,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
     evaluate.add_argument("--skip-bad", nargs="?", const=True, default=False, type=_boolean, metavar="BOOL",
                           help="leave unusable subjects out (listed in the run) instead of stopping")
-    evaluate.add_argument("--experiment", default="heimer-evaluations", help="experiment of the new run (default heimer-evaluations)")
+    evaluate.add_argument("--experiment", default=None,
+                          help="experiment of the new run (default heimer-evaluations); under `mlflow run` the run "
+                               "is the one it started: choose its experiment with mlflow run --experiment-name")
     evaluate.add_argument("--bootstrap", type=_positive_int, default=2000, dest="n_bootstrap", help="bootstrap resamples for CIs (default 2000)")
     evaluate.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: cores - 1, at most 4)")
     evaluate.add_argument("--history-metric", action="append", default=[], metavar="CURVE=KEY",
@@ -255,7 +257,7 @@ def _run(args) -> None:
             atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), regions=_optional(args.regions),
             brain_mask=_optional(args.brain_mask),
             save_cams=args.save_cams, gallery_k=args.gallery_k,
-            skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
+            skip_bad=args.skip_bad, experiment=_optional(args.experiment), n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
             caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),

@@ -51,7 +51,9 @@ class EvaluationOptions:
     brain_mask: str | None = None  # NIfTI on the input grid; None: a named atlas brings the MNI152 brain, else each input's non-background voxels
     save_cams: str = "gallery"
     skip_bad: bool = False
-    experiment: str = "heimer-evaluations"
+    # a new run's experiment (None: heimer-evaluations); named for a run that is already open elsewhere
+    # (`mlflow run`, mlflow.models.evaluate, the caller's active run), it is a user error (tracking._open_run)
+    experiment: str | None = None
     feature_layers: tuple[str, ...] = ()
     gallery_k: int = 4
     sanity_subjects: int = 8

@@ -152,37 +152,66 @@ def _describe(handle: EvaluationRun, model, options, device: str) -> None:
         client.log_param(handle.run_id, "heimer.atlas_licence", atlas.licence)
 
 
+DEFAULT_EXPERIMENT = "heimer-evaluations"
+
+
 def _open_run(model, options, run_id: str | None):
-    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one."""
+    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one in
+    ``options.experiment`` (default heimer-evaluations). A new run is started in its experiment
+    by id: the caller's active experiment stays what it was (a training run started after an
+    evaluation lands where the caller put it). An experiment named explicitly for a run that
+    already exists elsewhere is a user error: a run cannot move, and silence would mislead."""
     active = mlflow.active_run()
     if active is not None and run_id in (None, active.info.run_id):
+        _require_experiment(active, options.experiment)
         return active, False  # `mlflow run`, mlflow.models.evaluate or the caller started it
     if run_id is not None:
+        run = mlflow.get_run(run_id)
+        _require_experiment(run, options.experiment)
         # start_run(run_id) refuses a run outside the active experiment: make its experiment active
-        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
         return mlflow.start_run(run_id=run_id), True
     if os.environ.get("MLFLOW_RUN_ID"):
+        _require_experiment(mlflow.get_run(os.environ["MLFLOW_RUN_ID"]), options.experiment)
         return mlflow.start_run(), True  # resumes the run `mlflow run` created for this entry point
-    _set_experiment(options.experiment)
+    experiment = experiment_id(mlflow.MlflowClient(), options.experiment or DEFAULT_EXPERIMENT)
     name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
-    return mlflow.start_run(run_name=name), True
+    return mlflow.start_run(experiment_id=experiment, run_name=name), True
 
 
-def _set_experiment(name: str) -> None:
-    """``mlflow.set_experiment``, safe when another evaluation creates the same experiment at
-    the same moment. The loser of that race either sees RESOURCE_ALREADY_EXISTS, or (MLflow
-    3.17's fluent API) gets the experiment back *without* it being made active, so its run
-    would land in the Default experiment (seen in tests/test_server.py): hence the second call,
-    by id, which activates it."""
+def _require_experiment(run, wanted: str | None) -> None:
+    """``wanted`` (an experiment named explicitly) is the experiment of ``run``, the run the
+    results must go to; else a HeimerError saying where they go and how to choose."""
+    if not wanted:
+        return
+    actual = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
+    if actual != wanted:
+        raise HeimerError(
+            f"--experiment {wanted!r}: this evaluation logs into run {run.info.run_id}, which is already open in "
+            f"experiment {actual!r} (started by `mlflow run`, mlflow.models.evaluate or your code); choose the "
+            f"experiment where that run starts instead (`mlflow run --experiment-name {wanted}`, or "
+            f"mlflow.set_experiment({wanted!r}) before it), or leave the experiment out")
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created when absent; safe when another evaluation creates
+    it at the same moment (the loser of that race reads it back). A deleted experiment of that
+    name is a user error. (Unlike ``mlflow.set_experiment`` this leaves the active experiment
+    alone; MLflow 3.17's fluent API could also hand back an experiment it did not make active.)"""
     from mlflow.exceptions import MlflowException
 
-    try:
-        experiment = mlflow.set_experiment(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
-            raise
-        experiment = mlflow.set_experiment(name)
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
+                raise
+            found = client.get_experiment_by_name(name)
+    if found.lifecycle_stage == "deleted":
+        raise HeimerError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore --experiment-id "
+                          f"{found.experiment_id}) or give another --experiment")
+    return found.experiment_id
 
 
 # How the stores word a unique-key violation (sqlite, PostgreSQL, MySQL)

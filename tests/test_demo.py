@@ -57,6 +57,9 @@ def test_demo_in_python(tracking, tmp_path):
     assert_demo_evaluated("demo-py", result["run_id"])
 
     client = mlflow.MlflowClient()
+    # both training runs in the demo's experiment, both evaluations in heimer-evaluations
+    for training_run in (result["run_id"], challenger["run_id"]):
+        assert client.get_experiment(client.get_run(training_run).info.experiment_id).name == "heimer-demo"
     assert challenger["version"] == "2" and str(client.get_model_version_by_alias("demo-py", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("demo-py", "champion").version) == "1"
     champion_run = client.get_model_version("demo-py", "1").tags["heimer.evaluation_run_id"]
