@@ -35,7 +35,7 @@ SECTIONS = [
     "Appendix B: Glossary",
 ]
 SITE_B = '<b style="background:url(file:///etc/passwd)">site-B</b>'
-FIGURES = ("roc", "training_curves", "group_cam", "gradcam_TP", "score_histogram")
+FIGURES = ("roc", "training_curves", "group_cam", "gallery_TP", "score_histogram")
 
 
 # ---------------------------------------------------------------------------------- fixtures
@@ -443,6 +443,27 @@ def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, liste
     text = pdf_text(pdf)
     assert "No champion to compare with" in text
     assert any(a.path == "report/report-test-model-v2.pdf" for a in client.list_artifacts(runs["2"], "report"))
+
+
+def test_a_run_logged_before_the_galleries_were_renamed_renders_its_gallery(tmp_path, listener):
+    """Galleries were figures/gradcam_TP.png etc. before they were named for what they show
+    (gallery_TP: the primary map): a re-render of such a run shows them as the gallery."""
+    artifacts = write_artifacts(tmp_path / "old", port=listener.port, figures=("roc", "gradcam_TP"))
+    files = render_checked(artifacts, tmp_path / "out")
+    assert (files.html_dir / "figures" / "gallery_TP.png").is_file()
+    assert not (files.html_dir / "figures" / "gradcam_TP.png").exists()
+    text = _flat(pdf_text(files.pdf))
+    assert "Case gallery: most confident true positives" in text and "Gradcam tp" not in text
+
+
+def test_artifact_keys_name_what_the_figures_show_and_keep_the_old_keys(tmp_path):
+    from heimer_mlflow.artifacts import artifact_uris
+
+    (tmp_path / "figures").mkdir()
+    figures = {name: tmp_path / "figures" / f"{name}.png" for name in ("gallery_TP", "group_cam", "roc")}
+    uris = artifact_uris("file:///runs/1/artifacts", tmp_path, figures)
+    assert uris["gallery_TP"] == "file:///runs/1/artifacts/figures/gallery_TP.png" == uris["gradcam_TP"]
+    assert uris["group_cam"].endswith("/figures/group_cam.png") and "gradcam_TN" not in uris
 
 
 def test_the_report_command_user_errors_are_one_line_and_it_leaves_nothing_behind(tracking, tmp_path, listener,
