@@ -303,7 +303,7 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
     result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
     if result.gate is not None:
-        say(f"gate {result.gate.status}: {result.gate.rules}")
+        say(f"gate {result.gate.summary()}")
         if not result.gate.passed:
             raise GateFailed(result, result.gate)
     return result

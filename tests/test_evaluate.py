@@ -303,18 +303,20 @@ def test_an_experiment_created_by_a_concurrent_evaluation_gets_the_run(tracking,
     assert client.get_run(result.run_id).info.experiment_id == client.get_experiment_by_name("raced-experiment").experiment_id
 
 
-def test_records_go_where_they_are_asked_to_and_nowhere_else(tracking, tmp_path):
+def test_records_go_where_they_are_asked_to_and_nowhere_else(tracking, tmp_path, recwarn):
     """An evaluation's new run goes to its experiment without changing the caller's active one
     (a training run started after an evaluation lands where the caller put it, as the demo's
     challenger must); an experiment named for a run that is already open elsewhere (`mlflow run`,
-    mlflow.models.evaluate, the caller's run) stops in one line before anything is logged."""
+    mlflow.models.evaluate, the caller's run) stops in one line before anything is logged. And no
+    MLflow UserWarning a user cannot act on (the data set's source, integer columns) is shown."""
     from heimer_mlflow.errors import HeimerError
 
     from .helpers.cohorts import good_rows, write_manifest
     from .helpers.models import TinyCNN
     from .helpers.tracking import experiment_runs, new_version
 
-    manifest = write_manifest(tmp_path, good_rows(tmp_path))
+    rows = [{**row, "age": 70 + i} for i, row in enumerate(good_rows(tmp_path))]  # an integer covariate
+    manifest = write_manifest(tmp_path, rows, columns=("path", "label", "subject_id", "age"))
     version = new_version("records-here", TinyCNN(), intensity="zscore")
     options = dict(n_bootstrap=50, workers=0, progress=False)
     training = mlflow.set_experiment("records-training")
@@ -324,6 +326,8 @@ def test_records_go_where_they_are_asked_to_and_nowhere_else(tracking, tmp_path)
     with mlflow.start_run(run_name="train-next") as run:
         pass
     assert run.info.experiment_id == training.experiment_id
+    hints = [str(w.message)[:80] for w in recwarn if issubclass(w.category, UserWarning) and "mlflow" in w.filename]
+    assert hints == []
 
     with mlflow.start_run(run_name="mine") as mine:
         with pytest.raises(HeimerError, match=r"--experiment 'elsewhere': this evaluation logs into run .*"
