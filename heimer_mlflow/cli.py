@@ -13,6 +13,8 @@ from . import __version__
 from .errors import HeimerError, one_line
 from .gate import EXIT_GATE_FAILED, GateFailed
 
+DEFAULT_JOB_TIMEOUT_S = 4 * 3600.0  # watch --job-timeout: a 1 mm cohort of 256 scans takes about 2 h on a CPU
+
 DESCRIPTION = """\
 Evaluate and explain 3D CNNs that tell Alzheimer's disease (AD) from cognitively normal (CN)
 subjects on brain MRI, with MLflow.
@@ -35,6 +37,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -127,6 +136,14 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label-map", default=None, metavar="MAP",
                           help="source label -> model class, e.g. \"Dementia=AD,Control=CN\" (default: class names, any "
                                "case); BIDS/CAPS scans whose label is no class (MCI, ...) are left out and listed")
+    evaluate.add_argument("--class-names", default=None, metavar="NAMES",
+                          help="the model's outputs in order, e.g. CN,AD: fills or overrides its metadata "
+                               "(for models logged without heimer_mlflow.log_model; default CN,AD)")
+    evaluate.add_argument("--positive-class", default=None, metavar="NAME",
+                          help="the class the maps explain and the ROC scores (default: the metadata's, else AD)")
+    evaluate.add_argument("--intensity", default=None, metavar="zscore|minmax|none",
+                          help="per-volume intensity normalisation the model was trained with (default: the "
+                               "metadata's, else none, said on stderr and in the report)")
     evaluate.add_argument("--target-layer", default=None, help="Grad-CAM layer (default: the model's metadata, else the last Conv3d)")
     evaluate.add_argument("--feature-layer", action="append", default=[], dest="feature_layers", metavar="LAYER",
                           help="extra layer whose feature maps to average per group (repeatable)")
@@ -168,6 +185,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--history-metric", action="append", default=[], metavar="CURVE=KEY",
                           help="which source-run metric is a training curve, e.g. train_loss=my_loss (repeatable)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of bootstraps and the sanity check (default 0)")
+    evaluate.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                          help="stop an evaluation that takes longer: its run ends FAILED with the reason, the "
+                               "version is not tagged, exit code 124 (default: no limit)")
     report = commands.add_parser(
         "report",
         help="re-render the PDF/HTML report of an evaluation run from its logged artifacts",
@@ -211,6 +231,12 @@ def _add_watch(commands) -> None:
     watch.add_argument("--workers", type=int, default=1,
                        help="evaluations at once in this watcher (default 1; 0: only queue, other hosts evaluate)")
     watch.add_argument("--no-poll", action="store_true", help="no sweeps: only the webhook and/or the workers")
+    watch.add_argument("--job-timeout", type=float, default=DEFAULT_JOB_TIMEOUT_S, metavar="SECONDS",
+                       help=f"end an evaluation that takes longer (its process killed, its run FAILED, the version "
+                            f"failed) and go on with the next (default {DEFAULT_JOB_TIMEOUT_S:g}: 4 hours; 0: no limit)")
+    watch.add_argument("--allow-pickle", action="store_true",
+                       help="also evaluate pickled versions (loading one runs code from its file on this host); "
+                            "default: pt2 versions only, a pickled one fails with heimer.error")
     watch.add_argument("--once", action="store_true",
                        help="one sweep, wait for the evaluations it queued, exit 1 if one failed")
 
@@ -261,6 +287,8 @@ def _run(args) -> None:
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
             caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),
+            class_names=_optional(args.class_names), positive_class=_optional(args.positive_class),
+            intensity=_optional(args.intensity),
         )
         if result is not None:  # None: a torchrun rank other than 0, which logs nothing
             print(f"run {result.run_id}: verdict {result.verdict}")
@@ -269,7 +297,8 @@ def _run(args) -> None:
 
         code = watch(models=tuple(args.models), alias=_optional(args.alias), poll_interval=args.poll_interval,
                      webhook=_optional(args.webhook), queue=_optional(args.queue), workers=args.workers,
-                     poll=not args.no_poll, once=args.once)
+                     poll=not args.no_poll, once=args.once, allow_pickle=args.allow_pickle,
+                     job_timeout=args.job_timeout or None)
         if code:
             raise SystemExit(code)
     elif args.command == "report":
@@ -289,10 +318,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module="mlflow")
-    from .interrupts import Terminated, handled
+    from .interrupts import EXIT_TIMED_OUT, Terminated, TimedOut, handled
 
     try:
-        with handled():  # Ctrl-C and SIGTERM end the evaluation run as KILLED, not FAILED
+        # Ctrl-C and SIGTERM end the evaluation run as KILLED; --timeout as FAILED with the reason
+        with handled(timeout=getattr(args, "timeout", None)):
             _run(args)
     except GateFailed as e:  # the run FINISHED and is logged; the model must not be promoted
         print(f"run {e.evaluation.run_id}: verdict {e.evaluation.verdict}")
@@ -302,6 +332,9 @@ def main(argv=None) -> int:
     except HeimerError as e:
         print(f"heimer-mlflow: error: {e}", file=sys.stderr)
         return 2
+    except TimedOut as e:
+        print(f"heimer-mlflow: {e}; the evaluation run (if one was open) is marked FAILED", file=sys.stderr)
+        return EXIT_TIMED_OUT
     except Terminated as e:
         print(f"heimer-mlflow: terminated by {e}; the evaluation run (if one was open) is marked KILLED",
               file=sys.stderr)
@@ -310,6 +343,11 @@ def main(argv=None) -> int:
         print("heimer-mlflow: interrupted; the evaluation run (if one was open) is marked KILLED", file=sys.stderr)
         return 130
     except Exception as e:  # not a user error: one line here, the traceback on request
+        from .permissions import denied
+
+        if (refused := denied(e)) is not None:  # HTTP 401/403: a permission the user can ask for
+            print(f"heimer-mlflow: error: {refused}", file=sys.stderr)
+            return 2
         if os.environ.get("HEIMER_DEBUG"):
             raise
         print(f"heimer-mlflow: unexpected error: {one_line(e, 500)} (the evaluation run, if one was "

@@ -37,7 +37,8 @@ from matplotlib.figure import Figure
 
 from .cohort import brain_mask, load_volume, normalise_intensity
 from .engine import Attribution, GradCam3d, GroupStats, check_cam_method, conv_layers
-from .engine.gradcam import as_logits
+from .engine.exported import ExportedModel, is_exported
+from .engine.gradcam import as_logits, layer_names
 from .errors import HeimerError, one_line
 from .figures.brain_maps import INPUT_DIFF_HIDDEN, T_HIDDEN, head_mask
 from .figures.slices import Layer, crossing_mm, draw_views, feature_affine, grey_range, ortho_slices
@@ -94,7 +95,11 @@ def _model_input(data: np.ndarray, intensity: str) -> np.ndarray:
 
 
 def _unwrap(model) -> tuple[torch.nn.Module, Any]:
-    """(module, metadata or None) of a ``torch.nn.Module`` or of what ``heimer_mlflow.load_model`` returns."""
+    """(module, metadata or None) of a ``torch.nn.Module`` (an exported program, as
+    ``mlflow.pytorch.load_model`` returns a pt2 model, included) or of what
+    ``heimer_mlflow.load_model`` returns."""
+    if is_exported(model):
+        return ExportedModel(model), None
     if isinstance(model, torch.nn.Module):
         return model, None
     if isinstance(getattr(model, "module", None), torch.nn.Module):
@@ -104,7 +109,7 @@ def _unwrap(model) -> tuple[torch.nn.Module, Any]:
 
 def _check_layer(module: torch.nn.Module, layer: str | None) -> None:
     """A one-line error naming the closest module paths when ``layer`` is not one of ``module``'s."""
-    names = [name for name, _ in module.named_modules() if name]
+    names = layer_names(module)
     if layer is None or layer in names:
         return
     close = difflib.get_close_matches(layer, names, n=4, cutoff=0.6)

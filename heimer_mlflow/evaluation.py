@@ -29,11 +29,12 @@ from .engine.gradcam import check_cam_method
 from .engine.run import EngineResult, pick_device
 from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
-from .meta import CAM_NAMES
+from .meta import CAM_NAMES, INTENSITIES, assumptions
 from .metrics import ClassificationReport, compute_metrics
+from .permissions import Access, redacted
 from .record import AtlasRecord
 from .atlas import atlas_for_cohort, load_brain_mask
-from .registry import HISTORY_NAMES, LoadedModel, load, training_history
+from .registry import HISTORY_NAMES, LoadedModel, load, split_names, training_history
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 
 SAVE_CAMS = ("gallery", "all", "none")
@@ -71,9 +72,21 @@ class EvaluationOptions:
     caps: str | None = None
     label_column: str | None = None
     label_map: str | dict | None = None  # "Dementia=AD,Control=CN"; a dict once checked
+    # a model logged without our metadata (or with it wrong): these fill or override it, and the
+    # run records them as given (registry.read_meta)
+    class_names: tuple[str, ...] | str | None = None  # output order, "CN,AD"
+    positive_class: str | None = None
+    intensity: str | None = None  # zscore, minmax or none
+    # loading a pickled model runs code from its file: a person evaluating by hand chose the model;
+    # `watch` sets False unless started with --allow-pickle
+    allow_pickle: bool = True
 
     def check(self) -> EvaluationOptions:
         check_cam_method(self.cam)
+        if self.class_names is not None:
+            self.class_names = tuple(split_names(self.class_names)) or None
+        if self.intensity is not None and self.intensity not in INTENSITIES:
+            raise HeimerError(f"intensity={self.intensity!r}: use one of {', '.join(INTENSITIES)}")
         if self.save_cams not in SAVE_CAMS:
             raise HeimerError(f"save_cams={self.save_cams!r}: use one of {', '.join(SAVE_CAMS)}")
         if not 0.0 < self.threshold < 1.0:
@@ -93,6 +106,11 @@ class EvaluationOptions:
 
     def gate(self) -> Gate:
         return Gate.parse(self.require, self.require_verdict)
+
+    def given_meta(self) -> dict:
+        """The model-contract values given with the options (None = not given)."""
+        return {"class_names": list(self.class_names) if self.class_names else None,
+                "positive_class": self.positive_class, "intensity": self.intensity}
 
     def _check_atlas(self) -> None:
         from .atlas import NAMED_ATLASES, named_atlas
@@ -136,6 +154,7 @@ class Evaluation:
     data_digest: str | None = None  # the evaluated data's content digest (champion.content_digest)
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
+    link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
 
     @property
     def run_metrics(self) -> dict[str, float]:
@@ -195,7 +214,7 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     evaluation, logs it and returns it; the other ranks return None (see
     :mod:`heimer_mlflow.distributed`).
     """
-    from . import distributed, tracking
+    from . import distributed, permissions, tracking
 
     opts = EvaluationOptions(**options).check()
     started = time.perf_counter()
@@ -203,8 +222,14 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     try:
         def prepare():
             tracking.check_reachable()
-            loaded = load(model_uri, target_layer=opts.target_layer)
-            return loaded, _prepare_cohort(loaded, data, opts, ctx)
+            loaded = load(model_uri, target_layer=opts.target_layer, allow_pickle=opts.allow_pickle,
+                          given=opts.given_meta())
+            # what the server lets this principal write, before any compute (authenticated servers)
+            new_run = opts.experiment or tracking.DEFAULT_EXPERIMENT
+            access = permissions.check(loaded, None if tracking.run_exists(run_id) else new_run)
+            prepared = _prepare_cohort(loaded, data, opts, ctx)
+            prepared.access = access
+            return loaded, prepared
 
         # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
         loaded, prepared = distributed.from_main(prepare, ctx)
@@ -230,12 +255,17 @@ class _Prepared:
     grid_affine: np.ndarray
     atlas_record: AtlasRecord | None = None  # a named atlas, for the record
     space_check: object | None = None  # mni.SpaceCheck: every scan must be in MNI space (named atlas)
+    access: Access = field(default_factory=Access)  # what the tracking server lets this principal write
 
 
 def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> _Prepared:
     """Everything a user can get wrong that the headers can show, checked before the MLflow run
     is opened: the cohort, both classes, the atlas and brain mask, the device, the options."""
     meta = loaded.meta
+    for note in loaded.notes if opts.progress else ():  # how the model was run (also in the report)
+        print(f"[heimer] {note}", file=sys.stderr)
+    for note in assumptions(meta):  # said even with -q: an assumption changes how the numbers are to be read
+        print(f"[heimer] {note}", file=sys.stderr)
     cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False, caps=opts.caps,
                          label_column=opts.label_column, label_map=opts.label_map)
     if len(cohort.excluded):  # labels that are no model class: never left out silently, -q or not
@@ -289,7 +319,9 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         with distributed.guard(ctx):  # if rank 0 cannot open the run, no rank starts computing
             handle = stack.enter_context(tracking.evaluation_run(loaded, opts, device, run_id=run_id)) if main else None
         if handle is not None:
-            say(f"run {handle.run_id} is open ({tracking.mlflow.get_tracking_uri()})")
+            say(f"run {handle.run_id} is open ({redacted(tracking.mlflow.get_tracking_uri())})")
+        if prepared.access.note and main:  # never silently: said even with -q
+            print(f"[heimer] {prepared.access.note}", file=sys.stderr)
         t0 = time.perf_counter()
         with distributed.guard(ctx):
             engine = _run_engine(loaded, prepared, opts, staging, device, ctx)
@@ -298,6 +330,7 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
             return None
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         result.atlas = prepared.atlas_record
+        result.link_model = prepared.access.link_model
         _log(result, staging, handle, say)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
@@ -407,7 +440,7 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
         report = report_for_run(handle.run_id, out_dir=rendered, log=True, tag_version=False)
     result.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
     tracking.prepare_version_tags(result, handle)
-    say(f"logged the evaluation and its report to run {handle.run_id} ({tracking.mlflow.get_tracking_uri()})")
+    say(f"logged the evaluation and its report to run {handle.run_id} ({redacted(tracking.mlflow.get_tracking_uri())})")
 
 
 def require_both_classes(cohort: Cohort, meta) -> None:

@@ -20,6 +20,7 @@ class ModelMeta:
     intensity: str = "none"
     target_layer: str | None = None  # module path; None = the last Conv3d
     inferred: list[str] = field(default_factory=list)  # keys that were not in the metadata
+    given: list[str] = field(default_factory=list)  # keys the user gave (--class-names, ...), over the metadata
 
     @property
     def positive_index(self) -> int:
@@ -28,4 +29,14 @@ class ModelMeta:
     def to_metadata(self) -> dict:
         d = asdict(self)
         d.pop("inferred")
+        d.pop("given")
         return d
+
+
+def assumptions(meta: ModelMeta) -> list[str]:
+    """What the evaluator had to assume because the model did not declare it, one line each
+    (stderr and the report): the intensity normalisation, which changes every input."""
+    if "intensity" in meta.inferred:
+        return ["the model declares no intensity normalisation: volumes go in as stored (intensity none); "
+                "give --intensity zscore or minmax if it was trained on normalised volumes"]
+    return []

@@ -22,7 +22,8 @@ from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from .errors import HeimerError
 from .evaluation import EvaluationOptions, evaluate_loaded
-from .registry import LoadedModel, pt2_refusal, read_meta, resolve_version
+from .engine.exported import is_exported
+from .registry import LoadedModel, as_evaluable, read_meta, resolve_version
 
 
 NAME = "heimer"  # the entry-point name in pyproject.toml
@@ -45,11 +46,12 @@ class HeimerEvaluator(ModelEvaluator):
     def evaluate(self, *, model_type, dataset, run_id, evaluator_config, model=None, **kwargs):
         if model is None:
             raise HeimerError("the heimer evaluator needs the model itself (it computes Grad-CAM), not only predictions")
-        loaded = _loaded_from_pyfunc(model)
         options = dict(evaluator_config or {})
         options.setdefault("progress", False)
         frame = _manifest(dataset, options)
-        evaluation = evaluate_loaded(loaded, frame, EvaluationOptions(**options).check(), run_id=run_id)
+        opts = EvaluationOptions(**options).check()
+        loaded = _loaded_from_pyfunc(model, opts.given_meta())
+        evaluation = evaluate_loaded(loaded, frame, opts, run_id=run_id)
         return EvaluationResult(metrics=evaluation.run_metrics, artifacts=evaluation_artifacts(evaluation.artifacts),
                                 run_id=evaluation.run_id)  # fmt: skip
 
@@ -85,24 +87,24 @@ def evaluation_artifacts(uris: dict[str, str]) -> dict:
     return typed
 
 
-def _loaded_from_pyfunc(model) -> LoadedModel:
+def _loaded_from_pyfunc(model, given: dict | None = None) -> LoadedModel:
     info = model.metadata
     try:
         module = model.get_raw_model()
     except Exception:
         module = None
-    if isinstance(module, torch.fx.GraphModule):
-        raise pt2_refusal(f"models:/{info.model_id}")
     if not isinstance(module, torch.nn.Module):
         raise HeimerError("the heimer evaluator needs a PyTorch model logged with the pytorch flavour")
-    module.eval()
+    # MLflow has loaded it already (the caller chose the model): pickled or pt2 as it is.
+    serialization = "pt2" if is_exported(module) else "pickle"
+    module, notes = as_evaluable(module, f"models:/{info.model_id}", serialization)
     version, model_id, source_run = (None, info.model_id, info.run_id)
     if info.model_id:
         version, model_id, source_run = resolve_version(f"models:/{info.model_id}")
     return LoadedModel(
         uri=f"models:/{version.name}/{version.version}" if version else f"models:/{model_id}",
         module=module,
-        meta=read_meta(info.metadata, module, info.signature),
+        meta=read_meta(info.metadata, module, info.signature, given),
         name=version.name if version else None,
         version=str(version.version) if version else None,
         aliases=list(version.aliases) if version else [],
@@ -110,6 +112,8 @@ def _loaded_from_pyfunc(model) -> LoadedModel:
         model_id=model_id,
         description=version.description if version else None,
         tags=dict(version.tags) if version else {},
+        serialization=serialization,
+        notes=notes,
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .champion import Comparison
 from .errors import HeimerError
+from .meta import assumptions
 from .metrics import Estimate
 from .verdict import LIMITS_BEFORE_RECORDING, Check, Limits, Verdict, judge
 
@@ -98,6 +99,10 @@ class ModelRecord:
     tags: dict = field(default_factory=dict)  # registry tags as given (text from the registry, shown escaped)
     metadata: dict = field(default_factory=dict)  # metadata["heimer"] (meta.ModelMeta.to_metadata)
     inferred: list[str] = field(default_factory=list)
+    # keys given for this evaluation (--class-names, --positive-class, --intensity), over the metadata
+    given: list[str] = field(default_factory=list)
+    serialization: str | None = None  # pt2 or pickle (None in records before it)
+    notes: list[str] = field(default_factory=list)  # what the evaluator assumed or changed about the model
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelRecord:
@@ -105,7 +110,9 @@ class ModelRecord:
                    aliases=[str(a) for a in _list(data.get("aliases"))], source_run_id=_str(data.get("source_run_id")),
                    model_id=_str(data.get("model_id")), description=_str(data.get("description")),
                    tags=_dict(data.get("tags")), metadata=_dict(data.get("metadata")),
-                   inferred=[str(v) for v in _list(data.get("inferred"))])  # fmt: skip
+                   inferred=[str(v) for v in _list(data.get("inferred"))],
+                   given=[str(v) for v in _list(data.get("given"))], serialization=_str(data.get("serialization")),
+                   notes=[str(v) for v in _list(data.get("notes"))])  # fmt: skip
 
 
 @dataclass
@@ -293,7 +300,8 @@ class EvaluationRecord:
         return cls(
             schema_version=SCHEMA_VERSION, run_id=evaluation.run_id,
             model=ModelRecord(m.uri, m.name, m.version, m.aliases, m.source_run_id, m.model_id, m.description, m.tags,
-                              m.meta.to_metadata(), m.meta.inferred),
+                              m.meta.to_metadata(), m.meta.inferred, m.meta.given, m.serialization,
+                              [*m.notes, *assumptions(m.meta)]),
             cohort=CohortRecord(cohort.source, int(len(engine.subjects.get("prob", []))), int(len(cohort.excluded)),
                                 cohort.covariates, cohort.excluded.astype(str).to_dict("records"),
                                 {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()},

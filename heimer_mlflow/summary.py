@@ -49,7 +49,9 @@ def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | Non
     """The summary of a finished evaluation (its run logged, its report rendered)."""
     import mlflow
 
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    from .permissions import redacted
+
+    uri = redacted(tracking_uri or mlflow.get_tracking_uri())  # a URL's credentials never go into a link
     report = evaluation.artifacts.get("report")
     run_url = report_url = None
     if uri.startswith(("http://", "https://")):

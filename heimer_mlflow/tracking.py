@@ -26,11 +26,13 @@ def check_reachable(timeout_s: float = 5.0) -> None:
     """
     import requests
 
-    uri = mlflow.get_tracking_uri()
+    from .permissions import redacted
+
+    uri = redacted(mlflow.get_tracking_uri())
     fix = "start the server or set MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")):
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            requests.get(mlflow.get_tracking_uri().rstrip("/") + "/health", timeout=timeout_s)
         except requests.RequestException as e:
             reason = "connection refused" if isinstance(e, requests.ConnectionError) else type(e).__name__
             raise HeimerError(f"the MLflow tracking server {uri} cannot be reached ({reason}); {fix}") from None
@@ -143,13 +145,26 @@ def _describe(handle: EvaluationRun, model, options, device: str) -> None:
                        "batch_size": options.batch_size, "device": device, "save_cams": options.save_cams,
                        "skip_bad": options.skip_bad, "n_bootstrap": options.n_bootstrap,
                        "brain_mask": options.brain_mask or "non-background voxels",
-                       "processes": int(os.environ.get("WORLD_SIZE") or 1)}.items():
+                       "processes": int(os.environ.get("WORLD_SIZE") or 1),
+                       "serialization": model.serialization, **_contract_params(model.meta)}.items():
         client.log_param(handle.run_id, f"heimer.{key}", value)
     from .atlas import named_atlas
 
     if (atlas := named_atlas(options.atlas)) is not None:  # its terms travel with the run
         client.log_param(handle.run_id, "heimer.atlas", atlas.name)
         client.log_param(handle.run_id, "heimer.atlas_licence", atlas.licence)
+
+
+def _contract_params(meta) -> dict:
+    """The model-contract values the evaluation used, each with where it came from: ``model``
+    (its metadata), ``given`` (--class-names, --positive-class, --intensity) or ``default``."""
+    values = {"class_names": ",".join(meta.class_names), "positive_class": meta.positive_class,
+              "intensity": meta.intensity}
+    params = {}
+    for key, value in values.items():
+        params[key] = value
+        params[f"{key}_source"] = "given" if key in meta.given else "default" if key in meta.inferred else "model"
+    return params
 
 
 DEFAULT_EXPERIMENT = "heimer-evaluations"
@@ -235,7 +250,18 @@ def _log_input(dataset, linked_model, attempts: int = 3) -> None:
             time.sleep(0.2 * attempt)
 
 
+def run_exists(run_id: str | None) -> bool:
+    """Whether the evaluation goes into a run that exists already (given, active, or `mlflow run`'s)."""
+    return bool(run_id or mlflow.active_run() or os.environ.get("MLFLOW_RUN_ID"))
+
+
 def _one_line(error: BaseException) -> str:
+    from .permissions import denied
+
+    if (refused := denied(error)) is not None:
+        return str(refused)
+    if isinstance(error, interrupts.TimedOut):
+        return str(error)
     if isinstance(error, interrupts.Terminated):
         return f"terminated by {error}"
     if isinstance(error, KeyboardInterrupt):
@@ -243,28 +269,41 @@ def _one_line(error: BaseException) -> str:
     return one_line(error)
 
 
+# How long a failed evaluation keeps trying to tell the server its run FAILED when the server is
+# what failed (MLflow's own retries were spent on the request that broke): a run left RUNNING on
+# the server would claim a live evaluation.
+CLOSE_RETRY_S = 90.0
+
+
 def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None:
     """End the run with ``status``; on the way out of a failure, never mask the original error
-    (the tracking server may be what failed)."""
+    (the tracking server may be what failed: then try again for up to CLOSE_RETRY_S)."""
     client = mlflow.MlflowClient()
-    try:
-        client.set_tag(handle.run_id, "heimer.status", status.lower())
-        if error:
-            client.set_tag(handle.run_id, "heimer.error", error)
-        if handle.owned:
+    deadline = time.monotonic() + CLOSE_RETRY_S
+    while True:
+        try:
+            client.set_tag(handle.run_id, "heimer.status", status.lower())
+            if error:
+                client.set_tag(handle.run_id, "heimer.error", error)
+            if handle.owned:
+                active = mlflow.active_run()
+                if active is not None and active.info.run_id == handle.run_id:
+                    mlflow.end_run(status)
+                else:
+                    client.set_terminated(handle.run_id, status)
+            return
+        except Exception:
+            if status == "FINISHED":
+                raise
+            if time.monotonic() < deadline and handle.owned:
+                time.sleep(3.0)
+                continue
+            # The store could not be told: forget the run locally at least.
             active = mlflow.active_run()
-            if active is not None and active.info.run_id == handle.run_id:
-                mlflow.end_run(status)
-            else:
-                client.set_terminated(handle.run_id, status)
-    except Exception:
-        if status == "FINISHED":
-            raise
-        # The store could not be told (it may be what failed): forget the run locally at least.
-        active = mlflow.active_run()
-        if handle.owned and active is not None and active.info.run_id == handle.run_id:
-            with contextlib.suppress(Exception):
-                mlflow.end_run(status)
+            if handle.owned and active is not None and active.info.run_id == handle.run_id:
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
+            return
 
 
 def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset) -> None:
@@ -280,10 +319,11 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset
     client.set_tag(handle.run_id, SOURCE_TAG, str(evaluation.cohort.source)[:5000])
     if evaluation.data_digest:
         client.set_tag(handle.run_id, DIGEST_TAG, evaluation.data_digest)
-    linked_model = LoggedModelInput(model.model_id) if model.model_id else None
+    model_id = model.model_id if evaluation.link_model else None  # see permissions.check
+    linked_model = LoggedModelInput(model_id) if model_id else None
     with quiet_mlflow_hints():
         _log_input(logged_dataset, linked_model)
-        mlflow.log_metrics(evaluation.run_metrics, model_id=model.model_id, dataset=logged_dataset)
+        mlflow.log_metrics(evaluation.run_metrics, model_id=model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
 
 

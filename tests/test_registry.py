@@ -1,5 +1,6 @@
 """The model contract against a real sqlite tracking store: log_model -> every URI form -> the
-same module and metadata; unknown names and pt2 models end in one clear HeimerError."""
+same module and metadata; unknown names end in one clear HeimerError. pt2 (MLflow 3's default and
+``log_model``'s) and pickled models: tests/test_pt2.py."""
 
 from __future__ import annotations
 
@@ -118,15 +119,6 @@ def test_bad_uri_forms(tracking):
         registry.load("models:/m-0000000000000000")
 
 
-def test_pt2_model_is_refused_with_the_fix(tracking, tiny_cnn):
-    name = _unique("pt2")
-    with mlflow.start_run():
-        mlflow.pytorch.log_model(tiny_cnn, name="model", input_example=np.zeros([1, *SHAPE], np.float32),
-                                 registered_model_name=name, pip_requirements=["torch"])
-    with pytest.raises(HeimerError, match="serialization_format='pickle'"):
-        registry.load(f"models:/{name}/1")
-
-
 def test_unknown_target_layer_lists_conv_layers(registered):
     with pytest.raises(HeimerError) as err:
         registry.load(f"models:/{registered[0]}/1", target_layer="body.9")
@@ -144,8 +136,8 @@ def test_log_model_refuses_bad_contracts(tracking, tiny_cnn):
             registry.log_model(TinyCNN(n_outputs=3), "m", input_shape=SHAPE)
         with pytest.raises(HeimerError, match="no Conv3d"):
             registry.log_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(640, 2)), "m", input_shape=SHAPE)
-        with pytest.raises(HeimerError, match="serialization_format"):
-            registry.log_model(tiny_cnn, "m", input_shape=SHAPE, serialization_format="pt2")
+        with pytest.raises(HeimerError, match="serialization_format='torchscript': use 'pt2'"):
+            registry.log_model(tiny_cnn, "m", input_shape=SHAPE, serialization_format="torchscript")
 
 
 def test_meta_round_trips_through_metadata():
@@ -172,12 +164,13 @@ def test_load_failures_without_a_message_end_in_one_line(tracking, monkeypatch):
     name = _unique("unpickles-badly")
     with mlflow.start_run():
         registry.log_model(FailsToUnpickle(), "model", class_names=["CN", "AD"], positive_class="AD", input_shape=SHAPE,
-                           intensity="zscore", registered_model_name=name, pip_requirements=["torch"])  # fmt: skip
+                           intensity="zscore", registered_model_name=name, pip_requirements=["torch"],
+                           serialization_format="pickle")  # fmt: skip
     uri = f"models:/{name}/1"
     for error, expected in [
         (MlflowException(""), f"cannot load the model at {uri}: MlflowException"),
         (AttributeError(), "its class cannot be imported here (AttributeError); install"),
-        (ValueError("\n\n"), f"cannot load the model at {uri} (ValueError); log it again"),
+        (ValueError("\n\n"), f"cannot load the model at {uri} (pickle: ValueError); log it again"),
         (MlflowException("the store said no\ndetails"), f"cannot load the model at {uri}: the store said no"),
     ]:  # fmt: skip
         monkeypatch.setattr(FailsToUnpickle, "error", error)

@@ -20,21 +20,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heimer_mlflow.engine.exported import ExportedModel, pad_batch
 from heimer_mlflow.errors import HeimerError
-
-PT2_HINT = (
-    "if the model was logged with MLflow's default serialization (pt2), hooks do not fire on the "
-    "traced graph: log it again with serialization_format='pickle'"
-)
 
 
 def conv_layers(model: nn.Module) -> list[str]:
     """Module paths of every ``Conv3d`` in ``model``, in registration order."""
+    if isinstance(model, ExportedModel):
+        return model.conv_layers()
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv3d)]
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """Every module path a layer can be taken from (an exported program's: those its graph ran in)."""
+    if isinstance(model, ExportedModel):
+        return list(model.layer_types)
+    return [name for name, _ in model.named_modules() if name]
+
+
 def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
-    """The module at ``path`` (dotted module path), or the last ``Conv3d`` when ``path`` is None."""
+    """The module at ``path`` (dotted module path), or the last ``Conv3d`` when ``path`` is None.
+    For an exported program (pt2) the module returned is the layer's tap (engine.exported)."""
     candidates = conv_layers(model)
     if path is None:
         if not candidates:
@@ -43,6 +49,8 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
                 "pass the module path of a 3D convolutional layer as target_layer"
             )
         path = candidates[-1]
+    if isinstance(model, ExportedModel):
+        return path, model.layer(path)
     try:
         return path, model.get_submodule(path)
     except AttributeError:
@@ -78,6 +86,19 @@ class Attribution:
         with autocast_off(layer_map.device):
             return F.interpolate(layer_map[:, None], self.input_size, mode="trilinear", align_corners=False)[:, 0]
 
+    def first(self, n: int) -> Attribution:
+        """The first ``n`` subjects' attribution (padding subjects dropped)."""
+        return Attribution(self.logits[:n], {m: v[:n] for m, v in self.layer_maps.items()},
+                           {p: v[:n] for p, v in self.activations.items()}, self.input_size)  # fmt: skip
+
+    @staticmethod
+    def concatenate(parts: list[Attribution]) -> Attribution:
+        """One attribution of consecutive batches' attributions."""
+        return Attribution(torch.cat([p.logits for p in parts]),
+                           {m: torch.cat([p.layer_maps[m] for p in parts]) for m in parts[0].layer_maps},
+                           {k: torch.cat([p.activations[k] for p in parts]) for k in parts[0].activations},
+                           parts[0].input_size)  # fmt: skip
+
     @functools.cached_property
     def cam(self) -> torch.Tensor:
         """[B, D, H, W] float32: the raw Grad-CAM on the input grid, upsampled on first use."""
@@ -110,7 +131,17 @@ class GradCam3d:
         ``x`` [B, C, D, H, W].
 
         Run it inside ``torch.autocast`` for mixed precision: the maps are computed in float32.
+        An exported program with a static batch size gets batches of that size (see engine.exported).
         """
+        size = getattr(self.model, "batch_size", None) if isinstance(self.model, ExportedModel) else None
+        if size is None or x.shape[0] == size:
+            return self._attribute(x, target)
+        target = torch.as_tensor(target, device=x.device).expand(x.shape[0])
+        parts = [self._attribute(pad_batch(x[i : i + size], size), pad_batch(target[i : i + size], size))
+                 .first(min(size, x.shape[0] - i)) for i in range(0, x.shape[0], size)]  # fmt: skip
+        return Attribution.concatenate(parts)
+
+    def _attribute(self, x: torch.Tensor, target: int | torch.Tensor) -> Attribution:
         captured: dict[str, torch.Tensor] = {}
 
         def keep_target(_module, _inputs, output):
@@ -145,7 +176,8 @@ class GradCam3d:
             with torch.enable_grad():
                 output = self.model(x)
                 if self.layer_path not in captured:
-                    raise HeimerError(f"target layer {self.layer_path!r} did not run in the forward pass: {PT2_HINT}")
+                    raise HeimerError(f"target layer {self.layer_path!r} did not run in the forward pass: choose a "
+                                      f"layer the model uses, one of {conv_layers(self.model)}")
                 logits = as_logits(output, x.shape[0])
                 columns = torch.as_tensor(target, device=logits.device).expand(logits.shape[0])
                 score = logits.float().gather(1, columns.view(-1, 1)).sum()

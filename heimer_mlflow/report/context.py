@@ -37,6 +37,11 @@ MAX_OUTSIDE_SHARE_GAP = 0.20
 
 # how an interval was obtained, as the report names it (Obuchowski's method is DeLong's for clusters)
 METHOD_NAMES = {"obuchowski": "clustered DeLong"}
+# the record's model.serialization, for the model identity table
+SERIALIZATION_TEXT = {
+    "pt2": "pt2 (a torch.export program: loading it ran no code from the model file)",
+    "pickle": "pickle (the module object: loading it ran code named in the model file)",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +437,8 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
             "tags_cut": max(0, len(tags) - MAX_TAGS),
             "source_run_id": text(model.source_run_id), "model_id": text(model.model_id),
             "metadata": [(str(k), text(v)) for k, v in meta.items()], "inferred": model.inferred,
+            "given": model.given, "notes": [clip(n[:1].upper() + n[1:]) for n in model.notes],
+            "serialization": SERIALIZATION_TEXT.get(model.serialization or "", "not recorded (evaluated before it was)"),
             "intensity": text(meta.get("intensity") or "none"),
             "input_shape": ("[" + text(meta.get("input_shape")) + "]") if isinstance(meta.get("input_shape"), list)
                            else text(meta.get("input_shape")),

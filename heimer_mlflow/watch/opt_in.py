@@ -7,7 +7,6 @@ fields, e.g. ``{"threshold": 0.4, "cam": "gradcam"}``). A version is waiting whe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -20,6 +19,9 @@ ERROR_TAG = "heimer.error"
 STATUSES = ("queued", "running", "done", "failed")
 # Options the watcher decides: a watcher has no terminal to draw progress bars on
 FIXED_OPTIONS = {"progress": False}
+# Options only the watcher's own command line sets: whoever may tag a model must not be able to
+# make the watcher's host unpickle (run) the code of the versions they register.
+WATCHER_ONLY = ("allow_pickle",)
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,10 @@ class OptIn:
     data: str
     options: dict
 
-    @property
-    def data_key(self) -> str:
-        """Identifies (cohort, options): a claim is per (model, version, this)."""
-        text = json.dumps({"data": self.data, "options": self.options}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def current(self, client) -> OptIn | None:
+        """The model's opt-in as its tags say now (None: it opted out): a job evaluates on the
+        cohort current when it starts, not the one it was queued with."""
+        return opt_in_of(client.get_registered_model(self.name))
 
 
 def read_options(name: str, text: str | None) -> dict:
@@ -52,7 +53,11 @@ def read_options(name: str, text: str | None) -> dict:
     if not isinstance(options, dict):
         raise HeimerError(f"registered model {name!r}: its tag {OPTIONS_TAG} must be a JSON object such as "
                           f"{{\"threshold\": 0.4}}, not {type(options).__name__}")
-    known = {f.name for f in dataclasses.fields(EvaluationOptions)}
+    refused = sorted(set(options) & set(WATCHER_ONLY))
+    if refused:
+        raise HeimerError(f"registered model {name!r}: {OPTIONS_TAG} cannot set {refused[0]!r}; only the watcher's "
+                          "command line can (heimer-mlflow watch --allow-pickle)")
+    known = {f.name for f in dataclasses.fields(EvaluationOptions)} - set(WATCHER_ONLY)
     unknown = sorted(set(options) - known)
     if unknown:
         raise HeimerError(f"registered model {name!r}: {OPTIONS_TAG} has the unknown option {unknown[0]!r}; "
