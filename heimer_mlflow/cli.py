@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import warnings
 
 from . import __version__
@@ -176,7 +177,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
     evaluate.add_argument("--skip-bad", nargs="?", const=True, default=False, type=_boolean, metavar="BOOL",
                           help="leave unusable subjects out (listed in the run) instead of stopping")
-    evaluate.add_argument("--experiment", default="heimer-evaluations", help="experiment of the new run (default heimer-evaluations)")
+    evaluate.add_argument("--experiment", default=None,
+                          help="experiment of the new run (default heimer-evaluations); under `mlflow run` the run "
+                               "is the one it started: choose its experiment with mlflow run --experiment-name")
     evaluate.add_argument("--bootstrap", type=_positive_int, default=2000, dest="n_bootstrap", help="bootstrap resamples for CIs (default 2000)")
     evaluate.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: cores - 1, at most 4)")
     evaluate.add_argument("--history-metric", action="append", default=[], metavar="CURVE=KEY",
@@ -191,7 +194,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Rebuild the report of evaluation run RUN_ID from the artifacts it logged "
         "(evaluation.json, metrics.json, predictions.csv, figures/): no model and no data are "
         "needed, e.g. after a template change. The report is logged to that run again "
-        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given.",
+        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given; prints "
+        "the PDF's path in --out, else its artifact URI (nothing is left in the temp folder).",
     )
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
@@ -279,7 +283,7 @@ def _run(args) -> None:
             atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), regions=_optional(args.regions),
             brain_mask=_optional(args.brain_mask),
             save_cams=args.save_cams, gallery_k=args.gallery_k,
-            skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
+            skip_bad=args.skip_bad, experiment=_optional(args.experiment), n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
             caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),
@@ -302,8 +306,9 @@ def _run(args) -> None:
 
         if args.no_log and not args.out:
             raise HeimerError("--no-log needs --out DIR, or the rendered report would go nowhere")
-        files = report_for_run(args.run_id, out_dir=args.out, log=not args.no_log)
-        print(files.pdf)
+        with tempfile.TemporaryDirectory(prefix="heimer-report-out-") as scratch:  # without --out: logged, then gone
+            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log)
+        print(files.pdf if args.out else files.artifact_uri)
 
 
 def main(argv=None) -> int:

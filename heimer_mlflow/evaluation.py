@@ -52,7 +52,9 @@ class EvaluationOptions:
     brain_mask: str | None = None  # NIfTI on the input grid; None: a named atlas brings the MNI152 brain, else each input's non-background voxels
     save_cams: str = "gallery"
     skip_bad: bool = False
-    experiment: str = "heimer-evaluations"
+    # a new run's experiment (None: heimer-evaluations); named for a run that is already open elsewhere
+    # (`mlflow run`, mlflow.models.evaluate, the caller's active run), it is a user error (tracking._open_run)
+    experiment: str | None = None
     feature_layers: tuple[str, ...] = ()
     gallery_k: int = 4
     sanity_subjects: int = 8
@@ -148,6 +150,8 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)
     gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
+    comparison_note: str = ""  # why there is no comparison although a champion exists (champion.Search.why)
+    data_digest: str | None = None  # the evaluated data's content digest (champion.content_digest)
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
     link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
@@ -221,7 +225,8 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
             loaded = load(model_uri, target_layer=opts.target_layer, allow_pickle=opts.allow_pickle,
                           given=opts.given_meta())
             # what the server lets this principal write, before any compute (authenticated servers)
-            access = permissions.check(loaded, None if tracking.run_exists(run_id) else opts.experiment)
+            new_run = opts.experiment or tracking.DEFAULT_EXPERIMENT
+            access = permissions.check(loaded, None if tracking.run_exists(run_id) else new_run)
             prepared = _prepare_cohort(loaded, data, opts, ctx)
             prepared.access = access
             return loaded, prepared
@@ -331,7 +336,7 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
     result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
     if result.gate is not None:
-        say(f"gate {result.gate.status}: {result.gate.rules}")
+        say(f"gate {result.gate.summary()}")
         if not result.gate.passed:
             raise GateFailed(result, result.gate)
     return result
@@ -411,9 +416,14 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
 
     result.run_id = handle.run_id
     dataset = tracking.dataset(result)
+    predictions = predictions_table(result)
+    key = champion.data_key(result, predictions, dataset.digest)
+    result.data_digest = key.digest
     with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
-        result.comparison, champion_run = champion.with_champion(result, predictions_table(result), dataset.digest,
-                                                                 Path(work))  # fmt: skip
+        result.comparison, champion_run, search = champion.with_champion(result, predictions, key, Path(work))
+        if search.why and search.champion_version:  # a champion exists, and nothing to compare with: say so, -q or not
+            result.comparison_note = search.why
+            print(f"[heimer] no comparison with the champion: {search.why}", file=sys.stderr)
         if result.comparison is not None:
             c = result.comparison
             say(f"compared with the champion, version {c.champion_version}: AUC difference "

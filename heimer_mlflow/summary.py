@@ -42,6 +42,7 @@ class Summary:
     evaluated_at: str = ""
     gate: str | None = None  # passed / failed, when promotion rules were given
     champion: dict | None = None  # Comparison.to_dict() when there was a champion to compare with
+    champion_note: str = ""  # why there is no comparison although a champion exists
 
 
 def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | None = None) -> Summary:
@@ -65,7 +66,8 @@ def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | Non
                    run_id=evaluation.run_id, run_url=run_url, report_uri=report, report_url=report_url,
                    n_subjects=int(metrics.get("n_subjects", 0)) or None,
                    n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
-                   gate=gate, champion=evaluation.comparison.to_dict() if evaluation.comparison else None)  # fmt: skip
+                   gate=gate, champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
+                   champion_note=getattr(evaluation, "comparison_note", "") or "")  # fmt: skip
 
 
 def _number(value, digits: int = 3) -> str:
@@ -129,6 +131,8 @@ def render(s: Summary, *, level: int = 0) -> str:
         lines += _figure_rows(s.metrics) + [""]
         if s.champion and level <= 1:
             lines += [_champion_line(s.champion), ""]
+        elif s.champion_note and level <= 1:
+            lines += [f"**No comparison with the champion**: {_clip(s.champion_note, None if level == 0 else 300)}", ""]
         lines.append(_links(s))
         if level == 0 and s.evaluated_at:
             lines.append(f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."))

@@ -43,12 +43,27 @@ def check_reachable(timeout_s: float = 5.0) -> None:
         raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 
+@contextlib.contextmanager
+def quiet_mlflow_hints():
+    """MLflow's UserWarnings about a data set that nobody running an evaluation can act on (the
+    source "can be interpreted in multiple ways", integer columns in the inferred schema), off
+    while the cohort is made an MLflow data set and logged."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+        yield
+
+
 def dataset(evaluation):
-    """The evaluated cohort as an MLflow data set (its digest identifies the data)."""
+    """The evaluated cohort as an MLflow data set. Its digest (MLflow's, of the subject ids, the
+    resolved paths, the labels and the covariates) is the one every evaluation has logged; the
+    evaluated data's content digest is the run tag ``heimer.data_digest`` (champion.content_digest)."""
     table = evaluation.cohort.table
     frame = table[["subject_id", "path", "label_name", *evaluation.cohort.covariates]].rename(columns={"label_name": "label"})
     name = Path(evaluation.cohort.source).parent.name or "cohort"
-    return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
+    with quiet_mlflow_hints():
+        return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
 
 
 class EvaluationRun:
@@ -152,37 +167,66 @@ def _contract_params(meta) -> dict:
     return params
 
 
+DEFAULT_EXPERIMENT = "heimer-evaluations"
+
+
 def _open_run(model, options, run_id: str | None):
-    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one."""
+    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one in
+    ``options.experiment`` (default heimer-evaluations). A new run is started in its experiment
+    by id: the caller's active experiment stays what it was (a training run started after an
+    evaluation lands where the caller put it). An experiment named explicitly for a run that
+    already exists elsewhere is a user error: a run cannot move, and silence would mislead."""
     active = mlflow.active_run()
     if active is not None and run_id in (None, active.info.run_id):
+        _require_experiment(active, options.experiment)
         return active, False  # `mlflow run`, mlflow.models.evaluate or the caller started it
     if run_id is not None:
+        run = mlflow.get_run(run_id)
+        _require_experiment(run, options.experiment)
         # start_run(run_id) refuses a run outside the active experiment: make its experiment active
-        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
         return mlflow.start_run(run_id=run_id), True
     if os.environ.get("MLFLOW_RUN_ID"):
+        _require_experiment(mlflow.get_run(os.environ["MLFLOW_RUN_ID"]), options.experiment)
         return mlflow.start_run(), True  # resumes the run `mlflow run` created for this entry point
-    _set_experiment(options.experiment)
+    experiment = experiment_id(mlflow.MlflowClient(), options.experiment or DEFAULT_EXPERIMENT)
     name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
-    return mlflow.start_run(run_name=name), True
+    return mlflow.start_run(experiment_id=experiment, run_name=name), True
 
 
-def _set_experiment(name: str) -> None:
-    """``mlflow.set_experiment``, safe when another evaluation creates the same experiment at
-    the same moment. The loser of that race either sees RESOURCE_ALREADY_EXISTS, or (MLflow
-    3.17's fluent API) gets the experiment back *without* it being made active, so its run
-    would land in the Default experiment (seen in tests/test_server.py): hence the second call,
-    by id, which activates it."""
+def _require_experiment(run, wanted: str | None) -> None:
+    """``wanted`` (an experiment named explicitly) is the experiment of ``run``, the run the
+    results must go to; else a HeimerError saying where they go and how to choose."""
+    if not wanted:
+        return
+    actual = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
+    if actual != wanted:
+        raise HeimerError(
+            f"--experiment {wanted!r}: this evaluation logs into run {run.info.run_id}, which is already open in "
+            f"experiment {actual!r} (started by `mlflow run`, mlflow.models.evaluate or your code); choose the "
+            f"experiment where that run starts instead (`mlflow run --experiment-name {wanted}`, or "
+            f"mlflow.set_experiment({wanted!r}) before it), or leave the experiment out")
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created when absent; safe when another evaluation creates
+    it at the same moment (the loser of that race reads it back). A deleted experiment of that
+    name is a user error. (Unlike ``mlflow.set_experiment`` this leaves the active experiment
+    alone; MLflow 3.17's fluent API could also hand back an experiment it did not make active.)"""
     from mlflow.exceptions import MlflowException
 
-    try:
-        experiment = mlflow.set_experiment(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
-            raise
-        experiment = mlflow.set_experiment(name)
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
+                raise
+            found = client.get_experiment_by_name(name)
+    if found.lifecycle_stage == "deleted":
+        raise HeimerError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore --experiment-id "
+                          f"{found.experiment_id}) or give another --experiment")
+    return found.experiment_id
 
 
 # How the stores word a unique-key violation (sqlite, PostgreSQL, MySQL)
@@ -269,11 +313,17 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset
 
     model = evaluation.model
     client = mlflow.MlflowClient()
+    from .champion import DIGEST_TAG, SOURCE_TAG
+
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
+    client.set_tag(handle.run_id, SOURCE_TAG, str(evaluation.cohort.source)[:5000])
+    if evaluation.data_digest:
+        client.set_tag(handle.run_id, DIGEST_TAG, evaluation.data_digest)
     model_id = model.model_id if evaluation.link_model else None  # see permissions.check
     linked_model = LoggedModelInput(model_id) if model_id else None
-    _log_input(logged_dataset, linked_model)
-    mlflow.log_metrics(evaluation.run_metrics, model_id=model_id, dataset=logged_dataset)
+    with quiet_mlflow_hints():
+        _log_input(logged_dataset, linked_model)
+        mlflow.log_metrics(evaluation.run_metrics, model_id=model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
 
 

@@ -74,6 +74,20 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
 
 
 @pytest.mark.slow
+def test_mlflow_run_main_refuses_an_experiment_it_cannot_log_to(tracking, cohort, model_name, tmp_path):
+    """MLproject `main` has no `experiment` parameter (its run is the one `mlflow run` starts, in
+    the experiment --experiment-name names); `-P experiment=NAME` reaches the command line as
+    --experiment NAME, which then stops in one line instead of being ignored."""
+    params = {"model_uri": f"models:/{model_name}/1", "data": cohort / "manifest.csv", "experiment": "elsewhere"}
+    done = mlflow_run(tracking, "main", "mlproject-refused", params, cwd=tmp_path)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("heimer-mlflow: ")]
+    assert len(errors) == 1 and errors[0].startswith("heimer-mlflow: error: --experiment 'elsewhere'"), errors
+    assert "experiment 'mlproject-refused'" in errors[0] and "--experiment-name elsewhere" in errors[0]
+    assert mlflow.get_experiment_by_name("elsewhere") is None
+
+
+@pytest.mark.slow
 def test_evaluate_through_the_mlflow_evaluator_plugin(tracking, cohort, model_name):
     manifest = pd.read_csv(cohort / "manifest.csv")
     manifest["path"] = [str(cohort / p) for p in manifest["path"]]
@@ -287,3 +301,37 @@ def test_an_experiment_created_by_a_concurrent_evaluation_gets_the_run(tracking,
                       experiment="raced-experiment")  # fmt: skip
     client = mlflow.MlflowClient()
     assert client.get_run(result.run_id).info.experiment_id == client.get_experiment_by_name("raced-experiment").experiment_id
+
+
+def test_records_go_where_they_are_asked_to_and_nowhere_else(tracking, tmp_path, recwarn):
+    """An evaluation's new run goes to its experiment without changing the caller's active one
+    (a training run started after an evaluation lands where the caller put it, as the demo's
+    challenger must); an experiment named for a run that is already open elsewhere (`mlflow run`,
+    mlflow.models.evaluate, the caller's run) stops in one line before anything is logged. And no
+    MLflow UserWarning a user cannot act on (the data set's source, integer columns) is shown."""
+    from heimer_mlflow.errors import HeimerError
+
+    from .helpers.cohorts import good_rows, write_manifest
+    from .helpers.models import TinyCNN
+    from .helpers.tracking import experiment_runs, new_version
+
+    rows = [{**row, "age": 70 + i} for i, row in enumerate(good_rows(tmp_path))]  # an integer covariate
+    manifest = write_manifest(tmp_path, rows, columns=("path", "label", "subject_id", "age"))
+    version = new_version("records-here", TinyCNN(), intensity="zscore")
+    options = dict(n_bootstrap=50, workers=0, progress=False)
+    training = mlflow.set_experiment("records-training")
+    result = evaluate(f"models:/records-here/{version}", manifest, experiment="records-evaluations", **options)
+    client = mlflow.MlflowClient()
+    assert client.get_experiment(client.get_run(result.run_id).info.experiment_id).name == "records-evaluations"
+    with mlflow.start_run(run_name="train-next") as run:
+        pass
+    assert run.info.experiment_id == training.experiment_id
+    hints = [str(w.message)[:80] for w in recwarn if issubclass(w.category, UserWarning) and "mlflow" in w.filename]
+    assert hints == []
+
+    with mlflow.start_run(run_name="mine") as mine:
+        with pytest.raises(HeimerError, match=r"--experiment 'elsewhere': this evaluation logs into run .*"
+                                              r"already open in experiment 'records-training'"):  # fmt: skip
+            evaluate(f"models:/records-here/{version}", manifest, experiment="elsewhere", **options)
+    assert experiment_runs("elsewhere") == []
+    assert not {k for k in client.get_run(mine.info.run_id).data.tags if k.startswith("heimer.")}

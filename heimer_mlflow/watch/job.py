@@ -180,16 +180,9 @@ def _tracking_uri() -> str:
 def _open_run(client, name: str, version: str, experiment: str) -> str:
     """The evaluation's run, created before the child starts, so that the lease names it and a
     dead worker's run can be ended by whoever recovers the version."""
-    from mlflow.exceptions import MlflowException
+    from ..tracking import experiment_id as get_or_create
 
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        try:
-            experiment_id = client.create_experiment(experiment)
-        except MlflowException:  # another worker created it at the same moment
-            experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    else:
-        experiment_id = found.experiment_id
+    experiment_id = get_or_create(client, experiment)  # another worker may create it at the same moment
     tags = {"heimer.watch": "true", "heimer.model_uri": f"models:/{name}/{version}", "heimer.model_name": name,
             "heimer.model_version": str(version)}  # the evaluation sets them again once it begins
     run = client.create_run(experiment_id, run_name=f"evaluate {name} v{version}", tags=tags)
