@@ -114,7 +114,7 @@ def burst(args) -> None:
                 torch.manual_seed(i)
                 with mlflow.start_run():
                     sources[name] = registry.log_model(DemoCNN(width=4).eval(), "model", input_shape=[1, 46, 55, 46],
-                                                       intensity="zscore", pip_requirements=["torch"]).model_uri
+                                                       intensity="zscore", pip_requirements=["torch"])
             port = free_port()
             watchers = [watcher(server.url, tmp, "burst-a", "--workers", "1", "--queue", queue, "--poll-interval", "5",
                                 "--webhook", f"127.0.0.1:{port}"),
@@ -128,7 +128,9 @@ def burst(args) -> None:
                 registered, started = {}, time.monotonic()
                 for _ in range(args.versions):
                     for name in names:
-                        version = client.create_model_version(name, source=sources[name]).version
+                        info = sources[name]
+                        version = client.create_model_version(name, source=info.model_uri, run_id=info.run_id,
+                                                              model_id=info.model_id).version
                         registered[(name, str(version))] = time.monotonic()
                 spread = time.monotonic() - started
                 queued, done = {}, {}

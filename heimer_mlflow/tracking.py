@@ -77,6 +77,9 @@ class EvaluationRun:
         self.judged: tuple[dict, str, str, dict] | None = None  # (metrics, verdict, reason, not computable)
         self.gate_result = None
         self.evaluation = None  # set by prepare_version_tags: the version's description summary is built from it
+        # under `mlflow run`: the project's run, which ends with the command's exit code (FAILED when a gate
+        # broke) and points at this evaluation run (tags heimer.evaluation_run_id, heimer.gate)
+        self.project_run_id: str | None = None
 
 
 @contextlib.contextmanager
@@ -87,15 +90,17 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
     when everything was logged, FAILED with the one-line error in ``heimer.error``, or KILLED on
     Ctrl-C / SIGTERM. Only after FINISHED does the model version get its tags (and a signal
     cannot cut that in half), so a version never claims an evaluation that did not finish. A
-    run that `mlflow run` or the caller started is logged into; its owner ends it.
+    run that the caller started is logged into; its owner ends it. Under `mlflow run` the
+    evaluation is a run of its own under the project's run (see ``_open_run``).
     """
     handle = None
     try:
         # Opened and described in one piece: a signal now would leave a RUNNING run that
         # MLflow's exit hook then marks FINISHED.
         with interrupts.deferred():
-            run, owned = _open_run(model, options, run_id)
+            run, owned, project = _open_run(model, options, run_id)
             handle = EvaluationRun(run, owned, model, options)
+            handle.project_run_id = project
             _describe(handle, model, options, device)
         yield handle
         interrupts.raise_if_swallowed()
@@ -117,6 +122,10 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
             for key, value in version_tags.items():
                 client.set_model_version_tag(handle.model_name, handle.model_version, key, value)
             _write_summary(client, handle)
+        if handle.project_run_id:  # the project's run says where the evaluation is, and the gate's outcome
+            client.set_tag(handle.project_run_id, "heimer.evaluation_run_id", handle.run_id)
+            for key, value in (handle.gate_result.tags() if handle.gate_result is not None else {}).items():
+                client.set_tag(handle.project_run_id, key, value)
 
 
 def _write_summary(client, handle: EvaluationRun) -> None:
@@ -171,27 +180,37 @@ DEFAULT_EXPERIMENT = "heimer-evaluations"
 
 
 def _open_run(model, options, run_id: str | None):
-    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one in
+    """(run, owned, project run id or None): the active run, a given run, or a new one in
     ``options.experiment`` (default heimer-evaluations). A new run is started in its experiment
     by id: the caller's active experiment stays what it was (a training run started after an
     evaluation lands where the caller put it). An experiment named explicitly for a run that
-    already exists elsewhere is a user error: a run cannot move, and silence would mislead."""
+    already exists elsewhere is a user error: a run cannot move, and silence would mislead.
+
+    Under `mlflow run` the evaluation gets a run of its own, a child of the project's run (tag
+    ``mlflow.parentRunId``), in ``options.experiment`` or else the project run's experiment: the
+    project run ends with the command's exit code, FAILED when a promotion gate broke (exit 3),
+    while the evaluation run, which the version's tags point to, FINISHED when all was logged.
+    One run for both would end FAILED after the version was tagged with it."""
+    name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
+    project = os.environ.get("MLFLOW_RUN_ID")
     active = mlflow.active_run()
-    if active is not None and run_id in (None, active.info.run_id):
+    if active is not None and run_id in (None, active.info.run_id) and active.info.run_id != project:
         _require_experiment(active, options.experiment)
-        return active, False  # `mlflow run`, mlflow.models.evaluate or the caller started it
+        return active, False, None  # mlflow.models.evaluate or the caller started it
     if run_id is not None:
         run = mlflow.get_run(run_id)
         _require_experiment(run, options.experiment)
         # start_run(run_id) refuses a run outside the active experiment: make its experiment active
         mlflow.set_experiment(experiment_id=run.info.experiment_id)
-        return mlflow.start_run(run_id=run_id), True
-    if os.environ.get("MLFLOW_RUN_ID"):
-        _require_experiment(mlflow.get_run(os.environ["MLFLOW_RUN_ID"]), options.experiment)
-        return mlflow.start_run(), True  # resumes the run `mlflow run` created for this entry point
-    experiment = experiment_id(mlflow.MlflowClient(), options.experiment or DEFAULT_EXPERIMENT)
-    name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
-    return mlflow.start_run(experiment_id=experiment, run_name=name), True
+        return mlflow.start_run(run_id=run_id), True, None
+    client = mlflow.MlflowClient()
+    if project:
+        experiment = (experiment_id(client, options.experiment) if options.experiment
+                      else client.get_run(project).info.experiment_id)  # fmt: skip
+        run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": project})
+        return mlflow.start_run(run_id=run.info.run_id, nested=active is not None), True, project
+    experiment = experiment_id(client, options.experiment or DEFAULT_EXPERIMENT)
+    return mlflow.start_run(experiment_id=experiment, run_name=name), True, None
 
 
 def _require_experiment(run, wanted: str | None) -> None:

@@ -60,6 +60,8 @@ def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
+    """`mlflow run -e main`: the project's run (its parameters, the gate's outcome, a pointer to the
+    evaluation) and, under it, the evaluation's own run, which holds everything an evaluation logs."""
     params = {"model_uri": f"models:/{model_name}/1", "data": cohort / "manifest.csv",
               "atlas": cohort / "atlas" / "atlas.nii.gz", "atlas_labels": cohort / "atlas" / "labels.csv",
               "batch_size": 3, "require": "roc_auc>=0;n_subjects>=12"}  # fmt: skip
@@ -67,24 +69,40 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = mlflow.get_experiment_by_name("mlproject-evals")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
-    assert runs[0].data.tags["heimer.gate"] == "passed"
-    assert runs[0].data.tags["heimer.gate_rules"] == "roc_auc>=0; n_subjects>=12"
-    assert len(runs) == 1 and runs[0].data.tags["mlflow.project.entryPoint"] == "main"
-    check_evaluation_run(runs[0].info.run_id, cohort, model_name)
+    project = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
+    evaluation = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(runs) == 2 and len(project) == 1 and len(evaluation) == 1, runs
+    project, evaluation = project[0], evaluation[0]
+    assert evaluation.data.tags["mlflow.parentRunId"] == project.info.run_id
+    assert project.info.status == evaluation.info.status == "FINISHED"
+    assert project.data.tags["heimer.evaluation_run_id"] == evaluation.info.run_id
+    for run in (project, evaluation):
+        assert run.data.tags["heimer.gate"] == "passed"
+        assert run.data.tags["heimer.gate_rules"] == "roc_auc>=0; n_subjects>=12"
+    check_evaluation_run(evaluation.info.run_id, cohort, model_name)
 
 
 @pytest.mark.slow
-def test_mlflow_run_main_refuses_an_experiment_it_cannot_log_to(tracking, cohort, model_name, tmp_path):
-    """MLproject `main` has no `experiment` parameter (its run is the one `mlflow run` starts, in
-    the experiment --experiment-name names); `-P experiment=NAME` reaches the command line as
-    --experiment NAME, which then stops in one line instead of being ignored."""
-    params = {"model_uri": f"models:/{model_name}/1", "data": cohort / "manifest.csv", "experiment": "elsewhere"}
-    done = mlflow_run(tracking, "main", "mlproject-refused", params, cwd=tmp_path)
+def test_a_broken_gate_under_mlflow_run_leaves_a_truthful_record(tracking, cohort, tmp_path):
+    """A rule that breaks: the command exits 3, so `mlflow run` fails and marks the project's run
+    FAILED (with the gate's outcome); the evaluation's run FINISHED, in the experiment -P
+    experiment names, and the version's tags point at it, gate failed."""
+    name = "mlproject-gate-model"
+    version = register_tiny_model(name)
+    params = {"model_uri": f"models:/{name}/{version}", "data": cohort / "manifest.csv",
+              "require": "roc_auc_ci_lower>=0.999", "experiment": "mlproject-gate-evaluations"}  # fmt: skip
+    done = mlflow_run(tracking, "main", "mlproject-gate", params, cwd=tmp_path, timeout=600)
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("heimer-mlflow: ")]
-    assert len(errors) == 1 and errors[0].startswith("heimer-mlflow: error: --experiment 'elsewhere'"), errors
-    assert "experiment 'mlproject-refused'" in errors[0] and "--experiment-name elsewhere" in errors[0]
-    assert mlflow.get_experiment_by_name("elsewhere") is None
+    assert "heimer-mlflow: gate failed: roc_auc_ci_lower" in done.stderr, done.stderr[-3000:]
+    project = mlflow.search_runs([mlflow.get_experiment_by_name("mlproject-gate").experiment_id], output_format="list")
+    assert len(project) == 1 and project[0].info.status == "FAILED"
+    assert project[0].data.tags["heimer.gate"] == "failed"
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    evaluation = mlflow.get_run(tags["heimer.evaluation_run_id"])
+    assert evaluation.info.status == "FINISHED" and tags["heimer.gate"] == "failed"
+    assert mlflow.get_experiment(evaluation.info.experiment_id).name == "mlproject-gate-evaluations"
+    assert evaluation.data.tags["mlflow.parentRunId"] == project[0].info.run_id
+    assert project[0].data.tags["heimer.evaluation_run_id"] == evaluation.info.run_id
 
 
 @pytest.mark.slow
