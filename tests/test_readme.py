@@ -1,6 +1,6 @@
 """README's Python snippets run as written, in README's order, after a tiny demo in a fresh
-folder (`./dev.sh demo` scaled down: 4 mm instead of 2 mm, so the one size README spells out,
-the model's input shape, is scaled with it). What a snippet's comments show is checked where it
+folder (`./dev.sh demo` scaled down: 4 mm instead of 2 mm, so the sizes README spells out, the
+model's input shape, are scaled with it). What a snippet's comments show is checked where it
 is a value: the model's metadata; the plug-in's artifact keys and the champion comparison are
 used by the snippets themselves. A block preceded by `<!-- not run by tests/test_readme.py: why -->`
 is left out (the webhook needs a public https address)."""
@@ -19,7 +19,7 @@ import pytest
 from .helpers import REPO
 
 SKIP_MARK = "<!-- not run by tests/test_readme.py"
-SCALED = {"[1, 91, 109, 91]": "[1, 46, 55, 46]"}  # the 2 mm grid's input shape -> the 4 mm grid's
+SCALED = {"[1, 91, 109, 91]": "[1, 46, 55, 46]", "(1, 1, 91, 109, 91)": "(1, 1, 46, 55, 46)"}  # 2 mm grid -> 4 mm
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
