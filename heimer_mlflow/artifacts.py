@@ -16,7 +16,7 @@ import pandas as pd
 from .record import EvaluationRecord
 
 # The run's files that MLflow's artifact types describe, by name (EvaluationResult.artifacts);
-# figures join them under their own names (roc, calibration, gallery_TP, ...).
+# figures join them under their own names (roc, calibration, gallery_TP, group_cam, ...).
 NAMED_ARTIFACTS = {"metrics": "metrics.json", "evaluation": "evaluation.json", "predictions": "predictions.csv",
                    "exclusions": "exclusions.csv"}  # fmt: skip
 
@@ -113,6 +113,11 @@ def artifact_uris(artifact_uri: str, staging: Path, figures: dict[str, Path]) ->
     """{name: artifact URI} of what the run keeps: the named files, then every figure by its name."""
     root = artifact_uri.rstrip("/")
     uris = {name: f"{root}/{path}" for name, path in NAMED_ARTIFACTS.items() if (staging / path).exists()}
+    from .report.text import FORMER_FIGURE_NAMES
+
     for name, path in figures.items():
         uris.setdefault(name, f"{root}/{Path(path).relative_to(staging).as_posix()}")
+    for former, name in FORMER_FIGURE_NAMES.items():  # the keys scripts used before the rename still work
+        if name in uris:
+            uris.setdefault(former, uris[name])
     return uris

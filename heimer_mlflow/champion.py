@@ -1,12 +1,12 @@
 """The registry review: an evaluation compared with the champion's, on the same subjects.
 
-When another version of the same registered model holds the alias ``champion`` and its
-evaluation run (the version's ``heimer.evaluation_run_id``) used the same data (same cohort
-source, same subjects, same data set digest when both runs logged one), the evaluation compares
-itself with it: the AUC difference on the shared subjects with DeLong's paired interval and
+When another version of the same registered model holds the alias ``champion`` and one of its
+finished evaluation runs (the version's ``heimer.evaluation_run_id`` first) used the same data,
+recognised by content (:func:`content_digest`: subject ids, labels and image bytes, whatever the
+spelling of the path), the evaluation compares itself with it: the AUC difference on the shared subjects with DeLong's paired interval and
 test, both verdicts, and both models' group maps. The result is recorded in the run
 (``vs_champion_*`` metrics, ``evaluation.json``), so a later re-render shows what was compared
-then, whoever holds the alias by that time. Torch-free.
+then, whoever holds the alias by that time; when there is none, the record says why. Torch-free.
 """
 
 from __future__ import annotations
@@ -63,39 +63,207 @@ class ChampionRun:
             return None
 
 
-def find(client, name: str | None, version: str | None, run_id: str, *, source: str, subject_ids: set[str],
-         digest: str | None, folder: Path) -> ChampionRun | None:  # fmt: skip
-    """The champion to compare with, its evaluation downloaded to ``folder``; None (and why, in
-    the log) when there is none: no alias, the alias is on this very version, its version has no
-    finished evaluation, or that evaluation used other data."""
+# The evaluated data, recognised by content: a digest of every evaluated scan's subject id, label
+# and image bytes (run tag DIGEST_TAG, evaluation.json cohort.data_digest). Runs logged before it
+# existed are matched by the MLflow data set digest they logged (subject ids, resolved paths,
+# labels, covariates) and, where they logged none, by their cohort source and subject ids.
+DIGEST_TAG = "heimer.data_digest"
+SOURCE_TAG = "heimer.data_source"  # the cohort as it was given (--data), for the messages
+DIGEST_CHARS = 32  # hex characters kept of the sha256 (128 bits)
+MAX_CANDIDATES = 20  # the champion version's evaluations looked at, newest first
+MAX_EXPLAINED = 5  # of those, how many are downloaded to say why they do not match
+
+
+def content_digest(rows: pd.DataFrame) -> str:
+    """The digest of the evaluated data: every scan's ``subject_id``, ``label`` (class name) and
+    the bytes of its file (``path``), in subject order. How the path is spelled (relative,
+    absolute, through a symlink), the manifest's row order and its covariates do not enter; a
+    changed label, a missing or extra subject or a changed image does."""
+    import hashlib
+
+    total = hashlib.sha256()
+    for subject, label, path in sorted(zip(rows["subject_id"].astype(str), rows["label"].astype(str),
+                                           rows["path"].astype(str))):  # fmt: skip
+        image = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                image.update(block)
+        total.update(f"{subject}\t{label}\t{image.hexdigest()}\n".encode())
+    return total.hexdigest()[:DIGEST_CHARS]
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """What identifies an evaluation's data: ``digest`` (:func:`content_digest`; None for a run
+    from before it), ``dataset_digest`` (the MLflow data set digest the run logged), the subject
+    ids with their labels, and the cohort ``source`` as it was given."""
+
+    digest: str | None
+    dataset_digest: str | None
+    labels: dict  # subject_id -> label (class name)
+    source: str | None
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame, source: str | None, dataset_digest: str | None = None) -> DataKey:
+        """The key of evaluated scans: ``rows`` with ``subject_id``, ``label`` (class name), ``path``."""
+        return cls(content_digest(rows), dataset_digest, dict(zip(rows["subject_id"].astype(str),
+                                                                   rows["label"].astype(str))), source)  # fmt: skip
+
+    @property
+    def subject_ids(self) -> set[str]:
+        return set(self.labels)
+
+    def describe(self) -> str:
+        return (f"{len(self.labels)} subjects from {self.source or 'an unnamed source'}"
+                + (f", content digest {self.digest[:8]}" if self.digest else ""))
+
+
+@dataclass(frozen=True)
+class Search:
+    """The outcome of looking for the champion's evaluation on the same data: ``found`` (None
+    when there is none) and ``why`` (one line, when there is none)."""
+
+    found: ChampionRun | None
+    why: str = ""
+    champion_version: str | None = None  # set when another version holds the alias
+
+
+def find(client, name: str | None, version: str | None, run_id: str, key: DataKey, folder: Path) -> Search:
+    """The champion to compare with, its evaluation downloaded to ``folder``.
+
+    The champion is the version with alias ``champion`` (another version than this one); its
+    evaluation on the same data is the first of its FINISHED evaluation runs whose data matches
+    ``key``: the run its ``heimer.evaluation_run_id`` names first, then the others, newest first
+    (:func:`matches`). When none matches, ``why`` says which evaluations exist and why each was
+    not taken."""
     import mlflow
 
     if not name:
-        return None
+        return Search(None, "the evaluated model is not a registered model version")
     try:
         champion = client.get_model_version_by_alias(name, ALIAS)
     except Exception as error:  # noqa: BLE001 - deleted model, no alias, unreachable store
         log.info("no champion for %s (%s)", name, type(error).__name__)
-        return None
-    other_run = (champion.tags or {}).get("heimer.evaluation_run_id")
-    if str(champion.version) == str(version) or not other_run or other_run == run_id:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
+        return Search(None, f"no version of {name} carries the alias '{ALIAS}'")
+    if str(champion.version) == str(version):
+        return Search(None, f"this version holds the alias '{ALIAS}' itself")
+    other = str(champion.version)
+    runs = _evaluations(client, name, other, (champion.tags or {}).get("heimer.evaluation_run_id"), run_id)
+    if not runs:
+        return Search(None, f"the champion, {name} version {other}, has no finished evaluation: evaluate it on "
+                            "this data to compare", other)  # fmt: skip
+    reasons = []
+    for number, run in enumerate(runs):
+        candidate = folder / "candidates" / run.info.run_id
+        verdict = matches(client, run, key, candidate, explain=number < MAX_EXPLAINED)
+        if verdict is True:
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                for artifact in ARTIFACTS:
+                    mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact,
+                                                        dst_path=str(folder))  # fmt: skip
+            except Exception as error:  # noqa: BLE001
+                reasons.append(f"run {run.info.run_id[:8]}: its artifacts cannot be read ({type(error).__name__})")
+                continue
+            return Search(ChampionRun(name, other, run.info.run_id, folder), "", other)
+        reasons.append(f"run {run.info.run_id[:8]} on {_source(run, candidate)}: {verdict}")
+    shown = "; ".join(reasons[:MAX_EXPLAINED]) + (f"; and {len(reasons) - MAX_EXPLAINED} more" if len(reasons) >
+                                                   MAX_EXPLAINED else "")  # fmt: skip
+    which = ("its only finished evaluation used other data" if len(runs) == 1 else
+             f"none of its {len(runs)} finished evaluations used this data")  # fmt: skip
+    return Search(None, f"the champion is {name} version {other}, and {which} (this evaluation: {key.describe()}): "
+                        f"{shown}", other)  # fmt: skip
+
+
+def _evaluations(client, name: str, version: str, tagged: str | None, run_id: str) -> list:
+    """The FINISHED evaluation runs of ``name`` ``version``: the tagged one first, then the others,
+    newest first (at most MAX_CANDIDATES), never this evaluation's own run."""
+    import mlflow
+
+    runs, seen = [], {run_id}
+    if tagged and tagged not in seen:
+        try:
+            run = client.get_run(tagged)
+            if run.info.status == "FINISHED":
+                runs.append(run)
+            seen.add(tagged)
+        except Exception:  # noqa: BLE001 - deleted run
+            pass
+    if "'" not in name:  # a name the filter cannot quote: the tagged run only
+        try:
+            found = mlflow.search_runs(
+                search_all_experiments=True, output_format="list", max_results=MAX_CANDIDATES,
+                filter_string=f"tags.`heimer.model_name` = '{name}' and tags.`heimer.model_version` = '{version}' "
+                              "and tags.`heimer.status` = 'finished'",
+                order_by=["attributes.start_time DESC"])  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - a store that cannot search: the tagged run only
+            log.info("searching the champion's evaluations failed (%s)", type(error).__name__)
+            found = []
+        runs += [r for r in found if r.info.run_id not in seen and r.info.status == "FINISHED"]
+    return runs[:MAX_CANDIDATES]
+
+
+def _source(run, folder: Path) -> str:
+    """The cohort a run evaluated, as it was given: its tag, else its evaluation.json's (when
+    downloaded to ``folder``), else its ``data`` parameter (``mlflow run``)."""
+    return str(run.data.tags.get(SOURCE_TAG) or _record_source(folder) or run.data.params.get("data")
+               or "a cohort it did not record")
+
+
+def matches(client, run, key: DataKey, folder: Path, *, explain: bool = True) -> bool | str:
+    """True when ``run`` evaluated the data ``key`` describes; else why not, in words.
+
+    Both with a content digest: the digests decide. A run from before content digests: its
+    logged MLflow data set digest equals this evaluation's (that digest covers the subject ids,
+    the resolved paths, the labels and the covariates, so the path's spelling does not matter);
+    where either logged none, the cohort source and the subject ids as before."""
+    theirs = (run.data.tags or {}).get(DIGEST_TAG)
+    if key.digest and theirs:
+        if theirs == key.digest:
+            return True
+        return _difference(run, key, folder) if explain else "other data (another content digest)"
+    digests = dataset_digests(client, run.info.run_id)
+    if key.dataset_digest and digests:
+        if key.dataset_digest in digests:
+            return True
+        why = _difference(run, key, folder) if explain else "other data"
+        return f"{why} (an older evaluation, compared by its MLflow data set digest)"
+    other = _labels(run, folder)
+    source = _record_source(folder)
+    if other is not None and source == key.source and set(other) == key.subject_ids:
+        return True
+    return "another cohort source or other subjects (an older evaluation without a data set digest)"
+
+
+def _difference(run, key: DataKey, folder: Path) -> str:
+    """Why ``run``'s data differs from ``key``'s, from its predictions.csv."""
+    other = _labels(run, folder)
+    if other is None:
+        return "other data (its predictions cannot be read)"
+    missing = sorted(key.subject_ids - set(other))
+    extra = sorted(set(other) - key.subject_ids)
+    relabelled = sorted(s for s in key.subject_ids & set(other) if str(other[s]) != str(key.labels[s]))
+    parts = []
+    for count, what, ids in ((len(missing), "not in it", missing), (len(extra), "not in this cohort", extra),
+                             (len(relabelled), "with another label", relabelled)):  # fmt: skip
+        if count:
+            parts.append(f"{count} subject(s) {what} ({', '.join(ids[:3])}{', ...' if count > 3 else ''})")
+    return "; ".join(parts) if parts else "the same subjects and labels, but other image files"
+
+
+def _labels(run, folder: Path) -> dict | None:
+    """``run``'s evaluated subjects and their labels (its predictions.csv), or None."""
+    import mlflow
+
     try:
-        for artifact in ARTIFACTS:
-            mlflow.artifacts.download_artifacts(run_id=other_run, artifact_path=artifact, dst_path=str(folder))
-    except Exception as error:  # noqa: BLE001
-        log.info("champion v%s: evaluation artifacts unavailable (%s)", champion.version, type(error).__name__)
+        folder.mkdir(parents=True, exist_ok=True)
+        for artifact in ("predictions.csv", "evaluation.json"):
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=str(folder))
+        table = pd.read_csv(folder / "predictions.csv", dtype={"subject_id": str})
+        return dict(zip(table["subject_id"].astype(str), table["label"].astype(str)))
+    except Exception as error:  # noqa: BLE001 - an evaluation without its files
+        log.info("run %s: predictions unavailable (%s)", run.info.run_id, type(error).__name__)
         return None
-    found = ChampionRun(name, str(champion.version), other_run, folder)
-    other_source = (found.record().get("cohort") or {}).get("source")
-    other_ids = set(found.predictions()["subject_id"].astype(str))
-    other_digests = dataset_digests(client, other_run)
-    same_digest = not (digest and other_digests) or digest in other_digests  # compared when both have one
-    if other_source != source or other_ids != set(subject_ids) or not same_digest:
-        log.info("champion v%s was evaluated on other data; no comparison", champion.version)
-        return None
-    return found
 
 
 def dataset_digests(client, run_id: str) -> set[str]:
@@ -105,6 +273,13 @@ def dataset_digests(client, run_id: str) -> set[str]:
         return {d.dataset.digest for d in (inputs.dataset_inputs or []) if d.dataset and d.dataset.digest}
     except Exception:  # noqa: BLE001
         return set()
+
+
+def _record_source(folder: Path) -> str | None:
+    try:
+        return (json.loads((folder / "evaluation.json").read_text(encoding="utf-8")).get("cohort") or {}).get("source")
+    except Exception:  # noqa: BLE001
+        return None
 
 
 @dataclass(frozen=True)
@@ -174,22 +349,30 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
     )  # fmt: skip
 
 
-def with_champion(evaluation, predictions: pd.DataFrame, digest: str | None, work: Path | None = None):
-    """(Comparison, ChampionRun) for an evaluation, or (None, None). A comparison that cannot be
-    made (no champion, other data, a store problem) never fails the evaluation: it says so in
-    the log and the report says there is no champion to compare with."""
+def data_key(evaluation, predictions: pd.DataFrame, dataset_digest: str | None) -> DataKey:
+    """The key of a finished evaluation's data: its evaluated scans (``predictions``: subject_id,
+    label) and their files, the MLflow data set digest it logs, the cohort source."""
+    rows = evaluation.engine.subjects["index"].astype(int)
+    files = pd.DataFrame({"subject_id": predictions["subject_id"].astype(str).to_numpy(),
+                          "label": predictions["label"].astype(str).to_numpy(),
+                          "path": evaluation.cohort.table["path"].iloc[rows].astype(str).to_numpy()})  # fmt: skip
+    return DataKey.of(files, evaluation.cohort.source, dataset_digest)
+
+
+def with_champion(evaluation, predictions: pd.DataFrame, key: DataKey, work: Path | None = None):
+    """(Comparison, ChampionRun, Search) for an evaluation; the first two None when there is no
+    comparison, and then ``Search.why`` says why. A comparison that cannot be made (no champion,
+    other data, a store problem) never fails the evaluation."""
     from mlflow import MlflowClient
 
     model, meta = evaluation.model, evaluation.model.meta
     work = Path(work or tempfile.mkdtemp(prefix="heimer-champion-"))
     try:
-        found = find(MlflowClient(), model.name, model.version, evaluation.run_id or "",
-                     source=evaluation.cohort.source, subject_ids=set(predictions["subject_id"].astype(str)),
-                     digest=digest, folder=work / "champion")  # fmt: skip
-        if found is None:
-            return None, None
-        return compare(predictions, found, positive=meta.positive_class, class_names=meta.class_names), found
+        search = find(MlflowClient(), model.name, model.version, evaluation.run_id or "", key, work / "champion")
+        if search.found is None:
+            return None, None, search
+        comparison = compare(predictions, search.found, positive=meta.positive_class, class_names=meta.class_names)
+        return comparison, search.found, search
     except Exception as error:  # noqa: BLE001 - see the docstring
         log.warning("the comparison with the champion could not be made (%s: %s)", type(error).__name__, error)
-        return None, None
-
+        return None, None, Search(None, f"the comparison could not be made ({type(error).__name__}: {error})")

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import warnings
 
 from . import __version__
 from .errors import HeimerError, one_line
 from .gate import EXIT_GATE_FAILED, GateFailed
+
+DEFAULT_JOB_TIMEOUT_S = 4 * 3600.0  # watch --job-timeout: a 1 mm cohort of 256 scans takes about 2 h on a CPU
 
 DESCRIPTION = """\
 Evaluate and explain 3D CNNs that tell Alzheimer's disease (AD) from cognitively normal (CN)
@@ -34,6 +37,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -167,19 +177,25 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
     evaluate.add_argument("--skip-bad", nargs="?", const=True, default=False, type=_boolean, metavar="BOOL",
                           help="leave unusable subjects out (listed in the run) instead of stopping")
-    evaluate.add_argument("--experiment", default="heimer-evaluations", help="experiment of the new run (default heimer-evaluations)")
+    evaluate.add_argument("--experiment", default=None,
+                          help="experiment of the new run (default heimer-evaluations); under `mlflow run` the run "
+                               "is the one it started: choose its experiment with mlflow run --experiment-name")
     evaluate.add_argument("--bootstrap", type=_positive_int, default=2000, dest="n_bootstrap", help="bootstrap resamples for CIs (default 2000)")
     evaluate.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: cores - 1, at most 4)")
     evaluate.add_argument("--history-metric", action="append", default=[], metavar="CURVE=KEY",
                           help="which source-run metric is a training curve, e.g. train_loss=my_loss (repeatable)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of bootstraps and the sanity check (default 0)")
+    evaluate.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                          help="stop an evaluation that takes longer: its run ends FAILED with the reason, the "
+                               "version is not tagged, exit code 124 (default: no limit)")
     report = commands.add_parser(
         "report",
         help="re-render the PDF/HTML report of an evaluation run from its logged artifacts",
         description="Rebuild the report of evaluation run RUN_ID from the artifacts it logged "
         "(evaluation.json, metrics.json, predictions.csv, figures/): no model and no data are "
         "needed, e.g. after a template change. The report is logged to that run again "
-        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given.",
+        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given; prints "
+        "the PDF's path in --out, else its artifact URI (nothing is left in the temp folder).",
     )
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
@@ -215,6 +231,9 @@ def _add_watch(commands) -> None:
     watch.add_argument("--workers", type=int, default=1,
                        help="evaluations at once in this watcher (default 1; 0: only queue, other hosts evaluate)")
     watch.add_argument("--no-poll", action="store_true", help="no sweeps: only the webhook and/or the workers")
+    watch.add_argument("--job-timeout", type=float, default=DEFAULT_JOB_TIMEOUT_S, metavar="SECONDS",
+                       help=f"end an evaluation that takes longer (its process killed, its run FAILED, the version "
+                            f"failed) and go on with the next (default {DEFAULT_JOB_TIMEOUT_S:g}: 4 hours; 0: no limit)")
     watch.add_argument("--allow-pickle", action="store_true",
                        help="also evaluate pickled versions (loading one runs code from its file on this host); "
                             "default: pt2 versions only, a pickled one fails with heimer.error")
@@ -264,7 +283,7 @@ def _run(args) -> None:
             atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), regions=_optional(args.regions),
             brain_mask=_optional(args.brain_mask),
             save_cams=args.save_cams, gallery_k=args.gallery_k,
-            skip_bad=args.skip_bad, experiment=args.experiment, n_bootstrap=args.n_bootstrap,
+            skip_bad=args.skip_bad, experiment=_optional(args.experiment), n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
             caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),
@@ -278,7 +297,8 @@ def _run(args) -> None:
 
         code = watch(models=tuple(args.models), alias=_optional(args.alias), poll_interval=args.poll_interval,
                      webhook=_optional(args.webhook), queue=_optional(args.queue), workers=args.workers,
-                     poll=not args.no_poll, once=args.once, allow_pickle=args.allow_pickle)
+                     poll=not args.no_poll, once=args.once, allow_pickle=args.allow_pickle,
+                     job_timeout=args.job_timeout or None)
         if code:
             raise SystemExit(code)
     elif args.command == "report":
@@ -286,8 +306,9 @@ def _run(args) -> None:
 
         if args.no_log and not args.out:
             raise HeimerError("--no-log needs --out DIR, or the rendered report would go nowhere")
-        files = report_for_run(args.run_id, out_dir=args.out, log=not args.no_log)
-        print(files.pdf)
+        with tempfile.TemporaryDirectory(prefix="heimer-report-out-") as scratch:  # without --out: logged, then gone
+            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log)
+        print(files.pdf if args.out else files.artifact_uri)
 
 
 def main(argv=None) -> int:
@@ -297,10 +318,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module="mlflow")
-    from .interrupts import Terminated, handled
+    from .interrupts import EXIT_TIMED_OUT, Terminated, TimedOut, handled
 
     try:
-        with handled():  # Ctrl-C and SIGTERM end the evaluation run as KILLED, not FAILED
+        # Ctrl-C and SIGTERM end the evaluation run as KILLED; --timeout as FAILED with the reason
+        with handled(timeout=getattr(args, "timeout", None)):
             _run(args)
     except GateFailed as e:  # the run FINISHED and is logged; the model must not be promoted
         print(f"run {e.evaluation.run_id}: verdict {e.evaluation.verdict}")
@@ -310,6 +332,9 @@ def main(argv=None) -> int:
     except HeimerError as e:
         print(f"heimer-mlflow: error: {e}", file=sys.stderr)
         return 2
+    except TimedOut as e:
+        print(f"heimer-mlflow: {e}; the evaluation run (if one was open) is marked FAILED", file=sys.stderr)
+        return EXIT_TIMED_OUT
     except Terminated as e:
         print(f"heimer-mlflow: terminated by {e}; the evaluation run (if one was open) is marked KILLED",
               file=sys.stderr)
@@ -318,6 +343,11 @@ def main(argv=None) -> int:
         print("heimer-mlflow: interrupted; the evaluation run (if one was open) is marked KILLED", file=sys.stderr)
         return 130
     except Exception as e:  # not a user error: one line here, the traceback on request
+        from .permissions import denied
+
+        if (refused := denied(e)) is not None:  # HTTP 401/403: a permission the user can ask for
+            print(f"heimer-mlflow: error: {refused}", file=sys.stderr)
+            return 2
         if os.environ.get("HEIMER_DEBUG"):
             raise
         print(f"heimer-mlflow: unexpected error: {one_line(e, 500)} (the evaluation run, if one was "

@@ -347,15 +347,18 @@ class FeatureMapDisplay(_OrthoDisplay):
                    layer=run.layer, target=run.target, probability=run.probability)  # fmt: skip
 
     def plot(self, ax=None, *, alpha: float = 0.7, show_below: float = 0.1, colorbar: bool = True,
-             title: str | None = None) -> FeatureMapDisplay:  # fmt: skip
-        """Draw the mean feature map on its own grid over the anatomy, three views crossing at its
-        largest |value|; |values| below ``show_below`` of the largest are transparent. A map with
-        negative values gets a diverging scale symmetric about zero. Returns self."""
+             title: str | None = None, center_mm=None) -> FeatureMapDisplay:  # fmt: skip
+        """Draw the mean feature map on its own grid over the anatomy, three views crossing at the
+        grid's centre cell, where the evaluation's feature-map figure slices (its largest |value|
+        often lies at the border, where the coarse map covers the edge of the head and hardly any
+        anatomy shows), or at ``center_mm`` (x, y, z in mm); |values| below ``show_below`` of the
+        largest are transparent. A map with negative values gets a diverging scale symmetric about
+        zero. Returns self."""
         fmap = self.feature_map
         limit = float(np.nanmax(np.abs(fmap))) if np.any(np.isfinite(fmap)) else 0.0
         limit = limit if limit > 0 else 1.0
         signed = bool(np.nanmin(fmap) < 0)
-        views = ortho_slices(fmap, self.feature_affine, peak_of=0, absolute_peak=True)
+        views = ortho_slices(fmap, self.feature_affine, center_mm=center_mm, peak_of=None)
         anatomy = ortho_slices(np.asarray(self.volume), self.affine, center_mm=crossing_mm(views))
         ax = self._axes_for(ax, views)
         overlay = (Layer(0, DIVERGING_CMAP, -limit, limit, alpha, hide_abs_below=show_below * limit) if signed else

@@ -20,3 +20,21 @@ def one_line(error: BaseException | str, limit: int = 5000, *, with_type: bool =
         elif with_type:
             text = f"{type(error).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def writable_folder(path, what: str):
+    """``path`` as a folder this process can write (created with its parents if absent), or a
+    HeimerError naming it, the operating system's reason and the fix. ``what`` names the folder
+    for the message (e.g. ``"the cohort folder"``)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".heimer-write-check-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise HeimerError(f"{what} {str(path)!r} cannot be written ({reason}): give a folder you can write") from None
+    return folder

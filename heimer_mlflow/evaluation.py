@@ -31,6 +31,7 @@ from .errors import HeimerError
 from .gate import Gate, GateFailed, GateResult
 from .meta import CAM_NAMES, INTENSITIES, assumptions
 from .metrics import ClassificationReport, compute_metrics
+from .permissions import Access, redacted
 from .record import AtlasRecord
 from .atlas import atlas_for_cohort, load_brain_mask
 from .registry import HISTORY_NAMES, LoadedModel, load, split_names, training_history
@@ -51,7 +52,9 @@ class EvaluationOptions:
     brain_mask: str | None = None  # NIfTI on the input grid; None: a named atlas brings the MNI152 brain, else each input's non-background voxels
     save_cams: str = "gallery"
     skip_bad: bool = False
-    experiment: str = "heimer-evaluations"
+    # a new run's experiment (None: heimer-evaluations); named for a run that is already open elsewhere
+    # (`mlflow run`, mlflow.models.evaluate, the caller's active run), it is a user error (tracking._open_run)
+    experiment: str | None = None
     feature_layers: tuple[str, ...] = ()
     gallery_k: int = 4
     sanity_subjects: int = 8
@@ -147,8 +150,11 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)
     gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
+    comparison_note: str = ""  # why there is no comparison although a champion exists (champion.Search.why)
+    data_digest: str | None = None  # the evaluated data's content digest (champion.content_digest)
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
+    link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
 
     @property
     def run_metrics(self) -> dict[str, float]:
@@ -208,7 +214,7 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     evaluation, logs it and returns it; the other ranks return None (see
     :mod:`heimer_mlflow.distributed`).
     """
-    from . import distributed, tracking
+    from . import distributed, permissions, tracking
 
     opts = EvaluationOptions(**options).check()
     started = time.perf_counter()
@@ -218,7 +224,12 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
             tracking.check_reachable()
             loaded = load(model_uri, target_layer=opts.target_layer, allow_pickle=opts.allow_pickle,
                           given=opts.given_meta())
-            return loaded, _prepare_cohort(loaded, data, opts, ctx)
+            # what the server lets this principal write, before any compute (authenticated servers)
+            new_run = opts.experiment or tracking.DEFAULT_EXPERIMENT
+            access = permissions.check(loaded, None if tracking.run_exists(run_id) else new_run)
+            prepared = _prepare_cohort(loaded, data, opts, ctx)
+            prepared.access = access
+            return loaded, prepared
 
         # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
         loaded, prepared = distributed.from_main(prepare, ctx)
@@ -244,6 +255,7 @@ class _Prepared:
     grid_affine: np.ndarray
     atlas_record: AtlasRecord | None = None  # a named atlas, for the record
     space_check: object | None = None  # mni.SpaceCheck: every scan must be in MNI space (named atlas)
+    access: Access = field(default_factory=Access)  # what the tracking server lets this principal write
 
 
 def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> _Prepared:
@@ -307,7 +319,9 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         with distributed.guard(ctx):  # if rank 0 cannot open the run, no rank starts computing
             handle = stack.enter_context(tracking.evaluation_run(loaded, opts, device, run_id=run_id)) if main else None
         if handle is not None:
-            say(f"run {handle.run_id} is open ({tracking.mlflow.get_tracking_uri()})")
+            say(f"run {handle.run_id} is open ({redacted(tracking.mlflow.get_tracking_uri())})")
+        if prepared.access.note and main:  # never silently: said even with -q
+            print(f"[heimer] {prepared.access.note}", file=sys.stderr)
         t0 = time.perf_counter()
         with distributed.guard(ctx):
             engine = _run_engine(loaded, prepared, opts, staging, device, ctx)
@@ -316,12 +330,13 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
             return None
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         result.atlas = prepared.atlas_record
+        result.link_model = prepared.access.link_model
         _log(result, staging, handle, say)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
     if result.gate is not None:
-        say(f"gate {result.gate.status}: {result.gate.rules}")
+        say(f"gate {result.gate.summary()}")
         if not result.gate.passed:
             raise GateFailed(result, result.gate)
     return result
@@ -401,9 +416,14 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
 
     result.run_id = handle.run_id
     dataset = tracking.dataset(result)
+    predictions = predictions_table(result)
+    key = champion.data_key(result, predictions, dataset.digest)
+    result.data_digest = key.digest
     with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
-        result.comparison, champion_run = champion.with_champion(result, predictions_table(result), dataset.digest,
-                                                                 Path(work))  # fmt: skip
+        result.comparison, champion_run, search = champion.with_champion(result, predictions, key, Path(work))
+        if search.why and search.champion_version:  # a champion exists, and nothing to compare with: say so, -q or not
+            result.comparison_note = search.why
+            print(f"[heimer] no comparison with the champion: {search.why}", file=sys.stderr)
         if result.comparison is not None:
             c = result.comparison
             say(f"compared with the champion, version {c.champion_version}: AUC difference "
@@ -421,7 +441,7 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
         report = report_for_run(handle.run_id, out_dir=rendered, log=True, tag_version=False)
     result.artifacts["report"] = f"{handle.artifact_uri}/report/{report.pdf.name}"
     tracking.prepare_version_tags(result, handle)
-    say(f"logged the evaluation and its report to run {handle.run_id} ({tracking.mlflow.get_tracking_uri()})")
+    say(f"logged the evaluation and its report to run {handle.run_id} ({redacted(tracking.mlflow.get_tracking_uri())})")
 
 
 def _viewers(result: Evaluation, staging: Path, champion_run) -> list[tuple[str, str]]:

@@ -118,6 +118,15 @@ class GateResult:
     def status(self) -> str:
         return "passed" if self.passed else "failed"
 
+    def summary(self) -> str:
+        """One line: ``passed: RULES``, or ``failed: N of M rule(s) broke: BROKEN RULES`` (a rule
+        that held is not listed as if it had failed)."""
+        if self.passed:
+            return f"passed: {self.rules}"
+        broken = [failure.split(": ", 1)[0] for failure in self.failures]
+        total = len([rule for rule in self.rules.split("; ") if rule])
+        return f"failed: {len(broken)} of {total} rule(s) broke: {'; '.join(broken)}"
+
     def tags(self) -> dict[str, str]:
         """``heimer.gate`` (passed/failed), the rules and, when failed, the broken ones."""
         tags = {"heimer.gate": self.status, "heimer.gate_rules": self.rules[:5000]}

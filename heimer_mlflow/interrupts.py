@@ -1,7 +1,8 @@
-"""Ctrl-C and SIGTERM during an evaluation.
+"""Ctrl-C, SIGTERM and a time limit during an evaluation.
 
-Both become exceptions in the main thread (``KeyboardInterrupt``, :class:`Terminated`), so the
-evaluation run ends as KILLED on the way out. A few steps must not be cut in half (the model
+Ctrl-C and SIGTERM become exceptions in the main thread (``KeyboardInterrupt``, :class:`Terminated`),
+so the evaluation run ends as KILLED on the way out; a time limit (``handled(timeout=...)``, an
+interval timer) becomes :class:`TimedOut`, so the run ends FAILED with the reason. A few steps must not be cut in half (the model
 version's tags): inside :func:`deferred` a signal waits until the block ends. Only the command
 line installs the handlers (:func:`handled`); a library caller keeps its own.
 """
@@ -22,17 +23,29 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-_state = {"installed": False, "depth": 0, "pending": None, "received": None}
+class TimedOut(Exception):
+    """The command ran past its time limit (``--timeout``)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the evaluation took longer than --timeout {seconds:g} s and was stopped")
+        self.seconds = seconds
+
+
+EXIT_TIMED_OUT = 124  # as coreutils' timeout(1)
+_state = {"installed": False, "depth": 0, "pending": None, "received": None, "timeout": None}
 
 
 def _raise_for(signum: int):
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
+    if signum == signal.SIGALRM:
+        raise TimedOut(_state["timeout"])
     raise Terminated(signum)
 
 
 def _on_signal(signum, frame):
-    _state["received"] = signum
+    if signum != signal.SIGALRM:  # a time limit is a failure, not an interruption
+        _state["received"] = signum
     threading.excepthook, sys.excepthook = _quiet_teardown, _quiet_teardown_sys
     if _state["depth"] > 0:
         _state["pending"] = signum
@@ -95,17 +108,23 @@ def _quiet_unraisable(unraisable) -> None:
 
 
 @contextlib.contextmanager
-def handled():
-    """Turn SIGINT and SIGTERM into exceptions for the duration (main thread only)."""
+def handled(timeout: float | None = None):
+    """Turn SIGINT and SIGTERM into exceptions for the duration (main thread only); with
+    ``timeout`` (seconds), raise :class:`TimedOut` once that much time has passed."""
     if threading.current_thread() is not threading.main_thread() or _state["installed"]:
         yield
         return
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    _state.update(installed=True, received=None, pending=None)
+    watched = (signal.SIGINT, signal.SIGTERM, *((signal.SIGALRM,) if timeout else ()))
+    previous = {s: signal.signal(s, _on_signal) for s in watched}
+    _state.update(installed=True, received=None, pending=None, timeout=timeout)
     previous_unraisable, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
+    if timeout:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         yield
     finally:
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for s, handler in previous.items():
             signal.signal(s, handler)
         sys.unraisablehook = previous_unraisable

@@ -126,6 +126,7 @@ class CohortRecord:
     excluded: list[dict] = field(default_factory=list)  # subject_id, path, reason
     counts: dict[str, int | None] = field(default_factory=dict)  # subjects per class
     n_participants: int | None = None  # the people the scans come from (None in records before it)
+    data_digest: str | None = None  # the evaluated data's content digest (None in records before it)
 
     @classmethod
     def from_dict(cls, data: dict) -> CohortRecord:
@@ -134,7 +135,7 @@ class CohortRecord:
                                                                         if isinstance(c, str)],
                    excluded=[e for e in _list(data.get("excluded")) if isinstance(e, dict)],
                    counts={str(k): _int(v) for k, v in _dict(data.get("counts")).items()},
-                   n_participants=_int(data.get("n_participants")))  # fmt: skip
+                   n_participants=_int(data.get("n_participants")), data_digest=_str(data.get("data_digest")))  # fmt: skip
 
 
 @dataclass
@@ -279,6 +280,7 @@ class EvaluationRecord:
     timings: dict[str, float | None]
     versions: dict[str, str | None]  # package -> version
     atlas: AtlasRecord | None = None  # a named atlas and its licence; optional in schema_version 1
+    comparison_note: str = ""  # why there is no comparison with the champion; optional in schema_version 1
 
     @property
     def cam_method(self) -> str:
@@ -303,7 +305,7 @@ class EvaluationRecord:
             cohort=CohortRecord(cohort.source, int(len(engine.subjects.get("prob", []))), int(len(cohort.excluded)),
                                 cohort.covariates, cohort.excluded.astype(str).to_dict("records"),
                                 {str(k): int(v) for k, v in cohort.table["label_name"].value_counts().items()},
-                                evaluation.metrics.overall.participants),
+                                evaluation.metrics.overall.participants, getattr(evaluation, "data_digest", None)),
             configuration={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(evaluation.options).items()},
             engine=EngineRecord(
                 device=engine.device, amp=engine.amp, target_layer=engine.target_layer, cam_method=engine.cam_method,
@@ -323,6 +325,7 @@ class EvaluationRecord:
             evaluated_at=evaluation.evaluated_at,
             timings={k: _finite(v) for k, v in evaluation.timings.items()},
             versions=_package_versions(), atlas=getattr(evaluation, "atlas", None),
+            comparison_note=getattr(evaluation, "comparison_note", "") or "",
         )  # fmt: skip
 
     def to_dict(self) -> dict:
@@ -335,6 +338,7 @@ class EvaluationRecord:
             "history": {k: [list(p) for p in pts] for k, pts in self.history.items()},
             "grid_affine": self.grid_affine, "evaluated_at": self.evaluated_at, "timings": self.timings,
             "versions": self.versions, **({"atlas": asdict(self.atlas)} if self.atlas is not None else {}),
+            **({"comparison_note": self.comparison_note} if self.comparison_note else {}),
         }  # fmt: skip
 
     def write(self, path: Path) -> None:
@@ -368,7 +372,7 @@ class EvaluationRecord:
                               None),
             timings={str(k): _number(v) for k, v in _dict(data.get("timings")).items()},
             versions={str(k): _str(v) for k, v in _dict(data.get("versions")).items()},
-            atlas=AtlasRecord.from_dict(data.get("atlas")),
+            atlas=AtlasRecord.from_dict(data.get("atlas")), comparison_note=_str(data.get("comparison_note")) or "",
         )  # fmt: skip
 
 

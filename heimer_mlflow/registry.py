@@ -209,7 +209,9 @@ def _client():
 
 
 def _not_found(what: str, hint: str) -> HeimerError:
-    return HeimerError(f"{what} not found in the tracking store {mlflow.get_tracking_uri()}; {hint}")
+    from .permissions import redacted
+
+    return HeimerError(f"{what} not found in the tracking store {redacted(mlflow.get_tracking_uri())}; {hint}")
 
 
 def _registered_names(client) -> str:

@@ -60,6 +60,7 @@ class Summary:
     gate: str | None = None  # passed / failed, when promotion rules were given
     gate_failures: tuple = ()
     champion: dict | None = None  # Comparison.to_dict() when there was a champion to compare with
+    champion_note: str = ""  # why there is no comparison although a champion exists
     recommendation: Recommendation | None = field(default=None)
 
     @property
@@ -101,6 +102,7 @@ def from_evaluation(evaluation, gate=None) -> Summary:
     promotion gate's result (``gate.GateResult``), or its status text, or None."""
     import mlflow
 
+    # links are relative to the MLflow UI: no tracking URI (nor its credentials) goes into them
     experiment_id = mlflow.MlflowClient().get_run(evaluation.run_id).info.experiment_id
     report = evaluation.artifacts.get("report")
     status = getattr(gate, "status", gate)
@@ -115,7 +117,8 @@ def from_evaluation(evaluation, gate=None) -> Summary:
                    n_subjects=int(metrics.get("n_subjects", 0)) or None,
                    n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
                    gate=status, gate_failures=failures,
-                   champion=evaluation.comparison.to_dict() if evaluation.comparison else None)  # fmt: skip
+                   champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
+                   champion_note=getattr(evaluation, "comparison_note", "") or "")  # fmt: skip
 
 
 def _number(value, digits: int = 3) -> str:
@@ -219,6 +222,8 @@ def render(s: Summary, *, level: int = 0) -> str:
         lines += _figure_rows(s.metrics) + [""]
         if s.champion and level <= 1:
             lines += [_champion_line(s), ""]
+        elif s.champion_note and level <= 1:
+            lines += [f"**No comparison with the champion**: {_clip(s.champion_note, None if level == 0 else 300)}", ""]
         lines += [_links(s), ""]
         if level == 0 and s.evaluated_at:
             lines += [f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."), ""]

@@ -26,11 +26,13 @@ def check_reachable(timeout_s: float = 5.0) -> None:
     """
     import requests
 
-    uri = mlflow.get_tracking_uri()
+    from .permissions import redacted
+
+    uri = redacted(mlflow.get_tracking_uri())
     fix = "start the server or set MLFLOW_TRACKING_URI"
     if uri.startswith(("http://", "https://")):
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            requests.get(mlflow.get_tracking_uri().rstrip("/") + "/health", timeout=timeout_s)
         except requests.RequestException as e:
             reason = "connection refused" if isinstance(e, requests.ConnectionError) else type(e).__name__
             raise HeimerError(f"the MLflow tracking server {uri} cannot be reached ({reason}); {fix}") from None
@@ -41,12 +43,27 @@ def check_reachable(timeout_s: float = 5.0) -> None:
         raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 
+@contextlib.contextmanager
+def quiet_mlflow_hints():
+    """MLflow's UserWarnings about a data set that nobody running an evaluation can act on (the
+    source "can be interpreted in multiple ways", integer columns in the inferred schema), off
+    while the cohort is made an MLflow data set and logged."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+        yield
+
+
 def dataset(evaluation):
-    """The evaluated cohort as an MLflow data set (its digest identifies the data)."""
+    """The evaluated cohort as an MLflow data set. Its digest (MLflow's, of the subject ids, the
+    resolved paths, the labels and the covariates) is the one every evaluation has logged; the
+    evaluated data's content digest is the run tag ``heimer.data_digest`` (champion.content_digest)."""
     table = evaluation.cohort.table
     frame = table[["subject_id", "path", "label_name", *evaluation.cohort.covariates]].rename(columns={"label_name": "label"})
     name = Path(evaluation.cohort.source).parent.name or "cohort"
-    return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
+    with quiet_mlflow_hints():
+        return mlflow.data.from_pandas(frame, source=evaluation.cohort.source, name=name, targets="label")
 
 
 class EvaluationRun:
@@ -61,6 +78,9 @@ class EvaluationRun:
         self.judged: tuple[dict, str, str, dict] | None = None  # (metrics, verdict, reason, not computable)
         self.gate_result = None
         self.evaluation = None  # set by prepare_version_tags: the version's description summary is built from it
+        # under `mlflow run`: the project's run, which ends with the command's exit code (FAILED when a gate
+        # broke) and points at this evaluation run (tags heimer.evaluation_run_id, heimer.gate)
+        self.project_run_id: str | None = None
 
 
 @contextlib.contextmanager
@@ -71,15 +91,17 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
     when everything was logged, FAILED with the one-line error in ``heimer.error``, or KILLED on
     Ctrl-C / SIGTERM. Only after FINISHED does the model version get its tags (and a signal
     cannot cut that in half), so a version never claims an evaluation that did not finish. A
-    run that `mlflow run` or the caller started is logged into; its owner ends it.
+    run that the caller started is logged into; its owner ends it. Under `mlflow run` the
+    evaluation is a run of its own under the project's run (see ``_open_run``).
     """
     handle = None
     try:
         # Opened and described in one piece: a signal now would leave a RUNNING run that
         # MLflow's exit hook then marks FINISHED.
         with interrupts.deferred():
-            run, owned = _open_run(model, options, run_id)
+            run, owned, project = _open_run(model, options, run_id)
             handle = EvaluationRun(run, owned, model, options)
+            handle.project_run_id = project
             _describe(handle, model, options, device)
         yield handle
         interrupts.raise_if_swallowed()
@@ -101,6 +123,10 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
             for key, value in version_tags.items():
                 client.set_model_version_tag(handle.model_name, handle.model_version, key, value)
             _write_summary(client, handle)
+        if handle.project_run_id:  # the project's run says where the evaluation is, and the gate's outcome
+            client.set_tag(handle.project_run_id, "heimer.evaluation_run_id", handle.run_id)
+            for key, value in (handle.gate_result.tags() if handle.gate_result is not None else {}).items():
+                client.set_tag(handle.project_run_id, key, value)
 
 
 def _write_summary(client, handle: EvaluationRun) -> None:
@@ -150,37 +176,76 @@ def _contract_params(meta) -> dict:
     return params
 
 
+DEFAULT_EXPERIMENT = "heimer-evaluations"
+
+
 def _open_run(model, options, run_id: str | None):
-    """(run, owned): the active run, a given run, the run `mlflow run` created, or a new one."""
-    active = mlflow.active_run()
-    if active is not None and run_id in (None, active.info.run_id):
-        return active, False  # `mlflow run`, mlflow.models.evaluate or the caller started it
-    if run_id is not None:
-        # start_run(run_id) refuses a run outside the active experiment: make its experiment active
-        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
-        return mlflow.start_run(run_id=run_id), True
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return mlflow.start_run(), True  # resumes the run `mlflow run` created for this entry point
-    _set_experiment(options.experiment)
+    """(run, owned, project run id or None): the active run, a given run, or a new one in
+    ``options.experiment`` (default heimer-evaluations). A new run is started in its experiment
+    by id: the caller's active experiment stays what it was (a training run started after an
+    evaluation lands where the caller put it). An experiment named explicitly for a run that
+    already exists elsewhere is a user error: a run cannot move, and silence would mislead.
+
+    Under `mlflow run` the evaluation gets a run of its own, a child of the project's run (tag
+    ``mlflow.parentRunId``), in ``options.experiment`` or else the project run's experiment: the
+    project run ends with the command's exit code, FAILED when a promotion gate broke (exit 3),
+    while the evaluation run, which the version's tags point to, FINISHED when all was logged.
+    One run for both would end FAILED after the version was tagged with it."""
     name = f"evaluate {model.name} v{model.version}" if model.version else f"evaluate {model.uri}"
-    return mlflow.start_run(run_name=name), True
+    project = os.environ.get("MLFLOW_RUN_ID")
+    active = mlflow.active_run()
+    if active is not None and run_id in (None, active.info.run_id) and active.info.run_id != project:
+        _require_experiment(active, options.experiment)
+        return active, False, None  # mlflow.models.evaluate or the caller started it
+    if run_id is not None:
+        run = mlflow.get_run(run_id)
+        _require_experiment(run, options.experiment)
+        # start_run(run_id) refuses a run outside the active experiment: make its experiment active
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
+        return mlflow.start_run(run_id=run_id), True, None
+    client = mlflow.MlflowClient()
+    if project:
+        experiment = (experiment_id(client, options.experiment) if options.experiment
+                      else client.get_run(project).info.experiment_id)  # fmt: skip
+        run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": project})
+        return mlflow.start_run(run_id=run.info.run_id, nested=active is not None), True, project
+    experiment = experiment_id(client, options.experiment or DEFAULT_EXPERIMENT)
+    return mlflow.start_run(experiment_id=experiment, run_name=name), True, None
 
 
-def _set_experiment(name: str) -> None:
-    """``mlflow.set_experiment``, safe when another evaluation creates the same experiment at
-    the same moment. The loser of that race either sees RESOURCE_ALREADY_EXISTS, or (MLflow
-    3.17's fluent API) gets the experiment back *without* it being made active, so its run
-    would land in the Default experiment (seen in tests/test_server.py): hence the second call,
-    by id, which activates it."""
+def _require_experiment(run, wanted: str | None) -> None:
+    """``wanted`` (an experiment named explicitly) is the experiment of ``run``, the run the
+    results must go to; else a HeimerError saying where they go and how to choose."""
+    if not wanted:
+        return
+    actual = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
+    if actual != wanted:
+        raise HeimerError(
+            f"--experiment {wanted!r}: this evaluation logs into run {run.info.run_id}, which is already open in "
+            f"experiment {actual!r} (started by `mlflow run`, mlflow.models.evaluate or your code); choose the "
+            f"experiment where that run starts instead (`mlflow run --experiment-name {wanted}`, or "
+            f"mlflow.set_experiment({wanted!r}) before it), or leave the experiment out")
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created when absent; safe when another evaluation creates
+    it at the same moment (the loser of that race reads it back). A deleted experiment of that
+    name is a user error. (Unlike ``mlflow.set_experiment`` this leaves the active experiment
+    alone; MLflow 3.17's fluent API could also hand back an experiment it did not make active.)"""
     from mlflow.exceptions import MlflowException
 
-    try:
-        experiment = mlflow.set_experiment(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
-            raise
-        experiment = mlflow.set_experiment(name)
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(e).lower():
+                raise
+            found = client.get_experiment_by_name(name)
+    if found.lifecycle_stage == "deleted":
+        raise HeimerError(f"experiment {name!r} is deleted: restore it (mlflow experiments restore --experiment-id "
+                          f"{found.experiment_id}) or give another --experiment")
+    return found.experiment_id
 
 
 # How the stores word a unique-key violation (sqlite, PostgreSQL, MySQL)
@@ -204,7 +269,18 @@ def _log_input(dataset, linked_model, attempts: int = 3) -> None:
             time.sleep(0.2 * attempt)
 
 
+def run_exists(run_id: str | None) -> bool:
+    """Whether the evaluation goes into a run that exists already (given, active, or `mlflow run`'s)."""
+    return bool(run_id or mlflow.active_run() or os.environ.get("MLFLOW_RUN_ID"))
+
+
 def _one_line(error: BaseException) -> str:
+    from .permissions import denied
+
+    if (refused := denied(error)) is not None:
+        return str(refused)
+    if isinstance(error, interrupts.TimedOut):
+        return str(error)
     if isinstance(error, interrupts.Terminated):
         return f"terminated by {error}"
     if isinstance(error, KeyboardInterrupt):
@@ -212,28 +288,41 @@ def _one_line(error: BaseException) -> str:
     return one_line(error)
 
 
+# How long a failed evaluation keeps trying to tell the server its run FAILED when the server is
+# what failed (MLflow's own retries were spent on the request that broke): a run left RUNNING on
+# the server would claim a live evaluation.
+CLOSE_RETRY_S = 90.0
+
+
 def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None:
     """End the run with ``status``; on the way out of a failure, never mask the original error
-    (the tracking server may be what failed)."""
+    (the tracking server may be what failed: then try again for up to CLOSE_RETRY_S)."""
     client = mlflow.MlflowClient()
-    try:
-        client.set_tag(handle.run_id, "heimer.status", status.lower())
-        if error:
-            client.set_tag(handle.run_id, "heimer.error", error)
-        if handle.owned:
+    deadline = time.monotonic() + CLOSE_RETRY_S
+    while True:
+        try:
+            client.set_tag(handle.run_id, "heimer.status", status.lower())
+            if error:
+                client.set_tag(handle.run_id, "heimer.error", error)
+            if handle.owned:
+                active = mlflow.active_run()
+                if active is not None and active.info.run_id == handle.run_id:
+                    mlflow.end_run(status)
+                else:
+                    client.set_terminated(handle.run_id, status)
+            return
+        except Exception:
+            if status == "FINISHED":
+                raise
+            if time.monotonic() < deadline and handle.owned:
+                time.sleep(3.0)
+                continue
+            # The store could not be told: forget the run locally at least.
             active = mlflow.active_run()
-            if active is not None and active.info.run_id == handle.run_id:
-                mlflow.end_run(status)
-            else:
-                client.set_terminated(handle.run_id, status)
-    except Exception:
-        if status == "FINISHED":
-            raise
-        # The store could not be told (it may be what failed): forget the run locally at least.
-        active = mlflow.active_run()
-        if handle.owned and active is not None and active.info.run_id == handle.run_id:
-            with contextlib.suppress(Exception):
-                mlflow.end_run(status)
+            if handle.owned and active is not None and active.info.run_id == handle.run_id:
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status)
+            return
 
 
 def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset) -> None:
@@ -243,10 +332,17 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset
 
     model = evaluation.model
     client = mlflow.MlflowClient()
+    from .champion import DIGEST_TAG, SOURCE_TAG
+
     client.set_tag(handle.run_id, "heimer.verdict", evaluation.verdict)
-    linked_model = LoggedModelInput(model.model_id) if model.model_id else None
-    _log_input(logged_dataset, linked_model)
-    mlflow.log_metrics(evaluation.run_metrics, model_id=model.model_id, dataset=logged_dataset)
+    client.set_tag(handle.run_id, SOURCE_TAG, str(evaluation.cohort.source)[:5000])
+    if evaluation.data_digest:
+        client.set_tag(handle.run_id, DIGEST_TAG, evaluation.data_digest)
+    model_id = model.model_id if evaluation.link_model else None  # see permissions.check
+    linked_model = LoggedModelInput(model_id) if model_id else None
+    with quiet_mlflow_hints():
+        _log_input(logged_dataset, linked_model)
+        mlflow.log_metrics(evaluation.run_metrics, model_id=model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
 
 

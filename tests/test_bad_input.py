@@ -339,3 +339,21 @@ def test_a_signal_python_cannot_raise_is_raised_later_and_not_printed(capfd):
             interrupts.raise_if_swallowed()
             pytest.fail("the swallowed signal was not raised again")
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_timeout_ends_a_hung_evaluation_as_failed(tracking, tmp_path, capsys, monkeypatch):
+    """`evaluate --timeout 2` on an evaluation that hangs after its engine pass: exit 124, one line,
+    the run FAILED with the reason, the version untagged."""
+    import heimer_mlflow.evaluation as evaluation
+
+    name = "bad-input-timeout"
+    version = new_version(name, TinyCNN(), intensity="zscore")
+    data = write_manifest(tmp_path, good_rows(tmp_path))
+    monkeypatch.setattr(evaluation, "compute_metrics", lambda *a, **k: time.sleep(120))  # a hang, after the run opened
+    capsys.readouterr()
+    code, lines = evaluate(capsys, f"models:/{name}/{version}", "--data", str(data), "--timeout", "2")
+    # 124 only from the timer: a hang waited out would return None from compute_metrics and crash (exit 1)
+    assert code == 124 and len(lines) == 1 and "longer than --timeout 2 s" in lines[0], lines
+    run = runs()[0]
+    assert run.info.status == "FAILED" and "--timeout 2 s" in run.data.tags["heimer.error"]
+    assert heimer_tags(name, version) == {}

@@ -57,6 +57,9 @@ def test_demo_in_python(tracking, tmp_path):
     assert_demo_evaluated("demo-py", result["run_id"])
 
     client = mlflow.MlflowClient()
+    # both training runs in the demo's experiment, both evaluations in heimer-evaluations
+    for training_run in (result["run_id"], challenger["run_id"]):
+        assert client.get_experiment(client.get_run(training_run).info.experiment_id).name == "heimer-demo"
     assert challenger["version"] == "2" and str(client.get_model_version_by_alias("demo-py", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("demo-py", "champion").version) == "1"
     champion_run = client.get_model_version("demo-py", "1").tags["heimer.evaluation_run_id"]
@@ -111,6 +114,27 @@ def test_cli_user_error_is_one_line(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("heimer-mlflow: error:") and "9" in lines[0]
+
+
+def test_a_cohort_folder_that_cannot_be_written_is_a_user_error(tmp_path, capsys):
+    """`heimer-mlflow cohort` into a folder it cannot create or write: one line naming the
+    folder, exit 2 (a path through a file everywhere; a read-only folder where the user is not root)."""
+    import os
+
+    from heimer_mlflow import cli
+
+    (tmp_path / "a-file").write_text("not a folder")
+    targets = [tmp_path / "a-file" / "cohort"]
+    if os.geteuid() != 0:  # root writes into read-only folders
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        targets.append(locked / "cohort")
+    for target in targets:
+        code = cli.main(["-q", "cohort", str(target), "--subjects", "2", "--voxel-size", "4"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"heimer-mlflow: error: the cohort folder '{target}' cannot be written ("), lines
+        assert lines[0].endswith("): give a folder you can write") and "FAILED" not in lines[0]
 
 
 def test_training_logs_every_epoch_and_says_what_the_model_takes(tracking, synthetic_cohort):

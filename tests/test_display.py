@@ -9,6 +9,7 @@ import textwrap
 import types
 from pathlib import Path
 
+import matplotlib.text
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -178,6 +179,35 @@ def test_feature_map_is_the_layers_activation(model):
     with pytest.raises(HeimerError) as excinfo:
         FeatureMapDisplay.from_model(model, volume, layer="body.1", channels=[4])
     assert "0 to 3" in one_line(excinfo)
+
+
+def test_feature_map_views_cross_where_the_evaluations_figure_slices():
+    """A coarse feature map often peaks at the border, where its cells cover the edge of the head:
+    the display slices through the grid's centre, as the evaluation's feature-map figure does,
+    not through that peak (README's example once showed z = -65 mm, almost no anatomy)."""
+    import re
+
+    from heimer_mlflow.figures import plot_feature_maps
+
+    volume = head()
+    activation = np.full((2, 6, 7, 6), 0.5, np.float32)
+    activation[:, 0, 0, 0] = 9.0  # the peak, in a corner cell
+    display = FeatureMapDisplay(volume, activation, affine=AFFINE).plot()
+    texts = " ".join(t.get_text() for t in display.figure_.findobj(matplotlib.text.Text))
+    shown = dict(re.findall(r"(axial z|coronal y|sagittal x) = (-?\d+) mm", texts))
+    figure = plot_feature_maps(activation, activation, activation, [0, 1], affine=AFFINE, input_shape=volume.shape)
+    axial = re.search(r"axial slice z = (-?\d+) mm", " ".join(t.get_text() for t in figure.texts)).group(1)
+    assert shown["axial z"] == axial
+    corner = display.feature_affine @ [0, 0, 0, 1]
+    assert int(shown["axial z"]) != round(corner[2]) and int(shown["sagittal x"]) != round(corner[0])
+    centre = display.feature_affine @ [*((np.array(activation.shape[1:]) - 1) / 2), 1]  # the grid's centre, in mm
+    cell = np.abs(np.diag(display.feature_affine)[:3])
+    crossing = np.array([int(shown[k]) for k in ("sagittal x", "coronal y", "axial z")])
+    assert (np.abs(crossing - centre[:3]) <= cell / 2 + 0.5).all(), (crossing, centre, cell)
+    # a point of one's own choosing
+    chosen = FeatureMapDisplay(volume, activation, affine=AFFINE).plot(center_mm=corner[:3])
+    texts = " ".join(t.get_text() for t in chosen.figure_.findobj(matplotlib.text.Text))
+    assert f"axial z = {round(corner[2])} mm" in texts
 
 
 def test_group_difference_is_the_mean_difference_and_welch_t(tmp_path):

@@ -78,8 +78,9 @@ def test_two_processes_log_one_run_equal_to_one_process(tracking, cohort):
 
 def test_a_fault_on_one_rank_fails_the_run_and_tags_nothing(tracking, cohort):
     torch.manual_seed(0)
+    # pickled: the fault is Python code that asks which rank runs it (an exported program has no Python)
     version = log_version("dist-fault", FailsOnRankOne(), input_shape=SYNTHETIC_INPUT_SHAPE, intensity="zscore",
-                          experiment="tiny-training")  # fmt: skip
+                          experiment="tiny-training", serialization_format="pickle")  # fmt: skip
     done = launch(tracking, f"models:/dist-fault/{version}", cohort, "dist-fault", 2)
     assert done.returncode != 0
     assert "rank 1 of 2 failed: the model fails on an input" in done.stderr, done.stderr[-3000:]

@@ -60,6 +60,8 @@ def test_evaluate_through_the_cli(tracking, cohort, model_name, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
+    """`mlflow run -e main`: the project's run (its parameters, the gate's outcome, a pointer to the
+    evaluation) and, under it, the evaluation's own run, which holds everything an evaluation logs."""
     params = {"model_uri": f"models:/{model_name}/1", "data": cohort / "manifest.csv",
               "atlas": cohort / "atlas" / "atlas.nii.gz", "atlas_labels": cohort / "atlas" / "labels.csv",
               "batch_size": 3, "require": "roc_auc>=0;n_subjects>=12"}  # fmt: skip
@@ -67,10 +69,40 @@ def test_evaluate_through_mlflow_run(tracking, cohort, model_name, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = mlflow.get_experiment_by_name("mlproject-evals")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
-    assert runs[0].data.tags["heimer.gate"] == "passed"
-    assert runs[0].data.tags["heimer.gate_rules"] == "roc_auc>=0; n_subjects>=12"
-    assert len(runs) == 1 and runs[0].data.tags["mlflow.project.entryPoint"] == "main"
-    check_evaluation_run(runs[0].info.run_id, cohort, model_name)
+    project = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
+    evaluation = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(runs) == 2 and len(project) == 1 and len(evaluation) == 1, runs
+    project, evaluation = project[0], evaluation[0]
+    assert evaluation.data.tags["mlflow.parentRunId"] == project.info.run_id
+    assert project.info.status == evaluation.info.status == "FINISHED"
+    assert project.data.tags["heimer.evaluation_run_id"] == evaluation.info.run_id
+    for run in (project, evaluation):
+        assert run.data.tags["heimer.gate"] == "passed"
+        assert run.data.tags["heimer.gate_rules"] == "roc_auc>=0; n_subjects>=12"
+    check_evaluation_run(evaluation.info.run_id, cohort, model_name)
+
+
+@pytest.mark.slow
+def test_a_broken_gate_under_mlflow_run_leaves_a_truthful_record(tracking, cohort, tmp_path):
+    """A rule that breaks: the command exits 3, so `mlflow run` fails and marks the project's run
+    FAILED (with the gate's outcome); the evaluation's run FINISHED, in the experiment -P
+    experiment names, and the version's tags point at it, gate failed."""
+    name = "mlproject-gate-model"
+    version = register_tiny_model(name)
+    params = {"model_uri": f"models:/{name}/{version}", "data": cohort / "manifest.csv",
+              "require": "roc_auc_ci_lower>=0.999", "experiment": "mlproject-gate-evaluations"}  # fmt: skip
+    done = mlflow_run(tracking, "main", "mlproject-gate", params, cwd=tmp_path, timeout=600)
+    assert done.returncode != 0
+    assert "heimer-mlflow: gate failed: roc_auc_ci_lower" in done.stderr, done.stderr[-3000:]
+    project = mlflow.search_runs([mlflow.get_experiment_by_name("mlproject-gate").experiment_id], output_format="list")
+    assert len(project) == 1 and project[0].info.status == "FAILED"
+    assert project[0].data.tags["heimer.gate"] == "failed"
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    evaluation = mlflow.get_run(tags["heimer.evaluation_run_id"])
+    assert evaluation.info.status == "FINISHED" and tags["heimer.gate"] == "failed"
+    assert mlflow.get_experiment(evaluation.info.experiment_id).name == "mlproject-gate-evaluations"
+    assert evaluation.data.tags["mlflow.parentRunId"] == project[0].info.run_id
+    assert project[0].data.tags["heimer.evaluation_run_id"] == evaluation.info.run_id
 
 
 @pytest.mark.slow
@@ -287,3 +319,37 @@ def test_an_experiment_created_by_a_concurrent_evaluation_gets_the_run(tracking,
                       experiment="raced-experiment")  # fmt: skip
     client = mlflow.MlflowClient()
     assert client.get_run(result.run_id).info.experiment_id == client.get_experiment_by_name("raced-experiment").experiment_id
+
+
+def test_records_go_where_they_are_asked_to_and_nowhere_else(tracking, tmp_path, recwarn):
+    """An evaluation's new run goes to its experiment without changing the caller's active one
+    (a training run started after an evaluation lands where the caller put it, as the demo's
+    challenger must); an experiment named for a run that is already open elsewhere (`mlflow run`,
+    mlflow.models.evaluate, the caller's run) stops in one line before anything is logged. And no
+    MLflow UserWarning a user cannot act on (the data set's source, integer columns) is shown."""
+    from heimer_mlflow.errors import HeimerError
+
+    from .helpers.cohorts import good_rows, write_manifest
+    from .helpers.models import TinyCNN
+    from .helpers.tracking import experiment_runs, new_version
+
+    rows = [{**row, "age": 70 + i} for i, row in enumerate(good_rows(tmp_path))]  # an integer covariate
+    manifest = write_manifest(tmp_path, rows, columns=("path", "label", "subject_id", "age"))
+    version = new_version("records-here", TinyCNN(), intensity="zscore")
+    options = dict(n_bootstrap=50, workers=0, progress=False)
+    training = mlflow.set_experiment("records-training")
+    result = evaluate(f"models:/records-here/{version}", manifest, experiment="records-evaluations", **options)
+    client = mlflow.MlflowClient()
+    assert client.get_experiment(client.get_run(result.run_id).info.experiment_id).name == "records-evaluations"
+    with mlflow.start_run(run_name="train-next") as run:
+        pass
+    assert run.info.experiment_id == training.experiment_id
+    hints = [str(w.message)[:80] for w in recwarn if issubclass(w.category, UserWarning) and "mlflow" in w.filename]
+    assert hints == []
+
+    with mlflow.start_run(run_name="mine") as mine:
+        with pytest.raises(HeimerError, match=r"--experiment 'elsewhere': this evaluation logs into run .*"
+                                              r"already open in experiment 'records-training'"):  # fmt: skip
+            evaluate(f"models:/records-here/{version}", manifest, experiment="elsewhere", **options)
+    assert experiment_runs("elsewhere") == []
+    assert not {k for k in client.get_run(mine.info.run_id).data.tags if k.startswith("heimer.")}

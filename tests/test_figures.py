@@ -134,7 +134,7 @@ def test_render_all_writes_every_available_figure(rendered):
     out, paths = rendered
     expected = {
         "training_curves", "roc", "confusion_matrix", "score_histogram", "calibration", "decision_curve",
-        "gradcam_TP", "gradcam_TN", "gradcam_FN", "group_cam", "feature_maps", "feature_channel_differences",
+        "gallery_TP", "gallery_TN", "gallery_FN", "group_cam", "feature_maps", "feature_channel_differences",
         "input_difference", "cam_outside_brain", "region_gain", "sanity",
     }  # fmt: skip
     assert set(paths) == expected  # no FP case in the gallery: no FP figure
@@ -370,7 +370,7 @@ def test_titles_name_the_primary_map(report, engine_result):
     evaluation used: HiResCAM when it is the primary map, never Grad-CAM."""
     hires = dataclasses.replace(engine_result, cam_method="hirescam")
     figures = _build_figures(report, hires, HISTORY)
-    about_the_map = ["gradcam_TP", "gradcam_TN", "gradcam_FN", "group_cam", "cam_outside_brain", "region_gain",
+    about_the_map = ["gallery_TP", "gallery_TN", "gallery_FN", "group_cam", "cam_outside_brain", "region_gain",
                      "sanity"]  # fmt: skip
     for name in about_the_map:
         text = _all_texts(figures[name])
@@ -445,8 +445,10 @@ def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
     with_groups = compute_metrics(y, np.linspace(0.05, 0.95, 30), n_bootstrap=30,
                                   covariates=pd.DataFrame({"site": ["site-A", "site-B", "site-C"] * 10,
                                                            "age": ["<65", "65-74", "75-84", ">=85", "65-74"] * 6}))
-    figures = _build_figures(with_groups, dataclasses.replace(engine_result, cam_method="hirescam"), HISTORY)
-    assert {"subgroups", "group_cam", "gradcam_TP", "feature_maps", "feature_channel_differences",
+    four = [dataclasses.replace(engine_result.gallery["TP"][0], subject_id=f"sub-TP{i}") for i in range(4)]
+    tall = dataclasses.replace(engine_result, cam_method="hirescam", gallery={**engine_result.gallery, "TP": four})
+    figures = _build_figures(with_groups, tall, HISTORY)  # a gallery of 4 cases: drawn narrower, to fit a page
+    assert {"subgroups", "group_cam", "gallery_TP", "feature_maps", "feature_channel_differences",
             "input_difference"} <= set(figures)  # fmt: skip
     if hasattr(F, "plot_champion_comparison"):
         maps = engine_result.maps
@@ -460,9 +462,14 @@ def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
         if smallest * scale < F.MIN_PRINTED_FONT_PT - 1e-6:
             failures.append(f"{name} ({size}): {text!r} prints at {smallest * scale:.2f} pt")
     assert not failures, failures
-    for name in ("group_cam", "gradcam_TP", "feature_maps", "feature_channel_differences", "input_difference"):
+    # brain figures print at the full text width, or, drawn narrower to fit a page (the 4-case
+    # gallery; a grid of tall rows), at their own width: at scale 1 either way
+    assert figures["gallery_TP"].get_figwidth() < F.BRAIN_FIGURE_WIDTH_IN
+    for name in ("group_cam", "gallery_TP", "feature_maps", "feature_channel_differences", "input_difference"):
         assert FIGURES[name][2] == "brain"
-        assert printed_width_in("brain", figures[name], css) == pytest.approx(_text_width_mm(css) / 25.4)
+        drawn = figures[name].get_figwidth()
+        expected = _text_width_mm(css) / 25.4 if drawn >= F.BRAIN_FIGURE_WIDTH_IN - 1e-6 else drawn
+        assert printed_width_in("brain", figures[name], css) == pytest.approx(expected, rel=1e-3), name
 
 
 # -- feature-map differences sit on the anatomy --------------------------------------------------------
@@ -492,3 +499,19 @@ def test_feature_differences_are_drawn_over_the_anatomy(engine_result):
     plan = dict(F.figure_plan(None, engine_result, None))
     fig = plan["feature_channel_differences"]()
     assert any(im.get_cmap().name == "gray" for ax in fig.axes for im in ax.images)
+
+
+def test_the_gallery_shows_every_case_the_engine_kept(report, engine_result):
+    """The gallery figure shows as many cases per outcome as the engine kept and logged as volumes
+    (--gallery-size, default 4), under a name that says what it is (gallery_TP: the primary map)."""
+    four = [dataclasses.replace(engine_result.gallery["TP"][0], subject_id=f"sub-TP{i}") for i in range(4)]
+    result = dataclasses.replace(engine_result, gallery={**engine_result.gallery, "TP": four}, cam_method="hirescam")
+    figures = _build_figures(report, result, HISTORY)
+    assert not any(name.startswith("gradcam_") for name in figures)
+    text = _all_texts(figures["gallery_TP"])
+    assert all(f"sub-TP{i}: TP" in text for i in range(4)), text[:500]
+    assert "HiResCAM, most confident true positives" in text
+    assert _all_texts(_build_figures(report, result, HISTORY, max_gallery_cases=2)["gallery_TP"]).count(": TP,") == 2
+    # four rows fit one printed page: the figure is drawn narrower rather than taller than a page allows
+    tall = figures["gallery_TP"]
+    assert tall.get_figheight() <= F.MAX_FIGURE_HEIGHT_IN + 1e-6 and tall.get_figwidth() < F.BRAIN_FIGURE_WIDTH_IN

@@ -40,6 +40,10 @@ def test_rules_read_and_judge():
     assert result.failures == ["sensitivity>0.8: sensitivity is 0.8",
                                "verdict=pass: the verdict is review (90% of the Grad-CAM lies outside the brain)"]
     assert result.tags()["heimer.gate"] == "failed" and "sensitivity>0.8" in result.tags()["heimer.gate_failed"]
+    # the progress line names the broken rules only, not one that held beside them
+    assert result.summary() == "failed: 2 of 4 rule(s) broke: sensitivity>0.8; verdict=pass"
+    assert gate.judge({**metrics, "sensitivity": 0.9}, "pass", "").summary() == (
+        "passed: roc_auc_ci_lower>=0.75; sensitivity>0.8; brier_score<0.2; verdict=pass")
     assert gate.judge({**metrics, "sensitivity": 0.9}, "pass", "").passed
     # a number the run could not compute breaks the rule, with the reason
     missing = Gate.parse("ppv_ci_lower>=0.5").judge({}, "pass", "", {"ppv": "no subject called AD"})
@@ -138,9 +142,9 @@ def test_a_broken_rule_exits_3_after_the_run_finished(tracking, gated, capsys):
 
 
 @pytest.mark.slow
-def test_python_require_passes_or_raises_with_the_evaluation(tracking, gated):
+def test_python_require_passes_or_raises_with_the_evaluation(tracking, gated, capsys):
     version = new_version("gate-python", TinyCNN(), intensity="zscore")
-    options = dict(experiment=EXPERIMENT, n_bootstrap=50, workers=0, progress=False)
+    options = dict(experiment=EXPERIMENT, n_bootstrap=50, workers=0, progress=True)
     result = evaluate(f"models:/gate-python/{version}", gated, require=["n_subjects>=8", "roc_auc>=0"], **options)
     assert result.gate.passed and result.gate.rules == "n_subjects>=8; roc_auc>=0"
     client = mlflow.MlflowClient()
@@ -152,6 +156,8 @@ def test_python_require_passes_or_raises_with_the_evaluation(tracking, gated):
         evaluate(f"models:/gate-python/{version}", gated, require=["roc_auc>1"], **options)
     evaluation = failed.value.evaluation
     assert failed.value.failures == [f"roc_auc>1: roc_auc is {evaluation.run_metrics['roc_auc']:.4g}"]
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[heimer] gate ")]
+    assert progress == ["[heimer] gate passed: n_subjects>=8; roc_auc>=0", "[heimer] gate failed: 1 of 1 rule(s) broke: roc_auc>1"]
     assert client.get_run(evaluation.run_id).info.status == "FINISHED"
     tags = heimer_tags("gate-python", version)
     assert tags["heimer.gate"] == "failed" and tags["heimer.evaluation_run_id"] == evaluation.run_id

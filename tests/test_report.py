@@ -35,7 +35,7 @@ SECTIONS = [
     "Appendix B: Glossary", "Appendix C: Reporting checklist",
 ]
 SITE_B = '<b style="background:url(file:///etc/passwd)">site-B</b>'
-FIGURES = ("roc", "training_curves", "group_cam", "gradcam_TP", "score_histogram")
+FIGURES = ("roc", "training_curves", "group_cam", "gallery_TP", "score_histogram")
 
 
 # ---------------------------------------------------------------------------------- fixtures
@@ -448,6 +448,69 @@ def test_report_for_run_champion_tag_and_deleted_model(tracking, tmp_path, liste
     text = pdf_text(pdf)
     assert "No champion to compare with" in text
     assert any(a.path == "report/report-test-model-v2.pdf" for a in client.list_artifacts(runs["2"], "report"))
+
+
+def test_a_run_logged_before_the_galleries_were_renamed_renders_its_gallery(tmp_path, listener):
+    """Galleries were figures/gradcam_TP.png etc. before they were named for what they show
+    (gallery_TP: the primary map): a re-render of such a run shows them as the gallery."""
+    artifacts = write_artifacts(tmp_path / "old", port=listener.port, figures=("roc", "gradcam_TP"))
+    files = render_checked(artifacts, tmp_path / "out")
+    assert (files.html_dir / "figures" / "gallery_TP.png").is_file()
+    assert not (files.html_dir / "figures" / "gradcam_TP.png").exists()
+    text = _flat(pdf_text(files.pdf))
+    assert "Case gallery: most confident true positives" in text and "Gradcam tp" not in text
+
+
+def test_artifact_keys_name_what_the_figures_show_and_keep_the_old_keys(tmp_path):
+    from heimer_mlflow.artifacts import artifact_uris
+
+    (tmp_path / "figures").mkdir()
+    figures = {name: tmp_path / "figures" / f"{name}.png" for name in ("gallery_TP", "group_cam", "roc")}
+    uris = artifact_uris("file:///runs/1/artifacts", tmp_path, figures)
+    assert uris["gallery_TP"] == "file:///runs/1/artifacts/figures/gallery_TP.png" == uris["gradcam_TP"]
+    assert uris["group_cam"].endswith("/figures/group_cam.png") and "gradcam_TN" not in uris
+
+
+def test_the_report_command_user_errors_are_one_line_and_it_leaves_nothing_behind(tracking, tmp_path, listener,
+                                                                                 capsys, monkeypatch):  # fmt: skip
+    """`heimer-mlflow report` with a run id that does not exist, with a run that is no evaluation,
+    or with an --out it cannot write: one line, exit 2. Without --out it logs the report, prints
+    the PDF's artifact URI and leaves no folder in the temp directory."""
+    import tempfile
+
+    import mlflow
+
+    from heimer_mlflow import cli
+
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.set_experiment("report-command").experiment_id
+    evaluation = _evaluation_run(client, experiment_id, write_artifacts(tmp_path / "a", port=listener.port,
+                                                                          figures=("roc",)))  # fmt: skip
+    training = client.create_run(experiment_id, run_name="train")
+    client.set_terminated(training.info.run_id)
+    (tmp_path / "a-file").write_text("not a folder")
+
+    def report(*args) -> tuple[int, list[str], str]:
+        code = cli.main(["report", *args])
+        captured = capsys.readouterr()
+        return code, [line for line in captured.err.splitlines() if " INFO mlflow" not in line], captured.out
+
+    for args, words in (((f"{'0' * 31}1",), "does not exist in the tracking store"),
+                        ((training.info.run_id,), "has no evaluation.json, so it is no finished heimer-mlflow evaluation"),
+                        ((evaluation, "--out", str(tmp_path / "a-file" / "out")), "--out")):  # fmt: skip
+        code, lines, _ = report(*args)
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("heimer-mlflow: error: ") and words in lines[0] and "FAILED" not in lines[0]
+    assert not (tmp_path / "a-file").is_dir()
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    code, lines, out = report(evaluation)
+    assert code == 0, lines
+    assert out.strip() == f"{client.get_run(evaluation).info.artifact_uri}/report/tiny-model-v3.pdf"
+    assert list(scratch.iterdir()) == []
+    assert any(a.path == "report/tiny-model-v3.pdf" for a in client.list_artifacts(evaluation, "report"))
 
 
 # ---------------------------------------------------------------------------------- the primary map

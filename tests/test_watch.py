@@ -240,7 +240,7 @@ def test_dead_worker_on_another_host_is_requeued_then_failed(tracking, tmp_path)
     opt_in = OptIn(name, str(tmp_path / "cohort"), {})
     jobs = Jobs(open_queue(None, tmp_path))
     poller = Poller(jobs, stale_after_s=60, max_attempts=2)
-    key = claim_key(name, version, opt_in.data_key)
+    key = claim_key(name, version)
     experiment = mlflow.set_experiment("watch-dead-worker").experiment_id
     for attempt, expected in ((1, "queued"), (2, "failed")):
         run_id = client.create_run(experiment).info.run_id
@@ -393,6 +393,48 @@ def test_webhook_delivery_evaluates_the_version_once(server, cohort, tmp_path):
     assert "Traceback" not in watcher.log(), watcher.log()
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_alias_events_requeue_only_for_the_watched_alias_on_new_data(server, cohort, tmp_path):
+    """A version evaluated before gets `@challenger` (MLflow delivers model_version_alias.created):
+    the watcher (`--alias challenger`) leaves it alone while heimer.data is what it was evaluated
+    on, ignores another alias, and evaluates it again once heimer.data changed."""
+    name = "watch-alias"
+    version = opted_in_model(server, name, cohort)
+    first = Watcher(server, tmp_path, "first", "--once")
+    log = first.finish()
+    assert first.proc.returncode == 0, log
+    port = free_port()
+    watcher = Watcher(server, tmp_path, "alias", "--webhook", f"127.0.0.1:{port}", "--no-poll", "--alias", "challenger")
+    url = f"http://127.0.0.1:{port}/webhook"
+    moved = tmp_path / "cohort-moved"
+    moved.symlink_to(cohort, target_is_directory=True)
+    try:
+        wait_for("the receiver answers", lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, watcher)
+        with using(server) as client:
+            client.create_webhook(name="heimer-watch-alias", url=url, events=["model_version_alias.created"],
+                                  secret=SECRET)  # fmt: skip
+            time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL
+            client.set_registered_model_alias(name, "staging", version)
+            wait_for("the staging event", lambda: "ignored: only versions with the alias challenger" in watcher.log(),
+                     60, watcher)  # fmt: skip
+            client.set_registered_model_alias(name, "challenger", version)
+            wait_for("the challenger event", lambda: f"ignored: already done on {cohort}" in watcher.log(), 60, watcher)
+            assert len(evaluation_runs(client, name, version)) == 1
+            client.set_registered_model_tag(name, "heimer.data", str(moved))
+            client.delete_registered_model_alias(name, "challenger")
+            client.set_registered_model_alias(name, "challenger", version)
+            wait_for("the new evaluation", lambda: len(evaluation_runs(client, name, version)) == 2
+                     and status(client, name, version) in ("done", "failed"), 200, watcher)  # fmt: skip
+            assert status(client, name, version) == "done", watcher.log()
+            runs = sorted(evaluation_runs(client, name, version), key=lambda r: r.info.start_time)
+            assert [r.data.tags.get("heimer.data") for r in runs] == [str(cohort), str(moved)]
+            assert all(r.info.status == "FINISHED" for r in runs)
+            assert "heimer.data changed since its evaluation" in watcher.log()
+    finally:
+        watcher.stop()
+
+
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=2).status_code == 200
@@ -469,6 +511,55 @@ def test_pickled_versions_are_evaluated_only_with_allow_pickle(server, cohort, t
         assert run.info.status == "FINISHED" and run.data.params["heimer.serialization"] == "pickle"
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_an_evaluation_past_the_job_timeout_fails_and_the_worker_goes_on(server, cohort, tmp_path):
+    """--job-timeout 1 (no evaluation fits in a second): each version's child is killed, its run
+    ends FAILED with the reason, the version failed; the worker takes the next version."""
+    from heimer_mlflow.watch.opt_in import ERROR_TAG, STATUS_TAG
+
+    name = "watch-timeout"
+    first = opted_in_model(server, name, cohort)
+    with using(server) as client:
+        second = register_tiny_model(name)
+        watcher = Watcher(server, tmp_path, "timeout", "--once", "--job-timeout", "1")
+        log = watcher.finish()
+        assert watcher.proc.returncode == 1, log
+        for version in (first, second):
+            tags = client.get_model_version(name, version).tags
+            assert tags[STATUS_TAG] == "failed" and "--job-timeout 1 s" in tags[ERROR_TAG], (version, tags, log)
+            runs = evaluation_runs(client, name, version)
+            assert [r.info.status for r in runs] == ["FAILED"], runs
+            assert "--job-timeout 1 s" in runs[0].data.tags["heimer.error"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_heimer_data_changed_while_queued_evaluates_once_on_the_new_data(server, cohort, tmp_path):
+    """A version is queued; its model's heimer.data then changes (here to another path of the same
+    cohort); the watcher that starts next evaluates it once, on the data current when the job
+    started, and the run says which."""
+    from heimer_mlflow.watch.poller import Poller
+
+    name = "watch-data-changed"
+    version = opted_in_model(server, name, cohort)
+    moved = tmp_path / "cohort-moved"
+    moved.symlink_to(cohort, target_is_directory=True)
+    with using(server) as client:
+        jobs = Jobs(open_queue(None, tmp_path))  # the queue file the watcher below uses
+        assert (name, version) in Poller(jobs, (name,)).sweep(client)
+        assert status(client, name, version) == "queued"
+        client.set_registered_model_tag(name, "heimer.data", str(moved))
+        watcher = Watcher(server, tmp_path, "data-changed", "--once", "--model", name)
+        log = watcher.finish()
+        assert watcher.proc.returncode == 0, log
+        runs = evaluation_runs(client, name, version)
+        assert [r.info.status for r in runs] == ["FINISHED"], (runs, log)
+        assert runs[0].data.tags["heimer.data"] == str(moved)
+        assert runs[0].data.tags["heimer.data_queued"] == str(cohort)
+        assert status(client, name, version) == "done" and "changed while queued" in log, log
+
+
 # --------------------------------------------------------------------------- Redis
 
 
@@ -501,31 +592,40 @@ def _pings(connection) -> bool:
 @pytest.mark.server
 @pytest.mark.slow
 def test_two_workers_on_one_redis_queue_evaluate_each_version_once(server, cohort, tmp_path):
-    """Two pollers (no workers) and two GPU-host style workers (`--no-poll --workers 1`) on one
-    Redis queue: each of two versions evaluated exactly once."""
+    """A small burst: two versions of each of two opted-in models registered back to back while two
+    watchers share one Redis queue, each with one worker and a poller (every second), one also
+    receiving MLflow's webhooks: each version evaluated exactly once, its own run in its
+    description. (The 30-version burst is `benchmarks/watch.py --burst`.)"""
     pytest.importorskip("redis")
+    names = ("watch-redis-a", "watch-redis-b")
     with redis_server(tmp_path) as queue:
-        name = "watch-redis"
-        first = opted_in_model(server, name, cohort)
-        with using(server):
-            second = register_tiny_model(name, seed=2)
-        watchers = [Watcher(server, tmp_path, f"worker{i}", "--no-poll", "--workers", "1", "--queue", queue)
-                    for i in range(2)]
-        watchers += [Watcher(server, tmp_path, f"poller{i}", "--workers", "0", "--poll-interval", "1", "--queue", queue)
-                     for i in range(2)]
+        with using(server) as client:
+            for name in names:
+                client.create_registered_model(name, tags={"heimer.data": str(cohort), "heimer.options": FAST_OPTIONS})
+        port = free_port()
+        watchers = [Watcher(server, tmp_path, "host-a", "--workers", "1", "--poll-interval", "1", "--queue", queue,
+                            "--webhook", f"127.0.0.1:{port}"),
+                    Watcher(server, tmp_path, "host-b", "--workers", "1", "--poll-interval", "1", "--queue", queue)]
         try:
+            wait_for("the receiver answers", lambda: _answers(f"http://127.0.0.1:{port}/health"), 60, watchers[0])
             with using(server) as client:
-                for version in (first, second):
+                hook = client.create_webhook(name="heimer-watch-redis", url=f"http://127.0.0.1:{port}/webhook",
+                                             events=["model_version.created"], secret=SECRET)  # fmt: skip
+                time.sleep(1.5)  # MLFLOW_WEBHOOK_CACHE_TTL
+                versions = [(name, register_tiny_model(name, seed=seed)) for seed in (1, 2) for name in names]
+                for name, version in versions:
                     wait_for(f"{name} v{version} done", lambda: status(client, name, version) in ("done", "failed"),
-                             300, watchers[0])
+                             400, watchers[0])
                     assert status(client, name, version) == "done", "\n".join(w.log() for w in watchers)
                 time.sleep(2)  # a duplicate would be opening its run by now
-                for version in (first, second):
+                for name, version in versions:
                     runs = evaluation_runs(client, name, version)
-                    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+                    assert [r.info.status for r in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
+                    assert runs[0].info.run_id in client.get_model_version(name, version).description
+                client.delete_webhook(hook.webhook_id)
         finally:
             for watcher in watchers:
                 watcher.stop()
         logs = [w.log() for w in watchers]
-        assert sum(log.count(": evaluating on") for log in logs) == 2, "\n".join(logs)
-        assert sum(log.count(": queued (poller)") for log in logs) == 2, "\n".join(logs)
+        assert sum(log.count(": evaluating on") for log in logs) == 4, "\n".join(logs)
+        assert sum(log.count(": queued (") for log in logs) == 4, "\n".join(logs)  # by the webhook or a poller, once

@@ -55,7 +55,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from tqdm import tqdm
 
-from heimer_mlflow.errors import HeimerError
+from heimer_mlflow.errors import HeimerError, writable_folder
 
 ATLAS_LABELS = {
     1: "hippocampus_left",
@@ -642,6 +642,7 @@ def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: fl
                           "(e.g. 0.9), and not together with shortcut")  # fmt: skip
     n_subjects, seed, n_sites = int(n_subjects), int(seed), int(n_sites)
     voxel_size, ad_fraction = float(voxel_size), float(ad_fraction)
+    writable_folder(out, "the cohort folder")
     _clear_previous_cohort(out)
     for sub in ("images", "masks", "atlas"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -37,11 +37,11 @@ from .performance import (
 )
 from .plan import figure_plan, render_all, render_evaluation
 from .slices import VIEWS, Layer, SliceView, draw_views, feature_affine, ortho_slices, reorient_to_ras
-from .style import BRAIN_FIGURE_WIDTH_IN, DPI, MIN_PRINTED_FONT_PT, cam_name, save_figure
+from .style import BRAIN_FIGURE_WIDTH_IN, DPI, MAX_FIGURE_HEIGHT_IN, MIN_PRINTED_FONT_PT, cam_name, save_figure
 from .training import plot_training_curves
 
 __all__ = [
-    "BRAIN_FIGURE_WIDTH_IN", "DPI", "Layer", "MIN_PRINTED_FONT_PT", "SliceView", "VIEWS", "cam_name",
+    "BRAIN_FIGURE_WIDTH_IN", "DPI", "Layer", "MAX_FIGURE_HEIGHT_IN", "MIN_PRINTED_FONT_PT", "SliceView", "VIEWS", "cam_name",
     "draw_views", "feature_affine", "figure_plan", "ortho_slices", "performance_plan", "plot_calibration",
     "plot_cam_gallery", "plot_cam_overlay", "plot_champion_comparison", "plot_channel_difference_maps",
     "plot_confusion_matrix", "plot_decision_curve", "plot_feature_maps", "plot_group_cam", "plot_input_difference",

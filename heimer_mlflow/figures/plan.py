@@ -39,6 +39,8 @@ OUTCOME_TITLES = {
     "FP": "false positives ({negative} called {positive})", "FN": "false negatives ({positive} called {negative})",
 }  # fmt: skip
 Plan = list[tuple[str, Callable[[], Figure]]]
+# The case galleries show the primary map (HiResCAM by default): gallery_TP.png, ..., named for the
+# gallery, not for Grad-CAM (their former names: report.text.FORMER_FIGURE_NAMES).
 
 
 def _class_names(report: ClassificationReport | None, engine_result: EngineResult | None) -> tuple[str, str]:
@@ -54,13 +56,14 @@ def _class_names(report: ClassificationReport | None, engine_result: EngineResul
 
 def figure_plan(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
                 history: Mapping | None = None, *, affine=None, input_shape=None,
-                max_gallery_cases: int = 3) -> Plan:  # fmt: skip
+                max_gallery_cases: int | None = None) -> Plan:  # fmt: skip
     """``(name, draw)`` for every figure the given pieces allow; ``draw()`` returns the Figure.
 
     ``report``: ``metrics.ClassificationReport`` or None; ``engine_result``: ``engine.EngineResult``
     or None; ``history``: training history (may be empty); ``affine``: of the inputs' grid
     (default: the first gallery case's). Figures are drawn lazily, so ``render_all`` holds one at a
-    time. Absent pieces are skipped.
+    time. Absent pieces are skipped. ``max_gallery_cases``: cases per gallery figure (default: all
+    the engine kept, ``--gallery-size``, as the volumes logged).
     """
     plan: Plan = [("training_curves", lambda: plot_training_curves(history))]
     class_names = _class_names(report, engine_result)
@@ -78,7 +81,7 @@ def figure_plan(report: ClassificationReport | None = None, engine_result: Engin
 
 
 def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true, *, affine, input_shape,
-              max_gallery_cases: int) -> Plan:  # fmt: skip
+              max_gallery_cases: int | None) -> Plan:  # fmt: skip
     """The figures of the maps and their checks: gallery, group CAM, feature maps, raw input
     difference, outside-brain shares, region gains, sanity check."""
     plan: Plan = []
@@ -91,7 +94,7 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
         if cases:
             what = OUTCOME_TITLES.get(outcome, outcome).format(negative=negative, positive=positive)
             title = f"{cam_name(method)}, most confident {what}"
-            plan.append((f"gradcam_{outcome}", lambda cases=cases, title=title: plot_cam_gallery(
+            plan.append((f"gallery_{outcome}", lambda cases=cases, title=title: plot_cam_gallery(
                 cases[:max_gallery_cases], positive_class=positive, title=title, method=method)))  # fmt: skip
     inputs = maps.get("input")
     if input_shape is None and inputs is not None:
@@ -142,7 +145,7 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
 
 def render_all(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
                history: Mapping | None = None, out_dir=".", *, affine=None, dpi: int = DPI,
-               max_gallery_cases: int = 3, strict: bool = True) -> dict[str, pathlib.Path]:  # fmt: skip
+               max_gallery_cases: int | None = None, strict: bool = True) -> dict[str, pathlib.Path]:  # fmt: skip
     """Draw every figure the given pieces allow and save each as ``out_dir/<name>.png``.
 
     Pieces as for ``figure_plan``. With ``strict=False`` a figure that fails to draw is logged as

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, _figure
+from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, MAX_FIGURE_HEIGHT_IN, _figure
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -254,13 +254,18 @@ def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float
     The figure is ``width`` inches wide (the report's text width: it prints at scale 1, so the
     font sizes here are printed sizes) and each row as tall as ``content`` ((width, height) in mm
     per row, see ``_content_size_mm``) needs at that width; ``row_height`` (inches) instead fixes
-    the rows' height and derives the width. A fixed layout (no constrained/tight layout solver):
-    fast for tall galleries. ``subtitle``: one more line under the title (a finding the reader must
-    not miss)."""
+    the rows' height and derives the width. Rows that would make the figure taller than a page
+    allows (``MAX_FIGURE_HEIGHT_IN``) are made lower and the figure narrower, so that it prints at
+    scale 1 on one page. A fixed layout (no constrained/tight layout solver): fast for tall
+    galleries. ``subtitle``: one more line under the title (a finding the reader must not miss)."""
     head, foot, row_gap, bar_room, side = 0.5 + (0.2 if subtitle else 0.0), 0.3, 0.35, 1.0, 0.1
     if row_height is None:
         image_width = width - bar_room - 2 * side
         row_height = image_width * content[1] / content[0]
+        highest = (MAX_FIGURE_HEIGHT_IN - head - foot - row_gap * (rows - 1)) / rows
+        if row_height > highest:
+            row_height = highest
+            image_width = row_height * content[0] / content[1]
     else:
         image_width = row_height * content[0] / content[1]
     width, height = image_width + bar_room + 2 * side, row_height * rows + row_gap * (rows - 1) + head + foot

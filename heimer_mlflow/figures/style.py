@@ -22,6 +22,10 @@ CONVENTION = "Neurological convention: subject's left on the image left (L/R mar
 # The report prints brain figures at the full text width of an A4 page (210 mm - 2 x 16 mm):
 # drawn at this width they print at scale 1, so every font size below is its printed size.
 BRAIN_FIGURE_WIDTH_IN = 7.0
+# ... and at most this tall (report.css: figure.brain img max-height; the page's text height less a
+# caption): a taller grid of brain rows (a gallery of 4 cases) is drawn narrower instead, so it
+# still prints at scale 1 on one page.
+MAX_FIGURE_HEIGHT_IN = 228 / 25.4
 MIN_PRINTED_FONT_PT = 6.0  # no text in a printed figure is smaller (tests check every figure)
 
 

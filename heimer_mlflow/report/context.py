@@ -206,6 +206,8 @@ def _comparison_context(record: EvaluationRecord, champion, metrics: MetricsReco
     if not record.comparison_recorded:
         return _champion_context(champion, metrics, predictions, positive, class_names)
     if record.comparison is None:
+        if record.comparison_note:  # what the evaluation found, in its words
+            return {"available": False, "why": f"No champion to compare with: {record.comparison_note}."}
         return {"available": False,
                 "why": "No champion to compare with: when this evaluation ran, no other version of this model "
                        "carried the alias 'champion' with an evaluation on the same data set."}

@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from ..resources import templates_dir
 from .checklist import checklist_json
 from .context import build_context
-from .text import report_file_name
+from .text import FORMER_FIGURE_NAMES, report_file_name
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class ReportFiles:
     pages: int = 0
     refused_urls: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    artifact_uri: str | None = None  # the PDF in the run's artifacts, once report_for_run logged it
 
     @property
     def html(self) -> Path:
@@ -195,6 +196,10 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
             if _FIGURE_NAME.match(path.name) and _png_ok(path):
                 shutil.copyfile(path, fig_out / path.name)
                 present.add(path.name[:-4])
+    for former, name in FORMER_FIGURE_NAMES.items():  # a run logged before the galleries were renamed
+        if former in present and name not in present:
+            (fig_out / f"{former}.png").rename(fig_out / f"{name}.png")
+            present = (present - {former}) | {name}
     css_target = html_dir / REPORT_CSS
     if css_target.is_symlink():
         css_target.unlink()

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import HeimerError, writable_folder
 from ..record import EvaluationRecord
 from .context import REPORT_ARTIFACTS, _read_csv, _read_json, read_record
 from .pdf import ReportFiles, render_report
@@ -29,30 +30,25 @@ def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures", "view
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder))
         except Exception as error:  # noqa: BLE001 - optional pieces may be absent
             if name in required:
-                raise FileNotFoundError(f"run {run_id} has no {name} artifact: is it an evaluation run?") from error
+                raise HeimerError(f"run {run_id} has no {name}, so it is no finished heimer-mlflow evaluation: give "
+                                  f"the id of an evaluation run ({RUN_ID_HINT})") from None
             log.info("run %s: no %s (%s)", run_id, name, type(error).__name__)
     return dst
 
 
-def _subject_ids(folder: Path) -> set[str] | None:
-    table = _read_csv(folder / "predictions.csv", [], required=False)
-    if table is None or "subject_id" not in table:
-        return None
-    return set(table["subject_id"].astype(str))
-
-
 def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path, work: Path):
     """For a record from before evaluations recorded their comparison: the champion's
-    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find)."""
+    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find;
+    such a record has no content digest, so its data set digest and subjects decide)."""
     from .. import champion
 
-    ids = _subject_ids(this_dir)
-    if ids is None:
+    table = _read_csv(this_dir / "predictions.csv", [], required=False)
+    if table is None or not {"subject_id", "label"} <= set(table.columns):
         return None
     digests = champion.dataset_digests(client, run_id)
-    found = champion.find(client, record.model.name, record.model.version, run_id,
-                          source=record.cohort.source, subject_ids=ids,
-                          digest=next(iter(digests)) if len(digests) == 1 else None, folder=work / "champion")  # fmt: skip
+    key = champion.DataKey(record.cohort.data_digest, next(iter(digests)) if len(digests) == 1 else None,
+                           dict(zip(table["subject_id"].astype(str), table["label"].astype(str))), record.cohort.source)
+    found = champion.find(client, record.model.name, record.model.version, run_id, key, work / "champion").found
     if found is None:
         return None
     return {"version": found.version, "metrics": _read_json(found.folder / "metrics.json", []),
@@ -78,14 +74,31 @@ def judge_gate(record: EvaluationRecord, run) -> dict | None:
 def find_champion(artifact_dir, run_id: str | None = None):
     """The champion to compare the evaluation in ``artifact_dir`` with (``render_report``'s
     ``champion`` argument), or None: another version of the same registered model with alias
-    ``champion`` whose evaluation run (its ``heimer.evaluation_run_id`` tag) used the same data
-    (same cohort source, same subject ids, same data set digest when both runs logged one)."""
+    ``champion`` with a finished evaluation on the same data (heimer_mlflow.champion.find)."""
     from mlflow import MlflowClient
 
     artifact_dir = Path(artifact_dir)
     record = read_record(artifact_dir, [], where=f"run {run_id}" if run_id else str(artifact_dir))
     with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:
         return _find_champion(MlflowClient(), record, run_id or "", artifact_dir, Path(work))
+
+
+RUN_ID_HINT = "the id `heimer-mlflow evaluate` printed, or the model version's tag heimer.evaluation_run_id"
+
+
+def _evaluation_run(client, run_id: str):
+    """The run ``run_id``; a HeimerError naming it when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        import mlflow
+
+        raise HeimerError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()}: give "
+                          f"the id of an evaluation run ({RUN_ID_HINT}), or set MLFLOW_TRACKING_URI to its store") from None
 
 
 def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: bool = True) -> ReportFiles:
@@ -100,7 +113,9 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
 
     logger = logging.getLogger(__name__)  # (``log`` is the argument)
     client = MlflowClient()
-    run = client.get_run(run_id)
+    run = _evaluation_run(client, run_id)
+    if out_dir is not None:
+        writable_folder(out_dir, "--out")
     work = Path(tempfile.mkdtemp(prefix="heimer-report-"))
     try:
         artifacts = _download(run_id, work / "artifacts")
@@ -118,6 +133,7 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
             client.log_artifact(run_id, str(files.pdf), artifact_path="report")
             client.log_artifact(run_id, str(files.checklist), artifact_path="report")
             client.log_artifacts(run_id, str(files.html_dir), artifact_path="report/html")
+            files.artifact_uri = f"{run.info.artifact_uri.rstrip('/')}/report/{files.pdf.name}"
             name, version = record.model.name, record.model.version
             if tag_version and name and version and run.info.status == "FINISHED":
                 try:
@@ -126,8 +142,7 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
                     logger.info("model %s v%s not in the registry; not tagging", name, version)
                 else:
                     if registered.tags.get("heimer.evaluation_run_id") == run_id:
-                        uri = f"{run.info.artifact_uri.rstrip('/')}/report/{files.pdf.name}"
-                        client.set_model_version_tag(name, str(version), "heimer.report", uri)
+                        client.set_model_version_tag(name, str(version), "heimer.report", files.artifact_uri)
         return files
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -131,15 +131,15 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "Where the model looks, averaged over each true class, and the difference between the classes "
         "(red: more attention in {pos}, blue: more in {neg}). Plausible maps highlight the hippocampus and the "
         "ventricles; attention on the skull, the edges or the background suggests a shortcut.", "brain"),
-    "gradcam_TP": ("Case gallery: most confident true positives",
+    "gallery_TP": ("Case gallery: most confident true positives",
         "{cam} over the MRI of the {pos} subjects the model was most sure about and right. "
         "Look for attention inside the brain, in the same regions as the group map.", "brain"),
-    "gradcam_TN": ("Case gallery: most confident true negatives",
+    "gallery_TN": ("Case gallery: most confident true negatives",
         "{cam} of the {neg} subjects the model was most sure about and right.", "brain"),
-    "gradcam_FP": ("Case gallery: false positives",
+    "gallery_FP": ("Case gallery: false positives",
         "{neg} subjects the model called {pos}, most confident first. Look for what drew the model's attention: "
         "an artefact, an unusual anatomy, or the regions it uses for true {pos} cases.", "brain"),
-    "gradcam_FN": ("Case gallery: false negatives",
+    "gallery_FN": ("Case gallery: false negatives",
         "{pos} subjects the model called {neg}, most confident first. Look for whether the typical regions "
         "received little attention.", "brain"),
     "cam_outside_brain": ("{cam} outside the brain per subject",
@@ -172,12 +172,16 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         "A model that scores from anatomy looks inside the brain; one that scores from a marker looks at it.",
         "brain"),
 }
+# Figures renamed for what they show (former name -> name): the case galleries show the primary map,
+# HiResCAM by default, and were named gradcam_TP.png, ... before. A re-render reads
+# a run logged before under its old names; EvaluationResult.artifacts keeps the old keys as well.
+FORMER_FIGURE_NAMES = {f"gradcam_{outcome}": f"gallery_{outcome}" for outcome in ("TP", "TN", "FP", "FN")}
 EXTRA_FIGURE_SIZE = "wide"  # a figure the report does not know, at the full text width
 FIGURE_SECTIONS = {
     "performance": ["training_curves", "roc", "score_histogram", "confusion_matrix", "calibration",
                     "decision_curve", "subgroups"],
     "explain_group": ["group_cam"],
-    "explain_gallery": ["gradcam_TP", "gradcam_TN", "gradcam_FP", "gradcam_FN"],
+    "explain_gallery": ["gallery_TP", "gallery_TN", "gallery_FP", "gallery_FN"],
     "explain_checks": ["cam_outside_brain", "region_gain", "sanity"],
     "features": ["feature_maps", "feature_channel_differences", "input_difference"],
 }

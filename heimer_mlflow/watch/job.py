@@ -33,8 +33,10 @@ def say(message: str) -> None:
 class Jobs:
     """Evaluation jobs on one Huey queue: queue a version once, run a job, recover one."""
 
-    def __init__(self, huey, *, stop: threading.Event | None = None, allow_pickle: bool = False):
+    def __init__(self, huey, *, stop: threading.Event | None = None, allow_pickle: bool = False,
+                 job_timeout: float | None = None):
         self.huey = huey
+        self.job_timeout = job_timeout  # seconds an evaluation may take (None: no limit)
         self.allow_pickle = allow_pickle  # this host's choice (--allow-pickle), never the model's tags
         self.claims = Claims(huey)
         self.stop = stop or threading.Event()
@@ -46,7 +48,7 @@ class Jobs:
         """Queue ``version`` unless someone already did or it already has a status; True if this
         call queued it."""
         version = str(version)
-        key = claim_key(opt_in.name, version, opt_in.data_key)
+        key = claim_key(opt_in.name, version)
         task = self.task.s(opt_in.name, version, opt_in.data, opt_in.options, key)
         if not self.claims.claim(key, lease("queued", task.id, 1)):
             return False
@@ -82,8 +84,19 @@ class Jobs:
             return "skipped"
         client = mlflow.MlflowClient()
         attempt = int(held.get("attempt", 1))
+        queued_with = data
+        current = OptIn(name, data, options).current(client)
+        if current is None:
+            fail(client, name, version, "the model no longer opts in (no heimer.data tag): not evaluated")
+            self.claims.release(key)
+            return "failed"
+        data, options = current.data, current.options  # as the tags say now, not when it was queued
         opts = {**options, **FIXED_OPTIONS, "allow_pickle": self.allow_pickle}
         run_id = _open_run(client, name, version, opts.get("experiment", "heimer-evaluations"))
+        client.set_tag(run_id, "heimer.data", data)
+        if queued_with != data:
+            client.set_tag(run_id, "heimer.data_queued", queued_with)
+            say(f"{name} v{version}: heimer.data changed while queued ({queued_with} -> {data}): evaluating on {data}")
         self.claims.write(key, lease("running", task.id, attempt, run_id=run_id))
         client.set_model_version_tag(name, version, STATUS_TAG, "running")
         _delete_tag(client, name, version, ERROR_TAG)
@@ -113,12 +126,16 @@ class Jobs:
                 env.pop(leaked, None)
             child = subprocess.Popen([sys.executable, "-m", "heimer_mlflow.watch.child", json.dumps(spec)],
                                      stdin=subprocess.PIPE, env=env)  # our end of stdin: see child.py
-            stopped = False
+            stopped = timed_out = False
+            deadline = time.monotonic() + self.job_timeout if self.job_timeout else None
             try:
                 while child.poll() is None:
                     if self.stop.is_set() and not stopped:
                         child.terminate()  # the child ends its run KILLED (see child.py)
                         stopped = True
+                    if deadline is not None and time.monotonic() > deadline and not timed_out:
+                        child.kill()  # hung or too slow: no clean-up to wait for; the run is ended below
+                        timed_out = True
                     try:
                         child.wait(timeout=HEARTBEAT_S)
                     except subprocess.TimeoutExpired:
@@ -131,6 +148,9 @@ class Jobs:
                 if child.stdin:
                     child.stdin.close()
             outcome = json.loads(result.read_text(encoding="utf-8")) if result.exists() else None
+            if timed_out:
+                return {"ok": False, "error": f"the evaluation took longer than --job-timeout {self.job_timeout:g} s: "
+                                              "its process was killed"}
             if stopped and not (outcome or {}).get("ok"):
                 return {"ok": False, "error": "stopped with the watcher", "terminated": True}
             if outcome is not None:
@@ -160,16 +180,9 @@ def _tracking_uri() -> str:
 def _open_run(client, name: str, version: str, experiment: str) -> str:
     """The evaluation's run, created before the child starts, so that the lease names it and a
     dead worker's run can be ended by whoever recovers the version."""
-    from mlflow.exceptions import MlflowException
+    from ..tracking import experiment_id as get_or_create
 
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        try:
-            experiment_id = client.create_experiment(experiment)
-        except MlflowException:  # another worker created it at the same moment
-            experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    else:
-        experiment_id = found.experiment_id
+    experiment_id = get_or_create(client, experiment)  # another worker may create it at the same moment
     tags = {"heimer.watch": "true", "heimer.model_uri": f"models:/{name}/{version}", "heimer.model_name": name,
             "heimer.model_version": str(version)}  # the evaluation sets them again once it begins
     run = client.create_run(experiment_id, run_name=f"evaluate {name} v{version}", tags=tags)

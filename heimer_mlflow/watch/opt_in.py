@@ -7,7 +7,6 @@ fields, e.g. ``{"threshold": 0.4, "cam": "gradcam"}``). A version is waiting whe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -33,11 +32,10 @@ class OptIn:
     data: str
     options: dict
 
-    @property
-    def data_key(self) -> str:
-        """Identifies (cohort, options): a claim is per (model, version, this)."""
-        text = json.dumps({"data": self.data, "options": self.options}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def current(self, client) -> OptIn | None:
+        """The model's opt-in as its tags say now (None: it opted out): a job evaluates on the
+        cohort current when it starts, not the one it was queued with."""
+        return opt_in_of(client.get_registered_model(self.name))
 
 
 def read_options(name: str, text: str | None) -> dict:

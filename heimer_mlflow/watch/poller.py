@@ -91,11 +91,11 @@ class Poller:
 
     def recover(self, client, opt_in: OptIn, version: str, status: str, pending: set) -> bool:
         """Requeue (or fail) a version whose job died; True when it was queued again."""
-        key = claim_key(opt_in.name, version, opt_in.data_key)
+        key = claim_key(opt_in.name, version)
         held = self.jobs.claims.read(key)
         if held is None:
             # The status says queued/running but no watcher holds the version: the queue's
-            # storage was replaced, or heimer.data changed meanwhile. Queue it afresh.
+            # storage was replaced. Queue it afresh.
             task = self.jobs.task.s(opt_in.name, version, opt_in.data, opt_in.options, key)
             if not self.jobs.claims.claim(key, lease("queued", task.id, 1)):
                 return False

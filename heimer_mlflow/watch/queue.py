@@ -58,8 +58,10 @@ def describe(huey) -> str:
     return f"redis {kwargs.get('host', '')}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
 
-def claim_key(name: str, version: str, data_key: str) -> str:
-    return f"{PREFIX}claim:{name}:{version}:{data_key}"
+def claim_key(name: str, version: str) -> str:
+    """One claim per version: whatever its cohort, a version has one job at a time (its job reads
+    the cohort when it starts, so changing heimer.data while it waits cannot queue it twice)."""
+    return f"{PREFIX}claim:{name}:{version}"
 
 
 def owner() -> dict:

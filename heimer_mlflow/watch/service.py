@@ -30,10 +30,18 @@ class _SeenOnce:
 
 
 def _event_handler(jobs: Jobs, models: tuple[str, ...], alias: str | None):
-    """``on_event`` for the receiver: queue the version the event names, read from the registry."""
+    """``on_event`` for the receiver: queue the version the event names, read from the registry.
+    With ``alias``, the alias being set on a version evaluated before evaluates it again only
+    when the model's heimer.data changed since (a new cohort for the challenger to face)."""
     import mlflow
 
     def on_event(entity: str, action: str, data: dict) -> str:
+        answer = decide(entity, action, data)
+        if data.get("name"):
+            say(f"webhook {entity}.{action} {data.get('name')} v{data.get('version')}: {answer}")
+        return answer
+
+    def decide(entity: str, action: str, data: dict) -> str:
         name, version = data.get("name"), data.get("version")
         if not name or version in (None, ""):
             return "ignored: no model name or version in the event"
@@ -51,6 +59,14 @@ def _event_handler(jobs: Jobs, models: tuple[str, ...], alias: str | None):
             return f"ignored: {name} has no heimer.data tag"
         found = client.get_model_version(name, str(version))  # the registry's word, not the payload's
         status = (found.tags or {}).get(STATUS_TAG)
+        if status in ("done", "failed") and alias is not None:
+            evaluated_on = _evaluated_on(client, found)
+            if evaluated_on == opt_in.data:
+                return f"ignored: already {status} on {opt_in.data}"
+            client.delete_model_version_tag(name, str(version), STATUS_TAG)  # asks for a new evaluation
+            queued = jobs.queue(client, opt_in, str(version), via=f"webhook, @{alias} on new data")
+            return f"queued: heimer.data changed since its evaluation ({evaluated_on} -> {opt_in.data})" if queued \
+                else "ignored: already queued"
         if status:
             return f"ignored: already {status}"
         return "queued" if jobs.queue(client, opt_in, str(version), via="webhook") else "ignored: already queued"
@@ -58,16 +74,30 @@ def _event_handler(jobs: Jobs, models: tuple[str, ...], alias: str | None):
     return on_event
 
 
+def _evaluated_on(client, version) -> str | None:
+    """The cohort (heimer.data) the version's last evaluation by a watcher used, None if unknown."""
+    run_id = (version.tags or {}).get("heimer.evaluation_run_id")
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id).data.tags.get("heimer.data")
+    except Exception:  # noqa: BLE001 - a deleted run: unknown, so evaluate again
+        return None
+
+
 def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
           poll_interval: float = DEFAULT_POLL_INTERVAL_S, webhook: str | None = None, queue: str | None = None,
           workers: int = 1, poll: bool = True, once: bool = False, folder: Path | None = None,
-          stale_after_s: float = STALE_AFTER_S, max_attempts: int = MAX_ATTEMPTS, allow_pickle: bool = False) -> int:
+          stale_after_s: float = STALE_AFTER_S, max_attempts: int = MAX_ATTEMPTS, allow_pickle: bool = False,
+          job_timeout: float | None = None) -> int:
     """Evaluate every new version of the opted-in registered models until stopped (SIGINT or
     SIGTERM); with ``once``, one sweep, then wait for the jobs it queued. Returns the exit
     code: 1 when ``once`` and one of its evaluations failed, else 0. Pickled versions fail with
-    ``heimer.error`` naming the fix unless ``allow_pickle`` (loading them runs their code here)."""
+    ``heimer.error`` naming the fix unless ``allow_pickle`` (loading them runs their code here).
+    An evaluation longer than ``job_timeout`` seconds is ended: its run FAILED, the version failed."""
     import mlflow
 
+    from ..permissions import redacted
     from ..tracking import check_reachable
 
     if poll_interval <= 0:
@@ -80,11 +110,13 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
     client = mlflow.MlflowClient()
     stop = threading.Event()
     huey = open_queue(queue, folder)
-    jobs = Jobs(huey, stop=stop, allow_pickle=allow_pickle)
+    if job_timeout is not None and job_timeout <= 0:
+        raise HeimerError(f"--job-timeout {job_timeout}: give a positive number of seconds (0 on the command line: no limit)")
+    jobs = Jobs(huey, stop=stop, allow_pickle=allow_pickle, job_timeout=job_timeout)
     poller = Poller(jobs, tuple(models), alias, stale_after_s=stale_after_s, max_attempts=max_attempts)
     watched = poller.opted_in(client)  # a named model that has not opted in is an error now
     names = ", ".join(o.name for o in watched) or "none yet"
-    say(f"queue {describe(huey)}; registry {mlflow.get_tracking_uri()}; opted-in models: {names}; "
+    say(f"queue {describe(huey)}; registry {redacted(mlflow.get_tracking_uri())}; opted-in models: {names}; "
         f"{'pt2 and pickled' if allow_pickle else 'pt2'} models")
 
     receiver = None

@@ -149,8 +149,9 @@ class PostgresCluster:
 class MlflowServer:
     """`mlflow server` in its own process group, on loopback; logs go to ``log``."""
 
-    def __init__(self, backend_store_uri: str, artifacts: Path, log: Path, name: str):
+    def __init__(self, backend_store_uri: str, artifacts: Path, log: Path, name: str, auth_config: Path | None = None):
         self.backend_store_uri = backend_store_uri
+        self.auth_config = auth_config  # MLflow's basic-auth app (`--app-name basic-auth`) with this config
         self.artifacts = artifacts
         self.log = log
         self.name = name
@@ -170,6 +171,10 @@ class MlflowServer:
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1", "--backend-store-uri", self.backend_store_uri,
                "--serve-artifacts", "--artifacts-destination", str(self.artifacts)]
+        if self.auth_config is not None:
+            cmd += ["--app-name", "basic-auth"]
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", "csrf-key-for-tests-only")  # the app needs a fixed one
         with open(self.log, "ab") as log:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -224,10 +229,38 @@ class MlflowServer:
 BACKENDS = ("sqlite", "postgres")
 
 
+ADMIN = ("admin", "admin-password-for-tests-only")
+
+
+def auth_config(folder: Path) -> Path:
+    """A basic-auth config: users in ``folder``, admin ``ADMIN``, everyone else READ by default."""
+    try:
+        import flask_wtf  # noqa: F401 - what mlflow[auth] adds; the app does not start without it
+    except ImportError:
+        unavailable("MLflow's basic-auth app needs mlflow[auth] (Flask-WTF; in the test extras: ./dev.sh setup)")
+    path = folder / "basic_auth.ini"
+    path.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+                    f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    # each request checks a PBKDF2 hash unless cached: seconds apiece on two busy cores
+                    "auth_cache_ttl_seconds = 300\n")
+    return path
+
+
 @contextlib.contextmanager
-def tracking_server(backend: str, folder: Path):
-    """A running server on ``backend`` with its state in ``folder``; stopped (and its
-    PostgreSQL cluster deleted) on exit."""
+def as_user(username: str, password: str):
+    """MLflow's own credential settings for this process (and the subprocesses it starts)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_USERNAME", username)
+        patch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        yield
+
+
+@contextlib.contextmanager
+def tracking_server(backend: str, folder: Path, *, auth: bool = False):
+    """A running server on ``backend`` with its state in ``folder`` (with ``auth``: MLflow's
+    basic-auth app, admin ``ADMIN``); stopped (and its PostgreSQL cluster deleted) on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     artifacts = folder / "artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -248,7 +281,8 @@ def tracking_server(backend: str, folder: Path):
             store = cluster.start()
         else:
             raise ValueError(backend)
-        server = MlflowServer(store, artifacts, folder / "server.log", name=backend)
+        server = MlflowServer(store, artifacts, folder / "server.log", name=backend,
+                              auth_config=auth_config(folder) if auth else None)
         server.postgres = cluster
         server.start()
         try:
