@@ -242,7 +242,7 @@ def prepare_version_tags(evaluation, handle: EvaluationRun) -> None:
     flat = evaluation.run_metrics
     handle.version_tags = version_tags(evaluation, flat)
     handle.evaluation = evaluation
-    handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.metrics.not_computable()))
+    handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.not_computable()))
 
 
 def version_tags(evaluation, flat: dict) -> dict[str, str]:

@@ -179,6 +179,6 @@ def test_a_record_newer_than_the_code_fails_in_one_line(tracking, tmp_path):
                            "--no-log"], env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1, done.stderr[-2000:]
-    assert err[0].startswith("heimer-mlflow: error: run ") and run_id in err[0] and "schema_version 2" in err[0]
+    assert err[0].startswith("heimer-mlflow: error: run ") and run_id in err[0] and f"schema_version {SCHEMA_VERSION + 1}" in err[0]
     with pytest.raises(HeimerError, match="schema_version 'one'"):
         EvaluationRecord.from_dict({"schema_version": "one"})
