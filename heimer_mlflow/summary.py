@@ -42,6 +42,8 @@ class Summary:
     evaluated_at: str = ""
     gate: str | None = None  # passed / failed, when promotion rules were given
     champion: dict | None = None  # Comparison.to_dict() when there was a champion to compare with
+    counterfactual: str | None = None  # what changes the score (the largest effect), in one sentence
+    counterfactual_champion: str | None = None  # e.g. "this version depends more on what lies outside ... p < 0.001"
 
 
 def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | None = None) -> Summary:
@@ -63,7 +65,27 @@ def from_evaluation(evaluation, gate: str | None = None, tracking_uri: str | Non
                    run_id=evaluation.run_id, run_url=run_url, report_uri=report, report_url=report_url,
                    n_subjects=int(metrics.get("n_subjects", 0)) or None,
                    n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
-                   gate=gate, champion=evaluation.comparison.to_dict() if evaluation.comparison else None)  # fmt: skip
+                   gate=gate, champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
+                   **_counterfactual_lines(evaluation.counterfactual))  # fmt: skip
+
+
+def _counterfactual_lines(cf) -> dict:
+    """The largest counterfactual effect, and the paired comparison with the champion, as sentences."""
+    from .interventions import OUTSIDE, paired_sentence
+
+    if cf is None or not cf.computed:
+        return {}
+    out = {}
+    largest = cf.largest_effect()
+    if largest is not None:
+        name, drop = largest
+        what = "what lies outside the brain" if name == OUTSIDE else name.replace("_", " ")
+        out["counterfactual"] = (f"**What changes the score:** replacing {what} with the {cf.negative_class} average "
+                                 f"drops P({cf.positive_class}) by {drop.value:.2f} (95% CI {_number(drop.lower, 2)} to "
+                                 f"{_number(drop.upper, 2)}; {cf.n_subjects} subjects).")  # fmt: skip
+    if cf.vs_champion:
+        out["counterfactual_champion"] = f"{paired_sentence(cf.vs_champion[0])[0].upper()}{paired_sentence(cf.vs_champion[0])[1:]}."
+    return out
 
 
 def _number(value, digits: int = 3) -> str:
@@ -125,8 +147,12 @@ def render(s: Summary, *, level: int = 0) -> str:
     lines = [START, "#### heimer-mlflow evaluation", "", verdict, ""]
     if level <= 2:
         lines += _figure_rows(s.metrics) + [""]
+        if s.counterfactual and level <= 1:
+            lines += [s.counterfactual, ""]
         if s.champion and level <= 1:
             lines += [_champion_line(s.champion), ""]
+            if s.counterfactual_champion:
+                lines += [s.counterfactual_champion, ""]
         lines.append(_links(s))
         if level == 0 and s.evaluated_at:
             lines.append(f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."))
