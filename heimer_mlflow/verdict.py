@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from .meta import CAM_NAMES
 
 PASS, REVIEW = "pass", "review"
+CAUSAL_WORDING_MIN_DROP = 0.05  # words only, not a limit: below it the causal line says no region moves the score much
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,10 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
     before = _first(cf.curves.get("morf", {}).get("prob")) if cf.computed else None
     people = f"{cf.n_subjects} subjects called {cf.positive_class}" if cf.computed else ""
     if checks[0].passed is False:
-        drop = f"by {outside.value:.2f}{_interval(outside)}"
-        if before is not None:
-            drop = f"from {before:.3f} to {before - outside.value:.2f} ({drop.removeprefix('by ')} lower)"
-        reasons.append(f"replacing what lies outside the brain with the {cf.negative_class} subjects' average drops "
-                       f"P({cf.positive_class}) {drop} over {people} (limit {high_outside:.2f}): the model uses a "
-                       "shortcut")  # fmt: skip
+        after = f" from {before:.2f} to {before - outside.value:.2f}" if before is not None else ""
+        reasons.append(f"replacing what lies outside the brain with the {cf.negative_class} subjects' average lowers "
+                       f"the mean P({cf.positive_class}){after} (drop {outside.value:.2f}{_interval(outside)} over "
+                       f"{people}; limit {high_outside:.2f}): the model uses a shortcut")  # fmt: skip
     if checks[1].passed is False:
         reasons.append(f"replacing the {name}'s most relevant voxels drops P({cf.positive_class}) by {morf:.2f}, no "
                        f"more than a random blob of the same size in the brain ({random:.2f}; needs {margin:.2f} "
@@ -177,13 +176,15 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
     causal = ""
     if largest is not None:
         region, drop = largest
-        causal = (f"; replacing {region} drops P({cf.positive_class}) most of the regions "
-                  f"({drop.value:.2f}{_interval(drop)})")  # fmt: skip
+        causal = (f"; replacing {region} drops P({cf.positive_class}) most of the regions ({drop.value:.2f}"
+                  f"{_interval(drop)})" if drop.value >= CAUSAL_WORDING_MIN_DROP else
+                  f"; replacing any one atlas region changes P({cf.positive_class}) little (largest drop: {region}, "
+                  f"{drop.value:.2f}{_interval(drop)})")  # fmt: skip
     return checks, reasons, causal
 
 
 def _interval(e) -> str:
-    return f" [{e.lower:.2f}, {e.upper:.2f}]" if e.lower is not None and e.upper is not None else ""
+    return f", 95% CI {e.lower:.2f} to {e.upper:.2f}" if e.lower is not None and e.upper is not None else ""
 
 
 def _first(values):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from heimer_mlflow.engine.counterfactual import (
-    _map_steps, choose_subjects, forward_passes, intervention_names, run_counterfactuals,
+    _generator, _map_steps, choose_subjects, forward_passes, intervention_names, run_counterfactuals,
 )  # fmt: skip
 from heimer_mlflow.evaluation import evaluate
 from heimer_mlflow.interventions import STEPS, step_name, summarise
@@ -117,8 +117,13 @@ def test_a_linear_model_drops_exactly_as_closed_form_says():
     assert result.forward_passes == forward_passes(3, 1) == 3 * 11
     assert list(result.prob_after) == intervention_names(["ventricle"])
     for i in range(3):
-        steps = _map_steps(maps[i], torch.as_tensor(BRAIN), GRID, np.random.default_rng([7, i]))
-        masks = {"ventricle": VENTRICLE, "outside_brain": ~BRAIN, **{k: v.numpy() for k, v in steps.items()}}
+        steps = _map_steps(maps[i], torch.as_tensor(BRAIN), GRID, _generator(7, i))
+        masks = {"ventricle": VENTRICLE, "outside_brain": ~BRAIN}
+        for name, indices in steps.items():
+            masks[name] = np.zeros(GRID, bool)
+            masks[name].flat[indices.numpy()] = True
+            assert len(np.unique(indices.numpy())) == len(indices)
+            assert name.startswith("morf") or BRAIN[masks[name]].all()  # LeRF and the blob stay in the brain
         for name, mask in masks.items():
             expected = _sigmoid(logits[i] - 40.0 * (w * (images[i, 0] - replacement[0]))[mask].sum())
             assert abs(result.prob_after[name][i] - expected) <= 1e-6, name

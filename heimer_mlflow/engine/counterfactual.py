@@ -12,7 +12,8 @@ not zeros, so the model is not fed an impossible image. Per subject, one forward
 - the primary map's most relevant voxels first (MoRF; anywhere in the volume) and its least
   relevant in-brain voxels first (LeRF), at ``STEPS`` (2, 5 and 10%) of the subject's brain volume;
 - a size-matched random in-brain blob per step (the ball of that many brain voxels nearest a
-  seeded random centre in the brain): the control for the MoRF steps.
+  seeded random brain voxel, nested over the steps as the map's sets are): the control for the
+  MoRF steps.
 
 So ``len(regions) + 1 + 3 * len(STEPS)`` forward passes per subject (regions + 10), batched,
 under ``torch.no_grad``, on the evaluation's device and autocast setting, and nothing else: the
@@ -121,7 +122,7 @@ def run_counterfactuals(
     -> the one pass's P(positive); ``replacement`` [C, D, H, W]: the negative class's mean input;
     ``positive``: the positive class's index; ``regions``: name -> voxel mask on the input grid;
     ``brain_mask``: one brain for every subject, else each subject's own. ``seed`` and the
-    subject's cohort row draw its random blobs, so they do not depend on batching."""
+    subject's cohort row draw its random blob and tie-breaks, so they do not depend on batching."""
     from heimer_mlflow.engine.run import AMP_DTYPES
 
     device = torch.device(device)
@@ -131,6 +132,9 @@ def run_counterfactuals(
     region_masks = {name: torch.as_tensor(np.asarray(m) != 0, device=device) for name, m in regions.items()}
     given_brain = None if brain_mask is None else torch.as_tensor(np.asarray(brain_mask) != 0, device=device)
     fill = torch.as_tensor(np.asarray(replacement, dtype=np.float32), device=device)
+    flat_fill = fill.reshape(len(fill), -1)
+    region_voxels = {name: int(m.sum()) for name, m in region_masks.items()}
+    given_coordinates = None if given_brain is None else brain_coordinates(given_brain)
     autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp is not None
                 else contextlib.nullcontext())  # fmt: skip
     ids, rows, before, brains = [], [], [], []
@@ -162,9 +166,9 @@ def run_counterfactuals(
                 t0 = time.perf_counter()
                 image = batch["image"][i].to(device)
                 brain = given_brain if given_brain is not None else batch["brain_mask"][i].to(device).bool()
-                masks = dict(region_masks)
-                masks[OUTSIDE] = ~brain
-                masks.update(_map_steps(layer_maps[row], brain, image.shape[1:], np.random.default_rng([seed, row])))
+                masks = {**region_masks, OUTSIDE: ~brain}
+                steps = _map_steps(layer_maps[row], brain, image.shape[1:], _generator(seed, row),
+                                   given_coordinates if given_brain is not None else None)  # fmt: skip
                 timings["masks_s"] += time.perf_counter() - t0
                 slot = len(ids)
                 ids.append(str(batch["subject_id"][i]))
@@ -173,8 +177,14 @@ def run_counterfactuals(
                 brains.append(int(brain.sum()))
                 for name in names:
                     after[name].append(float("nan"))
-                    voxels[name].append(int(masks[name].sum()))
-                    pending.append((torch.where(masks[name], fill, image), slot, name))
+                    if name in steps:  # a set of voxels: the input with those taken from the replacement
+                        voxels[name].append(len(steps[name]))
+                        intervened = image.clone()
+                        intervened.view(len(image), -1)[:, steps[name]] = flat_fill[:, steps[name]]
+                    else:
+                        voxels[name].append(region_voxels[name] if name in region_voxels else int(masks[name].sum()))
+                        intervened = torch.where(masks[name], fill, image)
+                    pending.append((intervened, slot, name))
                     if len(pending) >= batch_size:
                         flush()
         flush()
@@ -189,37 +199,42 @@ def run_counterfactuals(
     )  # fmt: skip
 
 
-def _map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...],
-               rng: np.random.Generator) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The MoRF, LeRF and random-blob masks of one subject at every step. Ties (the zeros after
-    the map's ReLU) are broken at random, never by voxel order."""
+def _map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
+               coordinates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The flat voxel indices the MoRF, LeRF and random-blob steps of one subject replace. Ties
+    (the zeros after the map's ReLU) are broken at random, never by voxel order. The blob is the
+    ball of brain voxels nearest one random brain voxel, nested over the steps as MoRF's and LeRF's
+    sets are. ``coordinates``: the brain voxels' indices [n, 3], when the brain is shared."""
     device = brain.device
     layer = torch.as_tensor(np.asarray(layer_map, dtype=np.float32), device=device)
-    relevance = F.interpolate(layer[None, None], size=tuple(grid), mode="trilinear", align_corners=False)[0, 0]
-    flat = relevance.flatten().double()
-    scale = float(flat.abs().max()) or 1.0
-    jitter = torch.as_tensor(rng.random(flat.numel()), device=device)
-    key = flat / scale + 1e-9 * jitter  # order by relevance; equal values in random order
+    relevance = F.interpolate(layer[None, None], size=tuple(grid), mode="trilinear", align_corners=False).flatten()
+    scale = float(relevance.abs().max()) or 1.0
+    jitter = torch.rand(relevance.numel(), generator=generator).to(device)
+    key = relevance / scale + 1e-6 * jitter  # by relevance; equal values in random order
     inside = brain.flatten().nonzero().flatten()
     n_brain = len(inside)
     sizes = [max(1, round(share * n_brain)) for share in STEPS]
-    most = torch.topk(key, min(max(sizes), key.numel())).indices  # sorted, most relevant first
-    least = inside[torch.topk(-key[inside], min(max(sizes), n_brain)).indices] if n_brain else inside
-    coordinates = torch.stack(torch.unravel_index(inside, tuple(grid)), dim=1).double() if n_brain else None
     out = {}
+    most = torch.topk(key, min(max(sizes), key.numel())).indices  # most relevant first
+    least = inside[torch.topk(-key[inside], min(max(sizes), n_brain)).indices] if n_brain else inside
+    blob = inside
+    if n_brain:
+        if coordinates is None:
+            coordinates = brain_coordinates(brain)
+        centre = coordinates[int(torch.randint(n_brain, (1,), generator=generator))]
+        blob = inside[torch.topk(-((coordinates - centre) ** 2).sum(1), min(max(sizes), n_brain)).indices]
     for share, size in zip(STEPS, sizes):
-        out[step_name("morf", share)] = _mask(most[:size], grid, device)
-        out[step_name("lerf", share)] = _mask(least[:size], grid, device)
-        if n_brain:
-            centre = coordinates[int(rng.integers(n_brain))]
-            nearest = torch.topk(-((coordinates - centre) ** 2).sum(1), min(size, n_brain)).indices
-            out[step_name("random", share)] = _mask(inside[nearest], grid, device)
-        else:
-            out[step_name("random", share)] = torch.zeros(tuple(grid), dtype=torch.bool, device=device)
+        out[step_name("morf", share)] = most[:size]
+        out[step_name("lerf", share)] = least[:size]
+        out[step_name("random", share)] = blob[:size]
     return out
 
 
-def _mask(flat_indices: torch.Tensor, grid: tuple[int, ...], device) -> torch.Tensor:
-    mask = torch.zeros(int(np.prod(grid)), dtype=torch.bool, device=device)
-    mask[flat_indices] = True
-    return mask.view(tuple(grid))
+def brain_coordinates(brain: torch.Tensor) -> torch.Tensor:
+    """[n, 3] float32 voxel indices of the brain's voxels, in flat order."""
+    return torch.stack(torch.unravel_index(brain.flatten().nonzero().flatten(), tuple(brain.shape)), dim=1).float()
+
+
+def _generator(seed: int, row: int) -> torch.Generator:
+    """The random source of one subject's blobs and tie-breaks: the seed and its cohort row."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, row]).generate_state(1)[0]))
