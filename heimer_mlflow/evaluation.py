@@ -311,9 +311,10 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
             return None
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         result.atlas = prepared.atlas_record
-        _counterfactuals(result, prepared, opts, device, say)
+        champion_run, dataset, champion_cf = _champion(result, handle, stack, say)
+        _counterfactuals(result, prepared, opts, device, say, prefer=champion_cf)
         _judge(result)
-        _log(result, staging, handle, say)
+        _log(result, staging, handle, say, champion_run, dataset, champion_cf)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
@@ -357,10 +358,13 @@ def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, c
     )
 
 
-def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOptions, device: str, say) -> None:
+def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOptions, device: str, say,
+                     prefer: pd.DataFrame | None = None) -> None:  # fmt: skip
     """The counterfactual region tests (``engine.counterfactual``) after the one pass, on rank 0:
     up to ``counterfactual_subjects`` subjects called positive, read again, re-scored with each
-    region replaced by the negative class's mean input; summarised with intervals."""
+    region replaced by the negative class's mean input; summarised with intervals. ``prefer``: the
+    champion's counterfactuals.csv, whose subjects come first when this model calls them positive
+    (so the two versions' drops pair on the same subjects)."""
     from . import interventions
     from .engine.counterfactual import choose_subjects, forward_passes, run_counterfactuals
 
@@ -373,7 +377,11 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
     inputs = engine.maps.get("input")
     subjects = engine.subjects
     called = subjects["pred"].astype(int) == meta.positive_index
-    rows = choose_subjects(subjects["prob"].astype(float), called, n)
+    preferred = []
+    if prefer is not None:
+        wanted = set(prefer["subject_id"].astype(str))
+        preferred = [i for i, sid in enumerate(subjects["subject_id"].astype(str)) if sid in wanted]
+    rows = choose_subjects(subjects["prob"].astype(float), called, n, preferred=preferred)
     if n == 0:
         result.counterfactual = interventions.not_computed(
             interventions.OFF, "the counterfactual tests were turned off (--counterfactual-subjects 0)", **common)
@@ -446,29 +454,53 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     return result
 
 
-def _log(result: Evaluation, staging: Path, handle, say) -> None:
-    """Compare with the champion, write the artifacts and figures, log them to the open run,
-    render the report from what was logged, and prepare the version's tags (written once the run
-    FINISHED)."""
+def _champion(result: Evaluation, handle, stack, say):
+    """(the champion's evaluation on the same data or None, the logged data set, the champion's
+    counterfactuals.csv or None): compared with before the counterfactual pass, which then re-scores
+    the champion's subjects first. Its files live in a temporary folder of ``stack``."""
     from . import champion, tracking
-    from .artifacts import artifact_uris, predictions_table, write_artifacts
-    from .figures import render_evaluation
-    from .report import report_for_run
+    from .artifacts import predictions_table
 
     result.run_id = handle.run_id
     dataset = tracking.dataset(result)
-    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
-        result.comparison, champion_run = champion.with_champion(result, predictions_table(result), dataset.digest,
-                                                                 Path(work))  # fmt: skip
-        if result.comparison is not None:
-            c = result.comparison
-            say(f"compared with the champion, version {c.champion_version}: AUC difference "
-                f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
-                f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
-        if champion_run is not None:
-            _pair_with_champion(result, champion_run, say)
-        write_artifacts(result, staging)
-        figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heimer-champion-")))  # not logged
+    result.comparison, champion_run = champion.with_champion(result, predictions_table(result), dataset.digest, work)
+    if result.comparison is not None:
+        c = result.comparison
+        say(f"compared with the champion, version {c.champion_version}: AUC difference "
+            f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
+            f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
+    return champion_run, dataset, _champion_counterfactuals(champion_run)
+
+
+def _champion_counterfactuals(champion_run) -> pd.DataFrame | None:
+    """The champion evaluation's counterfactuals.csv; None when it has none (made before the tests,
+    or with them turned off)."""
+    import mlflow
+
+    if champion_run is None:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=champion_run.run_id, artifact_path="counterfactuals.csv",
+                                                   dst_path=str(champion_run.folder))  # fmt: skip
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    return pd.read_csv(path, dtype={"subject_id": str})
+
+
+def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, dataset=None, champion_cf=None) -> None:
+    """Write the artifacts and figures (with the comparison with the champion), log them to the
+    open run, render the report from what was logged, and prepare the version's tags (written once
+    the run FINISHED)."""
+    from . import tracking
+    from .artifacts import artifact_uris, write_artifacts
+    from .figures import render_evaluation
+    from .report import report_for_run
+
+    if champion_run is not None:
+        _pair_with_champion(result, champion_run, champion_cf, say)
+    write_artifacts(result, staging)
+    figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
     result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
     tracking.log_results(result, staging, handle, dataset)
     # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
@@ -481,25 +513,19 @@ def _log(result: Evaluation, staging: Path, handle, say) -> None:
     say(f"logged the evaluation and its report to run {handle.run_id} ({tracking.mlflow.get_tracking_uri()})")
 
 
-def _pair_with_champion(result: Evaluation, champion_run, say) -> None:
-    """The counterfactual drops against the champion's on the subjects both re-scored (its
-    counterfactuals.csv): per-subject paired differences, Wilcoxon, Holm over the regions."""
-    import mlflow
-
+def _pair_with_champion(result: Evaluation, champion_run, theirs: pd.DataFrame | None, say) -> None:
+    """The counterfactual drops against the champion's on the subjects both re-scored (``theirs``:
+    its counterfactuals.csv): per-subject paired differences, Wilcoxon, Holm over the regions."""
     from .interventions import paired_drops, paired_sentence
 
     cf = result.counterfactual
     if cf is None or not cf.computed or result.counterfactual_table is None:
         return
     cf.champion_version = champion_run.version
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=champion_run.run_id, artifact_path="counterfactuals.csv",
-                                                   dst_path=str(champion_run.folder))  # fmt: skip
-    except Exception:  # noqa: BLE001 - an evaluation from before the tests, or with them turned off
+    if theirs is None:
         cf.champion_note = ("the champion's evaluation has no counterfactual tests (made before they existed, or "
                             "with --counterfactual-subjects 0)")  # fmt: skip
         return
-    theirs = pd.read_csv(path, dtype={"subject_id": str})
     mine = result.counterfactual_table.astype({"subject_id": str})
     cf.vs_champion = paired_drops(mine, theirs.drop(columns=[c for c in ("participant_id", "session_id")
                                                              if c in theirs.columns]), cf.region_names)  # fmt: skip

@@ -162,6 +162,9 @@ def test_subjects_are_spread_over_those_called_ad_most_confident_first():
     assert choose_subjects(prob, called, 10).tolist() == [5, 2, 0, 6, 4, 3]  # all, fewer than N
     assert choose_subjects(prob, called, 0).tolist() == []
     assert choose_subjects(prob, np.zeros(7, bool), 4).tolist() == []
+    # the champion's subjects first (those called AD: row 1 is not), the rest spread over the others
+    assert choose_subjects(prob, called, 3, preferred=[3, 1, 4]).tolist() == [5, 4, 3]
+    assert choose_subjects(prob, called, 4, preferred=[3, 4]).tolist() == [5, 6, 4, 3]
 
 
 # --------------------------------------------------------------------------- whole evaluations

@@ -70,17 +70,25 @@ class CounterfactualResult:
         return {name: self.prob_before - after for name, after in self.prob_after.items()}
 
 
-def choose_subjects(prob: np.ndarray, called_positive: np.ndarray, n: int) -> np.ndarray:
+def choose_subjects(prob: np.ndarray, called_positive: np.ndarray, n: int, preferred=()) -> np.ndarray:
     """Rows of the subjects to re-score: among those called positive, sorted by P(positive),
     most confident first, ``n`` of them at evenly spaced ranks (all when there are fewer), so they
-    span the subjects the model calls positive rather than only its surest calls."""
-    rows = np.flatnonzero(np.asarray(called_positive, dtype=bool))
+    span the subjects the model calls positive rather than only its surest calls. ``preferred``
+    rows (e.g. the subjects the champion's evaluation re-scored, so the two can be paired) that are
+    called positive come first, up to ``n``; the rest are spread over the others."""
+    prob = np.asarray(prob, dtype=float)
+    called = np.asarray(called_positive, dtype=bool)
+    rows = np.flatnonzero(called)
     if n <= 0 or not len(rows):
         return rows[:0]
-    ranked = rows[np.argsort(-np.asarray(prob, dtype=float)[rows], kind="stable")]
-    if len(ranked) <= n:
-        return ranked
-    return ranked[np.unique(np.round(np.linspace(0, len(ranked) - 1, n)).astype(int))]
+    ranked = rows[np.argsort(-prob[rows], kind="stable")]
+    first = [r for r in ranked if r in set(int(p) for p in preferred)][:n]
+    others = np.asarray([r for r in ranked if r not in set(first)], dtype=np.int64)
+    wanted = n - len(first)
+    if len(others) > wanted:
+        others = others[np.unique(np.round(np.linspace(0, len(others) - 1, wanted)).astype(int))] if wanted else others[:0]
+    chosen = np.concatenate([np.asarray(first, dtype=np.int64), others])
+    return chosen[np.argsort(-prob[chosen], kind="stable")]
 
 
 def positive_probability(logits: torch.Tensor, positive: int) -> torch.Tensor:
