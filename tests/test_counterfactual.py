@@ -279,3 +279,27 @@ def test_a_gate_can_use_the_counterfactual_metrics(tracking, planted_cohort, cap
     code, err, _ = cli_evaluate(capsys, *args, "--counterfactual-subjects", "0", "--require",
                                 "cf_drop_outside_brain<=0.05", experiment="cf-gate")  # fmt: skip
     assert code == 3 and "could not be computed" in err[-1] and "turned off" in err[-1]
+
+
+def test_the_option_reaches_every_interface():
+    """--counterfactual-subjects on the command line, counterfactual_subjects in MLproject's main,
+    evaluate(...), the plug-in's evaluator_config and watch's heimer.options (all EvaluationOptions)."""
+    import yaml
+
+    from heimer_mlflow import cli
+    from heimer_mlflow.errors import HeimerError
+    from heimer_mlflow.evaluation import EvaluationOptions
+    from heimer_mlflow.watch.opt_in import read_options
+
+    from .helpers import REPO
+
+    args = cli._build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv", "--counterfactual-subjects", "8"])
+    assert args.counterfactual_subjects == 8
+    assert cli._build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv"]).counterfactual_subjects == 16
+    main = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
+    assert main["parameters"]["counterfactual_subjects"]["default"] == 16
+    assert "--counterfactual-subjects {counterfactual_subjects}" in main["command"]
+    assert EvaluationOptions(counterfactual_subjects=16.0).check().counterfactual_subjects == 16  # MLproject's float
+    assert read_options("m", '{"counterfactual_subjects": 0}') == {"counterfactual_subjects": 0}
+    with pytest.raises(HeimerError, match="registered model 'm': heimer.options: counterfactual_subjects=-2"):
+        read_options("m", '{"counterfactual_subjects": -2}')
