@@ -145,21 +145,33 @@ def run_counterfactuals(
     given_coordinates = None if given_brain is None else brain_coordinates(given_brain)
     autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp is not None
                 else contextlib.nullcontext())  # fmt: skip
+    given_inside = given_outside = None
+    if given_brain is not None:  # one brain for everyone: its voxels, outside and coordinates once
+        given_inside, given_outside = given_brain.flatten().nonzero().flatten(), ~given_brain
     ids, rows, before, brains = [], [], [], []
     after = {name: [] for name in names}
     voxels = {name: [] for name in names}
-    pending: list[tuple[torch.Tensor, int, str]] = []  # (intervened input, subject slot, intervention)
+    # (subject's input, what to replace: a voxel mask or flat voxel indices, subject slot, intervention)
+    pending: list[tuple[torch.Tensor, torch.Tensor, int, str]] = []
     timings = {"masks_s": 0.0, "forward_s": 0.0}
     passes = 0
 
     def flush():
+        """Score the pending interventions as one batch, each written straight into the batch."""
         nonlocal passes
         if not pending:
             return
         t0 = time.perf_counter()
+        inputs = torch.empty((len(pending), *pending[0][0].shape), dtype=pending[0][0].dtype, device=device)
+        for j, (image, replaced, _, _) in enumerate(pending):
+            if replaced.dtype == torch.bool:  # a voxel mask (a region, the outside of the brain)
+                torch.where(replaced, fill, image, out=inputs[j])
+            else:  # flat voxel indices (the map's and the random steps)
+                inputs[j].copy_(image)
+                inputs[j].view(len(image), -1)[:, replaced] = flat_fill[:, replaced]
         with autocast:
-            prob = positive_probability(score(model, torch.stack([x for x, _, _ in pending])), positive).cpu().numpy()
-        for p, (_, slot, name) in zip(prob.astype(np.float64), pending):
+            prob = positive_probability(score(model, inputs), positive).cpu().numpy()
+        for p, (_, _, slot, name) in zip(prob.astype(np.float64), pending):
             after[name][slot] = float(p)
         passes += len(pending)
         pending.clear()
@@ -173,26 +185,25 @@ def run_counterfactuals(
                 row = int(batch["index"][i])
                 t0 = time.perf_counter()
                 image = batch["image"][i].to(device)
-                brain = given_brain if given_brain is not None else batch["brain_mask"][i].to(device).bool()
-                masks = {**region_masks, OUTSIDE: ~brain}
-                steps = _map_steps(layer_maps[row], brain, image.shape[1:], _generator(seed, row),
-                                   given_coordinates if given_brain is not None else None)  # fmt: skip
+                if given_brain is not None:
+                    brain, inside, outside = given_brain, given_inside, given_outside
+                else:
+                    brain = batch["brain_mask"][i].to(device).bool()
+                    inside, outside = brain.flatten().nonzero().flatten(), ~brain
+                replaced = {**region_masks, OUTSIDE: outside}
+                replaced.update(_map_steps(layer_maps[row], brain, image.shape[1:], _generator(seed, row),
+                                           given_coordinates if given_brain is not None else None, inside))
+                counts = {**region_voxels, OUTSIDE: image[0].numel() - len(inside)}
                 timings["masks_s"] += time.perf_counter() - t0
                 slot = len(ids)
                 ids.append(str(batch["subject_id"][i]))
                 rows.append(row)
                 before.append(float(prob_before[row]))
-                brains.append(int(brain.sum()))
+                brains.append(len(inside))
                 for name in names:
                     after[name].append(float("nan"))
-                    if name in steps:  # a set of voxels: the input with those taken from the replacement
-                        voxels[name].append(len(steps[name]))
-                        intervened = image.clone()
-                        intervened.view(len(image), -1)[:, steps[name]] = flat_fill[:, steps[name]]
-                    else:
-                        voxels[name].append(region_voxels[name] if name in region_voxels else int(masks[name].sum()))
-                        intervened = torch.where(masks[name], fill, image)
-                    pending.append((intervened, slot, name))
+                    voxels[name].append(counts[name] if name in counts else len(replaced[name]))
+                    pending.append((image, replaced[name], slot, name))
                     if len(pending) >= batch_size:
                         flush()
         flush()
@@ -208,18 +219,19 @@ def run_counterfactuals(
 
 
 def _map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
-               coordinates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+               coordinates: torch.Tensor | None = None, inside: torch.Tensor | None = None,
+               ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The flat voxel indices the MoRF, LeRF and random-blob steps of one subject replace. Ties
     (the zeros after the map's ReLU) are broken at random, never by voxel order. The blob is the
     ball of brain voxels nearest one random brain voxel, nested over the steps as MoRF's and LeRF's
-    sets are. ``coordinates``: the brain voxels' indices [n, 3], when the brain is shared."""
+    sets are. ``coordinates`` [n, 3] and ``inside`` [n] (flat): the brain voxels' indices, when known."""
     device = brain.device
     layer = torch.as_tensor(np.asarray(layer_map, dtype=np.float32), device=device)
     relevance = F.interpolate(layer[None, None], size=tuple(grid), mode="trilinear", align_corners=False).flatten()
-    scale = float(relevance.abs().max()) or 1.0
+    scale = float(relevance.max()) or 1.0  # the map is not negative (ReLU, then trilinear)
     jitter = torch.rand(relevance.numel(), generator=generator).to(device)
     key = relevance / scale + 1e-6 * jitter  # by relevance; equal values in random order
-    inside = brain.flatten().nonzero().flatten()
+    inside = brain.flatten().nonzero().flatten() if inside is None else inside
     n_brain = len(inside)
     sizes = [max(1, round(share * n_brain)) for share in STEPS]
     out = {}
