@@ -1,7 +1,9 @@
 """``evaluate()``: the one function every interface calls (CLI, MLproject, MLflow evaluator).
 
-model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics and the
-verdict -> champion comparison -> artifacts -> figures -> logged to the run (tracking) ->
+model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics -> the
+champion's evaluation on the same data, if any -> counterfactual region tests
+(engine.counterfactual: a few subjects re-scored with regions replaced by the CN mean input) ->
+the verdict -> champion comparison -> artifacts -> figures -> logged to the run (tracking) ->
 report -> model-version tags once the run FINISHED. This module orchestrates; each step lives
 in its own module. Compute and drawing stay apart: the engine and metrics return numbers,
 figures draw them, tracking logs what both produced.
