@@ -13,6 +13,13 @@ then full / floor and seed / full, and the peak resident memory of the full engi
 N=256 subjects, each in its own process. Targets: full / floor <= 1.15, seed / full >= 3,
 peak(256) / peak(64) <= 1.10.
 
+Then the counterfactual pass (``engine.counterfactual``) on the first ``--cf-subjects`` subjects
+(default 16) with the cohort's 4 atlas regions: N x (4 + 10) forward passes of intervened inputs,
+against the inference floor that does the same number of forward passes (batched, ``no_grad``,
+the subjects read once, no masks, no replacement). Target: counterfactual / floor <= 1.1 per
+forward pass. ``--counterfactual-only`` writes (or reuses) only those subjects and measures only
+this, e.g. for the 1 mm preset on a CPU: ``--preset t1-linear --counterfactual-only --cf-subjects 2``.
+
     python benchmarks/engine.py [--subjects 256] [--width 32] [--device auto|cpu|cuda[:i]] [--amp bf16|fp16]
 
 Defaults: 256 subjects at 2 mm and DemoCNN width 32 (32-64-128 channels, the scale of published
@@ -269,6 +276,71 @@ def seed_style(model, loader, meta, device, amp):
     return probs, cam_sums, feature_sums, input_sums
 
 
+def counterfactual_phases(manifest: Path, model, meta, args, device) -> None:
+    """The counterfactual pass and its inference floor on the first ``--cf-subjects`` subjects,
+    side by side (fastest of ``--repeats``), and their ratio per forward pass."""
+    from heimer_mlflow.engine import GradCam3d
+    from heimer_mlflow.engine.counterfactual import forward_passes, run_counterfactuals
+
+    n = args.cf_subjects
+    loader = subset_loader(manifest, n, meta, args, device)
+    folder = manifest.parent
+    labels = nib.load(folder / "atlas" / "atlas.nii.gz").get_fdata().astype(int)
+    names = pd.read_csv(folder / "atlas" / "labels.csv")
+    regions = {str(r["name"]): labels == int(r["index"]) for _, r in names.iterrows()}
+    brain = np.asarray(nib.load(folder / "atlas" / "brain_mask.nii.gz").dataobj) > 0
+    if tuple(labels.shape) != tuple(meta.input_shape[1:]):  # a cropped grid: the crop's centre
+        regions, brain = {k: _centre_crop(v, meta.input_shape[1:]) for k, v in regions.items()}, _centre_crop(
+            brain, meta.input_shape[1:])  # fmt: skip
+    # untimed set-up: each subject's map on the target layer's grid, its score, the CN mean input
+    gradcam, maps, prob, images, cn = GradCam3d(model, meta.target_layer), {}, {}, [], []
+    for batch in loader:
+        with autocast(device, args.amp):
+            attribution = gradcam.attribute(batch["image"].to(device), meta.positive_index)
+        for i, index in enumerate(batch["index"].tolist()):
+            maps[index] = attribution.layer_maps["hirescam"][i].cpu().numpy()
+            prob[index] = float(torch.softmax(attribution.logits[i], 0)[meta.positive_index])
+            (cn if int(batch["label"][i]) != meta.positive_index else images).append(batch["image"][i])
+    replacement = torch.stack(cn or images).mean(0).numpy()
+    passes = forward_passes(n, len(regions))
+    per_subject = passes // n
+
+    def inference_floor(model, loader, meta, device, amp):
+        """The same number of forward passes, batched, no_grad, each subject read once."""
+        pending = []
+        for batch in loader:
+            for image in batch["image"]:
+                pending += [image] * per_subject
+            while len(pending) >= args.batch_size:
+                with torch.no_grad(), autocast(device, amp):
+                    model(torch.stack(pending[: args.batch_size]).to(device)).float().cpu()
+                pending = pending[args.batch_size:]
+        if pending:
+            with torch.no_grad(), autocast(device, amp):
+                model(torch.stack(pending).to(device)).float().cpu()
+
+    def counterfactual(model, loader, meta, device, amp):
+        run_counterfactuals(model, loader, layer_maps=maps, prob_before=prob, replacement=replacement,
+                            positive=meta.positive_index, regions=regions, brain_mask=brain, device=device, amp=amp,
+                            batch_size=args.batch_size)  # fmt: skip
+
+    say(f"counterfactual pass: N={n} subjects x ({len(regions)} regions + 10) = {passes} forward passes, "
+        f"batch {args.batch_size}")
+    results = {}
+    for name, phase in (("inference floor (no_grad)", inference_floor), ("counterfactual pass", counterfactual)):
+        results[name] = min(timed(phase, model, loader, meta, device, args.amp) for _ in range(args.repeats))
+        wall, cpu = results[name]
+        say(f"{name:<28}{wall:>10.2f}{passes / wall:>12.2f}{cpu:>10.1f}   ({wall / passes:.3f} s per forward pass)")
+    (floor_wall, floor_cpu), (cf_wall, cf_cpu) = results.values()
+    say(f"counterfactual / inference floor = {cf_wall / floor_wall:.2f}, CPU time {cf_cpu / floor_cpu:.2f} "
+        "(target <= 1.1 per forward pass)")
+
+
+def _centre_crop(volume: np.ndarray, shape) -> np.ndarray:
+    starts = [(a - b) // 2 for a, b in zip(volume.shape, shape)]
+    return volume[tuple(slice(s, s + b) for s, b in zip(starts, shape))]
+
+
 def timed(phase, *setup_args) -> tuple[float, float]:
     """Wall seconds and this process's CPU seconds (all its threads; not the loader's workers).
     On a shared machine the wall time of one phase grows with the others' load; the CPU time of a
@@ -350,6 +422,10 @@ def parse_args(argv=None):
                         help="take the full engine's time from the peak-memory run at N (its own process, same "
                              "settings) instead of a second pass in this process; needs N in --memory-sizes")  # fmt: skip
     parser.add_argument("--cohort", type=Path, default=None, help="reuse this folder's cohort (else a temporary one)")
+    parser.add_argument("--cf-subjects", type=int, default=16,
+                        help="subjects of the counterfactual pass and its inference floor (default 16; 0: skip)")
+    parser.add_argument("--counterfactual-only", action="store_true",
+                        help="write (or reuse) only --cf-subjects subjects and time only the counterfactual pass")
     parser.add_argument("--peak-memory-of", type=Path, default=None, help=argparse.SUPPRESS)
     preset, _ = parser.parse_known_args(argv)
     if preset.preset:
@@ -396,6 +472,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.cohort or Path(tmp)
         manifest = folder / "manifest.csv"
+        if args.counterfactual_only:
+            args.subjects, memory_sizes = args.cf_subjects, []
         if not manifest.exists():
             started = time.perf_counter()
             manifest = write_cohort(folder, max([args.subjects, *memory_sizes]), args.voxel_size, crop)
@@ -408,6 +486,9 @@ def main():
         say(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
             f"amp {args.amp}, N={args.subjects}, grid {shape}, batch {args.batch_size}, "
             f"workers {loader.num_workers}, threads {torch.get_num_threads()}, {described}, torch {torch.__version__}")  # fmt: skip
+        if args.counterfactual_only:
+            counterfactual_phases(manifest, model, meta, args, device)
+            return
         per_scan = {}
         if args.formats or args.formats_only:
             per_scan = compare_formats(subset_manifest(manifest, args.subjects), meta, args, device)
@@ -435,6 +516,8 @@ def main():
             say(f"{name:<28}{seconds[name]:>10.2f}{args.subjects / seconds[name]:>12.2f}{cpu[name]:>10.1f}{scaled}")
         if "full engine" in seconds:
             print_ratios(seconds, cpu, per_scan, args)
+        if args.cf_subjects:
+            counterfactual_phases(manifest, model, meta, args, device)
 
         peaks = {}
         for n in memory_sizes:

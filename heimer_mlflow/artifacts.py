@@ -1,5 +1,6 @@
 """The files an evaluation run keeps, written to a staging folder (the run's artifact root):
-``predictions.csv``, ``exclusions.csv``, ``metrics.json``, ``evaluation.json`` and the NIfTI
+``predictions.csv``, ``exclusions.csv``, ``counterfactuals.csv`` (the counterfactual tests' drops per
+re-scored subject), ``metrics.json``, ``evaluation.json`` and the NIfTI
 volumes (group means, differences and t-maps, the gallery's maps, and with ``--save-cams all``
 every subject's, written by ``cam_writer`` while the engine runs). Figures and the report come
 after, from ``heimer_mlflow.figures`` and ``heimer_mlflow.report``; ``tracking`` logs the folder."""
@@ -18,7 +19,7 @@ from .record import EvaluationRecord
 # The run's files that MLflow's artifact types describe, by name (EvaluationResult.artifacts);
 # figures join them under their own names (roc, calibration, gallery_TP, group_cam, ...).
 NAMED_ARTIFACTS = {"metrics": "metrics.json", "evaluation": "evaluation.json", "predictions": "predictions.csv",
-                   "exclusions": "exclusions.csv"}  # fmt: skip
+                   "exclusions": "exclusions.csv", "counterfactuals": "counterfactuals.csv"}  # fmt: skip
 
 
 def cam_writer(folder: Path):
@@ -86,6 +87,14 @@ def write_artifacts(evaluation, staging: Path) -> None:
     evaluation.cohort.excluded.to_csv(staging / "exclusions.csv", index=False)
     metrics = evaluation.metrics.to_json_dict()
     metrics["plausibility"] = evaluation.summary
+    if evaluation.counterfactual is not None:  # the cf_* figures and the deletion curves
+        cf = evaluation.counterfactual
+        metrics["counterfactual"] = {"estimates": {k: e.to_dict() for k, e in cf.estimates.items()},
+                                     "curves": cf.curves, "n_subjects": cf.n_subjects,
+                                     "forward_passes": cf.forward_passes}  # fmt: skip
+        metrics["not_computable"] += [{"name": n, "reason": r} for n, r in cf.not_computable()]
+    if evaluation.counterfactual_table is not None:
+        evaluation.counterfactual_table.to_csv(staging / "counterfactuals.csv", index=False)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False))
     EvaluationRecord.of(evaluation).write(staging / "evaluation.json")
     volumes = staging / "volumes"

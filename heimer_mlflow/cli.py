@@ -45,6 +45,13 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
+def _number_or_text(text: str):
+    """A number as given ("16", "16.0" from MLproject), else the text: the option's own check says
+    in one line what is wrong with it."""
+    try:
+        return float(text) if "." in text or "e" in text.lower() else int(text)
+    except ValueError:
+        return text
 
 
 def _boolean(text: str) -> bool:
@@ -175,6 +182,11 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--save-cams", choices=["gallery", "all", "none"], default="gallery",
                           help="which subjects' CAM volumes to log (default gallery)")
     evaluate.add_argument("--gallery-size", type=int, default=4, dest="gallery_k", help="cases per outcome in the gallery (default 4)")
+    evaluate.add_argument("--counterfactual-subjects", type=_number_or_text, default=16, metavar="N",
+                          help="counterfactual region tests: re-score up to N subjects called AD (spread over them, "
+                               "most confident first) with each atlas region, the outside of the brain and the "
+                               "map's most/least relevant voxels replaced by the CN subjects' mean input; "
+                               "N x (regions + 10) forward passes (default 16; 0: off)")  # fmt: skip
     evaluate.add_argument("--skip-bad", nargs="?", const=True, default=False, type=_boolean, metavar="BOOL",
                           help="leave unusable subjects out (listed in the run) instead of stopping")
     evaluate.add_argument("--experiment", default=None,
@@ -282,7 +294,7 @@ def _run(args) -> None:
             batch_size=args.batch_size, device=args.device, amp=args.amp, threshold=args.threshold,
             atlas=_optional(args.atlas), atlas_labels=_optional(args.atlas_labels), regions=_optional(args.regions),
             brain_mask=_optional(args.brain_mask),
-            save_cams=args.save_cams, gallery_k=args.gallery_k,
+            save_cams=args.save_cams, gallery_k=args.gallery_k, counterfactual_subjects=args.counterfactual_subjects,
             skip_bad=args.skip_bad, experiment=_optional(args.experiment), n_bootstrap=args.n_bootstrap,
             workers=args.workers, history_metrics=_history_mapping(args.history_metric), seed=args.seed,
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),

@@ -203,7 +203,7 @@ def merge(result: EngineResult, ctx: Context | None) -> EngineResult | None:
     mine = {case.index: case for cases in result.gallery.values() for case in cases}
     part = {
         "subjects": result.subjects, "excluded": result.excluded, "timings": result.timings,
-        "chunk_size": result.chunk_size,
+        "chunk_size": result.chunk_size, "positive_maps": result.positive_maps,
         "sanity": ([], [], []) if result.sanity is None else
                   (result.sanity.subject_ids, result.sanity.indices, list(result.sanity.spearman)),
         "gallery": [mine[index] for cases in winners.values() for rank, index in cases if rank == ctx.rank],
@@ -225,7 +225,7 @@ def merge(result: EngineResult, ctx: Context | None) -> EngineResult | None:
         excluded=sorted((e for p in parts for e in p["excluded"]), key=lambda e: e["index"]),
         chunk_size=min(chunk_sizes) if chunk_sizes else None,
         timings=_merge_timings([p["timings"] for p in parts], len(subjects["index"])),
-        world_size=ctx.world_size,
+        world_size=ctx.world_size, positive_maps={k: v for p in parts for k, v in p["positive_maps"].items()},
     )  # fmt: skip
 
 

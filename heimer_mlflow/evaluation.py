@@ -1,7 +1,9 @@
 """``evaluate()``: the one function every interface calls (CLI, MLproject, MLflow evaluator).
 
-model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics and the
-verdict -> champion comparison -> artifacts -> figures -> logged to the run (tracking) ->
+model URI -> registry.load -> cohort (read, validate) -> engine (one pass) -> metrics -> the
+champion's evaluation on the same data, if any -> counterfactual region tests
+(engine.counterfactual: a few subjects re-scored with regions replaced by the CN mean input) ->
+the verdict -> champion comparison -> artifacts -> figures -> logged to the run (tracking) ->
 report -> model-version tags once the run FINISHED. This module orchestrates; each step lives
 in its own module. Compute and drawing stay apart: the engine and metrics return numbers,
 figures draw them, tracking logs what both produced.
@@ -23,6 +25,7 @@ import pandas as pd
 import torch
 
 from .champion import Comparison
+from .interventions import CounterfactualSummary
 from .cohort import Cohort, CohortDataset, make_loader, parse_label_map, read_cohort, validate
 from .engine import run_engine
 from .engine.gradcam import check_cam_method
@@ -80,6 +83,8 @@ class EvaluationOptions:
     # loading a pickled model runs code from its file: a person evaluating by hand chose the model;
     # `watch` sets False unless started with --allow-pickle
     allow_pickle: bool = True
+    # the counterfactual region tests (engine.counterfactual): subjects called AD to re-score; 0: off
+    counterfactual_subjects: int = 16
 
     def check(self) -> EvaluationOptions:
         check_cam_method(self.cam)
@@ -87,6 +92,11 @@ class EvaluationOptions:
             self.class_names = tuple(split_names(self.class_names)) or None
         if self.intensity is not None and self.intensity not in INTENSITIES:
             raise HeimerError(f"intensity={self.intensity!r}: use one of {', '.join(INTENSITIES)}")
+        number = self.counterfactual_subjects
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number) or number < 0:
+            raise HeimerError(f"counterfactual_subjects={number!r}: give 0 (no counterfactual tests) or a positive "
+                              "number of subjects to re-score, e.g. --counterfactual-subjects 16")
+        self.counterfactual_subjects = int(number)
         if self.save_cams not in SAVE_CAMS:
             raise HeimerError(f"save_cams={self.save_cams!r}: use one of {', '.join(SAVE_CAMS)}")
         if not 0.0 < self.threshold < 1.0:
@@ -155,13 +165,22 @@ class Evaluation:
     verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
     link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
+    counterfactual: CounterfactualSummary | None = None  # the counterfactual region tests (interventions)
+    counterfactual_result: object | None = None  # engine.counterfactual.CounterfactualResult: per-subject drops
+    counterfactual_table: pd.DataFrame | None = None  # counterfactuals.csv
 
     @property
     def run_metrics(self) -> dict[str, float]:
         """Every number logged to the run as a metric (and returned by the evaluator plug-in)."""
         comparison = self.comparison.run_metrics() if self.comparison is not None else {}
-        return {**self.metrics.to_flat_metrics(), **self.summary, **comparison,
+        counterfactual = self.counterfactual.run_metrics() if self.counterfactual is not None else {}
+        return {**self.metrics.to_flat_metrics(), **self.summary, **counterfactual, **comparison,
                 "n_subjects": int(len(self.engine.subjects["prob"])), "n_excluded": int(len(self.cohort.excluded))}
+
+    def not_computable(self) -> list[tuple[str, str]]:
+        """(name, reason) of every figure without a value: the metrics' and the counterfactual tests'."""
+        extra = self.counterfactual.not_computable() if self.counterfactual is not None else []
+        return [*self.metrics.not_computable(), *extra]
 
     @property
     def summary(self) -> dict[str, float]:
@@ -331,7 +350,10 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
         result = _conclude(loaded, cohort, engine, prepared.grid_affine, opts, time.perf_counter() - t0)
         result.atlas = prepared.atlas_record
         result.link_model = prepared.access.link_model
-        _log(result, staging, handle, say)
+        champion_run, dataset, champion_cf = _champion(result, handle, stack, say)
+        _counterfactuals(result, prepared, opts, device, say, prefer=champion_cf)
+        _judge(result)
+        _log(result, staging, handle, say, champion_run, dataset, champion_cf)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
     say(f"verdict: {result.verdict} ({result.verdict_reason}); run {result.run_id}")
@@ -371,7 +393,75 @@ def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, c
         stop_on_problem=not opts.skip_bad,
         should_stop=ctx.peer_failed if ctx is not None else None,
         cam=opts.cam,
+        keep_positive_maps=opts.counterfactual_subjects > 0,
     )
+
+
+def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOptions, device: str, say,
+                     prefer: pd.DataFrame | None = None) -> None:  # fmt: skip
+    """The counterfactual region tests (``engine.counterfactual``) after the one pass, on rank 0:
+    up to ``counterfactual_subjects`` subjects called positive, read again, re-scored with each
+    region replaced by the negative class's mean input; summarised with intervals. ``prefer``: the
+    champion's counterfactuals.csv, whose subjects come first when this model calls them positive
+    (so the two versions' drops pair on the same subjects)."""
+    from . import interventions
+    from .engine.counterfactual import choose_subjects, forward_passes, run_counterfactuals
+
+    meta, engine, cohort = result.model.meta, result.engine, result.cohort
+    negative, positive = _negative_positive(meta)
+    regions = {} if prepared.atlas is None else {name: np.asarray(prepared.atlas[0]) == label
+                                                 for label, name in sorted(prepared.atlas[1].items())}  # fmt: skip
+    n = opts.counterfactual_subjects
+    common = {"n_requested": n, "region_names": list(regions), "negative": negative, "positive": positive}
+    inputs = engine.maps.get("input")
+    subjects = engine.subjects
+    called = subjects["pred"].astype(int) == meta.positive_index
+    preferred = []
+    if prefer is not None:
+        wanted = set(prefer["subject_id"].astype(str))
+        preferred = [i for i, sid in enumerate(subjects["subject_id"].astype(str)) if sid in wanted]
+    rows = choose_subjects(subjects["prob"].astype(float), called, n, preferred=preferred)
+    if n == 0:
+        result.counterfactual = interventions.not_computed(
+            interventions.OFF, "the counterfactual tests were turned off (--counterfactual-subjects 0)", **common)
+        return
+    if inputs is None or negative not in inputs.mean:
+        result.counterfactual = interventions.not_computed(
+            interventions.NOT_COMPUTABLE, f"no {negative} subject was evaluated: the replaced regions take the "
+            f"{negative} subjects' mean input", **common)  # fmt: skip
+        return
+    if not len(rows):
+        result.counterfactual = interventions.not_computed(
+            interventions.NOT_COMPUTABLE, f"the model called nobody {positive} at threshold {opts.threshold:g}: the "
+            f"tests re-score subjects called {positive}", **common)  # fmt: skip
+        return
+    cohort_rows = subjects["index"][rows].astype(int)
+    say(f"counterfactual tests: {len(rows)} subjects called {positive} x {len(regions) + 10} interventions = "
+        f"{forward_passes(len(rows), len(regions))} forward passes")
+    dataset = torch.utils.data.Subset(CohortDataset(cohort, meta), [int(r) for r in cohort_rows])
+    counterfactual = run_counterfactuals(
+        result.model.module.to(device),
+        make_loader(dataset, batch_size=opts.batch_size, workers=opts.workers, device=device),
+        layer_maps=engine.positive_maps, prob_before=dict(zip(cohort_rows.tolist(), subjects["prob"][rows].astype(float))),
+        replacement=inputs.mean[negative], positive=meta.positive_index, regions=regions,
+        brain_mask=prepared.brain_mask, device=device, amp=opts.amp, batch_size=opts.batch_size, seed=opts.seed,
+    )  # fmt: skip
+    ids = [c for c in ("participant_id", "session_id") if c in cohort.table.columns]
+    table_ids = cohort.table.iloc[cohort_rows][ids].reset_index(drop=True) if ids else None
+    result.counterfactual_result = counterfactual
+    result.counterfactual_table = interventions.counterfactual_table(counterfactual, table_ids)
+    result.counterfactual = interventions.summarise(
+        counterfactual, clusters=cohort.participants(cohort_rows), n_bootstrap=opts.n_bootstrap, seed=opts.seed,
+        region_reason=None if regions else "no atlas: give --atlas to test regions", n_requested=n,
+        negative=negative, positive=positive)  # fmt: skip
+    result.timings["counterfactual_s"] = counterfactual.seconds
+
+
+def _judge(result: Evaluation) -> None:
+    """The verdict from the plausibility numbers and the counterfactual tests."""
+    result.verdict_applied = judge(result.summary, result.engine.region_names, result.engine.cam_method,
+                                   counterfactual=result.counterfactual)  # fmt: skip
+    result.verdict, result.verdict_reason = result.verdict_applied.result, result.verdict_applied.reason
 
 
 def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s: float) -> Evaluation:
@@ -399,39 +489,64 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
         model=loaded, cohort=cohort, engine=engine, metrics=report, history=history,
         verdict="", verdict_reason="", options=opts, grid_affine=grid_affine,
     )
-    result.verdict_applied = judge(result.summary, engine.region_names, engine.cam_method)
-    result.verdict, result.verdict_reason = result.verdict_applied.result, result.verdict_applied.reason
     result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
     return result
 
 
-def _log(result: Evaluation, staging: Path, handle, say) -> None:
-    """Compare with the champion, write the artifacts and figures, log them to the open run,
-    render the report from what was logged, and prepare the version's tags (written once the run
-    FINISHED)."""
+def _champion(result: Evaluation, handle, stack, say):
+    """(the champion's evaluation on the same data or None, the logged data set, the champion's
+    counterfactuals.csv or None): compared with before the counterfactual pass, which then re-scores
+    the champion's subjects first. Its files live in a temporary folder of ``stack``."""
     from . import champion, tracking
-    from .artifacts import artifact_uris, predictions_table, write_artifacts
-    from .figures import render_evaluation
-    from .report import report_for_run
+    from .artifacts import predictions_table
 
     result.run_id = handle.run_id
     dataset = tracking.dataset(result)
     predictions = predictions_table(result)
     key = champion.data_key(result, predictions, dataset.digest)
     result.data_digest = key.digest
-    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:  # the champion's files, not logged
-        result.comparison, champion_run, search = champion.with_champion(result, predictions, key, Path(work))
-        if search.why and search.champion_version:  # a champion exists, and nothing to compare with: say so, -q or not
-            result.comparison_note = search.why
-            print(f"[heimer] no comparison with the champion: {search.why}", file=sys.stderr)
-        if result.comparison is not None:
-            c = result.comparison
-            say(f"compared with the champion, version {c.champion_version}: AUC difference "
-                f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
-                f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
-        write_artifacts(result, staging)
-        figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
-        result.viewers = _viewers(result, staging, champion_run)
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="heimer-champion-")))  # not logged
+    result.comparison, champion_run, search = champion.with_champion(result, predictions, key, work)
+    if search.why and search.champion_version:  # a champion exists, and nothing to compare with: say so, -q or not
+        result.comparison_note = search.why
+        print(f"[heimer] no comparison with the champion: {search.why}", file=sys.stderr)
+    if result.comparison is not None:
+        c = result.comparison
+        say(f"compared with the champion, version {c.champion_version}: AUC difference "
+            f"{c.roc_auc_diff if c.roc_auc_diff is not None else float('nan'):+.3f} (DeLong p "
+            f"{c.delong_p if c.delong_p is not None else float('nan'):.3g}); its verdict {c.champion_verdict}")
+    return champion_run, dataset, _champion_counterfactuals(champion_run)
+
+
+def _champion_counterfactuals(champion_run) -> pd.DataFrame | None:
+    """The champion evaluation's counterfactuals.csv; None when it has none (made before the tests,
+    or with them turned off)."""
+    import mlflow
+
+    if champion_run is None:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=champion_run.run_id, artifact_path="counterfactuals.csv",
+                                                   dst_path=str(champion_run.folder))  # fmt: skip
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    return pd.read_csv(path, dtype={"subject_id": str})
+
+
+def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, dataset=None, champion_cf=None) -> None:
+    """Write the artifacts, figures and map viewers (with the comparison with the champion), log
+    them to the open run, render the report from what was logged, and prepare the version's tags
+    (written once the run FINISHED)."""
+    from . import tracking
+    from .artifacts import artifact_uris, write_artifacts
+    from .figures import render_evaluation
+    from .report import report_for_run
+
+    if champion_run is not None:
+        _pair_with_champion(result, champion_run, champion_cf, say)
+    write_artifacts(result, staging)
+    figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
+    result.viewers = _viewers(result, staging, champion_run)
     result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
     tracking.log_results(result, staging, handle, dataset)
     # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
@@ -453,6 +568,31 @@ def _viewers(result: Evaluation, staging: Path, champion_run) -> list[tuple[str,
     if champion_run is not None:
         champion_volume = champion_run.volume(f"cam_mean_{safe_name(result.model.meta.positive_class)}.nii.gz")
     return [(v["title"], v["path"]) for v in write_viewers(result, staging / "viewers", champion_volume=champion_volume)]
+
+
+def _pair_with_champion(result: Evaluation, champion_run, theirs: pd.DataFrame | None, say) -> None:
+    """The counterfactual drops against the champion's on the subjects both re-scored (``theirs``:
+    its counterfactuals.csv): per-subject paired differences, Wilcoxon, Holm over the regions."""
+    from .interventions import paired_drops, paired_sentence
+
+    cf = result.counterfactual
+    if cf is None or not cf.computed or result.counterfactual_table is None:
+        return
+    cf.champion_version = champion_run.version
+    if theirs is None:
+        cf.champion_note = ("the champion's evaluation has no counterfactual tests (made before they existed, or "
+                            "with --counterfactual-subjects 0)")  # fmt: skip
+        return
+    mine = result.counterfactual_table.astype({"subject_id": str})
+    cf.vs_champion = paired_drops(mine, theirs.drop(columns=[c for c in ("participant_id", "session_id")
+                                                             if c in theirs.columns]), cf.region_names)  # fmt: skip
+    if not cf.vs_champion or not cf.vs_champion[0].diff.computable:
+        shared = cf.vs_champion[0].n_pairs if cf.vs_champion else 0
+        cf.champion_note = (f"{shared} subject(s) were re-scored by both evaluations: a paired comparison needs at "
+                            "least 2")  # fmt: skip
+        cf.vs_champion = [p for p in cf.vs_champion if p.diff.computable]
+    else:
+        say(f"counterfactual tests against the champion: {paired_sentence(cf.vs_champion[0])}")
 
 
 def require_both_classes(cohort: Cohort, meta) -> None:

@@ -161,8 +161,14 @@ def run_metric_names(region_names: tuple[str, ...] = ()) -> frozenset[str]:
 
     y = np.tile([0, 1], 20)
     score = np.clip(0.3 * y + np.random.default_rng(0).random(40) * 0.7, 0, 1)
+    from .interventions import OUTSIDE, metric_names
+
     names = set(compute_metrics(y, score, n_bootstrap=20).to_flat_metrics())
-    return frozenset(names | set(SUMMARY_METRICS) | {f"cam_roi_gain_{r}" for r in region_names})
+    counterfactual = {f"{n}{end}" for n in metric_names(region_names) for end in ("", "_ci_lower", "_ci_upper")}
+    vs_champion = {f"vs_champion_cf_drop_{r}_{end}" for r in (OUTSIDE, *region_names)
+                   for end in ("diff", "diff_ci_lower", "diff_ci_upper", "p")}  # fmt: skip
+    return frozenset(names | set(SUMMARY_METRICS) | {f"cam_roi_gain_{r}" for r in region_names} | counterfactual
+                     | vs_champion | {"cf_n_subjects", "cf_forward_passes"})  # fmt: skip
 
 
 def _number(text: str) -> float | None:

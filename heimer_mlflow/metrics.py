@@ -923,3 +923,67 @@ def _category_order(values: pd.Series) -> list:
         return sorted(distinct)
     except TypeError:
         return sorted(distinct, key=str)
+
+
+# --------------------------------------------------------------------------------------------
+# Means over subjects, and paired differences (the counterfactual tests)
+# --------------------------------------------------------------------------------------------
+
+
+def mean_estimates(values: np.ndarray, *, n_bootstrap: int, seed: int, clusters=None) -> list[Estimate]:
+    """The mean of each column of ``values`` [subjects, k] with a percentile bootstrap 95% interval
+    over subjects, the same resamples for every column (so differences of columns are consistent);
+    with ``clusters`` (one participant per row) participants are resampled with all their scans.
+    A column with a non-finite value is not computable."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or not len(values):
+        return [Estimate.missing("no subjects") for _ in range(values.shape[-1] if values.ndim == 2 else 0)]
+    strata = np.zeros(len(values), dtype=np.int64)  # one stratum: subjects are not split by class here
+    codes = cluster_codes(clusters, strata)
+    finite = np.isfinite(values).all(axis=0)
+    safe = np.where(np.isfinite(values), values, 0.0)
+    samples = np.concatenate([(w @ safe) / w.sum(axis=1, keepdims=True)
+                              for w in stratified_bootstrap_weights(strata, _validated_n_bootstrap(n_bootstrap), seed,
+                                                                    clusters=codes)])  # fmt: skip
+    out = []
+    for column in range(values.shape[1]):
+        if not finite[column]:
+            out.append(Estimate.missing("a subject's score was not finite"))
+            continue
+        lower, upper = _percentile_interval(samples[:, column])
+        out.append(Estimate(float(values[:, column].mean()), lower, upper, method=_bootstrap_method(codes)))
+    return out
+
+
+def paired_signed_rank(a, b, *, clusters=None) -> tuple[Estimate, float | None]:
+    """(mean of a - b with a t interval, two-sided Wilcoxon signed-rank p) over paired subjects;
+    with ``clusters`` the pairs are first averaged per participant (one pair per person). Exact
+    p-values for up to 50 pairs without ties, else the normal approximation (scipy's choice)."""
+    from scipy.stats import t as student_t
+    from scipy.stats import wilcoxon
+
+    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if clusters is not None:
+        difference = pd.Series(difference).groupby(pd.Series(np.asarray(clusters, dtype=object)).astype(str).to_numpy(),
+                                                   sort=False).mean().to_numpy()  # fmt: skip
+    difference = difference[np.isfinite(difference)]
+    n = len(difference)
+    if n < 2:
+        return Estimate.missing(f"{n} paired subject(s): a paired test needs at least 2"), None
+    mean = float(difference.mean())
+    se = float(difference.std(ddof=1) / math.sqrt(n))
+    half = float(student_t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
+    p_value = None
+    if np.any(difference != 0):
+        p_value = float(wilcoxon(difference, zero_method="wilcox", alternative="two-sided").pvalue)
+    return Estimate(mean, mean - half, mean + half, method="paired t interval", se=se), p_value
+
+
+def holm(p_values: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjustment of a family of p-values (None stays None)."""
+    present = sorted((p, name) for name, p in p_values.items() if p is not None)
+    adjusted, running = {}, 0.0
+    for rank, (p, name) in enumerate(present):
+        running = max(running, min(1.0, (len(present) - rank) * p))
+        adjusted[name] = running
+    return {name: adjusted.get(name) for name in p_values}

@@ -9,6 +9,10 @@ a ``schema_version`` (written before) is read as it is and its checks are judged
 limits every evaluation applied then (``verdict.LIMITS_BEFORE_RECORDING``), keeping the verdict it
 recorded; a record newer than this code stops with one line that says to upgrade. The optional
 ``atlas`` (a named atlas, its licence and regions) is written only when a named atlas was used.
+Version 2 added ``counterfactual`` (the counterfactual region tests: what was replaced with what,
+the drops with their intervals, the curves, the paired comparison with the champion; see
+:mod:`heimer_mlflow.interventions`) and the verdict's two counterfactual checks and limits; a
+version-1 record renders as it was, its verdict without them.
 
 Reading is forgiving by design: a missing or mistyped field becomes None or empty (the report
 then says "not recorded"), never an exception. ``MetricsRecord`` reads ``metrics.json`` the same
@@ -25,10 +29,11 @@ from pathlib import Path
 from .champion import Comparison
 from .errors import HeimerError
 from .meta import assumptions
+from .interventions import CounterfactualSummary
 from .metrics import Estimate
 from .verdict import LIMITS_BEFORE_RECORDING, Check, Limits, Verdict, judge
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 UPGRADE = "pip install -U heimer-mlflow"
 
 
@@ -245,7 +250,7 @@ def _verdict(data, plausibility: Plausibility, engine: EngineRecord, method: str
     if isinstance(data, dict) and isinstance(data.get("limits"), dict):
         written = _dict(data.get("limits"))
         limits = Limits(**{name: _number(written.get(name)) if _number(written.get(name)) is not None else default
-                           for name, default in LIMITS_BEFORE_RECORDING.to_dict().items()})  # fmt: skip
+                           for name, default in asdict(LIMITS_BEFORE_RECORDING).items()})  # fmt: skip
         checks = tuple(Check(str(c.get("name")), _number(c.get("value")), _number(c.get("limit")),
                              c.get("passed") if isinstance(c.get("passed"), bool) else None)
                        for c in _list(data.get("checks")) if isinstance(c, dict))  # fmt: skip
@@ -281,6 +286,7 @@ class EvaluationRecord:
     versions: dict[str, str | None]  # package -> version
     atlas: AtlasRecord | None = None  # a named atlas and its licence; optional in schema_version 1
     comparison_note: str = ""  # why there is no comparison with the champion; optional in schema_version 1
+    counterfactual: CounterfactualSummary | None = None  # None: a record from before the tests (schema < 2)
 
     @property
     def cam_method(self) -> str:
@@ -326,6 +332,7 @@ class EvaluationRecord:
             timings={k: _finite(v) for k, v in evaluation.timings.items()},
             versions=_package_versions(), atlas=getattr(evaluation, "atlas", None),
             comparison_note=getattr(evaluation, "comparison_note", "") or "",
+            counterfactual=getattr(evaluation, "counterfactual", None),
         )  # fmt: skip
 
     def to_dict(self) -> dict:
@@ -339,6 +346,7 @@ class EvaluationRecord:
             "grid_affine": self.grid_affine, "evaluated_at": self.evaluated_at, "timings": self.timings,
             "versions": self.versions, **({"atlas": asdict(self.atlas)} if self.atlas is not None else {}),
             **({"comparison_note": self.comparison_note} if self.comparison_note else {}),
+            **({"counterfactual": self.counterfactual.to_dict()} if self.counterfactual is not None else {}),
         }  # fmt: skip
 
     def write(self, path: Path) -> None:
@@ -373,6 +381,7 @@ class EvaluationRecord:
             timings={str(k): _number(v) for k, v in _dict(data.get("timings")).items()},
             versions={str(k): _str(v) for k, v in _dict(data.get("versions")).items()},
             atlas=AtlasRecord.from_dict(data.get("atlas")), comparison_note=_str(data.get("comparison_note")) or "",
+            counterfactual=CounterfactualSummary.from_dict(data.get("counterfactual")),
         )  # fmt: skip
 
 

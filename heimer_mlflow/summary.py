@@ -62,6 +62,8 @@ class Summary:
     champion: dict | None = None  # Comparison.to_dict() when there was a champion to compare with
     champion_note: str = ""  # why there is no comparison although a champion exists
     recommendation: Recommendation | None = field(default=None)
+    counterfactual: str | None = None  # what changes the score (the largest effect), in one sentence
+    counterfactual_champion: str | None = None  # e.g. "this version depends more on what lies outside ... p < 0.001"
 
     @property
     def advice(self) -> Recommendation:
@@ -118,7 +120,27 @@ def from_evaluation(evaluation, gate=None) -> Summary:
                    n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
                    gate=status, gate_failures=failures,
                    champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
-                   champion_note=getattr(evaluation, "comparison_note", "") or "")  # fmt: skip
+                   champion_note=getattr(evaluation, "comparison_note", "") or "",
+                   **_counterfactual_lines(evaluation.counterfactual))  # fmt: skip
+
+
+def _counterfactual_lines(cf) -> dict:
+    """The largest counterfactual effect, and the paired comparison with the champion, as sentences."""
+    from .interventions import OUTSIDE, paired_sentence
+
+    if cf is None or not cf.computed:
+        return {}
+    out = {}
+    largest = cf.largest_effect()
+    if largest is not None:
+        name, drop = largest
+        what = "what lies outside the brain" if name == OUTSIDE else name.replace("_", " ")
+        out["counterfactual"] = (f"**What changes the score:** replacing {what} with the {cf.negative_class} average "
+                                 f"drops P({cf.positive_class}) by {drop.value:.2f} (95% CI {_number(drop.lower, 2)} to "
+                                 f"{_number(drop.upper, 2)}; {cf.n_subjects} subjects).")  # fmt: skip
+    if cf.vs_champion:
+        out["counterfactual_champion"] = f"{paired_sentence(cf.vs_champion[0])[0].upper()}{paired_sentence(cf.vs_champion[0])[1:]}."
+    return out
 
 
 def _number(value, digits: int = 3) -> str:
@@ -220,8 +242,12 @@ def render(s: Summary, *, level: int = 0) -> str:
     if level <= 2:
         lines += [verdict, ""]
         lines += _figure_rows(s.metrics) + [""]
+        if s.counterfactual and level <= 1:
+            lines += [s.counterfactual, ""]
         if s.champion and level <= 1:
             lines += [_champion_line(s), ""]
+            if s.counterfactual_champion:
+                lines += [s.counterfactual_champion, ""]
         elif s.champion_note and level <= 1:
             lines += [f"**No comparison with the champion**: {_clip(s.champion_note, None if level == 0 else 300)}", ""]
         lines += [_links(s), ""]

@@ -357,7 +357,7 @@ def prepare_version_tags(evaluation, handle: EvaluationRun) -> None:
         if path:
             handle.version_tags["heimer.report_page"] = artifact_route(handle.experiment_id, evaluation.run_id, path)
     handle.evaluation = evaluation
-    handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.metrics.not_computable()))
+    handle.judged = (flat, evaluation.verdict, evaluation.verdict_reason, dict(evaluation.not_computable()))
 
 
 def version_tags(evaluation, flat: dict) -> dict[str, str]:

@@ -13,6 +13,18 @@ The checks (on the means over the subjects the model calls AD, see ``Evaluation.
   ``min_region_gain`` times its share of the brain's volume; without one it is not assessed;
 - ``sanity``: the maps of a randomised-weights copy of the model may correlate with the trained
   model's by at most ``max_sanity_spearman`` (Adebayo et al. 2018); not assessed when not run.
+
+Two more rest on what changes the score (the counterfactual tests, :mod:`heimer_mlflow.interventions`;
+assessed in evaluations since schema_version 2, not assessed when the tests did not run):
+
+- ``shortcut_confirmed``: replacing everything outside the brain by the controls' mean input
+  may drop the mean P(AD) by less than ``max_cf_drop_outside_brain``; a larger drop means the
+  score depends on what lies outside the brain;
+- ``map_faithful``: replacing the map's most relevant voxels (MoRF) must drop P(AD) by more than
+  ``min_cf_morf_over_random`` beyond a size-matched random blob in the brain; else the map does
+  not point at what the score uses.
+
+The region check gains a causal line in the reason: the region whose replacement drops P(AD) most.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from dataclasses import asdict, dataclass
 from .meta import CAM_NAMES
 
 PASS, REVIEW = "pass", "review"
+CAUSAL_WORDING_MIN_DROP = 0.05  # words only, not a limit: below it the causal line says no region moves the score much
 
 
 @dataclass(frozen=True)
@@ -33,15 +46,19 @@ class Limits:
     max_outside_brain_excess: float = 0.10  # share outside the brain above the resolution floor
     min_region_gain: float = 1.0  # some atlas region must draw more than this (1 = its volume share)
     max_sanity_spearman: float = 0.5  # maps of a randomised model should not look like the trained one's
+    # counterfactual tests (schema_version 2; None: not applied, as in records from before)
+    max_cf_drop_outside_brain: float | None = 0.20  # P(AD) drop when the outside of the brain is replaced
+    min_cf_morf_over_random: float | None = 0.02  # MoRF drop must exceed a random blob's by more than this
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 DEFAULT_LIMITS = Limits()  # what an evaluation applies today
 # What every evaluation applied before evaluation.json recorded its limits (records without a
 # schema_version): such a record is judged by these, never by whatever the defaults are now.
-LIMITS_BEFORE_RECORDING = Limits(max_outside_brain_excess=0.10, min_region_gain=1.0, max_sanity_spearman=0.5)
+LIMITS_BEFORE_RECORDING = Limits(max_outside_brain_excess=0.10, min_region_gain=1.0, max_sanity_spearman=0.5,
+                                 max_cf_drop_outside_brain=None, min_cf_morf_over_random=None)
 
 
 @dataclass(frozen=True)
@@ -49,7 +66,7 @@ class Check:
     """One check as applied: the number measured, the limit it was held to, and whether it
     passed (None: not assessed, e.g. no atlas for the region gain)."""
 
-    name: str  # outside_brain | region_gain | sanity
+    name: str  # outside_brain | region_gain | sanity | shortcut_confirmed | map_faithful
     value: float | None
     limit: float | None
     passed: bool | None
@@ -85,10 +102,12 @@ def outside_brain_limit(floor: float | None, limits: Limits | None = None) -> fl
 
 
 def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str = "hirescam",
-          limits: Limits | None = None) -> Verdict:  # fmt: skip
+          limits: Limits | None = None, counterfactual=None) -> Verdict:  # fmt: skip
     """The verdict on the primary map (``method``) from the plausibility numbers of
     ``Evaluation.summary`` (``cam_outside_brain_fraction``, ``cam_outside_brain_floor``,
-    ``cam_roi_gain_<region>``, ``sanity_spearman_mean``), under ``limits`` (default: today's)."""
+    ``cam_roi_gain_<region>``, ``sanity_spearman_mean``), under ``limits`` (default: today's).
+    With ``counterfactual`` (an ``interventions.CounterfactualSummary``, computed or not) the
+    counterfactual checks join; without it (a record from before them) they are left out."""
     limits = DEFAULT_LIMITS if limits is None else limits
     name = CAM_NAMES.get(method, method)
     reasons = []
@@ -118,11 +137,58 @@ def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str
         Check("region_gain", top_gain, low_gain, None if top_gain is None else top_gain > low_gain),
         Check("sanity", sanity, high_sanity, None if sanity is None else sanity <= high_sanity),
     )
+    causal = ""
+    if counterfactual is not None:
+        cf_checks, cf_reasons, causal = _counterfactual_checks(counterfactual, name, limits)
+        checks += cf_checks
+        reasons = cf_reasons + reasons  # what changes the score first: it is the stronger evidence
     if reasons:
-        return Verdict(REVIEW, "; ".join(reasons), method, limits, checks)
+        return Verdict(REVIEW, "; ".join(reasons) + causal, method, limits, checks)
     best = max(gains, key=gains.get) if gains else None
     where = f"; most attention in {best} (gain {gains[best]:.1f})" if best else ""
-    return Verdict(PASS, f"{outside:.0%} of the {name} lies outside the brain{where}", method, limits, checks)
+    return Verdict(PASS, f"{outside:.0%} of the {name} lies outside the brain{where}{causal}", method, limits, checks)
+
+
+def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, ...], list[str], str]:
+    """(the two checks, the reasons for review, the causal line) of the counterfactual tests."""
+    high_outside, margin = limits.max_cf_drop_outside_brain, limits.min_cf_morf_over_random
+    outside = cf.estimate("cf_drop_outside_brain") if cf.computed else None
+    morf, random = (cf.value("cf_drop_map_morf"), cf.value("cf_drop_random")) if cf.computed else (None, None)
+    excess = None if morf is None or random is None else morf - random
+    checks = (
+        Check("shortcut_confirmed", None if outside is None else outside.value, high_outside,
+              None if outside is None or high_outside is None else outside.value < high_outside),
+        Check("map_faithful", excess, margin, None if excess is None or margin is None else excess > margin),
+    )  # fmt: skip
+    reasons = []
+    before = _first(cf.curves.get("morf", {}).get("prob")) if cf.computed else None
+    people = f"{cf.n_subjects} subjects called {cf.positive_class}" if cf.computed else ""
+    if checks[0].passed is False:
+        after = f" from {before:.2f} to {before - outside.value:.2f}" if before is not None else ""
+        reasons.append(f"replacing what lies outside the brain with the {cf.negative_class} subjects' average lowers "
+                       f"the mean P({cf.positive_class}){after} (drop {outside.value:.2f}{_interval(outside)} over "
+                       f"{people}; limit {high_outside:.2f}): the model uses a shortcut")  # fmt: skip
+    if checks[1].passed is False:
+        reasons.append(f"replacing the {name}'s most relevant voxels drops P({cf.positive_class}) by {morf:.2f}, no "
+                       f"more than a random blob of the same size in the brain ({random:.2f}; needs {margin:.2f} "
+                       f"more): the {name} does not point at what the score uses")  # fmt: skip
+    largest = cf.largest_region() if cf.computed else None
+    causal = ""
+    if largest is not None:
+        region, drop = largest
+        causal = (f"; replacing {region} drops P({cf.positive_class}) most of the regions ({drop.value:.2f}"
+                  f"{_interval(drop)})" if drop.value >= CAUSAL_WORDING_MIN_DROP else
+                  f"; replacing any one atlas region changes P({cf.positive_class}) little (largest drop: {region}, "
+                  f"{drop.value:.2f}{_interval(drop)})")  # fmt: skip
+    return checks, reasons, causal
+
+
+def _interval(e) -> str:
+    return f", 95% CI {e.lower:.2f} to {e.upper:.2f}" if e.lower is not None and e.upper is not None else ""
+
+
+def _first(values):
+    return values[0] if values and values[0] is not None else None
 
 
 def plausibility_verdict(summary: Mapping[str, float], region_names: Sequence[str],

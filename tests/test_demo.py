@@ -69,7 +69,7 @@ def test_demo_in_python(tracking, tmp_path):
     assert {"vs_champion_roc_auc_diff", "vs_champion_delong_p"} <= set(logged)
     assert client.get_model_version("demo-py", "2").tags["heimer.evaluation_run_id"] == evaluation.run_id
     lines = story(result)
-    assert [line.split(":")[0] for line in lines] == ["scores", "verdicts", "reports"]
+    assert [line.split(":")[0] for line in lines] == ["scores", "verdicts", "what changes the score", "reports"]
     assert "challenger v2" in lines[0] and "DeLong p" in lines[0] and evaluation.verdict in lines[1]
 
 

@@ -179,6 +179,27 @@ def test_a_record_newer_than_the_code_fails_in_one_line(tracking, tmp_path):
                            "--no-log"], env=subprocess_env(tracking), capture_output=True, text=True, timeout=300)
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1, done.stderr[-2000:]
-    assert err[0].startswith("heimer-mlflow: error: run ") and run_id in err[0] and "schema_version 2" in err[0]
+    assert err[0].startswith("heimer-mlflow: error: run ") and run_id in err[0] and f"schema_version {SCHEMA_VERSION + 1}" in err[0]
     with pytest.raises(HeimerError, match="schema_version 'one'"):
         EvaluationRecord.from_dict({"schema_version": "one"})
+
+
+def test_a_version_1_record_renders_as_it_was_judged_without_counterfactual_tests(tmp_path):
+    """A record from before the counterfactual tests (schema_version 1: a verdict with three checks
+    and three limits, no counterfactual section) renders with that verdict and those checks; the
+    report says the tests were not run then."""
+    summary = {k: v for k, v in OLD_RECORD["plausibility"].items() if k not in ("verdict", "reason")}
+    applied = verdict.judge(summary, OLD_RECORD["engine"]["region_names"], "hirescam")
+    assert [c.name for c in applied.checks] == ["outside_brain", "region_gain", "sanity"]  # no counterfactual
+    written = {**copy.deepcopy(OLD_RECORD), "schema_version": 1, "run_id": None,
+               "verdict": {**applied.to_dict(), "limits": {"max_outside_brain_excess": 0.1, "min_region_gain": 1.0,
+                                                           "max_sanity_spearman": 0.5}}}  # fmt: skip
+    record = EvaluationRecord.from_dict(json.loads(json.dumps(written)))
+    assert record.counterfactual is None and record.verdict.check("shortcut_confirmed") is None
+    assert record.verdict.limits.max_cf_drop_outside_brain is None  # not applied then
+    assert record.to_dict()["verdict"]["limits"] == written["verdict"]["limits"]
+    context = build_context(_artifacts(tmp_path / "v1", written))
+    assert context["verdict"] == "review" and context["verdict_reason"] == applied.reason
+    assert not context["cf"]["available"] and "before heimer-mlflow ran counterfactual tests" in context["cf"]["why"]
+    html = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_html(context)))
+    assert "What changes the score" in html and "before heimer-mlflow ran counterfactual tests" in html

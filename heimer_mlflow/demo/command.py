@@ -140,8 +140,25 @@ def _evaluate(model_uri: str, manifest, progress: bool, say):
                     atlas_labels=str(atlas / "labels.csv"), progress=progress)
 
 
+def _causal(evaluation) -> str:
+    """What changes a model's score: the largest region drop and the outside-brain drop, with intervals."""
+    cf = evaluation.counterfactual
+    if cf is None or not cf.computed:
+        return "not tested" if cf is None else f"not tested ({cf.reason})"
+
+    def drop(e) -> str:
+        return f"{e.value:.2f} [{e.lower:.2f}, {e.upper:.2f}]" if e is not None and e.computable else "n/a"
+
+    parts = []
+    region = cf.largest_region()
+    if region is not None:
+        parts.append(f"replacing {region[0]} drops P({cf.positive_class}) by {drop(region[1])}")
+    parts.append(f"the outside of the brain by {drop(cf.estimate('cf_drop_outside_brain'))}")
+    return ", ".join(parts)
+
+
 def story(result: dict) -> list[str]:
-    """The demo's ending, three lines: scores, verdicts, where to read the reports."""
+    """The demo's ending, four lines: scores, verdicts, what changes each score, where to read the reports."""
     champion, challenger = result["evaluation"], (result.get("challenger") or {}).get("evaluation")
     if champion is None:
         return [f"{result['model_name']} version {result['version']} (alias champion), training run {result['run_id']}"]
@@ -154,6 +171,7 @@ def story(result: dict) -> list[str]:
     if challenger is None:
         return [f"{name} v{result['version']} (champion): {auc(champion)} on the held-out cohort",
                 f"verdict {champion.verdict}: {champion.verdict_reason}",
+                f"what changes the score: {_causal(champion)}",
                 f"report: {champion.artifacts.get('report', '-')}"]
     c = challenger.comparison
     delta = (f"; difference {c.roc_auc_diff:+.2f} [{c.roc_auc_diff_ci_lower:+.2f}, {c.roc_auc_diff_ci_upper:+.2f}], "
@@ -163,5 +181,14 @@ def story(result: dict) -> list[str]:
         f"scores: champion v{result['version']} {auc(champion)}; challenger v{version} {auc(challenger)}{delta}",
         f"verdicts: champion {champion.verdict} ({champion.verdict_reason}); challenger {challenger.verdict} "
         f"({challenger.verdict_reason})",
+        f"what changes the score: champion {_causal(champion)}; challenger {_causal(challenger)}"
+        + (f"; {paired}" if (paired := _paired(challenger)) else ""),
         f"reports: {champion.artifacts.get('report', '-')} and {challenger.artifacts.get('report', '-')}",
     ]
+
+
+def _paired(evaluation) -> str:
+    from ..interventions import paired_sentence
+
+    cf = evaluation.counterfactual
+    return paired_sentence(cf.vs_champion[0], this_label="the challenger") if cf is not None and cf.vs_champion else ""

@@ -84,6 +84,9 @@ class EngineResult:
     gallery_k: int = 4  # cases kept per outcome
     world_size: int = 1  # processes whose shards were merged into this result
     cam_method: str = "hirescam"  # the primary map (CAM_METHODS) behind the "cam" maps, cam_* shares, gallery, sanity
+    # cohort row -> the primary map on the target layer's grid, for every subject called positive
+    # (kept with keep_positive_maps, for the counterfactual pass; one small map each, e.g. 8 KB)
+    positive_maps: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction",
@@ -150,6 +153,7 @@ def run_engine(
     stop_on_problem: bool = False,
     should_stop: Callable[[], bool] | None = None,
     cam: str = "hirescam",
+    keep_positive_maps: bool = False,
 ) -> EngineResult:
     """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
 
@@ -166,6 +170,8 @@ def run_engine(
     ``index`` is below ``sanity_subjects`` (the same ones however the cohort is sharded).
     ``should_stop`` is asked before each batch; when it says True the pass ends with
     :class:`EngineStopped` (``heimer_mlflow.distributed`` uses it to stop when another rank failed).
+    ``keep_positive_maps`` keeps the primary map on the target layer's grid of every subject called
+    positive (``positive_maps``), for the counterfactual pass (``engine.counterfactual``).
     """
     if amp not in (None, *AMP_DTYPES):
         raise HeimerError(f"unknown amp {amp!r}: use bf16, fp16 or leave it unset")
@@ -176,6 +182,7 @@ def run_engine(
     if brain_mask is not None:
         run.given_brain = torch.as_tensor(np.asarray(brain_mask) != 0, device=chosen)
     run.stop_on_problem = stop_on_problem
+    run.positive_maps = {} if keep_positive_maps else None
     was_training = model.training
     model.eval()
     try:
@@ -234,6 +241,7 @@ class _Run:
         self.rows.update({f"cam_roi_gain_{name}": [] for name in self.region_names})
         self.excluded: list[dict] = []
         self.stop_on_problem = False
+        self.positive_maps: dict[int, np.ndarray] | None = None  # kept only when asked for
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -457,6 +465,9 @@ class _Run:
             self.random_gradcam = None  # done: free the randomised copy
         for name, column in subjects.items():
             self.rows[name].append(column)
+        if self.positive_maps is not None:
+            for i in np.flatnonzero(predicted_positive):
+                self.positive_maps[int(subjects["index"][i])] = _own_numpy(chunk.layer_cam[i])
         saved_cams = {}
         if self.save_cams is not None:
             saved_cams = {method: self.upsampling.up(layer_map) for method, layer_map in chunk.layer_maps.items()}
@@ -500,6 +511,7 @@ class _Run:
             feature_layers=list(self.layers), region_names=list(self.region_names), excluded=self.excluded,
             device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
             timings=timings, gallery_k=self.gallery_k, cam_method=self.cam_method,
+            positive_maps=self.positive_maps or {},
         )  # fmt: skip
 
 

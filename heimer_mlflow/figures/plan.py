@@ -21,6 +21,7 @@ from .brain_maps import (
     plot_input_difference,
 )  # fmt: skip
 from .checks import plot_outside_brain, plot_region_gain, plot_sanity
+from .counterfactual import plot_deletion_curves, plot_region_drops
 from .performance import performance_plan
 from .slices import _volume3d
 from .style import DPI, cam_name, save_figure
@@ -171,6 +172,12 @@ def render_evaluation(evaluation: Evaluation, out_dir, *, champion_run: Champion
     champion's evaluation on the same data), also ``champion_comparison``."""
     out = pathlib.Path(out_dir)
     paths = render_all(evaluation.metrics, evaluation.engine, evaluation.history, out, affine=evaluation.grid_affine)
+    cf = evaluation.counterfactual
+    if cf is not None and cf.status != "off":  # what changes the score (or why it was not computable)
+        method = evaluation.engine.cam_method
+        paths["cf_deletion_curves"] = save_figure(plot_deletion_curves(cf, method=method).figure,
+                                                  out / "cf_deletion_curves.png")  # fmt: skip
+        paths["cf_region_drops"] = save_figure(plot_region_drops(cf).figure, out / "cf_region_drops.png")
     if champion_run is not None:
         paths.update(_champion_comparison(evaluation, champion_run, out))
     return paths

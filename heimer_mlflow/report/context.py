@@ -345,6 +345,82 @@ def _checks_context(record: EvaluationRecord, numbers: dict[str, float], sanity_
     }  # fmt: skip
 
 
+def _counterfactual_context(record: EvaluationRecord, cam_name: str, positive: str, negative: str) -> dict:
+    """The counterfactual tests as recorded, in numbers and plain sentences: what was replaced with
+    what, the largest effect, whether the map points at what the score uses, the checks as applied
+    and the paired comparison with the champion. A record from before the tests says so."""
+    from ..interventions import OUTSIDE, format_p, paired_sentence
+
+    cf = record.counterfactual
+    if cf is None:
+        return {"available": False, "why": "This evaluation was made before heimer-mlflow ran counterfactual tests."}
+    if not cf.computed:
+        return {"available": False, "why": f"Not computed: {cf.reason}."}
+
+    def interval(e) -> str:
+        return f"{e.value:.2f} (95% interval {e.lower:.2f} to {e.upper:.2f})" if e.lower is not None else f"{e.value:.2f}"
+
+    def what(name: str) -> str:
+        return "what lies outside the brain" if name == OUTSIDE else f"the {name.replace('_', ' ')}"
+
+    before = (cf.curves.get("morf") or {}).get("prob", [None])[0]
+    sentences = [f"To test what the score depends on, the model scored {cf.n_subjects} subjects it calls {positive} "
+                 f"again with parts of their scan replaced by {cf.replacement}."]  # fmt: skip
+    headline = ""
+    largest = cf.largest_effect()
+    if largest is not None:
+        name, drop = largest
+        after = f" from {before:.2f} to {before - drop.value:.2f}" if before is not None else ""
+        meaning = ("the score depends on something outside the brain, which a brain disease cannot explain"
+                   if name == OUTSIDE and drop.value >= 0.2 else
+                   f"the score depends on {what(name)}" if drop.value >= 0.05 else
+                   "no single region the test replaced moves the score much")  # fmt: skip
+        headline = (f"Replacing {what(name)} with the {negative} subjects' average lowers the mean probability of "
+                    f"{positive}{after}, a drop of {interval(drop)}: {meaning}.")  # fmt: skip
+        sentences.append(headline)
+    morf, lerf, random = (cf.estimate(k) for k in ("cf_drop_map_morf", "cf_drop_map_lerf", "cf_drop_random"))
+    check = record.verdict.check("map_faithful")
+    if morf is not None and random is not None and morf.computable and random.computable:
+        faithful = check.passed if check is not None and check.passed is not None else morf.value - random.value > 0.02
+        sentences.append(
+            f"Replacing the voxels the {cam_name} marks as most relevant (2, 5 and 10% of the brain) lowers it by "
+            f"{interval(morf)} on average, against {random.value:.2f} for random blobs of the same size"
+            + (f" and {lerf.value:.2f} for its least relevant voxels" if lerf is not None and lerf.computable else "")
+            + (f": the {cam_name} points at what the score uses." if faithful else
+               f": the {cam_name} does not point at what the score uses."))  # fmt: skip
+    rows = [{"name": "outside the brain", "drop": cf.estimate("cf_drop_outside_brain")}]
+    rows += [{"name": r.replace("_", " "), "drop": cf.estimate(f"cf_drop_{r}")} for r in cf.region_names]
+    rows += [{"name": f"{cam_name}: most relevant first (mean of the steps)", "drop": morf},
+             {"name": f"{cam_name}: least relevant first (mean of the steps)", "drop": lerf},
+             {"name": "random blob in the brain (mean of the steps)", "drop": random},
+             {"name": "faithfulness (most minus least relevant first)", "drop": cf.estimate("cf_faithfulness")}]
+    table = [{"name": r["name"], "value": fmt_num(r["drop"].value, 3) if r["drop"] is not None and r["drop"].computable
+              else "n/a", "ci": fmt_ci(r["drop"], "cf") if r["drop"] is not None else "",
+              "reason": text(r["drop"].reason) if r["drop"] is not None and not r["drop"].computable else ""}
+             for r in rows]  # fmt: skip
+    checks = []
+    for name, words in (("shortcut_confirmed", "Shortcut test: mean drop when the outside of the brain is replaced"),
+                        ("map_faithful", f"Faithfulness: {cam_name} most-relevant drop minus the random blob's")):
+        c = record.verdict.check(name)
+        if c is not None:
+            limit = "" if c.limit is None else (f"below {c.limit:.2f}" if name == "shortcut_confirmed" else
+                                                f"above {c.limit:.2f}")  # fmt: skip
+            checks.append({"label": words, "value": fmt_num(c.value, 3), "limit": limit,
+                           "result": "not assessed" if c.passed is None else ("pass" if c.passed else "review")})
+    vs = [{"name": "outside the brain" if p.name == OUTSIDE else p.name.replace("_", " "), "n": p.n_pairs,
+           "this": fmt_num(p.this, 3), "champion": fmt_num(p.champion, 3),
+           "diff": f"{p.diff.value:+.3f} [{p.diff.lower:+.3f}, {p.diff.upper:+.3f}]", "p": format_p(p.p_holm)}
+          for p in cf.vs_champion]  # fmt: skip
+    return {
+        "available": True, "n_subjects": cf.n_subjects, "n_requested": cf.n_requested,
+        "forward_passes": cf.forward_passes, "replacement": cf.replacement, "sentences": sentences,
+        "headline": headline, "rows": table, "checks": checks, "vs_champion": vs,
+        "vs_sentence": paired_sentence(cf.vs_champion[0]) + "." if cf.vs_champion else "",
+        "champion_note": cf.champion_note or "", "champion_version": cf.champion_version or "",
+        "seconds": fmt_num(cf.seconds, 1), "steps": ", ".join(f"{100 * s:g}%" for s in cf.steps),
+    }
+
+
 def _atlas_context(atlas) -> dict | None:
     """A named atlas as the appendix shows it: what it is, where from, its licence, the labels
     behind each region and how the inputs were judged to be in MNI space."""
@@ -484,6 +560,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "timings": sorted((k, fmt_num(v, 2)) for k, v in record.timings.items()),
         "figures": figure_info, "extra_figures": extra_figures, "figure_sections": FIGURE_SECTIONS,
         "champion": _comparison_context(record, champion, metrics, predictions, positive, class_names),
+        "cf": _counterfactual_context(record, cam["name"], positive, negative),
         "glossary": GLOSSARY,
         "artifact_files": [f for f in REPORT_ARTIFACTS if (artifact_dir / f).is_file()],
         "viewers": [{"title": text(v.get("title")), "path": text(v.get("path")), "what": text(v.get("what"))}

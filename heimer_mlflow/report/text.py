@@ -153,6 +153,15 @@ FIGURES: dict[str, tuple[str, str, str]] = {
     "sanity": ("Randomisation sanity check",
         "Spearman correlation between each subject's {cam} from the trained model and from the same "
         "network with randomised weights. Low values are good: the maps depend on what the model learned.", "medium"),
+    "cf_deletion_curves": ("Deletion curves: what the {cam} marks, replaced",
+        "Mean probability of {pos} over the re-scored subjects as the share of the brain's volume replaced by the "
+        "{neg} subjects' average grows: the {cam}'s most relevant voxels first (MoRF), its least relevant voxels in "
+        "the brain first (LeRF), and a random blob of the same size in the brain. Shaded: 95% intervals. A faithful "
+        "map makes MoRF fall faster than both.", "medium"),
+    "cf_region_drops": ("What changes the score: each region replaced",
+        "How much the mean probability of {pos} falls when a region (or everything outside the brain) is replaced "
+        "by the {neg} subjects' average there, with 95% intervals. A large drop outside the brain means the score "
+        "depends on something a brain disease cannot explain.", "wide"),
     "feature_maps": ("Feature maps per group",
         "Mean activation of the most discriminative channels of the layer, for {pos} and {neg}, and their "
         "difference drawn over the cohort's mean MRI. Look for differences inside the brain, in anatomically "
@@ -183,6 +192,7 @@ FIGURE_SECTIONS = {
     "explain_group": ["group_cam"],
     "explain_gallery": ["gallery_TP", "gallery_TN", "gallery_FP", "gallery_FN"],
     "explain_checks": ["cam_outside_brain", "region_gain", "sanity"],
+    "explain_counterfactual": ["cf_deletion_curves", "cf_region_drops"],
     "features": ["feature_maps", "feature_channel_differences", "input_difference"],
 }
 
@@ -197,6 +207,11 @@ CAM_EXPLAINED = {
 
 
 GLOSSARY = [
+    ("Counterfactual test", "The model scores a subject again with one region of the scan replaced by the average "
+                            "of the control subjects' scans there; the fall in its probability of AD shows how much the "
+                            "score depends on that region."),
+    ("MoRF / LeRF", "Most / least relevant first: the map's most (least) relevant voxels are replaced first. A "
+                    "faithful map makes the score fall fast under MoRF and slowly under LeRF."),
     ("AUC", "Area under the ROC curve: the chance that a randomly chosen AD subject gets a higher score than a "
             "randomly chosen CN subject. 0.5 is chance, 1.0 perfect separation."),
     ("ROC curve", "Receiver operating characteristic: sensitivity against 1 - specificity over all thresholds."),

@@ -88,3 +88,23 @@ def make(factory, n_outputs, seed=0):
     torch.manual_seed(seed)
     model, layer = factory(n_outputs)
     return model.eval(), layer
+
+
+class PlantedReader(nn.Module):
+    """A model that reads one planted set of voxels and nothing else: logit = scale x (the mean of
+    its 1x1x1 convolution's output over ``weights`` - offset). The convolution (``conv``, weight 1,
+    bias 0) is the target layer; the model is linear in its input, so what replacing a region does
+    to the score is known in closed form."""
+
+    def __init__(self, weights, scale: float = 1.0, offset: float = 0.0):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        self.register_buffer("weights", weights / weights.sum())
+        self.scale, self.offset = float(scale), float(offset)
+
+    def forward(self, x):
+        return (self.scale * ((self.conv(x)[:, 0] * self.weights).sum(dim=(1, 2, 3)) - self.offset))[:, None]

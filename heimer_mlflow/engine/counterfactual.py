@@ -1,0 +1,260 @@
+"""Counterfactual region tests: replace a region by what the controls have there, watch P(AD).
+
+An attribution map says where a model looks; an intervention says what the score depends on.
+After the one pass, ``run_counterfactuals`` re-scores a few subjects the model calls positive
+(``choose_subjects``: up to N, spread over them by confidence, most confident first) with
+regions of their input replaced by the **mean input of the negative class** (the CN controls'
+mean, as the model sees it, after its intensity normalisation): an in-distribution replacement,
+not zeros, so the model is not fed an impossible image. Per subject, one forward pass each for
+
+- every atlas region in use, one at a time;
+- everything outside the brain (the shortcut test);
+- the primary map's most relevant voxels first (MoRF; anywhere in the volume) and its least
+  relevant in-brain voxels first (LeRF), at ``STEPS`` (2, 5 and 10%) of the subject's brain volume;
+- a size-matched random in-brain blob per step (the ball of that many brain voxels nearest a
+  seeded random brain voxel, nested over the steps as the map's sets are): the control for the
+  MoRF steps.
+
+So ``len(regions) + 1 + 3 * len(STEPS)`` forward passes per subject (regions + 10), batched,
+under ``torch.no_grad``, on the evaluation's device and autocast setting, and nothing else: the
+score before the intervention is the one-pass probability. The drop is P(before) - P(after).
+Forward passes go through ``_score``, the one place that calls the model. Plain numbers out
+(``CounterfactualResult``); the statistics are :mod:`heimer_mlflow.interventions`'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heimer_mlflow.engine.gradcam import as_logits
+from heimer_mlflow.interventions import ORDERS, OUTSIDE, STEPS, step_name  # STEPS: shares of the brain replaced
+
+
+def intervention_names(regions: Iterable[str]) -> list[str]:
+    """Every intervention of the pass, in the order it runs per subject."""
+    return [*regions, OUTSIDE, *(step_name(o, s) for o in ORDERS for s in STEPS)]
+
+
+def forward_passes(n_subjects: int, n_regions: int) -> int:
+    """What the pass costs: N x (regions + 1 + 3 x steps) forward passes."""
+    return n_subjects * (n_regions + 1 + len(ORDERS) * len(STEPS))
+
+
+@dataclass
+class CounterfactualResult:
+    """Per subject (rows in the order scored, most confident first): P(positive) before, and after
+    each intervention; ``drops`` = before - after."""
+
+    subject_ids: list[str]
+    indices: np.ndarray  # cohort rows
+    prob_before: np.ndarray  # [N] float64
+    prob_after: dict[str, np.ndarray]  # intervention name -> [N] float64
+    region_names: list[str]
+    replaced_voxels: dict[str, np.ndarray]  # intervention name -> [N] voxels replaced
+    brain_voxels: np.ndarray  # [N] the brain the steps are shares of
+    forward_passes: int = 0
+    seconds: float = 0.0
+    steps: tuple[float, ...] = STEPS
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def drops(self) -> dict[str, np.ndarray]:
+        return {name: self.prob_before - after for name, after in self.prob_after.items()}
+
+
+def choose_subjects(prob: np.ndarray, called_positive: np.ndarray, n: int, preferred=()) -> np.ndarray:
+    """Rows of the subjects to re-score: among those called positive, sorted by P(positive),
+    most confident first, ``n`` of them at evenly spaced ranks (all when there are fewer), so they
+    span the subjects the model calls positive rather than only its surest calls. ``preferred``
+    rows (e.g. the subjects the champion's evaluation re-scored, so the two can be paired) that are
+    called positive come first, up to ``n``; the rest are spread over the others."""
+    prob = np.asarray(prob, dtype=float)
+    called = np.asarray(called_positive, dtype=bool)
+    rows = np.flatnonzero(called)
+    if n <= 0 or not len(rows):
+        return rows[:0]
+    ranked = rows[np.argsort(-prob[rows], kind="stable")]
+    first = [r for r in ranked if r in set(int(p) for p in preferred)][:n]
+    others = np.asarray([r for r in ranked if r not in set(first)], dtype=np.int64)
+    wanted = n - len(first)
+    if len(others) > wanted:
+        others = others[np.unique(np.round(np.linspace(0, len(others) - 1, wanted)).astype(int))] if wanted else others[:0]
+    chosen = np.concatenate([np.asarray(first, dtype=np.int64), others])
+    return chosen[np.argsort(-prob[chosen], kind="stable")]
+
+
+def positive_probability(logits: torch.Tensor, positive: int) -> torch.Tensor:
+    """P(positive class) from [B, K] logits, as the engine reads them: one logit is the positive
+    class's (sigmoid), else the softmax's column ``positive``."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, positive]
+
+
+def _score(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[B, K] float32 logits of a batch, without a graph: the one place this pass calls the model
+    (a model with a fixed batch size adapts here)."""
+    with torch.no_grad():
+        return as_logits(model(x), x.shape[0]).float()
+
+
+def run_counterfactuals(
+    model: nn.Module,
+    subjects: Iterable[Mapping],
+    *,
+    layer_maps: Mapping[int, np.ndarray],
+    prob_before: Mapping[int, float],
+    replacement: np.ndarray,
+    positive: int,
+    regions: Mapping[str, np.ndarray] | None = None,
+    brain_mask: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    score: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _score,
+) -> CounterfactualResult:
+    """Re-score the subjects ``subjects`` yields (batches as ``CohortDataset`` items collated:
+    ``image`` [B, C, D, H, W], ``brain_mask`` [B, D, H, W], ``index``, ``subject_id``) with every
+    intervention (module docstring). ``layer_maps``: cohort row -> the primary map on the target
+    layer's grid (upsampled here, trilinear, as the engine reports it); ``prob_before``: cohort row
+    -> the one pass's P(positive); ``replacement`` [C, D, H, W]: the negative class's mean input;
+    ``positive``: the positive class's index; ``regions``: name -> voxel mask on the input grid;
+    ``brain_mask``: one brain for every subject, else each subject's own. ``seed`` and the
+    subject's cohort row draw its random blob and tie-breaks, so they do not depend on batching."""
+    from heimer_mlflow.engine.run import AMP_DTYPES
+
+    device = torch.device(device)
+    started = time.perf_counter()
+    regions = dict(regions or {})
+    names = intervention_names(regions)
+    region_masks = {name: torch.as_tensor(np.asarray(m) != 0, device=device) for name, m in regions.items()}
+    given_brain = None if brain_mask is None else torch.as_tensor(np.asarray(brain_mask) != 0, device=device)
+    fill = torch.as_tensor(np.asarray(replacement, dtype=np.float32), device=device)
+    flat_fill = fill.reshape(len(fill), -1)
+    region_voxels = {name: int(m.sum()) for name, m in region_masks.items()}
+    given_coordinates = None if given_brain is None else brain_coordinates(given_brain)
+    autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp is not None
+                else contextlib.nullcontext())  # fmt: skip
+    given_inside = given_outside = None
+    if given_brain is not None:  # one brain for everyone: its voxels, outside and coordinates once
+        given_inside, given_outside = given_brain.flatten().nonzero().flatten(), ~given_brain
+    ids, rows, before, brains = [], [], [], []
+    after = {name: [] for name in names}
+    voxels = {name: [] for name in names}
+    # (subject's input, what to replace: a voxel mask or flat voxel indices, subject slot, intervention)
+    pending: list[tuple[torch.Tensor, torch.Tensor, int, str]] = []
+    timings = {"masks_s": 0.0, "forward_s": 0.0}
+    passes = 0
+
+    def flush():
+        """Score the pending interventions as one batch, each written straight into the batch."""
+        nonlocal passes
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        inputs = torch.empty((len(pending), *pending[0][0].shape), dtype=pending[0][0].dtype, device=device)
+        for j, (image, replaced, _, _) in enumerate(pending):
+            if replaced.dtype == torch.bool:  # a voxel mask (a region, the outside of the brain)
+                torch.where(replaced, fill, image, out=inputs[j])
+            else:  # flat voxel indices (the map's and the random steps)
+                inputs[j].copy_(image)
+                inputs[j].view(len(image), -1)[:, replaced] = flat_fill[:, replaced]
+        with autocast:
+            prob = positive_probability(score(model, inputs), positive).cpu().numpy()
+        for p, (_, _, slot, name) in zip(prob.astype(np.float64), pending):
+            after[name][slot] = float(p)
+        passes += len(pending)
+        pending.clear()
+        timings["forward_s"] += time.perf_counter() - t0
+
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in subjects:
+            for i in range(len(batch["index"])):
+                row = int(batch["index"][i])
+                t0 = time.perf_counter()
+                image = batch["image"][i].to(device)
+                if given_brain is not None:
+                    brain, inside, outside = given_brain, given_inside, given_outside
+                else:
+                    brain = batch["brain_mask"][i].to(device).bool()
+                    inside, outside = brain.flatten().nonzero().flatten(), ~brain
+                replaced = {**region_masks, OUTSIDE: outside}
+                replaced.update(_map_steps(layer_maps[row], brain, image.shape[1:], _generator(seed, row),
+                                           given_coordinates if given_brain is not None else None, inside))
+                counts = {**region_voxels, OUTSIDE: image[0].numel() - len(inside)}
+                timings["masks_s"] += time.perf_counter() - t0
+                slot = len(ids)
+                ids.append(str(batch["subject_id"][i]))
+                rows.append(row)
+                before.append(float(prob_before[row]))
+                brains.append(len(inside))
+                for name in names:
+                    after[name].append(float("nan"))
+                    voxels[name].append(counts[name] if name in counts else len(replaced[name]))
+                    pending.append((image, replaced[name], slot, name))
+                    if len(pending) >= batch_size:
+                        flush()
+        flush()
+    finally:
+        model.train(was_training)
+    return CounterfactualResult(
+        subject_ids=ids, indices=np.asarray(rows, dtype=np.int64), prob_before=np.asarray(before, dtype=np.float64),
+        prob_after={k: np.asarray(v, dtype=np.float64) for k, v in after.items()}, region_names=list(regions),
+        replaced_voxels={k: np.asarray(v, dtype=np.int64) for k, v in voxels.items()},
+        brain_voxels=np.asarray(brains, dtype=np.int64), forward_passes=passes,
+        seconds=time.perf_counter() - started, timings=timings,
+    )  # fmt: skip
+
+
+def _map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
+               coordinates: torch.Tensor | None = None, inside: torch.Tensor | None = None,
+               ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The flat voxel indices the MoRF, LeRF and random-blob steps of one subject replace. Ties
+    (the zeros after the map's ReLU) are broken at random, never by voxel order. The blob is the
+    ball of brain voxels nearest one random brain voxel, nested over the steps as MoRF's and LeRF's
+    sets are. ``coordinates`` [n, 3] and ``inside`` [n] (flat): the brain voxels' indices, when known."""
+    device = brain.device
+    layer = torch.as_tensor(np.asarray(layer_map, dtype=np.float32), device=device)
+    relevance = F.interpolate(layer[None, None], size=tuple(grid), mode="trilinear", align_corners=False).flatten()
+    scale = float(relevance.max()) or 1.0  # the map is not negative (ReLU, then trilinear)
+    jitter = torch.rand(relevance.numel(), generator=generator).to(device)
+    key = relevance / scale + 1e-6 * jitter  # by relevance; equal values in random order
+    inside = brain.flatten().nonzero().flatten() if inside is None else inside
+    n_brain = len(inside)
+    sizes = [max(1, round(share * n_brain)) for share in STEPS]
+    out = {}
+    most = torch.topk(key, min(max(sizes), key.numel())).indices  # most relevant first
+    least = inside[torch.topk(-key[inside], min(max(sizes), n_brain)).indices] if n_brain else inside
+    blob = inside
+    if n_brain:
+        if coordinates is None:
+            coordinates = brain_coordinates(brain)
+        centre = coordinates[int(torch.randint(n_brain, (1,), generator=generator))]
+        blob = inside[torch.topk(-((coordinates - centre) ** 2).sum(1), min(max(sizes), n_brain)).indices]
+    for share, size in zip(STEPS, sizes):
+        out[step_name("morf", share)] = most[:size]
+        out[step_name("lerf", share)] = least[:size]
+        out[step_name("random", share)] = blob[:size]
+    return out
+
+
+def brain_coordinates(brain: torch.Tensor) -> torch.Tensor:
+    """[n, 3] float32 voxel indices of the brain's voxels, in flat order."""
+    return torch.stack(torch.unravel_index(brain.flatten().nonzero().flatten(), tuple(brain.shape)), dim=1).float()
+
+
+def _generator(seed: int, row: int) -> torch.Generator:
+    """The random source of one subject's blobs and tie-breaks: the seed and its cohort row."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, row]).generate_state(1)[0]))
