@@ -130,3 +130,26 @@ def test_report_logged_by_a_reader_is_refused_in_one_line(server, registry_with_
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
     assert "refused" in lines[0] and "user 'viewer'" in lines[0] and "HTTP 403" in lines[0], lines
+
+
+
+def test_watch_evaluates_as_its_service_account(server, registry_with_users, reviewed, synthetic_cohort, tmp_path):
+    """`heimer-mlflow watch --once` with the reviewer's credentials (EDIT on the model and on the
+    evaluation experiment, named in heimer.options): the version ends done, its run FINISHED."""
+    import json
+
+    version, experiment = registry_with_users
+    options = {"experiment": EVALS, "n_bootstrap": 50, "workers": 0, "save_cams": "none", "sanity_subjects": 2,
+               "counterfactual_subjects": 2}  # fmt: skip
+    with as_user(*ADMIN), using(server) as client:
+        client.set_registered_model_tag(MODEL, "heimer.data", str(synthetic_cohort))
+        client.set_registered_model_tag(MODEL, "heimer.options", json.dumps(options))
+    done = heimer(server, tmp_path, "reviewer", "watch", "--once")
+    assert done.returncode == 0, done.stderr[-3000:]
+    with as_user(*ADMIN), using(server) as client:
+        tags = client.get_model_version(MODEL, version).tags
+        assert tags["heimer.status"] == "done", (tags, done.stderr[-3000:])
+        run = client.get_run(tags["heimer.evaluation_run_id"])
+        assert run.info.status == "FINISHED" and run.info.experiment_id == experiment
+        assert run.data.tags["mlflow.user"] == "reviewer"
+    assert PASSWORDS["reviewer"] not in done.stderr
