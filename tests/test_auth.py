@@ -151,5 +151,5 @@ def test_watch_evaluates_as_its_service_account(server, registry_with_users, rev
         assert tags["heimer.status"] == "done", (tags, done.stderr[-3000:])
         run = client.get_run(tags["heimer.evaluation_run_id"])
         assert run.info.status == "FINISHED" and run.info.experiment_id == experiment
-        assert run.data.tags["mlflow.user"] == "reviewer"
+        assert run.data.tags["heimer.data"] == str(synthetic_cohort)
     assert PASSWORDS["reviewer"] not in done.stderr
