@@ -30,10 +30,22 @@ def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures", "view
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(folder))
         except Exception as error:  # noqa: BLE001 - optional pieces may be absent
             if name in required:
-                raise HeimerError(f"run {run_id} has no {name}, so it is no finished heimer-mlflow evaluation: give "
-                                  f"the id of an evaluation run ({RUN_ID_HINT})") from None
+                if _absent(run_id, name):
+                    raise HeimerError(f"run {run_id} has no {name}, so it is no finished heimer-mlflow evaluation: "
+                                      f"give the id of an evaluation run ({RUN_ID_HINT})") from None
+                raise  # there but not readable now (the server or the network failed): not the user's doing
             log.info("run %s: no %s (%s)", run_id, name, type(error).__name__)
     return dst
+
+
+def _absent(run_id: str, name: str) -> bool:
+    """Whether the run's artifacts lack ``name`` (False when they cannot be listed either)."""
+    import mlflow
+
+    try:
+        return name not in {item.path for item in mlflow.MlflowClient().list_artifacts(run_id)}
+    except Exception:  # noqa: BLE001 - the store is what failed: the caller's error says so
+        return False
 
 
 def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path, work: Path):
@@ -97,7 +109,9 @@ def _evaluation_run(client, run_id: str):
             raise
         import mlflow
 
-        raise HeimerError(f"run {run_id!r} does not exist in the tracking store {mlflow.get_tracking_uri()}: give "
+        from ..permissions import redacted
+
+        raise HeimerError(f"run {run_id!r} does not exist in the tracking store {redacted(mlflow.get_tracking_uri())}: give "
                           f"the id of an evaluation run ({RUN_ID_HINT}), or set MLFLOW_TRACKING_URI to its store") from None
 
 
