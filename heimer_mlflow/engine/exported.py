@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import warnings
 
 import torch
 from torch import fx, nn
@@ -144,7 +145,9 @@ class ExportedModel(nn.Module):
         is for other processes, not for copies."""
         copied = ExportedModel.__new__(ExportedModel)
         memo[id(self)] = copied
-        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying its graph module
+            warnings.filterwarnings("ignore", message=r".*treespec.*", category=FutureWarning)
+            copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return copied
 
     # -- the sanity check's randomised weights -----------------------------------------------------
