@@ -362,6 +362,11 @@ def main(argv=None) -> int:
         if (refused := denied(e)) is not None:  # HTTP 401/403: a permission the user can ask for
             print(f"heimer-mlflow: error: {refused}", file=sys.stderr)
             return 2
+        from .tracking import lost_server
+
+        if (lost := lost_server(e)) is not None and not os.environ.get("HEIMER_DEBUG"):
+            print(f"heimer-mlflow: error: {lost}", file=sys.stderr)
+            return 1
         if os.environ.get("HEIMER_DEBUG"):
             raise
         print(f"heimer-mlflow: unexpected error: {one_line(e, 500)} (the evaluation run, if one was "

@@ -43,6 +43,29 @@ def check_reachable(timeout_s: float = 5.0) -> None:
         raise HeimerError(f"the MLflow tracking store {uri} cannot be reached ({first}); {fix}") from None
 
 
+def lost_server(error: BaseException) -> str | None:
+    """The line to print when ``error`` is the tracking server no longer answering mid-run (its
+    connections refused or reset, or 5xx answers, after MLflow's own retries); None otherwise.
+
+    MLflow raises these as ``MlflowException("API request to ... failed with exception ...")``
+    with the ``requests`` error only as its implicit context, so the chain is walked."""
+    import requests
+
+    from .permissions import redacted
+
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, (requests.ConnectionError, requests.exceptions.RetryError)):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    kind = "it answered with server errors" if isinstance(seen, requests.exceptions.RetryError) else "connections failed"
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7 (MLflow's default)")
+    return (f"the MLflow tracking server {redacted(mlflow.get_tracking_uri())} stopped answering mid-run "
+            f"({kind}) and MLflow's retries ran out (MLFLOW_HTTP_REQUEST_MAX_RETRIES={retries}); the evaluation "
+            f"run is marked FAILED once the server answers again (tried for {CLOSE_RETRY_S:.0f} s) and the model "
+            "version is not tagged: evaluate again when the server is back")
+
+
 @contextlib.contextmanager
 def quiet_mlflow_hints():
     """MLflow's UserWarnings about a data set that nobody running an evaluation can act on (the

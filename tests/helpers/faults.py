@@ -1,7 +1,9 @@
 """A fault-injecting TCP proxy on loopback, between a client and a real `mlflow server`: it
 passes bytes both ways until told to fail for a stretch, then refuses connections (reset at
-once), or answers every request with HTTP 503, and passes again when the stretch ends. Threads
-only, bounded: it stops with its context manager."""
+once), or answers every request with HTTP 503, and passes again when the stretch ends. A stretch
+starts when told (``fail``) or when a given request first passes through (``fail_on``: the moment
+is then the same on a fast machine and a slow one). Threads only, bounded: it stops with its
+context manager."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class FaultyProxy:
         self.refused = 0  # new connections or requests failed on purpose
         self.dropped = 0  # open connections reset when a fault began
         self._until = 0.0
+        self._trigger: tuple[bytes, list[tuple[str, float]]] | None = None
+        self.triggered = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._stop = threading.Event()
@@ -52,6 +56,33 @@ class FaultyProxy:
         with self._lock:
             self.mode, self._until = mode, time.monotonic() + seconds
         self._drop_open()
+
+    def fail_on(self, request: bytes, stretches: list[tuple[str, float]]) -> None:
+        """When a request whose first line contains ``request`` (e.g. ``b"PUT /api/2.0/mlflow-artifacts/"``)
+        reaches the proxy, fail for each (mode, seconds) stretch in turn, starting before that
+        request is passed on (it is the first to fail)."""
+        assert stretches and all(mode in MODES[1:] for mode, _ in stretches), stretches
+        with self._lock:
+            self._trigger = (request, list(stretches))
+
+    def _check_trigger(self, data: bytes) -> bool:
+        """True when ``data`` (bytes from a client) sets off the armed trigger."""
+        with self._lock:
+            if self._trigger is None or self._trigger[0] not in data.split(b"\r\n", 1)[0]:
+                return False
+            _, stretches = self._trigger
+            self._trigger = None
+        self.fail(*stretches[0])
+        if len(stretches) > 1:
+            threading.Thread(target=self._later_stretches, args=(stretches,), daemon=True).start()
+        self.triggered.set()
+        return True
+
+    def _later_stretches(self, stretches: list[tuple[str, float]]) -> None:
+        for (_, before), (mode, seconds) in zip(stretches, stretches[1:]):
+            if self._stop.wait(before):
+                return
+            self.fail(mode, seconds)
 
     def failing(self) -> str | None:
         with self._lock:
@@ -95,7 +126,8 @@ class FaultyProxy:
             return
         with self._lock:
             self._open.update((client, upstream))
-        pumps = [threading.Thread(target=_pump, args=(a, b), daemon=True) for a, b in ((client, upstream), (upstream, client))]
+        pumps = [threading.Thread(target=_pump, args=(client, upstream, self._check_trigger), daemon=True),
+                 threading.Thread(target=_pump, args=(upstream, client), daemon=True)]
         for pump in pumps:
             pump.start()
         for pump in pumps:
@@ -119,12 +151,14 @@ class FaultyProxy:
             _reset(s)
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _pump(source: socket.socket, sink: socket.socket, stop_at=None) -> None:
+    """Copy bytes from ``source`` to ``sink``; ``stop_at(data)`` true drops ``data`` (the proxy
+    has begun to fail and reset both sockets)."""
     source.settimeout(None)
     try:
         while True:
             data = source.recv(65536)
-            if not data:
+            if not data or (stop_at is not None and stop_at(data)):
                 break
             sink.sendall(data)
     except OSError:
