@@ -481,7 +481,8 @@ def main():
             args.subjects, memory_sizes = args.cf_subjects, []
         if not manifest.exists():
             started = time.perf_counter()
-            manifest = write_cohort(folder, max([args.subjects, *memory_sizes]), args.voxel_size, crop)
+            # a cohort has at least one AD and one CN subject, so at least 2 even for --cf-subjects 1
+            manifest = write_cohort(folder, max([2, args.subjects, *memory_sizes]), args.voxel_size, crop)
             print(f"wrote the cohort in {time.perf_counter() - started:.0f} s: {folder}", file=sys.stderr)
         elif crop:
             crop_cohort(manifest, crop)
