@@ -595,7 +595,6 @@ def test_two_workers_on_one_redis_queue_evaluate_each_version_once(server, cohor
     watchers share one Redis queue, each with one worker and a poller (every second), one also
     receiving MLflow's webhooks: each version evaluated exactly once, its own run in its
     description. (The 30-version burst is `benchmarks/watch.py --burst`.)"""
-    pytest.importorskip("redis")
     names = ("watch-redis-a", "watch-redis-b")
     with redis_server(tmp_path) as queue:
         with using(server) as client:
