@@ -230,6 +230,7 @@ def test_group_difference_is_the_mean_difference_and_welch_t(tmp_path):
 
     ax = Figure().add_subplot()
     assert display.plot(ax=ax, statistic="t") is display and len(ax.images) == 6
+    assert_views_cross_at_the_peak(ax, display.t, AFFINE, "RdBu_r", signed=True)  # t itself, through max |t|
     assert len(display.plot().ax_.images) == 6
 
     single = GroupDifferenceDisplay.from_arrays(group_a[:1], b_voxels, affine=AFFINE)
