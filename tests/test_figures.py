@@ -1,4 +1,5 @@
-"""Figures: every plot renders from small hand-built inputs, deterministically, orientation-correct."""
+"""Figures: every plot renders from small hand-built inputs and shows them (read back from its
+Axes: cell texts, curve points, the planes drawn), deterministically, orientation-correct."""
 
 from __future__ import annotations
 
