@@ -23,7 +23,7 @@ from heimer_mlflow.figures.style import HEAT_CMAP
 from heimer_mlflow.metrics import compute_metrics
 
 from .helpers import REPO
-from .helpers.figures import assert_views_cross_at_the_peak, drawn_planes
+from .helpers.figures import assert_views_cross_at_the_peak, drawn_planes, slices_at, slices_through_peak
 
 SHAPE = (12, 14, 10)
 RAS_AFFINE = np.array([[2.0, 0, 0, -12], [0, 2.0, 0, -14], [0, 0, 2.0, -10], [0, 0, 0, 1]])
@@ -183,6 +183,26 @@ def test_an_overlay_shows_the_map_where_the_map_is(engine_result):
     gallery = F.plot_cam_gallery([case], title="TP")
     assert_views_cross_at_the_peak(gallery.axes[0], case.cam, case.affine, HEAT_CMAP)
     assert f"{case.subject_id}: TP" in _texts(gallery)
+
+
+def test_group_maps_show_each_groups_mean_and_their_difference(engine_result):
+    """The group CAM figure: the AD row is AD's mean map through its peak (a share of the highest
+    group mean), and the CN row and the difference row are CN's mean and AD - CN on that same scale,
+    cut through the same point."""
+    maps = engine_result.maps["cam"]
+    fig = F.plot_group_cam(maps.mean, maps.diff, RAS_AFFINE, background=_volume())
+    rows = [ax for ax in fig.axes if len(ax.images) == 6]  # the views; colour bars hold one image each
+    assert len(rows) == 3
+    cn_row, ad_row, difference_row = rows
+    assert_views_cross_at_the_peak(ad_row, maps.mean["AD"], RAS_AFFINE, HEAT_CMAP)
+    peak, _ = slices_through_peak(maps.mean["AD"], RAS_AFFINE)
+    high = float(np.nanmax(maps.mean["AD"]))  # AD's mean is the higher one here
+    for row, volume, cmap in ((cn_row, maps.mean["CN"], HEAT_CMAP), (difference_row, maps.diff, "RdBu_r")):
+        expected = slices_at(volume, RAS_AFFINE, peak)
+        for name, plane in zip(("axial", "coronal", "sagittal"), drawn_planes(row, cmap)):
+            shown = np.isfinite(plane)
+            assert shown.any(), name
+            np.testing.assert_allclose(plane[shown], expected[name][shown] / high, rtol=1e-5, err_msg=name)
 
 
 def test_check_figures_show_the_values_given():

@@ -26,6 +26,13 @@ def slices_through_peak(volume, affine, *, absolute: bool = False) -> tuple[tupl
     return (i, j, k), {"axial": data[:, :, k].T, "coronal": data[:, j, :].T, "sagittal": data[i, :, :].T}
 
 
+def slices_at(volume, affine, ijk) -> dict[str, np.ndarray]:
+    """``volume``'s three slices through the RAS voxel ``ijk`` (as ``slices_through_peak`` gives it)."""
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(volume, np.float32), np.asarray(affine, float)))
+    data, (i, j, k) = np.asarray(image.dataobj, dtype=float), ijk
+    return {"axial": data[:, :, k].T, "coronal": data[:, j, :].T, "sagittal": data[i, :, :].T}
+
+
 def assert_views_cross_at_the_peak(ax, volume, affine, cmap: str, *, signed: bool = False) -> None:
     """The map drawn with ``cmap`` in ``ax`` is ``volume`` cut through its peak, small values
     hidden: as a share of its maximum (a heat map), or with ``signed`` as it is, through the
