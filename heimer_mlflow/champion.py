@@ -303,7 +303,7 @@ class Comparison:
     note: str = ""  # why a number is missing
 
     def run_metrics(self) -> dict[str, float]:
-        """``vs_champion_*`` run metrics (DESIGN names), the computable ones."""
+        """``vs_champion_*`` run metrics (named in docs/design.md), the computable ones."""
         named = {"vs_champion_roc_auc_diff": self.roc_auc_diff,
                  "vs_champion_roc_auc_diff_ci_lower": self.roc_auc_diff_ci_lower,
                  "vs_champion_roc_auc_diff_ci_upper": self.roc_auc_diff_ci_upper,

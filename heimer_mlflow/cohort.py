@@ -1,6 +1,6 @@
 """Reading a cohort: manifest or class folders -> validated subject table -> torch Dataset.
 
-The contract (DESIGN.md, "The cohort contract"):
+The contract (docs/design.md, "The cohort contract"):
 
 - a CSV manifest with ``path`` (relative to the CSV's folder, or absolute) and ``label`` (a class
   name or index), optional ``subject_id`` (default: the file stem); other columns are

@@ -1,5 +1,5 @@
 """The model contract: what the engine needs to know about a model, stored under
-``metadata["heimer"]`` of the logged MLflow model (see DESIGN.md, "The model contract")."""
+``metadata["heimer"]`` of the logged MLflow model (see docs/design.md, "The model contract")."""
 
 from __future__ import annotations
 

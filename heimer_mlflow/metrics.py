@@ -131,7 +131,7 @@ class ConfusionMatrix:
 class GroupMetrics:
     """All figures for one set of subjects (the whole cohort, or one subgroup).
 
-    ``estimates`` maps each figure's name (the DESIGN run-metric names) to its ``Estimate``:
+    ``estimates`` maps each figure's name (the run-metric names of docs/design.md) to its ``Estimate``:
 
     - ``roc_auc``: probability that a random AD subject scores higher than a random CN subject
       (ties count half); interval by stratified bootstrap. ``roc_auc_delong``: the same AUC
@@ -315,7 +315,7 @@ class ClassificationReport:
     subgroups: list[SubgroupResult]
 
     def to_flat_metrics(self) -> dict[str, float | int]:
-        """Run metrics for MLflow: the whole cohort's computable figures (DESIGN names, plus
+        """Run metrics for MLflow: the whole cohort's computable figures (docs/design.md's names, plus
         ``<name>_ci_lower``/``_ci_upper``/``_se``, counts and the Youden figures). Subgroup
         figures are in ``to_json_dict()`` only."""
         flat = self.overall.to_flat_metrics()

@@ -12,7 +12,7 @@ A model is a PyTorch module logged with the MLflow pytorch flavour, in either se
 What the engine needs to know (class order, positive class, input shape, intensity
 normalisation, Grad-CAM layer) lives under ``metadata["heimer"]``; what is absent is inferred,
 and ``given`` values (``--class-names``, ``--positive-class``, ``--intensity``) fill or override it
-(DESIGN.md, "The model contract").
+(docs/design.md, "The model contract").
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ GIVEN_KEYS = ("class_names", "positive_class", "intensity")
 
 
 def read_meta(metadata: dict | None, model: torch.nn.Module, signature=None, given: dict | None = None) -> ModelMeta:
-    """ModelMeta from ``metadata["heimer"]``, inferring what is absent (DESIGN.md); ``given``
+    """ModelMeta from ``metadata["heimer"]``, inferring what is absent (docs/design.md); ``given``
     (keys of GIVEN_KEYS, None = not given) fills and overrides it, and is recorded as given."""
     declared = dict((metadata or {}).get(METADATA_KEY) or {})
     unknown = set(declared) - set(META_KEYS)

@@ -96,11 +96,11 @@ class EvaluationRun:
         self.run_id, self.artifact_uri, self.owned = run.info.run_id, run.info.artifact_uri, owned
         self.experiment_id = run.info.experiment_id
         self.model_name, self.model_version = model.name, model.version
-        self.version_tags: dict[str, str] = {}  # set by log_results; written only once the run FINISHED
+        self.version_tags: dict[str, str] = {}  # set by prepare_version_tags; written only once the run FINISHED
         self.gate = options.gate()  # promotion rules, judged once the run FINISHED
         self.judged: tuple[dict, str, str, dict] | None = None  # (metrics, verdict, reason, not computable)
         self.gate_result = None
-        self.evaluation = None  # set by prepare_version_tags: the version's description summary is built from it
+        self.evaluation = None  # set there too: the version's description summary is built from it
         # under `mlflow run`: the project's run, which ends with the command's exit code (FAILED when a gate
         # broke) and points at this evaluation run (tags heimer.evaluation_run_id, heimer.gate)
         self.project_run_id: str | None = None

@@ -11,16 +11,19 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 from heimer_mlflow import champion
 from heimer_mlflow.cohort import read_cohort
 from heimer_mlflow.evaluation import evaluate
 
 from .helpers.artifacts import pdf_text
-from .helpers.cohorts import good_rows, write_manifest
-from .helpers.models import TinyCNN
+from .helpers.cohorts import GRID, good_rows, write_manifest
+from .helpers.models import PlantedReader, TinyCNN
 from .helpers.tracking import cli_evaluate, new_version
 
 EXPERIMENT = "champion-by-content"
@@ -161,3 +164,54 @@ def test_a_relative_path_finds_the_champion_through_the_command_line(tracking, r
     assert "No champion to compare with: the champion is" in text and "another label (good0)" in text
     description = mlflow.MlflowClient().get_model_version(NAME, "2").description
     assert "**No comparison with the champion**: the champion is" in description
+
+
+def independent_delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """AUC(a) - AUC(b) and DeLong's two-sided p, written out here from DeLong et al. (1988) with
+    the Mann-Whitney kernel, independently of heimer_mlflow.metrics."""
+    positive, negative = y == 1, y == 0
+
+    def components(score):
+        kernel = (score[positive][:, None] > score[negative][None, :]) + 0.5 * (
+            score[positive][:, None] == score[negative][None, :])
+        return kernel.mean(axis=1), kernel.mean(axis=0), kernel.mean()
+
+    v_a, w_a, auc_a = components(a)
+    v_b, w_b, auc_b = components(b)
+    contrast = np.array([1.0, -1.0])
+    variance = (contrast @ np.cov(np.vstack([v_a, v_b])) @ contrast / positive.sum()
+                + contrast @ np.cov(np.vstack([w_a, w_b])) @ contrast / negative.sum())  # fmt: skip
+    difference = auc_a - auc_b
+    return difference, float(2 * stats.norm.sf(abs(difference) / np.sqrt(variance)))
+
+
+def test_a_challenger_is_compared_with_the_champion_on_the_same_heads(tracking, reviewed):
+    """A challenger evaluated on the champion's data: the comparison finds the champion's run and
+    pairs the two on all 8 heads; the AUCs are scikit-learn's on the two predictions.csv, the
+    difference and DeLong's p an independent computation's, logged as vs_champion_* metrics. The
+    challenger reads a small block of voxels: its scores neither separate the classes perfectly
+    nor tie (the champion's do separate them), so the test's variance is not zero."""
+    folder, champion_run = reviewed
+    weights = np.zeros(GRID, np.float32)
+    weights[3:5, 4:6, 3:5] = 1.0
+    challenger = new_version(NAME, PlantedReader(weights), intensity="zscore")
+    result = evaluate(f"models:/{NAME}/{challenger}", str(folder / "manifest.csv"), experiment=EXPERIMENT,
+                      n_bootstrap=50, workers=0, progress=False)  # fmt: skip
+    comparison = result.comparison
+    assert comparison is not None and comparison.champion_run_id == champion_run
+    assert comparison.champion_version == "1" and comparison.n_shared == 8
+    mine, theirs = (pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run, artifact_path="predictions.csv"))
+                    for run in (result.run_id, champion_run))  # fmt: skip
+    paired = mine.merge(theirs, on="subject_id", suffixes=("", "_champion"))
+    y = (paired["label"] == "AD").to_numpy(int)
+    assert 0 < roc_auc_score(y, paired["prob_AD"]) < 1
+    assert comparison.roc_auc == pytest.approx(roc_auc_score(y, paired["prob_AD"]))
+    assert comparison.champion_roc_auc == pytest.approx(roc_auc_score(y, paired["prob_AD_champion"]))
+    difference, p_value = independent_delong(y, paired["prob_AD"].to_numpy(), paired["prob_AD_champion"].to_numpy())
+    assert comparison.roc_auc_diff == pytest.approx(difference, abs=1e-12)
+    assert 0 < p_value < 1 and comparison.delong_p == pytest.approx(p_value, rel=1e-9)
+    assert comparison.roc_auc_diff_ci_lower <= comparison.roc_auc_diff <= comparison.roc_auc_diff_ci_upper
+    logged = mlflow.get_run(result.run_id).data.metrics
+    assert logged["vs_champion_roc_auc_diff"] == pytest.approx(difference)
+    assert logged["vs_champion_delong_p"] == pytest.approx(p_value)
+    assert comparison.champion_verdict == mlflow.get_run(champion_run).data.tags["heimer.verdict"]

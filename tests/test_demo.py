@@ -14,7 +14,7 @@ import pytest
 from heimer_mlflow import registry
 from heimer_mlflow.demo import run_demo, story
 
-from .helpers.tracking import DESIGN_KEYS, mlflow_run, run_heimer
+from .helpers.tracking import CONTRACT_KEYS, mlflow_run, run_heimer
 
 TINY = dict(subjects=12, eval_subjects=6, epochs=2, voxel_size=4.0)
 HISTORIES = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -29,7 +29,7 @@ def assert_demo_registered(name: str, epochs: int, version: str = "1"):
         assert [m.step for m in history] == list(range(epochs)), key
         assert all(0 <= m.value < 10 for m in history)
     info = mlflow.models.get_model_info(f"models:/{name}@champion")
-    assert set(info.metadata["heimer"]) == DESIGN_KEYS
+    assert set(info.metadata["heimer"]) == CONTRACT_KEYS
     loaded = registry.load(f"models:/{name}@champion")
     assert loaded.meta.input_shape == [1, 46, 55, 46]  # the 4 mm grid
     assert loaded.meta.intensity == "zscore" and loaded.meta.inferred == []

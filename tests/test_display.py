@@ -23,8 +23,10 @@ from torch import nn
 from heimer_mlflow import FeatureMapDisplay, GradCamDisplay, GroupDifferenceDisplay, HeimerError
 from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.engine import run_engine
+from heimer_mlflow.figures.style import HEAT_CMAP
 from heimer_mlflow.meta import ModelMeta
 
+from .helpers.figures import assert_views_cross_at_the_peak
 from .helpers.models import TinyCNN
 
 GRID = (24, 28, 24)  # 4 mm voxels: a 96 x 112 x 96 mm field of view
@@ -123,6 +125,7 @@ def test_plot_draws_three_views_through_the_peak_into_an_axes_or_a_new_figure(mo
     assert display.plot(ax=ax) is display
     assert display.ax_ is ax and display.figure_ is fig
     assert len(ax.images) == 6  # anatomy and map in each of the three views
+    assert_views_cross_at_the_peak(ax, display.cam, AFFINE, HEAT_CMAP)  # the map itself, through its peak
     texts = [t.get_text() for t in ax.texts]
     assert [t.split()[0] for t in texts if " = " in t] == ["axial", "coronal", "sagittal"]
     assert {"L", "R", "A", "S"} <= set(texts)
@@ -227,6 +230,7 @@ def test_group_difference_is_the_mean_difference_and_welch_t(tmp_path):
 
     ax = Figure().add_subplot()
     assert display.plot(ax=ax, statistic="t") is display and len(ax.images) == 6
+    assert_views_cross_at_the_peak(ax, display.t, AFFINE, "RdBu_r", signed=True)  # t itself, through max |t|
     assert len(display.plot().ax_.images) == 6
 
     single = GroupDifferenceDisplay.from_arrays(group_a[:1], b_voxels, affine=AFFINE)

@@ -252,7 +252,7 @@ def test_the_whole_cohort_is_there_once(runs):
 
 @pytest.mark.slow
 def test_a_failing_rank_fails_every_rank_without_hanging(cohort, tmp_path):
-    started = time.perf_counter()
+    """A hang is finish()'s timeout (LAUNCH_TIMEOUT_S); no wall-clock figure is asserted."""
     output = finish(launch(cohort, tmp_path / "failing", "--fail"))
     outcomes = [pickle.loads((tmp_path / "failing" / f"rank{r}.pkl").read_bytes()) for r in range(2)]
     expected = f"rank {FAILING_RANK} of 2 failed: RuntimeError: injected failure"
@@ -261,7 +261,6 @@ def test_a_failing_rank_fails_every_rank_without_hanging(cohort, tmp_path):
     # rank 0 stopped at its next batch instead of finishing its shard (6 subjects, 1 per batch,
     # plus the probe: 7 slow forwards)
     assert outcomes[0]["forwards"] < 7, outcomes[0]
-    assert time.perf_counter() - started < LAUNCH_TIMEOUT_S
 
 
 # --------------------------------------------------------------------------- in one process

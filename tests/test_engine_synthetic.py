@@ -20,8 +20,7 @@ from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
 from heimer_mlflow.demo.training import fit_in_memory
 
-pytestmark = [pytest.mark.skipif(not hasattr(synthetic, "write_cohort"), reason="needs synthetic.write_cohort"),
-              pytest.mark.slow]  # fmt: skip
+pytestmark = pytest.mark.slow
 
 SUBJECTS, VOXEL_MM, EPOCHS, SEED = 24, 4.0, 30, 0
 CAM = "hirescam"  # the primary map for every head (benchmarks/cam_evidence.py)
@@ -37,9 +36,27 @@ CAM = "hirescam"  # the primary map for every head (benchmarks/cam_evidence.py)
 EXPECT = {
     "max": {"patch": True, "outside": True, "regions": False},
     "evidence": {"patch": True, "outside": True, "regions": True},
-    "avg": {"patch": False, "outside": False, "regions": False},
+    "avg": {"patch": False, "outside": False, "regions": None},
 }
+# True: the check holds with margin (a plain case); False: it does not hold (a strict expected
+# failure, DOES_NOT_HOLD says why); None: neither, so no case at all: the avg head's clean model
+# passes the region check at this seed without margin (1.33 against 1.3) and fails it at others.
+# Why a check does not hold for a head (its case is a strict expected failure: should the head start
+# to pass it, the test says so and EXPECT is to be revised).
+DOES_NOT_HOLD = {
+    ("avg", "patch"): "the avg head learns the patch only in part at this scale (fresh-cohort accuracy 0.58-0.77)",
+    ("avg", "outside"): "the avg head learns the patch only in part, so its shortcut model's map does not lie "
+                        "outside the brain (share > 0.9); shortcut - clean is -0.01..+0.13 over training seeds",
+    ("max", "regions"): "the max head's clean model memorises: its mean region gain is 0.77 at this seed",
+}  # fmt: skip
 
+
+def cases(check: str) -> list:
+    """The cases of ``check``, one per head that EXPECT decides: where it does not hold, a strict
+    expected failure."""
+    return [head if EXPECT[head][check] else
+            pytest.param(head, marks=pytest.mark.xfail(strict=True, reason=DOES_NOT_HOLD[head, check]))
+            for head in EXPECT if EXPECT[head][check] is not None]  # fmt: skip
 
 def load(folder):
     meta = ModelMeta(class_names=["CN", "AD"], positive_class="AD", intensity="zscore")
@@ -111,33 +128,29 @@ def test_the_models_learned_their_cohorts(evaluations):
         assert (result.subjects["pred"] == result.subjects["label"]).mean() >= 0.9, name
 
 
+@pytest.mark.parametrize("head", cases("patch"), indirect=True)
 def test_shortcut_model_scores_a_fresh_cohort_from_the_patch(evaluations, head):
-    if not EXPECT[head]["patch"]:
-        pytest.skip(f"the {head} head learns the patch only in part at this scale")
     assert evaluations["fresh_shortcut_accuracy"] >= 0.9
 
 
+@pytest.mark.parametrize("head", cases("outside"), indirect=True)
 def test_shortcut_model_looks_outside_the_brain(evaluations, head):
-    if not EXPECT[head]["outside"]:
-        pytest.skip(f"the {head} head's shortcut and clean models do not separate over training seeds")
     clean = ad_mean(evaluations["clean"], "cam_outside_brain_fraction")
     shortcut = ad_mean(evaluations["shortcut"], "cam_outside_brain_fraction")
     assert shortcut > clean + 0.1, (clean, shortcut)
     assert shortcut > 0.9, shortcut  # the model scores from the patch: all of its map belongs there
 
 
+@pytest.mark.parametrize("head", cases("regions"), indirect=True)
 def test_cam_concentrates_in_the_planted_regions(evaluations, head):
-    if not EXPECT[head]["regions"]:
-        pytest.skip(f"the {head} head's clean model does not show the planted regions")
     result = evaluations["clean"]
     gains = {name: ad_mean(result, f"cam_roi_gain_{name}") for name in result.region_names}
     assert np.mean(list(gains.values())) > 1.3, gains
 
 
+@pytest.mark.parametrize("head", ["avg"], indirect=True)  # a property of this head alone: no case for the others
 def test_avg_head_maps_are_one(evaluations, head):
     """Global average pooling: every voxel's gradient is w_c / N, so Grad-CAM is HiResCAM (nets.py)."""
-    if head != "avg":
-        pytest.skip("only the avg head's two maps coincide")
     for result in (evaluations["clean"], evaluations["shortcut"]):
         rows = result.subjects
         np.testing.assert_allclose(rows["gradcam_outside_brain_fraction"], rows["hirescam_outside_brain_fraction"],

@@ -1,4 +1,5 @@
-"""Figures: every plot renders from small hand-built inputs, deterministically, orientation-correct."""
+"""Figures: every plot renders from small hand-built inputs and shows them (read back from its
+Axes: cell texts, curve points, the planes drawn), deterministically, orientation-correct."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from heimer_mlflow import figures as F
 from heimer_mlflow.engine.gallery import GalleryCase
 from heimer_mlflow.engine.run import EngineResult, SanityResult
 from heimer_mlflow.engine.stats import GroupMaps
+from heimer_mlflow.figures.style import HEAT_CMAP
 from heimer_mlflow.metrics import compute_metrics
 
 from .helpers import REPO
+from .helpers.figures import assert_views_cross_at_the_peak, drawn_planes, slices_at, slices_through_peak
 
 SHAPE = (12, 14, 10)
 RAS_AFFINE = np.array([[2.0, 0, 0, -12], [0, 2.0, 0, -14], [0, 0, 2.0, -10], [0, 0, 0, 1]])
@@ -94,13 +97,52 @@ HISTORY = {
 # -- every figure renders -------------------------------------------------------------------------
 
 
-def test_performance_figures_render(tmp_path, report):
-    y = np.r_[np.zeros(15, int), np.ones(15, int)]
-    figures = F.plot_performance_from_report(report, y, np.linspace(0, 1, 30))
+def test_performance_figures_show_the_reports_numbers(tmp_path, report):
+    """Each performance figure draws what the report holds: the confusion matrix's cells are its
+    counts and row shares, the ROC runs from (0, 0) to (1, 1) through the report's points, the
+    histogram holds every subject in its class, calibration and decision curves are the report's."""
+    y, score = np.r_[np.zeros(15, int), np.ones(15, int)], np.linspace(0, 1, 30)
+    figures = F.plot_performance_from_report(report, y, score)
     assert set(figures) == {"roc", "confusion_matrix", "score_histogram", "calibration", "decision_curve"}
-    for name, fig in figures.items():
-        _assert_not_blank(fig, tmp_path / f"{name}.png")
-    _assert_not_blank(F.plot_training_curves(HISTORY), tmp_path / "history.png")
+
+    cells = report.overall.confusion.to_dict()
+    matrix = figures["confusion_matrix"].axes[0]
+    counts = np.array([[cells["tn"], cells["fp"]], [cells["fn"], cells["tp"]]])
+    shares = counts / counts.sum(axis=1, keepdims=True)
+    assert [t.get_text() for t in matrix.texts] == [f"{n}\n{100 * share:.0f}%" for n, share in
+                                                    zip(counts.ravel(), shares.ravel())]  # fmt: skip
+    np.testing.assert_allclose(matrix.images[0].get_array(), shares)
+    assert [t.get_text() for t in matrix.get_xticklabels()] == ["CN", "AD"]
+
+    roc = figures["roc"].axes[0].lines[0].get_xydata()
+    assert tuple(roc[0]) == (0.0, 0.0) and tuple(roc[-1]) == (1.0, 1.0)
+    np.testing.assert_allclose(roc, np.c_[report.curves.roc.fpr, report.curves.roc.tpr])
+    sens, spec = (report.overall.estimates[k].value for k in ("sensitivity", "specificity"))
+    point = [line for line in figures["roc"].axes[0].lines if line.get_marker() == "o"][0]
+    np.testing.assert_allclose(point.get_xydata()[0], (1 - spec, sens))
+
+    histogram = figures["score_histogram"].axes[0]
+    edges = np.linspace(0, 1, 21)
+    heights = np.array([bar.get_height() for bar in histogram.patches]).reshape(2, 20)  # CN's bars, then AD's
+    np.testing.assert_array_equal(heights[0], np.histogram(score[y == 0], edges)[0])
+    np.testing.assert_array_equal(heights[1], np.histogram(score[y == 1], edges)[0])
+
+    reliability = report.curves.reliability
+    curve = figures["calibration"].axes[0].lines[1].get_xydata()
+    np.testing.assert_allclose(curve, np.c_[reliability.mean_predicted, reliability.observed_fraction])
+    assert sum(bar.get_height() for bar in figures["calibration"].axes[1].patches) == len(y)
+
+    decision = report.curves.decision
+    model, treat_all = figures["decision_curve"].axes[0].lines[:2]
+    np.testing.assert_allclose(model.get_xydata(), np.c_[decision.thresholds, decision.net_benefit_model])
+    np.testing.assert_allclose(treat_all.get_ydata(), decision.net_benefit_treat_all)
+
+    history = F.plot_training_curves(HISTORY)
+    loss, accuracy = history.axes
+    assert sorted(tuple(line.get_ydata()) for line in loss.lines) == [(0.9, 0.6, 0.4), (1.0, 0.8, 0.7)]
+    assert sorted(tuple(line.get_ydata()) for line in accuracy.lines) == [(0.5, 0.6, 0.7), (0.5, 0.7, 0.9)]
+    for name, fig in {**figures, "history": history}.items():
+        F.save_figure(fig, tmp_path / f"{name}.png", dpi=40)  # and each one saves
 
 
 def test_brain_figures_render(tmp_path, engine_result):
@@ -122,6 +164,59 @@ def test_brain_figures_render(tmp_path, engine_result):
     }
     for name, fig in drawn.items():
         _assert_not_blank(fig, tmp_path / f"{name}.png")
+
+
+def test_an_overlay_shows_the_map_where_the_map_is(engine_result):
+    """The overlay's map, in each view, is the subject's map cut through its peak (as a share of the
+    maximum): its brightest drawn voxel is where the map's peak is, over the subject's anatomy."""
+    image, cam = _volume(), _volume(seed=4)
+    cam[2, 11, 7] = 5.0  # a unique peak, off-centre
+    fig = F.plot_cam_overlay(image, cam, RAS_AFFINE, title="one subject")
+    assert_views_cross_at_the_peak(fig.axes[0], cam, RAS_AFFINE, HEAT_CMAP)
+    texts = _texts(fig)
+    peak_mm = RAS_AFFINE @ [2, 11, 7, 1]
+    for axis, value in zip("xyz", peak_mm):
+        assert f"{axis} = {value:.0f} mm" in texts
+    anatomy = drawn_planes(fig.axes[0], "gray")
+    np.testing.assert_allclose(anatomy[0], image[:, :, 7].T)  # the axial view's anatomy: z through the peak
+    case = engine_result.gallery["TP"][1]
+    gallery = F.plot_cam_gallery([case], title="TP")
+    assert_views_cross_at_the_peak(gallery.axes[0], case.cam, case.affine, HEAT_CMAP)
+    assert f"{case.subject_id}: TP" in _texts(gallery)
+
+
+def test_group_maps_show_each_groups_mean_and_their_difference(engine_result):
+    """The group CAM figure: the AD row is AD's mean map through its peak (a share of the highest
+    group mean), and the CN row and the difference row are CN's mean and AD - CN on that same scale,
+    cut through the same point."""
+    maps = engine_result.maps["cam"]
+    fig = F.plot_group_cam(maps.mean, maps.diff, RAS_AFFINE, background=_volume())
+    rows = [ax for ax in fig.axes if len(ax.images) == 6]  # the views; colour bars hold one image each
+    assert len(rows) == 3
+    cn_row, ad_row, difference_row = rows
+    assert_views_cross_at_the_peak(ad_row, maps.mean["AD"], RAS_AFFINE, HEAT_CMAP)
+    peak, _ = slices_through_peak(maps.mean["AD"], RAS_AFFINE)
+    high = float(np.nanmax(maps.mean["AD"]))  # AD's mean is the higher one here
+    for row, volume, cmap in ((cn_row, maps.mean["CN"], HEAT_CMAP), (difference_row, maps.diff, "RdBu_r")):
+        expected = slices_at(volume, RAS_AFFINE, peak)
+        for name, plane in zip(("axial", "coronal", "sagittal"), drawn_planes(row, cmap)):
+            shown = np.isfinite(plane)
+            assert shown.any(), name
+            np.testing.assert_allclose(plane[shown], expected[name][shown] / high, rtol=1e-5, err_msg=name)
+
+
+def test_check_figures_show_the_values_given():
+    """The outside-brain shares and the sanity check draw each subject's value, in its class."""
+    shares, labels = np.array([0.1, 0.2, 0.05, 0.6, 0.62]), np.array([0, 1, 0, 1, 1])
+    outside = F.plot_outside_brain(shares, labels=labels)
+    heights = np.array([bar.get_height() for bar in outside.patches]).reshape(2, 20)  # CN's bars, then AD's
+    edges = np.linspace(0, 1, 21)
+    for row, label in enumerate((0, 1)):
+        np.testing.assert_array_equal(heights[row], np.histogram(shares[labels == label], edges)[0])
+    sanity = F.plot_sanity([0.1, 0.3, -0.2], subject_ids=["x", "y", "z"])
+    assert [bar.get_height() for bar in sanity.patches] == pytest.approx([0.1, 0.3, -0.2])
+    assert [t.get_text() for t in sanity.get_xticklabels()] == ["x", "y", "z"]
+    assert "mean rank correlation 0.07 over 3 subjects" in sanity.get_title()
 
 
 @pytest.fixture(scope="module")
@@ -450,10 +545,9 @@ def test_no_printed_text_is_smaller_than_6pt(report, engine_result):
     figures = _build_figures(with_groups, tall, HISTORY)  # a gallery of 4 cases: drawn narrower, to fit a page
     assert {"subgroups", "group_cam", "gallery_TP", "feature_maps", "feature_channel_differences",
             "input_difference"} <= set(figures)  # fmt: skip
-    if hasattr(F, "plot_champion_comparison"):
-        maps = engine_result.maps
-        figures["champion_comparison"] = F.plot_champion_comparison(
-            maps["cam"].mean["AD"], maps["cam"].mean["CN"], RAS_AFFINE, background=maps["input"].mean["CN"][0])
+    maps = engine_result.maps
+    figures["champion_comparison"] = F.plot_champion_comparison(
+        maps["cam"].mean["AD"], maps["cam"].mean["CN"], RAS_AFFINE, background=maps["input"].mean["CN"][0])
     failures = []
     for name, fig in figures.items():
         size = FIGURES[name][2] if name in FIGURES else EXTRA_FIGURE_SIZE

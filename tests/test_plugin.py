@@ -1,6 +1,7 @@
 """The evaluator plug-in plays by MLflow's rules: installed, it never changes anyone else's
 evaluation (MLflow's real default evaluator on scikit-learn and plain Python models, with and
-without `heimer` in MLflow's evaluator registry), and it runs only when asked for by name."""
+without `heimer` in MLflow's evaluator registry), and it runs only when asked for by name, then
+on a registered 3D CNN as `heimer-mlflow evaluate` does."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ import pytest
 from mlflow.models.evaluation.evaluator_registry import _model_evaluation_registry
 from sklearn.datasets import make_classification, make_regression
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.plugin import HeimerEvaluator
+
+from .helpers.cohorts import good_rows, write_manifest
+from .helpers.models import TinyCNN
+from .helpers.tracking import new_version
 
 
 class Doubler(mlflow.pyfunc.PythonModel):
@@ -90,3 +96,28 @@ def test_asked_for_by_name_it_refuses_a_model_it_cannot_evaluate(tracking):
 
 def test_can_evaluate_says_no_outside_an_evaluate_call_that_names_it():
     assert not HeimerEvaluator.can_evaluate(model_type="classifier", evaluator_config={})
+
+
+def test_asked_for_by_name_it_evaluates_a_registered_3d_cnn_into_the_callers_run(tracking, tmp_path):
+    """The plug-in's evaluate on a tiny registered CNN and 8 small heads (the fast subset's check of
+    the path `mlflow.models.evaluate(..., evaluators="heimer")` takes): the caller's run gets the
+    metrics MLflow returns, the AUC is scikit-learn's on the logged predictions, every head is
+    scored in manifest order, and the version points at the run."""
+    name = "plugin-fast"
+    version = new_version(name, TinyCNN(), intensity="zscore")
+    manifest = pd.read_csv(write_manifest(tmp_path, good_rows(tmp_path)))
+    manifest["path"] = [str(tmp_path / p) for p in manifest["path"]]
+    mlflow.set_experiment("plugin-fast")
+    with mlflow.start_run() as run:
+        result = mlflow.models.evaluate(f"models:/{name}/{version}", data=manifest, targets="label",
+                                        model_type="classifier", evaluators="heimer",
+                                        evaluator_config={"n_bootstrap": 50, "workers": 0})  # fmt: skip
+    logged = mlflow.get_run(run.info.run_id)
+    assert result.metrics and result.metrics == {k: pytest.approx(logged.data.metrics[k]) for k in result.metrics}
+    assert result.metrics["n_subjects"] == 8 and result.metrics["n_excluded"] == 0
+    predictions = result.artifacts["predictions"].content
+    assert list(predictions["subject_id"]) == list(manifest["subject_id"])
+    assert result.metrics["roc_auc"] == pytest.approx(roc_auc_score(predictions["label"] == "AD", predictions["prob_AD"]))
+    assert result.artifacts["roc"].uri.startswith(logged.info.artifact_uri)
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    assert tags["heimer.evaluation_run_id"] == run.info.run_id and tags["heimer.verdict"] in ("pass", "review")

@@ -17,7 +17,7 @@ from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 
 from .helpers.models import TinyCNN
-from .helpers.tracking import DESIGN_KEYS
+from .helpers.tracking import CONTRACT_KEYS
 
 SHAPE = [1, 8, 10, 8]
 
@@ -43,7 +43,7 @@ def test_log_model_writes_every_design_key_and_a_tensor_signature(registered):
     name, info, run_id, _ = registered
     got = mlflow.models.get_model_info(f"models:/{name}@champion")
     heimer = got.metadata["heimer"]
-    assert set(heimer) == DESIGN_KEYS
+    assert set(heimer) == CONTRACT_KEYS
     assert heimer == dict(class_names=["CN", "AD"], positive_class="AD", input_shape=SHAPE,
                           intensity="zscore", target_layer="body.2")
     assert list(got.signature.inputs.inputs[0].shape) == [-1, *SHAPE]
@@ -86,7 +86,7 @@ def test_missing_metadata_is_inferred(tracking):
     assert loaded.meta.input_shape == SHAPE  # from the signature's tensor spec
     assert loaded.meta.intensity == "none"
     assert loaded.meta.target_layer == "body.2"  # the last Conv3d
-    assert set(loaded.meta.inferred) == DESIGN_KEYS
+    assert set(loaded.meta.inferred) == CONTRACT_KEYS
 
 
 @pytest.mark.parametrize(

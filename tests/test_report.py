@@ -18,8 +18,11 @@ import sys
 import threading
 from pathlib import Path
 
+import xml.etree.ElementTree as ElementTree
+
 import numpy as np
 import pandas as pd
+import pypdfium2  # a test extra, like pypdf: never skipped
 import pytest
 from pypdf import PdfReader
 
@@ -259,8 +262,7 @@ def test_every_section_and_page_count(rendered):
 def test_no_blank_pages_when_rendered_to_images(rendered):
     """Every page, drawn as pixels, has content beyond its running header and footer band; every
     figure the PDF embeds shows something (not one flat colour)."""
-    pdfium = pytest.importorskip("pypdfium2")
-    document = pdfium.PdfDocument(str(rendered["files"].pdf))
+    document = pypdfium2.PdfDocument(str(rendered["files"].pdf))
     try:
         for number in range(len(document)):
             pixels = np.asarray(document[number].render(scale=40 / 72).to_pil().convert("L"), dtype=float)
@@ -295,6 +297,34 @@ def test_toc_page_numbers_match_headings_and_outline(rendered):
             assert heading not in [ln.strip() for ln in earlier.splitlines()[1:]], heading
 
 
+PDFA_ID = "{http://www.aiim.org/pdfa/ns/id/}"
+
+
+def pdfa_identification(xmp: bytes) -> dict[str, str]:
+    """The PDF/A identification schema's part and conformance in an XMP packet, written either as
+    attributes of an rdf:Description or as its child elements (both are valid XMP)."""
+    found = {}
+    for element in ElementTree.fromstring(xmp[xmp.index(b"<x:xmpmeta"):xmp.rindex(b"</x:xmpmeta>") + 12]).iter():
+        for key in ("part", "conformance"):
+            if PDFA_ID + key in element.attrib:
+                found[key] = element.attrib[PDFA_ID + key]
+            if element.tag == PDFA_ID + key:
+                found[key] = (element.text or "").strip()
+    return found
+
+
+def test_pdfa_identification_is_read_in_both_xmp_forms():
+    """The check above must tell PDF/A-3 from PDF/A-2, whichever way the XMP writes it."""
+    head = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"'
+    tail = b"</rdf:RDF></x:xmpmeta>"
+    ns = b' xmlns:pdfaid="http://www.aiim.org/pdfa/ns/id/"'
+    as_attributes = head + ns + b'><rdf:Description rdf:about="" pdfaid:part="2" pdfaid:conformance="B"/>' + tail
+    as_elements = (head + ns + b'><rdf:Description rdf:about=""><pdfaid:part>3</pdfaid:part>'
+                   b"<pdfaid:conformance>B</pdfaid:conformance></rdf:Description>" + tail)
+    assert pdfa_identification(b"<?xpacket begin?>" + as_attributes) == {"part": "2", "conformance": "B"}
+    assert pdfa_identification(as_elements) == {"part": "3", "conformance": "B"}
+
+
 def test_metadata_pdfa_and_tags(rendered):
     reader = rendered["reader"]
     meta = reader.metadata
@@ -304,8 +334,7 @@ def test_metadata_pdfa_and_tags(rendered):
     assert "Grad-CAM" in (meta.get("/Keywords") or "")
     assert meta.creation_date.year == 2023 and meta.modification_date.year == 2023
     root = reader.trailer["/Root"]
-    xmp = root["/Metadata"].get_object().get_data()
-    assert b"pdfaid:part" in xmp and b"3" in xmp
+    assert pdfa_identification(root["/Metadata"].get_object().get_data()) == {"part": "3", "conformance": "B"}
     assert "/StructTreeRoot" in root and root["/MarkInfo"]["/Marked"]
     text = _flat(" ".join(rendered["texts"]))
     assert re.search(r"Figure 1\. ", text) and re.search(r"Figure 4\. ", text)

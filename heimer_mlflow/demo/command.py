@@ -26,7 +26,7 @@ CHALLENGER_ALIAS = "challenger"
 EVALUATION_EXPERIMENT = "heimer-evaluations"
 # The held-out cohort comes from several sites; every AD patient was scanned at the memory clinic,
 # whose scanner marks its scans (a bright patch outside the brain), the controls elsewhere: the
-# case-control confound of COHORT.md's shortcut control, with the planted atrophy as well. At 95%
+# case-control confound, the marker of docs/cohort.md's shortcut control, with the planted atrophy as well. At 95%
 # of AD and 5% of CN scans the challenger's marker paid off less than the champion's anatomy at one
 # seed in four (AUC 0.88 against 0.93), and at 90/10 the marker alone scored about as well as the
 # champion: a shortcut must pay off on data that carries it, as it does on real ones, or a

@@ -1,4 +1,4 @@
-"""Synthetic AD/CN cohort with planted, known ground truth (the recipe is COHORT.md).
+"""Synthetic AD/CN cohort with planted, known ground truth (the recipe: docs/cohort.md).
 
 No real patient MRI may ship with the project, so the demo, the tests and the benchmarks use
 subjects built at run time from the MNI ICBM152 2009a templates that nilearn ships inside its
@@ -10,7 +10,7 @@ Recipe, per voxel size (built once per process and cached):
 - resample the 1 mm T1, grey/white-matter maps and brain mask onto the MNI 2 mm-style grid
   (anti-aliased with sigma = 0.425 x voxel size);
 - regions of interest: lateral ventricles from CSF = mask - GM - WM (thresholds, box and
-  largest component per side as in COHORT.md) and hippocampi as ellipsoids;
+  largest component per side as docs/cohort.md says) and hippocampi as ellipsoids;
 - for each ROI type (hippocampus, ventricles), a unit field along the gradient of the blurred
   ROI mask and a lookup table from gain (mm) to realised volume factor. The displacement is
   the flow of gain x field (scaling and squaring), so even a tripled ventricle never folds.
@@ -88,14 +88,14 @@ MNI_NOTICE = (
     "patients resulting from the use or misuse of this software package.\n"
 )
 
-# Template ROIs (COHORT.md, validated against Harvard-Oxford and Neuromorphometrics at 2 mm).
+# Template ROIs (docs/cohort.md; validated against Harvard-Oxford and Neuromorphometrics at 2 mm).
 VENTRICLE_CSF_MIN, VENTRICLE_T1_MAX = 0.5, 0.45
 VENTRICLE_BOX = ((-36.0, 36.0), (-82.0, 34.0), (-8.0, 32.0))  # mm per axis, inclusive
 HIPPOCAMPUS_CENTRES = {1: (-24.7, -23.0, -13.7), 2: (26.3, -21.4, -13.9)}  # mm, by label
 HIPPOCAMPUS_SEMI_AXES = (27.5, 12.2, 5.3)  # mm: long axis, left-right, across both
 HIPPOCAMPUS_LONG_AXIS = (0.0, 0.78, -0.62)  # head anterior-inferior, tail posterior-superior
 
-# Subject variation (COHORT.md "Recipe per subject").
+# Subject variation (docs/cohort.md, "One subject").
 ROI_BLUR_MM = 3.0
 HIPPOCAMPUS_FACTOR = {"AD": 0.77, "CN": 1.0}  # mean of a normal, SD below
 HIPPOCAMPUS_FACTOR_SD = 0.10
@@ -212,7 +212,7 @@ def _box(tpl: dict, lo_mm, hi_mm):
 
 
 def _template_rois(tpl: dict[str, np.ndarray]) -> np.ndarray:
-    """ATLAS_LABELS on the 1 mm template grid, built as COHORT.md describes."""
+    """ATLAS_LABELS on the 1 mm template grid, built as docs/cohort.md describes."""
     labels = np.zeros(tpl["t1"].shape, np.uint8)
 
     # Only the ventricle box and the ellipsoids' bounding boxes are computed: 1 mm is big.

@@ -16,8 +16,8 @@ from torch import nn
 from . import REPO
 from .cohorts import GRID, SYNTHETIC_INPUT_SHAPE
 
-# the keys of a logged model's `heimer` metadata (DESIGN.md, the model contract)
-DESIGN_KEYS = {"class_names", "positive_class", "input_shape", "intensity", "target_layer"}
+# the keys of a logged model's `heimer` metadata (docs/design.md, "The model contract")
+CONTRACT_KEYS = {"class_names", "positive_class", "input_shape", "intensity", "target_layer"}
 # a training run's curves under the names a team's script might use (`loss` is the training loss)
 TINY_HISTORY = [{"loss": loss, "val_loss": loss + 0.05, "acc": acc, "val_acc": acc - 0.1}
                 for loss, acc in [(0.7, 0.5), (0.6, 0.7)]]  # fmt: skip
