@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .meta import negative_class
 from .metrics import paired_delong
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,7 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
     merged = this[mine].merge(theirs[["subject_id", "label", column]], on="subject_id", suffixes=("", "_champion"))
     merged = merged[merged["label"].astype(str) == merged["label_champion"].astype(str)].dropna()
     y = (merged["label"].astype(str) == positive).to_numpy(int)
-    names = (next(c for c in class_names if c != positive), positive)
+    names = (negative_class(class_names, positive), positive)
     difference, p_value = paired_delong(y, merged[column].to_numpy(float), merged[f"{column}_champion"].to_numpy(float),
                                         class_names=names,
                                         clusters=merged["participant_id"].to_numpy() if clustered else None)  # fmt: skip

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import nibabel as nib
@@ -24,194 +23,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .champion import Comparison
-from .interventions import CounterfactualSummary
-from .cohort import Cohort, CohortDataset, make_loader, parse_label_map, read_cohort, validate
+from .cohort import Cohort, CohortProblems, read_cohort, validate
+from .cohort.loader import CohortDataset, make_loader
 from .engine import run_engine
-from .engine.gradcam import check_cam_method
 from .engine.run import EngineResult, pick_device
 from .errors import HeimerError
-from .gate import Gate, GateFailed, GateResult
-from .meta import CAM_NAMES, INTENSITIES, assumptions
-from .metrics import ClassificationReport, compute_metrics
+from .gate import GateFailed
+from .meta import assumptions
+from .metrics import compute_metrics
+from .options import EvaluationOptions
 from .permissions import Access, redacted
-from .record import AtlasRecord
 from .atlas import atlas_for_cohort, load_brain_mask
-from .registry import HISTORY_NAMES, LoadedModel, load, split_names, training_history
+from .registry import LoadedModel, load, training_history
+from .result import Evaluation
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
-
-SAVE_CAMS = ("gallery", "all", "none")
-
-
-@dataclass
-class EvaluationOptions:
-    target_layer: str | None = None
-    batch_size: int = 4
-    device: str = "auto"
-    threshold: float = 0.5
-    atlas: str | None = None  # neuromorphometrics, desikan-killiany (MNI-space inputs) or a label NIfTI on the grid
-    atlas_labels: str | None = None
-    regions: tuple[str, ...] | str | None = None  # of the atlas: groups, sides or label names ("a,b" or a list)
-    brain_mask: str | None = None  # NIfTI on the input grid; None: a named atlas brings the MNI152 brain, else each input's non-background voxels
-    save_cams: str = "gallery"
-    skip_bad: bool = False
-    # a new run's experiment (None: heimer-evaluations); named for a run that is already open elsewhere
-    # (`mlflow run`, mlflow.models.evaluate, the caller's active run), it is a user error (tracking._open_run)
-    experiment: str | None = None
-    feature_layers: tuple[str, ...] = ()
-    gallery_k: int = 4
-    sanity_subjects: int = 8
-    n_bootstrap: int = 2000
-    workers: int | None = None
-    amp: str | None = None
-    history_metrics: dict[str, str] = field(default_factory=dict)  # train_loss=... -> source-run key
-    seed: int = 0
-    progress: bool = True
-    require: tuple[str, ...] = ()  # promotion rules, e.g. "roc_auc_ci_lower>=0.75" (see heimer_mlflow.gate)
-    require_verdict: str | None = None  # "pass": the verdict is a rule too
-    cam: str = "hirescam"  # the primary map: hirescam or gradcam (README: why HiResCAM by default)
-    # cohorts as teams have them (heimer_mlflow.layouts): a ClinicaDL TSV's CAPS folder, the label's
-    # column (default: label in a manifest, diagnosis in BIDS / ClinicaDL), source label -> class name
-    caps: str | None = None
-    label_column: str | None = None
-    label_map: str | dict | None = None  # "Dementia=AD,Control=CN"; a dict once checked
-    # a model logged without our metadata (or with it wrong): these fill or override it, and the
-    # run records them as given (registry.read_meta)
-    class_names: tuple[str, ...] | str | None = None  # output order, "CN,AD"
-    positive_class: str | None = None
-    intensity: str | None = None  # zscore, minmax or none
-    # loading a pickled model runs code from its file: a person evaluating by hand chose the model;
-    # `watch` sets False unless started with --allow-pickle
-    allow_pickle: bool = True
-    # the counterfactual region tests (engine.counterfactual): subjects called AD to re-score; 0: off
-    counterfactual_subjects: int = 16
-
-    def check(self) -> EvaluationOptions:
-        check_cam_method(self.cam)
-        if self.class_names is not None:
-            self.class_names = tuple(split_names(self.class_names)) or None
-        if self.intensity is not None and self.intensity not in INTENSITIES:
-            raise HeimerError(f"intensity={self.intensity!r}: use one of {', '.join(INTENSITIES)}")
-        number = self.counterfactual_subjects
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number) or number < 0:
-            raise HeimerError(f"counterfactual_subjects={number!r}: give 0 (no counterfactual tests) or a positive "
-                              "number of subjects to re-score, e.g. --counterfactual-subjects 16")
-        self.counterfactual_subjects = int(number)
-        if self.save_cams not in SAVE_CAMS:
-            raise HeimerError(f"save_cams={self.save_cams!r}: use one of {', '.join(SAVE_CAMS)}")
-        if not 0.0 < self.threshold < 1.0:
-            raise HeimerError(f"threshold={self.threshold}: give a probability strictly between 0 and 1")
-        if self.batch_size < 1:
-            raise HeimerError(f"batch_size={self.batch_size}: give a positive integer")
-        self._check_atlas()
-        self.require = tuple(self.require) if not isinstance(self.require, str) else (self.require,)
-        self.label_map = parse_label_map(self.label_map)  # bad syntax is a user error before anything runs
-        self.gate()  # a rule that cannot be read is a user error before anything runs
-        unknown = set(self.history_metrics) - set(HISTORY_NAMES)
-        if unknown:
-            raise HeimerError(
-                f"history metric {sorted(unknown)[0]!r} is not one of {', '.join(HISTORY_NAMES)}"
-            )
-        return self
-
-    def gate(self) -> Gate:
-        return Gate.parse(self.require, self.require_verdict)
-
-    def given_meta(self) -> dict:
-        """The model-contract values given with the options (None = not given)."""
-        return {"class_names": list(self.class_names) if self.class_names else None,
-                "positive_class": self.positive_class, "intensity": self.intensity}
-
-    def _check_atlas(self) -> None:
-        from .atlas import NAMED_ATLASES, named_atlas
-
-        if isinstance(self.regions, str):
-            self.regions = tuple(r.strip() for r in self.regions.split(",") if r.strip()) or None
-        elif self.regions is not None:
-            self.regions = tuple(str(r).strip() for r in self.regions) or None
-        if self.regions and self.atlas is None:
-            raise HeimerError(f"--regions {','.join(self.regions)} needs an atlas: --atlas "
-                              f"{'|'.join(NAMED_ATLASES)} (MNI-space inputs) or --atlas NIFTI --atlas-labels CSV")
-        if named_atlas(self.atlas) is not None:
-            if self.atlas_labels is not None:
-                raise HeimerError(f"--atlas {self.atlas} brings its own labels: leave out --atlas-labels "
-                                  f"{self.atlas_labels} (or give --atlas NIFTI for your own atlas)")
-        elif (self.atlas is None) != (self.atlas_labels is None):
-            raise HeimerError(f"an atlas needs --atlas {'|'.join(NAMED_ATLASES)} (MNI-space inputs), or both "
-                              "--atlas NIFTI and --atlas-labels CSV (columns index,name)")
-
-
-@dataclass
-class Evaluation:
-    """What one evaluation produced; ``run_id`` is the MLflow run it was logged to."""
-
-    model: LoadedModel
-    cohort: Cohort
-    engine: EngineResult
-    metrics: ClassificationReport
-    history: dict[str, list[tuple[int, float]]]
-    verdict: str
-    verdict_reason: str
-    options: EvaluationOptions
-    grid_affine: np.ndarray
-    run_id: str | None = None
-    evaluated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    artifacts: dict[str, str] = field(default_factory=dict)  # name -> artifact URI (figures by name, report, ...)
-    timings: dict[str, float] = field(default_factory=dict)
-    gate: GateResult | None = None  # the promotion rules' outcome, when rules were given
-    comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
-    comparison_note: str = ""  # why there is no comparison although a champion exists (champion.Search.why)
-    data_digest: str | None = None  # the evaluated data's content digest (champion.content_digest)
-    verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
-    atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
-    link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
-    counterfactual: CounterfactualSummary | None = None  # the counterfactual region tests (interventions)
-    counterfactual_result: object | None = None  # engine.counterfactual.CounterfactualResult: per-subject drops
-    counterfactual_table: pd.DataFrame | None = None  # counterfactuals.csv
-
-    @property
-    def run_metrics(self) -> dict[str, float]:
-        """Every number logged to the run as a metric (and returned by the evaluator plug-in)."""
-        comparison = self.comparison.run_metrics() if self.comparison is not None else {}
-        counterfactual = self.counterfactual.run_metrics() if self.counterfactual is not None else {}
-        return {**self.metrics.to_flat_metrics(), **self.summary, **counterfactual, **comparison,
-                "n_subjects": int(len(self.engine.subjects["prob"])), "n_excluded": int(len(self.cohort.excluded))}
-
-    def not_computable(self) -> list[tuple[str, str]]:
-        """(name, reason) of every figure without a value: the metrics' and the counterfactual tests'."""
-        extra = self.counterfactual.not_computable() if self.counterfactual is not None else []
-        return [*self.metrics.not_computable(), *extra]
-
-    @property
-    def summary(self) -> dict[str, float]:
-        """Cohort-level plausibility numbers, logged as run metrics.
-
-        The map explains the positive class's score, so its checks look where the model looks
-        when it calls a subject positive: the outside-brain shares, their floor, the region gains
-        and the two maps' agreement are means over the subjects called positive (all subjects when
-        it calls none; ``cam_n_subjects`` says over how many). For a subject called negative the
-        positive score's map shows the little evidence there was, mostly noise at the edges, and
-        would blur a model that looks at the brain into one that seems not to.
-        """
-        subjects = self.engine.subjects
-        if not len(subjects.get("cam_outside_brain_fraction", [])):
-            return {}
-        called = subjects["pred"].astype(int) == self.model.meta.positive_index
-        rows = called if called.any() else np.ones_like(called)
-        out = {"cam_n_subjects": int(rows.sum())}
-        columns = ["cam_outside_brain_fraction", "cam_outside_brain_floor", "cam_method_agreement",
-                   *(f"{method}_outside_brain_fraction" for method in CAM_NAMES),
-                   *(f"cam_roi_gain_{region}" for region in self.engine.region_names)]  # fmt: skip
-        for column in (c for c in columns if c in subjects):
-            values = np.asarray(subjects[column], dtype=float)[rows]
-            if np.isfinite(values).any():
-                out[column] = float(np.nanmean(values))
-        if self.engine.sanity is not None and np.isfinite(self.engine.sanity.mean):
-            out["sanity_spearman_mean"] = float(self.engine.sanity.mean)
-        return out
-
-
-# --------------------------------------------------------------------------- training history
 
 # --------------------------------------------------------------------------- evaluate
 
@@ -408,7 +233,7 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
     from .engine.counterfactual import choose_subjects, forward_passes, run_counterfactuals
 
     meta, engine, cohort = result.model.meta, result.engine, result.cohort
-    negative, positive = _negative_positive(meta)
+    negative, positive = meta.negative_class, meta.positive_class
     regions = {} if prepared.atlas is None else {name: np.asarray(prepared.atlas[0]) == label
                                                  for label, name in sorted(prepared.atlas[1].items())}  # fmt: skip
     n = opts.counterfactual_subjects
@@ -482,7 +307,7 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     t0 = time.perf_counter()
     report = compute_metrics(y_true, engine.subjects["prob"].astype(float), threshold=opts.threshold,
                              covariates=covariates, n_bootstrap=opts.n_bootstrap, seed=opts.seed,
-                             class_names=_negative_positive(meta), clusters=cohort.participants(rows))
+                             class_names=(meta.negative_class, meta.positive_class), clusters=cohort.participants(rows))
     metrics_s = time.perf_counter() - t0
     history = training_history(loaded.source_run_id, opts.history_metrics)
     result = Evaluation(
@@ -604,7 +429,7 @@ def require_both_classes(cohort: Cohort, meta) -> None:
         left = " after leaving out the unusable ones" if len(cohort.excluded) else ""
         raise HeimerError(
             f"the cohort {cohort.source} has one class only{left} ({present}): the metrics need both "
-            f"{meta.positive_class} and {_negative_positive(meta)[0]} subjects; add subjects of the other class"
+            f"{meta.positive_class} and {meta.negative_class} subjects; add subjects of the other class"
         )
 
 
@@ -615,19 +440,12 @@ def _evaluated(cohort: Cohort, engine: EngineResult) -> Cohort:
                   cohort.covariates, cohort.excluded)
 
 
-def _negative_positive(meta) -> tuple[str, str]:
-    negative = next(c for c in meta.class_names if c != meta.positive_class)
-    return negative, meta.positive_class
-
-
 def _exclude_unreadable(cohort: Cohort, engine: EngineResult, skip_bad: bool) -> Cohort:
     """Subjects whose voxels turned out unusable: stop with all of them, or record them."""
     if not engine.excluded:
         return cohort
     problems = [(e["subject_id"], cohort.table["path"].iloc[int(e["index"])], e["reason"]) for e in engine.excluded]
     if not skip_bad:
-        from .cohort import CohortProblems
-
         raise CohortProblems(problems, cohort.source)
     extra = pd.DataFrame(problems, columns=["subject_id", "path", "reason"])
     cohort.excluded = pd.concat([cohort.excluded, extra], ignore_index=True)

@@ -138,15 +138,13 @@ class CounterfactualSummary:
     @classmethod
     def from_dict(cls, data) -> CounterfactualSummary | None:
         """The recorded summary; None when the record has none (an evaluation from before it)."""
-        from .record import estimate
-
         if not isinstance(data, dict):
             return None
 
         def number(value, default=0):
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
-        estimates = {str(k): estimate(v) for k, v in (data.get("estimates") or {}).items()}
+        estimates = {str(k): Estimate.from_dict(v) for k, v in (data.get("estimates") or {}).items()}
         curves = data.get("curves") if isinstance(data.get("curves"), dict) else {}
         return cls(
             status=str(data.get("status") or NOT_COMPUTABLE), reason=data.get("reason"),
@@ -248,16 +246,14 @@ class PairedDrop:
 
     @classmethod
     def from_dict(cls, data) -> PairedDrop | None:
-        from .record import estimate
-
-        if not isinstance(data, dict) or estimate(data.get("diff")) is None:
+        if not isinstance(data, dict) or Estimate.from_dict(data.get("diff")) is None:
             return None
 
         def number(v):
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
         return cls(str(data.get("name")), int(number(data.get("n_pairs")) or 0), number(data.get("this")),
-                   number(data.get("champion")), estimate(data.get("diff")), number(data.get("p")),
+                   number(data.get("champion")), Estimate.from_dict(data.get("diff")), number(data.get("p")),
                    number(data.get("p_holm")))  # fmt: skip
 
 

@@ -93,6 +93,26 @@ class Estimate:
         """A figure that cannot be computed, and why."""
         return cls(value=None, reason=reason)
 
+    @classmethod
+    def from_dict(cls, data) -> Estimate | None:
+        """An Estimate from its JSON (:meth:`to_dict`), None when absent. A figure without a value
+        is not computable, with its reason ("no value" when none was written)."""
+        if not isinstance(data, dict):
+            return None
+
+        def number(value) -> float | None:  # JSON has no NaN; booleans are not numbers
+            plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return float(value) if plain and math.isfinite(value) else None
+
+        def text(value) -> str | None:  # a scalar as text, None for anything else
+            plain = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+            return str(value) if plain else None
+
+        value = number(data.get("value"))
+        reason = None if value is not None else (text(data.get("reason")) or "no value")
+        return cls(value=value, lower=number(data.get("lower")), upper=number(data.get("upper")),
+                   method=text(data.get("method")), se=number(data.get("se")), reason=reason)
+
     @property
     def computable(self) -> bool:
         return self.value is not None

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cohort import CohortDataset, make_loader, read_cohort, validate
+from ..cohort import read_cohort, validate
+from ..cohort.loader import CohortDataset, make_loader
 from ..errors import HeimerError
 from ..meta import ModelMeta
 from .nets import DemoCNN

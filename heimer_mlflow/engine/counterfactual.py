@@ -191,7 +191,7 @@ def run_counterfactuals(
                     brain = batch["brain_mask"][i].to(device).bool()
                     inside, outside = brain.flatten().nonzero().flatten(), ~brain
                 replaced = {**region_masks, OUTSIDE: outside}
-                replaced.update(_map_steps(layer_maps[row], brain, image.shape[1:], _generator(seed, row),
+                replaced.update(map_steps(layer_maps[row], brain, image.shape[1:], subject_generator(seed, row),
                                            given_coordinates if given_brain is not None else None, inside))
                 counts = {**region_voxels, OUTSIDE: image[0].numel() - len(inside)}
                 timings["masks_s"] += time.perf_counter() - t0
@@ -218,7 +218,7 @@ def run_counterfactuals(
     )  # fmt: skip
 
 
-def _map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
+def map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
                coordinates: torch.Tensor | None = None, inside: torch.Tensor | None = None,
                ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The flat voxel indices the MoRF, LeRF and random-blob steps of one subject replace. Ties
@@ -255,6 +255,6 @@ def brain_coordinates(brain: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.unravel_index(brain.flatten().nonzero().flatten(), tuple(brain.shape)), dim=1).float()
 
 
-def _generator(seed: int, row: int) -> torch.Generator:
+def subject_generator(seed: int, row: int) -> torch.Generator:
     """The random source of one subject's blobs and tie-breaks: the seed and its cohort row."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, row]).generate_state(1)[0]))

@@ -22,6 +22,7 @@ from torch import nn
 
 from heimer_mlflow.engine.exported import ExportedModel, pad_batch
 from heimer_mlflow.errors import HeimerError
+from heimer_mlflow.meta import CAM_METHODS, check_cam_method  # noqa: F401 - engine.CAM_METHODS
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -58,16 +59,6 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
             f"target layer {path!r} is not a module of {type(model).__name__}: "
             f"Conv3d layers to choose from: {', '.join(candidates) or 'none'}"
         ) from None
-
-
-CAM_METHODS = ("gradcam", "hirescam")
-
-
-def check_cam_method(name: str) -> str:
-    """``name`` if it is one of ``CAM_METHODS``, else a HeimerError saying which are."""
-    if name not in CAM_METHODS:
-        raise HeimerError(f"unknown cam {name!r}: use {' or '.join(CAM_METHODS)}")
-    return name
 
 
 @dataclass

@@ -430,7 +430,7 @@ class _Run:
         if not chosen:
             return {}
         if self.random_gradcam is None:  # the same weights whenever (and on whichever rank) it is made
-            self.random_gradcam = GradCam3d(_randomised_copy(self.model, self.seed), self.gradcam.layer_path)
+            self.random_gradcam = GradCam3d(randomised_copy(self.model, self.seed), self.gradcam.layer_path)
         rows = torch.as_tensor(chosen, device=images.device)
         with self._autocast():
             random_cam = self.random_gradcam.attribute(images[rows], self.target_column).layer_maps[self.cam_method]
@@ -547,7 +547,7 @@ def _sanity_quota(dataset, n: int) -> int:
     return min(n, len(dataset)) if hasattr(dataset, "__len__") else n
 
 
-def _randomised_copy(model: nn.Module, seed: int) -> nn.Module:
+def randomised_copy(model: nn.Module, seed: int) -> nn.Module:
     """A copy of ``model`` with every parameter and buffer re-initialised (cascading to all layers)."""
     randomised = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
