@@ -35,6 +35,7 @@ from .options import EvaluationOptions
 from .permissions import Access, redacted
 from .atlas import atlas_for_cohort, load_brain_mask
 from .registry import LoadedModel, load, training_history
+from .record import AtlasRecord
 from .result import Evaluation
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, N_BOOTSTRAP
 from .metrics import Estimate, holm, mean_estimates, paired_signed_rank
 
 STEPS = (0.02, 0.05, 0.10)  # shares of the brain's volume replaced by the MoRF, LeRF and random steps
@@ -65,8 +66,8 @@ class CounterfactualSummary:
     curves: dict[str, dict[str, list]] = field(default_factory=dict)  # order -> share, prob, lower, upper
     subject_ids: list[str] = field(default_factory=list)
     replacement: str = ""
-    positive_class: str = "AD"
-    negative_class: str = "CN"
+    positive_class: str = DEFAULT_POSITIVE
+    negative_class: str = DEFAULT_CLASS_NAMES[0]
     steps: list[float] = field(default_factory=lambda: list(STEPS))
     seconds: float | None = None
     region_reason: str | None = None  # why there are no region drops (no atlas)
@@ -153,7 +154,8 @@ class CounterfactualSummary:
             region_names=[str(r) for r in data.get("region_names") or []],
             estimates={k: e for k, e in estimates.items() if e is not None}, curves=curves,
             subject_ids=[str(s) for s in data.get("subject_ids") or []], replacement=str(data.get("replacement") or ""),
-            positive_class=str(data.get("positive_class") or "AD"), negative_class=str(data.get("negative_class") or "CN"),
+            positive_class=str(data.get("positive_class") or DEFAULT_POSITIVE),
+            negative_class=str(data.get("negative_class") or DEFAULT_CLASS_NAMES[0]),
             steps=[float(s) for s in data.get("steps") or STEPS], seconds=number(data.get("seconds"), None),
             region_reason=data.get("region_reason"), limits=dict(data.get("limits") or {}),
             vs_champion=[p for p in map(PairedDrop.from_dict, data.get("vs_champion") or []) if p is not None],
@@ -179,8 +181,9 @@ def per_subject(result) -> dict[str, np.ndarray]:
     return drops
 
 
-def summarise(result, *, n_requested: int, clusters=None, n_bootstrap: int = 2000, seed: int = 0, negative: str = "CN",
-              positive: str = "AD", region_reason: str | None = None) -> CounterfactualSummary:  # fmt: skip
+def summarise(result, *, n_requested: int, clusters=None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+              negative: str = DEFAULT_CLASS_NAMES[0], positive: str = DEFAULT_POSITIVE,
+              region_reason: str | None = None) -> CounterfactualSummary:
     """Means with bootstrap intervals and the deletion curves of an ``engine.counterfactual``
     result; ``clusters``: each re-scored subject's participant (None: each its own)."""
     columns = per_subject(result)

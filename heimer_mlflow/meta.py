@@ -1,5 +1,6 @@
 """The model contract: what the engine needs to know about a model, stored under
-``metadata["heimer"]`` of the logged MLflow model (see DESIGN.md, "The model contract")."""
+``metadata["heimer"]`` of the logged MLflow model (see DESIGN.md, "The model contract"), and the
+defaults every module shares: the class names, the primary map, the bootstrap's resamples."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ DEFAULT_POSITIVE = DEFAULT_CLASS_NAMES[1]
 CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 CAM_METHODS = tuple(CAM_NAMES)
 DEFAULT_CAM = "hirescam"  # the primary map (README: why HiResCAM by default)
+N_BOOTSTRAP = 2000  # bootstrap resamples behind every interval, wherever one is computed
 
 
 def check_cam_method(name: str) -> str:

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import HeimerError
-from .meta import CAM_METHODS, DEFAULT_CAM, INTENSITIES, check_cam_method, split_names
+from .meta import CAM_METHODS, DEFAULT_CAM, INTENSITIES, N_BOOTSTRAP, check_cam_method, split_names
 
-N_BOOTSTRAP = 2000  # bootstrap resamples behind every interval, wherever one is computed
 SAVE_CAMS = ("gallery", "all", "none")
 AMP = ("bf16", "fp16")
 

@@ -31,6 +31,13 @@ from .table import (
     label_index, missing, parse_label_map, settle_problems, subject_stem,
 )
 
+__all__ = [
+    "BORDER_NOISE_MADS", "Cohort", "CohortDataset", "CohortProblems", "EXCLUDED_COLUMNS", "ID_COLUMNS",
+    "MAX_SHOWN_PROBLEMS", "MAX_VOXELS", "NIFTI_SUFFIXES", "brain_mask", "check_label_map", "header_problem",
+    "label_index", "load_volume", "make_loader", "missing", "normalise_intensity", "parse_label_map",
+    "read_cohort", "settle_problems", "subject_stem", "validate", "voxel_problems",
+]
+
 _LOADER = ("CohortDataset", "make_loader")
 
 

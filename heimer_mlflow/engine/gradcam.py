@@ -22,7 +22,6 @@ from torch import nn
 
 from heimer_mlflow.engine.exported import ExportedModel, pad_batch
 from heimer_mlflow.errors import HeimerError
-from heimer_mlflow.meta import CAM_METHODS, check_cam_method  # noqa: F401 - engine.CAM_METHODS
 
 
 def conv_layers(model: nn.Module) -> list[str]:

@@ -31,11 +31,11 @@ from torch import nn
 from tqdm import tqdm
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase, outcome_of
-from heimer_mlflow.engine.gradcam import GradCam3d, as_logits, check_cam_method
+from heimer_mlflow.engine.gradcam import GradCam3d, as_logits
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
 from heimer_mlflow.engine.upsampling import Trilinear
 from heimer_mlflow.errors import HeimerError, one_line
-from heimer_mlflow.meta import ModelMeta
+from heimer_mlflow.meta import DEFAULT_CAM, ModelMeta, check_cam_method
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class EngineResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds, and subjects_per_s
     gallery_k: int = 4  # cases kept per outcome
     world_size: int = 1  # processes whose shards were merged into this result
-    cam_method: str = "hirescam"  # the primary map (CAM_METHODS) behind the "cam" maps, cam_* shares, gallery, sanity
+    cam_method: str = DEFAULT_CAM  # the primary map (CAM_METHODS) behind the "cam" maps, cam_* shares, gallery, sanity
     # cohort row -> the primary map on the target layer's grid, for every subject called positive
     # (kept with keep_positive_maps, for the counterfactual pass; one small map each, e.g. 8 KB)
     positive_maps: dict[int, np.ndarray] = field(default_factory=dict)
@@ -152,7 +152,7 @@ def run_engine(
     seed: int = 0,
     stop_on_problem: bool = False,
     should_stop: Callable[[], bool] | None = None,
-    cam: str = "hirescam",
+    cam: str = DEFAULT_CAM,
     keep_positive_maps: bool = False,
 ) -> EngineResult:
     """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
@@ -213,7 +213,7 @@ class _Chunk:
 
 class _Run:
     def __init__(self, model, meta, device, feature_layers, atlas, gallery_k, sanity_subjects, save_cams, amp,
-                 threshold, seed, cam_method="hirescam"):  # fmt: skip
+                 threshold, seed, cam_method=DEFAULT_CAM):  # fmt: skip
         self.model, self.meta, self.device, self.cam_method = model, meta, device, cam_method
         self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
         self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]

@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..meta import DEFAULT_CLASS_NAMES
 from ..cohort.preprocessing import brain_mask
 from .slices import (
     Layer, colorbar, content_size_mm, crossing_mm, grey_range, grid_figure, masked_layer, row_label, SMALL_FONT,
@@ -91,7 +92,7 @@ def plot_cam_gallery(
 
 
 def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *, background=None,
-                   class_names: Sequence[str] = ("CN", "AD"), counts: Mapping[str, int] | None = None,
+                   class_names: Sequence[str] = DEFAULT_CLASS_NAMES, counts: Mapping[str, int] | None = None,
                    center_mm=None, alpha: float = 0.6, show_below: float = 0.1, method: str = "gradcam",
                    fig: Figure | None = None) -> Figure:  # fmt: skip
     """Group-mean CAM per class (``method``: gradcam or hirescam, for the labels) over a grey
@@ -200,7 +201,7 @@ def _head_on_grid(background, shape) -> np.ndarray | None:
 
 
 def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=None, input_shape=None,
-                      background=None, class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+                      background=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, layer: str = "",
                       n_channels: int = 6, view: str = "axial", slice_mm=None,
                       fig: Figure | None = None) -> Figure:  # fmt: skip
     """Average feature maps per group and their difference, one column per channel.
@@ -302,7 +303,7 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
 
 
 def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 3,
-                                 background=None, class_names: Sequence[str] = ("CN", "AD"), layer: str = "",
+                                 background=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, layer: str = "",
                                  scores=None, fig: Figure | None = None) -> Figure:  # fmt: skip
     """AD - CN difference of single top-ranked channels in three orthogonal views (one row each,
     through the channel's largest |difference|), each on its own symmetric scale; over the
@@ -359,7 +360,7 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
 # --------------------------------------------------------------------------------------------
 
 
-def plot_input_difference(diff, t=None, affine=None, *, background=None, class_names: Sequence[str] = ("CN", "AD"),
+def plot_input_difference(diff, t=None, affine=None, *, background=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                           counts: Mapping[str, int] | None = None, center_mm=None,
                           fig: Figure | None = None) -> Figure:  # fmt: skip
     """Voxel-wise mean(AD) - mean(CN) of the preprocessed inputs, and the Welch t-map, in three

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..meta import DEFAULT_CLASS_NAMES
 from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
 
@@ -16,7 +17,7 @@ from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw,
 # --------------------------------------------------------------------------------------------
 
 
-def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = ("CN", "AD"),
+def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                      method: str = "gradcam", ax=None):  # fmt: skip
     """Each region's share of the CAM (``method``, the primary map) inside the brain relative to its
     share of the brain's volume (1 = a map spread evenly over the brain).
@@ -62,7 +63,7 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
     return ax
 
 
-def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = ("CN", "AD"), method: str = "gradcam",
+def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, method: str = "gradcam",
                        ax=None):  # fmt: skip
     """Share of each subject's CAM (``method``, the primary map) outside the brain mask (skull,
     background) per true class.

@@ -3,6 +3,7 @@ the numbers ``interventions.summarise`` gives (a ``CounterfactualSummary``), int
 
 from __future__ import annotations
 
+from ..meta import DEFAULT_CAM
 from .style import AD_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
 ORDER_STYLE = {  # order -> (label, colour, line style, marker)
@@ -12,7 +13,7 @@ ORDER_STYLE = {  # order -> (label, colour, line style, marker)
 }
 
 
-def plot_deletion_curves(summary, *, method: str = "hirescam", ax=None):
+def plot_deletion_curves(summary, *, method: str = DEFAULT_CAM, ax=None):
     """Mean P(positive) against the share of the brain's volume replaced by the controls' mean
     input, for the primary map's most and least relevant voxels first and a random blob, each point
     with its 95% interval over the re-scored subjects."""

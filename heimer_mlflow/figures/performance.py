@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..meta import DEFAULT_CLASS_NAMES
 from .style import (
     AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, new_figure, legend_below, message_axes,
 )  # fmt: skip
@@ -27,7 +28,7 @@ def _fmt_ci(value, lower, upper, digits=2) -> str:
 def plot_roc(
     fpr=None, tpr=None, *, auc: float | None = None, auc_lower: float | None = None,
     auc_upper: float | None = None, reason: str | None = None, operating_point: tuple[float, float] | None = None,
-    threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
+    threshold: float | None = None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, ax=None,
 ):  # fmt: skip
     """ROC curve with the AUC and its 95% CI in the legend, and the chance diagonal.
 
@@ -56,7 +57,7 @@ def plot_roc(
 
 
 def plot_score_histogram(
-    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = ("CN", "AD"), bins: int = 20,
+    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, bins: int = 20,
     youden_threshold: float | None = None, ax=None,
 ):  # fmt: skip
     """Distribution of the model's AD probability per true class (AD red, CN blue), threshold line.
@@ -85,7 +86,7 @@ def plot_score_histogram(
     return ax
 
 
-def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = ("CN", "AD"),
+def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                           threshold: float | None = None, ax=None):  # fmt: skip
     """Counts and row percentages (share of each true class), true class down, prediction across."""
     ax = axes_to_draw(ax, (4.0, 3.5))
@@ -109,7 +110,7 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
 
 def plot_calibration(
     mean_predicted, observed_fraction, count, *, brier: float | None = None, ece: float | None = None,
-    class_names: Sequence[str] = ("CN", "AD"), fig: Figure | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES, fig: Figure | None = None,
 ) -> Figure:  # fmt: skip
     """Reliability curve (observed AD share against mean score per bin) with the diagonal of
     perfect calibration, Brier score and ECE in the legend, and subjects per bin below."""
@@ -138,7 +139,7 @@ def plot_calibration(
 
 def plot_decision_curve(
     thresholds, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none=None, *,
-    threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
+    threshold: float | None = None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, ax=None,
 ):  # fmt: skip
     """Net benefit of acting on the model's call against treating everyone or nobody as AD."""
     ax = axes_to_draw(ax, (4.6, 3.6))
@@ -233,7 +234,7 @@ def plot_subgroups_from_report(report, names=("sensitivity", "specificity", "roc
 
 
 def performance_plan(report: ClassificationReport | None, scores: tuple[np.ndarray, np.ndarray] | None = None, *,
-                     class_names: Sequence[str] = ("CN", "AD"),
+                     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                      threshold: float = 0.5) -> list[tuple[str, Callable[[], Figure]]]:  # fmt: skip
     """``(name, draw)`` for the performance figures: those of ``report`` (ROC, confusion matrix,
     calibration, decision curve, subgroups) and, with ``scores`` (``y_true`` 1 for the positive

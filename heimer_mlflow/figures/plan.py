@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..meta import DEFAULT_CLASS_NAMES
 from .brain_maps import (
     plot_cam_gallery, plot_champion_comparison, plot_channel_difference_maps, plot_feature_maps, plot_group_cam,
     plot_input_difference,
@@ -52,7 +53,7 @@ def _class_names(report: ClassificationReport | None, engine_result: EngineResul
         names, positive = list(engine_result.stats.class_names), engine_result.stats.positive_index
         if len(names) == 2 and positive in (0, 1):
             return names[1 - positive], names[positive]
-    return "CN", "AD"
+    return DEFAULT_CLASS_NAMES
 
 
 def figure_plan(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
