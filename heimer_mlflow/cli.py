@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"heimer-mlflow {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_cohort, _add_demo, _add_evaluate, _add_report, _add_watch):
+        add(commands)
+    return parser
 
+
+def _add_cohort(commands) -> None:
     cohort = commands.add_parser(
         "cohort",
         help="write a synthetic AD/CN cohort (NIfTI images, manifest.csv, ROI masks, atlas)",
@@ -68,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "and 1 - SHARE of CN subjects, like a site that goes with the diagnosis (e.g. 0.9)")
     cohort.add_argument("--workers", type=POSITIVE_INT, default=None, help="processes (default: up to 2)")
 
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="a registry review in miniature: champion vs a challenger that cheats, both evaluated",
@@ -89,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--skip-evaluation", action="store_true", help="stop after registering the model")
     demo.add_argument("--skip-challenger", nargs="?", const=True, default=False, type=boolean, metavar="BOOL",
                       help="the one-version demo: no challenger trained where the site marker goes with the label")
+
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate a registered model version on a cohort and log everything to MLflow",
@@ -109,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--timeout", type=POSITIVE_FLOAT, default=None, metavar="SECONDS",
                           help="stop an evaluation that takes longer: its run ends FAILED with the reason, the "
                                "version is not tagged, exit code 124 (default: no limit)")
+
+
+def _add_report(commands) -> None:
     report = commands.add_parser(
         "report",
         help="re-render the PDF/HTML report of an evaluation run from its logged artifacts",
@@ -121,8 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
     report.add_argument("--no-log", action="store_true", help="only write to --out; do not log to the run")
-    _add_watch(commands)
-    return parser
 
 
 def _add_watch(commands) -> None:

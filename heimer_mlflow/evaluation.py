@@ -26,7 +26,8 @@ import torch
 from .cohort import Cohort, CohortProblems, read_cohort, validate
 from .cohort.loader import CohortDataset, make_loader
 from .engine import run_engine
-from .engine.run import EngineResult, pick_device
+from .engine.result import EngineResult
+from .engine.run import pick_device
 from .errors import HeimerError
 from .gate import GateFailed
 from .meta import assumptions

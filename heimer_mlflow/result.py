@@ -12,7 +12,7 @@ import pandas as pd
 
 from .champion import Comparison
 from .cohort import Cohort
-from .engine.run import EngineResult
+from .engine.result import EngineResult
 from .gate import GateResult
 from .interventions import CounterfactualSummary
 from .meta import CAM_NAMES

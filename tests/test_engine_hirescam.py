@@ -11,7 +11,8 @@ from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from scipy import stats as scipy_stats
 
 from heimer_mlflow.engine import GradCam3d, run_engine, spearman
-from heimer_mlflow.engine.run import SUBJECT_COLUMNS, randomised_copy
+from heimer_mlflow.engine.agreement import randomised_copy
+from heimer_mlflow.engine.result import SUBJECT_COLUMNS
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import EvaluationOptions
 from heimer_mlflow.meta import ModelMeta

@@ -134,3 +134,17 @@ def test_the_figures_draw_without_torch():
     code = "import sys, heimer_mlflow.figures, heimer_mlflow.cohort.preprocessing; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_old_module_paths_are_the_moved_modules():
+    """Demo models pickled before the demo package existed name their class heimer_mlflow.nets.DemoCNN:
+    unpickling looks it up by that path, in a fresh interpreter."""
+    code = ("import io, pickle, sys\n"
+            "found = pickle.Unpickler(io.BytesIO()).find_class('heimer_mlflow.nets', 'DemoCNN')\n"
+            "import heimer_mlflow.demo.nets, heimer_mlflow.synthetic, heimer_mlflow.training\n"
+            "assert found is heimer_mlflow.demo.nets.DemoCNN\n"
+            "assert sys.modules['heimer_mlflow.synthetic'] is sys.modules['heimer_mlflow.demo.synthetic']\n"
+            "assert heimer_mlflow.training is sys.modules['heimer_mlflow.demo.training']\n"
+            "print('ok')")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "ok", out.stderr

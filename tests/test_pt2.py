@@ -199,7 +199,7 @@ def test_static_batch_of_three_pads_the_remainder(tracking):
 def test_randomised_weights_are_the_pickled_modules(tracking):
     """The sanity check's copy: the same seed re-initialises the program's parameters and buffers
     exactly as reset_parameters does on the module, so both give the same randomised outputs."""
-    from heimer_mlflow.engine.run import randomised_copy
+    from heimer_mlflow.engine.agreement import randomised_copy
 
     model, layer = make(resnet, 2)
     loaded = log_both_ways(model, layer, [1, 12, 12, 12], 2)

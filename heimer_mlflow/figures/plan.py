@@ -30,7 +30,7 @@ from .training import plot_training_curves
 
 if TYPE_CHECKING:
     from ..champion import ChampionRun
-    from ..engine.run import EngineResult
+    from ..engine.result import EngineResult
     from ..result import Evaluation
     from ..metrics import ClassificationReport
 
