@@ -11,6 +11,7 @@ then, whoever holds the alias by that time; when there is none, the record says 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,7 +19,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
 from .meta import negative_class
 from .metrics import paired_delong
@@ -54,8 +58,6 @@ class ChampionRun:
 
     def volume(self, name: str) -> Path | None:
         """A volume of the champion's run (``volumes/<name>``), downloaded on request; None if absent."""
-        import mlflow
-
         try:
             return Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=f"volumes/{name}",
                                                             dst_path=str(self.folder)))  # fmt: skip
@@ -80,8 +82,6 @@ def content_digest(rows: pd.DataFrame) -> str:
     the bytes of its file (``path``), in subject order. How the path is spelled (relative,
     absolute, through a symlink), the manifest's row order and its covariates do not enter; a
     changed label, a missing or extra subject or a changed image does."""
-    import hashlib
-
     total = hashlib.sha256()
     for subject, label, path in sorted(zip(rows["subject_id"].astype(str), rows["label"].astype(str),
                                            rows["path"].astype(str))):  # fmt: skip
@@ -137,8 +137,6 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
     ``key``: the run its ``heimer.evaluation_run_id`` names first, then the others, newest first
     (:func:`matches`). When none matches, ``why`` says which evaluations exist and why each was
     not taken."""
-    import mlflow
-
     if not name:
         return Search(None, "the evaluated model is not a registered model version")
     try:
@@ -179,8 +177,6 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
 def _evaluations(client, name: str, version: str, tagged: str | None, run_id: str) -> list:
     """The FINISHED evaluation runs of ``name`` ``version``: the tagged one first, then the others,
     newest first (at most MAX_CANDIDATES), never this evaluation's own run."""
-    import mlflow
-
     runs, seen = [], {run_id}
     if tagged and tagged not in seen:
         try:
@@ -254,8 +250,6 @@ def _difference(run, key: DataKey, folder: Path) -> str:
 
 def _labels(run, folder: Path) -> dict | None:
     """``run``'s evaluated subjects and their labels (its predictions.csv), or None."""
-    import mlflow
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for artifact in ("predictions.csv", "evaluation.json"):
@@ -333,8 +327,6 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
                                         clusters=merged["participant_id"].to_numpy() if clustered else None)  # fmt: skip
     auc_this = auc_champion = None
     if difference.computable:
-        from sklearn.metrics import roc_auc_score
-
         auc_this = float(roc_auc_score(y, merged[column]))
         auc_champion = float(roc_auc_score(y, merged[f"{column}_champion"]))
     outside = plausibility.get("cam_outside_brain_fraction")
@@ -364,8 +356,6 @@ def with_champion(evaluation, predictions: pd.DataFrame, key: DataKey, work: Pat
     """(Comparison, ChampionRun, Search) for an evaluation; the first two None when there is no
     comparison, and then ``Search.why`` says why. A comparison that cannot be made (no champion,
     other data, a store problem) never fails the evaluation."""
-    from mlflow import MlflowClient
-
     model, meta = evaluation.model, evaluation.model.meta
     work = Path(work or tempfile.mkdtemp(prefix="heimer-champion-"))
     try:

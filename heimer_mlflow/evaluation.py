@@ -18,18 +18,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
 
+from . import champion, distributed, interventions, permissions, tracking
+from .artifacts import artifact_uris, cam_writer, predictions_table, safe_name, write_artifacts
 from .cohort import Cohort, CohortProblems, read_cohort, validate
 from .cohort.loader import CohortDataset, make_loader
 from .engine import run_engine
+from .engine.counterfactual import choose_subjects, forward_passes, run_counterfactuals
 from .engine.result import EngineResult
 from .engine.run import pick_device
 from .errors import HeimerError
 from .gate import GateFailed
+from .interventions import paired_drops, paired_sentence
+from .layouts import exclusion_summary
 from .meta import assumptions
 from .metrics import compute_metrics
 from .options import EvaluationOptions
@@ -60,8 +66,6 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
     evaluation, logs it and returns it; the other ranks return None (see
     :mod:`heimer_mlflow.distributed`).
     """
-    from . import distributed, permissions, tracking
-
     opts = EvaluationOptions(**options).check()
     started = time.perf_counter()
     ctx = distributed.from_env(opts.device)
@@ -115,8 +119,6 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     cohort = read_cohort(data, meta.class_names, skip_bad=opts.skip_bad, settle=False, caps=opts.caps,
                          label_column=opts.label_column, label_map=opts.label_map)
     if len(cohort.excluded):  # labels that are no model class: never left out silently, -q or not
-        from .layouts import exclusion_summary
-
         print(f"[heimer] {exclusion_summary(cohort.excluded, cohort.source)} (listed in the run's exclusions.csv "
               "and the report)", file=sys.stderr)
     cohort = validate(cohort, meta, skip_bad=opts.skip_bad, progress=opts.progress)
@@ -148,8 +150,6 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
     From the moment the run is open it tells the truth: FINISHED, FAILED with the reason (also
     when another rank failed), KILLED on Ctrl-C/SIGTERM.
     """
-    from . import distributed, tracking
-
     cohort = prepared.cohort
     main = ctx is None or ctx.is_main
     say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress and main else (lambda msg: None)
@@ -193,9 +193,6 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
 
 def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, ctx) -> EngineResult:
     """This process's engine pass: the whole cohort, or under torchrun its rank's shard."""
-    from . import distributed
-    from .artifacts import cam_writer
-
     meta = loaded.meta
     cam_dir = staging / "volumes" / "subjects" if opts.save_cams == "all" else None
     dataset = CohortDataset(prepared.cohort, meta, space_check=prepared.space_check)
@@ -231,9 +228,6 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
     region replaced by the negative class's mean input; summarised with intervals. ``prefer``: the
     champion's counterfactuals.csv, whose subjects come first when this model calls them positive
     (so the two versions' drops pair on the same subjects)."""
-    from . import interventions
-    from .engine.counterfactual import choose_subjects, forward_passes, run_counterfactuals
-
     meta, engine, cohort = result.model.meta, result.engine, result.cohort
     negative, positive = meta.negative_class, meta.positive_class
     regions = {} if prepared.atlas is None else {name: np.asarray(prepared.atlas[0]) == label
@@ -324,9 +318,6 @@ def _champion(result: Evaluation, handle, stack, say):
     """(the champion's evaluation on the same data or None, the logged data set, the champion's
     counterfactuals.csv or None): compared with before the counterfactual pass, which then re-scores
     the champion's subjects first. Its files live in a temporary folder of ``stack``."""
-    from . import champion, tracking
-    from .artifacts import predictions_table
-
     result.run_id = handle.run_id
     dataset = tracking.dataset(result)
     predictions = predictions_table(result)
@@ -348,8 +339,6 @@ def _champion(result: Evaluation, handle, stack, say):
 def _champion_counterfactuals(champion_run) -> pd.DataFrame | None:
     """The champion evaluation's counterfactuals.csv; None when it has none (made before the tests,
     or with them turned off)."""
-    import mlflow
-
     if champion_run is None:
         return None
     try:
@@ -364,9 +353,7 @@ def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, data
     """Write the artifacts, figures and map viewers (with the comparison with the champion), log
     them to the open run, render the report from what was logged, and prepare the version's tags
     (written once the run FINISHED)."""
-    from . import tracking
-    from .artifacts import artifact_uris, write_artifacts
-    from .figures import render_evaluation
+    from .figures import render_evaluation  # matplotlib and WeasyPrint: only once something is drawn
     from .report import report_for_run
 
     if champion_run is not None:
@@ -388,8 +375,7 @@ def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, data
 
 def _viewers(result: Evaluation, staging: Path, champion_run) -> list[tuple[str, str]]:
     """The interactive map viewers (``viewers/*.html``), as (title, artifact path)."""
-    from .artifacts import safe_name
-    from .figures.viewers import write_viewers
+    from .figures.viewers import write_viewers  # nilearn's viewers: only once something is drawn
 
     champion_volume = None
     if champion_run is not None:
@@ -400,8 +386,6 @@ def _viewers(result: Evaluation, staging: Path, champion_run) -> list[tuple[str,
 def _pair_with_champion(result: Evaluation, champion_run, theirs: pd.DataFrame | None, say) -> None:
     """The counterfactual drops against the champion's on the subjects both re-scored (``theirs``:
     its counterfactuals.csv): per-subject paired differences, Wilcoxon, Holm over the regions."""
-    from .interventions import paired_drops, paired_sentence
-
     cf = result.counterfactual
     if cf is None or not cf.computed or result.counterfactual_table is None:
         return

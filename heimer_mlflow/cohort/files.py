@@ -6,10 +6,12 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import HeimerError, one_line
 from ..meta import ModelMeta
@@ -136,10 +138,6 @@ def load_volume(path: str) -> tuple[np.ndarray, np.ndarray]:
 def voxel_problems(subjects, *, progress: bool = False) -> list[tuple[str, str, str]]:
     """(subject_id, path, reason) for each (subject_id, path) whose voxels are unusable (threads:
     decompression releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     def check(item):
         try:
             load_volume(item[1])

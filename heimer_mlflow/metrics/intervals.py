@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, norm, rankdata
+from scipy.stats import binomtest, norm, rankdata, wilcoxon
+from scipy.stats import t as student_t
 
 from ..errors import HeimerError
 from ..meta import DEFAULT_CLASS_NAMES, N_BOOTSTRAP
@@ -325,9 +326,6 @@ def paired_signed_rank(a, b, *, clusters=None) -> tuple[Estimate, float | None]:
     """(mean of a - b with a t interval, two-sided Wilcoxon signed-rank p) over paired subjects;
     with ``clusters`` the pairs are first averaged per participant (one pair per person). Exact
     p-values for up to 50 pairs without ties, else the normal approximation (scipy's choice)."""
-    from scipy.stats import t as student_t
-    from scipy.stats import wilcoxon
-
     difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if clusters is not None:
         difference = pd.Series(difference).groupby(pd.Series(np.asarray(clusters, dtype=object)).astype(str).to_numpy(),
