@@ -60,7 +60,7 @@ class ChampionRun:
         """A volume of the champion's run (``volumes/<name>``), downloaded on request; None if absent."""
         try:
             return Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=f"volumes/{name}",
-                                                            dst_path=str(self.folder)))  # fmt: skip
+                                                            dst_path=str(self.folder)))
         except Exception as error:  # noqa: BLE001 - an older run may not have it
             log.info("champion run %s: no volumes/%s (%s)", self.run_id, name, type(error).__name__)
             return None
@@ -84,7 +84,7 @@ def content_digest(rows: pd.DataFrame) -> str:
     changed label, a missing or extra subject or a changed image does."""
     total = hashlib.sha256()
     for subject, label, path in sorted(zip(rows["subject_id"].astype(str), rows["label"].astype(str),
-                                           rows["path"].astype(str))):  # fmt: skip
+                                           rows["path"].astype(str))):
         image = hashlib.sha256()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -108,7 +108,7 @@ class DataKey:
     def of(cls, rows: pd.DataFrame, source: str | None, dataset_digest: str | None = None) -> DataKey:
         """The key of evaluated scans: ``rows`` with ``subject_id``, ``label`` (class name), ``path``."""
         return cls(content_digest(rows), dataset_digest, dict(zip(rows["subject_id"].astype(str),
-                                                                   rows["label"].astype(str))), source)  # fmt: skip
+                                                                   rows["label"].astype(str))), source)
 
     @property
     def subject_ids(self) -> set[str]:
@@ -150,7 +150,7 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
     runs = _evaluations(client, name, other, (champion.tags or {}).get("heimer.evaluation_run_id"), run_id)
     if not runs:
         return Search(None, f"the champion, {name} version {other}, has no finished evaluation: evaluate it on "
-                            "this data to compare", other)  # fmt: skip
+                            "this data to compare", other)
     reasons = []
     for number, run in enumerate(runs):
         candidate = folder / "candidates" / run.info.run_id
@@ -160,18 +160,18 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
             try:
                 for artifact in ARTIFACTS:
                     mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact,
-                                                        dst_path=str(folder))  # fmt: skip
+                                                        dst_path=str(folder))
             except Exception as error:  # noqa: BLE001
                 reasons.append(f"run {run.info.run_id[:8]}: its artifacts cannot be read ({type(error).__name__})")
                 continue
             return Search(ChampionRun(name, other, run.info.run_id, folder), "", other)
         reasons.append(f"run {run.info.run_id[:8]} on {_source(run, candidate)}: {verdict}")
     shown = "; ".join(reasons[:MAX_EXPLAINED]) + (f"; and {len(reasons) - MAX_EXPLAINED} more" if len(reasons) >
-                                                   MAX_EXPLAINED else "")  # fmt: skip
+                                                   MAX_EXPLAINED else "")
     which = ("its only finished evaluation used other data" if len(runs) == 1 else
-             f"none of its {len(runs)} finished evaluations used this data")  # fmt: skip
+             f"none of its {len(runs)} finished evaluations used this data")
     return Search(None, f"the champion is {name} version {other}, and {which} (this evaluation: {key.describe()}): "
-                        f"{shown}", other)  # fmt: skip
+                        f"{shown}", other)
 
 
 def _evaluations(client, name: str, version: str, tagged: str | None, run_id: str) -> list:
@@ -192,7 +192,7 @@ def _evaluations(client, name: str, version: str, tagged: str | None, run_id: st
                 search_all_experiments=True, output_format="list", max_results=MAX_CANDIDATES,
                 filter_string=f"tags.`heimer.model_name` = '{name}' and tags.`heimer.model_version` = '{version}' "
                               "and tags.`heimer.status` = 'finished'",
-                order_by=["attributes.start_time DESC"])  # fmt: skip
+                order_by=["attributes.start_time DESC"])
         except Exception as error:  # noqa: BLE001 - a store that cannot search: the tagged run only
             log.info("searching the champion's evaluations failed (%s)", type(error).__name__)
             found = []
@@ -242,7 +242,7 @@ def _difference(run, key: DataKey, folder: Path) -> str:
     relabelled = sorted(s for s in key.subject_ids & set(other) if str(other[s]) != str(key.labels[s]))
     parts = []
     for count, what, ids in ((len(missing), "not in it", missing), (len(extra), "not in this cohort", extra),
-                             (len(relabelled), "with another label", relabelled)):  # fmt: skip
+                             (len(relabelled), "with another label", relabelled)):
         if count:
             parts.append(f"{count} subject(s) {what} ({', '.join(ids[:3])}{', ...' if count > 3 else ''})")
     return "; ".join(parts) if parts else "the same subjects and labels, but other image files"
@@ -302,7 +302,7 @@ class Comparison:
         named = {"vs_champion_roc_auc_diff": self.roc_auc_diff,
                  "vs_champion_roc_auc_diff_ci_lower": self.roc_auc_diff_ci_lower,
                  "vs_champion_roc_auc_diff_ci_upper": self.roc_auc_diff_ci_upper,
-                 "vs_champion_delong_p": self.delong_p}  # fmt: skip
+                 "vs_champion_delong_p": self.delong_p}
         return {k: float(v) for k, v in named.items() if v is not None and math.isfinite(v)}
 
     def to_dict(self) -> dict:
@@ -324,7 +324,7 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
     names = (negative_class(class_names, positive), positive)
     difference, p_value = paired_delong(y, merged[column].to_numpy(float), merged[f"{column}_champion"].to_numpy(float),
                                         class_names=names,
-                                        clusters=merged["participant_id"].to_numpy() if clustered else None)  # fmt: skip
+                                        clusters=merged["participant_id"].to_numpy() if clustered else None)
     auc_this = auc_champion = None
     if difference.computable:
         auc_this = float(roc_auc_score(y, merged[column]))
@@ -339,7 +339,7 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
         champion_cam_method=str((record.get("engine") or {}).get("cam_method", "gradcam")),
         champion_estimates=champion.estimates(),
         note="" if difference.computable else str(difference.reason or ""),
-    )  # fmt: skip
+    )
 
 
 def data_key(evaluation, predictions: pd.DataFrame, dataset_digest: str | None) -> DataKey:
@@ -348,7 +348,7 @@ def data_key(evaluation, predictions: pd.DataFrame, dataset_digest: str | None) 
     rows = evaluation.engine.subjects["index"].astype(int)
     files = pd.DataFrame({"subject_id": predictions["subject_id"].astype(str).to_numpy(),
                           "label": predictions["label"].astype(str).to_numpy(),
-                          "path": evaluation.cohort.table["path"].iloc[rows].astype(str).to_numpy()})  # fmt: skip
+                          "path": evaluation.cohort.table["path"].iloc[rows].astype(str).to_numpy()})
     return DataKey.of(files, evaluation.cohort.source, dataset_digest)
 
 

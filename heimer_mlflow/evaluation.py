@@ -222,7 +222,7 @@ def _run_engine(loaded, prepared: _Prepared, opts, staging: Path, device: str, c
 
 
 def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOptions, device: str, say,
-                     prefer: pd.DataFrame | None = None) -> None:  # fmt: skip
+                     prefer: pd.DataFrame | None = None) -> None:
     """The counterfactual region tests (``engine.counterfactual``) after the one pass, on rank 0:
     up to ``counterfactual_subjects`` subjects called positive, read again, re-scored with each
     region replaced by the negative class's mean input; summarised with intervals. ``prefer``: the
@@ -231,7 +231,7 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
     meta, engine, cohort = result.model.meta, result.engine, result.cohort
     negative, positive = meta.negative_class, meta.positive_class
     regions = {} if prepared.atlas is None else {name: np.asarray(prepared.atlas[0]) == label
-                                                 for label, name in sorted(prepared.atlas[1].items())}  # fmt: skip
+                                                 for label, name in sorted(prepared.atlas[1].items())}
     n = opts.counterfactual_subjects
     common = {"n_requested": n, "region_names": list(regions), "negative": negative, "positive": positive}
     inputs = engine.maps.get("input")
@@ -249,12 +249,12 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
     if inputs is None or negative not in inputs.mean:
         result.counterfactual = interventions.not_computed(
             interventions.NOT_COMPUTABLE, f"no {negative} subject was evaluated: the replaced regions take the "
-            f"{negative} subjects' mean input", **common)  # fmt: skip
+            f"{negative} subjects' mean input", **common)
         return
     if not len(rows):
         result.counterfactual = interventions.not_computed(
             interventions.NOT_COMPUTABLE, f"the model called nobody {positive} at threshold {opts.threshold:g}: the "
-            f"tests re-score subjects called {positive}", **common)  # fmt: skip
+            f"tests re-score subjects called {positive}", **common)
         return
     cohort_rows = subjects["index"][rows].astype(int)
     say(f"counterfactual tests: {len(rows)} subjects called {positive} x {len(regions) + 10} interventions = "
@@ -266,7 +266,7 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
         layer_maps=engine.positive_maps, prob_before=dict(zip(cohort_rows.tolist(), subjects["prob"][rows].astype(float))),
         replacement=inputs.mean[negative], positive=meta.positive_index, regions=regions,
         brain_mask=prepared.brain_mask, device=device, amp=opts.amp, batch_size=opts.batch_size, seed=opts.seed,
-    )  # fmt: skip
+    )
     ids = [c for c in ("participant_id", "session_id") if c in cohort.table.columns]
     table_ids = cohort.table.iloc[cohort_rows][ids].reset_index(drop=True) if ids else None
     result.counterfactual_result = counterfactual
@@ -274,14 +274,14 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
     result.counterfactual = interventions.summarise(
         counterfactual, clusters=cohort.participants(cohort_rows), n_bootstrap=opts.n_bootstrap, seed=opts.seed,
         region_reason=None if regions else "no atlas: give --atlas to test regions", n_requested=n,
-        negative=negative, positive=positive)  # fmt: skip
+        negative=negative, positive=positive)
     result.timings["counterfactual_s"] = counterfactual.seconds
 
 
 def _judge(result: Evaluation) -> None:
     """The verdict from the plausibility numbers and the counterfactual tests."""
     result.verdict_applied = judge(result.summary, result.engine.region_names, result.engine.cam_method,
-                                   counterfactual=result.counterfactual)  # fmt: skip
+                                   counterfactual=result.counterfactual)
     result.verdict, result.verdict_reason = result.verdict_applied.result, result.verdict_applied.reason
 
 
@@ -343,7 +343,7 @@ def _champion_counterfactuals(champion_run) -> pd.DataFrame | None:
         return None
     try:
         path = mlflow.artifacts.download_artifacts(run_id=champion_run.run_id, artifact_path="counterfactuals.csv",
-                                                   dst_path=str(champion_run.folder))  # fmt: skip
+                                                   dst_path=str(champion_run.folder))
     except Exception:  # noqa: BLE001 - see the docstring
         return None
     return pd.read_csv(path, dtype={"subject_id": str})
@@ -392,15 +392,15 @@ def _pair_with_champion(result: Evaluation, champion_run, theirs: pd.DataFrame |
     cf.champion_version = champion_run.version
     if theirs is None:
         cf.champion_note = ("the champion's evaluation has no counterfactual tests (made before they existed, or "
-                            "with --counterfactual-subjects 0)")  # fmt: skip
+                            "with --counterfactual-subjects 0)")
         return
     mine = result.counterfactual_table.astype({"subject_id": str})
     cf.vs_champion = paired_drops(mine, theirs.drop(columns=[c for c in ("participant_id", "session_id")
-                                                             if c in theirs.columns]), cf.region_names)  # fmt: skip
+                                                             if c in theirs.columns]), cf.region_names)
     if not cf.vs_champion or not cf.vs_champion[0].diff.computable:
         shared = cf.vs_champion[0].n_pairs if cf.vs_champion else 0
         cf.champion_note = (f"{shared} subject(s) were re-scored by both evaluations: a paired comparison needs at "
-                            "least 2")  # fmt: skip
+                            "least 2")
         cf.vs_champion = [p for p in cf.vs_champion if p.diff.computable]
     else:
         say(f"counterfactual tests against the champion: {paired_sentence(cf.vs_champion[0])}")

@@ -55,7 +55,7 @@ class HeimerEvaluator(ModelEvaluator):
         loaded = _loaded_from_pyfunc(model, opts.given_meta())
         evaluation = evaluate_loaded(loaded, frame, opts, run_id=run_id)
         return EvaluationResult(metrics=evaluation.run_metrics, artifacts=evaluation_artifacts(evaluation.artifacts),
-                                run_id=evaluation.run_id)  # fmt: skip
+                                run_id=evaluation.run_id)
 
 
 def _asked_for_by_name() -> bool:

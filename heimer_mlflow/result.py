@@ -83,7 +83,7 @@ class Evaluation:
         out = {"cam_n_subjects": int(rows.sum())}
         columns = ["cam_outside_brain_fraction", "cam_outside_brain_floor", "cam_method_agreement",
                    *(f"{method}_outside_brain_fraction" for method in CAM_NAMES),
-                   *(f"cam_roi_gain_{region}" for region in self.engine.region_names)]  # fmt: skip
+                   *(f"cam_roi_gain_{region}" for region in self.engine.region_names)]
         for column in (c for c in columns if c in subjects):
             values = np.asarray(subjects[column], dtype=float)[rows]
             if np.isfinite(values).any():

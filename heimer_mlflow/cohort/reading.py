@@ -59,7 +59,7 @@ def _from_manifest(frame: pd.DataFrame, base: Path, source: str, class_names, la
         rows.append(row)
     # without rows the table keeps its columns, so leaving every subject out (--skip-bad) still works
     return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=["subject_id", "participant_id", "path", "label",
-                                                                  "label_name"])), problems  # fmt: skip
+                                                                  "label_name"])), problems
 
 
 def _from_folders(root: Path, class_names) -> tuple[pd.DataFrame, list]:
@@ -116,7 +116,7 @@ def read_cohort(data, class_names, *, skip_bad: bool = False, settle: bool = Tru
         source = str(path)
         if path.is_dir() and (path / layouts.PARTICIPANTS).is_file():
             table, problems, excluded = layouts.read_bids(path, class_names, label_column or layouts.LABEL_COLUMN,
-                                                          label_map)  # fmt: skip
+                                                          label_map)
         elif path.is_dir():
             table, problems = _from_folders(path, class_names)
         else:

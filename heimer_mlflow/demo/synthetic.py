@@ -223,7 +223,7 @@ def write_cohort(out_dir, *, n_subjects: int = 80, seed: int = 0, voxel_size: fl
     _validate(out, n_subjects, seed, voxel_size, ad_fraction, n_sites, workers)
     if marker is not None and (shortcut or isinstance(marker, bool) or not 0.0 <= float(marker) <= 1.0):
         raise HeimerError(f"marker={marker!r}: give the share of AD subjects with the marker, between 0 and 1 "
-                          "(e.g. 0.9), and not together with shortcut")  # fmt: skip
+                          "(e.g. 0.9), and not together with shortcut")
     n_subjects, seed, n_sites = int(n_subjects), int(seed), int(n_sites)
     voxel_size, ad_fraction = float(voxel_size), float(ad_fraction)
     writable_folder(out, "the cohort folder")

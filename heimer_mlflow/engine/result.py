@@ -30,7 +30,7 @@ class SanityResult:
         order = np.argsort(np.asarray(indices), kind="stable")
         spearman_values = np.asarray(values, dtype=np.float64)[order]
         return cls([subject_ids[i] for i in order], spearman_values, float(np.nanmean(spearman_values)),
-                   [int(indices[i]) for i in order])  # fmt: skip
+                   [int(indices[i]) for i in order])
 
 
 @dataclass
@@ -60,7 +60,7 @@ class EngineResult:
 
 SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction",
                    "cam_outside_brain_floor", "gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction",
-                   "cam_method_agreement")  # fmt: skip
+                   "cam_method_agreement")
 # cam_outside_brain_fraction, cam_outside_brain_floor and cam_roi_gain_<region> are the primary map's;
 # <method>_outside_brain_fraction the same share for each method, whichever is primary.
 # cam_outside_brain_floor: the outside share of a map spread evenly over the subject's brain,

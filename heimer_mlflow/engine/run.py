@@ -110,7 +110,7 @@ def run_engine(
     check_cam_method(cam)
     chosen = pick_device(device)
     run = _Run(model.to(chosen), meta, chosen, feature_layers, atlas, gallery_k, sanity_subjects, save_cams,
-               amp, threshold, seed, cam)  # fmt: skip
+               amp, threshold, seed, cam)
     if brain_mask is not None:
         run.given_brain = torch.as_tensor(np.asarray(brain_mask) != 0, device=chosen)
     run.stop_on_problem = stop_on_problem
@@ -145,7 +145,7 @@ class _Chunk:
 
 class _Run:
     def __init__(self, model, meta, device, feature_layers, atlas, gallery_k, sanity_subjects, save_cams, amp,
-                 threshold, seed, cam_method=DEFAULT_CAM):  # fmt: skip
+                 threshold, seed, cam_method=DEFAULT_CAM):
         self.model, self.meta, self.device, self.cam_method = model, meta, device, cam_method
         self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
         self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]
@@ -310,7 +310,7 @@ class _Run:
         return _Chunk(
             images=images, affines=batch["affine"][rows], layer_maps=layer_maps, primary=self.cam_method,
             activations=attribution.activations, subjects=subjects, sanity=sanity,
-        )  # fmt: skip
+        )
 
     def _cam_shares(self, layer_maps, masks, outside_weights) -> dict[str, torch.Tensor]:
         """Per subject: each map's share outside the brain and, for the primary map, that share's
@@ -351,7 +351,7 @@ class _Run:
                 self.region_weights = torch.cat([  # eight regions at a time: one float volume each
                     self.upsampling.pull(torch.stack([(self.region_slots == r).float() for r in part])).flatten(1)
                     for part in _groups_of(range(len(self.region_names)), 8)
-                ])  # fmt: skip
+                ])
         return self.upsampling
 
     def _sanity(self, images, layer_cam, indices: torch.Tensor) -> dict[int, float]:
@@ -408,10 +408,10 @@ class _Run:
             prob = subjects["prob"][i]
             confidence = prob if predicted_positive[i] else 1.0 - prob
             self.gallery.offer(outcome, confidence, int(subjects["index"][i]),
-                               functools.partial(_case, chunk, i, outcome, confidence))  # fmt: skip
+                               functools.partial(_case, chunk, i, outcome, confidence))
             if self.save_cams is not None:
                 self.save_cams(sid, {method: _own_numpy(maps[i]) for method, maps in saved_cams.items()},
-                               _own_numpy(chunk.affines[i]))  # fmt: skip
+                               _own_numpy(chunk.affines[i]))
 
     def _autocast(self):
         if self.amp is None:
@@ -433,7 +433,7 @@ class _Run:
         subjects = {name: np.concatenate(parts) if parts else np.asarray([]) for name, parts in self.rows.items()}
         subjects["subject_id"] = subjects["subject_id"].astype(object)
         stats = GroupStats.from_state({k: v.cpu() for k, v in self.stats.state.items()},
-                                      self.meta.class_names, self.meta.positive_index)  # fmt: skip
+                                      self.meta.class_names, self.meta.positive_index)
         maps, ranking = maps_from_stats(stats, self.layers)
         sanity = SanityResult.of(self.sanity_ids, self.sanity_indices, self.sanity_values)
         return EngineResult(
@@ -444,7 +444,7 @@ class _Run:
             device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
             timings=timings, gallery_k=self.gallery_k, cam_method=self.cam_method,
             positive_maps=self.positive_maps or {},
-        )  # fmt: skip
+        )
 
 
 def _prepare_atlas(atlas, device):
@@ -486,7 +486,7 @@ def _case(chunk: _Chunk, i: int, outcome: str, confidence: float) -> GalleryCase
         subject_id=subjects["subject_id"][i], index=int(subjects["index"][i]), label=int(subjects["label"][i]),
         prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None,
         affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
-    )  # fmt: skip
+    )
 
 
 def _float64_columns(columns: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

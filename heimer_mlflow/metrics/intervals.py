@@ -55,7 +55,7 @@ def delong_auc(y_true, y_score, *, class_names=DEFAULT_CLASS_NAMES, clusters=Non
         method = "obuchowski"
     else:
         se = math.sqrt(outscored_by_positive.var(ddof=1) / len(outscored_by_positive)
-                       + outscoring_negative.var(ddof=1) / len(outscoring_negative))  # fmt: skip
+                       + outscoring_negative.var(ddof=1) / len(outscoring_negative))
         method = "delong"
     return Estimate(auc, max(0.0, auc - Z * se), min(1.0, auc + Z * se), method=method, se=se)
 
@@ -311,7 +311,7 @@ def mean_estimates(values: np.ndarray, *, n_bootstrap: int, seed: int, clusters=
     safe = np.where(np.isfinite(values), values, 0.0)
     samples = np.concatenate([(w @ safe) / w.sum(axis=1, keepdims=True)
                               for w in stratified_bootstrap_weights(strata, checked_n_bootstrap(n_bootstrap), seed,
-                                                                    clusters=codes)])  # fmt: skip
+                                                                    clusters=codes)])
     out = []
     for column in range(values.shape[1]):
         if not finite[column]:
@@ -329,7 +329,7 @@ def paired_signed_rank(a, b, *, clusters=None) -> tuple[Estimate, float | None]:
     difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if clusters is not None:
         difference = pd.Series(difference).groupby(pd.Series(np.asarray(clusters, dtype=object)).astype(str).to_numpy(),
-                                                   sort=False).mean().to_numpy()  # fmt: skip
+                                                   sort=False).mean().to_numpy()
     difference = difference[np.isfinite(difference)]
     n = len(difference)
     if n < 2:

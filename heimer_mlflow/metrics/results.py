@@ -77,7 +77,7 @@ class Estimate:
         return {
             "value": self.value, "lower": self.lower, "upper": self.upper,
             "method": self.method, "se": self.se, "reason": self.reason,
-        }  # fmt: skip
+        }
 
     def flat(self, name: str) -> dict[str, float]:
         """``{name, name_ci_lower, name_ci_upper, name_se}``, only the parts that exist."""
@@ -85,7 +85,7 @@ class Estimate:
             return {}
         parts = {
             name: self.value, f"{name}_ci_lower": self.lower, f"{name}_ci_upper": self.upper, f"{name}_se": self.se,
-        }  # fmt: skip
+        }
         return {key: number for key, number in parts.items() if number is not None}
 
 
@@ -141,7 +141,7 @@ class GroupMetrics:
         flat: dict[str, float | int] = {
             "n_subjects": self.n_subjects, "n_participants": self.participants, "n_positive": self.n_positive,
             "n_negative": self.n_negative, **self.confusion.to_dict(),
-        }  # fmt: skip
+        }
         for name, estimate in self.estimates.items():
             flat.update(estimate.flat(name))
         return flat
@@ -161,7 +161,7 @@ class GroupMetrics:
             "n_positive": self.n_positive, "n_negative": self.n_negative,
             "confusion": self.confusion.to_dict(),
             "estimates": {name: estimate.to_dict() for name, estimate in self.estimates.items()},
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ class Curves:
         return {
             "roc": None if self.roc is None else self.roc.to_dict(),
             "reliability": self.reliability.to_dict(), "decision": self.decision.to_dict(),
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
@@ -254,13 +254,13 @@ class ThresholdRationale:
         return {
             "youden_threshold": self.youden_threshold, "youden_sensitivity": self.youden_sensitivity,
             "youden_specificity": self.youden_specificity,
-        }  # fmt: skip
+        }
 
     def to_dict(self) -> dict:
         return {
             "threshold": self.threshold, "note": self.note,
             **{name: estimate.to_dict() for name, estimate in self.estimates().items()},
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
