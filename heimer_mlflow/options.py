@@ -82,7 +82,8 @@ def history_mapping(pairs) -> dict[str, str]:
 class Option:
     """One option of ``evaluate``. ``parse``: text (command line, MLproject) -> value;
     ``collect``: a repeatable option's values -> the keyword argument; ``help`` may name
-    ``{default}``. ``not_in``: the interfaces that do not offer it (cli, mlproject), each with why."""
+    ``{default}``. ``not_in``: the interfaces that do not offer it (cli, mlproject), each with why;
+    ``example``: a value to try it with (not needed with choices)."""
 
     name: str
     annotation: str
@@ -94,6 +95,12 @@ class Option:
     metavar: str | None = None
     collect: Callable[[list], Any] | None = None  # set for a repeatable option (--flag X --flag Y)
     not_in: dict[str, str] = field(default_factory=dict)
+    example: str = ""  # a value other than the default, as typed (tests/test_options.py gives it to every interface)
+
+    @property
+    def sample(self) -> str:
+        """``example``, else the first choice that is not the default."""
+        return self.example or next((c for c in self.choices if c != self.default), "")
 
     @property
     def cli_flag(self) -> str:
@@ -119,35 +126,35 @@ class Option:
 _NOT_ON_COMMAND_LINE = "the command line says it with -q (no progress bars)"
 # The options, in the order of `heimer-mlflow evaluate --help`.
 OPTIONS: tuple[Option, ...] = (  # fmt: skip - one option a line reads as a table
-    Option("caps", "str | None", None, "CAPS folder of a ClinicaDL TSV in --data: reads each session's cropped t1-linear image, subjects/sub-P/ses-S/t1_linear/*_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz", metavar="DIR"),
-    Option("label_column", "str | None", None, "column holding the label (default: diagnosis in BIDS participants.tsv/sessions.tsv and ClinicaDL TSVs, label in a manifest)", metavar="NAME"),
-    Option("label_map", "str | dict | None", None, "source label -> model class, e.g. \"Dementia=AD,Control=CN\" (default: class names, any case); BIDS/CAPS scans whose label is no class (MCI, ...) are left out and listed", metavar="MAP"),
-    Option("class_names", "tuple[str, ...] | str | None", None, "the model's outputs in order, e.g. CN,AD: fills or overrides its metadata (for models logged without heimer_mlflow.log_model; default CN,AD)", metavar="NAMES"),
-    Option("positive_class", "str | None", None, "the class the maps explain and the ROC scores (default: the metadata's, else AD)", metavar="NAME"),
-    Option("intensity", "str | None", None, "per-volume intensity normalisation the model was trained with (default: the metadata's, else none, said on stderr and in the report)", metavar="zscore|minmax|none"),
-    Option("target_layer", "str | None", None, "Grad-CAM layer (default: the model's metadata, else the last Conv3d)"),
-    Option("feature_layers", "tuple[str, ...]", (), "extra layer whose feature maps to average per group (repeatable)", flag="--feature-layer", metavar="LAYER", collect=tuple),
-    Option("batch_size", "int", 4, "subjects per batch (default {default})", POSITIVE_INT),
-    Option("device", "str", "auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or cuda:INDEX"),
+    Option("caps", "str | None", None, "CAPS folder of a ClinicaDL TSV in --data: reads each session's cropped t1-linear image, subjects/sub-P/ses-S/t1_linear/*_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz", metavar="DIR", example="caps"),
+    Option("label_column", "str | None", None, "column holding the label (default: diagnosis in BIDS participants.tsv/sessions.tsv and ClinicaDL TSVs, label in a manifest)", metavar="NAME", example="dx"),
+    Option("label_map", "str | dict | None", None, "source label -> model class, e.g. \"Dementia=AD,Control=CN\" (default: class names, any case); BIDS/CAPS scans whose label is no class (MCI, ...) are left out and listed", metavar="MAP", example="Dementia=AD"),
+    Option("class_names", "tuple[str, ...] | str | None", None, "the model's outputs in order, e.g. CN,AD: fills or overrides its metadata (for models logged without heimer_mlflow.log_model; default CN,AD)", metavar="NAMES", example="AD,CN"),
+    Option("positive_class", "str | None", None, "the class the maps explain and the ROC scores (default: the metadata's, else AD)", metavar="NAME", example="CN"),
+    Option("intensity", "str | None", None, "per-volume intensity normalisation the model was trained with (default: the metadata's, else none, said on stderr and in the report)", metavar="zscore|minmax|none", example="zscore"),
+    Option("target_layer", "str | None", None, "Grad-CAM layer (default: the model's metadata, else the last Conv3d)", example="body.2"),
+    Option("feature_layers", "tuple[str, ...]", (), "extra layer whose feature maps to average per group (repeatable)", flag="--feature-layer", metavar="LAYER", collect=tuple, example="body.0"),
+    Option("batch_size", "int", 4, "subjects per batch (default {default})", POSITIVE_INT, example="3"),
+    Option("device", "str", "auto", "auto (CUDA, then MPS, then CPU), cpu, cuda or cuda:INDEX", example="cpu"),
     Option("amp", "str | None", None, "autocast on CUDA (maps stay float32)", choices=AMP),
-    Option("threshold", "float", 0.5, "probability threshold for AD (default {default})", float),
-    Option("atlas", "str | None", None, "regions for per-region CAM gains: a named MNI-space atlas (inputs must be in MNI space, which is checked; needs pip install \"heimer-mlflow[atlas]\") or a label NIfTI on the input grid with --atlas-labels", metavar="neuromorphometrics|desikan-killiany|NIFTI"),
-    Option("atlas_labels", "str | None", None, "CSV with columns index,name for --atlas NIFTI"),
-    Option("regions", "tuple[str, ...] | str | None", None, "comma-separated atlas regions (default for a named atlas: hippocampus, lateral_ventricle, amygdala, entorhinal, each left and right): these groups, one side (hippocampus_left) or exact atlas label names", metavar="LIST"),
-    Option("brain_mask", "str | None", None, "brain mask on the input grid (nonzero = brain) for the CAM outside-brain share (default: with a named atlas the MNI152 template's brain, else each scan's non-background voxels)", metavar="NIFTI"),
+    Option("threshold", "float", 0.5, "probability threshold for AD (default {default})", float, example="0.4"),
+    Option("atlas", "str | None", None, "regions for per-region CAM gains: a named MNI-space atlas (inputs must be in MNI space, which is checked; needs pip install \"heimer-mlflow[atlas]\") or a label NIfTI on the input grid with --atlas-labels", metavar="neuromorphometrics|desikan-killiany|NIFTI", example="a.nii"),
+    Option("atlas_labels", "str | None", None, "CSV with columns index,name for --atlas NIFTI", example="l.csv"),
+    Option("regions", "tuple[str, ...] | str | None", None, "comma-separated atlas regions (default for a named atlas: hippocampus, lateral_ventricle, amygdala, entorhinal, each left and right): these groups, one side (hippocampus_left) or exact atlas label names", metavar="LIST", example="hippocampus"),
+    Option("brain_mask", "str | None", None, "brain mask on the input grid (nonzero = brain) for the CAM outside-brain share (default: with a named atlas the MNI152 template's brain, else each scan's non-background voxels)", metavar="NIFTI", example="m.nii"),
     Option("cam", "str", DEFAULT_CAM, "the primary map behind the verdict, group maps and gallery (both are computed; default {default}: faithful to the score whatever the head)", choices=CAM_METHODS),
-    Option("require", "tuple[str, ...]", (), "promotion rule on a run metric, e.g. \"roc_auc_ci_lower>=0.75\" (repeatable; ';' separates several in one): a broken rule exits with code 3", metavar="RULE", collect=tuple),
-    Option("require_verdict", "str | None", None, "promotion rule on the verdict: pass (a 'review' verdict exits with code 3)", metavar="VERDICT"),
+    Option("require", "tuple[str, ...]", (), "promotion rule on a run metric, e.g. \"roc_auc_ci_lower>=0.75\" (repeatable; ';' separates several in one): a broken rule exits with code 3", metavar="RULE", collect=tuple, example="sensitivity>=0.8"),
+    Option("require_verdict", "str | None", None, "promotion rule on the verdict: pass (a 'review' verdict exits with code 3)", metavar="VERDICT", example="pass"),
     Option("save_cams", "str", "gallery", "which subjects' CAM volumes to log (default {default})", choices=SAVE_CAMS),
-    Option("gallery_k", "int", 4, "cases per outcome in the gallery (default {default})", int, flag="--gallery-size"),
-    Option("counterfactual_subjects", "int", 16, "counterfactual region tests: re-score up to N subjects called AD (spread over them, most confident first) with each atlas region, the outside of the brain and the map's most/least relevant voxels replaced by the CN subjects' mean input; N x (regions + 10) forward passes (default {default}; 0: off)", NUMBER_OR_TEXT, metavar="N"),
-    Option("skip_bad", "bool", False, "leave unusable subjects out (listed in the run) instead of stopping", boolean, metavar="BOOL"),
-    Option("experiment", "str | None", None, "experiment of the new run (default heimer-evaluations); under `mlflow run` the run is the one it started: choose its experiment with mlflow run --experiment-name", not_in={"mlproject": "the run is the one `mlflow run` started: mlflow run --experiment-name chooses its experiment"}),
-    Option("n_bootstrap", "int", N_BOOTSTRAP, "bootstrap resamples for CIs (default {default})", POSITIVE_INT, flag="--bootstrap"),
-    Option("workers", "int | None", None, "DataLoader worker processes (default: cores - 1, at most 4)", int),
-    Option("history_metrics", "dict[str, str]", {}, "which source-run metric is a training curve, e.g. train_loss=my_loss (repeatable)", flag="--history-metric", metavar="CURVE=KEY", collect=history_mapping),
-    Option("seed", "int", 0, "seed of bootstraps and the sanity check (default {default})", int),
-    Option("sanity_subjects", "int", 8, "subjects of the sanity check (the map of a randomised copy of the model; default {default})", POSITIVE_INT, metavar="N"),
+    Option("gallery_k", "int", 4, "cases per outcome in the gallery (default {default})", int, flag="--gallery-size", example="2"),
+    Option("counterfactual_subjects", "int", 16, "counterfactual region tests: re-score up to N subjects called AD (spread over them, most confident first) with each atlas region, the outside of the brain and the map's most/least relevant voxels replaced by the CN subjects' mean input; N x (regions + 10) forward passes (default {default}; 0: off)", NUMBER_OR_TEXT, metavar="N", example="5"),
+    Option("skip_bad", "bool", False, "leave unusable subjects out (listed in the run) instead of stopping", boolean, metavar="BOOL", example="true"),
+    Option("experiment", "str | None", None, "experiment of the new run (default heimer-evaluations); under `mlflow run` the run is the one it started: choose its experiment with mlflow run --experiment-name", not_in={"mlproject": "the run is the one `mlflow run` started: mlflow run --experiment-name chooses its experiment"}, example="e"),
+    Option("n_bootstrap", "int", N_BOOTSTRAP, "bootstrap resamples for CIs (default {default})", POSITIVE_INT, flag="--bootstrap", example="50"),
+    Option("workers", "int | None", None, "DataLoader worker processes (default: cores - 1, at most 4)", int, example="0"),
+    Option("history_metrics", "dict[str, str]", {}, "which source-run metric is a training curve, e.g. train_loss=my_loss (repeatable)", flag="--history-metric", metavar="CURVE=KEY", collect=history_mapping, example="train_loss=l"),
+    Option("seed", "int", 0, "seed of bootstraps and the sanity check (default {default})", int, example="3"),
+    Option("sanity_subjects", "int", 8, "subjects of the sanity check (the map of a randomised copy of the model; default {default})", POSITIVE_INT, metavar="N", example="2"),
     Option("progress", "bool", True, "progress bars on stderr", boolean, not_in={"cli": _NOT_ON_COMMAND_LINE, "mlproject": "`mlflow run` shows them"}),
     # loading a pickled model runs code from its file: a person evaluating by hand chose the model;
     # `watch` sets False unless started with --allow-pickle

@@ -24,20 +24,18 @@ from .helpers import REPO
 # Arguments of the evaluate command that are not evaluate() options: the positional MODEL_URI, the
 # cohort (evaluate's second argument) and the process's own time limit (heimer_mlflow.interrupts).
 COMMAND_ONLY = {"help", "model_uri", "data", "timeout"}
-# A value other than the default for each option, as text (command line, MLproject), and as the
-# keyword argument it must become.
-SAMPLES = {
-    "caps": ("caps", "caps"), "label_column": ("dx", "dx"), "label_map": ("Dementia=AD", "Dementia=AD"),
-    "class_names": ("AD,CN", "AD,CN"), "positive_class": ("CN", "CN"), "intensity": ("zscore", "zscore"),
-    "target_layer": ("body.2", "body.2"), "feature_layers": ("body.0", ("body.0",)), "batch_size": ("3", 3),
-    "device": ("cpu", "cpu"), "amp": ("bf16", "bf16"), "threshold": ("0.4", 0.4), "atlas": ("a.nii", "a.nii"),
-    "atlas_labels": ("l.csv", "l.csv"), "regions": ("hippocampus", "hippocampus"), "brain_mask": ("m.nii", "m.nii"),
-    "cam": ("gradcam", "gradcam"), "require": ("sensitivity>=0.8", ("sensitivity>=0.8",)),
-    "require_verdict": ("pass", "pass"), "save_cams": ("all", "all"), "gallery_k": ("2", 2),
-    "counterfactual_subjects": ("5", 5), "skip_bad": ("true", True), "experiment": ("e", "e"),
-    "n_bootstrap": ("50", 50), "workers": ("0", 0), "history_metrics": ("train_loss=l", {"train_loss": "l"}),
-    "seed": ("3", 3), "sanity_subjects": ("2", 2),
-}  # fmt: skip
+# Hand-checked: what the text of an option becomes (int, tuple, dict, boolean, number as written).
+CONVERTED = {"batch_size": ("3", 3), "feature_layers": ("body.0", ("body.0",)), "threshold": ("0.4", 0.4),
+             "require": ("a>=1", ("a>=1",)), "counterfactual_subjects": ("5", 5), "skip_bad": ("true", True),
+             "n_bootstrap": ("50", 50), "workers": ("0", 0), "history_metrics": ("train_loss=l", {"train_loss": "l"}),
+             "class_names": ("AD,CN", "AD,CN")}  # fmt: skip
+ON_COMMAND_LINE = [o for o in OPTIONS if "cli" not in o.not_in]
+
+
+def _expected(option):
+    """The keyword argument the option's sample becomes."""
+    value = option.parse(option.sample)
+    return option.collect([value]) if option.collect else value
 
 
 def _cli_options() -> dict:
@@ -66,7 +64,7 @@ def test_every_declared_option_is_a_keyword_of_evaluate_with_its_default():
     made = EvaluationOptions()
     for option in OPTIONS:
         assert getattr(made, option.name) == option.default, option.name
-    assert set(SAMPLES) == {o.name for o in OPTIONS if "cli" not in o.not_in}, "a new option needs a sample here"
+    assert [o.name for o in ON_COMMAND_LINE if not o.sample] == []  # each needs an example= (or choices)
 
 
 def test_the_command_line_offers_every_option_and_no_other():
@@ -82,12 +80,19 @@ def test_the_command_line_defaults_are_evaluates_defaults():
     assert EvaluationOptions(**chosen(args)) == EvaluationOptions()
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_each_option_given_on_the_command_line_reaches_evaluate(name):
-    text, expected = SAMPLES[name]
-    flag = options.BY_NAME[name].cli_flag
-    args = cli.build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv", flag, text])
+@pytest.mark.parametrize("option", ON_COMMAND_LINE, ids=lambda o: o.name)
+def test_each_option_given_on_the_command_line_reaches_evaluate(option):
+    args = cli.build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv", option.cli_flag, option.sample])
+    assert chosen(args) == {option.name: _expected(option)}
+    assert _expected(option) != option.default
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTED))
+def test_option_text_becomes_the_keyword_argument(name):
+    text, expected = CONVERTED[name]
+    args = cli.build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv", options.BY_NAME[name].cli_flag, text])
     assert chosen(args) == {name: expected}
+    assert type(chosen(args)[name]) is type(expected)
 
 
 def test_mlproject_main_is_the_declaration():
@@ -107,9 +112,8 @@ def test_mlproject_defaults_reach_evaluate_as_its_defaults():
 
 
 def test_every_mlproject_parameter_reaches_its_option():
-    parameters = {o.name for o in OPTIONS if "mlproject" not in o.not_in}
-    samples = {name: SAMPLES[name][0] for name in parameters}
-    assert _through_mlproject(samples) == {name: SAMPLES[name][1] for name in parameters}
+    offered = [o for o in OPTIONS if "mlproject" not in o.not_in]
+    assert _through_mlproject({o.name: o.sample for o in offered}) == {o.name: _expected(o) for o in offered}
     assert _through_mlproject({"counterfactual_subjects": "16.0"})["counterfactual_subjects"] == 16.0  # a float
     assert EvaluationOptions(counterfactual_subjects=16.0).check().counterfactual_subjects == 16
 
