@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import warnings
@@ -35,9 +36,12 @@ import torch
 
 from heimer_mlflow.cohort import CohortDataset, read_cohort
 from heimer_mlflow.demo import synthetic
-from heimer_mlflow.demo.training import fit_in_memory
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test helpers: fit_in_memory lives there
+from tests.helpers.training import fit_in_memory  # noqa: E402
 
 SUBJECTS, VOXEL_MM, EPOCHS, WIDTH, LR = 24, 4.0, 30, 4, 3e-3
 HELDOUT_SUBJECTS = 48

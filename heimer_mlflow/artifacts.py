@@ -99,7 +99,7 @@ def write_artifacts(evaluation, staging: Path) -> None:
     EvaluationRecord.of(evaluation).write(staging / "evaluation.json")
     volumes = staging / "volumes"
     positive = evaluation.model.meta.positive_class
-    negative = next(c for c in evaluation.model.meta.class_names if c != positive)
+    negative = evaluation.model.meta.negative_class
     for quantity in ("cam", "input"):
         maps = engine.maps.get(quantity)
         if maps is None:

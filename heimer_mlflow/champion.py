@@ -11,6 +11,7 @@ then, whoever holds the alias by that time; when there is none, the record says 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,8 +19,12 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
+from .meta import negative_class
 from .metrics import paired_delong
 
 log = logging.getLogger(__name__)
@@ -53,11 +58,9 @@ class ChampionRun:
 
     def volume(self, name: str) -> Path | None:
         """A volume of the champion's run (``volumes/<name>``), downloaded on request; None if absent."""
-        import mlflow
-
         try:
             return Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=f"volumes/{name}",
-                                                            dst_path=str(self.folder)))  # fmt: skip
+                                                            dst_path=str(self.folder)))
         except Exception as error:  # noqa: BLE001 - an older run may not have it
             log.info("champion run %s: no volumes/%s (%s)", self.run_id, name, type(error).__name__)
             return None
@@ -79,11 +82,9 @@ def content_digest(rows: pd.DataFrame) -> str:
     the bytes of its file (``path``), in subject order. How the path is spelled (relative,
     absolute, through a symlink), the manifest's row order and its covariates do not enter; a
     changed label, a missing or extra subject or a changed image does."""
-    import hashlib
-
     total = hashlib.sha256()
     for subject, label, path in sorted(zip(rows["subject_id"].astype(str), rows["label"].astype(str),
-                                           rows["path"].astype(str))):  # fmt: skip
+                                           rows["path"].astype(str))):
         image = hashlib.sha256()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -107,7 +108,7 @@ class DataKey:
     def of(cls, rows: pd.DataFrame, source: str | None, dataset_digest: str | None = None) -> DataKey:
         """The key of evaluated scans: ``rows`` with ``subject_id``, ``label`` (class name), ``path``."""
         return cls(content_digest(rows), dataset_digest, dict(zip(rows["subject_id"].astype(str),
-                                                                   rows["label"].astype(str))), source)  # fmt: skip
+                                                                   rows["label"].astype(str))), source)
 
     @property
     def subject_ids(self) -> set[str]:
@@ -136,8 +137,6 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
     ``key``: the run its ``heimer.evaluation_run_id`` names first, then the others, newest first
     (:func:`matches`). When none matches, ``why`` says which evaluations exist and why each was
     not taken."""
-    import mlflow
-
     if not name:
         return Search(None, "the evaluated model is not a registered model version")
     try:
@@ -151,7 +150,7 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
     runs = _evaluations(client, name, other, (champion.tags or {}).get("heimer.evaluation_run_id"), run_id)
     if not runs:
         return Search(None, f"the champion, {name} version {other}, has no finished evaluation: evaluate it on "
-                            "this data to compare", other)  # fmt: skip
+                            "this data to compare", other)
     reasons = []
     for number, run in enumerate(runs):
         candidate = folder / "candidates" / run.info.run_id
@@ -161,25 +160,23 @@ def find(client, name: str | None, version: str | None, run_id: str, key: DataKe
             try:
                 for artifact in ARTIFACTS:
                     mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact,
-                                                        dst_path=str(folder))  # fmt: skip
+                                                        dst_path=str(folder))
             except Exception as error:  # noqa: BLE001
                 reasons.append(f"run {run.info.run_id[:8]}: its artifacts cannot be read ({type(error).__name__})")
                 continue
             return Search(ChampionRun(name, other, run.info.run_id, folder), "", other)
         reasons.append(f"run {run.info.run_id[:8]} on {_source(run, candidate)}: {verdict}")
     shown = "; ".join(reasons[:MAX_EXPLAINED]) + (f"; and {len(reasons) - MAX_EXPLAINED} more" if len(reasons) >
-                                                   MAX_EXPLAINED else "")  # fmt: skip
+                                                   MAX_EXPLAINED else "")
     which = ("its only finished evaluation used other data" if len(runs) == 1 else
-             f"none of its {len(runs)} finished evaluations used this data")  # fmt: skip
+             f"none of its {len(runs)} finished evaluations used this data")
     return Search(None, f"the champion is {name} version {other}, and {which} (this evaluation: {key.describe()}): "
-                        f"{shown}", other)  # fmt: skip
+                        f"{shown}", other)
 
 
 def _evaluations(client, name: str, version: str, tagged: str | None, run_id: str) -> list:
     """The FINISHED evaluation runs of ``name`` ``version``: the tagged one first, then the others,
     newest first (at most MAX_CANDIDATES), never this evaluation's own run."""
-    import mlflow
-
     runs, seen = [], {run_id}
     if tagged and tagged not in seen:
         try:
@@ -195,7 +192,7 @@ def _evaluations(client, name: str, version: str, tagged: str | None, run_id: st
                 search_all_experiments=True, output_format="list", max_results=MAX_CANDIDATES,
                 filter_string=f"tags.`heimer.model_name` = '{name}' and tags.`heimer.model_version` = '{version}' "
                               "and tags.`heimer.status` = 'finished'",
-                order_by=["attributes.start_time DESC"])  # fmt: skip
+                order_by=["attributes.start_time DESC"])
         except Exception as error:  # noqa: BLE001 - a store that cannot search: the tagged run only
             log.info("searching the champion's evaluations failed (%s)", type(error).__name__)
             found = []
@@ -245,7 +242,7 @@ def _difference(run, key: DataKey, folder: Path) -> str:
     relabelled = sorted(s for s in key.subject_ids & set(other) if str(other[s]) != str(key.labels[s]))
     parts = []
     for count, what, ids in ((len(missing), "not in it", missing), (len(extra), "not in this cohort", extra),
-                             (len(relabelled), "with another label", relabelled)):  # fmt: skip
+                             (len(relabelled), "with another label", relabelled)):
         if count:
             parts.append(f"{count} subject(s) {what} ({', '.join(ids[:3])}{', ...' if count > 3 else ''})")
     return "; ".join(parts) if parts else "the same subjects and labels, but other image files"
@@ -253,8 +250,6 @@ def _difference(run, key: DataKey, folder: Path) -> str:
 
 def _labels(run, folder: Path) -> dict | None:
     """``run``'s evaluated subjects and their labels (its predictions.csv), or None."""
-    import mlflow
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for artifact in ("predictions.csv", "evaluation.json"):
@@ -307,7 +302,7 @@ class Comparison:
         named = {"vs_champion_roc_auc_diff": self.roc_auc_diff,
                  "vs_champion_roc_auc_diff_ci_lower": self.roc_auc_diff_ci_lower,
                  "vs_champion_roc_auc_diff_ci_upper": self.roc_auc_diff_ci_upper,
-                 "vs_champion_delong_p": self.delong_p}  # fmt: skip
+                 "vs_champion_delong_p": self.delong_p}
         return {k: float(v) for k, v in named.items() if v is not None and math.isfinite(v)}
 
     def to_dict(self) -> dict:
@@ -326,14 +321,12 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
     merged = this[mine].merge(theirs[["subject_id", "label", column]], on="subject_id", suffixes=("", "_champion"))
     merged = merged[merged["label"].astype(str) == merged["label_champion"].astype(str)].dropna()
     y = (merged["label"].astype(str) == positive).to_numpy(int)
-    names = (next(c for c in class_names if c != positive), positive)
+    names = (negative_class(class_names, positive), positive)
     difference, p_value = paired_delong(y, merged[column].to_numpy(float), merged[f"{column}_champion"].to_numpy(float),
                                         class_names=names,
-                                        clusters=merged["participant_id"].to_numpy() if clustered else None)  # fmt: skip
+                                        clusters=merged["participant_id"].to_numpy() if clustered else None)
     auc_this = auc_champion = None
     if difference.computable:
-        from sklearn.metrics import roc_auc_score
-
         auc_this = float(roc_auc_score(y, merged[column]))
         auc_champion = float(roc_auc_score(y, merged[f"{column}_champion"]))
     outside = plausibility.get("cam_outside_brain_fraction")
@@ -346,7 +339,7 @@ def compare(this: pd.DataFrame, champion: ChampionRun, *, positive: str, class_n
         champion_cam_method=str((record.get("engine") or {}).get("cam_method", "gradcam")),
         champion_estimates=champion.estimates(),
         note="" if difference.computable else str(difference.reason or ""),
-    )  # fmt: skip
+    )
 
 
 def data_key(evaluation, predictions: pd.DataFrame, dataset_digest: str | None) -> DataKey:
@@ -355,7 +348,7 @@ def data_key(evaluation, predictions: pd.DataFrame, dataset_digest: str | None) 
     rows = evaluation.engine.subjects["index"].astype(int)
     files = pd.DataFrame({"subject_id": predictions["subject_id"].astype(str).to_numpy(),
                           "label": predictions["label"].astype(str).to_numpy(),
-                          "path": evaluation.cohort.table["path"].iloc[rows].astype(str).to_numpy()})  # fmt: skip
+                          "path": evaluation.cohort.table["path"].iloc[rows].astype(str).to_numpy()})
     return DataKey.of(files, evaluation.cohort.source, dataset_digest)
 
 
@@ -363,8 +356,6 @@ def with_champion(evaluation, predictions: pd.DataFrame, key: DataKey, work: Pat
     """(Comparison, ChampionRun, Search) for an evaluation; the first two None when there is no
     comparison, and then ``Search.why`` says why. A comparison that cannot be made (no champion,
     other data, a store problem) never fails the evaluation."""
-    from mlflow import MlflowClient
-
     model, meta = evaluation.model, evaluation.model.meta
     work = Path(work or tempfile.mkdtemp(prefix="heimer-champion-"))
     try:

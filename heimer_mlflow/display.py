@@ -40,6 +40,7 @@ from .engine import Attribution, GradCam3d, GroupStats, check_cam_method, conv_l
 from .engine.exported import ExportedModel, is_exported
 from .engine.gradcam import as_logits, layer_names
 from .errors import HeimerError, one_line
+from .meta import DEFAULT_CAM
 from .figures.brain_maps import INPUT_DIFF_HIDDEN, T_HIDDEN, head_mask
 from .figures.slices import Layer, crossing_mm, draw_views, feature_affine, grey_range, ortho_slices
 from .figures.style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, DIVERGING_CMAP, DPI, HEAT_CMAP, cam_name
@@ -246,7 +247,7 @@ class GradCamDisplay(_OrthoDisplay):
     ``figure_``, ``ax_``.
     """
 
-    def __init__(self, volume, cam, *, affine=None, method: str = "hirescam", layer: str | None = None,
+    def __init__(self, volume, cam, *, affine=None, method: str = DEFAULT_CAM, layer: str | None = None,
                  target: int | None = None, class_name: str | None = None, probability: float | None = None):  # fmt: skip
         self.volume, self.cam, self.affine = volume, cam, affine
         self.method, self.layer, self.target, self.class_name = check_cam_method(method), layer, target, class_name
@@ -254,7 +255,7 @@ class GradCamDisplay(_OrthoDisplay):
 
     @classmethod
     def from_model(cls, model, volume, *, layer: str | None = None, target: int | None = None,
-                   method: str = "hirescam", affine=None, intensity: str | None = None) -> GradCamDisplay:  # fmt: skip
+                   method: str = DEFAULT_CAM, affine=None, intensity: str | None = None) -> GradCamDisplay:  # fmt: skip
         """The map of ``model`` for ``volume``, computed as ``evaluate`` computes it.
 
         ``model``: a ``torch.nn.Module`` (run on its parameters' device, in eval mode, its mode
@@ -274,7 +275,7 @@ class GradCamDisplay(_OrthoDisplay):
                    class_name=run.class_name, probability=run.probability)  # fmt: skip
 
     @classmethod
-    def from_maps(cls, volume, cam, *, affine=None, method: str = "hirescam", layer: str | None = None,
+    def from_maps(cls, volume, cam, *, affine=None, method: str = DEFAULT_CAM, layer: str | None = None,
                   probability: float | None = None) -> GradCamDisplay:  # fmt: skip
         """A map you already have (e.g. ``volumes/*_hirescam.nii.gz`` of an evaluation run) over
         ``volume``; both arrays, NIfTI paths or nibabel images on one grid."""

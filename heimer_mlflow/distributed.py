@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
-from heimer_mlflow.engine.run import EngineResult, EngineStopped, SanityResult, maps_from_stats, pick_device
+from heimer_mlflow.engine.result import EngineResult, EngineStopped, SanityResult, maps_from_stats
+from heimer_mlflow.engine.run import pick_device
 from heimer_mlflow.engine.stats import GroupStats
 from heimer_mlflow.errors import HeimerError, one_line
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, N_BOOTSTRAP
 from .metrics import Estimate, holm, mean_estimates, paired_signed_rank
 
 STEPS = (0.02, 0.05, 0.10)  # shares of the brain's volume replaced by the MoRF, LeRF and random steps
@@ -33,7 +34,7 @@ ORDERS = ("morf", "lerf", "random")
 OUTSIDE = "outside_brain"
 COMPUTED, NOT_COMPUTABLE, OFF = "computed", "not computable", "off"
 SUMMARY_METRICS = ("cf_drop_outside_brain", "cf_drop_map_morf", "cf_drop_map_lerf", "cf_drop_random",
-                   "cf_faithfulness")  # fmt: skip
+                   "cf_faithfulness")
 
 
 def step_name(order: str, share: float) -> str:
@@ -48,7 +49,7 @@ def metric_names(region_names: Sequence[str]) -> list[str]:
 
 def replacement_text(negative: str) -> str:
     return (f"the mean input of the cohort's {negative} subjects, as the model sees it (after its intensity "
-            "normalisation): an image the model could meet, not zeros")  # fmt: skip
+            "normalisation): an image the model could meet, not zeros")
 
 
 @dataclass
@@ -65,8 +66,8 @@ class CounterfactualSummary:
     curves: dict[str, dict[str, list]] = field(default_factory=dict)  # order -> share, prob, lower, upper
     subject_ids: list[str] = field(default_factory=list)
     replacement: str = ""
-    positive_class: str = "AD"
-    negative_class: str = "CN"
+    positive_class: str = DEFAULT_POSITIVE
+    negative_class: str = DEFAULT_CLASS_NAMES[0]
     steps: list[float] = field(default_factory=lambda: list(STEPS))
     seconds: float | None = None
     region_reason: str | None = None  # why there are no region drops (no atlas)
@@ -133,20 +134,18 @@ class CounterfactualSummary:
             "seconds": self.seconds, "region_reason": self.region_reason, "limits": self.limits,
             "vs_champion": [p.to_dict() for p in self.vs_champion], "champion_version": self.champion_version,
             "champion_note": self.champion_note,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, data) -> CounterfactualSummary | None:
         """The recorded summary; None when the record has none (an evaluation from before it)."""
-        from .record import estimate
-
         if not isinstance(data, dict):
             return None
 
         def number(value, default=0):
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
-        estimates = {str(k): estimate(v) for k, v in (data.get("estimates") or {}).items()}
+        estimates = {str(k): Estimate.from_dict(v) for k, v in (data.get("estimates") or {}).items()}
         curves = data.get("curves") if isinstance(data.get("curves"), dict) else {}
         return cls(
             status=str(data.get("status") or NOT_COMPUTABLE), reason=data.get("reason"),
@@ -155,20 +154,21 @@ class CounterfactualSummary:
             region_names=[str(r) for r in data.get("region_names") or []],
             estimates={k: e for k, e in estimates.items() if e is not None}, curves=curves,
             subject_ids=[str(s) for s in data.get("subject_ids") or []], replacement=str(data.get("replacement") or ""),
-            positive_class=str(data.get("positive_class") or "AD"), negative_class=str(data.get("negative_class") or "CN"),
+            positive_class=str(data.get("positive_class") or DEFAULT_POSITIVE),
+            negative_class=str(data.get("negative_class") or DEFAULT_CLASS_NAMES[0]),
             steps=[float(s) for s in data.get("steps") or STEPS], seconds=number(data.get("seconds"), None),
             region_reason=data.get("region_reason"), limits=dict(data.get("limits") or {}),
             vs_champion=[p for p in map(PairedDrop.from_dict, data.get("vs_champion") or []) if p is not None],
             champion_version=data.get("champion_version"), champion_note=data.get("champion_note"),
-        )  # fmt: skip
+        )
 
 
 def not_computed(status: str, reason: str, *, n_requested: int, region_names: Sequence[str], negative: str,
-                 positive: str) -> CounterfactualSummary:  # fmt: skip
+                 positive: str) -> CounterfactualSummary:
     """The summary of a pass that did not run (turned off, no control subject, nobody called positive)."""
     return CounterfactualSummary(status, reason, n_requested, 0, 0, list(region_names),
                                  replacement=replacement_text(negative), positive_class=positive,
-                                 negative_class=negative)  # fmt: skip
+                                 negative_class=negative)
 
 
 def per_subject(result) -> dict[str, np.ndarray]:
@@ -181,14 +181,15 @@ def per_subject(result) -> dict[str, np.ndarray]:
     return drops
 
 
-def summarise(result, *, n_requested: int, clusters=None, n_bootstrap: int = 2000, seed: int = 0, negative: str = "CN",
-              positive: str = "AD", region_reason: str | None = None) -> CounterfactualSummary:  # fmt: skip
+def summarise(result, *, n_requested: int, clusters=None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+              negative: str = DEFAULT_CLASS_NAMES[0], positive: str = DEFAULT_POSITIVE,
+              region_reason: str | None = None) -> CounterfactualSummary:
     """Means with bootstrap intervals and the deletion curves of an ``engine.counterfactual``
     result; ``clusters``: each re-scored subject's participant (None: each its own)."""
     columns = per_subject(result)
     names = {"cf_drop_outside_brain": f"drop_{OUTSIDE}", **{f"cf_drop_{r}": f"drop_{r}" for r in result.region_names},
              "cf_drop_map_morf": "drop_map_morf", "cf_drop_map_lerf": "drop_map_lerf", "cf_drop_random": "drop_random",
-             "cf_faithfulness": "faithfulness"}  # fmt: skip
+             "cf_faithfulness": "faithfulness"}
     curve_columns = [("before", result.prob_before)] + [
         (step_name(o, s), result.prob_after[step_name(o, s)]) for o in ORDERS for s in STEPS
     ]
@@ -200,13 +201,13 @@ def summarise(result, *, n_requested: int, clusters=None, n_bootstrap: int = 200
     for order in ORDERS:
         points = [at["before"], *(at[step_name(order, s)] for s in STEPS)]
         curves[order] = {"share": [0.0, *STEPS], "prob": [p.value for p in points],
-                         "lower": [p.lower for p in points], "upper": [p.upper for p in points]}  # fmt: skip
+                         "lower": [p.lower for p in points], "upper": [p.upper for p in points]}
     return CounterfactualSummary(
         COMPUTED, None, n_requested, len(result.subject_ids), int(result.forward_passes), list(result.region_names),
         estimates=drop_estimates, curves=curves, subject_ids=list(result.subject_ids),
         replacement=replacement_text(negative), positive_class=positive, negative_class=negative,
         seconds=float(result.seconds), region_reason=region_reason,
-    )  # fmt: skip
+    )
 
 
 def counterfactual_table(result, subjects: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -244,21 +245,19 @@ class PairedDrop:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "n_pairs": self.n_pairs, "this": self.this, "champion": self.champion,
-                "diff": self.diff.to_dict(), "p": self.p, "p_holm": self.p_holm}  # fmt: skip
+                "diff": self.diff.to_dict(), "p": self.p, "p_holm": self.p_holm}
 
     @classmethod
     def from_dict(cls, data) -> PairedDrop | None:
-        from .record import estimate
-
-        if not isinstance(data, dict) or estimate(data.get("diff")) is None:
+        if not isinstance(data, dict) or Estimate.from_dict(data.get("diff")) is None:
             return None
 
         def number(v):
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
         return cls(str(data.get("name")), int(number(data.get("n_pairs")) or 0), number(data.get("this")),
-                   number(data.get("champion")), estimate(data.get("diff")), number(data.get("p")),
-                   number(data.get("p_holm")))  # fmt: skip
+                   number(data.get("champion")), Estimate.from_dict(data.get("diff")), number(data.get("p")),
+                   number(data.get("p_holm")))
 
 
 def paired_drops(this: pd.DataFrame, champion: pd.DataFrame, regions: Sequence[str]) -> list[PairedDrop]:
@@ -278,7 +277,7 @@ def paired_drops(this: pd.DataFrame, champion: pd.DataFrame, regions: Sequence[s
         out.append(PairedDrop(name, int(len(merged)), _mean(a), _mean(b), diff, p, p))
     adjusted = holm({d.name: d.p for d in out if d.name != OUTSIDE})
     return [PairedDrop(d.name, d.n_pairs, d.this, d.champion, d.diff, d.p, adjusted.get(d.name, d.p))
-            if d.name != OUTSIDE else d for d in out]  # fmt: skip
+            if d.name != OUTSIDE else d for d in out]
 
 
 def paired_metrics(pairs: Sequence[PairedDrop]) -> dict[str, float]:
@@ -288,7 +287,7 @@ def paired_metrics(pairs: Sequence[PairedDrop]) -> dict[str, float]:
         if pair.diff.computable:
             out.update({f"vs_champion_cf_drop_{pair.name}_{k}": v for k, v in
                         (("diff", pair.diff.value), ("diff_ci_lower", pair.diff.lower),
-                         ("diff_ci_upper", pair.diff.upper)) if v is not None})  # fmt: skip
+                         ("diff_ci_upper", pair.diff.upper)) if v is not None})
         if pair.p_holm is not None:
             out[f"vs_champion_cf_drop_{pair.name}_p"] = pair.p_holm
     return out
@@ -299,7 +298,7 @@ def paired_sentence(pair: PairedDrop, *, this_label: str = "this version") -> st
     what = "what lies outside the brain" if pair.name == OUTSIDE else pair.name.replace("_", " ")
     verb = "depends more on" if (pair.diff.value or 0) > 0 else "depends less on"
     return (f"{this_label} {verb} {what} than the champion: drop {_fmt(pair.this)} vs {_fmt(pair.champion)} "
-            f"on {pair.n_pairs} shared subjects, {format_p(pair.p_holm)}")  # fmt: skip
+            f"on {pair.n_pairs} shared subjects, {format_p(pair.p_holm)}")
 
 
 def format_p(p: float | None) -> str:

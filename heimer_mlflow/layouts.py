@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cohort import ID_COLUMNS, NIFTI_SUFFIXES, _label_index, missing, subject_stem
+from .cohort.table import ID_COLUMNS, NIFTI_SUFFIXES, label_index, missing, subject_stem
 from .errors import HeimerError, one_line
 
 PARTICIPANTS = "participants.tsv"
@@ -145,7 +145,7 @@ def read_clinicadl(data, caps, class_names: list[str], label_column: str, label_
         pid, ses = _prefixed(rec["participant_id"], "sub-"), _prefixed(rec["session_id"], "ses-")
         sid = f"{pid}_{ses}"
         path, problem = t1_linear_image(caps_dir, pid, ses)
-        label = _label_index(rec[label_column], class_names, label_map)
+        label = label_index(rec[label_column], class_names, label_map)
         if label is None:
             excluded.append((sid, "" if problem else str(path), _not_a_class(label_column, rec[label_column], class_names)))
         elif problem:
@@ -234,7 +234,7 @@ def read_bids(root: Path, class_names: list[str], label_column: str, label_map: 
                     excluded.append((sid, str(path.resolve()), f"participant {pid} is not listed in {PARTICIPANTS}"))
                     continue
                 value = listed[pid].get(label_column)
-            label = _label_index(value, class_names, label_map)
+            label = label_index(value, class_names, label_map)
             if label is None:
                 excluded.append((sid, str(path.resolve()), _not_a_class(label_column, value, class_names)))
                 continue

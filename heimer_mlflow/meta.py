@@ -1,15 +1,40 @@
 """The model contract: what the engine needs to know about a model, stored under
-``metadata["heimer"]`` of the logged MLflow model (see docs/design.md, "The model contract")."""
+``metadata["heimer"]`` of the logged MLflow model (see docs/design.md, "The model contract"), and the
+defaults every module shares: the class names, the primary map, the bootstrap's resamples."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .errors import HeimerError
+
 INTENSITIES = ("zscore", "minmax", "none")
-DEFAULT_CLASS_NAMES = ("CN", "AD")
-DEFAULT_POSITIVE = "AD"
-# The two maps the engine draws from one gradient, by method name (engine.gradcam.CAM_METHODS)
+DEFAULT_CLASS_NAMES = ("CN", "AD")  # (negative, positive): the order of the model's outputs
+DEFAULT_POSITIVE = DEFAULT_CLASS_NAMES[1]
+# The two maps the engine draws from one gradient, by method name
 CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
+CAM_METHODS = tuple(CAM_NAMES)
+DEFAULT_CAM = "hirescam"  # the primary map (README: why HiResCAM by default)
+N_BOOTSTRAP = 2000  # bootstrap resamples behind every interval, wherever one is computed
+
+
+def check_cam_method(name: str) -> str:
+    """``name`` if it is one of ``CAM_METHODS``, else a HeimerError saying which are."""
+    if name not in CAM_METHODS:
+        raise HeimerError(f"unknown cam {name!r}: use {' or '.join(CAM_METHODS)}")
+    return name
+
+
+def split_names(names) -> list[str]:
+    """Class names from a list or from text (``"CN,AD"``), stripped."""
+    if isinstance(names, str):
+        names = names.split(",")
+    return [str(c).strip() for c in names]
+
+
+def negative_class(class_names, positive: str) -> str:
+    """The class that is not ``positive`` (the first other one): the one place it is worked out."""
+    return next(c for c in class_names if c != positive)
 
 
 @dataclass
@@ -25,6 +50,10 @@ class ModelMeta:
     @property
     def positive_index(self) -> int:
         return self.class_names.index(self.positive_class)
+
+    @property
+    def negative_class(self) -> str:
+        return negative_class(self.class_names, self.positive_class)
 
     def to_metadata(self) -> dict:
         d = asdict(self)

@@ -21,7 +21,8 @@ from mlflow.models.evaluation.artifacts import CsvEvaluationArtifact, ImageEvalu
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from .errors import HeimerError
-from .evaluation import EvaluationOptions, evaluate_loaded
+from .evaluation import evaluate_loaded
+from .options import EvaluationOptions, check_keys
 from .engine.exported import is_exported
 from .registry import LoadedModel, as_evaluable, read_meta, resolve_version
 
@@ -47,13 +48,14 @@ class HeimerEvaluator(ModelEvaluator):
         if model is None:
             raise HeimerError("the heimer evaluator needs the model itself (it computes Grad-CAM), not only predictions")
         options = dict(evaluator_config or {})
+        check_keys(options, "evaluator_config")  # one line naming the unknown key, not a TypeError
         options.setdefault("progress", False)
-        frame = _manifest(dataset, options)
+        frame = manifest_of(dataset, options)
         opts = EvaluationOptions(**options).check()
         loaded = _loaded_from_pyfunc(model, opts.given_meta())
         evaluation = evaluate_loaded(loaded, frame, opts, run_id=run_id)
         return EvaluationResult(metrics=evaluation.run_metrics, artifacts=evaluation_artifacts(evaluation.artifacts),
-                                run_id=evaluation.run_id)  # fmt: skip
+                                run_id=evaluation.run_id)
 
 
 def _asked_for_by_name() -> bool:
@@ -117,7 +119,7 @@ def _loaded_from_pyfunc(model, given: dict | None = None) -> LoadedModel:
     )
 
 
-def _manifest(dataset, options: dict) -> pd.DataFrame:
+def manifest_of(dataset, options: dict) -> pd.DataFrame:
     """The data set MLflow passes, back as a manifest (path, label and the rest) or, with
     ``caps`` in the options, a ClinicaDL table (participant_id, session_id, the label column)."""
     frame = dataset.features_data

@@ -70,14 +70,8 @@ def _str(value) -> str | None:
 
 
 def estimate(value) -> Estimate | None:
-    """A ``metrics.Estimate`` from its JSON (``Estimate.to_dict``), None when absent. A figure
-    without a value is not computable, with its reason ("no value" when none was written)."""
-    if not isinstance(value, dict):
-        return None
-    number = _number(value.get("value"))
-    reason = None if number is not None else (_str(value.get("reason")) or "no value")
-    return Estimate(value=number, lower=_number(value.get("lower")), upper=_number(value.get("upper")),
-                    method=_str(value.get("method")), se=_number(value.get("se")), reason=reason)  # fmt: skip
+    """A ``metrics.Estimate`` from its JSON (:meth:`Estimate.from_dict`), None when absent."""
+    return Estimate.from_dict(value)
 
 
 def _finite(value) -> float | None:

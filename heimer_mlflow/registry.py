@@ -35,7 +35,7 @@ from mlflow.types import Schema, TensorSpec
 from .engine.exported import ExportedModel, is_exported
 from .engine.gradcam import resolve_layer
 from .errors import HeimerError, one_line
-from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, INTENSITIES, ModelMeta
+from .meta import DEFAULT_CLASS_NAMES, DEFAULT_POSITIVE, INTENSITIES, ModelMeta, split_names
 
 METADATA_KEY = "heimer"
 SERIALIZATIONS = ("pt2", "pickle")
@@ -80,7 +80,7 @@ def validate_meta(meta: ModelMeta, model: torch.nn.Module | None = None) -> Mode
     return meta
 
 
-def _signature(input_shape, n_outputs: int) -> ModelSignature:
+def tensor_signature(input_shape, n_outputs: int) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *map(int, input_shape)), "mri")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_outputs), "logits")]),
@@ -126,7 +126,7 @@ def log_model(
             f"model outputs {n_outputs} values per subject; heimer-mlflow needs one logit "
             f"(sigmoid) or one per class ({len(meta.class_names)}, softmax)"
         )
-    signature = mlflow_kwargs.pop("signature", None) or _signature(meta.input_shape, n_outputs)
+    signature = mlflow_kwargs.pop("signature", None) or tensor_signature(meta.input_shape, n_outputs)
     was_training = model.training
     model.eval()  # exported in eval mode: batch norm's running statistics, no dropout
     try:
@@ -323,13 +323,6 @@ def read_meta(metadata: dict | None, model: torch.nn.Module, signature=None, giv
     if meta.target_layer is None:
         meta.target_layer = default_target_layer(model)
     return validate_meta(meta, model)
-
-
-def split_names(names) -> list[str]:
-    """Class names from a list or from text (``"CN,AD"``), stripped."""
-    if isinstance(names, str):
-        names = names.split(",")
-    return [str(c).strip() for c in names]
 
 
 def serialization_of(model_dir: Path, flavor: dict) -> str | None:

@@ -275,7 +275,7 @@ def experiment_id(client, name: str) -> str:
 _DUPLICATE_KEY = ("unique constraint", "duplicate key", "uniqueviolation", "duplicate entry")
 
 
-def _log_input(dataset, linked_model, attempts: int = 3) -> None:
+def log_input(dataset, linked_model, attempts: int = 3) -> None:
     """``mlflow.log_input``, again when another evaluation logged the same manifest at the same
     moment: the store looks the dataset up and inserts it in two steps, so the slower of two runs
     can hit the dataset's unique key; the insert was rolled back, and on the next try the
@@ -364,7 +364,7 @@ def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset
     model_id = model.model_id if evaluation.link_model else None  # see permissions.check
     linked_model = LoggedModelInput(model_id) if model_id else None
     with quiet_mlflow_hints():
-        _log_input(logged_dataset, linked_model)
+        log_input(logged_dataset, linked_model)
         mlflow.log_metrics(evaluation.run_metrics, model_id=model_id, dataset=logged_dataset)
     mlflow.log_artifacts(str(staging))
 

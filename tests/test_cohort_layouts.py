@@ -17,7 +17,7 @@ from heimer_mlflow.cohort import CohortProblems, read_cohort
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import EvaluationOptions
 from heimer_mlflow.layouts import T1_LINEAR_CROPPED, T1_LINEAR_UNCROPPED
-from heimer_mlflow.plugin import _manifest
+from heimer_mlflow.plugin import manifest_of
 
 from .helpers.cohorts import head, write_nifti
 from .helpers.models import TinyCNN
@@ -251,7 +251,7 @@ def test_the_evaluator_plugin_hands_a_clinicadl_table_over(clinicadl):
     tsv, caps = clinicadl
     frame = pd.read_csv(tsv, sep="\t").rename(columns={"diagnosis": "dx"})
     options = {"caps": str(caps)}
-    rebuilt = _manifest(EvaluationDataset(frame, targets="dx"), options)
+    rebuilt = manifest_of(EvaluationDataset(frame, targets="dx"), options)
     assert options["label_column"] == "dx"
     cohort = read_cohort(rebuilt, CLASSES, caps=options["caps"], label_column=options["label_column"])
     assert len(cohort) == 11 and len(cohort.excluded) == 2

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from heimer_mlflow.engine.counterfactual import (
-    _generator, _map_steps, choose_subjects, forward_passes, intervention_names, run_counterfactuals,
+    subject_generator, map_steps, choose_subjects, forward_passes, intervention_names, run_counterfactuals,
 )  # fmt: skip
 from heimer_mlflow.evaluation import evaluate
 from heimer_mlflow.interventions import STEPS, step_name, summarise
@@ -117,7 +117,7 @@ def test_a_linear_model_drops_exactly_as_closed_form_says():
     assert result.forward_passes == forward_passes(3, 1) == 3 * 11
     assert list(result.prob_after) == intervention_names(["ventricle"])
     for i in range(3):
-        steps = _map_steps(maps[i], torch.as_tensor(BRAIN), GRID, _generator(7, i))
+        steps = map_steps(maps[i], torch.as_tensor(BRAIN), GRID, subject_generator(7, i))
         masks = {"ventricle": VENTRICLE, "outside_brain": ~BRAIN}
         for name, indices in steps.items():
             masks[name] = np.zeros(GRID, bool)
@@ -289,13 +289,15 @@ def test_the_option_reaches_every_interface():
     from heimer_mlflow import cli
     from heimer_mlflow.errors import HeimerError
     from heimer_mlflow.evaluation import EvaluationOptions
+    from heimer_mlflow.options import chosen
     from heimer_mlflow.watch.opt_in import read_options
 
     from .helpers import REPO
 
-    args = cli._build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv", "--counterfactual-subjects", "8"])
-    assert args.counterfactual_subjects == 8
-    assert cli._build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv"]).counterfactual_subjects == 16
+    args = cli.build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv", "--counterfactual-subjects", "8"])
+    assert chosen(args) == {"counterfactual_subjects": 8}
+    assert EvaluationOptions(**chosen(cli.build_parser().parse_args(["evaluate", "models:/m/1", "--data", "x.csv"]))
+                             ).counterfactual_subjects == 16
     main = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
     assert main["parameters"]["counterfactual_subjects"]["default"] == 16
     assert "--counterfactual-subjects {counterfactual_subjects}" in main["command"]

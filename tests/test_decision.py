@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from heimer_mlflow.decision import DO_NOT_PROMOTE, PROMOTE, REVIEW_FIRST, recommend
-from heimer_mlflow.report.facts import _confounds
+from heimer_mlflow.report.facts import find_confounds
 
 SHORTCUT = "68% of the HiResCAM lies outside the brain (limit 26%)"
 
@@ -51,6 +51,6 @@ def test_each_rule_in_order():
 def test_a_covariate_that_holds_every_scan_of_one_class_is_a_warning():
     table = pd.DataFrame({"label": ["AD"] * 4 + ["CN"] * 4, "site": ["clinic"] * 4 + ["A", "B", "A", "B"],
                           "sex": ["F", "M"] * 4})  # fmt: skip
-    warnings = _confounds(table, ["site", "sex"], "AD", "CN")
+    warnings = find_confounds(table, ["site", "sex"], "AD", "CN")
     assert warnings == ["Every AD scan has site = clinic, and no CN scan does: the data cannot tell the diagnosis "
                         "from the site."]

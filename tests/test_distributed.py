@@ -27,7 +27,7 @@ from heimer_mlflow import distributed
 from heimer_mlflow.cohort import CohortDataset, make_loader, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.engine.gallery import CaseGallery
-from heimer_mlflow.engine.run import SUBJECT_COLUMNS
+from heimer_mlflow.engine.result import SUBJECT_COLUMNS
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.meta import ModelMeta
 

@@ -11,7 +11,8 @@ from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from scipy import stats as scipy_stats
 
 from heimer_mlflow.engine import GradCam3d, run_engine, spearman
-from heimer_mlflow.engine.run import SUBJECT_COLUMNS, _randomised_copy
+from heimer_mlflow.engine.agreement import randomised_copy
+from heimer_mlflow.engine.result import SUBJECT_COLUMNS
 from heimer_mlflow.errors import HeimerError
 from heimer_mlflow.evaluation import EvaluationOptions
 from heimer_mlflow.meta import ModelMeta
@@ -142,7 +143,7 @@ def test_engine_with_hirescam_primary_follows_captum(factory):
         np.testing.assert_allclose(case.cams["gradcam"], gradcam[case.index], rtol=1e-4, atol=1e-6 * scale["gradcam"])
 
     # the sanity check compares trained and randomised HiResCAM
-    random_model = _randomised_copy(model, 0)
+    random_model = randomised_copy(model, 0)
     x = data.images[:3]
     trained = GradCam3d(model, layer).attribute(x, target).layer_maps["hirescam"]
     randomised = GradCam3d(random_model, layer).attribute(x, target).layer_maps["hirescam"]

@@ -18,7 +18,8 @@ from heimer_mlflow.demo import synthetic
 from heimer_mlflow.cohort import CohortDataset, read_cohort
 from heimer_mlflow.engine import run_engine
 from heimer_mlflow.meta import ModelMeta
-from heimer_mlflow.demo.training import fit_in_memory
+
+from .helpers.training import fit_in_memory
 
 pytestmark = pytest.mark.slow
 

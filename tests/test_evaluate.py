@@ -245,7 +245,7 @@ def test_a_unique_key_refusal_of_the_dataset_insert_is_retried_and_linked(tracki
 
     monkeypatch.setattr(mlflow, "log_input", refuses)
     with pytest.raises(MlflowException, match="too large"):
-        heimer_tracking._log_input(object(), None)
+        heimer_tracking.log_input(object(), None)
 
 
 @pytest.mark.slow

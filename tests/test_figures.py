@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from heimer_mlflow import figures as F
 from heimer_mlflow.engine.gallery import GalleryCase
-from heimer_mlflow.engine.run import EngineResult, SanityResult
+from heimer_mlflow.engine.result import EngineResult, SanityResult
 from heimer_mlflow.engine.stats import GroupMaps
 from heimer_mlflow.figures.style import HEAT_CMAP
 from heimer_mlflow.metrics import compute_metrics

@@ -199,13 +199,13 @@ def test_static_batch_of_three_pads_the_remainder(tracking):
 def test_randomised_weights_are_the_pickled_modules(tracking):
     """The sanity check's copy: the same seed re-initialises the program's parameters and buffers
     exactly as reset_parameters does on the module, so both give the same randomised outputs."""
-    from heimer_mlflow.engine.run import _randomised_copy
+    from heimer_mlflow.engine.agreement import randomised_copy
 
     model, layer = make(resnet, 2)
     loaded = log_both_ways(model, layer, [1, 12, 12, 12], 2)
     x = Subjects((12, 12, 12)).images[:3]
     with torch.no_grad():
-        outputs = {s: _randomised_copy(lm.module, 7)(x) for s, lm in loaded.items()}
+        outputs = {s: randomised_copy(lm.module, 7)(x) for s, lm in loaded.items()}
         trained = loaded["pt2"].module(x)
     torch.testing.assert_close(outputs["pt2"], outputs["pickle"], atol=TOLERANCE, rtol=0)
     assert (outputs["pt2"] - trained).abs().max() > 1e-3  # the copy really is another model

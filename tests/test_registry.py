@@ -77,7 +77,7 @@ def test_every_uri_form_loads_the_same_module(registered, form):
 def test_missing_metadata_is_inferred(tracking):
     name = _unique("bare")
     net = TinyCNN(n_outputs=1)
-    sig = registry._signature(SHAPE, 1)
+    sig = registry.tensor_signature(SHAPE, 1)
     with mlflow.start_run():
         mlflow.pytorch.log_model(net, name="model", serialization_format="pickle", signature=sig,
                                  registered_model_name=name, pip_requirements=["torch"])

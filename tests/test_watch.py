@@ -38,7 +38,7 @@ from heimer_mlflow.watch import webhook as wh
 from heimer_mlflow.watch.job import Jobs
 from heimer_mlflow.watch.opt_in import OptIn, read_options
 from heimer_mlflow.watch.queue import open_queue
-from heimer_mlflow.watch.service import _SeenOnce
+from heimer_mlflow.watch.service import SeenOnce
 
 from .helpers.servers import free_port, tail, tracking_server, unavailable, using
 from .helpers.cohorts import good_rows, write_manifest
@@ -92,7 +92,7 @@ def test_receiver_rejects_forged_stale_and_replayed_deliveries(tmp_path):
     """A real uvicorn receiver; the event handler records what would be queued."""
     events = []
     huey = open_queue(None, tmp_path)
-    app = wh.make_app(SECRET, lambda *event: events.append(event) or "queued", _SeenOnce(Jobs(huey).claims))
+    app = wh.make_app(SECRET, lambda *event: events.append(event) or "queued", SeenOnce(Jobs(huey).claims))
     receiver = wh.Receiver(app, f"127.0.0.1:{free_port()}")
     receiver.start()
     url = f"http://127.0.0.1:{receiver.port}/webhook"
@@ -118,7 +118,7 @@ def test_receiver_rejects_forged_stale_and_replayed_deliveries(tmp_path):
     finally:
         receiver.stop()
     # a second receiver on the same queue (a restarted watcher) still knows the delivery id
-    app = wh.make_app(SECRET, lambda *event: events.append(event) or "queued", _SeenOnce(Jobs(open_queue(None, tmp_path)).claims))
+    app = wh.make_app(SECRET, lambda *event: events.append(event) or "queued", SeenOnce(Jobs(open_queue(None, tmp_path)).claims))
     receiver = wh.Receiver(app, f"127.0.0.1:{free_port()}")
     receiver.start()
     try:

@@ -82,10 +82,10 @@ def run_demo(
     if "MLFLOW_RUN_ID" not in os.environ:  # under `mlflow run` the run (and experiment) exist
         mlflow.set_experiment(experiment)
     champion = _train_and_register(train_manifest, "train-champion", epochs, seed, model_name, DEMO_ALIAS, progress, say,
-                                   learning_rate=CHAMPION_LEARNING_RATE)  # fmt: skip
+                                   learning_rate=CHAMPION_LEARNING_RATE)
     result = dict(train_manifest=train_manifest, eval_manifest=eval_manifest, run_id=champion["run_id"],
                   model_name=model_name, version=champion["version"], model_uri=f"models:/{model_name}@{DEMO_ALIAS}",
-                  history=champion["history"], evaluation=None, challenger=None)  # fmt: skip
+                  history=champion["history"], evaluation=None, challenger=None)
     if not evaluate_model:
         say(f"next: heimer-mlflow evaluate {result['model_uri']} --data {eval_manifest}")
         return result
@@ -99,16 +99,16 @@ def run_demo(
     sites_manifest = write_cohort(workdir / "cohort-train-sites", n_subjects=sites_subjects, seed=seed + 20_000,
                                   voxel_size=voxel_size, marker=SITE_MARKER, progress=progress)
     trained = _train_and_register(sites_manifest, "train-challenger", epochs, seed, model_name, CHALLENGER_ALIAS,
-                                  progress, say, learning_rate=CHALLENGER_LEARNING_RATE)  # fmt: skip
+                                  progress, say, learning_rate=CHALLENGER_LEARNING_RATE)
     uri = f"models:/{model_name}@{CHALLENGER_ALIAS}"
     result["challenger"] = dict(train_manifest=sites_manifest, run_id=trained["run_id"], version=trained["version"],
                                 model_uri=uri, history=trained["history"],
-                                evaluation=_evaluate(uri, eval_manifest, progress, say))  # fmt: skip
+                                evaluation=_evaluate(uri, eval_manifest, progress, say))
     return result
 
 
 def _train_and_register(manifest, run_name: str, epochs: int, seed: int, model_name: str, alias: str, progress,
-                        say, *, learning_rate: float) -> dict:  # fmt: skip
+                        say, *, learning_rate: float) -> dict:
     """Train DemoCNN on ``manifest`` in a new run, register it under ``model_name`` with ``alias``."""
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({"heimer.demo": "true", "heimer.cohort": str(manifest)})

@@ -4,11 +4,12 @@ Plain results only (numpy arrays and numbers); figures, logging and the report c
 """
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
-from heimer_mlflow.engine.gradcam import (
-    CAM_METHODS, Attribution, GradCam3d, check_cam_method, conv_layers, resolve_layer,
-)  # fmt: skip
-from heimer_mlflow.engine.run import EngineResult, EngineStopped, SanityResult, pick_device, run_engine, spearman
+from heimer_mlflow.engine.gradcam import Attribution, GradCam3d, conv_layers, resolve_layer
+from heimer_mlflow.engine.agreement import spearman
+from heimer_mlflow.engine.result import EngineResult, EngineStopped, SanityResult
+from heimer_mlflow.engine.run import pick_device, run_engine
 from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
+from heimer_mlflow.meta import CAM_METHODS, check_cam_method
 
 __all__ = [
     "CAM_METHODS", "Attribution", "CaseGallery", "EngineResult", "EngineStopped", "GalleryCase", "GradCam3d",

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heimer_mlflow.engine.gradcam import as_logits
+from heimer_mlflow.engine.run import AMP_DTYPES
 from heimer_mlflow.interventions import ORDERS, OUTSIDE, STEPS, step_name  # STEPS: shares of the brain replaced
 
 
@@ -131,53 +132,17 @@ def run_counterfactuals(
     ``positive``: the positive class's index; ``regions``: name -> voxel mask on the input grid;
     ``brain_mask``: one brain for every subject, else each subject's own. ``seed`` and the
     subject's cohort row draw its random blob and tie-breaks, so they do not depend on batching."""
-    from heimer_mlflow.engine.run import AMP_DTYPES
-
     device = torch.device(device)
     started = time.perf_counter()
     regions = dict(regions or {})
-    names = intervention_names(regions)
     region_masks = {name: torch.as_tensor(np.asarray(m) != 0, device=device) for name, m in regions.items()}
-    given_brain = None if brain_mask is None else torch.as_tensor(np.asarray(brain_mask) != 0, device=device)
-    fill = torch.as_tensor(np.asarray(replacement, dtype=np.float32), device=device)
-    flat_fill = fill.reshape(len(fill), -1)
     region_voxels = {name: int(torch.count_nonzero(m)) for name, m in region_masks.items()}
-    given_coordinates = None if given_brain is None else brain_coordinates(given_brain)
+    brain = None if brain_mask is None else _Brain.of(torch.as_tensor(np.asarray(brain_mask) != 0, device=device))
     autocast = (torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp is not None
-                else contextlib.nullcontext())  # fmt: skip
-    given_inside = given_outside = None
-    if given_brain is not None:  # one brain for everyone: its voxels, outside and coordinates once
-        given_inside, given_outside = given_brain.flatten().nonzero().flatten(), ~given_brain
-    ids, rows, before, brains = [], [], [], []
-    after = {name: [] for name in names}
-    voxels = {name: [] for name in names}
-    # (subject's input, what to replace: a voxel mask or flat voxel indices, subject slot, intervention)
-    pending: list[tuple[torch.Tensor, torch.Tensor, int, str]] = []
-    timings = {"masks_s": 0.0, "forward_s": 0.0}
-    passes = 0
-
-    def flush():
-        """Score the pending interventions as one batch, each written straight into the batch."""
-        nonlocal passes
-        if not pending:
-            return
-        t0 = time.perf_counter()
-        inputs = torch.empty((len(pending), *pending[0][0].shape), dtype=pending[0][0].dtype, device=device)
-        for j, (image, replaced, _, _) in enumerate(pending):
-            if replaced.dtype == torch.bool:  # a voxel mask (a region, the outside of the brain)
-                torch.where(replaced, fill, image, out=inputs[j])
-            else:  # flat voxel indices (the map's and the random steps); index_copy_, not x[:, idx] = ...:
-                # advanced-index assignment cost about a forward pass's tenth here
-                inputs[j].copy_(image)
-                inputs[j].view(len(image), -1).index_copy_(1, replaced, flat_fill.index_select(1, replaced))
-        with autocast:
-            prob = positive_probability(score(model, inputs), positive).cpu().numpy()
-        for p, (_, _, slot, name) in zip(prob.astype(np.float64), pending):
-            after[name][slot] = float(p)
-        passes += len(pending)
-        pending.clear()
-        timings["forward_s"] += time.perf_counter() - t0
-
+                else contextlib.nullcontext())
+    scoring = _Scoring(lambda inputs: positive_probability(score(model, inputs), positive), autocast,
+                       torch.as_tensor(np.asarray(replacement, dtype=np.float32), device=device),
+                       intervention_names(regions), batch_size)
     was_training = model.training
     model.eval()
     try:
@@ -186,42 +151,111 @@ def run_counterfactuals(
                 row = int(batch["index"][i])
                 t0 = time.perf_counter()
                 image = batch["image"][i].to(device)
-                if given_brain is not None:
-                    brain, inside, outside = given_brain, given_inside, given_outside
-                else:
-                    brain = batch["brain_mask"][i].to(device).bool()
-                    inside, outside = brain.flatten().nonzero().flatten(), ~brain
-                replaced = {**region_masks, OUTSIDE: outside}
-                replaced.update(_map_steps(layer_maps[row], brain, image.shape[1:], _generator(seed, row),
-                                           given_coordinates if given_brain is not None else None, inside))
-                counts = {**region_voxels, OUTSIDE: image[0].numel() - len(inside)}
-                timings["masks_s"] += time.perf_counter() - t0
-                slot = len(ids)
-                ids.append(str(batch["subject_id"][i]))
-                rows.append(row)
-                before.append(float(prob_before[row]))
-                brains.append(len(inside))
-                for name in names:
-                    after[name].append(float("nan"))
-                    voxels[name].append(counts[name] if name in counts else len(replaced[name]))
-                    pending.append((image, replaced[name], slot, name))
-                    if len(pending) >= batch_size:
-                        flush()
-        flush()
+                own = brain if brain is not None else _Brain.of(batch["brain_mask"][i].to(device).bool(),
+                                                                with_coordinates=False)
+                replaced = {**region_masks, OUTSIDE: own.outside}
+                replaced.update(map_steps(layer_maps[row], own.mask, image.shape[1:], subject_generator(seed, row),
+                                          own.coordinates, own.inside))
+                counts = {**region_voxels, OUTSIDE: image[0].numel() - len(own.inside)}
+                scoring.timings["masks_s"] += time.perf_counter() - t0
+                scoring.add(str(batch["subject_id"][i]), row, float(prob_before[row]), len(own.inside), image,
+                            replaced, counts)
+        scoring.flush()
     finally:
         model.train(was_training)
-    return CounterfactualResult(
-        subject_ids=ids, indices=np.asarray(rows, dtype=np.int64), prob_before=np.asarray(before, dtype=np.float64),
-        prob_after={k: np.asarray(v, dtype=np.float64) for k, v in after.items()}, region_names=list(regions),
-        replaced_voxels={k: np.asarray(v, dtype=np.int64) for k, v in voxels.items()},
-        brain_voxels=np.asarray(brains, dtype=np.int64), forward_passes=passes,
-        seconds=time.perf_counter() - started, timings=timings,
-    )  # fmt: skip
+    return scoring.result(list(regions), time.perf_counter() - started)
 
 
-def _map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
-               coordinates: torch.Tensor | None = None, inside: torch.Tensor | None = None,
-               ) -> dict[str, torch.Tensor]:  # fmt: skip
+@dataclass
+class _Brain:
+    """A brain mask with what the interventions need from it: its flat voxel indices, the outside,
+    and (for one brain shared by every subject, computed once) its voxels' coordinates."""
+
+    mask: torch.Tensor
+    inside: torch.Tensor
+    outside: torch.Tensor
+    coordinates: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, with_coordinates: bool = True) -> _Brain:
+        return cls(mask, mask.flatten().nonzero().flatten(), ~mask,
+                   brain_coordinates(mask) if with_coordinates else None)
+
+
+@dataclass
+class _Scoring:
+    """The interventions waiting to be scored, scored ``batch_size`` at a time with each replaced
+    input written straight into the batch, and what each gave per subject."""
+
+    probability: Callable[[torch.Tensor], torch.Tensor]  # inputs -> P(positive)
+    autocast: contextlib.AbstractContextManager
+    fill: torch.Tensor  # [C, D, H, W] the replacement
+    names: list[str]
+    batch_size: int
+    # (subject's input, what to replace: a voxel mask or flat voxel indices, subject slot, intervention)
+    pending: list[tuple[torch.Tensor, torch.Tensor, int, str]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    before: list[float] = field(default_factory=list)
+    brains: list[int] = field(default_factory=list)
+    after: dict[str, list[float]] = field(default_factory=dict)
+    voxels: dict[str, list[int]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: {"masks_s": 0.0, "forward_s": 0.0})
+    passes: int = 0
+
+    def add(self, subject_id: str, row: int, before: float, brain_voxels: int, image: torch.Tensor,
+            replaced: dict[str, torch.Tensor], counts: dict[str, int]) -> None:
+        """One subject's interventions, scored as the batches fill."""
+        slot = len(self.ids)
+        self.ids.append(subject_id)
+        self.rows.append(row)
+        self.before.append(before)
+        self.brains.append(brain_voxels)
+        for name in self.names:
+            self.after.setdefault(name, []).append(float("nan"))
+            self.voxels.setdefault(name, []).append(counts[name] if name in counts else len(replaced[name]))
+            self.pending.append((image, replaced[name], slot, name))
+            if len(self.pending) >= self.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        """Score the pending interventions as one batch."""
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        first = self.pending[0][0]
+        inputs = torch.empty((len(self.pending), *first.shape), dtype=first.dtype, device=self.fill.device)
+        flat_fill = self.fill.reshape(len(self.fill), -1)
+        for j, (image, replaced, _, _) in enumerate(self.pending):
+            if replaced.dtype == torch.bool:  # a voxel mask (a region, the outside of the brain)
+                torch.where(replaced, self.fill, image, out=inputs[j])
+            else:  # flat voxel indices (the map's and the random steps); index_copy_, not x[:, idx] = ...:
+                # advanced-index assignment cost about a forward pass's tenth here
+                inputs[j].copy_(image)
+                inputs[j].view(len(image), -1).index_copy_(1, replaced, flat_fill.index_select(1, replaced))
+        with self.autocast:
+            prob = self.probability(inputs).cpu().numpy()
+        for p, (_, _, slot, name) in zip(prob.astype(np.float64), self.pending):
+            self.after[name][slot] = float(p)
+        self.passes += len(self.pending)
+        self.pending.clear()
+        self.timings["forward_s"] += time.perf_counter() - t0
+
+    def result(self, region_names: list[str], seconds: float) -> CounterfactualResult:
+        return CounterfactualResult(
+            subject_ids=self.ids, indices=np.asarray(self.rows, dtype=np.int64),
+            prob_before=np.asarray(self.before, dtype=np.float64),
+            prob_after={name: np.asarray(self.after.get(name, []), dtype=np.float64) for name in self.names},
+            region_names=region_names,
+            replaced_voxels={name: np.asarray(self.voxels.get(name, []), dtype=np.int64) for name in self.names},
+            brain_voxels=np.asarray(self.brains, dtype=np.int64), forward_passes=self.passes, seconds=seconds,
+            timings=self.timings,
+        )
+
+
+def map_steps(layer_map: np.ndarray, brain: torch.Tensor, grid: tuple[int, ...], generator: torch.Generator,
+              coordinates: torch.Tensor | None = None, inside: torch.Tensor | None = None,
+              ) -> dict[str, torch.Tensor]:
     """The flat voxel indices the MoRF, LeRF and random-blob steps of one subject replace. Ties
     (the zeros after the map's ReLU) are broken at random, never by voxel order. The blob is the
     ball of brain voxels nearest one random brain voxel, nested over the steps as MoRF's and LeRF's
@@ -256,6 +290,6 @@ def brain_coordinates(brain: torch.Tensor) -> torch.Tensor:
     return torch.stack(torch.unravel_index(brain.flatten().nonzero().flatten(), tuple(brain.shape)), dim=1).float()
 
 
-def _generator(seed: int, row: int) -> torch.Generator:
+def subject_generator(seed: int, row: int) -> torch.Generator:
     """The random source of one subject's blobs and tie-breaks: the seed and its cohort row."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, row]).generate_state(1)[0]))

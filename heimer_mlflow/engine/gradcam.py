@@ -60,16 +60,6 @@ def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
         ) from None
 
 
-CAM_METHODS = ("gradcam", "hirescam")
-
-
-def check_cam_method(name: str) -> str:
-    """``name`` if it is one of ``CAM_METHODS``, else a HeimerError saying which are."""
-    if name not in CAM_METHODS:
-        raise HeimerError(f"unknown cam {name!r}: use {' or '.join(CAM_METHODS)}")
-    return name
-
-
 @dataclass
 class Attribution:
     """What one forward and one gradient give for a batch (all detached)."""

@@ -15,13 +15,12 @@ Memory does not grow with the number of subjects except for the per-subject rows
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -30,87 +29,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from heimer_mlflow.engine.agreement import method_agreement, randomised_copy, spearman
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase, outcome_of
-from heimer_mlflow.engine.gradcam import GradCam3d, as_logits, check_cam_method
-from heimer_mlflow.engine.stats import GroupMaps, GroupStats, rank_channels
+from heimer_mlflow.engine.gradcam import GradCam3d, as_logits
+from heimer_mlflow.engine.result import SUBJECT_COLUMNS, EngineResult, EngineStopped, SanityResult, maps_from_stats
+from heimer_mlflow.engine.stats import GroupStats
 from heimer_mlflow.engine.upsampling import Trilinear
 from heimer_mlflow.errors import HeimerError, one_line
-from heimer_mlflow.meta import ModelMeta
+from heimer_mlflow.meta import DEFAULT_CAM, ModelMeta, check_cam_method
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # (subject_id, method (CAM_METHODS) -> raw map [D, H, W] float32, affine [4, 4])
 SaveCam = Callable[[str, dict[str, np.ndarray], np.ndarray], None]
-
-
-@dataclass
-class SanityResult:
-    """Adebayo et al. (2018) model-randomisation test: low rank correlation = maps depend on weights."""
-
-    subject_ids: list[str]
-    spearman: np.ndarray  # per subject, trained vs randomised-weights primary map (target-layer resolution)
-    mean: float
-    indices: list[int] = field(default_factory=list)  # cohort rows of subject_ids
-
-    @classmethod
-    def of(cls, subject_ids: list[str], indices: list[int], values: list[float]) -> SanityResult | None:
-        """The check over these subjects in cohort order; None when there are none."""
-        if not values:
-            return None
-        order = np.argsort(np.asarray(indices), kind="stable")
-        spearman_values = np.asarray(values, dtype=np.float64)[order]
-        return cls([subject_ids[i] for i in order], spearman_values, float(np.nanmean(spearman_values)),
-                   [int(indices[i]) for i in order])  # fmt: skip
-
-
-@dataclass
-class EngineResult:
-    subjects: dict[str, np.ndarray]  # per-subject columns, one row per evaluated subject (see SUBJECT_COLUMNS)
-    maps: dict[str, GroupMaps]  # "input", "cam", "features/<layer>": means per group, AD-CN diff, Welch t
-    feature_ranking: dict[str, dict[str, np.ndarray]]  # layer -> channels, most separating first
-    gallery: dict[str, list[GalleryCase]]  # TP/TN/FP/FN -> most confident first
-    sanity: SanityResult | None
-    stats: GroupStats  # the raw mergeable state (on CPU) the maps were computed from
-    target_layer: str
-    feature_layers: list[str]  # target layer first
-    region_names: list[str]  # atlas regions, order of the cam_roi_gain_<name> columns
-    excluded: list[dict] = field(default_factory=list)  # subject_id, index, reason (unreadable volumes)
-    device: str = "cpu"
-    amp: str | None = None
-    threshold: float = 0.5
-    chunk_size: int | None = None  # sub-batch size after out-of-memory halving; None = never halved
-    timings: dict[str, float] = field(default_factory=dict)  # seconds, and subjects_per_s
-    gallery_k: int = 4  # cases kept per outcome
-    world_size: int = 1  # processes whose shards were merged into this result
-    cam_method: str = "hirescam"  # the primary map (CAM_METHODS) behind the "cam" maps, cam_* shares, gallery, sanity
-    # cohort row -> the primary map on the target layer's grid, for every subject called positive
-    # (kept with keep_positive_maps, for the counterfactual pass; one small map each, e.g. 8 KB)
-    positive_maps: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-SUBJECT_COLUMNS = ("subject_id", "index", "label", "prob", "pred", "loss", "cam_outside_brain_fraction",
-                   "cam_outside_brain_floor", "gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction",
-                   "cam_method_agreement")  # fmt: skip
-# cam_outside_brain_fraction, cam_outside_brain_floor and cam_roi_gain_<region> are the primary map's;
-# <method>_outside_brain_fraction the same share for each method, whichever is primary.
-# cam_outside_brain_floor: the outside share of a map spread evenly over the subject's brain,
-# as the target layer's grid can draw it (each cell at its share of brain), upsampled the same way:
-# what a perfectly brain-confined map shows at this resolution.
-
-
-class EngineStopped(HeimerError):
-    """The pass was stopped from outside (``should_stop``), e.g. because another rank failed."""
-
-
-def maps_from_stats(stats: GroupStats, layers: list[str]) -> tuple[dict[str, GroupMaps], dict[str, dict]]:
-    """Group maps ("input", "cam", "features/<layer>") and per-layer channel rankings of ``stats``,
-    empty when no subject was evaluated: the same for one pass and for shards' merged states."""
-    if not stats.quantities:
-        return {}, {}
-    input_grid = tuple(stats.state["input|sum"].shape[2:])  # [cells, channels, D, H, W]
-    maps = {name: stats.compute(name, grid=input_grid) for name in ("input", "cam", *(f"features/{p}" for p in layers))}
-    return maps, {layer: rank_channels(stats, layer) for layer in layers}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -152,7 +84,7 @@ def run_engine(
     seed: int = 0,
     stop_on_problem: bool = False,
     should_stop: Callable[[], bool] | None = None,
-    cam: str = "hirescam",
+    cam: str = DEFAULT_CAM,
     keep_positive_maps: bool = False,
 ) -> EngineResult:
     """Evaluate ``model`` on every batch of ``loader`` in one pass; see the module docstring.
@@ -178,7 +110,7 @@ def run_engine(
     check_cam_method(cam)
     chosen = pick_device(device)
     run = _Run(model.to(chosen), meta, chosen, feature_layers, atlas, gallery_k, sanity_subjects, save_cams,
-               amp, threshold, seed, cam)  # fmt: skip
+               amp, threshold, seed, cam)
     if brain_mask is not None:
         run.given_brain = torch.as_tensor(np.asarray(brain_mask) != 0, device=chosen)
     run.stop_on_problem = stop_on_problem
@@ -213,7 +145,7 @@ class _Chunk:
 
 class _Run:
     def __init__(self, model, meta, device, feature_layers, atlas, gallery_k, sanity_subjects, save_cams, amp,
-                 threshold, seed, cam_method="hirescam"):  # fmt: skip
+                 threshold, seed, cam_method=DEFAULT_CAM):
         self.model, self.meta, self.device, self.cam_method = model, meta, device, cam_method
         self.gradcam = GradCam3d(model, meta.target_layer, tuple(feature_layers))
         self.layers = [self.gradcam.layer_path, *(p for p in feature_layers if p != self.gradcam.layer_path)]
@@ -378,7 +310,7 @@ class _Run:
         return _Chunk(
             images=images, affines=batch["affine"][rows], layer_maps=layer_maps, primary=self.cam_method,
             activations=attribution.activations, subjects=subjects, sanity=sanity,
-        )  # fmt: skip
+        )
 
     def _cam_shares(self, layer_maps, masks, outside_weights) -> dict[str, torch.Tensor]:
         """Per subject: each map's share outside the brain and, for the primary map, that share's
@@ -419,7 +351,7 @@ class _Run:
                 self.region_weights = torch.cat([  # eight regions at a time: one float volume each
                     self.upsampling.pull(torch.stack([(self.region_slots == r).float() for r in part])).flatten(1)
                     for part in _groups_of(range(len(self.region_names)), 8)
-                ])  # fmt: skip
+                ])
         return self.upsampling
 
     def _sanity(self, images, layer_cam, indices: torch.Tensor) -> dict[int, float]:
@@ -430,7 +362,7 @@ class _Run:
         if not chosen:
             return {}
         if self.random_gradcam is None:  # the same weights whenever (and on whichever rank) it is made
-            self.random_gradcam = GradCam3d(_randomised_copy(self.model, self.seed), self.gradcam.layer_path)
+            self.random_gradcam = GradCam3d(randomised_copy(self.model, self.seed), self.gradcam.layer_path)
         rows = torch.as_tensor(chosen, device=images.device)
         with self._autocast():
             random_cam = self.random_gradcam.attribute(images[rows], self.target_column).layer_maps[self.cam_method]
@@ -476,10 +408,10 @@ class _Run:
             prob = subjects["prob"][i]
             confidence = prob if predicted_positive[i] else 1.0 - prob
             self.gallery.offer(outcome, confidence, int(subjects["index"][i]),
-                               functools.partial(_case, chunk, i, outcome, confidence))  # fmt: skip
+                               functools.partial(_case, chunk, i, outcome, confidence))
             if self.save_cams is not None:
                 self.save_cams(sid, {method: _own_numpy(maps[i]) for method, maps in saved_cams.items()},
-                               _own_numpy(chunk.affines[i]))  # fmt: skip
+                               _own_numpy(chunk.affines[i]))
 
     def _autocast(self):
         if self.amp is None:
@@ -501,7 +433,7 @@ class _Run:
         subjects = {name: np.concatenate(parts) if parts else np.asarray([]) for name, parts in self.rows.items()}
         subjects["subject_id"] = subjects["subject_id"].astype(object)
         stats = GroupStats.from_state({k: v.cpu() for k, v in self.stats.state.items()},
-                                      self.meta.class_names, self.meta.positive_index)  # fmt: skip
+                                      self.meta.class_names, self.meta.positive_index)
         maps, ranking = maps_from_stats(stats, self.layers)
         sanity = SanityResult.of(self.sanity_ids, self.sanity_indices, self.sanity_values)
         return EngineResult(
@@ -512,7 +444,7 @@ class _Run:
             device=str(self.device), amp=self.amp, threshold=self.threshold, chunk_size=self.chunk_size,
             timings=timings, gallery_k=self.gallery_k, cam_method=self.cam_method,
             positive_maps=self.positive_maps or {},
-        )  # fmt: skip
+        )
 
 
 def _prepare_atlas(atlas, device):
@@ -547,57 +479,6 @@ def _sanity_quota(dataset, n: int) -> int:
     return min(n, len(dataset)) if hasattr(dataset, "__len__") else n
 
 
-def _randomised_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``model`` with every parameter and buffer re-initialised (cascading to all layers)."""
-    randomised = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in randomised.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return randomised
-
-
-def method_agreement(layer_maps: dict[str, torch.Tensor], cell_weights: torch.Tensor,
-                     outside_weights: torch.Tensor) -> np.ndarray:
-    """Per subject (float64): the Spearman rank correlation of Grad-CAM and HiResCAM inside the
-    brain, on the target layer's grid, over the cells that are mostly brain: their pulled-back
-    brain weight (``cell_weights - outside_weights``, see engine.upsampling) is more than half of
-    the cell's weight, i.e. more than half of what the cell gives the upsampled map lands on brain
-    voxels; where the layer keeps the input grid these are exactly the brain voxels. The layer grid
-    holds all of both maps' information (upsampling is a fixed interpolation), and ranking its
-    cells is cheap, unlike upsampling both maps of every subject. NaN where it is undefined: fewer
-    than two such cells, or either map constant over them (e.g. all zero after the ReLU)."""
-    mostly_brain = (cell_weights - outside_weights) > cell_weights / 2
-    gradcam, hirescam = layer_maps["gradcam"].cpu(), layer_maps["hirescam"].cpu()
-    mostly_brain = mostly_brain.expand_as(layer_maps["gradcam"]).cpu()
-    return np.array([_agreement(g[inside], h[inside]) for g, h, inside in zip(gradcam, hirescam, mostly_brain)])
-
-
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman of two maps; 0 when exactly one is constant (e.g. Grad-CAM all zero inside the brain
-    while HiResCAM is not: one shows nothing where the other shows structure, no agreement); NaN
-    when both are constant or fewer than two cells."""
-    value = spearman(a, b)
-    if np.isnan(value) and a.numel() >= 2 and bool(a.max() > a.min()) != bool(b.max() > b.min()):
-        return 0.0
-    return value
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps (average ranks for ties, e.g. the zeros after ReLU)."""
-    ra, rb = _average_ranks(a.flatten().double()), _average_ranks(b.flatten().double())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = torch.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    unique, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
-    last_rank = torch.cumsum(counts, 0).double()
-    return (last_rank - (counts.double() - 1) / 2)[inverse]
-
-
 def _case(chunk: _Chunk, i: int, outcome: str, confidence: float) -> GalleryCase:
     subjects = chunk.subjects
     layer_cams = {method: _own_numpy(layer_map[i]) for method, layer_map in chunk.layer_maps.items()}
@@ -605,7 +486,7 @@ def _case(chunk: _Chunk, i: int, outcome: str, confidence: float) -> GalleryCase
         subject_id=subjects["subject_id"][i], index=int(subjects["index"][i]), label=int(subjects["label"][i]),
         prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None,
         affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
-    )  # fmt: skip
+    )
 
 
 def _float64_columns(columns: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, _axes, _legend_below, _message, cam_name
+from ..meta import DEFAULT_CLASS_NAMES
+from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
 
 # --------------------------------------------------------------------------------------------
@@ -16,7 +17,7 @@ from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, _axes, _legen
 # --------------------------------------------------------------------------------------------
 
 
-def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = ("CN", "AD"),
+def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                      method: str = "gradcam", ax=None):  # fmt: skip
     """Each region's share of the CAM (``method``, the primary map) inside the brain relative to its
     share of the brain's volume (1 = a map spread evenly over the brain).
@@ -32,9 +33,9 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
         gains = np.column_stack([np.asarray(gains[name], dtype=float) for name in names]) if names else np.zeros((0, 0))
     gains = np.asarray(gains, dtype=float).reshape(-1, len(names)) if names else np.zeros((0, 0))
     owned = ax is None
-    ax = _axes(ax, (6.0, 2.1 + 0.32 * max(len(names), 2)))
+    ax = axes_to_draw(ax, (6.0, 2.1 + 0.32 * max(len(names), 2)))
     if not names or gains.size == 0:
-        return _message(ax, f"No atlas regions: the {cam} share per region needs an atlas (--atlas).",
+        return message_axes(ax, f"No atlas regions: the {cam} share per region needs an atlas (--atlas).",
                         title=f"{cam} per region")  # fmt: skip
     negative, positive = class_names
     y = np.arange(len(names))[::-1]  # the first region on top
@@ -58,11 +59,11 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
     ax.set_xlim(left=0)
     ax.set_title(f"Where the model looks: {cam} per atlas region", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    _legend_below(ax, owned)
+    legend_below(ax, owned)
     return ax
 
 
-def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = ("CN", "AD"), method: str = "gradcam",
+def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, method: str = "gradcam",
                        ax=None):  # fmt: skip
     """Share of each subject's CAM (``method``, the primary map) outside the brain mask (skull,
     background) per true class.
@@ -71,10 +72,10 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = (
     Near 0 is what an anatomically plausible model shows; a large share suggests a shortcut.
     """
     cam = cam_name(method)
-    ax = _axes(ax, (4.6, 3.6))
+    ax = axes_to_draw(ax, (4.6, 3.6))
     values = np.asarray(fractions, dtype=float)
     if values.size == 0 or not np.any(np.isfinite(values)):
-        return _message(ax, f"No {cam} shares to show.", title=f"{cam} outside the brain")
+        return message_axes(ax, f"No {cam} shares to show.", title=f"{cam} outside the brain")
     negative, positive = class_names
     edges = np.linspace(0.0, 1.0, 21)
     groups = [(None, "all subjects", NEUTRAL_COLOR, "")] if labels is None else [
@@ -103,10 +104,10 @@ def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: flo
     """Rank correlation of each subject's CAM (``method``, the primary map) with the trained vs
     randomised-weights model."""
     cam = cam_name(method)
-    ax = _axes(ax, (5.6, 3.8))
+    ax = axes_to_draw(ax, (5.6, 3.8))
     values = np.asarray(spearman, dtype=float)
     if values.size == 0:
-        return _message(ax, "Sanity check not run: no subjects.", title=f"{cam} sanity check")
+        return message_axes(ax, "Sanity check not run: no subjects.", title=f"{cam} sanity check")
     ids = list(subject_ids) if subject_ids is not None else [str(i + 1) for i in range(len(values))]
     mean = float(np.nanmean(values)) if mean is None and np.any(np.isfinite(values)) else mean
     x = np.arange(len(values))

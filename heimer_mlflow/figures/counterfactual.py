@@ -3,7 +3,8 @@ the numbers ``interventions.summarise`` gives (a ``CounterfactualSummary``), int
 
 from __future__ import annotations
 
-from .style import AD_COLOR, MODEL_COLOR, NEUTRAL_COLOR, _axes, _legend_below, _message, cam_name
+from ..meta import DEFAULT_CAM
+from .style import AD_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
 ORDER_STYLE = {  # order -> (label, colour, line style, marker)
     "morf": ("most relevant first (MoRF)", AD_COLOR, "-", "o"),
@@ -12,18 +13,18 @@ ORDER_STYLE = {  # order -> (label, colour, line style, marker)
 }
 
 
-def plot_deletion_curves(summary, *, method: str = "hirescam", ax=None):
+def plot_deletion_curves(summary, *, method: str = DEFAULT_CAM, ax=None):
     """Mean P(positive) against the share of the brain's volume replaced by the controls' mean
     input, for the primary map's most and least relevant voxels first and a random blob, each point
     with its 95% interval over the re-scored subjects."""
     cam = cam_name(method)
     owned = ax is None
-    ax = _axes(ax, (5.6, 3.9))
+    ax = axes_to_draw(ax, (5.6, 3.9))
     positive = getattr(summary, "positive_class", "AD")
     title = f"Deletion curves: P({positive}) as the {cam}'s voxels are replaced"
     if summary is None or not summary.computed or not summary.curves:
         reason = getattr(summary, "reason", None) or "the counterfactual tests did not run"
-        return _message(ax, f"No deletion curves: {reason}.", title=title)
+        return message_axes(ax, f"No deletion curves: {reason}.", title=title)
     for order, (label, color, style, marker) in ORDER_STYLE.items():
         curve = summary.curves.get(order)
         if not curve:
@@ -39,7 +40,7 @@ def plot_deletion_curves(summary, *, method: str = "hirescam", ax=None):
     ax.set_xticks([100 * s for s in summary.curves[next(iter(summary.curves))]["share"]])
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    _legend_below(ax, owned, ncol=2)
+    legend_below(ax, owned, ncol=2)
     return ax
 
 
@@ -51,12 +52,12 @@ def plot_region_drops(summary, *, ax=None):
         outside = summary.estimate("cf_drop_outside_brain")
         candidates = [("outside the brain", outside), *((r.replace("_", " "), e) for r, e in summary.region_drops().items())]
         entries = sorted(((n, e) for n, e in candidates if e is not None and e.computable), key=lambda item: item[1].value)
-    ax = _axes(ax, (6.0, 1.9 + 0.34 * max(len(entries), 2)))
+    ax = axes_to_draw(ax, (6.0, 1.9 + 0.34 * max(len(entries), 2)))
     positive = getattr(summary, "positive_class", "AD")
     title = f"What changes the score: drop in P({positive}) when a region is replaced"
     if not entries:
         reason = getattr(summary, "reason", None) or "the counterfactual tests did not run"
-        return _message(ax, f"No region drops: {reason}.", title=title)
+        return message_axes(ax, f"No region drops: {reason}.", title=title)
     y = list(range(len(entries)))
     values = [e.value for _, e in entries]
     errors = [[max(0.0, e.value - (e.lower if e.lower is not None else e.value)) for _, e in entries],

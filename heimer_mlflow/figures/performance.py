@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..meta import DEFAULT_CLASS_NAMES
 from .style import (
-    AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, _axes, _figure, _legend_below, _message,
+    AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, new_figure, legend_below, message_axes,
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -27,17 +28,17 @@ def _fmt_ci(value, lower, upper, digits=2) -> str:
 def plot_roc(
     fpr=None, tpr=None, *, auc: float | None = None, auc_lower: float | None = None,
     auc_upper: float | None = None, reason: str | None = None, operating_point: tuple[float, float] | None = None,
-    threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
+    threshold: float | None = None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, ax=None,
 ):  # fmt: skip
     """ROC curve with the AUC and its 95% CI in the legend, and the chance diagonal.
 
     ``fpr``/``tpr``: the curve's points (None when not computable, then ``reason`` is shown).
     ``operating_point``: (1 - specificity, sensitivity) at the threshold, marked on the curve.
     """
-    ax = _axes(ax, (4.2, 4.0))
+    ax = axes_to_draw(ax, (4.2, 4.0))
     negative, positive = class_names
     if fpr is None or tpr is None or len(fpr) == 0:
-        return _message(ax, f"ROC curve not computable:\n{reason or 'no curve given'}", title="ROC curve")
+        return message_axes(ax, f"ROC curve not computable:\n{reason or 'no curve given'}", title="ROC curve")
     label = "model" if auc is None else f"model, AUC {_fmt_ci(auc, auc_lower, auc_upper)}"
     ax.plot(fpr, tpr, color=AD_COLOR, linewidth=2, drawstyle="default", label=label)
     ax.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label="chance (AUC 0.50)")
@@ -56,7 +57,7 @@ def plot_roc(
 
 
 def plot_score_histogram(
-    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = ("CN", "AD"), bins: int = 20,
+    y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, bins: int = 20,
     youden_threshold: float | None = None, ax=None,
 ):  # fmt: skip
     """Distribution of the model's AD probability per true class (AD red, CN blue), threshold line.
@@ -65,7 +66,7 @@ def plot_score_histogram(
     ``youden_threshold``, if given, is marked (dotted) for information.
     """
     owned = ax is None
-    ax = _axes(ax, (4.6, 4.2 if youden_threshold is not None else 3.8))
+    ax = axes_to_draw(ax, (4.6, 4.2 if youden_threshold is not None else 3.8))
     negative, positive = class_names
     y_true, y_score = np.asarray(y_true).astype(int), np.asarray(y_score, dtype=float)
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -81,14 +82,14 @@ def plot_score_histogram(
     ax.set_xlabel(f"model score: probability of {positive}")
     ax.set_ylabel("subjects")
     ax.set_title(f"Scores by true class (called {positive} at >= {threshold:g})", fontsize=10)
-    _legend_below(ax, owned, ncol=1 if youden_threshold is not None else 2)
+    legend_below(ax, owned, ncol=1 if youden_threshold is not None else 2)
     return ax
 
 
-def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = ("CN", "AD"),
+def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                           threshold: float | None = None, ax=None):  # fmt: skip
     """Counts and row percentages (share of each true class), true class down, prediction across."""
-    ax = _axes(ax, (4.0, 3.5))
+    ax = axes_to_draw(ax, (4.0, 3.5))
     negative, positive = class_names
     counts = np.array([[tn, fp], [fn, tp]], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
@@ -109,11 +110,11 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
 
 def plot_calibration(
     mean_predicted, observed_fraction, count, *, brier: float | None = None, ece: float | None = None,
-    class_names: Sequence[str] = ("CN", "AD"), fig: Figure | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES, fig: Figure | None = None,
 ) -> Figure:  # fmt: skip
     """Reliability curve (observed AD share against mean score per bin) with the diagonal of
     perfect calibration, Brier score and ECE in the legend, and subjects per bin below."""
-    fig = fig if fig is not None else _figure((4.2, 4.8))
+    fig = fig if fig is not None else new_figure((4.2, 4.8))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     positive = class_names[1]
     mean_predicted, observed, count = (np.asarray(a, dtype=float) for a in (mean_predicted, observed_fraction, count))
@@ -138,10 +139,10 @@ def plot_calibration(
 
 def plot_decision_curve(
     thresholds, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none=None, *,
-    threshold: float | None = None, class_names: Sequence[str] = ("CN", "AD"), ax=None,
+    threshold: float | None = None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, ax=None,
 ):  # fmt: skip
     """Net benefit of acting on the model's call against treating everyone or nobody as AD."""
-    ax = _axes(ax, (4.6, 3.6))
+    ax = axes_to_draw(ax, (4.6, 3.6))
     positive = class_names[1]
     pt = np.asarray(thresholds, dtype=float)
     model, every = np.asarray(net_benefit_model, dtype=float), np.asarray(net_benefit_treat_all, dtype=float)
@@ -196,7 +197,7 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
     """
     titles = {"sensitivity": "sensitivity", "specificity": "specificity", "roc_auc": "ROC AUC",
               "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "ppv": "PPV", "npv": "NPV"}
-    fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, 0.3 * len(rows) + 1.6))
+    fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, 0.3 * len(rows) + 1.6))
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     if fig.get_layout_engine() is not None:
         fig.get_layout_engine().set(wspace=0.08)  # room between the panels' end and start ticks
@@ -233,7 +234,7 @@ def plot_subgroups_from_report(report, names=("sensitivity", "specificity", "roc
 
 
 def performance_plan(report: ClassificationReport | None, scores: tuple[np.ndarray, np.ndarray] | None = None, *,
-                     class_names: Sequence[str] = ("CN", "AD"),
+                     class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                      threshold: float = 0.5) -> list[tuple[str, Callable[[], Figure]]]:  # fmt: skip
     """``(name, draw)`` for the performance figures: those of ``report`` (ROC, confusion matrix,
     calibration, decision curve, subgroups) and, with ``scores`` (``y_true`` 1 for the positive

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..meta import DEFAULT_CLASS_NAMES
 from .brain_maps import (
     plot_cam_gallery, plot_champion_comparison, plot_channel_difference_maps, plot_feature_maps, plot_group_cam,
     plot_input_difference,
@@ -23,14 +24,14 @@ from .brain_maps import (
 from .checks import plot_outside_brain, plot_region_gain, plot_sanity
 from .counterfactual import plot_deletion_curves, plot_region_drops
 from .performance import performance_plan
-from .slices import _volume3d
+from .slices import volume3d
 from .style import DPI, cam_name, save_figure
 from .training import plot_training_curves
 
 if TYPE_CHECKING:
     from ..champion import ChampionRun
-    from ..engine.run import EngineResult
-    from ..evaluation import Evaluation
+    from ..engine.result import EngineResult
+    from ..result import Evaluation
     from ..metrics import ClassificationReport
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _class_names(report: ClassificationReport | None, engine_result: EngineResul
         names, positive = list(engine_result.stats.class_names), engine_result.stats.positive_index
         if len(names) == 2 and positive in (0, 1):
             return names[1 - positive], names[positive]
-    return "CN", "AD"
+    return DEFAULT_CLASS_NAMES
 
 
 def figure_plan(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
@@ -105,7 +106,7 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
         """The cohort's mean input (both groups pooled): the anatomy under the maps."""
         if inputs is None:
             return None
-        pooled = [_volume3d(inputs.mean[name]) for name in class_names if name in inputs.mean]
+        pooled = [volume3d(inputs.mean[name]) for name in class_names if name in inputs.mean]
         return np.mean(pooled, axis=0) if pooled else None
 
     if "cam" in maps:
@@ -197,10 +198,10 @@ def _champion_comparison(evaluation: Evaluation, champion_run: ChampionRun, out:
     if path is None or cam is None or positive not in cam.mean:
         return {}
     anatomy = evaluation.engine.maps["input"].mean
-    background = np.mean([_volume3d(v) for v in anatomy.values()], axis=0)
+    background = np.mean([volume3d(v) for v in anatomy.values()], axis=0)
     comparison = evaluation.comparison
     figure = plot_champion_comparison(
-        _volume3d(cam.mean[positive]), np.asarray(nib.load(path).dataobj, dtype=np.float32),
+        volume3d(cam.mean[positive]), np.asarray(nib.load(path).dataobj, dtype=np.float32),
         affine=evaluation.grid_affine, background=background,
         labels=(f"this version (v{evaluation.model.version}), {CAM_NAMES[evaluation.engine.cam_method]}",
                 f"champion (v{comparison.champion_version}), {CAM_NAMES.get(comparison.champion_cam_method, 'Grad-CAM')}"),

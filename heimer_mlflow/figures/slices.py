@@ -1,6 +1,6 @@
 """Brain volumes as pictures: reorient to RAS with the NIfTI affine, cut three orthogonal slices
 through a point in mm, and draw them side by side in one Axes (``draw_views``) in rows of a
-figure at the report's text width (``_grid_figure``), with colour bars.
+figure at the report's text width (``grid_figure``), with colour bars.
 
 Views are in the *neurological* convention: the subject's left on the image's left (marked L and
 R); slice positions are world coordinates in mm, with a 50 mm scale bar.
@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, MAX_FIGURE_HEIGHT_IN, _figure
+from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, MAX_FIGURE_HEIGHT_IN, new_figure
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -160,7 +160,7 @@ def grey_range(volume: np.ndarray) -> tuple[float, float]:
     return float(low), float(high if high > low else low + 1)
 
 
-def _symmetric_limit(*arrays) -> float:
+def symmetric_limit(*arrays) -> float:
     """max |value| over the arrays (1 when all are zero or NaN): the +- limit of a diverging scale."""
     values = [np.nanmax(np.abs(a)) for a in arrays if a is not None and np.size(a) and np.any(np.isfinite(a))]
     limit = float(max(values, default=0.0))
@@ -188,17 +188,17 @@ _VIEW_GAP_MM = 12.0
 
 
 _TOP_MARGIN_MM, _BOTTOM_MARGIN_MM = 17.0, 18.0
-_SMALL_FONT = 7.0  # view titles, side letters, scale bar, colour-bar ticks: 7 pt printed
+SMALL_FONT = 7.0  # view titles, side letters, scale bar, colour-bar ticks: 7 pt printed
 
 
-def _content_size_mm(views: Mapping[str, SliceView]) -> tuple[float, float]:
+def content_size_mm(views: Mapping[str, SliceView]) -> tuple[float, float]:
     """(width, height) in mm of three views drawn side by side by ``draw_views``."""
     widths = [v.extent[1] - v.extent[0] for v in views.values()]
     heights = [v.extent[3] - v.extent[2] for v in views.values()]
     return sum(widths) + _VIEW_GAP_MM * (len(widths) - 1) + 2, max(heights) + _TOP_MARGIN_MM + _BOTTOM_MARGIN_MM
 
 
-def _masked(plane, layer: Layer, cmap):
+def masked_layer(plane, layer: Layer, cmap):
     if layer.hide_below is not None:
         plane = np.ma.masked_less(plane, layer.hide_below)
     if layer.hide_abs_below is not None:
@@ -226,7 +226,7 @@ def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white",
             source = view_sets[layer.source][name]
             s_left, s_right, s_bottom, s_upper = source.extent
             extent = (offset + s_left - left, offset + s_right - left, s_bottom - bottom, s_upper - bottom)
-            plane, cmap = _masked(source.planes[layer.plane], layer, matplotlib.colormaps[layer.cmap])
+            plane, cmap = masked_layer(source.planes[layer.plane], layer, matplotlib.colormaps[layer.cmap])
             image = ax.imshow(plane, cmap=cmap, vmin=layer.vmin, vmax=layer.vmax, alpha=layer.alpha, origin="lower",
                               extent=extent, interpolation="nearest")  # fmt: skip
         width, height = right - left, upper - bottom
@@ -237,7 +237,7 @@ def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white",
         offset += width + _VIEW_GAP_MM
     if scale_bar:
         ax.plot([0, 50], [-6, -6], color="black", linewidth=2, solid_capstyle="butt")
-        ax.text(25, -8, "50 mm", ha="center", va="top", fontsize=_SMALL_FONT)
+        ax.text(25, -8, "50 mm", ha="center", va="top", fontsize=SMALL_FONT)
     ax.set_xlim(-1, offset - _VIEW_GAP_MM + 1)
     ax.set_ylim(-_BOTTOM_MARGIN_MM, top + _TOP_MARGIN_MM)
     ax.set_aspect("equal")
@@ -246,14 +246,14 @@ def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white",
     return image
 
 
-def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float | None = None,
+def grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float | None = None,
                  content=(600.0, 250.0), shared_bar=False, caption: str = CONVENTION,
                  width: float = BRAIN_FIGURE_WIDTH_IN, subtitle: str | None = None):  # fmt: skip
     """A figure with one brain Axes per row and a colour-bar Axes per row (or one for all rows).
 
     The figure is ``width`` inches wide (the report's text width: it prints at scale 1, so the
     font sizes here are printed sizes) and each row as tall as ``content`` ((width, height) in mm
-    per row, see ``_content_size_mm``) needs at that width; ``row_height`` (inches) instead fixes
+    per row, see ``content_size_mm``) needs at that width; ``row_height`` (inches) instead fixes
     the rows' height and derives the width. Rows that would make the figure taller than a page
     allows (``MAX_FIGURE_HEIGHT_IN``) are made lower and the figure narrower, so that it prints at
     scale 1 on one page. A fixed layout (no constrained/tight layout solver): fast for tall
@@ -269,7 +269,7 @@ def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float
     else:
         image_width = row_height * content[0] / content[1]
     width, height = image_width + bar_room + 2 * side, row_height * rows + row_gap * (rows - 1) + head + foot
-    fig = fig if fig is not None else _figure((width, height), layout=None)
+    fig = fig if fig is not None else new_figure((width, height), layout=None)
     width, height = fig.get_figwidth(), fig.get_figheight()
     grid = fig.add_gridspec(rows, 2, width_ratios=[image_width, 0.15], left=side / width,
                             right=1 - (bar_room - 0.25) / width, top=1 - head / height, bottom=foot / height,
@@ -281,22 +281,22 @@ def _grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float
     if subtitle:
         fig.text(0.5, 1 - 0.32 / height, subtitle, ha="center", va="top", fontsize=8.5, color="#8b0000")
     if caption:
-        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=_SMALL_FONT, color="#333333")
+        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=SMALL_FONT, color="#333333")
     return fig, axes, bars
 
 
-def _colorbar(fig, image, cax, label: str):
+def colorbar(fig, image, cax, label: str):
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label(label, fontsize=_SMALL_FONT + 0.5)
-    bar.ax.tick_params(labelsize=_SMALL_FONT)
+    bar.set_label(label, fontsize=SMALL_FONT + 0.5)
+    bar.ax.tick_params(labelsize=SMALL_FONT)
     return bar
 
 
-def _row_label(ax, text: str) -> None:
+def row_label(ax, text: str) -> None:
     ax.text(0.0, 1.0, text, transform=ax.transAxes, fontsize=9, fontweight="bold", va="bottom", ha="left")
 
 
-def _volume3d(array) -> np.ndarray:
+def volume3d(array) -> np.ndarray:
     """A 3D volume from [D, H, W] or [C, D, H, W] (first channel)."""
     array = np.asarray(array)
     return array[0] if array.ndim == 4 else array

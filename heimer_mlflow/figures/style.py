@@ -44,18 +44,18 @@ def save_figure(fig: Figure, path, dpi: int = DPI) -> pathlib.Path:
     return path
 
 
-def _figure(figsize, layout: str | None = "constrained") -> Figure:
+def new_figure(figsize, layout: str | None = "constrained") -> Figure:
     return Figure(figsize=figsize, dpi=DPI, layout=layout)
 
 
-def _axes(ax, figsize=(5.0, 4.0)):
+def axes_to_draw(ax, figsize=(5.0, 4.0)):
     """The Axes to draw into: ``ax`` itself, or the single Axes of a new Figure."""
     if ax is not None:
         return ax
-    return _figure(figsize).add_subplot()
+    return new_figure(figsize).add_subplot()
 
 
-def _legend_below(ax, owned: bool, ncol: int = 2, **kwargs):
+def legend_below(ax, owned: bool, ncol: int = 2, **kwargs):
     """A legend under the plot (never over the data) when this package made the figure (its
     constrained layout keeps room for it), else a legend inside ``ax`` where it covers least."""
     if owned:
@@ -64,7 +64,7 @@ def _legend_below(ax, owned: bool, ncol: int = 2, **kwargs):
     return ax.legend(fontsize=8, **kwargs)
 
 
-def _message(ax, text: str, title: str | None = None):
+def message_axes(ax, text: str, title: str | None = None):
     """An Axes that says, in words, why there is nothing to draw."""
     ax.set_axis_off()
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from .style import BRAIN_FIGURE_WIDTH_IN, TRAIN_COLOR, VAL_COLOR, _figure, _message
+from .style import BRAIN_FIGURE_WIDTH_IN, TRAIN_COLOR, VAL_COLOR, new_figure, message_axes
 
 
 def _series(values) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -35,7 +35,7 @@ def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) 
     ``val_accuracy``; any name containing ``loss`` or ``acc``) to per-epoch values or
     ``(step, value)`` pairs. With no usable history the figure says so in words.
     """
-    fig = fig if fig is not None else _figure((BRAIN_FIGURE_WIDTH_IN, 3.0))
+    fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, 3.0))
     panels = {"loss": {}, "accuracy": {}}
     stepped = False
     for name, values in sorted((history or {}).items()):
@@ -47,13 +47,13 @@ def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) 
             panels[kind][name] = (x, y)
             stepped |= by_step
     if not any(panels.values()):
-        _message(fig.add_subplot(), "No training history available:\nthe model's source run logged no "
+        message_axes(fig.add_subplot(), "No training history available:\nthe model's source run logged no "
                  "training or validation loss/accuracy.", title="Training curves")  # fmt: skip
         return fig
     axes = fig.subplots(1, 2)
     for ax, (kind, curves) in zip(axes, panels.items()):
         if not curves:
-            _message(ax, f"no {kind} history logged", title=kind.capitalize())
+            message_axes(ax, f"no {kind} history logged", title=kind.capitalize())
             continue
         for name, (x, y) in curves.items():
             validation = name.lower().startswith(("val", "valid")) or "val" in name.lower().split("_")

@@ -100,7 +100,7 @@ def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -
         return []
     meta = evaluation.model.meta
     positive = meta.positive_class
-    negative = next(c for c in meta.class_names if c != positive)
+    negative = meta.negative_class
     name = CAM_NAMES[engine.cam_method]
     method = engine.cam_method
     background = _coarse(_image(np.mean([np.asarray(_image(v, affine).dataobj) for v in anatomy.mean.values()], axis=0),

@@ -51,7 +51,7 @@ SERIALIZATION_TEXT = {
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, problems: list[str]) -> dict:
+def read_json(path: Path, problems: list[str]) -> dict:
     if not path.is_file():
         problems.append(f"{path.name} is missing")
         return {}
@@ -68,10 +68,10 @@ def _read_json(path: Path, problems: list[str]) -> dict:
 
 def read_record(artifact_dir: Path, problems: list[str], *, where: str) -> EvaluationRecord:
     """The folder's evaluation record (an empty one, with a note, when it cannot be read)."""
-    return EvaluationRecord.from_dict(_read_json(Path(artifact_dir) / "evaluation.json", problems), where=where)
+    return EvaluationRecord.from_dict(read_json(Path(artifact_dir) / "evaluation.json", problems), where=where)
 
 
-def _read_csv(path: Path, problems: list[str], *, required: bool = True):
+def read_csv(path: Path, problems: list[str], *, required: bool = True):
     import pandas as pd
 
     if not path.is_file():
@@ -442,9 +442,9 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     artifact_dir = Path(artifact_dir)
     problems: list[str] = []
     record = read_record(artifact_dir, problems, where=f"run {run_id}" if run_id else str(artifact_dir))
-    metrics = MetricsRecord.from_dict(_read_json(artifact_dir / "metrics.json", problems))
-    predictions = _read_csv(artifact_dir / "predictions.csv", problems)
-    exclusions = _read_csv(artifact_dir / "exclusions.csv", problems, required=False)
+    metrics = MetricsRecord.from_dict(read_json(artifact_dir / "metrics.json", problems))
+    predictions = read_csv(artifact_dir / "predictions.csv", problems)
+    exclusions = read_csv(artifact_dir / "exclusions.csv", problems, required=False)
 
     model, cohort, engine = record.model, record.cohort, record.engine
     meta = model.metadata

@@ -133,7 +133,7 @@ def _warnings(predictions, metrics, cohort: dict, population: dict, positive: st
     else:
         low, high = population["age_range"]
         out.append(f"No one younger than {low:.0f} or older than {high:.0f} was in the data.")
-    confounds = _confounds(predictions, cohort.get("covariates") or [], positive, negative)
+    confounds = find_confounds(predictions, cohort.get("covariates") or [], positive, negative)
     out += confounds
     if overall_auc is not None and overall_auc >= 0.99:
         out.append(f"An AUC of {overall_auc:.2f} on a clinical task is itself a reason to look for a shortcut.")
@@ -144,7 +144,7 @@ def _warnings(predictions, metrics, cohort: dict, population: dict, positive: st
     return out
 
 
-def _confounds(predictions, covariates: list[str], positive: str, negative: str) -> list[str]:
+def find_confounds(predictions, covariates: list[str], positive: str, negative: str) -> list[str]:
     """A categorical covariate with a value that holds every scan of one class and none of the
     other (e.g. every AD scan from one site): the classes can be told apart by it alone."""
     if predictions is None or "label" not in predictions:

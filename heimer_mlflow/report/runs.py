@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import HeimerError, writable_folder
 from ..record import EvaluationRecord
-from .context import REPORT_ARTIFACTS, _read_csv, _read_json, read_record
+from .context import REPORT_ARTIFACTS, read_csv, read_json, read_record
 from .pdf import ReportFiles, render_report
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path
     such a record has no content digest, so its data set digest and subjects decide)."""
     from .. import champion
 
-    table = _read_csv(this_dir / "predictions.csv", [], required=False)
+    table = read_csv(this_dir / "predictions.csv", [], required=False)
     if table is None or not {"subject_id", "label"} <= set(table.columns):
         return None
     digests = champion.dataset_digests(client, run_id)
@@ -63,7 +63,7 @@ def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path
     found = champion.find(client, record.model.name, record.model.version, run_id, key, work / "champion").found
     if found is None:
         return None
-    return {"version": found.version, "metrics": _read_json(found.folder / "metrics.json", []),
+    return {"version": found.version, "metrics": read_json(found.folder / "metrics.json", []),
             "predictions": found.predictions()}
 
 

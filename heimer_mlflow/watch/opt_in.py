@@ -1,6 +1,6 @@
 """Opt-in lives in the registry: a registered model with the tag ``heimer.data`` (anything
 ``--data`` accepts) wants each new version evaluated on that cohort, with the evaluate options
-in ``heimer.options`` (a JSON object of :class:`~heimer_mlflow.evaluation.EvaluationOptions`
+in ``heimer.options`` (a JSON object of :class:`~heimer_mlflow.options.EvaluationOptions`
 fields, e.g. ``{"threshold": 0.4, "cam": "gradcam"}``). A version is waiting when it has no
 ``heimer.status`` tag yet (and, with ``--alias``, holds that alias)."""
 
@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from ..errors import HeimerError
+from ..options import EvaluationOptions
 
 DATA_TAG = "heimer.data"
 OPTIONS_TAG = "heimer.options"
@@ -41,8 +42,6 @@ class OptIn:
 def read_options(name: str, text: str | None) -> dict:
     """``heimer.options`` as evaluate keyword arguments, checked like ``evaluate`` checks them;
     a one-line error naming the model and the fix otherwise."""
-    from ..evaluation import EvaluationOptions
-
     if not text or not text.strip():
         return {}
     try:
@@ -118,12 +117,3 @@ def versions(client, name: str) -> list:
         token = page.token
         if not token:
             return found
-
-
-def holds_alias(client, name: str, version: str, alias: str | None) -> bool:
-    if alias is None:
-        return True
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version) == str(version)
-    except Exception:  # noqa: BLE001 - no such alias
-        return False

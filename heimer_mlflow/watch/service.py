@@ -16,7 +16,7 @@ from .queue import PREFIX, describe, open_queue
 DEFAULT_POLL_INTERVAL_S = 30.0
 
 
-class _SeenOnce:
+class SeenOnce:
     """Delivery ids, shared by every watcher on the queue (its storage)."""
 
     def __init__(self, claims):
@@ -123,7 +123,7 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
     if webhook:
         from .webhook import Receiver, make_app, secret_from_env
 
-        app = make_app(secret_from_env(), _event_handler(jobs, tuple(models), alias), _SeenOnce(jobs.claims))
+        app = make_app(secret_from_env(), _event_handler(jobs, tuple(models), alias), SeenOnce(jobs.claims))
         receiver = Receiver(app, webhook)
         receiver.start()
         say(f"webhook receiver on http://{receiver.host}:{receiver.port}/webhook")

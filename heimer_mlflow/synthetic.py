@@ -1,0 +1,8 @@
+"""The old path of :mod:`heimer_mlflow.demo.synthetic`, which moved into the demo package: this name is
+that module itself (models pickled before the move name their classes by the old path)."""
+
+import sys
+
+from .demo import synthetic
+
+sys.modules[__name__] = synthetic
