@@ -174,6 +174,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cam", choices=["gradcam", "hirescam"], default="hirescam",
                           help="the primary map behind the verdict, group maps and gallery (both are computed; "
                                "default hirescam: faithful to the score whatever the head)")  # fmt: skip
+    evaluate.add_argument("--lang", default="en", metavar="en|ko",
+                          help="language of the report, its figures and the version's description: en (default) "
+                               "or ko (Korean; needs the Debian package fonts-nanum)")  # fmt: skip
     evaluate.add_argument("--require", action="append", default=[], metavar="RULE",
                           help="promotion rule on a run metric, e.g. \"roc_auc_ci_lower>=0.75\" (repeatable; "
                                "';' separates several in one): a broken rule exits with code 3")  # fmt: skip
@@ -212,6 +215,9 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
     report.add_argument("--no-log", action="store_true", help="only write to --out; do not log to the run")
+    report.add_argument("--lang", default=None, metavar="en|ko",
+                        help="the report's language (default: the evaluation's): en, or ko (Korean, logged as "
+                             "report/<model>-v<version>-ko.pdf beside the English one; needs fonts-nanum)")
     _add_watch(commands)
     return parser
 
@@ -300,7 +306,7 @@ def _run(args) -> None:
             progress=progress, cam=args.cam, require=tuple(args.require), require_verdict=_optional(args.require_verdict),
             caps=_optional(args.caps), label_column=_optional(args.label_column), label_map=_optional(args.label_map),
             class_names=_optional(args.class_names), positive_class=_optional(args.positive_class),
-            intensity=_optional(args.intensity),
+            intensity=_optional(args.intensity), lang=_optional(args.lang) or "en",
         )
         if result is not None:  # None: a torchrun rank other than 0, which logs nothing
             print(f"run {result.run_id}: verdict {result.verdict}")
@@ -316,10 +322,15 @@ def _run(args) -> None:
     elif args.command == "report":
         from .report import report_for_run
 
+        from .i18n import check_language, require_fonts
+
         if args.no_log and not args.out:
             raise HeimerError("--no-log needs --out DIR, or the rendered report would go nowhere")
+        lang = _optional(args.lang)  # None: the evaluation's language
+        if lang is not None:  # a wrong language or a missing font stops before anything is downloaded
+            require_fonts(check_language(lang))
         with tempfile.TemporaryDirectory(prefix="heimer-report-out-") as scratch:  # without --out: logged, then gone
-            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log)
+            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log, lang=lang)
         print(files.pdf if args.out else files.artifact_uri)
 
 

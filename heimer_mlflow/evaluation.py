@@ -85,8 +85,14 @@ class EvaluationOptions:
     allow_pickle: bool = True
     # the counterfactual region tests (engine.counterfactual): subjects called AD to re-score; 0: off
     counterfactual_subjects: int = 16
+    # the report's language, its figures' and the version's description block: en or ko (heimer_mlflow.i18n)
+    lang: str = "en"
 
     def check(self) -> EvaluationOptions:
+        from .i18n import check_language, require_fonts
+
+        self.lang = check_language(self.lang)
+        require_fonts(self.lang)  # Korean without its font stops here, before any compute
         check_cam_method(self.cam)
         if self.class_names is not None:
             self.class_names = tuple(split_names(self.class_names)) or None
@@ -319,8 +325,16 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
     """Open the run (rank 0), run the engine (every rank, its shard), conclude (rank 0).
 
     From the moment the run is open it tells the truth: FINISHED, FAILED with the reason (also
-    when another rank failed), KILLED on Ctrl-C/SIGTERM.
+    when another rank failed), KILLED on Ctrl-C/SIGTERM. Everything a reader sees (the verdict's
+    reason, the figures, the report, the version's description) speaks ``opts.lang``.
     """
+    from .i18n import use_language
+
+    with use_language(opts.lang):
+        return _evaluate_in_language(loaded, prepared, opts, run_id=run_id, started=started, ctx=ctx)
+
+
+def _evaluate_in_language(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Evaluation | None:
     from . import distributed, tracking
 
     cohort = prepared.cohort
@@ -540,12 +554,14 @@ def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, data
     from . import tracking
     from .artifacts import artifact_uris, write_artifacts
     from .figures import render_evaluation
+    from .i18n import figure_fonts
     from .report import report_for_run
 
     if champion_run is not None:
         _pair_with_champion(result, champion_run, champion_cf, say)
     write_artifacts(result, staging)
-    figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
+    with figure_fonts():  # Hangul in the figures when the evaluation speaks Korean
+        figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
     result.viewers = _viewers(result, staging, champion_run)
     result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
     tracking.log_results(result, staging, handle, dataset)
