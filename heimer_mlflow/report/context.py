@@ -499,8 +499,7 @@ def verdict_word(result: str | None) -> str:
 
 def _document_date(stamp: _dt.datetime) -> str:
     """'05 December 2026'; '2026년 12월 5일' in Korean (the month names through the catalog)."""
-    return _("{day} {month} {year}").format(day=f"{stamp.day:02d}", day_number=stamp.day,
-                                            month=_(MONTHS[stamp.month - 1]), year=stamp.year)
+    return _("{day:0>2} {month} {year}").format(day=stamp.day, month=_(MONTHS[stamp.month - 1]), year=stamp.year)
 
 
 def _reason_in_language(record: EvaluationRecord, numbers: dict[str, float]) -> str:
