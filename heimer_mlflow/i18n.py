@@ -170,5 +170,5 @@ def figure_fonts():
     for path in hangul_fonts():
         if str(path) not in {f.fname for f in font_manager.fontManager.ttflist}:
             font_manager.fontManager.addfont(str(path))
-    with matplotlib.rc_context({"font.family": "sans-serif", "font.sans-serif": [FONT_FAMILY, "DejaVu Sans"]}):
+    with matplotlib.rc_context({"font.family": [FONT_FAMILY, "DejaVu Sans"]}):  # per-glyph fallback (matplotlib >= 3.6)
         yield

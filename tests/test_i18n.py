@@ -182,6 +182,7 @@ def test_korean_figures_draw_every_glyph():
         fpr, tpr = np.linspace(0, 1, 5), np.sqrt(np.linspace(0, 1, 5))
         axes = [plot_roc(fpr, tpr, auc=0.8, auc_lower=0.7, auc_upper=0.9, class_names=("CN", "AD")),
                 plot_confusion_matrix(tn=8, fp=2, fn=1, tp=9, threshold=0.5, class_names=("CN", "AD"))]
+        axes[0].set_ylim(-0.2, 1.0)  # a negative tick: the minus sign (U+2212), which NanumGothic lacks
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for ax in axes:
@@ -259,3 +260,51 @@ def test_every_sentence_a_korean_report_asks_for_is_in_the_catalog(tmp_path, mon
 
 # messages whose Korean is the same text (names, abbreviations, numbers): gettext returns them as given
 KEPT_AS_IS = {"AUC", "Grad-CAM", "HiResCAM", "ECE", "MoRF / LeRF", "Welch t", ".", "accuracy_delta", "roc_auc_delta"}
+
+
+def test_watch_takes_the_language_from_heimer_options():
+    from heimer_mlflow.watch.opt_in import read_options
+
+    assert read_options("m", '{"lang": "ko"}') == {"lang": "ko"}
+    with pytest.raises(HeimerError, match=r"lang='fr'.*en, ko"):
+        read_options("m", '{"lang": "fr"}')
+
+
+@pytest.mark.slow
+def test_a_korean_evaluation_and_its_english_report_beside_it(tracking, synthetic_cohort, tmp_path):
+    """evaluate(lang="ko"): the run records the language (param and evaluation.json), the PDF is
+    report/<name>-v<version>-ko.pdf (the version's heimer.report), its verdict reason and figures
+    are Korean, the version's description block is Korean; `heimer-mlflow report RUN --lang en`
+    then logs the English one beside it and leaves the version's report tag alone."""
+    import json
+
+    import mlflow
+
+    from heimer_mlflow import cli, evaluate
+
+    from .helpers.artifacts import pdf_text
+    from .helpers.tracking import register_tiny_model
+
+    name = "tiny-korean"
+    version = register_tiny_model(name)
+    result = evaluate(f"models:/{name}/{version}", synthetic_cohort, n_bootstrap=100, workers=0, progress=False,
+                      counterfactual_subjects=2, experiment="korean-evals", lang="ko")
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["heimer.lang"] == "ko"
+    logged = {a.path for a in client.list_artifacts(result.run_id, "report")}
+    assert {f"report/{name}-v{version}-ko.pdf", "report/checklist-ko.json", "report/html-ko"} <= logged, logged
+    local = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "a")))
+    assert json.loads((local / "evaluation.json").read_text())["configuration"]["lang"] == "ko"
+    text = pdf_text(local / "report" / f"{name}-v{version}-ko.pdf")
+    assert "모델 요약표" in text and "뇌 밖에" in text and "Model Facts" not in text
+    mv = client.get_model_version(name, version)
+    assert mv.tags["heimer.report"].endswith(f"/report/{name}-v{version}-ko.pdf")
+    assert "**판정: " in mv.description and "report/html-ko/index.html" in mv.description
+    assert cli.main(["report", result.run_id, "--lang", "en"]) == 0
+    logged = {a.path for a in client.list_artifacts(result.run_id, "report")}
+    assert {f"report/{name}-v{version}.pdf", f"report/{name}-v{version}-ko.pdf", "report/html"} <= logged
+    assert client.get_model_version(name, version).tags["heimer.report"] == mv.tags["heimer.report"]
+    english = pdf_text(Path(mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path=f"report/{name}-v{version}.pdf", dst_path=str(tmp_path / "b"))))
+    assert "Model Facts" in english and "outside the brain" in english and "모델 요약표" not in english
