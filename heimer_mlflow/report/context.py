@@ -28,7 +28,7 @@ from .checklist import build_checklist
 from .facts import build_facts
 from .text import (
     CAM_EXPLAINED, EXTRA_FIGURE_SIZE, FIGURE_SECTIONS, FIGURES, GLOSSARY, MAX_TAGS, METRIC_LABELS, clip, fmt_ci,
-    fmt_est, fmt_num, fmt_pct, fmt_value, text,
+    fmt_est, fmt_num, fmt_pct, fmt_value, recorded, text,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,13 @@ def _metric_rows(estimates: dict[str, Estimate], not_computable: list[tuple[str,
         rows.append({
             "name": name, "label": _(label), "meaning": _(meaning) if meaning else "", "computable": est.computable,
             "value": fmt_value(est.value, name, digits=3 if name in ("brier_score", "expected_calibration_error") else 2),
-            "ci": fmt_ci(est, name), "method": METHOD_NAMES.get(est.method, est.method or "-"), "reason": "" if est.computable else est.reason,
+            "ci": fmt_ci(est, name), "method": METHOD_NAMES.get(est.method, est.method or "-"), "reason": "" if est.computable else recorded(est.reason),
         })  # fmt: skip
     listed = {row["name"] for row in rows}
     for name, reason in not_computable:
         if name not in listed:
             rows.append({"name": name, "label": _(METRIC_LABELS.get(name, (name, ""))[0]), "meaning": "",
-                         "computable": False, "value": _("n/a"), "ci": "-", "method": "-", "reason": reason})
+                         "computable": False, "value": _("n/a"), "ci": "-", "method": "-", "reason": recorded(reason)})
     return rows
 
 
@@ -365,7 +365,7 @@ def _counterfactual_context(record: EvaluationRecord, cam_name: str, positive: s
     if cf is None:
         return {"available": False, "why": _("This evaluation was made before heimer-mlflow ran counterfactual tests.")}
     if not cf.computed:
-        return {"available": False, "why": _("Not computed: {reason}.").format(reason=cf.reason)}
+        return {"available": False, "why": _("Not computed: {reason}.").format(reason=recorded(cf.reason))}
 
     def interval(e) -> str:
         if e.lower is None:
@@ -430,7 +430,7 @@ def _counterfactual_context(record: EvaluationRecord, cam_name: str, positive: s
              {"name": _("faithfulness (most minus least relevant first)"), "drop": cf.estimate("cf_faithfulness")}]
     table = [{"name": r["name"], "value": fmt_num(r["drop"].value, 3) if r["drop"] is not None and r["drop"].computable
               else _("n/a"), "ci": fmt_ci(r["drop"], "cf") if r["drop"] is not None else "",
-              "reason": text(r["drop"].reason) if r["drop"] is not None and not r["drop"].computable else ""}
+              "reason": recorded(text(r["drop"].reason)) if r["drop"] is not None and not r["drop"].computable else ""}
              for r in rows]  # fmt: skip
     checks = []
     for name, words in (("shortcut_confirmed", _("Shortcut test: mean drop when the outside of the brain is replaced")),
@@ -565,7 +565,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         computable = est is not None and est.computable
         headline.append({"label": _(METRIC_LABELS[key][0]).split(" (")[0], "meaning": _(METRIC_LABELS[key][1]),
                          "value": fmt_value(est.value, key) if computable else _("n/a"), "ci": fmt_ci(est, key),
-                         "reason": "" if computable else text(est.reason if est is not None else None)})  # fmt: skip
+                         "reason": "" if computable else recorded(text(est.reason if est is not None else None))})
     numbers = record.plausibility.numbers or metrics.plausibility
     sanity = engine.sanity
     sanity_rows = [] if sanity is None else [{"subject_id": s, "rho": fmt_num(r, 2)}
@@ -601,7 +601,8 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
 
     ctx = {
         "title": title, "display_name": display_name, "name": name or "", "version": version or "",
-        "page_css": page_css(), "date": _document_date(stamp), "lang": current_language(), "language_name": _(LANGUAGE_NAMES[current_language()]), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
+        "page_css": page_css(), "figures_language": _(LANGUAGE_NAMES.get(record.configuration.get("lang") or "en", "English")),
+        "figures_in_other_language": (record.configuration.get("lang") or "en") != current_language(), "date": _document_date(stamp), "lang": current_language(), "language_name": _(LANGUAGE_NAMES[current_language()]), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
         "generator": f"heimer-mlflow {record.versions.get('heimer-mlflow') or ''}".strip(),
         "keywords": ", ".join(k for k in [_("Alzheimer's disease"), "MRI", "3D CNN", cam["name"], _("model evaluation"),
                                            display_name.replace(",", " ")] if k),
@@ -637,7 +638,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
               "clustered": overall.n_participants is not None and overall.n_participants != overall.n_subjects},
         "confusion": {k: (_("n/a") if v is None else f"{v:.0f}") for k, v in overall.confusion.items()},
         "threshold": fmt_num(metrics.threshold if metrics.threshold is not None else engine.threshold, 2),
-        "threshold_note": metrics.threshold_note or "",
+        "threshold_note": recorded(metrics.threshold_note) or "",
         "youden": fmt_num(youden["youden_threshold"].value, 2) if "youden_threshold" in youden else _("n/a"),
         "youden_sens": fmt_value(youden["youden_sensitivity"].value if "youden_sensitivity" in youden else None,
                                  "sensitivity"),
@@ -670,7 +671,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     }
     ctx["facts"] = build_facts(record=record, metrics=metrics, predictions=predictions, cohort=ctx["cohort"],
                                n=ctx["n"], positive=positive, negative=negative, threshold=ctx["threshold"],
-                               checks={"gains": ctx["gains"]}, cam=cam, champion=ctx["champion"], numbers=numbers,
+                               checks={"gains": ctx["gains"], "verdict_reason": ctx["verdict_reason"]}, cam=cam, champion=ctx["champion"], numbers=numbers,
                                gate=gate)  # fmt: skip
     ctx["checklist"] = build_checklist(ctx)
     return ctx

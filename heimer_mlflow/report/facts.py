@@ -13,15 +13,16 @@ from __future__ import annotations
 import math
 
 from ..decision import interval, p_text, recommend
-from ..i18n import _, ngettext
+from ..i18n import N_, _, ngettext
 from ..meta import CAM_NAMES
-from .text import fmt_ci, fmt_num, fmt_pct, fmt_value
+from .text import fmt_ci, fmt_num, fmt_pct, fmt_value, recorded
 
 # covariate names (lower case) that say where or when a scan was taken, or who it shows
 SITE_COLUMNS = ("site", "site_id", "centre", "center", "scanner", "manufacturer", "institution")
 DATE_COLUMNS = ("scan_date", "acquisition_date", "acq_date", "session_date", "visit_date", "exam_date", "date")
 AGE_COLUMNS = ("age", "age_at_scan", "age_years")
 SEX_COLUMNS = ("sex", "gender")
+VERDICT_WORDS = {"pass": N_("pass"), "review": N_("review")}  # the recorded verdicts, as a sentence says them
 # a subgroup with fewer scans than this, or fewer of either class than MIN_SUBGROUP_CLASS, is too small to judge
 MIN_SUBGROUP = 20
 MIN_SUBGROUP_CLASS = 5
@@ -190,7 +191,7 @@ def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive
             performance.append({"label": label, "value": fmt_value(est.value, key),
                                 "ci": "" if ci == "-" else _("95% CI {ci}").format(ci=ci)})
         else:
-            performance.append({"label": label, "value": _("not computable"), "ci": est.reason if est else ""})
+            performance.append({"label": label, "value": _("not computable"), "ci": recorded(est.reason) if est else ""})
     population = _population(predictions, positive, negative, n)
     who = "; ".join(p for p in (population["counts"], population["age"],
                                 population["sex"] and _("sex {counts}").format(counts=population["sex"]))
@@ -204,7 +205,8 @@ def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive
             said = (_("This version scores higher than the champion v{version}") if (c.roc_auc_diff_ci_lower or 0) > 0 else
                     _("This version scores lower than the champion v{version}") if (c.roc_auc_diff_ci_upper or 0) < 0 else
                     _("This version is not shown to score differently from the champion v{version}"))
-            champion_verdict = c.champion_verdict or _("not recorded")
+            champion_verdict = _(VERDICT_WORDS[c.champion_verdict]) if c.champion_verdict in VERDICT_WORDS else (
+                c.champion_verdict or _("not recorded"))
             if c.champion_cam_outside_brain_fraction is not None:
                 champion_verdict += " " + _("({share} of its {map} outside the brain)").format(
                     share=fmt_pct(c.champion_cam_outside_brain_fraction),
@@ -230,7 +232,8 @@ def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive
     else:
         gate_line = _("Failed: {failures} (rules: {rules}).").format(failures="; ".join(gate.get("failures") or []),
                                                                      rules=gate["rules"])
-    advice = recommend(verdict=record.verdict.result, verdict_reason=record.verdict.reason,
+    # the reason in the report's language (context._reason_in_language), the recorded one else
+    advice = recommend(verdict=record.verdict.result, verdict_reason=checks.get("verdict_reason") or record.verdict.reason,
                        auc=auc.value if auc else None, auc_lower=auc.lower if auc else None,
                        auc_upper=auc.upper if auc else None, champion=champion_dict,
                        gate=(gate or {}).get("status") if (gate or {}).get("rules") else None,

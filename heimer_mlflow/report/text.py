@@ -7,7 +7,7 @@ import json
 import math
 import re
 
-from ..i18n import N_, _
+from ..i18n import N_, _, current_language
 from ..metrics import Estimate
 
 MAX_TEXT = 4000  # registry text (description, tag values) longer than this is cut, with a note
@@ -59,7 +59,7 @@ def fmt_ci(est: Estimate | None, name: str = "") -> str:
 def fmt_est(est: Estimate | None, name: str = "") -> str:
     """'0.85 (95% CI 0.73 to 0.93)', or 'not computable: reason'."""
     if est is None or not _finite(est.value):
-        reason = (est.reason if est is not None else None) or _("no value")
+        reason = recorded(est.reason if est is not None else None) or _("no value")
         return _("not computable: {reason}").format(reason=reason)
     ci = fmt_ci(est, name)
     value = fmt_value(est.value, name)
@@ -263,3 +263,66 @@ GLOSSARY = [
     (N_("Shortcut"), N_("A feature unrelated to the disease (skull, background, scanner) that the model uses to "
             "separate the classes in this data; it will not generalise.")),
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Sentences the evaluation recorded (metrics.json's reasons and threshold note), worded anew
+# --------------------------------------------------------------------------------------------
+
+# metrics.json holds the reasons why a figure is not computable, and the threshold's note, as
+# heimer_mlflow.metrics wrote them (English). A report in another language words the ones it
+# knows anew from their parts; a sentence it does not know is shown as recorded.
+RECORDED_FIGURES = {"the AUC": N_("the AUC"), "balanced accuracy": N_("balanced accuracy"),
+                    "the calibration fit": N_("the calibration fit"), "F1": "F1", "PPV": "PPV", "NPV": "NPV",
+                    "sensitivity": N_("sensitivity"), "specificity": N_("specificity")}
+RECORDED_SENTENCES = [
+    (r"only one class present \((?P<present>[^)]*)\); (?P<figure>.+) needs both (?P<negative>\S+) and "
+     r"(?P<positive>\S+) subjects",
+     N_("only one class present ({present}); {figure} needs both {negative} and {positive} subjects")),
+    (r"too few subjects \((?P<n_positive>\d+) (?P<positive>\S+), (?P<n_negative>\d+) (?P<negative>\S+)\); "
+     r"(?P<figure>.+) needs at least (?P<minimum>\d+) of each",
+     N_("too few subjects ({n_positive} {positive}, {n_negative} {negative}); {figure} needs at least {minimum} "
+        "of each")),
+    (r"too few subjects \((?P<n>\d+)\); the calibration fit needs at least (?P<minimum>\d+)",
+     N_("too few subjects ({n}); the calibration fit needs at least {minimum}")),
+    (r"all scores are equal; the calibration slope is undefined",
+     N_("all scores are equal; the calibration slope is undefined")),
+    (r"the scores separate the classes perfectly; the calibration slope is infinite",
+     N_("the scores separate the classes perfectly; the calibration slope is infinite")),
+    (r"the calibration fit did not converge in (?P<n>\d+) Newton steps",
+     N_("the calibration fit did not converge in {n} Newton steps")),
+    (r"no (?P<name>\S+) subjects; (?P<figure>\S+) needs at least one",
+     N_("no {name} subjects; {figure} needs at least one")),
+    (r"no subject called (?P<name>\S+) at threshold (?P<threshold>\S+); (?P<figure>\S+) needs at least one",
+     N_("no subject called {name} at threshold {threshold}; {figure} needs at least one")),
+    (r"no subjects", N_("no subjects")),
+    (r"a subject's score was not finite", N_("a subject's score was not finite")),
+    (r"(?P<n>\d+) paired subject\(s\): a paired test needs at least 2",
+     N_("{n} paired subject(s): a paired test needs at least 2")),
+    (r"no ROC curve: (?P<reason>.+)", N_("no ROC curve: {reason}")),
+    (r"not computed", N_("not computed")),
+    (r"no value", N_("no value")),
+    (r"Subjects are called (?P<positive>\S+) when their score is >= (?P<threshold>\S+); every figure at the "
+     r"threshold uses it\. The Youden threshold \(maximising sensitivity \+ specificity - 1\) is chosen on this "
+     r"same data, so its sensitivity and specificity are optimistic; it is shown for information only\.",
+     N_("Subjects are called {positive} when their score is >= {threshold}; every figure at the threshold uses "
+        "it. The Youden threshold (maximising sensitivity + specificity - 1) is chosen on this same data, so its "
+        "sensitivity and specificity are optimistic; it is shown for information only.")),
+]
+
+
+def recorded(sentence: str | None) -> str | None:
+    """A sentence the evaluation recorded in English, in the report's language when it is one
+    of RECORDED_SENTENCES (its parts kept: numbers, class names), else as recorded."""
+    if not sentence or current_language() == "en":
+        return sentence
+    for pattern, message in RECORDED_SENTENCES:
+        found = re.fullmatch(pattern, sentence.strip())
+        if found:
+            parts = found.groupdict()
+            if "figure" in parts:
+                parts["figure"] = _(RECORDED_FIGURES.get(parts["figure"], parts["figure"]))
+            if "reason" in parts:
+                parts["reason"] = recorded(parts["reason"])
+            return _(message).format(**parts)
+    return sentence
