@@ -59,7 +59,8 @@ def plot_cam_gallery(
             image, cam, affine, label = case
         else:
             image, cam, affine = case.image, case.cam, case.affine
-            label = f"{case.subject_id}: {case.outcome}, model's P({positive_class}) = {case.prob:.2f}"
+            label = _("{subject}: {outcome}, model's P({positive}) = {prob:.2f}").format(
+                subject=case.subject_id, outcome=case.outcome, positive=positive_class, prob=case.prob)
         rows.append((_volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
     row_views = []
     for image, cam, affine, _unused in rows:
@@ -138,7 +139,8 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
     else:
         image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)],
                            side_color="black")  # fmt: skip
-    _row_label(axes[-1], f"difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})")
+    _row_label(axes[-1], _("difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})").format(
+        positive=positive, negative=negative, cam=cam))
     bar = _colorbar(fig, image, bars[-1], _('{positive} - {negative}, same scale{hidden}').format(positive=positive, negative=negative, hidden=hidden))
     bar.solids.set_alpha(1.0)
     return fig

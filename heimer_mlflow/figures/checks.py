@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..i18n import _
+from ..i18n import _, line_spacing
 from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, _axes, _legend_below, _message, cam_name
 
 
@@ -89,7 +89,7 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = (
                     name=name, n=len(chosen), median=np.median(chosen) if len(chosen) else float("nan")))
     ax.set_xlim(0, 1)
     ax.set_xlabel(_('share of {cam} outside the brain mask (0 = all inside)').format(cam=cam))
-    ax.set_ylabel("subjects")
+    ax.set_ylabel(_("subjects"))
     ax.set_title(_('{cam} outside the brain (skull, background)').format(cam=cam), fontsize=10)
     ax.legend(fontsize=8)
     return ax
@@ -122,8 +122,10 @@ def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: flo
     ax.set_xticks(x, ids, rotation=45 if len(ids) > 4 else 0, ha="right" if len(ids) > 4 else "center", fontsize=8)
     # The reading guide goes in the x label, so the layout engine keeps room for it.
     ax.set_xlabel(_("subject\n\nGood: correlation near 0 (the maps depend on what the model learned).\n"
-                  "Near 1: the maps would look the same from an untrained model (not explanations)."), fontsize=8)
+                  "Near 1: the maps would look the same from an untrained model (not explanations)."), fontsize=8,
+                  linespacing=line_spacing())
     ax.set_ylabel(_("Spearman rank correlation"))
     summary = "\n" + _("mean rank correlation {mean:.2f} over {n} subjects (bars)").format(mean=mean, n=len(values)) if has_mean else ""
-    ax.set_title(_('Sanity check: trained vs randomised-weights {cam}{summary}').format(cam=cam, summary=summary), fontsize=10)
+    ax.set_title(_("Sanity check: trained vs randomised-weights {cam}{summary}").format(cam=cam, summary=summary),
+                 fontsize=10, linespacing=line_spacing())
     return ax

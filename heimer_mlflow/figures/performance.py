@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..i18n import _
+from ..i18n import _, line_spacing
 from .style import (
     AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, _axes, _figure, _legend_below, _message,
 )  # fmt: skip
@@ -80,7 +80,7 @@ def plot_score_histogram(
                    label=_('Youden {youden_threshold:.2f} (chosen on this data; information only)').format(youden_threshold=youden_threshold))  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_xlabel(_('model score: probability of {positive}').format(positive=positive))
-    ax.set_ylabel("subjects")
+    ax.set_ylabel(_("subjects"))
     ax.set_title(_('Scores by true class (called {positive} at >= {threshold:g})').format(positive=positive, threshold=threshold), fontsize=10)
     _legend_below(ax, owned, ncol=1 if youden_threshold is not None else 2)
     return ax
@@ -104,7 +104,7 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
     ax.set_xlabel(_("model's call"))
     ax.set_ylabel(_("true class"))
     at = "" if threshold is None else " " + _("at threshold {threshold:g}").format(threshold=threshold)
-    ax.set_title(_('Confusion matrix{at}\n(count, % of true class)').format(at=at), fontsize=10)
+    ax.set_title(_("Confusion matrix{at}\n(count, % of true class)").format(at=at), fontsize=10, linespacing=line_spacing())
     return ax
 
 
@@ -133,7 +133,7 @@ def plot_calibration(
     if len(mean_predicted):
         bottom.bar(mean_predicted, count, width=0.06, color=NEUTRAL_COLOR)
     bottom.set_xlabel(_('mean model score in bin (probability of {positive})').format(positive=positive))
-    bottom.set_ylabel("subjects")
+    bottom.set_ylabel(_("subjects"))
     return fig
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-from ..i18n import N_, _
+from ..i18n import NEEDS_FONT, N_, _, current_language
 from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, MAX_FIGURE_HEIGHT_IN, _figure
 
 VIEWS = (N_("axial"), N_("coronal"), N_("sagittal"))  # N_: the names are drawn translated
@@ -294,6 +294,10 @@ def _colorbar(fig, image, cax, label: str):
 
 
 def _row_label(ax, text: str) -> None:
+    if current_language() in NEEDS_FONT:  # Hangul stands taller: lift the label clear of the views' titles
+        ax.annotate(text, (0.0, 1.0), xycoords="axes fraction", xytext=(0, 5), textcoords="offset points", fontsize=9,
+                    fontweight="bold", va="bottom", ha="left")
+        return
     ax.text(0.0, 1.0, text, transform=ax.transAxes, fontsize=9, fontweight="bold", va="bottom", ha="left")
 
 

@@ -7,7 +7,7 @@ import pathlib
 
 from matplotlib.figure import Figure
 
-from ..i18n import N_
+from ..i18n import N_, line_spacing
 from ..meta import CAM_NAMES
 
 AD_COLOR = "#D55E00"  # Okabe-Ito vermillion: the positive class (AD)
@@ -68,7 +68,8 @@ def _legend_below(ax, owned: bool, ncol: int = 2, **kwargs):
 def _message(ax, text: str, title: str | None = None):
     """An Axes that says, in words, why there is nothing to draw."""
     ax.set_axis_off()
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes,
+            linespacing=line_spacing())
     if title:
         ax.set_title(title)
     return ax
