@@ -209,7 +209,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Rebuild the report of evaluation run RUN_ID from the artifacts it logged "
         "(evaluation.json, metrics.json, predictions.csv, figures/): no model and no data are "
         "needed, e.g. after a template change. The report is logged to that run again "
-        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given; prints "
+        "(report/<model>-v<version>.pdf and report/html/; with --lang ko beside them "
+        "report/<model>-v<version>-ko.pdf and report/html-ko/) and written to --out if given; prints "
         "the PDF's path in --out, else its artifact URI (nothing is left in the temp folder).",
     )
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")

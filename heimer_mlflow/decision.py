@@ -91,7 +91,8 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
         return Recommendation(REVIEW_FIRST, _("The AUC could not be computed on this data, "
                                               "so how well the model separates AD from CN is not known."))
     if auc_lo is not None and auc_lo <= 0.5:
-        return Recommendation(DO_NOT_PROMOTE, _("Its AUC of {auc} does not rule out chance (0.5).").format(auc=auc_words))
+        return Recommendation(DO_NOT_PROMOTE, _("Its AUC of {auc} does not rule out chance (0.5).").format(
+            auc=auc_words))
     diff = lower = upper = None
     version = "?"
     if champion:
@@ -108,14 +109,16 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
         sentence = _("The checks found that {why}; do not promote it until a person has reviewed where it looks.").format(
             why=f"{why[:1].lower()}{why[1:]}")
         if lower is not None and lower > 0:
-            sentence += " " + _("It scores higher than {vs}, but a score that does not come from brain anatomy will not "
+            sentence += " " + _("It scores higher than {vs}, but a score that does not come from brain anatomy will "
+                                "not "
                                 "hold on data where that shortcut is absent.").format(vs=vs)
         return Recommendation(REVIEW_FIRST, sentence)
     if champion:
         if diff is None:
             note = champion.get("note") or _("the difference could not be computed")
             return Recommendation(REVIEW_FIRST, _("The checks passed, but the comparison with the champion v{version} "
-                                                  "gave no AUC difference ({note}).").format(version=version, note=note))
+                                                  "gave no AUC difference ({note}).").format(
+                                                      version=version, note=note))
         if lower is not None and lower > 0:
             return Recommendation(PROMOTE, _("{passed} and it separates AD from CN better than {vs}.").format(
                 passed=passed, vs=vs))

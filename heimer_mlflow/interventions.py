@@ -302,9 +302,11 @@ def paired_sentence(pair: PairedDrop, *, this_label: str | None = None) -> str:
 
     this_label = _("this version") if this_label is None else this_label
     what = _("what lies outside the brain") if pair.name == OUTSIDE else pair.name.replace("_", " ")
-    sentence = (_("{this} depends more on {what} than the champion: drop {drop} vs {champion} on {n} shared subjects, {p}")
+    sentence = (_("{this} depends more on {what} than the champion: drop {drop} vs {champion} on {n} shared "
+                  "subjects, {p}")
                 if (pair.diff.value or 0) > 0 else
-                _("{this} depends less on {what} than the champion: drop {drop} vs {champion} on {n} shared subjects, {p}"))
+                _("{this} depends less on {what} than the champion: drop {drop} vs {champion} on {n} shared "
+                  "subjects, {p}"))
     return sentence.format(this=this_label, what=what, drop=_fmt(pair.this), champion=_fmt(pair.champion),
                            n=pair.n_pairs, p=format_p(pair.p_holm))
 

@@ -284,7 +284,8 @@ def render(s: Summary, *, level: int = 0) -> str:
             lines += [(_("Evaluated {when} on {scans}.").format(when=s.evaluated_at, scans=_scans(s)) if s.n_subjects
                        else _("Evaluated {when}.").format(when=s.evaluated_at)), ""]
     else:
-        lines += [_links(s) if s.experiment_id is not None else _("Evaluation run {id}").format(id=f"`{s.run_id}`") + ".",
+        lines += [_links(s) if s.experiment_id is not None else _("Evaluation run {id}").format(
+            id=f"`{s.run_id}`") + ".",
                   ""]
     lines.append(END)
     return "\n".join(lines)

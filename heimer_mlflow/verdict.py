@@ -119,7 +119,8 @@ def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str
         reasons.append(_("no subject could be explained"))
     elif outside > limit:
         if _finite(floor):
-            reasons.append(_("{share} of the {map} lies outside the brain (limit {limit}: {floor} the layer's resolution "
+            reasons.append(_("{share} of the {map} lies outside the brain (limit {limit}: {floor} the layer's "
+                             "resolution "
                              "allows + {excess}): the model may use a shortcut").format(
                 share=f"{outside:.0%}", map=name, limit=f"{limit:.0%}", floor=f"{limit - excess:.0%}",
                 excess=f"{excess:.0%}"))
@@ -150,7 +151,8 @@ def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str
     if reasons:
         return Verdict(REVIEW, "; ".join(reasons) + causal, method, limits, checks)
     best = max(gains, key=gains.get) if gains else None
-    where = "; " + _("most attention in {region} (gain {gain})").format(region=best, gain=f"{gains[best]:.1f}") if best else ""
+    where = "; " + _("most attention in {region} (gain {gain})").format(
+        region=best, gain=f"{gains[best]:.1f}") if best else ""
     said = _("{share} of the {map} lies outside the brain").format(share=f"{outside:.0%}", map=name)
     return Verdict(PASS, f"{said}{where}{causal}", method, limits, checks)
 
@@ -169,7 +171,8 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
     reasons = []
     before = _first(cf.curves.get("morf", {}).get("prob")) if cf.computed else None
     if checks[0].passed is False:
-        after = (" " + _("from {before} to {after}").format(before=f"{before:.2f}", after=f"{before - outside.value:.2f}")
+        after = (" " + _("from {before} to {after}").format(
+            before=f"{before:.2f}", after=f"{before - outside.value:.2f}")
                  if before is not None else "")
         reasons.append(_("replacing what lies outside the brain with the {negative} subjects' average lowers the mean "
                          "P({positive}){after} (drop {drop}{interval} over {n} subjects called {positive}; limit {limit}): "
@@ -177,7 +180,8 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
             negative=cf.negative_class, positive=cf.positive_class, after=after, drop=f"{outside.value:.2f}",
             interval=_interval(outside), n=cf.n_subjects, limit=f"{high_outside:.2f}"))
     if checks[1].passed is False:
-        reasons.append(_("replacing the {map}'s most relevant voxels drops P({positive}) by {morf}, no more than a random "
+        reasons.append(_("replacing the {map}'s most relevant voxels drops P({positive}) by {morf}, no more than a "
+                         "random "
                          "blob of the same size in the brain ({random}; needs {margin} more): the {map} does not point "
                          "at what the score uses").format(map=name, positive=cf.positive_class, morf=f"{morf:.2f}",
                                                           random=f"{random:.2f}", margin=f"{margin:.2f}"))

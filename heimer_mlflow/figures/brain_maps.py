@@ -81,7 +81,8 @@ def plot_cam_gallery(
                           scale_bar=r == len(rows) - 1)  # fmt: skip
         _row_label(ax, label)
     bar = _colorbar(fig, heat, bars[0],
-                    _("{cam}, share of the subject's maximum (< {show_below:g} not shown)").format(cam=cam_name(method), show_below=show_below))
+                    _("{cam}, share of the subject's maximum (< {show_below:g} not shown)").format(
+                        cam=cam_name(method), show_below=show_below))
     bar.solids.set_alpha(1.0)
     return fig
 
@@ -113,7 +114,8 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
     peak_source = means[present.index(positive)] if positive in present else diff
     volumes = [peak_source, *means, diff] + ([] if background is None else [background])
     views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0)
-    fig, axes, bars = _grid_figure(len(present) + 1, fig, title=_('{cam}: group means and their difference').format(cam=cam),
+    fig, axes, bars = _grid_figure(len(present) + 1, fig, title=_('{cam}: group means and their difference').format(
+        cam=cam),
                                    content=_content_size_mm(views))  # fmt: skip
     grey = grey_range(background) if background is not None else None
     counts = counts or {}
@@ -125,11 +127,14 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
         else:
             layers = [Layer(1 + r, HEAT_CMAP, 0.0, 1.0)]
         image = draw_views(axes[r], views, layers, scale_bar=False)
-        _row_label(axes[r], _("mean {cam}, {name}").format(cam=cam, name=name) + (f" (n = {counts[name]})" if name in counts else ""))
-        _colorbar(fig, image, bars[r], _('share of the highest group mean{hidden}').format(hidden=hidden)).solids.set_alpha(1.0)
+        _row_label(axes[r], _("mean {cam}, {name}").format(
+            cam=cam, name=name) + (f" (n = {counts[name]})" if name in counts else ""))
+        _colorbar(fig, image, bars[r], _('share of the highest group mean{hidden}').format(
+            hidden=hidden)).solids.set_alpha(1.0)
     if not np.any(np.isfinite(diff)):
         bars[-1].set_axis_off()
-        _message(axes[-1], _('difference {positive} - {negative} not computable: it needs subjects in both groups').format(positive=positive, negative=negative))
+        _message(axes[-1], _("difference {positive} - {negative} not computable: it needs subjects in both groups").format(
+            positive=positive, negative=negative))
         return fig
     limit = _symmetric_limit(diff)
     if background is not None:
@@ -141,7 +146,8 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
                            side_color="black")  # fmt: skip
     _row_label(axes[-1], _("difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})").format(
         positive=positive, negative=negative, cam=cam))
-    bar = _colorbar(fig, image, bars[-1], _('{positive} - {negative}, same scale{hidden}').format(positive=positive, negative=negative, hidden=hidden))
+    bar = _colorbar(fig, image, bars[-1], _('{positive} - {negative}, same scale{hidden}').format(
+        positive=positive, negative=negative, hidden=hidden))
     bar.solids.set_alpha(1.0)
     return fig
 
@@ -156,7 +162,8 @@ def plot_champion_comparison(this_map, champion_map, affine=None, *, background=
     maps = [_volume3d(np.asarray(m, dtype=np.float32)) for m in (this_map, champion_map)]
     background = None if background is None else _volume3d(background)
     fig_views = [ortho_slices([m] + ([] if background is None else [background]), affine, peak_of=0) for m in maps]
-    fig, axes, bars = _grid_figure(2, fig, title=_('Where each model looks: mean map of the {group} group').format(group=group),
+    fig, axes, bars = _grid_figure(2, fig, title=_('Where each model looks: mean map of the {group} group').format(
+        group=group),
                                    content=_content_size_mm(fig_views[0]))  # fmt: skip
     grey = grey_range(background) if background is not None else None
     for r, (volume, views, label) in enumerate(zip(maps, fig_views, labels)):
@@ -301,7 +308,8 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
         bar_label = _("activation") if r < 2 else (_("difference") + (hidden if overlay else ""))
         bar = _colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
         bar.solids.set_alpha(1.0)
-    fig.text(0.5, 0.06 / height, _("{view} slice {axis} = {mm:.0f} mm").format(view=_(v.name), axis=v.axis, mm=v.position_mm)
+    fig.text(0.5, 0.06 / height, _("{view} slice {axis} = {mm:.0f} mm").format(
+        view=_(v.name), axis=v.axis, mm=v.position_mm)
              + "; " + _(CONVENTION), ha="center",
              va="bottom", fontsize=_SMALL_FONT, color="#333333")  # fmt: skip
     return fig
@@ -355,7 +363,8 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
         score = "" if scores is None else f", mean |t| = {float(scores[r]):.2f}"
         _row_label(axes[r], _("channel {channel} (rank {rank}{score}); red: higher in {positive}").format(
             channel=channel, rank=r + 1, score=score, positive=positive))
-        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(feature_diff_hidden=FEATURE_DIFF_HIDDEN) if background is not None else ""
+        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(
+            feature_diff_hidden=FEATURE_DIFF_HIDDEN) if background is not None else ""
         label = f"{positive} - {negative}{hidden}"
         _colorbar(fig, image, bars[r], label).solids.set_alpha(1.0)
     return fig
@@ -392,13 +401,18 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
         if head is not None and not head[peak] and np.isfinite(np.where(head, strength, -np.inf)).any():
             world = (np.eye(4) if affine is None else np.asarray(affine, dtype=float)) @ np.r_[peak, 1.0]
             what = "|t|" if t_ok else "|difference|"
-            outside_note = (_('The largest {what} ({peak:.1f}) is outside the head, at ({v0:.0f}, {v1:.0f}, {v2:.0f}) mm; slices and scales here: inside the head').format(what=what, peak=float(strength[peak]), v0=world[0], v1=world[1], v2=world[2]))  # fmt: skip
+            outside_note = (_('The largest {what} ({peak:.1f}) is outside the head, at ({v0:.0f}, {v1:.0f}, '
+                              '{v2:.0f}) mm; slices and scales here: inside the head').format(
+                                  what=what, peak=float(strength[peak]), v0=world[0], v1=world[1], v2=world[2]))  # fmt: skip
             peak = np.unravel_index(int(np.argmax(np.where(head, strength, -np.inf))), strength.shape)
             scales_within = head
         center_voxel = None if center_mm is not None else peak
     views = ortho_slices(volumes, affine, center_mm=center_mm, center_voxel=center_voxel, peak_of=0,
                          absolute_peak=True)  # fmt: skip
-    fig, axes, bars = _grid_figure(2, fig, content=_content_size_mm(views), title=_("Input data: {positive} - {negative} (the baseline against which the model's maps are judged)").format(positive=positive, negative=negative),
+    fig, axes, bars = _grid_figure(2, fig, content=_content_size_mm(views), title=_("Input data: {positive} - {negative} "
+                                                                                    "(the baseline against which the model's "
+                                                                                    "maps are judged)").format(
+                                                                                        positive=positive, negative=negative),
                                    subtitle=outside_note)  # fmt: skip
     within = (lambda v: np.where(scales_within, v, np.nan)) if scales_within is not None else (lambda v: v)
     grey = [] if background is None else [Layer(len(volumes) - 1, "gray", *grey_range(background))]
@@ -410,8 +424,10 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
         image = draw_views(axes[0], views, grey + [Layer(1, DIVERGING_CMAP, -limit, limit, 0.85 if grey else 1.0,
                                                          hide_abs_below=hidden)],
                            side_color="white" if grey else "black", scale_bar=False)  # fmt: skip
-        shown = _(' (< {input_diff_hidden:.0%} of the largest not shown)').format(input_diff_hidden=INPUT_DIFF_HIDDEN) if grey else ""
-        _row_label(axes[0], _('mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}').format(positive=positive, negative=negative, n=n, shown=shown))
+        shown = _(' (< {input_diff_hidden:.0%} of the largest not shown)').format(
+            input_diff_hidden=INPUT_DIFF_HIDDEN) if grey else ""
+        _row_label(axes[0], _('mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}').format(
+            positive=positive, negative=negative, n=n, shown=shown))
         _colorbar(fig, image, bars[0], _("intensity difference")).solids.set_alpha(1.0)
     else:
         bars[0].set_axis_off()

@@ -51,7 +51,8 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
             rows = labels == value
             if rows.any():
                 ax.scatter(gains[rows].ravel(), (y[None, :] + jitter[rows, None]).ravel(), s=10, color=color,
-                           marker=marker, alpha=0.7, zorder=3, label=_("{name} subjects").format(name=name))  # fmt: skip
+                           marker=marker, alpha=0.7, zorder=3, label=_("{name} subjects").format(
+                               name=name))  # fmt: skip
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label=_("1 = spread evenly over the brain"))
     ax.set_yticks(y, [name.replace("_", " ") for name in names], fontsize=8)
     ax.set_ylim(-0.6, len(names) - 0.4)
@@ -75,7 +76,8 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = (
     ax = _axes(ax, (4.6, 3.6))
     values = np.asarray(fractions, dtype=float)
     if values.size == 0 or not np.any(np.isfinite(values)):
-        return _message(ax, _('No {cam} shares to show.').format(cam=cam), title=_('{cam} outside the brain').format(cam=cam))
+        return _message(ax, _('No {cam} shares to show.').format(
+            cam=cam), title=_('{cam} outside the brain').format(cam=cam))
     negative, positive = class_names
     edges = np.linspace(0.0, 1.0, 21)
     groups = [(None, _("all subjects"), NEUTRAL_COLOR, "")] if labels is None else [
@@ -125,7 +127,8 @@ def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: flo
                   "Near 1: the maps would look the same from an untrained model (not explanations)."), fontsize=8,
                   linespacing=line_spacing())
     ax.set_ylabel(_("Spearman rank correlation"))
-    summary = "\n" + _("mean rank correlation {mean:.2f} over {n} subjects (bars)").format(mean=mean, n=len(values)) if has_mean else ""
+    summary = "\n" + _("mean rank correlation {mean:.2f} over {n} subjects (bars)").format(
+        mean=mean, n=len(values)) if has_mean else ""
     ax.set_title(_("Sanity check: trained vs randomised-weights {cam}{summary}").format(cam=cam, summary=summary),
                  fontsize=10, linespacing=line_spacing())
     return ax

@@ -38,7 +38,8 @@ def plot_roc(
     ax = _axes(ax, (4.2, 4.0))
     negative, positive = class_names
     if fpr is None or tpr is None or len(fpr) == 0:
-        return _message(ax, _('ROC curve not computable:\n{reason}').format(reason=reason or _('no curve given')), title=_("ROC curve"))
+        return _message(ax, _('ROC curve not computable:\n{reason}').format(
+            reason=reason or _('no curve given')), title=_("ROC curve"))
     label = _("model") if auc is None else _("model, AUC {auc}").format(auc=_fmt_ci(auc, auc_lower, auc_upper))
     ax.plot(fpr, tpr, color=AD_COLOR, linewidth=2, drawstyle="default", label=label)
     ax.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label=_("chance (AUC 0.50)"))
@@ -48,7 +49,8 @@ def plot_roc(
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
-    ax.set_xlabel(_('1 - specificity (share of {negative} called {positive})').format(negative=negative, positive=positive))
+    ax.set_xlabel(_('1 - specificity (share of {negative} called {positive})').format(
+        negative=negative, positive=positive))
     ax.set_ylabel(_('sensitivity (share of {positive} called {positive})').format(positive=positive))
     ax.set_title(_("ROC curve"))
     ax.grid(alpha=0.3)
@@ -77,11 +79,13 @@ def plot_score_histogram(
     ax.axvline(threshold, color="black", linestyle="--", label=_("threshold {threshold:g}").format(threshold=threshold))
     if youden_threshold is not None:
         ax.axvline(youden_threshold, color=NEUTRAL_COLOR, linestyle=":",
-                   label=_('Youden {youden_threshold:.2f} (chosen on this data; information only)').format(youden_threshold=youden_threshold))  # fmt: skip
+                   label=_('Youden {youden_threshold:.2f} (chosen on this data; information only)').format(
+                       youden_threshold=youden_threshold))  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_xlabel(_('model score: probability of {positive}').format(positive=positive))
     ax.set_ylabel(_("subjects"))
-    ax.set_title(_('Scores by true class (called {positive} at >= {threshold:g})').format(positive=positive, threshold=threshold), fontsize=10)
+    ax.set_title(_('Scores by true class (called {positive} at >= {threshold:g})').format(
+        positive=positive, threshold=threshold), fontsize=10)
     _legend_below(ax, owned, ncol=1 if youden_threshold is not None else 2)
     return ax
 
@@ -104,7 +108,8 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
     ax.set_xlabel(_("model's call"))
     ax.set_ylabel(_("true class"))
     at = "" if threshold is None else " " + _("at threshold {threshold:g}").format(threshold=threshold)
-    ax.set_title(_("Confusion matrix{at}\n(count, % of true class)").format(at=at), fontsize=10, linespacing=line_spacing())
+    ax.set_title(_("Confusion matrix{at}\n(count, % of true class)").format(
+        at=at), fontsize=10, linespacing=line_spacing())
     return ax
 
 
@@ -151,7 +156,8 @@ def plot_decision_curve(
     ax.plot(pt, every, color=AD_COLOR, linestyle="--", label=_('treat all as {positive}').format(positive=positive))
     ax.plot(pt, none, color=NEUTRAL_COLOR, linestyle=":", label=_("treat none"))
     if threshold is not None:
-        ax.axvline(threshold, color="black", linewidth=0.8, alpha=0.6, label=_("threshold {threshold:g}").format(threshold=threshold))
+        ax.axvline(threshold, color="black", linewidth=0.8, alpha=0.6, label=_("threshold {threshold:g}").format(
+            threshold=threshold))
     top = max(float(np.max(model, initial=0)), float(np.max(every, initial=0)), 0.05)
     ax.set_ylim(-0.1 * top - 0.02, 1.1 * top)
     ax.set_xlim(0, 1)
@@ -213,7 +219,8 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
             ax.plot(e.value, yi, "s", color=MODEL_COLOR, markersize=5)
         whole = (overall or {}).get(name)
         if whole is not None and whole.value is not None:
-            ax.axvline(whole.value, color=AD_COLOR, linestyle="--", linewidth=1, label=_("all: {value:.2f}").format(value=whole.value))
+            ax.axvline(whole.value, color=AD_COLOR, linestyle="--", linewidth=1, label=_("all: {value:.2f}").format(
+                value=whole.value))
             ax.legend(fontsize=7.5, loc="lower left")
         ax.set_xlim(-0.02, 1.02)
         ax.set_xticks([0.0, 0.5, 1.0], ["0", "0.5", "1"])

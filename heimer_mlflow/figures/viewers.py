@@ -119,14 +119,16 @@ def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -
         diff = np.asarray(_image(cam.diff, affine).dataobj)
         top = _robust_max(diff, False)
         plans.append((f"{method}_{safe_name(positive)}-{safe_name(negative)}_difference.html",
-                      _("{map}, {positive} - {negative} difference").format(map=name, positive=positive, negative=negative),
+                      _("{map}, {positive} - {negative} difference").format(
+                          map=name, positive=positive, negative=negative),
                       _("red: more attention in {positive}, blue: more in {negative} (shown from a fifth of its robust "
                         "maximum)").format(positive=positive, negative=negative), diff, top / 5, top, "RdBu_r", True))
     if cam.t is not None:
         t = np.asarray(_image(cam.t, affine).dataobj)
         plans.append((f"{method}_{safe_name(positive)}-{safe_name(negative)}_t.html",
                       _("{map}, {positive} - {negative} t-map").format(map=name, positive=positive, negative=negative),
-                      _("Welch t of the difference, shown where |t| >= {limit:g}").format(limit=T_THRESHOLD), t, T_THRESHOLD,
+                      _("Welch t of the difference, shown where |t| >= {limit:g}").format(
+                          limit=T_THRESHOLD), t, T_THRESHOLD,
                       max(_robust_max(t, False), T_THRESHOLD + 1), "RdBu_r", True))  # fmt: skip
     comparison = evaluation.comparison
     if champion_volume is not None and comparison is not None:

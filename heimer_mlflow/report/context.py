@@ -211,7 +211,8 @@ def _comparison_context(record: EvaluationRecord, champion, metrics: MetricsReco
         return _champion_context(champion, metrics, predictions, positive, class_names)
     if record.comparison is None:
         if record.comparison_note:  # what the evaluation found, in its words
-            return {"available": False, "why": _("No champion to compare with: {note}.").format(note=record.comparison_note)}
+            return {"available": False, "why": _("No champion to compare with: {note}.").format(
+                note=record.comparison_note)}
         return {"available": False,
                 "why": _("No champion to compare with: when this evaluation ran, no other version of this model "
                          "carried the alias 'champion' with an evaluation on the same data set.")}
@@ -598,15 +599,20 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     n_epochs = max((len(points) for points in record.history.values()), default=0)
     youden = metrics.youden
     tags = model.tags
+    evaluated_in = str(record.configuration.get("lang") or "en")
 
     ctx = {
         "title": title, "display_name": display_name, "name": name or "", "version": version or "",
-        "page_css": page_css(), "figures_language": _(LANGUAGE_NAMES.get(record.configuration.get("lang") or "en", "English")),
-        "figures_in_other_language": (record.configuration.get("lang") or "en") != current_language(), "date": _document_date(stamp), "lang": current_language(), "language_name": _(LANGUAGE_NAMES[current_language()]), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
+        "page_css": page_css(), "lang": current_language(), "language_name": _(LANGUAGE_NAMES[current_language()]),
+        # the figures were drawn at evaluation time, in the evaluation's language
+        "figures_language": _(LANGUAGE_NAMES.get(evaluated_in, LANGUAGE_NAMES["en"])),
+        "figures_in_other_language": evaluated_in != current_language(),
+        "date": _document_date(stamp), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
         "generator": f"heimer-mlflow {record.versions.get('heimer-mlflow') or ''}".strip(),
         "keywords": ", ".join(k for k in [_("Alzheimer's disease"), "MRI", "3D CNN", cam["name"], _("model evaluation"),
                                            display_name.replace(",", " ")] if k),
-        "description": (_("Evaluation of the AD vs CN classifier {model} version {version} with performance, calibration "
+        "description": (_("Evaluation of the AD vs CN classifier {model} version {version} with performance, "
+                          "calibration "
                           "and explainability checks.") if version else
                         _("Evaluation of the AD vs CN classifier {model} with performance, calibration and "
                           "explainability checks.")).format(model=display_name, version=version),

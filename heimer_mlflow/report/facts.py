@@ -59,13 +59,15 @@ def _population(predictions, positive: str, negative: str, n: dict) -> dict:
     if (site := _column(predictions, SITE_COLUMNS)) is not None:
         values = sorted(predictions[site].dropna().astype(str).unique())
         out["n_sites"], out["site_column"] = len(values), str(site)
-        out["sites"] = ", ".join(values[:6]) + (" " + _("and {n} more").format(n=len(values) - 6) if len(values) > 6 else "")
+        out["sites"] = ", ".join(values[:6]) + (" " + _("and {n} more").format(
+            n=len(values) - 6) if len(values) > 6 else "")
     if (date := _column(predictions, DATE_COLUMNS)) is not None:
         import pandas as pd
 
         dates = pd.to_datetime(predictions[date], errors="coerce").dropna()
         if len(dates):
-            out["dates"] = _("scanned {first} to {last}").format(first=f"{dates.min():%Y-%m-%d}", last=f"{dates.max():%Y-%m-%d}")
+            out["dates"] = _("scanned {first} to {last}").format(
+                first=f"{dates.min():%Y-%m-%d}", last=f"{dates.max():%Y-%m-%d}")
     return out
 
 
@@ -239,7 +241,8 @@ def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive
                        gate=(gate or {}).get("status") if (gate or {}).get("rules") else None,
                        gate_failures=(gate or {}).get("failures") or ())  # fmt: skip
     return {
-        "output": _("The probability that a 3D T1-weighted brain MRI shows {positive} rather than {negative}; a scan is "
+        "output": _("The probability that a 3D T1-weighted brain MRI shows {positive} rather than {negative}; a scan "
+                    "is "
                     "called {positive} at a probability of {threshold} or more.").format(
             positive=positive, negative=negative, threshold=threshold),
         "intended_use": _("Research on telling Alzheimer's disease from cognitively normal ageing on brain MRI "
