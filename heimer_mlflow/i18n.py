@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import gettext as _gettext
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -176,5 +177,17 @@ def figure_fonts():
     for path in hangul_fonts():
         if str(path) not in {f.fname for f in font_manager.fontManager.ttflist}:
             font_manager.fontManager.addfont(str(path))
-    with matplotlib.rc_context({"font.family": [FONT_FAMILY, "DejaVu Sans"]}):  # per-glyph fallback (matplotlib >= 3.6)
-        yield
+    # NanumGothicBold.ttf declares weight 600, so matplotlib says it found no "bold" and uses 600:
+    # which is that very file. A note about the font's table, not about the figure.
+    quiet = _WeightNoteFilter()
+    logging.getLogger("matplotlib.font_manager").addFilter(quiet)
+    try:
+        with matplotlib.rc_context({"font.family": [FONT_FAMILY, "DejaVu Sans"]}):  # per-glyph fallback
+            yield
+    finally:
+        logging.getLogger("matplotlib.font_manager").removeFilter(quiet)
+
+
+class _WeightNoteFilter(logging.Filter):
+    def filter(self, record):
+        return "Failed to find font weight" not in str(record.msg)
