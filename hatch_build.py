@@ -36,6 +36,8 @@ def compile_catalogs(root: Path) -> list[Path]:
         data = compile_catalog(po)
         if not mo.is_file() or mo.read_bytes() != data:
             mo.write_bytes(data)
+        else:
+            mo.touch()  # current: newer than its .po from now on (./dev.sh compiles an older one)
         written.append(mo)
     return written
 
