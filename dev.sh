@@ -24,6 +24,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# The message catalogs: the install compiled them (hatch_build.py); an edited .po is compiled again.
+for po in heimer_mlflow/locale/*/LC_MESSAGES/heimer.po; do
+    if [ -f "$po" ] && [ ! "${po%.po}.mo" -nt "$po" ]; then
+        "$VENV/bin/python" hatch_build.py >/dev/null
+        break
+    fi
+done
 
 cmd="${1:-help}"
 [ $# -gt 0 ] && shift

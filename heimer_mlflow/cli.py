@@ -128,12 +128,16 @@ def _add_report(commands) -> None:
         description="Rebuild the report of evaluation run RUN_ID from the artifacts it logged "
         "(evaluation.json, metrics.json, predictions.csv, figures/): no model and no data are "
         "needed, e.g. after a template change. The report is logged to that run again "
-        "(report/<model>-v<version>.pdf and report/html/) and written to --out if given; prints "
+        "(report/<model>-v<version>.pdf and report/html/; with --lang ko beside them "
+        "report/<model>-v<version>-ko.pdf and report/html-ko/) and written to --out if given; prints "
         "the PDF's path in --out, else its artifact URI (nothing is left in the temp folder).",
     )
     report.add_argument("run_id", metavar="RUN_ID", help="the evaluation run")
     report.add_argument("--out", default=None, help="also keep the rendered files in this folder")
     report.add_argument("--no-log", action="store_true", help="only write to --out; do not log to the run")
+    report.add_argument("--lang", default=None, metavar="en|ko",
+                        help="the report's language (default: the evaluation's): en, or ko (Korean, logged as "
+                             "report/<model>-v<version>-ko.pdf beside the English one; needs fonts-nanum)")
 
 
 def _add_watch(commands) -> None:
@@ -214,10 +218,15 @@ def _run(args) -> None:
     elif args.command == "report":
         from .report import report_for_run
 
+        from .i18n import check_language, require_fonts
+
         if args.no_log and not args.out:
             raise HeimerError("--no-log needs --out DIR, or the rendered report would go nowhere")
+        lang = _optional(args.lang)  # None: the evaluation's language
+        if lang is not None:  # a wrong language or a missing font stops before anything is downloaded
+            require_fonts(check_language(lang))
         with tempfile.TemporaryDirectory(prefix="heimer-report-out-") as scratch:  # without --out: logged, then gone
-            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log)
+            files = report_for_run(args.run_id, out_dir=args.out or scratch, log=not args.no_log, lang=lang)
         print(files.pdf if args.out else files.artifact_uri)
 
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .i18n import N_, _
+
 PROMOTE, DO_NOT_PROMOTE, REVIEW_FIRST = "promote", "do not promote", "review first"
-ACTION_WORDS = {PROMOTE: "Promote", DO_NOT_PROMOTE: "Do not promote", REVIEW_FIRST: "A person must review first"}
-SHORT_WORDS = {PROMOTE: "promote", DO_NOT_PROMOTE: "do not promote", REVIEW_FIRST: "review before promoting"}
+ACTION_WORDS = {PROMOTE: N_("Promote"), DO_NOT_PROMOTE: N_("Do not promote"), REVIEW_FIRST: N_("A person must review first")}
+SHORT_WORDS = {PROMOTE: N_("promote"), DO_NOT_PROMOTE: N_("do not promote"), REVIEW_FIRST: N_("review before promoting")}
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,11 @@ class Recommendation:
 
     @property
     def words(self) -> str:
-        return ACTION_WORDS[self.action]
+        return _(ACTION_WORDS[self.action])
 
     @property
     def short(self) -> str:
-        return SHORT_WORDS[self.action]
+        return _(SHORT_WORDS[self.action])
 
 
 def _finite(value) -> float | None:
@@ -57,11 +59,11 @@ def interval(value, lower, upper, *, signed: bool = False, digits: int = 2, inli
     +0.00 to +0.14`` (inside parentheses of its own); ``n/a`` without a value."""
     value, lower, upper = _finite(value), _finite(lower), _finite(upper)
     if value is None:
-        return "n/a"
+        return _("n/a")
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     text = f.format(value)
     if lower is not None and upper is not None:
-        ci = f"95% CI {f.format(lower)} to {f.format(upper)}"
+        ci = _("95% CI {lower} to {upper}").format(lower=f.format(lower), upper=f.format(upper))
         text += f", {ci}" if inline else f" ({ci})"
     return text
 
@@ -69,7 +71,7 @@ def interval(value, lower, upper, *, signed: bool = False, digits: int = 2, inli
 def p_text(p) -> str:
     p = _finite(p)
     if p is None:
-        return "n/a"
+        return _("n/a")
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
 
@@ -81,46 +83,49 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
     ``passed`` / ``failed`` / None (no rules), ``gate_failures`` the broken rules."""
     auc_v, auc_lo = _finite(auc), _finite(auc_lower)
     auc_words = interval(auc, auc_lower, auc_upper)
-    gate_words = " and the promotion gate passed" if gate == "passed" else ""
+    passed = _("The checks passed and the promotion gate passed") if gate == "passed" else _("The checks passed")
     if gate == "failed":
-        broken = "; ".join(str(f) for f in gate_failures) or "a rule was broken"
-        return Recommendation(DO_NOT_PROMOTE, f"The promotion gate failed ({broken}).")
+        broken = "; ".join(str(f) for f in gate_failures) or _("a rule was broken")
+        return Recommendation(DO_NOT_PROMOTE, _("The promotion gate failed ({broken}).").format(broken=broken))
     if auc_v is None:
-        return Recommendation(REVIEW_FIRST, "The AUC could not be computed on this data, "
-                                            "so how well the model separates AD from CN is not known.")
+        return Recommendation(REVIEW_FIRST, _("The AUC could not be computed on this data, "
+                                              "so how well the model separates AD from CN is not known."))
     if auc_lo is not None and auc_lo <= 0.5:
-        return Recommendation(DO_NOT_PROMOTE, f"Its AUC of {auc_words} does not rule out chance "
-                                              "(0.5).")
+        return Recommendation(DO_NOT_PROMOTE, _("Its AUC of {auc} does not rule out chance (0.5).").format(
+            auc=auc_words))
     diff = lower = upper = None
     version = "?"
     if champion:
         diff, lower, upper = (_finite(champion.get(k)) for k in ("roc_auc_diff", "roc_auc_diff_ci_lower",
                                                                  "roc_auc_diff_ci_upper"))
         version = champion.get("champion_version") or "?"
-    vs = (f"the champion v{version} (AUC difference "
-          f"{interval(diff, lower, upper, signed=True, inline=True)}, p = {p_text((champion or {}).get('delong_p'))})")
+    vs = _("the champion v{version} (AUC difference {diff}, p = {p})").format(
+        version=version, diff=interval(diff, lower, upper, signed=True, inline=True),
+        p=p_text((champion or {}).get("delong_p")))
     if upper is not None and upper < 0:
-        return Recommendation(DO_NOT_PROMOTE, f"It separates AD from CN worse than {vs}.")
+        return Recommendation(DO_NOT_PROMOTE, _("It separates AD from CN worse than {vs}.").format(vs=vs))
     if verdict != "pass":
-        why = (verdict_reason or "the explainability checks were not passed").strip().rstrip(".")
-        sentence = f"The checks found that {why[:1].lower()}{why[1:]}; do not promote it until a person has reviewed where it looks."
+        why = (verdict_reason or _("the explainability checks were not passed")).strip().rstrip(".")
+        sentence = _("The checks found that {why}; do not promote it until a person has reviewed where it looks.").format(
+            why=f"{why[:1].lower()}{why[1:]}")
         if lower is not None and lower > 0:
-            sentence += (f" It scores higher than {vs}, but a score that does not come from brain anatomy will not "
-                         "hold on data where that shortcut is absent.")
+            sentence += " " + _("It scores higher than {vs}, but a score that does not come from brain anatomy will "
+                                "not "
+                                "hold on data where that shortcut is absent.").format(vs=vs)
         return Recommendation(REVIEW_FIRST, sentence)
     if champion:
         if diff is None:
-            note = champion.get("note") or "the difference could not be computed"
-            return Recommendation(REVIEW_FIRST, f"The checks passed, but the comparison "
-                                                f"with the champion v{version} gave no AUC difference ({note}).")
+            note = champion.get("note") or _("the difference could not be computed")
+            return Recommendation(REVIEW_FIRST, _("The checks passed, but the comparison with the champion v{version} "
+                                                  "gave no AUC difference ({note}).").format(
+                                                      version=version, note=note))
         if lower is not None and lower > 0:
-            return Recommendation(PROMOTE, f"The checks passed{gate_words} and it separates AD from CN "
-                                           f"better than {vs}.")
+            return Recommendation(PROMOTE, _("{passed} and it separates AD from CN better than {vs}.").format(
+                passed=passed, vs=vs))
         if (champion.get("champion_verdict") or "pass") != "pass":
-            return Recommendation(PROMOTE, f"The checks passed{gate_words} where the champion's did not, and "
-                                           f"it is not shown to be worse than {vs}.")
-        return Recommendation(REVIEW_FIRST, f"The checks passed{gate_words}, but it is not "
-                                            f"shown to separate AD from CN better than {vs}; promote it only for "
-                                            "another reason.")
-    return Recommendation(PROMOTE, f"The checks passed{gate_words} and its AUC is {auc_words}; there is no "
-                                   "champion to compare with.")
+            return Recommendation(PROMOTE, _("{passed} where the champion's did not, and it is not shown to be worse "
+                                             "than {vs}.").format(passed=passed, vs=vs))
+        return Recommendation(REVIEW_FIRST, _("{passed}, but it is not shown to separate AD from CN better than {vs}; "
+                                              "promote it only for another reason.").format(passed=passed, vs=vs))
+    return Recommendation(PROMOTE, _("{passed} and its AUC is {auc}; there is no champion to compare with.").format(
+        passed=passed, auc=auc_words))

@@ -34,6 +34,7 @@ from .engine.result import EngineResult
 from .engine.run import pick_device
 from .errors import HeimerError
 from .gate import GateFailed
+from .i18n import use_language
 from .interventions import paired_drops, paired_sentence
 from .layouts import exclusion_summary
 from .meta import assumptions
@@ -148,8 +149,14 @@ def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Eva
     """Open the run (rank 0), run the engine (every rank, its shard), conclude (rank 0).
 
     From the moment the run is open it tells the truth: FINISHED, FAILED with the reason (also
-    when another rank failed), KILLED on Ctrl-C/SIGTERM.
+    when another rank failed), KILLED on Ctrl-C/SIGTERM. Everything a reader sees (the verdict's
+    reason, the figures, the report, the version's description) speaks ``opts.lang``.
     """
+    with use_language(opts.lang):
+        return _evaluate_in_language(loaded, prepared, opts, run_id=run_id, started=started, ctx=ctx)
+
+
+def _evaluate_in_language(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Evaluation | None:
     cohort = prepared.cohort
     main = ctx is None or ctx.is_main
     say = (lambda msg: print(f"[heimer] {msg}", file=sys.stderr)) if opts.progress and main else (lambda msg: None)
@@ -354,12 +361,14 @@ def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, data
     them to the open run, render the report from what was logged, and prepare the version's tags
     (written once the run FINISHED)."""
     from .figures import render_evaluation  # matplotlib and WeasyPrint: only once something is drawn
+    from .i18n import figure_fonts
     from .report import report_for_run
 
     if champion_run is not None:
         _pair_with_champion(result, champion_run, champion_cf, say)
     write_artifacts(result, staging)
-    figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
+    with figure_fonts():  # Hangul in the figures when the evaluation speaks Korean
+        figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
     result.viewers = _viewers(result, staging, champion_run)
     result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
     tracking.log_results(result, staging, handle, dataset)

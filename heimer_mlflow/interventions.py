@@ -48,8 +48,10 @@ def metric_names(region_names: Sequence[str]) -> list[str]:
 
 
 def replacement_text(negative: str) -> str:
-    return (f"the mean input of the cohort's {negative} subjects, as the model sees it (after its intensity "
-            "normalisation): an image the model could meet, not zeros")
+    from .i18n import _
+
+    return _("the mean input of the cohort's {negative} subjects, as the model sees it (after its intensity "
+             "normalisation): an image the model could meet, not zeros").format(negative=negative)
 
 
 @dataclass
@@ -293,17 +295,26 @@ def paired_metrics(pairs: Sequence[PairedDrop]) -> dict[str, float]:
     return out
 
 
-def paired_sentence(pair: PairedDrop, *, this_label: str = "this version") -> str:
+def paired_sentence(pair: PairedDrop, *, this_label: str | None = None) -> str:
     """E.g. "the challenger depends on what lies outside the brain: drop 0.85 vs 0.02, p < 0.001"."""
-    what = "what lies outside the brain" if pair.name == OUTSIDE else pair.name.replace("_", " ")
-    verb = "depends more on" if (pair.diff.value or 0) > 0 else "depends less on"
-    return (f"{this_label} {verb} {what} than the champion: drop {_fmt(pair.this)} vs {_fmt(pair.champion)} "
-            f"on {pair.n_pairs} shared subjects, {format_p(pair.p_holm)}")
+    from .i18n import _
+
+    this_label = _("this version") if this_label is None else this_label
+    what = _("what lies outside the brain") if pair.name == OUTSIDE else pair.name.replace("_", " ")
+    sentence = (_("{this} depends more on {what} than the champion: drop {drop} vs {champion} on {n} shared "
+                  "subjects, {p}")
+                if (pair.diff.value or 0) > 0 else
+                _("{this} depends less on {what} than the champion: drop {drop} vs {champion} on {n} shared "
+                  "subjects, {p}"))
+    return sentence.format(this=this_label, what=what, drop=_fmt(pair.this), champion=_fmt(pair.champion),
+                           n=pair.n_pairs, p=format_p(pair.p_holm))
 
 
 def format_p(p: float | None) -> str:
     if p is None:
-        return "p not computable"
+        from .i18n import _
+
+        return _("p not computable")
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 

@@ -143,6 +143,7 @@ OPTIONS: tuple[Option, ...] = (  # fmt: skip - one option a line reads as a tabl
     Option("regions", "tuple[str, ...] | str | None", None, "comma-separated atlas regions (default for a named atlas: hippocampus, lateral_ventricle, amygdala, entorhinal, each left and right): these groups, one side (hippocampus_left) or exact atlas label names", metavar="LIST", example="hippocampus"),
     Option("brain_mask", "str | None", None, "brain mask on the input grid (nonzero = brain) for the CAM outside-brain share (default: with a named atlas the MNI152 template's brain, else each scan's non-background voxels)", metavar="NIFTI", example="m.nii"),
     Option("cam", "str", DEFAULT_CAM, "the primary map behind the verdict, group maps and gallery (both are computed; default {default}: faithful to the score whatever the head)", choices=CAM_METHODS),
+    Option("lang", "str", "en", "language of the report, its figures and the version's description: en (default) or ko (Korean; needs the Debian package fonts-nanum)", choices=("en", "ko"), metavar="en|ko"),
     Option("require", "tuple[str, ...]", (), "promotion rule on a run metric, e.g. \"roc_auc_ci_lower>=0.75\" (repeatable; ';' separates several in one): a broken rule exits with code 3", metavar="RULE", collect=tuple, example="sensitivity>=0.8"),
     Option("require_verdict", "str | None", None, "promotion rule on the verdict: pass (a 'review' verdict exits with code 3)", metavar="VERDICT", example="pass"),
     Option("save_cams", "str", "gallery", "which subjects' CAM volumes to log (default {default})", choices=SAVE_CAMS),
@@ -168,7 +169,10 @@ class _OptionChecks:
 
     def check(self) -> EvaluationOptions:
         from .cohort import parse_label_map  # the cohort's readers (pandas) load only for an evaluation
+        from .i18n import check_language, require_fonts
 
+        self.lang = check_language(self.lang)
+        require_fonts(self.lang)  # Korean without its font stops here, before any compute
         check_cam_method(self.cam)
         if self.class_names is not None:
             self.class_names = tuple(split_names(self.class_names)) or None

@@ -3,7 +3,7 @@
 A thin shell: MLflow hands over a pyfunc model and a data set; this recovers the torch module
 (``get_raw_model()``), the model contract and the registry version, rebuilds the manifest
 (``path`` and ``label`` columns) and calls the same ``evaluate_loaded`` as the CLI.
-``evaluator_config`` takes the options of ``heimer_mlflow.evaluate`` (threshold, atlas, cam,
+``evaluator_config`` takes the options of ``heimer_mlflow.evaluate`` (threshold, atlas, cam, lang,
 require, ...; with ``caps`` the data is a ClinicaDL table: participant_id, session_id and the
 targets column as its diagnosis). It runs only when asked for by name
 (``evaluators="heimer"``): MLflow's own evaluations of other models are left exactly as they are

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from .decision import Recommendation, p_text, recommend
+from .i18n import N_, _
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ HEADLINE_END = " · heimer-mlflow"  # how our first line (the versions list show
 START = "<!-- heimer-mlflow summary: start -->"
 END = "<!-- heimer-mlflow summary: end -->"
 DESCRIPTION_LIMIT = 5000
-FIGURES = (("roc_auc", "AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"))
+FIGURES = (("roc_auc", "AUC"), ("sensitivity", N_("Sensitivity")), ("specificity", N_("Specificity")))
+VERDICT_WORDS = {"pass": N_("pass"), "review": N_("review")}
+GATE_WORDS = {"passed": N_("passed"), "failed": N_("failed")}
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def from_evaluation(evaluation, gate=None) -> Summary:
     return Summary(verdict=evaluation.verdict, reason=evaluation.verdict_reason, metrics=metrics,
                    run_id=evaluation.run_id, experiment_id=experiment_id, report_uri=report,
                    report_path=artifact_path(report, evaluation.run_id),
-                   html_path="report/html/index.html" if report else None, viewers=viewers,
+                   html_path=_html_path() if report else None, viewers=viewers,
                    model_name=evaluation.model.name,
                    n_subjects=int(metrics.get("n_subjects", 0)) or None,
                    n_participants=int(metrics.get("n_participants", 0)) or None, evaluated_at=evaluation.evaluated_at,
@@ -122,6 +125,14 @@ def from_evaluation(evaluation, gate=None) -> Summary:
                    champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
                    champion_note=getattr(evaluation, "comparison_note", "") or "",
                    **_counterfactual_lines(evaluation.counterfactual))  # fmt: skip
+
+
+def _html_path() -> str:
+    """The HTML report of the evaluation's language (report_for_run logs a Korean one to report/html-ko)."""
+    from .i18n import current_language
+
+    lang = current_language()
+    return "report/html/index.html" if lang == "en" else f"report/html-{lang}/index.html"
 
 
 def _counterfactual_lines(cf) -> dict:
@@ -134,10 +145,12 @@ def _counterfactual_lines(cf) -> dict:
     largest = cf.largest_effect()
     if largest is not None:
         name, drop = largest
-        what = "what lies outside the brain" if name == OUTSIDE else name.replace("_", " ")
-        out["counterfactual"] = (f"**What changes the score:** replacing {what} with the {cf.negative_class} average "
-                                 f"drops P({cf.positive_class}) by {drop.value:.2f} (95% CI {_number(drop.lower, 2)} to "
-                                 f"{_number(drop.upper, 2)}; {cf.n_subjects} subjects).")  # fmt: skip
+        what = _("what lies outside the brain") if name == OUTSIDE else name.replace("_", " ")
+        out["counterfactual"] = "**{}** ".format(_("What changes the score:")) + _(
+            "replacing {what} with the {negative} average drops P({positive}) by {drop} (95% CI {lower} to {upper}; "
+            "{n} subjects).").format(what=what, negative=cf.negative_class, positive=cf.positive_class,
+                                     drop=f"{drop.value:.2f}", lower=_number(drop.lower, 2),
+                                     upper=_number(drop.upper, 2), n=cf.n_subjects)
     if cf.vs_champion:
         out["counterfactual_champion"] = f"{paired_sentence(cf.vs_champion[0])[0].upper()}{paired_sentence(cf.vs_champion[0])[1:]}."
     return out
@@ -145,16 +158,18 @@ def _counterfactual_lines(cf) -> dict:
 
 def _number(value, digits: int = 3) -> str:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
+        return _("n/a")
     return f"{value:.{digits}f}"
 
 
 def _figure_rows(metrics: dict) -> list[str]:
-    rows = ["| | estimate | 95% CI |", "|---|---|---|"]
+    estimate, ci = _("estimate"), _("95% CI")
+    rows = [f"| | {estimate} | {ci} |", "|---|---|---|"]
     for key, label in FIGURES:
         lower, upper = metrics.get(f"{key}_ci_lower"), metrics.get(f"{key}_ci_upper")
-        interval = f"{_number(lower)} to {_number(upper)}" if lower is not None and upper is not None else "n/a"
-        rows.append(f"| {label} | {_number(metrics.get(key))} | {interval} |")
+        interval = (_("{lower} to {upper}").format(lower=_number(lower), upper=_number(upper))
+                    if lower is not None and upper is not None else _("n/a"))
+        rows.append(f"| {_(label)} | {_number(metrics.get(key))} | {interval} |")
     return rows
 
 
@@ -162,16 +177,23 @@ def _champion_line(s: Summary) -> str:
     champion = s.champion
     diff = champion.get("roc_auc_diff")
     if diff is None:
-        figures = f"no AUC difference ({champion.get('note') or 'not computable'})"
+        figures = _("no AUC difference ({note})").format(note=champion.get("note") or _("not computable"))
     else:
-        figures = (f"AUC difference {diff:+.3f} (95% CI {_number(champion.get('roc_auc_diff_ci_lower'))} to "
-                   f"{_number(champion.get('roc_auc_diff_ci_upper'))}; DeLong p {_number(champion.get('delong_p'))})")
+        figures = _("AUC difference {diff} (95% CI {lower} to {upper}; DeLong p {p})").format(
+            diff=f"{diff:+.3f}", lower=_number(champion.get("roc_auc_diff_ci_lower")),
+            upper=_number(champion.get("roc_auc_diff_ci_upper")), p=_number(champion.get("delong_p")))
     version = champion.get("champion_version")
-    named = f"version {version}"
+    named = _("version {version}").format(version=version)
     if s.model_name and version:
-        named = f"[version {version}]({version_route(s.model_name, version)})"
-    return (f"**Against the champion** ({named}, on {champion.get('n_shared')} shared subjects): {figures}; "
-            f"the champion's verdict: {champion.get('champion_verdict') or 'n/a'}.")
+        named = f"[{named}]({version_route(s.model_name, version)})"
+    return "**{}** ".format(_("Against the champion")) + _(
+        "({version}, on {n} shared subjects): {figures}; the champion's verdict: {verdict}.").format(
+        version=named, n=champion.get("n_shared"), figures=figures,
+        verdict=_verdict_word(champion.get("champion_verdict")) if champion.get("champion_verdict") else _("n/a"))
+
+
+def _verdict_word(verdict: str | None) -> str:
+    return _(VERDICT_WORDS[verdict]) if verdict in VERDICT_WORDS else str(verdict)
 
 
 def _two(value) -> str:
@@ -181,18 +203,19 @@ def _two(value) -> str:
 def headline(s: Summary) -> str:
     """The first line: what the versions list previews. Plain text (the list shows it raw)."""
     m = s.metrics
-    parts = [s.verdict, f"AUC {_two(m.get('roc_auc'))}"
+    parts = [_verdict_word(s.verdict), f"AUC {_two(m.get('roc_auc'))}"
              + (f" [{_two(m.get('roc_auc_ci_lower'))}, {_two(m.get('roc_auc_ci_upper'))}]"
                 if m.get("roc_auc_ci_lower") is not None and m.get("roc_auc_ci_upper") is not None else "")]
     if s.champion:
         diff = s.champion.get("roc_auc_diff")
         version = s.champion.get("champion_version")
         if isinstance(diff, (int, float)) and math.isfinite(diff):
-            parts.append(f"{diff:+.2f} vs champion v{version} (p {p_text(s.champion.get('delong_p'))})")
+            parts.append(_("{diff} vs champion v{version} (p {p})").format(
+                diff=f"{diff:+.2f}", version=version, p=p_text(s.champion.get("delong_p"))))
         else:
-            parts.append(f"champion v{version}: no AUC difference")
+            parts.append(_("champion v{version}: no AUC difference").format(version=version))
     if s.gate:
-        parts.append(f"gate {s.gate}")
+        parts.append(_("gate {status}").format(status=_(GATE_WORDS.get(s.gate, s.gate))))
     parts.append(s.advice.short)
     return " · ".join(parts) + HEADLINE_END
 
@@ -201,18 +224,21 @@ def _links(s: Summary) -> str:
     """Links relative to the MLflow UI: the run's page, the reports and the map viewers in its
     artifact viewer. Without the experiment id (never, from an evaluation) the run id as text."""
     if s.experiment_id is None:
-        parts = [f"Evaluation run `{s.run_id}`"] + ([f"report PDF `{s.report_uri}`"] if s.report_uri else [])
+        parts = [_("Evaluation run {id}").format(id=f"`{s.run_id}`")] + (
+            [_("report PDF {uri}").format(uri=f"`{s.report_uri}`")] if s.report_uri else [])
         return "; ".join(parts) + "."
-    links = [f"[Evaluation run]({run_route(s.experiment_id, s.run_id)})"]
-    for title, path in (("PDF report", s.report_path), ("HTML report", s.html_path)):
+    run = _("Evaluation run")
+    links = [f"[{run}]({run_route(s.experiment_id, s.run_id)})"]
+    for title, path in ((_("PDF report"), s.report_path), (_("HTML report"), s.html_path)):
         if path:
             links.append(f"[{title}]({artifact_route(s.experiment_id, s.run_id, path)})")
     if s.viewers:
         maps = ", ".join(f"[{title}]({artifact_route(s.experiment_id, s.run_id, path)})" for title, path in s.viewers)
-        links.append(f"maps to scroll: {maps}")
+        links.append(_("maps to scroll: {maps}").format(maps=maps))
     if s.champion and s.model_name and s.champion.get("champion_version"):
         version = s.champion["champion_version"]
-        links.append(f"[champion v{version}]({version_route(s.model_name, version)})")
+        named = _("champion v{version}").format(version=version)
+        links.append(f"[{named}]({version_route(s.model_name, version)})")
     return " · ".join(links)
 
 
@@ -223,22 +249,24 @@ def _clip(text: str, limit: int | None) -> str:
 
 def _scans(s: Summary) -> str:
     if s.n_participants and s.n_participants < (s.n_subjects or 0):
-        return f"{s.n_subjects} scans of {s.n_participants} participants (intervals resample participants)"
-    return f"{s.n_subjects} subjects"
+        return _("{n} scans of {participants} participants (intervals resample participants)").format(
+            n=s.n_subjects, participants=s.n_participants)
+    return _("{n} subjects").format(n=s.n_subjects)
 
 
 def render(s: Summary, *, level: int = 0) -> str:
     """The block: the headline, then the markers around the rest. ``level`` 0 is the full block;
     1 shortens the reason and the recommendation; 2 keeps the verdict, the figures and the links;
     3 the headline and the run's link."""
-    verdict = f"**Verdict: {s.verdict}**"
+    verdict = "**{}**".format(_("Verdict: {verdict}").format(verdict=_verdict_word(s.verdict)))
     if level <= 1:
         verdict += f": {_clip(s.reason, None if level == 0 else 200)}"
     if s.gate:
-        verdict += f" (promotion gate: {s.gate})"
-    lines = [headline(s), "", START, "#### heimer-mlflow evaluation", ""]
+        verdict += " " + _("(promotion gate: {status})").format(status=_(GATE_WORDS.get(s.gate, s.gate)))
+    lines = [headline(s), "", START, "#### " + _("heimer-mlflow evaluation"), ""]
     if level <= 1:
-        lines += [f"**Recommendation: {s.advice.short}.** {_clip(s.advice.why, None if level == 0 else 300)}", ""]
+        lines += ["**{}** {}".format(_("Recommendation: {action}.").format(action=s.advice.short),
+                                     _clip(s.advice.why, None if level == 0 else 300)), ""]
     if level <= 2:
         lines += [verdict, ""]
         lines += _figure_rows(s.metrics) + [""]
@@ -249,12 +277,16 @@ def render(s: Summary, *, level: int = 0) -> str:
             if s.counterfactual_champion:
                 lines += [s.counterfactual_champion, ""]
         elif s.champion_note and level <= 1:
-            lines += [f"**No comparison with the champion**: {_clip(s.champion_note, None if level == 0 else 300)}", ""]
+            lines += ["**{}**: {}".format(_("No comparison with the champion"),
+                                          _clip(s.champion_note, None if level == 0 else 300)), ""]
         lines += [_links(s), ""]
         if level == 0 and s.evaluated_at:
-            lines += [f"Evaluated {s.evaluated_at}" + (f" on {_scans(s)}." if s.n_subjects else "."), ""]
+            lines += [(_("Evaluated {when} on {scans}.").format(when=s.evaluated_at, scans=_scans(s)) if s.n_subjects
+                       else _("Evaluated {when}.").format(when=s.evaluated_at)), ""]
     else:
-        lines += [_links(s) if s.experiment_id is not None else f"Evaluation run `{s.run_id}`.", ""]
+        lines += [_links(s) if s.experiment_id is not None else _("Evaluation run {id}").format(
+            id=f"`{s.run_id}`") + ".",
+                  ""]
     lines.append(END)
     return "\n".join(lines)
 

@@ -177,7 +177,7 @@ def _describe(handle: EvaluationRun, model, options, device: str) -> None:
                        "batch_size": options.batch_size, "device": device, "save_cams": options.save_cams,
                        "skip_bad": options.skip_bad, "n_bootstrap": options.n_bootstrap,
                        "brain_mask": options.brain_mask or "non-background voxels",
-                       "processes": int(os.environ.get("WORLD_SIZE") or 1),
+                       "processes": int(os.environ.get("WORLD_SIZE") or 1), "lang": options.lang,
                        "serialization": model.serialization, **_contract_params(model.meta)}.items():
         client.log_param(handle.run_id, f"heimer.{key}", value)
     from .atlas import named_atlas

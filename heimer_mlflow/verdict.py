@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+from .i18n import _
 from .meta import CAM_NAMES
 
 PASS, REVIEW = "pass", "review"
@@ -115,22 +116,27 @@ def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str
     excess = limits.max_outside_brain_excess
     limit = outside_brain_limit(floor, limits)
     if outside is None:
-        reasons.append("no subject could be explained")
+        reasons.append(_("no subject could be explained"))
     elif outside > limit:
-        allowance = f": {limit - excess:.0%} the layer's resolution allows + {excess:.0%}" if _finite(floor) else ""
-        reasons.append(f"{outside:.0%} of the {name} lies outside the brain (limit {limit:.0%}{allowance}): "
-                       "the model may use a shortcut")  # fmt: skip
+        if _finite(floor):
+            reasons.append(_("{share} of the {map} lies outside the brain (limit {limit}: {floor} the layer's "
+                             "resolution "
+                             "allows + {excess}): the model may use a shortcut").format(
+                share=f"{outside:.0%}", map=name, limit=f"{limit:.0%}", floor=f"{limit - excess:.0%}",
+                excess=f"{excess:.0%}"))
+        else:
+            reasons.append(_("{share} of the {map} lies outside the brain (limit {limit}): the model may use a "
+                             "shortcut").format(share=f"{outside:.0%}", map=name, limit=f"{limit:.0%}"))
     gains = {r: float(summary[f"cam_roi_gain_{r}"]) for r in region_names if f"cam_roi_gain_{r}" in summary}
     top_gain = max(gains.values()) if gains else None
     if top_gain is not None and top_gain <= limits.min_region_gain:
-        reasons.append(f"no atlas region draws more of the {name} than its share of the brain "
-                       f"(every gain <= {limits.min_region_gain:g})")  # fmt: skip
+        reasons.append(_("no atlas region draws more of the {map} than its share of the brain (every gain <= {limit})")
+                       .format(map=name, limit=f"{limits.min_region_gain:g}"))
     sanity = _number(summary.get("sanity_spearman_mean"))
     if sanity is not None and sanity > limits.max_sanity_spearman:
-        reasons.append(
-            f"maps of a randomised-weights model correlate with the trained model's (Spearman {sanity:.2f} > "
-            f"{limits.max_sanity_spearman}): the maps may not reflect what the model learned"
-        )
+        reasons.append(_("maps of a randomised-weights model correlate with the trained model's (Spearman {rho} > "
+                         "{limit}): the maps may not reflect what the model learned").format(
+            rho=f"{sanity:.2f}", limit=limits.max_sanity_spearman))
     low_gain, high_sanity = limits.min_region_gain, limits.max_sanity_spearman
     checks = (
         Check("outside_brain", outside, limit, outside is not None and outside <= limit),
@@ -145,8 +151,10 @@ def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str
     if reasons:
         return Verdict(REVIEW, "; ".join(reasons) + causal, method, limits, checks)
     best = max(gains, key=gains.get) if gains else None
-    where = f"; most attention in {best} (gain {gains[best]:.1f})" if best else ""
-    return Verdict(PASS, f"{outside:.0%} of the {name} lies outside the brain{where}{causal}", method, limits, checks)
+    where = "; " + _("most attention in {region} (gain {gain})").format(
+        region=best, gain=f"{gains[best]:.1f}") if best else ""
+    said = _("{share} of the {map} lies outside the brain").format(share=f"{outside:.0%}", map=name)
+    return Verdict(PASS, f"{said}{where}{causal}", method, limits, checks)
 
 
 def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, ...], list[str], str]:
@@ -162,29 +170,37 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
     )  # fmt: skip
     reasons = []
     before = _first(cf.curves.get("morf", {}).get("prob")) if cf.computed else None
-    people = f"{cf.n_subjects} subjects called {cf.positive_class}" if cf.computed else ""
     if checks[0].passed is False:
-        after = f" from {before:.2f} to {before - outside.value:.2f}" if before is not None else ""
-        reasons.append(f"replacing what lies outside the brain with the {cf.negative_class} subjects' average lowers "
-                       f"the mean P({cf.positive_class}){after} (drop {outside.value:.2f}{_interval(outside)} over "
-                       f"{people}; limit {high_outside:.2f}): the model uses a shortcut")  # fmt: skip
+        after = (" " + _("from {before} to {after}").format(
+            before=f"{before:.2f}", after=f"{before - outside.value:.2f}")
+                 if before is not None else "")
+        reasons.append(_("replacing what lies outside the brain with the {negative} subjects' average lowers the mean "
+                         "P({positive}){after} (drop {drop}{interval} over {n} subjects called {positive}; limit {limit}): "
+                         "the model uses a shortcut").format(
+            negative=cf.negative_class, positive=cf.positive_class, after=after, drop=f"{outside.value:.2f}",
+            interval=_interval(outside), n=cf.n_subjects, limit=f"{high_outside:.2f}"))
     if checks[1].passed is False:
-        reasons.append(f"replacing the {name}'s most relevant voxels drops P({cf.positive_class}) by {morf:.2f}, no "
-                       f"more than a random blob of the same size in the brain ({random:.2f}; needs {margin:.2f} "
-                       f"more): the {name} does not point at what the score uses")  # fmt: skip
+        reasons.append(_("replacing the {map}'s most relevant voxels drops P({positive}) by {morf}, no more than a "
+                         "random "
+                         "blob of the same size in the brain ({random}; needs {margin} more): the {map} does not point "
+                         "at what the score uses").format(map=name, positive=cf.positive_class, morf=f"{morf:.2f}",
+                                                          random=f"{random:.2f}", margin=f"{margin:.2f}"))
     largest = cf.largest_region() if cf.computed else None
     causal = ""
     if largest is not None:
         region, drop = largest
-        causal = (f"; replacing {region} drops P({cf.positive_class}) most of the regions ({drop.value:.2f}"
-                  f"{_interval(drop)})" if drop.value >= CAUSAL_WORDING_MIN_DROP else
-                  f"; replacing any one atlas region changes P({cf.positive_class}) little (largest drop: {region}, "
-                  f"{drop.value:.2f}{_interval(drop)})")  # fmt: skip
+        causal = "; " + (_("replacing {region} drops P({positive}) most of the regions ({drop}{interval})")
+                         if drop.value >= CAUSAL_WORDING_MIN_DROP else
+                         _("replacing any one atlas region changes P({positive}) little (largest drop: {region}, "
+                           "{drop}{interval})")).format(region=region, positive=cf.positive_class,
+                                                        drop=f"{drop.value:.2f}", interval=_interval(drop))
     return checks, reasons, causal
 
 
 def _interval(e) -> str:
-    return f", 95% CI {e.lower:.2f} to {e.upper:.2f}" if e.lower is not None and e.upper is not None else ""
+    if e.lower is None or e.upper is None:
+        return ""
+    return ", " + _("95% CI {lower} to {upper}").format(lower=f"{e.lower:.2f}", upper=f"{e.upper:.2f}")
 
 
 def _first(values):

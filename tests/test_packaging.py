@@ -32,3 +32,11 @@ def test_wheel_ships_the_templates_and_finds_them(tmp_path):
     )
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()) == unpacked / "heimer_mlflow" / "templates"
+    # the Korean catalog, compiled by the build (hatch_build.py): git ignores the .mo, the wheel has it
+    assert {"heimer_mlflow/locale/ko/LC_MESSAGES/heimer.po", "heimer_mlflow/locale/ko/LC_MESSAGES/heimer.mo"} <= set(names)
+    korean = subprocess.run(
+        [sys.executable, "-c", "from heimer_mlflow.i18n import _, use_language\n"
+                               "with use_language('ko'): print(_('Summary'))"],
+        capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+    )
+    assert korean.returncode == 0 and korean.stdout.strip() == "요약", korean.stderr

@@ -188,16 +188,15 @@ def listener():
     server.close()
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory, listener):
-    root = tmp_path_factory.mktemp("report")
+def _render(tmp_path_factory, listener, lang: str = "en") -> dict:
+    root = tmp_path_factory.mktemp(f"report-{lang}")
     artifacts = write_artifacts(root / "artifacts", port=listener.port)
     old = os.environ.get("SOURCE_DATE_EPOCH")
     os.environ["SOURCE_DATE_EPOCH"] = EPOCH
     _OPENED.clear()
     _WATCH["on"] = True
     try:
-        files = render_checked(artifacts, root / "out")
+        files = render_checked(artifacts, root / "out", lang=lang)
     finally:
         _WATCH["on"] = False
         if old is None:
@@ -207,7 +206,27 @@ def rendered(tmp_path_factory, listener):
     reader = PdfReader(files.pdf)
     texts = [page.extract_text() or "" for page in reader.pages]
     return {"files": files, "reader": reader, "texts": texts, "artifacts": artifacts, "root": root,
-            "opened": list(_OPENED)}
+            "opened": list(_OPENED), "lang": lang}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, listener):
+    return _render(tmp_path_factory, listener)
+
+
+@pytest.fixture(scope="module")
+def rendered_ko(tmp_path_factory, listener):
+    """The same evaluation in Korean (lang="ko"): the hardening tests run on both."""
+    return _render(tmp_path_factory, listener, "ko")
+
+
+# the tests that hold for the report in every language
+both_languages = pytest.mark.parametrize("report", ["rendered", "rendered_ko"], indirect=True)
+
+
+@pytest.fixture
+def report(request):
+    return request.getfixturevalue(request.param)
 
 
 def _flat(text: str) -> str:
@@ -259,9 +278,11 @@ def test_every_section_and_page_count(rendered):
         assert len(rest.strip()) > 20 or len(xobjects) > 0, f"page {number} looks blank: {text!r}"
 
 
-def test_no_blank_pages_when_rendered_to_images(rendered):
+@both_languages
+def test_no_blank_pages_when_rendered_to_images(report):
     """Every page, drawn as pixels, has content beyond its running header and footer band; every
     figure the PDF embeds shows something (not one flat colour)."""
+    rendered = report
     document = pypdfium2.PdfDocument(str(rendered["files"].pdf))
     try:
         for number in range(len(document)):
@@ -340,7 +361,9 @@ def test_metadata_pdfa_and_tags(rendered):
     assert re.search(r"Figure 1\. ", text) and re.search(r"Figure 4\. ", text)
 
 
-def test_attachments_round_trip(rendered):
+@both_languages
+def test_attachments_round_trip(report):
+    rendered = report
     attachments = rendered["reader"].attachments
     assert set(attachments) == {"metrics.json", "predictions.csv"}
     for name in attachments:
@@ -358,7 +381,9 @@ def test_missing_figures_become_notes_and_content(rendered):
     assert all(tag.count("alt=") == 1 for tag in re.findall(r"<img[^>]*>", html))
 
 
-def test_hostile_registry_text_is_plain_text(rendered, listener):
+@both_languages
+def test_hostile_registry_text_is_plain_text(report, listener):
+    rendered = report
     assert listener.hits == []
     assert rendered["files"].refused_urls == []  # nothing even tried to load them
     assert not [p for p in rendered["opened"] if "passwd" in p]
@@ -392,9 +417,11 @@ def test_fetcher_serves_only_its_folder(tmp_path, listener):
     assert listener.hits == []
 
 
-def test_byte_reproducible(rendered, tmp_path, monkeypatch):
+@both_languages
+def test_byte_reproducible(report, tmp_path, monkeypatch):
+    rendered = report
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    again = render_checked(rendered["artifacts"], tmp_path / "elsewhere")
+    again = render_checked(rendered["artifacts"], tmp_path / "elsewhere", lang=rendered["lang"])
     assert again.pdf.read_bytes() == rendered["files"].pdf.read_bytes()
 
 
@@ -656,3 +683,141 @@ def test_model_facts_page_and_reporting_checklist(rendered):
     appendix = _flat(" ".join(texts[-3:]))
     assert "Appendix C: Reporting checklist" in appendix and "to be completed by the study team" in appendix
     assert re.search(r"Performance, p\. \d+", appendix)  # the pointer carries the page in the PDF
+
+
+# ---------------------------------------------------------------------------------- the report in Korean
+
+
+def _to_unicode(font) -> dict[int, str]:
+    """A Type0 font's ToUnicode CMap: character code -> text (bfchar and bfrange entries)."""
+    cmap = font["/ToUnicode"].get_object().get_data().decode("latin-1")
+    codes: dict[int, str] = {}
+
+    def text(hexes: str) -> str:
+        return bytes.fromhex(hexes).decode("utf-16-be")
+
+    for block in re.findall(r"beginbfchar(.*?)endbfchar", cmap, re.S):
+        for code, target in re.findall(r"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]*)>", block):
+            codes[int(code, 16)] = text(target)
+    for block in re.findall(r"beginbfrange(.*?)endbfrange", cmap, re.S):
+        for low, high, rest in re.findall(r"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>\s*(\[[^\]]*\]|<[0-9A-Fa-f]*>)", block):
+            low, high = int(low, 16), int(high, 16)
+            if rest.startswith("["):
+                for offset, target in enumerate(re.findall(r"<([0-9A-Fa-f]*)>", rest)):
+                    codes[low + offset] = text(target)
+            else:
+                first = int(rest[1:-1], 16)
+                for offset in range(high - low + 1):
+                    codes[low + offset] = chr(first + offset)
+    return codes
+
+
+def glyph_audit(pdf: Path) -> tuple[list[str], dict[str, set[str]]]:
+    """Every glyph the pages draw, checked against the font that draws it: the font is embedded,
+    the glyph is not .notdef (glyph 0) and exists in the embedded program, a visible character's
+    glyph has an outline (no empty box), and the text it stands for is known (ToUnicode).
+    Returns (problems, {font name: the characters it drew})."""
+    import io
+
+    from fontTools.ttLib import TTFont
+    from pypdf.generic import ByteStringObject, ContentStream, TextStringObject
+
+    reader = PdfReader(pdf)
+    problems, drawn = [], {}
+    programs = {}
+    for number, page in enumerate(reader.pages, start=1):
+        fonts = {name: ref.get_object() for name, ref in page["/Resources"].get("/Font", {}).items()}
+        current = None
+        for operands, operator in ContentStream(page.get_contents(), reader).operations:
+            if operator == b"Tf":
+                current = fonts[operands[0]]
+                continue
+            if operator not in (b"Tj", b"TJ", b"'", b'"'):
+                continue
+            pieces = operands[0] if operator == b"TJ" else [operands[-1]]
+            raw = b"".join(p.original_bytes if isinstance(p, TextStringObject) else bytes(p) for p in pieces
+                           if isinstance(p, (TextStringObject, ByteStringObject)))
+            name = str(current["/BaseFont"]).split("+")[-1]
+            if name not in programs:
+                assert current["/Subtype"] == "/Type0", name  # WeasyPrint writes CID fonts (Identity-H)
+                descendant = current["/DescendantFonts"][0].get_object()
+                descriptor = descendant["/FontDescriptor"].get_object()
+                stream = next((descriptor[k] for k in ("/FontFile2", "/FontFile3", "/FontFile") if k in descriptor), None)
+                if stream is None:
+                    problems.append(f"page {number}: font {name} is not embedded")
+                    programs[name] = (None, {})
+                else:
+                    programs[name] = (TTFont(io.BytesIO(stream.get_object().get_data())), _to_unicode(current))
+            program, codes = programs[name]
+            if program is None:
+                continue
+            glyph_order = program.getGlyphOrder()
+            for i in range(0, len(raw), 2):
+                gid = int.from_bytes(raw[i:i + 2], "big")  # Identity-H, CIDToGIDMap Identity
+                char = codes.get(gid)
+                if gid == 0 or gid >= len(glyph_order):
+                    problems.append(f"page {number}: {name} draws glyph {gid} (.notdef or absent) for {char!r}")
+                    continue
+                if char is None:
+                    problems.append(f"page {number}: {name} glyph {gid} stands for no text")
+                    continue
+                drawn.setdefault(name, set()).update(char)
+                if "glyf" in program and not char.isspace() and program["glyf"][glyph_order[gid]].numberOfContours == 0:
+                    problems.append(f"page {number}: {name} has an empty glyph for {char!r}")
+    return problems, drawn
+
+
+@both_languages
+def test_every_glyph_comes_from_an_embedded_font_that_has_it(report):
+    problems, drawn = glyph_audit(report["files"].pdf)
+    assert problems == [], problems[:20]
+    hangul = {font for font, chars in drawn.items() if any("\uac00" <= c <= "\ud7a3" for c in chars)}
+    if report["lang"] == "ko":  # Hangul, only from NanumGothic (fonts-nanum)
+        assert hangul and all(font.startswith("NanumGothic") for font in hangul), hangul
+        assert sum(len(chars) for chars in drawn.values()) > 300
+    else:
+        assert hangul == set()
+
+
+def test_korean_report_language_words_and_numbers(rendered_ko, rendered):
+    """The Korean report: /Lang ko (from <html lang>), the file names, the clinical words, the
+    same numbers as the English one, page furniture in Korean, within a few pages of English."""
+    files, reader, texts = rendered_ko["files"], rendered_ko["reader"], rendered_ko["texts"]
+    assert files.pdf.name == "tiny-model-v3-ko.pdf" and files.checklist.name == "checklist-ko.json"
+    assert reader.trailer["/Root"]["/Lang"] == "ko" and rendered["reader"].trailer["/Root"]["/Lang"] == "en"
+    assert reader.metadata.title == "평가 보고서: tiny-model v3"
+    assert b"pdfaid:part" in reader.trailer["/Root"]["/Metadata"].get_object().get_data()
+    assert set(reader.attachments) == {"metrics.json", "predictions.csv"}
+    text = _flat(" ".join(texts))
+    for words in ("모델 요약표", "레지스트리 권고", "알츠하이머병", "인지 정상", "민감도", "특이도", "95% 신뢰구간", "해마",
+                  "설명 가능성", "부록 C: 보고 체크리스트", "연구 목적 전용", "2023년 11월 14일", "그림 1.", "통과",
+                  "Grad-CAM의 4%가 뇌 밖에 있습니다"):  # the recorded English reason, worded anew in Korean
+        assert words in text, words
+    for english in ("Model Facts", "Recommendation for the registry", "Sensitivity", "Research use only",
+                    "Figure 1.", "4% of the Grad-CAM", "Page 1 of"):
+        assert english not in text, english
+    pages = len(reader.pages)
+    for number, page_text in enumerate(texts, start=1):
+        assert f"{number} / {pages}쪽" in _flat(page_text), number
+    assert abs(pages - len(rendered["reader"].pages)) <= 3
+    english = _flat(" ".join(rendered["texts"]))
+    auc = re.search(r"AUC (\d\.\d\d) \(95% CI (\d\.\d\d) to (\d\.\d\d)\)", english)
+    assert auc and f"AUC {auc[1]} (95% 신뢰구간 {auc[2]}~{auc[3]})" in text
+    assert "hippocampus_left" in text  # atlas region names stay as the atlas writes them
+    html = (files.html_dir / "index.html").read_text()
+    assert html.startswith("<!DOCTYPE html>\n<html lang=\"ko\">") or '<html lang="ko">' in html
+    checklist = json.loads(files.checklist.read_text())
+    assert checklist["items"][0]["status"] in ("filled", "partly filled", "to be completed by the study team")
+    assert checklist["items"][0]["status_text"] in ("작성됨", "일부 작성됨", "연구팀이 작성")
+
+
+def test_the_glyph_audit_finds_an_empty_box(tmp_path):
+    """The audit above can fail: a character no installed font has is drawn as .notdef (an empty
+    box), and the audit names it."""
+    import weasyprint
+
+    pdf = tmp_path / "box.pdf"
+    weasyprint.HTML(string='<html lang="ko"><p>알츠하이머병 \U000f0001</p></html>').write_pdf(pdf)
+    problems, drawn = glyph_audit(pdf)
+    assert any(".notdef" in problem for problem in problems), problems
+    assert any("알" in chars for font, chars in drawn.items() if font.startswith("Nanum")), drawn

@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..i18n import _
 from ..meta import DEFAULT_CLASS_NAMES
 from ..cohort.preprocessing import brain_mask
 from .slices import (
@@ -60,10 +61,11 @@ def plot_cam_gallery(
             image, cam, affine, label = case
         else:
             image, cam, affine = case.image, case.cam, case.affine
-            label = f"{case.subject_id}: {case.outcome}, model's P({positive_class}) = {case.prob:.2f}"
+            label = _("{subject}: {outcome}, model's P({positive}) = {prob:.2f}").format(
+                subject=case.subject_id, outcome=case.outcome, positive=positive_class, prob=case.prob)
         rows.append((volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
     row_views = []
-    for image, cam, affine, _ in rows:
+    for image, cam, affine, _unused in rows:
         peak = float(np.nanmax(cam)) if np.any(np.isfinite(cam)) else 0.0
         shown = cam / peak if peak > 0 else np.zeros_like(cam)
         row_views.append(ortho_slices([image, shown], affine, center_mm=center_mm, peak_of=1))
@@ -71,7 +73,7 @@ def plot_cam_gallery(
     fig, axes, bars = grid_figure(max(len(rows), 1), fig, title=title, shared_bar=True, content=content)
     if not rows:
         bars[0].set_axis_off()
-        message_axes(axes[0], "no cases to show")
+        message_axes(axes[0], _("no cases to show"))
         return fig
     heat = None
     for r, (ax, views, (image, cam, affine, label)) in enumerate(zip(axes, row_views, rows)):
@@ -81,7 +83,8 @@ def plot_cam_gallery(
                           scale_bar=r == len(rows) - 1)  # fmt: skip
         row_label(ax, label)
     bar = colorbar(fig, heat, bars[0],
-                    f"{cam_name(method)}, share of the subject's maximum (< {show_below:g} not shown)")
+                    _("{cam}, share of the subject's maximum (< {show_below:g} not shown)").format(
+                        cam=cam_name(method), show_below=show_below))
     bar.solids.set_alpha(1.0)
     return fig
 
@@ -113,11 +116,12 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
     peak_source = means[present.index(positive)] if positive in present else diff
     volumes = [peak_source, *means, diff] + ([] if background is None else [background])
     views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0)
-    fig, axes, bars = grid_figure(len(present) + 1, fig, title=f"{cam}: group means and their difference",
+    fig, axes, bars = grid_figure(len(present) + 1, fig, title=_('{cam}: group means and their difference').format(
+        cam=cam),
                                    content=content_size_mm(views))  # fmt: skip
     grey = grey_range(background) if background is not None else None
     counts = counts or {}
-    hidden = f" (< {show_below:g} not shown)" if background is not None else ""
+    hidden = _(' (< {show_below:g} not shown)').format(show_below=show_below) if background is not None else ""
     for r, name in enumerate(present):
         if background is not None:
             layers = [Layer(len(volumes) - 1, "gray", *grey),
@@ -125,11 +129,14 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
         else:
             layers = [Layer(1 + r, HEAT_CMAP, 0.0, 1.0)]
         image = draw_views(axes[r], views, layers, scale_bar=False)
-        row_label(axes[r], f"mean {cam}, {name}" + (f" (n = {counts[name]})" if name in counts else ""))
-        colorbar(fig, image, bars[r], f"share of the highest group mean{hidden}").solids.set_alpha(1.0)
+        row_label(axes[r], _("mean {cam}, {name}").format(
+            cam=cam, name=name) + (f" (n = {counts[name]})" if name in counts else ""))
+        colorbar(fig, image, bars[r], _('share of the highest group mean{hidden}').format(
+            hidden=hidden)).solids.set_alpha(1.0)
     if not np.any(np.isfinite(diff)):
         bars[-1].set_axis_off()
-        message_axes(axes[-1], f"difference {positive} - {negative} not computable: it needs subjects in both groups")
+        message_axes(axes[-1], _("difference {positive} - {negative} not computable: it needs subjects in both groups").format(
+            positive=positive, negative=negative))
         return fig
     limit = symmetric_limit(diff)
     if background is not None:
@@ -139,14 +146,16 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
     else:
         image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)],
                            side_color="black")  # fmt: skip
-    row_label(axes[-1], f"difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})")
-    bar = colorbar(fig, image, bars[-1], f"{positive} - {negative}, same scale{hidden}")
+    row_label(axes[-1], _("difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})").format(
+        positive=positive, negative=negative, cam=cam))
+    bar = colorbar(fig, image, bars[-1], _('{positive} - {negative}, same scale{hidden}').format(
+        positive=positive, negative=negative, hidden=hidden))
     bar.solids.set_alpha(1.0)
     return fig
 
 
 def plot_champion_comparison(this_map, champion_map, affine=None, *, background=None,
-                             labels: Sequence[str] = ("this version", "champion"), group: str = "AD",
+                             labels: Sequence[str] = (_("this version"), "champion"), group: str = "AD",
                              alpha: float = 0.6, fig: Figure | None = None) -> Figure:  # fmt: skip
     """The registry review's picture: each model's group-mean map of ``group`` over the same grey
     ``background`` (the cohort's mean input), one row per model, slices through that row's own
@@ -155,7 +164,8 @@ def plot_champion_comparison(this_map, champion_map, affine=None, *, background=
     maps = [volume3d(np.asarray(m, dtype=np.float32)) for m in (this_map, champion_map)]
     background = None if background is None else volume3d(background)
     fig_views = [ortho_slices([m] + ([] if background is None else [background]), affine, peak_of=0) for m in maps]
-    fig, axes, bars = grid_figure(2, fig, title=f"Where each model looks: mean map of the {group} group",
+    fig, axes, bars = grid_figure(2, fig, title=_('Where each model looks: mean map of the {group} group').format(
+        group=group),
                                    content=content_size_mm(fig_views[0]))  # fmt: skip
     grey = grey_range(background) if background is not None else None
     for r, (volume, views, label) in enumerate(zip(maps, fig_views, labels)):
@@ -164,7 +174,7 @@ def plot_champion_comparison(this_map, champion_map, affine=None, *, background=
                   else [Layer(0, HEAT_CMAP, 0.0, high)])  # fmt: skip
         image = draw_views(axes[r], views, layers, scale_bar=r == 1)
         row_label(axes[r], label)
-        colorbar(fig, image, bars[r], "map (raw units)").solids.set_alpha(1.0)
+        colorbar(fig, image, bars[r], _("map (raw units)")).solids.set_alpha(1.0)
     return fig
 
 
@@ -219,12 +229,14 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
     negative, positive = class_names
     channels = [int(c) for c in list(channels)[:n_channels]]
     k = max(len(channels), 1)
-    title = (f"Average feature maps{f' of {layer}' if layer else ''}: top {len(channels)} channels "
-             f"(by {positive}/{negative} separation), {view} slice")  # fmt: skip
+    title = (_("Average feature maps of {layer}: top {n} channels (by {positive}/{negative} separation), {view} slice")
+             if layer else
+             _("Average feature maps: top {n} channels (by {positive}/{negative} separation), {view} slice")).format(
+        layer=layer, n=len(channels), positive=positive, negative=negative, view=_(view))
     if not channels:
         fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, 2.0), layout=None)
         fig.suptitle(title, fontsize=10)
-        message_axes(fig.add_subplot(), "no channels to show")
+        message_axes(fig.add_subplot(), _("no channels to show"))
         return fig
     diff = np.asarray(diff)
     background = None if background is None else volume3d(background)
@@ -254,7 +266,8 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
                             right=1 - (bar_room - 0.3) / width, top=1 - top / height, bottom=foot / height,
                             wspace=0.3 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
     fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
-    rows = ((pos, f"mean {positive}", "viridis", low, high), (neg, f"mean {negative}", "viridis", low, high),
+    rows = ((pos, _("mean {name}").format(name=positive), "viridis", low, high),
+            (neg, _("mean {name}").format(name=negative), "viridis", low, high),
             (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))  # fmt: skip
     grey = grey_range(background) if background is not None else None
     for r, (planes, label, cmap, vmin, vmax) in enumerate(rows):
@@ -293,11 +306,13 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_ylabel(label, fontsize=8)
-        hidden = f" (< {FEATURE_DIFF_HIDDEN:.0%} not shown)"
-        bar_label = "activation" if r < 2 else ("difference" + (hidden if overlay else ""))
+        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(feature_diff_hidden=FEATURE_DIFF_HIDDEN)
+        bar_label = _("activation") if r < 2 else (_("difference") + (hidden if overlay else ""))
         bar = colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
         bar.solids.set_alpha(1.0)
-    fig.text(0.5, 0.06 / height, f"{v.name} slice {v.axis} = {v.position_mm:.0f} mm; " + CONVENTION, ha="center",
+    fig.text(0.5, 0.06 / height, _("{view} slice {axis} = {mm:.0f} mm").format(
+        view=_(v.name), axis=v.axis, mm=v.position_mm)
+             + "; " + _(CONVENTION), ha="center",
              va="bottom", fontsize=SMALL_FONT, color="#333333")  # fmt: skip
     return fig
 
@@ -328,11 +343,11 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
         row_views.append(ortho_slices(diff[channel], layer_affine, center_voxel=peak, peak_of=0, absolute_peak=True))
     fig, axes, bars = grid_figure(max(len(channels), 1), fig,
                                    content=content_size_mm(row_views[0]) if row_views else (600.0, 250.0),
-                                   title=f"Feature-map difference {positive} - {negative}"
-                                   f"{f' ({layer})' if layer else ''}, top channels")  # fmt: skip
+                                   title=_("Feature-map difference {positive} - {negative}{layer}, top channels").format(
+                                       positive=positive, negative=negative, layer=f" ({layer})" if layer else ""))
     if not channels:
         bars[0].set_axis_off()
-        message_axes(axes[0], "no channels to show")
+        message_axes(axes[0], _("no channels to show"))
         return fig
     scores = None if scores is None else list(scores)
     grey = grey_range(background) if background is not None else None
@@ -348,8 +363,10 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
             image = draw_views(axes[r], views, [Layer(0, DIVERGING_CMAP, -limit, limit)], side_color="black",
                                scale_bar=last)  # fmt: skip
         score = "" if scores is None else f", mean |t| = {float(scores[r]):.2f}"
-        row_label(axes[r], f"channel {channel} (rank {r + 1}{score}); red: higher in {positive}")
-        hidden = f" (< {FEATURE_DIFF_HIDDEN:.0%} not shown)" if background is not None else ""
+        row_label(axes[r], _("channel {channel} (rank {rank}{score}); red: higher in {positive}").format(
+            channel=channel, rank=r + 1, score=score, positive=positive))
+        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(
+            feature_diff_hidden=FEATURE_DIFF_HIDDEN) if background is not None else ""
         label = f"{positive} - {negative}{hidden}"
         colorbar(fig, image, bars[r], label).solids.set_alpha(1.0)
     return fig
@@ -386,15 +403,18 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
         if head is not None and not head[peak] and np.isfinite(np.where(head, strength, -np.inf)).any():
             world = (np.eye(4) if affine is None else np.asarray(affine, dtype=float)) @ np.r_[peak, 1.0]
             what = "|t|" if t_ok else "|difference|"
-            outside_note = (f"The largest {what} ({float(strength[peak]):.1f}) is outside the head, at ({world[0]:.0f}, "
-                            f"{world[1]:.0f}, {world[2]:.0f}) mm; slices and scales here: inside the head")  # fmt: skip
+            outside_note = (_('The largest {what} ({peak:.1f}) is outside the head, at ({v0:.0f}, {v1:.0f}, '
+                              '{v2:.0f}) mm; slices and scales here: inside the head').format(
+                                  what=what, peak=float(strength[peak]), v0=world[0], v1=world[1], v2=world[2]))  # fmt: skip
             peak = np.unravel_index(int(np.argmax(np.where(head, strength, -np.inf))), strength.shape)
             scales_within = head
         center_voxel = None if center_mm is not None else peak
     views = ortho_slices(volumes, affine, center_mm=center_mm, center_voxel=center_voxel, peak_of=0,
                          absolute_peak=True)  # fmt: skip
-    fig, axes, bars = grid_figure(2, fig, content=content_size_mm(views), title=f"Input data: {positive} - "
-                                   f"{negative} (the baseline against which the model's maps are judged)",
+    fig, axes, bars = grid_figure(2, fig, content=content_size_mm(views), title=_("Input data: {positive} - {negative} "
+                                                                                    "(the baseline against which the model's "
+                                                                                    "maps are judged)").format(
+                                                                                        positive=positive, negative=negative),
                                    subtitle=outside_note)  # fmt: skip
     within = (lambda v: np.where(scales_within, v, np.nan)) if scales_within is not None else (lambda v: v)
     grey = [] if background is None else [Layer(len(volumes) - 1, "gray", *grey_range(background))]
@@ -406,23 +426,25 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
         image = draw_views(axes[0], views, grey + [Layer(1, DIVERGING_CMAP, -limit, limit, 0.85 if grey else 1.0,
                                                          hide_abs_below=hidden)],
                            side_color="white" if grey else "black", scale_bar=False)  # fmt: skip
-        shown = f" (< {INPUT_DIFF_HIDDEN:.0%} of the largest not shown)" if grey else ""
-        row_label(axes[0], f"mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}")
-        colorbar(fig, image, bars[0], "intensity difference").solids.set_alpha(1.0)
+        shown = _(' (< {input_diff_hidden:.0%} of the largest not shown)').format(
+            input_diff_hidden=INPUT_DIFF_HIDDEN) if grey else ""
+        row_label(axes[0], _('mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}').format(
+            positive=positive, negative=negative, n=n, shown=shown))
+        colorbar(fig, image, bars[0], _("intensity difference")).solids.set_alpha(1.0)
     else:
         bars[0].set_axis_off()
-        message_axes(axes[0], f"difference not computable: it needs subjects in both groups{n}")
+        message_axes(axes[0], _('difference not computable: it needs subjects in both groups{n}').format(n=n))
     if t_ok:
         t_limit = symmetric_limit(within(t))
         image = draw_views(axes[1], views, grey + [Layer(2, DIVERGING_CMAP, -t_limit, t_limit, 0.85 if grey else 1.0,
                                                          hide_abs_below=T_HIDDEN if grey else None)],
                            side_color="white" if grey else "black")  # fmt: skip
-        shown = f"; |t| < {T_HIDDEN:g} not shown" if grey else ""
-        row_label(axes[1], f"Welch t (|t| > 2: roughly p < 0.05 per voxel, uncorrected{shown})")
-        colorbar(fig, image, bars[1], "Welch t").solids.set_alpha(1.0)
+        shown = _('; |t| < {t_hidden:g} not shown').format(t_hidden=T_HIDDEN) if grey else ""
+        row_label(axes[1], _('Welch t (|t| > 2: roughly p < 0.05 per voxel, uncorrected{shown})').format(shown=shown))
+        colorbar(fig, image, bars[1], _("Welch t")).solids.set_alpha(1.0)
     else:
         bars[1].set_axis_off()
-        message_axes(axes[1], "t-map not computable: it needs at least 2 subjects in each group")
+        message_axes(axes[1], _("t-map not computable: it needs at least 2 subjects in each group"))
     return fig
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..i18n import _, line_spacing
 from ..meta import DEFAULT_CLASS_NAMES
 from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
@@ -35,29 +36,30 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
     owned = ax is None
     ax = axes_to_draw(ax, (6.0, 2.1 + 0.32 * max(len(names), 2)))
     if not names or gains.size == 0:
-        return message_axes(ax, f"No atlas regions: the {cam} share per region needs an atlas (--atlas).",
-                        title=f"{cam} per region")  # fmt: skip
+        return message_axes(ax, _('No atlas regions: the {cam} share per region needs an atlas (--atlas).').format(cam=cam),
+                        title=_('{cam} per region').format(cam=cam))  # fmt: skip
     negative, positive = class_names
     y = np.arange(len(names))[::-1]  # the first region on top
     means = np.nanmean(gains, axis=0)
-    ax.barh(y, means, height=0.6, color="#DDDDDD", edgecolor="#555555", label="mean over subjects", zorder=1)
+    ax.barh(y, means, height=0.6, color="#DDDDDD", edgecolor="#555555", label=_("mean over subjects"), zorder=1)
     jitter = (np.random.default_rng(0).random(gains.shape[0]) - 0.5) * 0.35
     if labels is None:
         ax.scatter(gains.ravel(), (y[None, :] + jitter[:, None]).ravel(), s=8, color="black", alpha=0.6, zorder=3,
-                   label="subjects")  # fmt: skip
+                   label=_("subjects"))  # fmt: skip
     else:
         labels = np.asarray(labels).astype(int)
         for value, name, color, marker in ((0, negative, CN_COLOR, "o"), (1, positive, AD_COLOR, "^")):
             rows = labels == value
             if rows.any():
                 ax.scatter(gains[rows].ravel(), (y[None, :] + jitter[rows, None]).ravel(), s=10, color=color,
-                           marker=marker, alpha=0.7, zorder=3, label=f"{name} subjects")  # fmt: skip
-    ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="1 = spread evenly over the brain")
+                           marker=marker, alpha=0.7, zorder=3, label=_("{name} subjects").format(
+                               name=name))  # fmt: skip
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label=_("1 = spread evenly over the brain"))
     ax.set_yticks(y, [name.replace("_", " ") for name in names], fontsize=8)
     ax.set_ylim(-0.6, len(names) - 0.4)
-    ax.set_xlabel(f"{cam} share / brain volume share")
+    ax.set_xlabel(_('{cam} share / brain volume share').format(cam=cam))
     ax.set_xlim(left=0)
-    ax.set_title(f"Where the model looks: {cam} per atlas region", fontsize=10)
+    ax.set_title(_('Where the model looks: {cam} per atlas region').format(cam=cam), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     legend_below(ax, owned)
     return ax
@@ -75,21 +77,23 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = D
     ax = axes_to_draw(ax, (4.6, 3.6))
     values = np.asarray(fractions, dtype=float)
     if values.size == 0 or not np.any(np.isfinite(values)):
-        return message_axes(ax, f"No {cam} shares to show.", title=f"{cam} outside the brain")
+        return message_axes(ax, _('No {cam} shares to show.').format(
+            cam=cam), title=_('{cam} outside the brain').format(cam=cam))
     negative, positive = class_names
     edges = np.linspace(0.0, 1.0, 21)
-    groups = [(None, "all subjects", NEUTRAL_COLOR, "")] if labels is None else [
+    groups = [(None, _("all subjects"), NEUTRAL_COLOR, "")] if labels is None else [
         (0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")]  # fmt: skip
     labels = None if labels is None else np.asarray(labels).astype(int)
     for value, name, color, hatch in groups:
         chosen = values if value is None else values[labels == value]
         chosen = chosen[np.isfinite(chosen)]
         ax.hist(chosen, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color,
-                label=f"{name} (n={len(chosen)}, median {np.median(chosen) if len(chosen) else float('nan'):.2f})")
+                label=_("{name} (n={n}, median {median:.2f})").format(
+                    name=name, n=len(chosen), median=np.median(chosen) if len(chosen) else float("nan")))
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"share of {cam} outside the brain mask (0 = all inside)")
-    ax.set_ylabel("subjects")
-    ax.set_title(f"{cam} outside the brain (skull, background)", fontsize=10)
+    ax.set_xlabel(_('share of {cam} outside the brain mask (0 = all inside)').format(cam=cam))
+    ax.set_ylabel(_("subjects"))
+    ax.set_title(_('{cam} outside the brain (skull, background)').format(cam=cam), fontsize=10)
     ax.legend(fontsize=8)
     return ax
 
@@ -107,22 +111,25 @@ def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: flo
     ax = axes_to_draw(ax, (5.6, 3.8))
     values = np.asarray(spearman, dtype=float)
     if values.size == 0:
-        return message_axes(ax, "Sanity check not run: no subjects.", title=f"{cam} sanity check")
+        return message_axes(ax, _("Sanity check not run: no subjects."), title=_('{cam} sanity check').format(cam=cam))
     ids = list(subject_ids) if subject_ids is not None else [str(i + 1) for i in range(len(values))]
     mean = float(np.nanmean(values)) if mean is None and np.any(np.isfinite(values)) else mean
     x = np.arange(len(values))
     ax.bar(x, np.nan_to_num(values), color=MODEL_COLOR, width=0.6)
     has_mean = mean is not None and math.isfinite(mean)
     if has_mean:
-        ax.axhline(mean, color="black", linestyle="--", label=f"mean {mean:.2f}")
+        ax.axhline(mean, color="black", linestyle="--", label=_("mean {mean:.2f}").format(mean=mean))
         ax.legend(fontsize=8, loc="lower right")
     ax.axhline(0.0, color=NEUTRAL_COLOR, linewidth=0.8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xticks(x, ids, rotation=45 if len(ids) > 4 else 0, ha="right" if len(ids) > 4 else "center", fontsize=8)
     # The reading guide goes in the x label, so the layout engine keeps room for it.
-    ax.set_xlabel("subject\n\nGood: correlation near 0 (the maps depend on what the model learned).\n"
-                  "Near 1: the maps would look the same from an untrained model (not explanations).", fontsize=8)
-    ax.set_ylabel("Spearman rank correlation")
-    summary = f"\nmean rank correlation {mean:.2f} over {len(values)} subjects (bars)" if has_mean else ""
-    ax.set_title(f"Sanity check: trained vs randomised-weights {cam}{summary}", fontsize=10)
+    ax.set_xlabel(_("subject\n\nGood: correlation near 0 (the maps depend on what the model learned).\n"
+                  "Near 1: the maps would look the same from an untrained model (not explanations)."), fontsize=8,
+                  linespacing=line_spacing())
+    ax.set_ylabel(_("Spearman rank correlation"))
+    summary = "\n" + _("mean rank correlation {mean:.2f} over {n} subjects (bars)").format(
+        mean=mean, n=len(values)) if has_mean else ""
+    ax.set_title(_("Sanity check: trained vs randomised-weights {cam}{summary}").format(cam=cam, summary=summary),
+                 fontsize=10, linespacing=line_spacing())
     return ax

@@ -3,13 +3,14 @@ the numbers ``interventions.summarise`` gives (a ``CounterfactualSummary``), int
 
 from __future__ import annotations
 
+from ..i18n import N_, _
 from ..meta import DEFAULT_CAM
 from .style import AD_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
 ORDER_STYLE = {  # order -> (label, colour, line style, marker)
-    "morf": ("most relevant first (MoRF)", AD_COLOR, "-", "o"),
-    "lerf": ("least relevant first (LeRF)", MODEL_COLOR, "--", "s"),
-    "random": ("random blob in the brain (control)", NEUTRAL_COLOR, ":", "^"),
+    "morf": (N_("most relevant first (MoRF)"), AD_COLOR, "-", "o"),
+    "lerf": (N_("least relevant first (LeRF)"), MODEL_COLOR, "--", "s"),
+    "random": (N_("random blob in the brain (control)"), NEUTRAL_COLOR, ":", "^"),
 }
 
 
@@ -21,21 +22,21 @@ def plot_deletion_curves(summary, *, method: str = DEFAULT_CAM, ax=None):
     owned = ax is None
     ax = axes_to_draw(ax, (5.6, 3.9))
     positive = getattr(summary, "positive_class", "AD")
-    title = f"Deletion curves: P({positive}) as the {cam}'s voxels are replaced"
+    title = _("Deletion curves: P({positive}) as the {cam}'s voxels are replaced").format(positive=positive, cam=cam)
     if summary is None or not summary.computed or not summary.curves:
         reason = getattr(summary, "reason", None) or "the counterfactual tests did not run"
-        return message_axes(ax, f"No deletion curves: {reason}.", title=title)
+        return message_axes(ax, _('No deletion curves: {reason}.').format(reason=reason), title=title)
     for order, (label, color, style, marker) in ORDER_STYLE.items():
         curve = summary.curves.get(order)
         if not curve:
             continue
         shares = [100 * s for s in curve["share"]]
         prob, lower, upper = curve["prob"], curve["lower"], curve["upper"]
-        ax.plot(shares, prob, linestyle=style, marker=marker, color=color, label=label, zorder=3)
+        ax.plot(shares, prob, linestyle=style, marker=marker, color=color, label=_(label), zorder=3)
         if all(v is not None for v in (*lower, *upper)):
             ax.fill_between(shares, lower, upper, color=color, alpha=0.15, linewidth=0, zorder=1)
-    ax.set_xlabel("share of the brain's volume replaced (%)")
-    ax.set_ylabel(f"mean P({positive}) over {summary.n_subjects} subjects")
+    ax.set_xlabel(_("share of the brain's volume replaced (%)"))
+    ax.set_ylabel(_("mean P({positive}) over {n} subjects").format(positive=positive, n=summary.n_subjects))
     ax.set_ylim(-0.02, 1.02)
     ax.set_xticks([100 * s for s in summary.curves[next(iter(summary.curves))]["share"]])
     ax.grid(alpha=0.3)
@@ -50,23 +51,24 @@ def plot_region_drops(summary, *, ax=None):
     entries = []
     if summary is not None and summary.computed:
         outside = summary.estimate("cf_drop_outside_brain")
-        candidates = [("outside the brain", outside), *((r.replace("_", " "), e) for r, e in summary.region_drops().items())]
+        candidates = [(_("outside the brain"), outside), *((r.replace("_", " "), e) for r, e in summary.region_drops().items())]
         entries = sorted(((n, e) for n, e in candidates if e is not None and e.computable), key=lambda item: item[1].value)
     ax = axes_to_draw(ax, (6.0, 1.9 + 0.34 * max(len(entries), 2)))
     positive = getattr(summary, "positive_class", "AD")
-    title = f"What changes the score: drop in P({positive}) when a region is replaced"
+    title = _('What changes the score: drop in P({positive}) when a region is replaced').format(positive=positive)
     if not entries:
         reason = getattr(summary, "reason", None) or "the counterfactual tests did not run"
-        return message_axes(ax, f"No region drops: {reason}.", title=title)
+        return message_axes(ax, _('No region drops: {reason}.').format(reason=reason), title=title)
     y = list(range(len(entries)))
     values = [e.value for _, e in entries]
     errors = [[max(0.0, e.value - (e.lower if e.lower is not None else e.value)) for _, e in entries],
               [max(0.0, (e.upper if e.upper is not None else e.value) - e.value) for _, e in entries]]
-    colors = [AD_COLOR if name == "outside the brain" else MODEL_COLOR for name, _ in entries]
+    colors = [AD_COLOR if name == _("outside the brain") else MODEL_COLOR for name, _e in entries]
     ax.barh(y, values, xerr=errors, height=0.6, color=colors, alpha=0.8, capsize=3, ecolor="black", zorder=2)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_yticks(y, [name for name, _ in entries], fontsize=8)
-    ax.set_xlabel(f"mean P({positive}) before minus after, with 95% interval ({summary.n_subjects} subjects)")
+    ax.set_xlabel(_("mean P({positive}) before minus after, with 95% interval ({n} subjects)").format(
+        positive=positive, n=summary.n_subjects))
     ax.set_xlim(min(-0.05, min(e.lower or 0 for _, e in entries) - 0.02), max(0.3, max(e.upper or 0 for _, e in entries) + 0.05))
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)

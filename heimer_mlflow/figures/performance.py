@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..i18n import _, line_spacing
 from ..meta import DEFAULT_CLASS_NAMES
 from .style import (
     AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, new_figure, legend_below, message_axes,
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 def _fmt_ci(value, lower, upper, digits=2) -> str:
     text = f"{value:.{digits}f}"
     if lower is not None and upper is not None:
-        text += f" (95% CI {lower:.{digits}f}-{upper:.{digits}f})"
+        text += " " + _("(95% CI {lower}-{upper})").format(lower=f"{lower:.{digits}f}", upper=f"{upper:.{digits}f}")
     return text
 
 
@@ -38,19 +39,21 @@ def plot_roc(
     ax = axes_to_draw(ax, (4.2, 4.0))
     negative, positive = class_names
     if fpr is None or tpr is None or len(fpr) == 0:
-        return message_axes(ax, f"ROC curve not computable:\n{reason or 'no curve given'}", title="ROC curve")
-    label = "model" if auc is None else f"model, AUC {_fmt_ci(auc, auc_lower, auc_upper)}"
+        return message_axes(ax, _('ROC curve not computable:\n{reason}').format(
+            reason=reason or _('no curve given')), title=_("ROC curve"))
+    label = _("model") if auc is None else _("model, AUC {auc}").format(auc=_fmt_ci(auc, auc_lower, auc_upper))
     ax.plot(fpr, tpr, color=AD_COLOR, linewidth=2, drawstyle="default", label=label)
-    ax.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label="chance (AUC 0.50)")
+    ax.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label=_("chance (AUC 0.50)"))
     if operating_point is not None:
         at = "" if threshold is None else f" {threshold:g}"
-        ax.plot(*operating_point, "o", color="black", markersize=6, label=f"threshold{at}")
+        ax.plot(*operating_point, "o", color="black", markersize=6, label=_("threshold") + at)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
-    ax.set_xlabel(f"1 - specificity (share of {negative} called {positive})")
-    ax.set_ylabel(f"sensitivity (share of {positive} called {positive})")
-    ax.set_title("ROC curve")
+    ax.set_xlabel(_('1 - specificity (share of {negative} called {positive})').format(
+        negative=negative, positive=positive))
+    ax.set_ylabel(_('sensitivity (share of {positive} called {positive})').format(positive=positive))
+    ax.set_title(_("ROC curve"))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return ax
@@ -73,15 +76,17 @@ def plot_score_histogram(
     for value, name, color, hatch in ((0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")):
         scores = y_score[y_true == value]
         ax.hist(scores, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color, linewidth=1,
-                label=f"true {name} (n={len(scores)})")  # fmt: skip
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
+                label=_("true {name} (n={n})").format(name=name, n=len(scores)))  # fmt: skip
+    ax.axvline(threshold, color="black", linestyle="--", label=_("threshold {threshold:g}").format(threshold=threshold))
     if youden_threshold is not None:
         ax.axvline(youden_threshold, color=NEUTRAL_COLOR, linestyle=":",
-                   label=f"Youden {youden_threshold:.2f} (chosen on this data; information only)")  # fmt: skip
+                   label=_('Youden {youden_threshold:.2f} (chosen on this data; information only)').format(
+                       youden_threshold=youden_threshold))  # fmt: skip
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"model score: probability of {positive}")
-    ax.set_ylabel("subjects")
-    ax.set_title(f"Scores by true class (called {positive} at >= {threshold:g})", fontsize=10)
+    ax.set_xlabel(_('model score: probability of {positive}').format(positive=positive))
+    ax.set_ylabel(_("subjects"))
+    ax.set_title(_('Scores by true class (called {positive} at >= {threshold:g})').format(
+        positive=positive, threshold=threshold), fontsize=10)
     legend_below(ax, owned, ncol=1 if youden_threshold is not None else 2)
     return ax
 
@@ -101,10 +106,11 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
                 color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
     ax.set_xticks([0, 1], [negative, positive])
     ax.set_yticks([0, 1], [f"{negative}\n(n={int(totals[0, 0])})", f"{positive}\n(n={int(totals[1, 0])})"])
-    ax.set_xlabel("model's call")
-    ax.set_ylabel("true class")
-    at = "" if threshold is None else f" at threshold {threshold:g}"
-    ax.set_title(f"Confusion matrix{at}\n(count, % of true class)", fontsize=10)
+    ax.set_xlabel(_("model's call"))
+    ax.set_ylabel(_("true class"))
+    at = "" if threshold is None else " " + _("at threshold {threshold:g}").format(threshold=threshold)
+    ax.set_title(_("Confusion matrix{at}\n(count, % of true class)").format(
+        at=at), fontsize=10, linespacing=line_spacing())
     return ax
 
 
@@ -118,22 +124,22 @@ def plot_calibration(
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     positive = class_names[1]
     mean_predicted, observed, count = (np.asarray(a, dtype=float) for a in (mean_predicted, observed_fraction, count))
-    top.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label="perfect calibration")
+    top.plot([0, 1], [0, 1], color=NEUTRAL_COLOR, linestyle=":", label=_("perfect calibration"))
     parts = [f"Brier {brier:.3f}" if brier is not None else None, f"ECE {ece:.3f}" if ece is not None else None]
-    label = "model" + (f" ({', '.join(p for p in parts if p)})" if any(parts) else "")
+    label = _("model") + (f" ({', '.join(p for p in parts if p)})" if any(parts) else "")
     top.plot(mean_predicted, observed, "o-", color=AD_COLOR, label=label)
     for x, y, n in zip(mean_predicted, observed, count):
         top.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
     top.set_xlim(0, 1)
     top.set_ylim(-0.02, 1.02)
-    top.set_ylabel(f"observed share of {positive}")
-    top.set_title("Calibration (reliability curve)")
+    top.set_ylabel(_('observed share of {positive}').format(positive=positive))
+    top.set_title(_("Calibration (reliability curve)"))
     top.grid(alpha=0.3)
     top.legend(loc="upper left", fontsize=8)
     if len(mean_predicted):
         bottom.bar(mean_predicted, count, width=0.06, color=NEUTRAL_COLOR)
-    bottom.set_xlabel(f"mean model score in bin (probability of {positive})")
-    bottom.set_ylabel("subjects")
+    bottom.set_xlabel(_('mean model score in bin (probability of {positive})').format(positive=positive))
+    bottom.set_ylabel(_("subjects"))
     return fig
 
 
@@ -147,17 +153,18 @@ def plot_decision_curve(
     pt = np.asarray(thresholds, dtype=float)
     model, every = np.asarray(net_benefit_model, dtype=float), np.asarray(net_benefit_treat_all, dtype=float)
     none = np.zeros_like(pt) if net_benefit_treat_none is None else np.asarray(net_benefit_treat_none, dtype=float)
-    ax.plot(pt, model, color=MODEL_COLOR, linewidth=2, label="model")
-    ax.plot(pt, every, color=AD_COLOR, linestyle="--", label=f"treat all as {positive}")
-    ax.plot(pt, none, color=NEUTRAL_COLOR, linestyle=":", label="treat none")
+    ax.plot(pt, model, color=MODEL_COLOR, linewidth=2, label=_("model"))
+    ax.plot(pt, every, color=AD_COLOR, linestyle="--", label=_('treat all as {positive}').format(positive=positive))
+    ax.plot(pt, none, color=NEUTRAL_COLOR, linestyle=":", label=_("treat none"))
     if threshold is not None:
-        ax.axvline(threshold, color="black", linewidth=0.8, alpha=0.6, label=f"threshold {threshold:g}")
+        ax.axvline(threshold, color="black", linewidth=0.8, alpha=0.6, label=_("threshold {threshold:g}").format(
+            threshold=threshold))
     top = max(float(np.max(model, initial=0)), float(np.max(every, initial=0)), 0.05)
     ax.set_ylim(-0.1 * top - 0.02, 1.1 * top)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("threshold probability (risk at which one would act)")
-    ax.set_ylabel("net benefit (true positives per subject)")
-    ax.set_title("Decision curve")
+    ax.set_xlabel(_("threshold probability (risk at which one would act)"))
+    ax.set_ylabel(_("net benefit (true positives per subject)"))
+    ax.set_title(_("Decision curve"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
@@ -195,25 +202,26 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
     ``lower``, ``upper`` (``value`` None = not computable, shown as "n/a"); ``overall``: the
     whole cohort's estimates.
     """
-    titles = {"sensitivity": "sensitivity", "specificity": "specificity", "roc_auc": "ROC AUC",
-              "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "ppv": "PPV", "npv": "NPV"}
+    titles = {"sensitivity": _("sensitivity"), "specificity": _("specificity"), "roc_auc": "ROC AUC",
+              "balanced_accuracy": _("balanced accuracy"), "accuracy": _("accuracy"), "ppv": "PPV", "npv": "NPV"}
     fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, 0.3 * len(rows) + 1.6))
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
     if fig.get_layout_engine() is not None:
         fig.get_layout_engine().set(wspace=0.08)  # room between the panels' end and start ticks
     y = np.arange(len(rows))[::-1]
     for ax, name in zip(axes, names):
-        for yi, (_, estimates) in zip(y, rows):
+        for yi, (_label, estimates) in zip(y, rows):
             e = estimates.get(name)
             if e is None or e.value is None:
-                ax.text(0.5, yi, "n/a", ha="center", va="center", fontsize=8, color=NEUTRAL_COLOR)
+                ax.text(0.5, yi, _("n/a"), ha="center", va="center", fontsize=8, color=NEUTRAL_COLOR)
                 continue
             if e.lower is not None and e.upper is not None:
                 ax.plot([e.lower, e.upper], [yi, yi], color="black", linewidth=1)
             ax.plot(e.value, yi, "s", color=MODEL_COLOR, markersize=5)
         whole = (overall or {}).get(name)
         if whole is not None and whole.value is not None:
-            ax.axvline(whole.value, color=AD_COLOR, linestyle="--", linewidth=1, label=f"all: {whole.value:.2f}")
+            ax.axvline(whole.value, color=AD_COLOR, linestyle="--", linewidth=1, label=_("all: {value:.2f}").format(
+                value=whole.value))
             ax.legend(fontsize=7.5, loc="lower left")
         ax.set_xlim(-0.02, 1.02)
         ax.set_xticks([0.0, 0.5, 1.0], ["0", "0.5", "1"])
@@ -222,7 +230,7 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [label for label, _ in rows], fontsize=8)
     axes[0].set_ylim(-0.7, len(rows) - 0.3)
-    fig.suptitle("Results per subgroup", fontsize=11)
+    fig.suptitle(_("Results per subgroup"), fontsize=11)
     return fig
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..i18n import N_, _
 from ..meta import DEFAULT_CLASS_NAMES
 from .brain_maps import (
     plot_cam_gallery, plot_champion_comparison, plot_channel_difference_maps, plot_feature_maps, plot_group_cam,
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OUTCOME_TITLES = {
-    "TP": "true positives ({positive} called {positive})", "TN": "true negatives ({negative} called {negative})",
-    "FP": "false positives ({negative} called {positive})", "FN": "false negatives ({positive} called {negative})",
+    "TP": N_("true positives ({positive} called {positive})"), "TN": N_("true negatives ({negative} called {negative})"),
+    "FP": N_("false positives ({negative} called {positive})"), "FN": N_("false negatives ({positive} called {negative})"),
 }  # fmt: skip
 Plan = list[tuple[str, Callable[[], Figure]]]
 # The case galleries show the primary map (HiResCAM by default): gallery_TP.png, ..., named for the
@@ -94,8 +95,8 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
     method = engine_result.cam_method or "gradcam"  # the primary map
     for outcome, cases in engine_result.gallery.items():
         if cases:
-            what = OUTCOME_TITLES.get(outcome, outcome).format(negative=negative, positive=positive)
-            title = f"{cam_name(method)}, most confident {what}"
+            what = _(OUTCOME_TITLES.get(outcome, outcome)).format(negative=negative, positive=positive)
+            title = _("{cam}, most confident {what}").format(cam=cam_name(method), what=what)
             plan.append((f"gallery_{outcome}", lambda cases=cases, title=title: plot_cam_gallery(
                 cases[:max_gallery_cases], positive_class=positive, title=title, method=method)))  # fmt: skip
     inputs = maps.get("input")
@@ -203,8 +204,10 @@ def _champion_comparison(evaluation: Evaluation, champion_run: ChampionRun, out:
     figure = plot_champion_comparison(
         volume3d(cam.mean[positive]), np.asarray(nib.load(path).dataobj, dtype=np.float32),
         affine=evaluation.grid_affine, background=background,
-        labels=(f"this version (v{evaluation.model.version}), {CAM_NAMES[evaluation.engine.cam_method]}",
-                f"champion (v{comparison.champion_version}), {CAM_NAMES.get(comparison.champion_cam_method, 'Grad-CAM')}"),
+        labels=(_("this version (v{version}), {map}").format(version=evaluation.model.version,
+                                                             map=CAM_NAMES[evaluation.engine.cam_method]),
+                _("champion (v{version}), {map}").format(version=comparison.champion_version,
+                                                         map=CAM_NAMES.get(comparison.champion_cam_method, "Grad-CAM"))),
         group=positive,
     )  # fmt: skip
     return {"champion_comparison": save_figure(figure, out / "champion_comparison.png")}

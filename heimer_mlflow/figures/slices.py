@@ -16,9 +16,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
+from ..i18n import NEEDS_FONT, N_, _, current_language
 from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, MAX_FIGURE_HEIGHT_IN, new_figure
 
-VIEWS = ("axial", "coronal", "sagittal")
+VIEWS = (N_("axial"), N_("coronal"), N_("sagittal"))  # N_: the names are drawn translated
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ class SliceView:
 
     @property
     def title(self) -> str:
-        return f"{self.name} {self.axis} = {self.position_mm:.0f} mm"
+        return f"{_(self.name)} {self.axis} = {self.position_mm:.0f} mm"
 
 
 # For each view: (normal axis, horizontal axis, vertical axis), RAS axes 0=x, 1=y, 2=z.
@@ -281,7 +282,7 @@ def grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float 
     if subtitle:
         fig.text(0.5, 1 - 0.32 / height, subtitle, ha="center", va="top", fontsize=8.5, color="#8b0000")
     if caption:
-        fig.text(0.5, 0.06 / height, caption, ha="center", va="bottom", fontsize=SMALL_FONT, color="#333333")
+        fig.text(0.5, 0.06 / height, _(caption), ha="center", va="bottom", fontsize=SMALL_FONT, color="#333333")
     return fig, axes, bars
 
 
@@ -293,6 +294,10 @@ def colorbar(fig, image, cax, label: str):
 
 
 def row_label(ax, text: str) -> None:
+    if current_language() in NEEDS_FONT:  # Hangul stands taller: lift the label clear of the views' titles
+        ax.annotate(text, (0.0, 1.0), xycoords="axes fraction", xytext=(0, 5), textcoords="offset points", fontsize=9,
+                    fontweight="bold", va="bottom", ha="left")
+        return
     ax.text(0.0, 1.0, text, transform=ax.transAxes, fontsize=9, fontweight="bold", va="bottom", ha="left")
 
 

@@ -7,6 +7,7 @@ import pathlib
 
 from matplotlib.figure import Figure
 
+from ..i18n import N_, line_spacing
 from ..meta import CAM_NAMES
 
 AD_COLOR = "#D55E00"  # Okabe-Ito vermillion: the positive class (AD)
@@ -18,7 +19,7 @@ MODEL_COLOR = "#009E73"  # Okabe-Ito bluish green
 HEAT_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
 DPI = 100
-CONVENTION = "Neurological convention: subject's left on the image left (L/R marked); coordinates in mm (world space)"
+CONVENTION = N_("Neurological convention: subject's left on the image left (L/R marked); coordinates in mm (world space)")
 # The report prints brain figures at the full text width of an A4 page (210 mm - 2 x 16 mm):
 # drawn at this width they print at scale 1, so every font size below is its printed size.
 BRAIN_FIGURE_WIDTH_IN = 7.0
@@ -67,7 +68,8 @@ def legend_below(ax, owned: bool, ncol: int = 2, **kwargs):
 def message_axes(ax, text: str, title: str | None = None):
     """An Axes that says, in words, why there is nothing to draw."""
     ax.set_axis_off()
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, transform=ax.transAxes,
+            linespacing=line_spacing())
     if title:
         ax.set_title(title)
     return ax

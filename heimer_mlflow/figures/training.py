@@ -9,7 +9,10 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..i18n import N_, _
 from .style import BRAIN_FIGURE_WIDTH_IN, TRAIN_COLOR, VAL_COLOR, new_figure, message_axes
+
+KIND_TITLES = {"loss": N_("Loss"), "accuracy": N_("Accuracy")}
 
 
 def _series(values) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -47,25 +50,26 @@ def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) 
             panels[kind][name] = (x, y)
             stepped |= by_step
     if not any(panels.values()):
-        message_axes(fig.add_subplot(), "No training history available:\nthe model's source run logged no "
-                 "training or validation loss/accuracy.", title="Training curves")  # fmt: skip
+        message_axes(fig.add_subplot(), _("No training history available:\nthe model's source run logged no "
+                 "training or validation loss/accuracy."), title=_("Training curves"))  # fmt: skip
         return fig
     axes = fig.subplots(1, 2)
     for ax, (kind, curves) in zip(axes, panels.items()):
         if not curves:
-            message_axes(ax, f"no {kind} history logged", title=kind.capitalize())
+            message_axes(ax, _("no loss history logged") if kind == "loss" else _("no accuracy history logged"),
+                     title=_(KIND_TITLES[kind]))
             continue
         for name, (x, y) in curves.items():
             validation = name.lower().startswith(("val", "valid")) or "val" in name.lower().split("_")
             ax.plot(x, y, color=VAL_COLOR if validation else TRAIN_COLOR, linestyle="--" if validation else "-",
                     marker="o" if len(x) <= 30 else None, markersize=3,
-                    label=("validation" if validation else "training") if name.lower().startswith(("train", "val"))
+                    label=(_("validation") if validation else _("training")) if name.lower().startswith(("train", "val"))
                     else name)  # fmt: skip
-        ax.set_xlabel("epoch (logged step)" if stepped else "epoch")
-        ax.set_ylabel("cross-entropy loss" if kind == "loss" else "accuracy (share correct)")
+        ax.set_xlabel(_("epoch (logged step)") if stepped else _("epoch"))
+        ax.set_ylabel(_("cross-entropy loss") if kind == "loss" else _("accuracy (share correct)"))
         if kind == "accuracy":
             ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{kind.capitalize()}: training vs validation")
+        ax.set_title(_("{kind}: training vs validation").format(kind=_(KIND_TITLES[kind])))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..i18n import _
+
 log = logging.getLogger(__name__)
 
 T_THRESHOLD = 3.0
@@ -109,21 +111,24 @@ def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -
     if positive in cam.mean:
         mean = np.asarray(_image(cam.mean[positive], affine).dataobj)
         top = _robust_max(mean, True)
-        plans.append((f"{method}_{safe_name(positive)}_mean.html", f"{name}, {positive} mean",
-                      f"where the model looks, averaged over the {positive} scans (shown from a third of its "
-                      "robust maximum up)", mean, top / 3, top, "YlOrRd", False))
+        plans.append((f"{method}_{safe_name(positive)}_mean.html", _("{map}, {positive} mean").format(
+                          map=name, positive=positive),
+                      _("where the model looks, averaged over the {positive} scans (shown from a third of its robust "
+                        "maximum up)").format(positive=positive), mean, top / 3, top, "YlOrRd", False))
     if cam.diff is not None:
         diff = np.asarray(_image(cam.diff, affine).dataobj)
         top = _robust_max(diff, False)
         plans.append((f"{method}_{safe_name(positive)}-{safe_name(negative)}_difference.html",
-                      f"{name}, {positive} - {negative} difference",
-                      f"red: more attention in {positive}, blue: more in {negative} (shown from a fifth of its robust "
-                      "maximum)", diff, top / 5, top, "RdBu_r", True))  # fmt: skip
+                      _("{map}, {positive} - {negative} difference").format(
+                          map=name, positive=positive, negative=negative),
+                      _("red: more attention in {positive}, blue: more in {negative} (shown from a fifth of its robust "
+                        "maximum)").format(positive=positive, negative=negative), diff, top / 5, top, "RdBu_r", True))
     if cam.t is not None:
         t = np.asarray(_image(cam.t, affine).dataobj)
         plans.append((f"{method}_{safe_name(positive)}-{safe_name(negative)}_t.html",
-                      f"{name}, {positive} - {negative} t-map",
-                      f"Welch t of the difference, shown where |t| >= {T_THRESHOLD:g}", t, T_THRESHOLD,
+                      _("{map}, {positive} - {negative} t-map").format(map=name, positive=positive, negative=negative),
+                      _("Welch t of the difference, shown where |t| >= {limit:g}").format(
+                          limit=T_THRESHOLD), t, T_THRESHOLD,
                       max(_robust_max(t, False), T_THRESHOLD + 1), "RdBu_r", True))  # fmt: skip
     comparison = evaluation.comparison
     if champion_volume is not None and comparison is not None:
@@ -131,9 +136,10 @@ def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -
         top = _robust_max(theirs, True)
         champion_map = CAM_NAMES.get(comparison.champion_cam_method, "Grad-CAM")
         plans.append((f"champion_v{safe_name(comparison.champion_version)}_{safe_name(positive)}_mean.html",
-                      f"Champion v{comparison.champion_version}: {champion_map}, {positive} mean",
-                      f"the champion's map of the {positive} scans over the same anatomy, to compare with this "
-                      f"version's", theirs, top / 3, top, "YlOrRd", False))  # fmt: skip
+                      _("Champion v{version}: {map}, {positive} mean").format(
+                          version=comparison.champion_version, map=champion_map, positive=positive),
+                      _("the champion's map of the {positive} scans over the same anatomy, to compare with this "
+                        "version's").format(positive=positive), theirs, top / 3, top, "YlOrRd", False))
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for file, title, what, volume, threshold, vmax, cmap, symmetric in plans:

@@ -17,7 +17,10 @@ import math
 import os
 from pathlib import Path
 
+from markupsafe import Markup
+
 from ..champion import TABLE_METRICS
+from ..i18n import N_, _, current_language, pgettext
 from ..meta import CAM_NAMES
 from ..metrics import Estimate
 from ..record import EvaluationRecord, MetricsRecord, estimate
@@ -25,7 +28,7 @@ from .checklist import build_checklist
 from .facts import build_facts
 from .text import (
     CAM_EXPLAINED, EXTRA_FIGURE_SIZE, FIGURE_SECTIONS, FIGURES, GLOSSARY, MAX_TAGS, METRIC_LABELS, clip, fmt_ci,
-    fmt_est, fmt_num, fmt_pct, fmt_value, text,
+    fmt_est, fmt_num, fmt_pct, fmt_value, recorded, text,
 )  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -41,9 +44,10 @@ MAX_OUTSIDE_SHARE_GAP = 0.20
 METHOD_NAMES = {"obuchowski": "clustered DeLong"}
 # the record's model.serialization, for the model identity table
 SERIALIZATION_TEXT = {
-    "pt2": "pt2 (a torch.export program: loading it ran no code from the model file)",
-    "pickle": "pickle (the module object: loading it ran code named in the model file)",
+    "pt2": N_("pt2 (a torch.export program: loading it ran no code from the model file)"),
+    "pickle": N_("pickle (the module object: loading it ran code named in the model file)"),
 }
+SERIALIZATION_UNKNOWN = N_("not recorded (evaluated before it was)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,15 +57,15 @@ SERIALIZATION_TEXT = {
 
 def read_json(path: Path, problems: list[str]) -> dict:
     if not path.is_file():
-        problems.append(f"{path.name} is missing")
+        problems.append(_("{name} is missing").format(name=path.name))
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        problems.append(f"{path.name} could not be read ({type(error).__name__})")
+        problems.append(_("{name} could not be read ({error})").format(name=path.name, error=type(error).__name__))
         return {}
     if not isinstance(data, dict):
-        problems.append(f"{path.name} is not a JSON object")
+        problems.append(_("{name} is not a JSON object").format(name=path.name))
         return {}
     return data
 
@@ -76,12 +80,12 @@ def read_csv(path: Path, problems: list[str], *, required: bool = True):
 
     if not path.is_file():
         if required:
-            problems.append(f"{path.name} is missing")
+            problems.append(_("{name} is missing").format(name=path.name))
         return None
     try:
         return pd.read_csv(path, dtype={"subject_id": str}, keep_default_na=False, na_values=[""])
     except Exception as error:  # noqa: BLE001 - any unreadable table becomes a note
-        problems.append(f"{path.name} could not be read ({type(error).__name__})")
+        problems.append(_("{name} could not be read ({error})").format(name=path.name, error=type(error).__name__))
         return None
 
 
@@ -120,15 +124,15 @@ def _metric_rows(estimates: dict[str, Estimate], not_computable: list[tuple[str,
         est = estimates[name]
         label, meaning = METRIC_LABELS.get(name, (name.replace("_", " ").capitalize(), ""))
         rows.append({
-            "name": name, "label": label, "meaning": meaning, "computable": est.computable,
+            "name": name, "label": _(label), "meaning": _(meaning) if meaning else "", "computable": est.computable,
             "value": fmt_value(est.value, name, digits=3 if name in ("brier_score", "expected_calibration_error") else 2),
-            "ci": fmt_ci(est, name), "method": METHOD_NAMES.get(est.method, est.method or "-"), "reason": "" if est.computable else est.reason,
+            "ci": fmt_ci(est, name), "method": METHOD_NAMES.get(est.method, est.method or "-"), "reason": "" if est.computable else recorded(est.reason),
         })  # fmt: skip
     listed = {row["name"] for row in rows}
     for name, reason in not_computable:
         if name not in listed:
-            rows.append({"name": name, "label": METRIC_LABELS.get(name, (name, ""))[0], "meaning": "",
-                         "computable": False, "value": "n/a", "ci": "-", "method": "-", "reason": reason})
+            rows.append({"name": name, "label": _(METRIC_LABELS.get(name, (name, ""))[0]), "meaning": "",
+                         "computable": False, "value": _("n/a"), "ci": "-", "method": "-", "reason": recorded(reason)})
     return rows
 
 
@@ -186,7 +190,7 @@ def _scores(predictions, positive: str):
 
 
 def _table_rows(this: dict[str, Estimate], champion: dict[str, Estimate]) -> list[dict]:
-    return [{"label": METRIC_LABELS[name][0], "this": fmt_est(this.get(name), name),
+    return [{"label": _(METRIC_LABELS[name][0]), "this": fmt_est(this.get(name), name),
              "champion": fmt_est(champion.get(name), name)}
             for name in TABLE_METRICS if name in this or name in champion]  # fmt: skip
 
@@ -207,10 +211,11 @@ def _comparison_context(record: EvaluationRecord, champion, metrics: MetricsReco
         return _champion_context(champion, metrics, predictions, positive, class_names)
     if record.comparison is None:
         if record.comparison_note:  # what the evaluation found, in its words
-            return {"available": False, "why": f"No champion to compare with: {record.comparison_note}."}
+            return {"available": False, "why": _("No champion to compare with: {note}.").format(
+                note=record.comparison_note)}
         return {"available": False,
-                "why": "No champion to compare with: when this evaluation ran, no other version of this model "
-                       "carried the alias 'champion' with an evaluation on the same data set."}
+                "why": _("No champion to compare with: when this evaluation ran, no other version of this model "
+                         "carried the alias 'champion' with an evaluation on the same data set.")}
     c = record.comparison
     champion_estimates = {k: e for k, e in ((k, estimate(v)) for k, v in c.champion_estimates.items()) if e is not None}
     difference = None
@@ -219,9 +224,10 @@ def _comparison_context(record: EvaluationRecord, champion, metrics: MetricsReco
     return {
         "available": True, "recorded": True, "version": c.champion_version or "-", "run_id": c.champion_run_id or "-",
         "rows": _table_rows(metrics.overall.estimates, champion_estimates), "n_matched": c.n_shared,
-        "note": c.note, "method": "DeLong's test for paired AUCs", **_delta(difference),
+        "note": c.note, "method": _("DeLong's test for paired AUCs"), **_delta(difference),
         "p": None if c.delong_p is None else (f"{c.delong_p:.2g}" if c.delong_p >= 0.001 else "< 0.001"),
         "p_value": c.delong_p, "champion_verdict": c.champion_verdict or "not recorded",
+        "champion_verdict_word": verdict_word(c.champion_verdict) if c.champion_verdict else _("not recorded"),
         "champion_reason": c.champion_verdict_reason, "champion_map": CAM_NAMES.get(c.champion_cam_method, "Grad-CAM"),
         "champion_outside": fmt_pct(c.champion_cam_outside_brain_fraction, 1)
         if c.champion_cam_outside_brain_fraction is not None else None,
@@ -233,13 +239,13 @@ def _champion_context(champion, this: MetricsRecord, predictions, positive: str,
     ``champion``: ``{"version", "metrics": its metrics.json dict, "predictions": its table}``."""
     if not isinstance(champion, dict) or not champion:
         return {"available": False,
-                "why": "No champion to compare with: no other version of this model carries the alias "
-                       "'champion' with an evaluation on the same data set."}
+                "why": _("No champion to compare with: no other version of this model carries the alias "
+                         "'champion' with an evaluation on the same data set.")}
     other = MetricsRecord.from_dict(champion.get("metrics"))
     difference, n_matched, note = None, 0, ""
     mine, theirs = _scores(predictions, positive), _scores(champion.get("predictions"), positive)
     if mine is None or theirs is None:
-        note = "The paired comparison needs both models' per-subject predictions; one is missing."
+        note = _("The paired comparison needs both models' per-subject predictions; one is missing.")
     else:
         import numpy as np
 
@@ -261,10 +267,11 @@ def _champion_context(champion, this: MetricsRecord, predictions, positive: str,
                                               seed=this.seed or 0, class_names=tuple(class_names),
                                               clusters=clusters)  # fmt: skip
             except Exception as error:  # noqa: BLE001 - a comparison problem must not stop the report
-                note = f"The paired comparison could not be computed ({type(error).__name__}: {error})."
+                note = _("The paired comparison could not be computed ({error}).").format(
+                    error=f"{type(error).__name__}: {error}")
         else:
-            note = "No subject appears in both evaluations with the same label."
-    return {"available": True, "recorded": False, "method": "paired bootstrap", "p": None,
+            note = _("No subject appears in both evaluations with the same label.")
+    return {"available": True, "recorded": False, "method": _("paired bootstrap"), "p": None,
             "version": text(champion.get("version")), "rows": _table_rows(this.overall.estimates, other.overall.estimates),
             "n_matched": n_matched, "n_this": 0 if mine is None else len(mine[0]), "note": note,
             **_delta(difference)}  # fmt: skip
@@ -296,22 +303,25 @@ def _cam_context(method: str, numbers: dict[str, float], predictions) -> dict:
     both = all(v is not None for v in shares.values())
     reasons = []
     if agreement is not None and agreement < MIN_CAM_AGREEMENT:
-        reasons.append(f"their rank agreement inside the brain is {agreement:.2f}, below {MIN_CAM_AGREEMENT:.1f}")
+        reasons.append(_("their rank agreement inside the brain is {agreement}, below {limit}").format(
+            agreement=f"{agreement:.2f}", limit=f"{MIN_CAM_AGREEMENT:.1f}"))
     gap = abs(shares["gradcam"] - shares["hirescam"]) if both else None
     if gap is not None and gap > MAX_OUTSIDE_SHARE_GAP:
-        reasons.append(f"Grad-CAM puts {shares['gradcam'] * 100:.0f}% of its map outside the brain and HiResCAM "
-                       f"{shares['hirescam'] * 100:.0f}%, a gap of {gap * 100:.0f} percentage points "
-                       f"(more than {MAX_OUTSIDE_SHARE_GAP * 100:.0f})")
+        reasons.append(_("Grad-CAM puts {gradcam}% of its map outside the brain and HiResCAM {hirescam}%, a gap of "
+                         "{gap} percentage points (more than {limit})").format(
+            gradcam=f"{shares['gradcam'] * 100:.0f}", hirescam=f"{shares['hirescam'] * 100:.0f}", gap=f"{gap * 100:.0f}",
+            limit=f"{MAX_OUTSIDE_SHARE_GAP * 100:.0f}"))
     if agreement is None and both:
-        agreement_text = ("not computable: for every subject one of the maps is constant inside the brain "
-                          "(for example all zero)")
+        agreement_text = _("not computable: for every subject one of the maps is constant inside the brain "
+                           "(for example all zero)")
     elif agreement is None:
-        agreement_text = "not recorded"
+        agreement_text = _("not recorded")
     else:
-        agreement_text = fmt_num(agreement, 2) + (f" (mean over {n_agreement} subjects)" if n_agreement else "")
+        agreement_text = fmt_num(agreement, 2) + (
+            " " + _("(mean over {n} subjects)").format(n=n_agreement) if n_agreement else "")
     return {
         "method": method, "name": CAM_NAMES[method], "other": other, "other_name": CAM_NAMES[other],
-        "explained": [CAM_EXPLAINED["gradcam"], CAM_EXPLAINED["hirescam"]],
+        "explained": [_(CAM_EXPLAINED["gradcam"]), _(CAM_EXPLAINED["hirescam"])],
         "compared": both or agreement is not None,
         "rows": [{"name": CAM_NAMES[m], "primary": m == method, "outside": fmt_pct(shares[m], 1)} for m in CAM_NAMES],
         "primary_outside": fmt_pct(shares[method], 1),
@@ -333,7 +343,8 @@ def _checks_context(record: EvaluationRecord, numbers: dict[str, float], sanity_
         floor + limits.max_outside_brain_excess)
     prefix = "cam_roi_gain_"
     return {
-        "verdict": verdict.result, "verdict_pass": verdict.result == "pass", "verdict_reason": verdict.reason,
+        "verdict": verdict.result, "verdict_pass": verdict.result == "pass", "verdict_word": verdict_word(verdict.result),
+        "verdict_reason": _reason_in_language(record, numbers),
         "verdict_recorded": record.verdict_recorded,
         "outside": fmt_pct(outside, 1), "outside_limit": fmt_pct(outside_limit), "outside_floor": fmt_pct(floor, 1),
         "outside_excess": fmt_pct(limits.max_outside_brain_excess),
@@ -349,76 +360,167 @@ def _counterfactual_context(record: EvaluationRecord, cam_name: str, positive: s
     """The counterfactual tests as recorded, in numbers and plain sentences: what was replaced with
     what, the largest effect, whether the map points at what the score uses, the checks as applied
     and the paired comparison with the champion. A record from before the tests says so."""
-    from ..interventions import OUTSIDE, format_p, paired_sentence
+    from ..interventions import OUTSIDE, format_p, paired_sentence, replacement_text
 
     cf = record.counterfactual
     if cf is None:
-        return {"available": False, "why": "This evaluation was made before heimer-mlflow ran counterfactual tests."}
+        return {"available": False, "why": _("This evaluation was made before heimer-mlflow ran counterfactual tests.")}
     if not cf.computed:
-        return {"available": False, "why": f"Not computed: {cf.reason}."}
+        return {"available": False, "why": _("Not computed: {reason}.").format(reason=recorded(cf.reason))}
 
     def interval(e) -> str:
-        return f"{e.value:.2f} (95% interval {e.lower:.2f} to {e.upper:.2f})" if e.lower is not None else f"{e.value:.2f}"
+        if e.lower is None:
+            return f"{e.value:.2f}"
+        return _("{value} (95% interval {lower} to {upper})").format(value=f"{e.value:.2f}", lower=f"{e.lower:.2f}",
+                                                                     upper=f"{e.upper:.2f}")
 
     def what(name: str) -> str:
-        return "what lies outside the brain" if name == OUTSIDE else f"the {name.replace('_', ' ')}"
+        return _("what lies outside the brain") if name == OUTSIDE else _("the {region}").format(
+            region=name.replace("_", " "))
 
     before = (cf.curves.get("morf") or {}).get("prob", [None])[0]
-    sentences = [f"To test what the score depends on, the model scored {cf.n_subjects} subjects it calls {positive} "
-                 f"again with parts of their scan replaced by {cf.replacement}."]  # fmt: skip
+    # the recorded replacement is in the evaluation's language; another language words it anew
+    replacement = cf.replacement if current_language() == "en" else replacement_text(negative)
+    sentences = [_("To test what the score depends on, the model scored {n} subjects it calls {positive} again with "
+                   "parts of their scan replaced by {replacement}.").format(n=cf.n_subjects, positive=positive,
+                                                                            replacement=replacement)]
     headline = ""
     largest = cf.largest_effect()
     if largest is not None:
         name, drop = largest
-        after = f" from {before:.2f} to {before - drop.value:.2f}" if before is not None else ""
-        meaning = ("the score depends on something outside the brain, which a brain disease cannot explain"
+        meaning = (_("the score depends on something outside the brain, which a brain disease cannot explain")
                    if name == OUTSIDE and drop.value >= 0.2 else
-                   f"the score depends on {what(name)}" if drop.value >= 0.05 else
-                   "no single region the test replaced moves the score much")  # fmt: skip
-        headline = (f"Replacing {what(name)} with the {negative} subjects' average lowers the mean probability of "
-                    f"{positive}{after}, a drop of {interval(drop)}: {meaning}.")  # fmt: skip
+                   _("the score depends on {what}").format(what=what(name)) if drop.value >= 0.05 else
+                   _("no single region the test replaced moves the score much"))  # fmt: skip
+        if before is not None:
+            headline = _("Replacing {what} with the {negative} subjects' average lowers the mean probability of "
+                         "{positive} from {before} to {after}, a drop of {drop}: {meaning}.").format(
+                what=what(name), negative=negative, positive=positive, before=f"{before:.2f}",
+                after=f"{before - drop.value:.2f}", drop=interval(drop), meaning=meaning)
+        else:
+            headline = _("Replacing {what} with the {negative} subjects' average lowers the mean probability of "
+                         "{positive}, a drop of {drop}: {meaning}.").format(
+                what=what(name), negative=negative, positive=positive, drop=interval(drop), meaning=meaning)
         sentences.append(headline)
     morf, lerf, random = (cf.estimate(k) for k in ("cf_drop_map_morf", "cf_drop_map_lerf", "cf_drop_random"))
     check = record.verdict.check("map_faithful")
     if morf is not None and random is not None and morf.computable and random.computable:
         faithful = check.passed if check is not None and check.passed is not None else morf.value - random.value > 0.02
-        sentences.append(
-            f"Replacing the voxels the {cam_name} marks as most relevant (2, 5 and 10% of the brain) lowers it by "
-            f"{interval(morf)} on average, against {random.value:.2f} for random blobs of the same size"
-            + (f" and {lerf.value:.2f} for its least relevant voxels" if lerf is not None and lerf.computable else "")
-            + (f": the {cam_name} points at what the score uses." if faithful else
-               f": the {cam_name} does not point at what the score uses."))  # fmt: skip
-    rows = [{"name": "outside the brain", "drop": cf.estimate("cf_drop_outside_brain")}]
+        with_lerf = lerf is not None and lerf.computable
+        if faithful:
+            sentence = (_("Replacing the voxels the {cam} marks as most relevant (2, 5 and 10% of the brain) lowers it "
+                          "by {morf} on average, against {random} for random blobs of the same size and {lerf} for its "
+                          "least relevant voxels: the {cam} points at what the score uses.") if with_lerf else
+                        _("Replacing the voxels the {cam} marks as most relevant (2, 5 and 10% of the brain) lowers it "
+                          "by {morf} on average, against {random} for random blobs of the same size: the {cam} points "
+                          "at what the score uses."))
+        else:
+            sentence = (_("Replacing the voxels the {cam} marks as most relevant (2, 5 and 10% of the brain) lowers it "
+                          "by {morf} on average, against {random} for random blobs of the same size and {lerf} for its "
+                          "least relevant voxels: the {cam} does not point at what the score uses.") if with_lerf else
+                        _("Replacing the voxels the {cam} marks as most relevant (2, 5 and 10% of the brain) lowers it "
+                          "by {morf} on average, against {random} for random blobs of the same size: the {cam} does "
+                          "not point at what the score uses."))
+        sentences.append(sentence.format(cam=cam_name, morf=interval(morf), random=f"{random.value:.2f}",
+                                         lerf=f"{lerf.value:.2f}" if with_lerf else ""))
+    rows = [{"name": _("outside the brain"), "drop": cf.estimate("cf_drop_outside_brain")}]
     rows += [{"name": r.replace("_", " "), "drop": cf.estimate(f"cf_drop_{r}")} for r in cf.region_names]
-    rows += [{"name": f"{cam_name}: most relevant first (mean of the steps)", "drop": morf},
-             {"name": f"{cam_name}: least relevant first (mean of the steps)", "drop": lerf},
-             {"name": "random blob in the brain (mean of the steps)", "drop": random},
-             {"name": "faithfulness (most minus least relevant first)", "drop": cf.estimate("cf_faithfulness")}]
+    rows += [{"name": _("{cam}: most relevant first (mean of the steps)").format(cam=cam_name), "drop": morf},
+             {"name": _("{cam}: least relevant first (mean of the steps)").format(cam=cam_name), "drop": lerf},
+             {"name": _("random blob in the brain (mean of the steps)"), "drop": random},
+             {"name": _("faithfulness (most minus least relevant first)"), "drop": cf.estimate("cf_faithfulness")}]
     table = [{"name": r["name"], "value": fmt_num(r["drop"].value, 3) if r["drop"] is not None and r["drop"].computable
-              else "n/a", "ci": fmt_ci(r["drop"], "cf") if r["drop"] is not None else "",
-              "reason": text(r["drop"].reason) if r["drop"] is not None and not r["drop"].computable else ""}
+              else _("n/a"), "ci": fmt_ci(r["drop"], "cf") if r["drop"] is not None else "",
+              "reason": recorded(text(r["drop"].reason)) if r["drop"] is not None and not r["drop"].computable else ""}
              for r in rows]  # fmt: skip
     checks = []
-    for name, words in (("shortcut_confirmed", "Shortcut test: mean drop when the outside of the brain is replaced"),
-                        ("map_faithful", f"Faithfulness: {cam_name} most-relevant drop minus the random blob's")):
+    for name, words in (("shortcut_confirmed", _("Shortcut test: mean drop when the outside of the brain is replaced")),
+                        ("map_faithful", _("Faithfulness: {cam} most-relevant drop minus the random blob's").format(
+                            cam=cam_name))):
         c = record.verdict.check(name)
         if c is not None:
-            limit = "" if c.limit is None else (f"below {c.limit:.2f}" if name == "shortcut_confirmed" else
-                                                f"above {c.limit:.2f}")  # fmt: skip
+            limit = "" if c.limit is None else (_("below {limit}") if name == "shortcut_confirmed" else
+                                                _("above {limit}")).format(limit=f"{c.limit:.2f}")  # fmt: skip
             checks.append({"label": words, "value": fmt_num(c.value, 3), "limit": limit,
-                           "result": "not assessed" if c.passed is None else ("pass" if c.passed else "review")})
-    vs = [{"name": "outside the brain" if p.name == OUTSIDE else p.name.replace("_", " "), "n": p.n_pairs,
+                           "result": _("not assessed") if c.passed is None else (_("pass") if c.passed else _("review"))})
+    vs = [{"name": _("outside the brain") if p.name == OUTSIDE else p.name.replace("_", " "), "n": p.n_pairs,
            "this": fmt_num(p.this, 3), "champion": fmt_num(p.champion, 3),
            "diff": f"{p.diff.value:+.3f} [{p.diff.lower:+.3f}, {p.diff.upper:+.3f}]", "p": format_p(p.p_holm)}
           for p in cf.vs_champion]  # fmt: skip
     return {
         "available": True, "n_subjects": cf.n_subjects, "n_requested": cf.n_requested,
-        "forward_passes": cf.forward_passes, "replacement": cf.replacement, "sentences": sentences,
+        "forward_passes": cf.forward_passes, "replacement": replacement, "sentences": sentences,
         "headline": headline, "rows": table, "checks": checks, "vs_champion": vs,
         "vs_sentence": paired_sentence(cf.vs_champion[0]) + "." if cf.vs_champion else "",
         "champion_note": cf.champion_note or "", "champion_version": cf.champion_version or "",
         "seconds": fmt_num(cf.seconds, 1), "steps": ", ".join(f"{100 * s:g}%" for s in cf.steps),
     }
+
+
+LANGUAGE_NAMES = {"en": N_("English"), "ko": N_("Korean")}
+VERDICT_WORDS = {"pass": N_("PASS"), "review": N_("REVIEW")}
+MONTHS = (N_("January"), N_("February"), N_("March"), N_("April"), N_("May"), N_("June"), N_("July"), N_("August"),
+          N_("September"), N_("October"), N_("November"), N_("December"))
+
+
+def _css_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def page_css() -> Markup:
+    """The words the stylesheet writes, in the report's language: the page footer (``@page`` margin
+    boxes, the page counters where the catalog's sentence puts ``{page}`` and ``{pages}``), the
+    figure numbers and the page pointers. Built from the message catalog only, never from registry
+    text; inserted into the template's <style>, after report.css, so it overrides the English."""
+    import re
+
+    def with_counters(sentence: str, counters: dict[str, str]) -> str:
+        """A CSS content value: the sentence's words as strings, its {placeholders} as counters."""
+        pattern = "(" + "|".join(re.escape("{" + name + "}") for name in counters) + ")"
+        return " ".join(counters[p[1:-1]] if p[1:-1] in counters else _css_string(p)
+                        for p in re.split(pattern, sentence) if p)
+
+    # (the calls stay outside the f-strings: the catalog's extractor does not look inside them)
+    pages = with_counters(_("Page {page} of {pages}"), {"page": "counter(page)", "pages": "counter(pages)"})
+    footer = _css_string(_("Research use only. Not a diagnostic device."))
+    figure = with_counters(pgettext("caption", "Figure {number}. "), {"number": "counter(figure)"})
+    pointer = with_counters(_(", p. {page}"), {"page": "target-counter(attr(href), page)"})
+    css = (f"@page {{ @bottom-left {{ content: {footer}; }} @bottom-right {{ content: {pages}; }} }}\n"
+           f"figcaption::before {{ content: {figure}; }}\n"
+           f"@media print {{ a.pointer::after {{ content: {pointer}; }} }}")
+    if "<" in css:  # the <style> element must not end early
+        raise ValueError("a translation of the page footer contains '<'")
+    return Markup(css)
+
+
+def verdict_word(result: str | None) -> str:
+    """The verdict as the report shows it (PASS / REVIEW, translated); another value in capitals."""
+    return _(VERDICT_WORDS[result]) if result in VERDICT_WORDS else str(result or "").upper()
+
+
+def _document_date(stamp: _dt.datetime) -> str:
+    """'05 December 2026'; '2026년 12월 5일' in Korean (the month names through the catalog)."""
+    return _("{day:0>2} {month} {year}").format(day=stamp.day, month=_(MONTHS[stamp.month - 1]), year=stamp.year)
+
+
+def _reason_in_language(record: EvaluationRecord, numbers: dict[str, float]) -> str:
+    """The verdict's reason in the report's language. The record holds it in the language of the
+    evaluation (``configuration["lang"]``, English before it was recorded); in another language it
+    is worded anew from the recorded numbers, checks and limits, when that gives the recorded
+    result (else the recorded reason, as written)."""
+    verdict = record.verdict
+    recorded_in = str(record.configuration.get("lang") or "en")
+    if recorded_in == current_language() or not numbers or verdict.result not in VERDICT_WORDS:
+        return verdict.reason
+    from ..verdict import judge
+
+    prefix = "cam_roi_gain_"
+    regions = record.engine.region_names or [k[len(prefix):] for k in numbers if k.startswith(prefix)]
+    try:
+        again = judge(numbers, regions, verdict.method, verdict.limits, counterfactual=record.counterfactual)
+    except Exception:  # noqa: BLE001 - a record this code cannot re-judge keeps its words
+        return verdict.reason
+    return again.reason if again.result == verdict.result else verdict.reason
 
 
 def _atlas_context(atlas) -> dict | None:
@@ -462,9 +564,9 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     for key in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy"):
         est = overall.estimates.get(key)
         computable = est is not None and est.computable
-        headline.append({"label": METRIC_LABELS[key][0].split(" (")[0], "meaning": METRIC_LABELS[key][1],
-                         "value": fmt_value(est.value, key) if computable else "n/a", "ci": fmt_ci(est, key),
-                         "reason": "" if computable else text(est.reason if est is not None else None)})  # fmt: skip
+        headline.append({"label": _(METRIC_LABELS[key][0]).split(" (")[0], "meaning": _(METRIC_LABELS[key][1]),
+                         "value": fmt_value(est.value, key) if computable else _("n/a"), "ci": fmt_ci(est, key),
+                         "reason": "" if computable else recorded(text(est.reason if est is not None else None))})
     numbers = record.plausibility.numbers or metrics.plausibility
     sanity = engine.sanity
     sanity_rows = [] if sanity is None else [{"subject_id": s, "rho": fmt_num(r, 2)}
@@ -485,28 +587,35 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
     figures_present = set(available_figures or ())
     cam = _cam_context(record.cam_method, numbers, predictions)
     fmt = {"pos": positive, "neg": negative, "cam": cam["name"]}
-    figure_info = {key: {"name": key, "title": t.format(**fmt), "caption": c.format(**fmt), "size": s,
+    figure_info = {key: {"name": key, "title": _(t).format(**fmt), "caption": _(c).format(**fmt), "size": s,
                          "src": f"{figure_dir}/{key}.png", "present": key in figures_present}
                    for key, (t, c, s) in FIGURES.items()}
     extra_figures = [{"name": f, "title": f.replace("_", " ").capitalize(),
-                      "caption": "An additional figure the evaluation produced.", "size": EXTRA_FIGURE_SIZE,
+                      "caption": _("An additional figure the evaluation produced."), "size": EXTRA_FIGURE_SIZE,
                       "src": f"{figure_dir}/{f}.png", "present": True}
                      for f in sorted(figures_present - set(FIGURES))]
-    display_name = name or "unregistered model"
-    title = f"Evaluation report: {display_name}" + (f" v{version}" if version else "")
+    display_name = name or _("unregistered model")
+    title = _("Evaluation report: {model}").format(model=display_name) + (f" v{version}" if version else "")
     n_epochs = max((len(points) for points in record.history.values()), default=0)
     youden = metrics.youden
     tags = model.tags
+    evaluated_in = str(record.configuration.get("lang") or "en")
 
     ctx = {
         "title": title, "display_name": display_name, "name": name or "", "version": version or "",
-        "date": stamp.strftime("%d %B %Y"), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
+        "page_css": page_css(), "lang": current_language(), "language_name": _(LANGUAGE_NAMES[current_language()]),
+        # the figures were drawn at evaluation time, in the evaluation's language
+        "figures_language": _(LANGUAGE_NAMES.get(evaluated_in, LANGUAGE_NAMES["en"])),
+        "figures_in_other_language": evaluated_in != current_language(),
+        "date": _document_date(stamp), "date_iso": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime": stamp,
         "generator": f"heimer-mlflow {record.versions.get('heimer-mlflow') or ''}".strip(),
-        "keywords": ", ".join(k for k in ["Alzheimer's disease", "MRI", "3D CNN", cam["name"], "model evaluation",
+        "keywords": ", ".join(k for k in [_("Alzheimer's disease"), "MRI", "3D CNN", cam["name"], _("model evaluation"),
                                            display_name.replace(",", " ")] if k),
-        "description": f"Evaluation of the AD vs CN classifier {display_name}"
-                       + (f" version {version}" if version else "")
-                       + " with performance, calibration and explainability checks.",
+        "description": (_("Evaluation of the AD vs CN classifier {model} version {version} with performance, "
+                          "calibration "
+                          "and explainability checks.") if version else
+                        _("Evaluation of the AD vs CN classifier {model} with performance, calibration and "
+                          "explainability checks.")).format(model=display_name, version=version),
         "problems": problems,
         "run_id": run_id or record.run_id or "",
         "positive": positive, "negative": negative, "class_names": class_names,
@@ -518,7 +627,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
             "source_run_id": text(model.source_run_id), "model_id": text(model.model_id),
             "metadata": [(str(k), text(v)) for k, v in meta.items()], "inferred": model.inferred,
             "given": model.given, "notes": [clip(n[:1].upper() + n[1:]) for n in model.notes],
-            "serialization": SERIALIZATION_TEXT.get(model.serialization or "", "not recorded (evaluated before it was)"),
+            "serialization": _(SERIALIZATION_TEXT.get(model.serialization or "", SERIALIZATION_UNKNOWN)),
             "intensity": text(meta.get("intensity") or "none"),
             "input_shape": ("[" + text(meta.get("input_shape")) + "]") if isinstance(meta.get("input_shape"), list)
                            else text(meta.get("input_shape")),
@@ -533,10 +642,10 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "n": {"n_subjects": text(overall.n_subjects), "n_positive": text(overall.n_positive),
               "n_negative": text(overall.n_negative), "n_participants": text(overall.n_participants),
               "clustered": overall.n_participants is not None and overall.n_participants != overall.n_subjects},
-        "confusion": {k: ("n/a" if v is None else f"{v:.0f}") for k, v in overall.confusion.items()},
+        "confusion": {k: (_("n/a") if v is None else f"{v:.0f}") for k, v in overall.confusion.items()},
         "threshold": fmt_num(metrics.threshold if metrics.threshold is not None else engine.threshold, 2),
-        "threshold_note": metrics.threshold_note or "",
-        "youden": fmt_num(youden["youden_threshold"].value, 2) if "youden_threshold" in youden else "n/a",
+        "threshold_note": recorded(metrics.threshold_note) or "",
+        "youden": fmt_num(youden["youden_threshold"].value, 2) if "youden_threshold" in youden else _("n/a"),
         "youden_sens": fmt_value(youden["youden_sensitivity"].value if "youden_sensitivity" in youden else None,
                                  "sensitivity"),
         "youden_spec": fmt_value(youden["youden_specificity"].value if "youden_specificity" in youden else None,
@@ -561,14 +670,14 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "figures": figure_info, "extra_figures": extra_figures, "figure_sections": FIGURE_SECTIONS,
         "champion": _comparison_context(record, champion, metrics, predictions, positive, class_names),
         "cf": _counterfactual_context(record, cam["name"], positive, negative),
-        "glossary": GLOSSARY,
+        "glossary": [(_(term), _(words)) for term, words in GLOSSARY],
         "artifact_files": [f for f in REPORT_ARTIFACTS if (artifact_dir / f).is_file()],
         "viewers": [{"title": text(v.get("title")), "path": text(v.get("path")), "what": text(v.get("what"))}
                     for v in viewers or () if isinstance(v, dict)],
     }
     ctx["facts"] = build_facts(record=record, metrics=metrics, predictions=predictions, cohort=ctx["cohort"],
                                n=ctx["n"], positive=positive, negative=negative, threshold=ctx["threshold"],
-                               checks={"gains": ctx["gains"]}, cam=cam, champion=ctx["champion"], numbers=numbers,
+                               checks={"gains": ctx["gains"], "verdict_reason": ctx["verdict_reason"]}, cam=cam, champion=ctx["champion"], numbers=numbers,
                                gate=gate)  # fmt: skip
     ctx["checklist"] = build_checklist(ctx)
     return ctx

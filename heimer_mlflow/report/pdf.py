@@ -149,12 +149,19 @@ def _png_ok(path: Path) -> bool:
 def _environment():
     import jinja2
 
+    from .. import i18n
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         autoescape=True,  # every file, whatever its extension (select_autoescape() skips *.j2)
         undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        extensions=["jinja2.ext.i18n"],
     )
+    # {% trans %} and _() read the language of the current context (i18n.use_language) at render
+    # time; newstyle: the translation is escaped and formatted like any other value
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)
     return env
 
 
@@ -163,7 +170,7 @@ def render_html(context: dict) -> str:
 
 
 def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime | None = None,
-                  run_id: str | None = None, gate: dict | None = None) -> ReportFiles:
+                  run_id: str | None = None, gate: dict | None = None, lang: str | None = None) -> ReportFiles:
     """Render the report of the evaluation whose artifacts are in ``artifact_dir``.
 
     Writes ``out_dir/<model-name>-v<version>.pdf`` and ``out_dir/html/index.html`` with its
@@ -174,8 +181,19 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
     evaluation run, shown in the provenance appendix. ``gate``: the promotion gate's result
     (``{"rules", "status", "failures"}``) for the Model Facts page. Interactive map viewers are
     listed from ``artifact_dir/viewers/viewers.json`` when present. Also writes
-    ``out_dir/checklist.json`` (the reporting checklist).
+    ``out_dir/checklist.json`` (the reporting checklist). ``lang``: the report's language (en, the
+    default, or ko: ``<model-name>-v<version>-ko.pdf``, ``checklist-ko.json``; needs fonts-nanum).
     """
+    from .. import i18n
+
+    lang = i18n.check_language(lang)
+    i18n.require_fonts(lang)
+    with i18n.use_language(lang):
+        return _render_report(artifact_dir, out_dir, champion=champion, created=created, run_id=run_id, gate=gate,
+                              lang=lang)
+
+
+def _render_report(artifact_dir, out_dir, *, champion, created, run_id, gate, lang: str) -> ReportFiles:
     started = time.perf_counter()
     artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
     if not artifact_dir.is_dir():
@@ -207,7 +225,7 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
 
     context = build_context(artifact_dir, champion=champion, created=created, available_figures=present,
                             run_id=run_id, gate=gate, viewers=_viewers(artifact_dir))
-    checklist = out_dir / "checklist.json"
+    checklist = out_dir / ("checklist.json" if lang == "en" else f"checklist-{lang}.json")
     checklist.write_text(json.dumps(checklist_json(context["checklist"], context), indent=1), encoding="utf-8")
     html_text = render_html(context)
     index = html_dir / "index.html"
@@ -215,7 +233,7 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
         index.unlink()
     index.write_text(_self_contained(html_text, html_dir, present), encoding="utf-8")
 
-    pdf_path = out_dir / report_file_name(context["name"], context["version"])
+    pdf_path = out_dir / report_file_name(context["name"], context["version"], lang)
     pages, refused = _write_pdf(html_text, html_dir, pdf_path, artifact_dir, context["datetime"])
     seconds = time.perf_counter() - started
     log.info("report: %s (%d pages, %.1f s)", pdf_path, pages, seconds)
@@ -275,8 +293,10 @@ def _write_pdf_unfiltered(html_text: str, html_dir: Path, pdf_path: Path, artifa
     fetcher = make_fetcher(html_dir)
     naive = stamp.astimezone(_dt.timezone.utc).replace(tzinfo=None)
     attachments = []
-    for name, description in (("metrics.json", "All metrics with confidence intervals (JSON)"),
-                              ("predictions.csv", "Per-subject predictions (CSV)")):
+    from ..i18n import _
+
+    for name, description in (("metrics.json", _("All metrics with confidence intervals (JSON)")),
+                              ("predictions.csv", _("Per-subject predictions (CSV)"))):
         source = artifact_dir / name
         if source.is_file() and not source.is_symlink():
             attachments.append(weasyprint.Attachment(

@@ -115,17 +115,25 @@ def _evaluation_run(client, run_id: str):
                           f"the id of an evaluation run ({RUN_ID_HINT}), or set MLFLOW_TRACKING_URI to its store") from None
 
 
-def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: bool = True) -> ReportFiles:
+def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: bool = True,
+                   lang: str | None = None) -> ReportFiles:
     """Re-render the report of evaluation run ``run_id`` from its logged artifacts alone and
     (``log=True``) log it to the run as ``report/<name>-v<version>.pdf`` and ``report/html/``.
     With ``tag_version``, the model version's ``heimer.report`` follows, but only when the run
     FINISHED and is the version's evaluation (its ``heimer.evaluation_run_id``): a version never
     points at a run that was killed or that a newer evaluation replaced. The evaluation itself
     renders with ``tag_version=False`` while its run is still RUNNING, and writes every version
-    tag once the run FINISHED. ``out_dir``: where the files go (default: a new temporary folder, kept)."""
+    tag once the run FINISHED. ``out_dir``: where the files go (default: a new temporary folder, kept).
+    ``lang``: the report's language (en or ko; default: the evaluation's, its ``lang`` option). A
+    report in another language than the evaluation's is logged beside it (``report/<name>-v<version>-ko.pdf``,
+    ``report/checklist-ko.json``, ``report/html-ko/``) and the version keeps pointing at the evaluation's."""
+    from ..i18n import check_language, require_fonts
+
     from mlflow import MlflowClient
 
     logger = logging.getLogger(__name__)  # (``log`` is the argument)
+    if lang is not None:
+        require_fonts(check_language(lang))
     client = MlflowClient()
     run = _evaluation_run(client, run_id)
     if out_dir is not None:
@@ -141,15 +149,18 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
         if run.info.start_time:
             created = _dt.datetime.fromtimestamp(run.info.start_time // 1000, _dt.timezone.utc)
         target = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="heimer-report-out-"))
+        evaluated_in = check_language(record.configuration.get("lang") or "en")
+        lang = evaluated_in if lang is None else check_language(lang)
         files = render_report(artifacts, target, champion=champion, created=created, run_id=run_id,
-                              gate=judge_gate(record, run))
+                              gate=judge_gate(record, run), lang=lang)
         if log:
             client.log_artifact(run_id, str(files.pdf), artifact_path="report")
             client.log_artifact(run_id, str(files.checklist), artifact_path="report")
-            client.log_artifacts(run_id, str(files.html_dir), artifact_path="report/html")
+            client.log_artifacts(run_id, str(files.html_dir),
+                                 artifact_path="report/html" if lang == "en" else f"report/html-{lang}")
             files.artifact_uri = f"{run.info.artifact_uri.rstrip('/')}/report/{files.pdf.name}"
             name, version = record.model.name, record.model.version
-            if tag_version and name and version and run.info.status == "FINISHED":
+            if tag_version and lang == evaluated_in and name and version and run.info.status == "FINISHED":
                 try:
                     registered = client.get_model_version(name, str(version))
                 except Exception:  # noqa: BLE001 - the version (or model) was deleted: no tag
