@@ -72,7 +72,7 @@ class CatalogMissing(HeimerError):
 
 
 @lru_cache(maxsize=None)
-def _translations(lang: str):
+def translations(lang: str):
     if lang == SOURCE_LANGUAGE:
         return _gettext.NullTranslations()
     mo = catalog_path(lang)
@@ -89,12 +89,12 @@ def catalog_path(lang: str) -> Path:
 
 def reload_catalogs() -> None:
     """Forget the loaded catalogs (after a compile, in tests)."""
-    _translations.cache_clear()
+    translations.cache_clear()
 
 
 def _(message: str) -> str:
     """``message`` in the current language."""
-    return _translations(_language.get()).gettext(message)
+    return translations(_language.get()).gettext(message)
 
 
 def gettext(message: str) -> str:
@@ -102,12 +102,12 @@ def gettext(message: str) -> str:
 
 
 def ngettext(singular: str, plural: str, n: int) -> str:
-    return _translations(_language.get()).ngettext(singular, plural, n)
+    return translations(_language.get()).ngettext(singular, plural, n)
 
 
 def pgettext(context: str, message: str) -> str:
     """``message`` in the current language, told apart from the same English words elsewhere by ``context``."""
-    return _translations(_language.get()).pgettext(context, message)
+    return translations(_language.get()).pgettext(context, message)
 
 
 def N_(message: str) -> str:

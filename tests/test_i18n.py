@@ -233,7 +233,7 @@ def test_every_sentence_a_korean_report_asks_for_is_in_the_catalog(tmp_path, mon
 
     from .test_report import write_artifacts
 
-    real = i18n._translations("ko")
+    real = i18n.translations("ko")
     asked_for: list[str] = []
 
     class Recording(gettext_module.NullTranslations):
@@ -249,7 +249,7 @@ def test_every_sentence_a_korean_report_asks_for_is_in_the_catalog(tmp_path, mon
         def pgettext(self, context, message):
             return real.pgettext(context, message)
 
-    monkeypatch.setattr(i18n, "_translations", lambda lang: Recording() if lang == "ko" else real)
+    monkeypatch.setattr(i18n, "translations", lambda lang: Recording() if lang == "ko" else real)
     artifacts = write_artifacts(tmp_path / "artifacts", port=9)
     with use_language("ko"):
         html = render_html(build_context(artifacts, run_id="r1", gate={"rules": "roc_auc>=0.7", "status": "passed",
