@@ -33,8 +33,9 @@ def split_names(names) -> list[str]:
 
 
 def negative_class(class_names, positive: str) -> str:
-    """The class that is not ``positive`` (the first other one): the one place it is worked out."""
-    return next(c for c in class_names if c != positive)
+    """The class that is not ``positive`` (the first other one): the one place it is worked out.
+    Names that do not hold ``positive`` and another class (a damaged record) give the first name."""
+    return next((c for c in class_names if c != positive), class_names[0])
 
 
 @dataclass

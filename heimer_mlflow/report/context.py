@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from ..champion import TABLE_METRICS
 from ..i18n import N_, _, current_language, pgettext
-from ..meta import CAM_NAMES
+from ..meta import CAM_NAMES, DEFAULT_CLASS_NAMES, N_BOOTSTRAP, negative_class
 from ..metrics import Estimate
 from ..record import EvaluationRecord, MetricsRecord, estimate
 from .checklist import build_checklist
@@ -263,7 +263,7 @@ def _champion_context(champion, this: MetricsRecord, predictions, positive: str,
                 if "participant_id" in predictions.columns:  # scans of one participant resampled together
                     of = dict(zip(predictions["subject_id"].astype(str), predictions["participant_id"].astype(str)))
                     clusters = [of[sid] for sid in ids_a[ia]]
-                difference = paired_delta_auc(y_a[ia], s_a[ia], s_b[ib], n_bootstrap=this.n_bootstrap or 2000,
+                difference = paired_delta_auc(y_a[ia], s_a[ia], s_b[ib], n_bootstrap=this.n_bootstrap or N_BOOTSTRAP,
                                               seed=this.seed or 0, class_names=tuple(class_names),
                                               clusters=clusters)  # fmt: skip
             except Exception as error:  # noqa: BLE001 - a comparison problem must not stop the report
@@ -550,12 +550,12 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
 
     model, cohort, engine = record.model, record.cohort, record.engine
     meta = model.metadata
-    class_names = metrics.class_names or meta.get("class_names") or ["CN", "AD"]
+    class_names = metrics.class_names or meta.get("class_names") or list(DEFAULT_CLASS_NAMES)
     if not (isinstance(class_names, list) and len(class_names) == 2):
-        class_names = ["CN", "AD"]
+        class_names = list(DEFAULT_CLASS_NAMES)
     class_names = [str(c) for c in class_names]
     positive = str(meta.get("positive_class") or class_names[1])
-    negative = next((c for c in class_names if c != positive), class_names[0])
+    negative = negative_class(class_names, positive)
     name, version = model.name, model.version
     stamp = _document_time(record, created, artifact_dir / "evaluation.json")
 
