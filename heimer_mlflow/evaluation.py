@@ -289,7 +289,6 @@ def _judge(result: Evaluation) -> None:
     """The verdict from the plausibility numbers and the counterfactual tests."""
     result.verdict_applied = judge(result.summary, result.engine.region_names, result.engine.cam_method,
                                    counterfactual=result.counterfactual)
-    result.verdict, result.verdict_reason = result.verdict_applied.result, result.verdict_applied.reason
 
 
 def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s: float) -> Evaluation:
@@ -315,7 +314,7 @@ def _conclude(loaded, cohort, engine: EngineResult, grid_affine, opts, engine_s:
     history = training_history(loaded.source_run_id, opts.history_metrics)
     result = Evaluation(
         model=loaded, cohort=cohort, engine=engine, metrics=report, history=history,
-        verdict="", verdict_reason="", options=opts, grid_affine=grid_affine,
+        options=opts, grid_affine=grid_affine,
     )
     result.timings = {"engine_s": engine_s, "metrics_s": metrics_s, **engine.timings}
     return result

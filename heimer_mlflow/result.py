@@ -32,8 +32,6 @@ class Evaluation:
     engine: EngineResult
     metrics: ClassificationReport
     history: dict[str, list[tuple[int, float]]]
-    verdict: str
-    verdict_reason: str
     options: EvaluationOptions
     grid_affine: np.ndarray
     run_id: str | None = None
@@ -44,7 +42,9 @@ class Evaluation:
     comparison: Comparison | None = None  # with the champion's evaluation on the same data, if any
     comparison_note: str = ""  # why there is no comparison although a champion exists (champion.Search.why)
     data_digest: str | None = None  # the evaluated data's content digest (champion.content_digest)
-    verdict_applied: Verdict | None = None  # the verdict with its limits and each check's result
+    # the verdict with its limits and each check's result: made once (evaluation._judge), after the
+    # counterfactual tests it rests on; ``verdict`` and ``verdict_reason`` read it
+    verdict_applied: Verdict | None = None
     atlas: AtlasRecord | None = None  # a named atlas: its source, licence and regions
     link_model: bool = True  # metrics and data set attached to the logged model (permissions.check)
     counterfactual: CounterfactualSummary | None = None  # the counterfactual region tests (interventions)
@@ -58,6 +58,15 @@ class Evaluation:
         counterfactual = self.counterfactual.run_metrics() if self.counterfactual is not None else {}
         return {**self.metrics.to_flat_metrics(), **self.summary, **counterfactual, **comparison,
                 "n_subjects": int(len(self.engine.subjects["prob"])), "n_excluded": int(len(self.cohort.excluded))}
+
+    @property
+    def verdict(self) -> str:
+        """pass or review ("" before the evaluation is judged)."""
+        return self.verdict_applied.result if self.verdict_applied is not None else ""
+
+    @property
+    def verdict_reason(self) -> str:
+        return self.verdict_applied.reason if self.verdict_applied is not None else ""
 
     def not_computable(self) -> list[tuple[str, str]]:
         """(name, reason) of every figure without a value: the metrics' and the counterfactual tests'."""
