@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import champion, distributed, interventions, permissions, tracking
+from . import champion, distributed, interrupts, interventions, permissions, tracking
 from .artifacts import artifact_uris, cam_writer, predictions_table, safe_name, write_artifacts
 from .cohort import Cohort, CohortProblems, read_cohort, validate
 from .cohort.loader import CohortDataset, make_loader
@@ -187,6 +187,7 @@ def _evaluate_in_language(loaded, prepared: _Prepared, opts, *, run_id, started,
         champion_run, dataset, champion_cf = _champion(result, handle, stack, say)
         _counterfactuals(result, prepared, opts, device, say, prefer=champion_cf)
         _judge(result)
+        interrupts.raise_if_swallowed()  # before the figures and the report, the longest steps after the engine
         _log(result, staging, handle, say, champion_run, dataset, champion_cf)
     result.timings["total_s"] = time.perf_counter() - started
     result.gate = handle.gate_result
@@ -370,6 +371,7 @@ def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, data
         figures = render_evaluation(result, staging / "figures", champion_run=champion_run)
     result.viewers = _viewers(result, staging, champion_run)
     result.artifacts = artifact_uris(handle.artifact_uri, staging, figures)
+    interrupts.raise_if_swallowed()
     tracking.log_results(result, staging, handle, dataset)
     # The report is rendered from the logged artifacts, exactly as `heimer-mlflow report`
     # re-renders it later: one path, and proof that the artifacts alone suffice.

@@ -88,7 +88,11 @@ def received() -> int | None:
 
 def raise_if_swallowed() -> None:
     """Raise a signal's exception that never surfaced: one raised inside a ``__del__`` or a
-    callback is printed and dropped by Python, and the work would go on as if nothing happened."""
+    callback (logging's at-fork hook while a DataLoader starts its workers, a C library's
+    callback) is dropped by Python, and the work would go on as if nothing happened. The engine
+    calls this at every batch and the evaluation between its phases, so such a Ctrl-C stops the
+    work within a batch, not after the figures and the report. Outside :func:`handled` it does
+    nothing (a library caller keeps its own handlers)."""
     signum = _state["received"]
     if signum is not None and _state["installed"] and _state["depth"] == 0:
         _raise_for(signum)

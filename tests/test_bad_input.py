@@ -260,7 +260,9 @@ def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, si
     proc = subprocess.Popen(
         [sys.executable, "-m", "heimer_mlflow", "-q", "evaluate", f"models:/{name}/{version}", "--data", str(data),
          "--experiment", experiment, "--bootstrap", "200"],
-        env=subprocess_env(tracking), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # faulthandler: if it ever does not stop, SIGABRT below prints where every thread was
+        env={**subprocess_env(tracking), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         client, deadline, run_id = mlflow.MlflowClient(), time.monotonic() + 120, None
@@ -271,13 +273,58 @@ def test_a_signal_ends_the_run_as_killed_and_tags_nothing(tracking, tmp_path, si
             time.sleep(0.05)
         assert run_id, "the evaluation never opened its run"
         proc.send_signal(sig)  # while it computes, draws or logs
-        _, stderr = proc.communicate(timeout=120)
+        try:
+            _, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=60)
+            pytest.fail(f"{sig.name} did not stop the evaluation within 120 s; where it was:\n{stderr[-12000:]}")
     finally:
         proc.kill()
     assert proc.returncode == exit_code, stderr[-3000:]
     assert "Traceback" not in stderr and "KILLED" in stderr.strip().splitlines()[-1], stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["heimer.status"] == "killed"
+    assert heimer_tags(name, version) == {}
+
+
+class _SwallowedSignal:
+    """Sends this process ``signum`` from a ``__del__``, where Python drops the exception the
+    signal raises: as when Ctrl-C lands in logging's at-fork hook while a DataLoader starts its
+    workers, or in a C library's callback."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        signal.raise_signal(self.signum)
+        sum(range(100))  # the handler runs at the next check of the interpreter loop, still in here
+
+
+def test_a_signal_python_drops_still_stops_the_engine_at_the_next_batch(tracking, tmp_path, capsys, monkeypatch):
+    from heimer_mlflow.cohort.loader import CohortDataset
+
+    name = "bad-input-swallowed"
+    version = new_version(name, TinyCNN(), intensity="zscore")
+    data = write_manifest(tmp_path, good_rows(tmp_path, 12))
+    read, original = [], CohortDataset.__getitem__
+
+    def reading(self, i):
+        read.append(i)
+        if len(read) == 3:  # in the second batch of two
+            _SwallowedSignal(signal.SIGINT)  # dropped at once: its __del__ runs here
+        return original(self, i)
+
+    monkeypatch.setattr(CohortDataset, "__getitem__", reading)
+    experiment = "signals-swallowed"
+    code, lines, _ = cli_evaluate(capsys, f"models:/{name}/{version}", "--data", str(data), "--batch-size", "2",
+                                  experiment=experiment)
+    assert code == 130 and "interrupted" in lines[-1], lines
+    # stopped at the next batch: not after the whole cohort, the counterfactual tests, the figures and the report
+    assert len(read) == 4, read
+    (run,) = experiment_runs(experiment)
+    assert run.info.status == "KILLED" and run.data.tags["heimer.status"] == "killed"
+    assert not [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
     assert heimer_tags(name, version) == {}
 
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from heimer_mlflow.engine.gradcam import as_logits
 from heimer_mlflow.engine.run import AMP_DTYPES
+from heimer_mlflow.interrupts import raise_if_swallowed
 from heimer_mlflow.interventions import ORDERS, OUTSIDE, STEPS, step_name  # STEPS: shares of the brain replaced
 
 
@@ -147,6 +148,7 @@ def run_counterfactuals(
     model.eval()
     try:
         for batch in subjects:
+            raise_if_swallowed()
             for i in range(len(batch["index"])):
                 row = int(batch["index"][i])
                 t0 = time.perf_counter()

@@ -36,6 +36,7 @@ from heimer_mlflow.engine.result import SUBJECT_COLUMNS, EngineResult, EngineSto
 from heimer_mlflow.engine.stats import GroupStats
 from heimer_mlflow.engine.upsampling import Trilinear
 from heimer_mlflow.errors import HeimerError, one_line
+from heimer_mlflow.interrupts import raise_if_swallowed
 from heimer_mlflow.meta import DEFAULT_CAM, ModelMeta, check_cam_method
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class _Run:
         with bar:
             for batch in loader:
                 timings["loader_wait_s"] += time.perf_counter() - waiting
+                raise_if_swallowed()  # a Ctrl-C dropped while the loader started its workers stops here
                 if should_stop is not None and should_stop():
                     raise EngineStopped("the evaluation was stopped before the end of the cohort")
                 computing = time.perf_counter()
