@@ -12,6 +12,7 @@ a part, the rest is the study team's), ``to be completed by the study team``.
 from __future__ import annotations
 
 from ..i18n import N_, _
+from ..meta import CONFIDENCE_PERCENT
 
 FILLED, PARTLY, TO_COMPLETE = "filled", "partly filled", "to be completed by the study team"
 # report sections an item can point at: anchor -> name (the template's section ids)
@@ -358,7 +359,9 @@ def build_checklist(ctx: dict) -> list[dict]:
             "",
             _("Statistical measures of significance and uncertainty"),
             FILLED,
-            _("95% intervals on every figure; " "DeLong's paired test against the champion when there is one."),
+            _("{level}% intervals on every figure; DeLong's paired test against the champion when there is one.").format(
+                level=CONFIDENCE_PERCENT
+            ),
             "performance",
         ),
         _item(

@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from ..champion import TABLE_METRICS
 from ..i18n import N_, _, current_language, pgettext
-from ..meta import CAM_NAMES, DEFAULT_CLASS_NAMES, N_BOOTSTRAP, negative_class
+from ..meta import CAM_NAMES, CONFIDENCE_PERCENT, DEFAULT_CLASS_NAMES, N_BOOTSTRAP, negative_class
 from ..metrics import Estimate
 from ..record import EvaluationRecord, MetricsRecord, estimate
 from .checklist import build_checklist
@@ -371,7 +371,8 @@ def _counterfactual_context(record: EvaluationRecord, cam_name: str, positive: s
     def interval(e) -> str:
         if e.lower is None:
             return f"{e.value:.2f}"
-        return _("{value} (95% interval {lower} to {upper})").format(value=f"{e.value:.2f}", lower=f"{e.lower:.2f}",
+        return _("{value} ({level}% interval {lower} to {upper})").format(value=f"{e.value:.2f}", level=CONFIDENCE_PERCENT,
+                                                                          lower=f"{e.lower:.2f}",
                                                                      upper=f"{e.upper:.2f}")
 
     def what(name: str) -> str:
@@ -586,7 +587,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
                             "diff": fmt_num(at("channel_mean_diff"), 4)})
     figures_present = set(available_figures or ())
     cam = _cam_context(record.cam_method, numbers, predictions)
-    fmt = {"pos": positive, "neg": negative, "cam": cam["name"]}
+    fmt = {"pos": positive, "neg": negative, "cam": cam["name"], "level": CONFIDENCE_PERCENT}
     figure_info = {key: {"name": key, "title": _(t).format(**fmt), "caption": _(c).format(**fmt), "size": s,
                          "src": f"{figure_dir}/{key}.png", "present": key in figures_present}
                    for key, (t, c, s) in FIGURES.items()}
@@ -651,7 +652,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "youden_spec": fmt_value(youden["youden_specificity"].value if "youden_specificity" in youden else None,
                                  "specificity"),
         "n_bootstrap": text(metrics.n_bootstrap),
-        "confidence": fmt_pct(metrics.confidence if metrics.confidence is not None else 0.95),
+        "confidence": fmt_pct(metrics.confidence if metrics.confidence is not None else 0.95), "ci_level": CONFIDENCE_PERCENT,
         "metric_rows": _metric_rows(overall.estimates, metrics.not_computable),
         "subgroups": _subgroup_rows(metrics),
         **_checks_context(record, numbers, sanity_mean),
@@ -670,7 +671,7 @@ def build_context(artifact_dir: Path, *, champion=None, created: _dt.datetime | 
         "figures": figure_info, "extra_figures": extra_figures, "figure_sections": FIGURE_SECTIONS,
         "champion": _comparison_context(record, champion, metrics, predictions, positive, class_names),
         "cf": _counterfactual_context(record, cam["name"], positive, negative),
-        "glossary": [(_(term), _(words)) for term, words in GLOSSARY],
+        "glossary": [(_(term).format(level=CONFIDENCE_PERCENT), _(words).format(level=CONFIDENCE_PERCENT)) for term, words in GLOSSARY],
         "artifact_files": [f for f in REPORT_ARTIFACTS if (artifact_dir / f).is_file()],
         "viewers": [{"title": text(v.get("title")), "path": text(v.get("path")), "what": text(v.get("what"))}
                     for v in viewers or () if isinstance(v, dict)],

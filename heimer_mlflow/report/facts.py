@@ -14,7 +14,7 @@ import math
 
 from ..decision import interval, p_text, recommend
 from ..i18n import N_, _, ngettext
-from ..meta import CAM_NAMES
+from ..meta import CAM_NAMES, CONFIDENCE_PERCENT
 from .text import fmt_ci, fmt_num, fmt_pct, fmt_value, recorded
 
 # covariate names (lower case) that say where or when a scan was taken, or who it shows
@@ -191,7 +191,7 @@ def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive
         if est is not None and est.computable:
             ci = fmt_ci(est, key)
             performance.append({"label": label, "value": fmt_value(est.value, key),
-                                "ci": "" if ci == "-" else _("95% CI {ci}").format(ci=ci)})
+                                "ci": "" if ci == "-" else _("{level}% CI {ci}").format(level=CONFIDENCE_PERCENT, ci=ci)})
         else:
             performance.append({"label": label, "value": _("not computable"), "ci": recorded(est.reason) if est else ""})
     population = _population(predictions, positive, negative, n)
