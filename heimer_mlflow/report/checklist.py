@@ -45,7 +45,7 @@ def _item(standard: str, item: str, topic: str, status: str, text: str, section:
     """One row: the item, its status and what the evaluation says to it, with the section that shows it."""
     return ChecklistItem(standard=standard, item=item, topic=topic, topic_text=topic, status=status,
                          status_text=_(STATUS_WORDS[status]), text=text, section=section,
-                         section_name=_(SECTIONS[section]) if section in SECTIONS else None)  # fmt: skip
+                         section_name=_(SECTIONS[section]) if section in SECTIONS else None)
 
 
 class _Words:
@@ -201,4 +201,4 @@ def checklist_json(context: ReportContext) -> dict:
     return {"schema_version": SCHEMA, "model": {"name": context.document.name, "version": context.document.version},
             "run_id": context.document.run_id, "standards": [TRIPOD + " (BMJ 2024)", CLAIM],
             "counts": {s: sum(r.status == s for r in rows) for s in (FILLED, PARTLY, TO_COMPLETE)},
-            "items": [r.to_dict() for r in rows]}  # fmt: skip
+            "items": [r.to_dict() for r in rows]}

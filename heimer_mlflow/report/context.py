@@ -34,11 +34,11 @@ from .sections import (
     Atlas, CamComparison, CamRow, CamSettings, ChampionSection, ChannelRow, Checks, CohortSection, ComparisonRow,
     Counts, CovariateCount, Document, Exclusion, Features, Figure, GalleryCase, HeadlineFigure, MetricRow,
     ModelSection, Performance, Provenance, RegionGain, ReportContext, SanityRow, SubgroupRow, Viewer,
-)  # fmt: skip
+)
 from .text import (
     CAM_EXPLAINED, EXTRA_FIGURE_SIZE, FIGURE_SECTIONS, FIGURES, GLOSSARY, MAX_TAGS, METRIC_LABELS, clip, fmt_ci,
     fmt_est, fmt_num, fmt_pct, fmt_value, recorded, text,
-)  # fmt: skip
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def read_csv(path: Path, problems: list[str], *, required: bool = True):
 def build_context(artifact_dir: Path, *, record: EvaluationRecord | None = None, created: _dt.datetime | None = None,
                   figure_dir: str = "figures", available_figures: set[str] | None = None,
                   run_id: str | None = None, gate: dict | None = None,
-                  viewers: list[dict] | None = None) -> ReportContext:  # fmt: skip
+                  viewers: list[dict] | None = None) -> ReportContext:
     """Everything the template shows. ``record``: the evaluation record as read (and migrated,
     :func:`heimer_mlflow.record.migrate_champion_comparison`); default: read from
     ``artifact_dir``. Raises ``HeimerError`` (one line) only for an ``evaluation.json`` newer than
@@ -146,7 +146,7 @@ def build_context(artifact_dir: Path, *, record: EvaluationRecord | None = None,
                           positive=positive, negative=negative, threshold=performance.threshold, checks=checks,
                           cam=cam, champion=champion, gate=gate),
         checklist=(),
-    )  # fmt: skip
+    )
     return replace(context, checklist=build_checklist(context))
 
 
@@ -183,7 +183,7 @@ def _document_time(record: EvaluationRecord, created: _dt.datetime | None, evalu
 
 
 def _document(record: EvaluationRecord, artifact_dir: Path, created, run_id: str | None, cam_name: str,
-              problems: list[str]) -> Document:  # fmt: skip
+              problems: list[str]) -> Document:
     name, version = record.model.name, record.model.version
     display_name = name or _("unregistered model")
     stamp = _document_time(record, created, artifact_dir / "evaluation.json")
@@ -191,7 +191,7 @@ def _document(record: EvaluationRecord, artifact_dir: Path, created, run_id: str
     described = (_("Evaluation of the AD vs CN classifier {model} version {version} with performance, calibration "
                    "and explainability checks.") if version else
                  _("Evaluation of the AD vs CN classifier {model} with performance, calibration and "
-                   "explainability checks."))  # fmt: skip
+                   "explainability checks."))
     keywords = [_("Alzheimer's disease"), "MRI", "3D CNN", cam_name, _("model evaluation"), display_name.replace(",", " ")]
     return Document(
         title=_("Evaluation report: {model}").format(model=display_name) + (f" v{version}" if version else ""),
@@ -205,7 +205,7 @@ def _document(record: EvaluationRecord, artifact_dir: Path, created, run_id: str
         figures_in_other_language=evaluated_in != current_language(), page_css=page_css(),
         run_id=run_id or record.run_id or "", problems=tuple(problems),
         artifact_files=tuple(f for f in REPORT_ARTIFACTS if (artifact_dir / f).is_file()), ci_level=CONFIDENCE_PERCENT,
-    )  # fmt: skip
+    )
 
 
 def _model_section(record: EvaluationRecord) -> ModelSection:
@@ -221,7 +221,7 @@ def _model_section(record: EvaluationRecord) -> ModelSection:
         serialization=_(SERIALIZATION_TEXT.get(model.serialization or "", SERIALIZATION_UNKNOWN)),
         intensity=text(meta.get("intensity") or "none"),
         input_shape=("[" + text(shape) + "]") if isinstance(shape, list) else text(shape),
-    )  # fmt: skip
+    )
 
 
 def _cohort_section(record: EvaluationRecord, predictions, exclusions, class_names) -> CohortSection:
@@ -231,7 +231,7 @@ def _cohort_section(record: EvaluationRecord, predictions, exclusions, class_nam
         counts=tuple((k, text(v)) for k, v in cohort.counts.items()), covariates=tuple(cohort.covariates),
         covariate_counts=_covariate_counts(predictions, cohort.covariates, class_names),
         excluded=_exclusions(exclusions, record),
-    )  # fmt: skip
+    )
 
 
 def _covariate_counts(predictions, covariates: list[str], class_names: tuple[str, str]) -> tuple[CovariateCount, ...]:
@@ -251,7 +251,7 @@ def _covariate_counts(predictions, covariates: list[str], class_names: tuple[str
     labels = predictions["label"].astype(str).to_numpy()
     return tuple(CovariateCount(str(covariate), str(group), {name: int(((labels == name) & mask).sum())
                                                              for name in class_names}, int(mask.sum()))
-                 for covariate, group, mask in groups)  # fmt: skip
+                 for covariate, group, mask in groups)
 
 
 def _exclusions(exclusions, record: EvaluationRecord) -> tuple[Exclusion, ...]:
@@ -277,7 +277,7 @@ def _headline(estimates: dict[str, Estimate]) -> tuple[HeadlineFigure, ...]:
         rows.append(HeadlineFigure(
             label=_(METRIC_LABELS[key][0]).split(" (")[0], meaning=_(METRIC_LABELS[key][1]),
             value=fmt_value(est.value, key) if computable else _("n/a"), ci=fmt_ci(est, key),
-            reason="" if computable else recorded(text(est.reason if est is not None else None))))  # fmt: skip
+            reason="" if computable else recorded(text(est.reason if est is not None else None))))
     return tuple(rows)
 
 
@@ -292,7 +292,7 @@ def _metric_rows(estimates: dict[str, Estimate], not_computable: list[tuple[str,
         rows.append(MetricRow(name=name, label=_(label), meaning=_(meaning) if meaning else "",
                               computable=est.computable, value=fmt_value(est.value, name, digits=digits),
                               ci=fmt_ci(est, name), method=METHOD_NAMES.get(est.method, est.method or "-"),
-                              reason="" if est.computable else recorded(est.reason)))  # fmt: skip
+                              reason="" if est.computable else recorded(est.reason)))
     listed = {row.name for row in rows}
     rows += [MetricRow(name, _(METRIC_LABELS.get(name, (name, ""))[0]), "", False, _("n/a"), "-", "-", recorded(reason))
              for name, reason in not_computable if name not in listed]
@@ -305,7 +305,7 @@ def _subgroup_rows(metrics: MetricsRecord) -> tuple[SubgroupRow, ...]:
                              auc=fmt_est(row.metrics.estimates.get("roc_auc"), "roc_auc"),
                              sensitivity=fmt_est(row.metrics.estimates.get("sensitivity"), "sensitivity"),
                              specificity=fmt_est(row.metrics.estimates.get("specificity"), "specificity"))
-                 for row in metrics.subgroups)  # fmt: skip
+                 for row in metrics.subgroups)
 
 
 def _performance(record: EvaluationRecord, metrics: MetricsRecord) -> Performance:
@@ -326,12 +326,12 @@ def _performance(record: EvaluationRecord, metrics: MetricsRecord) -> Performanc
         confidence=fmt_pct(metrics.confidence if metrics.confidence is not None else 0.95),
         metric_rows=_metric_rows(overall.estimates, metrics.not_computable), subgroups=_subgroup_rows(metrics),
         n_epochs=max((len(points) for points in record.history.values()), default=0),
-    )  # fmt: skip
+    )
 
 
 def _comparison_rows(this: dict[str, Estimate], champion: dict[str, Estimate]) -> tuple[ComparisonRow, ...]:
     return tuple(ComparisonRow(_(METRIC_LABELS[name][0]), fmt_est(this.get(name), name), fmt_est(champion.get(name), name))
-                 for name in TABLE_METRICS if name in this or name in champion)  # fmt: skip
+                 for name in TABLE_METRICS if name in this or name in champion)
 
 
 def _champion_section(record: EvaluationRecord, metrics: MetricsRecord) -> ChampionSection:
@@ -362,7 +362,7 @@ def _champion_section(record: EvaluationRecord, metrics: MetricsRecord) -> Champ
         champion_verdict_word=verdict_word(c.champion_verdict) if c.champion_verdict else _("not recorded"),
         champion_reason=c.champion_verdict_reason, champion_map=CAM_NAMES.get(c.champion_cam_method, "Grad-CAM"),
         champion_outside=fmt_pct(outside, 1) if outside is not None else None,
-    )  # fmt: skip
+    )
 
 
 def _cohort_mean(numbers: dict[str, float], predictions, name: str) -> tuple[float | None, int]:
@@ -394,7 +394,7 @@ def _cam_disagreement(shares: dict[str, float | None], agreement: float | None) 
         reasons.append(_("Grad-CAM puts {gradcam}% of its map outside the brain and HiResCAM {hirescam}%, a gap of "
                          "{gap} percentage points (more than {limit})").format(
             gradcam=f"{shares['gradcam'] * 100:.0f}", hirescam=f"{shares['hirescam'] * 100:.0f}", gap=f"{gap * 100:.0f}",
-            limit=f"{MAX_OUTSIDE_SHARE_GAP * 100:.0f}"))  # fmt: skip
+            limit=f"{MAX_OUTSIDE_SHARE_GAP * 100:.0f}"))
     return reasons
 
 
@@ -422,7 +422,7 @@ def _cam_comparison(method: str, numbers: dict[str, float], predictions) -> CamC
         min_agreement=f"{MIN_CAM_AGREEMENT:.1f}", max_gap=f"{MAX_OUTSIDE_SHARE_GAP * 100:.0f}",
         disagree=bool(reasons), reasons=tuple(reasons), agreement_known=agreement is not None,
         verdict_on_gradcam=bool(reasons) and method == "gradcam",
-    )  # fmt: skip
+    )
 
 
 def _checks(record: EvaluationRecord, numbers: dict[str, float]) -> Checks:
@@ -448,7 +448,7 @@ def _checks(record: EvaluationRecord, numbers: dict[str, float]) -> Checks:
         sanity_limit=f"{limits.max_sanity_spearman:.1f}", sanity_mean=fmt_num(sanity_mean, 2),
         sanity_rows=() if sanity is None else tuple(SanityRow(s, fmt_num(r, 2))
                                                     for s, r in zip(sanity.subject_ids, sanity.spearman)),
-    )  # fmt: skip
+    )
 
 
 def _cam_settings(record: EvaluationRecord, positive: str) -> CamSettings:
@@ -456,13 +456,13 @@ def _cam_settings(record: EvaluationRecord, positive: str) -> CamSettings:
     return CamSettings(layer=text(engine.target_layer), target_class=text(engine.gradcam.get("target_class") or positive),
                        upsampling=text(engine.gradcam.get("upsampling")),
                        normalisation=text(engine.gradcam.get("display_normalisation")),
-                       statistics=text(engine.gradcam.get("statistics")))  # fmt: skip
+                       statistics=text(engine.gradcam.get("statistics")))
 
 
 def _gallery(record: EvaluationRecord, class_names: tuple[str, str]) -> tuple[GalleryCase, ...]:
     return tuple(GalleryCase(outcome, text(case.subject_id), fmt_num(case.prob, 2),
                              class_names[case.label] if case.label in (0, 1) else text(case.label))
-                 for outcome, cases in record.engine.gallery.items() for case in cases)  # fmt: skip
+                 for outcome, cases in record.engine.gallery.items() for case in cases)
 
 
 def _features(record: EvaluationRecord) -> Features:
@@ -479,19 +479,19 @@ def _features(record: EvaluationRecord) -> Features:
 
 
 def _figures(figure_dir: str, available: set[str] | None, positive: str, negative: str,
-             cam_name: str) -> dict[str, Figure]:  # fmt: skip
+             cam_name: str) -> dict[str, Figure]:
     """Every figure the report knows, with its words; ``present``: the evaluation drew it."""
     fill = {"pos": positive, "neg": negative, "cam": cam_name, "level": CONFIDENCE_PERCENT}
     return {key: Figure(key, _(title).format(**fill), _(caption).format(**fill), size, f"{figure_dir}/{key}.png",
                         key in set(available or ()))
-            for key, (title, caption, size) in FIGURES.items()}  # fmt: skip
+            for key, (title, caption, size) in FIGURES.items()}
 
 
 def _extra_figures(figure_dir: str, available: set[str] | None) -> tuple[Figure, ...]:
     """The figures the evaluation drew that this report does not know."""
     return tuple(Figure(f, f.replace("_", " ").capitalize(), _("An additional figure the evaluation produced."),
                         EXTRA_FIGURE_SIZE, f"{figure_dir}/{f}.png", True)
-                 for f in sorted(set(available or ()) - set(FIGURES)))  # fmt: skip
+                 for f in sorted(set(available or ()) - set(FIGURES)))
 
 
 def _atlas(atlas) -> Atlas | None:
@@ -501,7 +501,7 @@ def _atlas(atlas) -> Atlas | None:
         return None
     return Atlas(name=text(atlas.name), title=text(atlas.title), licence=text(atlas.licence), source=text(atlas.source),
                  space_check=text(atlas.space_check), brain_mask=text(atlas.brain_mask) if atlas.brain_mask else "",
-                 regions=tuple((region, ", ".join(labels)) for region, labels in atlas.regions.items()))  # fmt: skip
+                 regions=tuple((region, ", ".join(labels)) for region, labels in atlas.regions.items()))
 
 
 def _provenance(record: EvaluationRecord, viewers: list[dict] | None) -> Provenance:
@@ -511,7 +511,7 @@ def _provenance(record: EvaluationRecord, viewers: list[dict] | None) -> Provena
         timings=tuple(sorted((k, fmt_num(v, 2)) for k, v in record.timings.items())), atlas=_atlas(record.atlas),
         viewers=tuple(Viewer(text(v.get("title")), text(v.get("path")), text(v.get("what")))
                       for v in viewers or () if isinstance(v, dict)),
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ FAITHFUL_MARGIN = 0.02
 
 
 def counterfactual_section(record: EvaluationRecord, cam_name: str, positive: str,
-                           negative: str) -> CounterfactualSection:  # fmt: skip
+                           negative: str) -> CounterfactualSection:
     cf = record.counterfactual
     if cf is None:
         return CounterfactualSection(False, _("This evaluation was made before heimer-mlflow ran counterfactual tests."))
@@ -39,7 +39,7 @@ def counterfactual_section(record: EvaluationRecord, cam_name: str, positive: st
         vs_sentence=paired_sentence(cf.vs_champion[0]) + "." if cf.vs_champion else "",
         champion_note=cf.champion_note or "", champion_version=cf.champion_version or "",
         seconds=fmt_num(cf.seconds, 1), steps=", ".join(f"{100 * s:g}%" for s in cf.steps),
-    )  # fmt: skip
+    )
 
 
 def _interval(e) -> str:
@@ -63,7 +63,7 @@ def _largest_effect(cf, positive: str, negative: str) -> str:
     meaning = (_("the score depends on something outside the brain, which a brain disease cannot explain")
                if name == OUTSIDE and drop.value >= SHORTCUT_DROP else
                _("the score depends on {what}").format(what=_what(name)) if drop.value >= REGION_DROP else
-               _("no single region the test replaced moves the score much"))  # fmt: skip
+               _("no single region the test replaced moves the score much"))
     before = (cf.curves.get("morf") or {}).get("prob", [None])[0]
     if before is None:
         return _("Replacing {what} with the {negative} subjects' average lowers the mean probability of "
@@ -134,7 +134,7 @@ def _checks(record: EvaluationRecord, cam_name: str) -> tuple[CounterfactualChec
         if c is None:
             continue
         limit = "" if c.limit is None else (_("below {limit}") if name == "shortcut_confirmed" else
-                                            _("above {limit}")).format(limit=f"{c.limit:.2f}")  # fmt: skip
+                                            _("above {limit}")).format(limit=f"{c.limit:.2f}")
         result = _("not assessed") if c.passed is None else (_("pass") if c.passed else _("review"))
         checks.append(CounterfactualCheck(words, fmt_num(c.value, 3), limit, result))
     return tuple(checks)
@@ -145,4 +145,4 @@ def _vs_champion(cf) -> tuple[PairedDropRow, ...]:
                                n=p.n_pairs, this=fmt_num(p.this, 3), champion=fmt_num(p.champion, 3),
                                diff=f"{p.diff.value:+.3f} [{p.diff.lower:+.3f}, {p.diff.upper:+.3f}]",
                                p=format_p(p.p_holm))
-                 for p in cf.vs_champion)  # fmt: skip
+                 for p in cf.vs_champion)

@@ -115,7 +115,7 @@ def _evidence(record, checks: Checks, cam: CamComparison) -> tuple[str, ...]:
 
 
 def _warnings(predictions, metrics, cohort: CohortSection, population: Population, positive: str, negative: str,
-              cam: CamComparison, overall_auc) -> tuple[str, ...]:  # fmt: skip
+              cam: CamComparison, overall_auc) -> tuple[str, ...]:
     out = [_("Research use only: not a diagnostic device; its output must not be used to diagnose, treat or manage "
              "any person.")]
     small = []
@@ -182,7 +182,7 @@ def find_confounds(predictions, covariates: list[str], positive: str, negative: 
 
 def build_facts(*, record, metrics, predictions, cohort: CohortSection, n: Counts, positive: str, negative: str,
                 threshold: str, checks: Checks, cam: CamComparison, champion: ChampionSection,
-                gate: dict | None) -> ModelFacts:  # fmt: skip
+                gate: dict | None) -> ModelFacts:
     """The Model Facts page's content (see the module's docstring)."""
     auc = metrics.overall.estimates.get("roc_auc")
     population = _population(predictions, positive, negative, n)
@@ -194,7 +194,7 @@ def build_facts(*, record, metrics, predictions, cohort: CohortSection, n: Count
                        auc=auc.value if auc else None, auc_lower=auc.lower if auc else None,
                        auc_upper=auc.upper if auc else None, champion=compared.to_dict() if compared else None,
                        gate=(gate or {}).get("status") if (gate or {}).get("rules") else None,
-                       gate_failures=(gate or {}).get("failures") or ())  # fmt: skip
+                       gate_failures=(gate or {}).get("failures") or ())
     return ModelFacts(
         output=_("The probability that a 3D T1-weighted brain MRI shows {positive} rather than {negative}; a scan "
                  "is called {positive} at a probability of {threshold} or more.").format(
@@ -208,7 +208,7 @@ def build_facts(*, record, metrics, predictions, cohort: CohortSection, n: Count
                                       advice.action.replace(" ", "-")),
         warnings=_warnings(predictions, metrics, cohort, population, positive, negative, cam,
                            auc.value if auc and auc.computable else None),
-    )  # fmt: skip
+    )
 
 
 def _performance(estimates) -> tuple[PerformanceLine, ...]:
