@@ -24,7 +24,7 @@ from markupsafe import Markup
 
 from ..champion import TABLE_METRICS
 from ..i18n import N_, _, current_language, pgettext
-from ..meta import CAM_NAMES, CONFIDENCE_PERCENT, DEFAULT_CLASS_NAMES, negative_class
+from ..meta import CAM_NAMES, CONFIDENCE, CONFIDENCE_PERCENT, DEFAULT_CLASS_NAMES, negative_class
 from ..metrics import Estimate
 from ..record import EvaluationRecord, MetricsRecord, estimate
 from .checklist import build_checklist
@@ -323,7 +323,7 @@ def _performance(record: EvaluationRecord, metrics: MetricsRecord) -> Performanc
         youden_sens=youden_value("youden_sensitivity", "sensitivity"),
         youden_spec=youden_value("youden_specificity", "specificity"),
         n_bootstrap=text(metrics.n_bootstrap),
-        confidence=fmt_pct(metrics.confidence if metrics.confidence is not None else 0.95),
+        confidence=fmt_pct(metrics.confidence if metrics.confidence is not None else CONFIDENCE),
         metric_rows=_metric_rows(overall.estimates, metrics.not_computable), subgroups=_subgroup_rows(metrics),
         n_epochs=max((len(points) for points in record.history.values()), default=0),
     )
