@@ -1,6 +1,7 @@
 """The model contract: what the engine needs to know about a model, stored under
 ``metadata["heimer"]`` of the logged MLflow model (see docs/design.md, "The model contract"), and the
-defaults every module shares: the class names, the primary map, the bootstrap's resamples, the intervals' confidence level."""
+defaults every module shares: the class names, the primary map, the bootstrap's resamples, the
+intervals' confidence level."""
 
 from __future__ import annotations
 
