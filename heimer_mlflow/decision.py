@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from .i18n import N_, _
+from .meta import CONFIDENCE_PERCENT
 
 PROMOTE, DO_NOT_PROMOTE, REVIEW_FIRST = "promote", "do not promote", "review first"
 ACTION_WORDS = {PROMOTE: N_("Promote"), DO_NOT_PROMOTE: N_("Do not promote"), REVIEW_FIRST: N_("A person must review first")}
@@ -63,7 +64,8 @@ def interval(value, lower, upper, *, signed: bool = False, digits: int = 2, inli
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     text = f.format(value)
     if lower is not None and upper is not None:
-        ci = _("95% CI {lower} to {upper}").format(lower=f.format(lower), upper=f.format(upper))
+        ci = _("{level}% CI {lower} to {upper}").format(level=CONFIDENCE_PERCENT, lower=f.format(lower),
+                                                         upper=f.format(upper))
         text += f", {ci}" if inline else f" ({ci})"
     return text
 

@@ -1,6 +1,7 @@
 """The model contract: what the engine needs to know about a model, stored under
 ``metadata["heimer"]`` of the logged MLflow model (see docs/design.md, "The model contract"), and the
-defaults every module shares: the class names, the primary map, the bootstrap's resamples."""
+defaults every module shares: the class names, the primary map, the bootstrap's resamples, the
+intervals' confidence level."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 CAM_METHODS = tuple(CAM_NAMES)
 DEFAULT_CAM = "hirescam"  # the primary map (README: why HiResCAM by default)
 N_BOOTSTRAP = 2000  # bootstrap resamples behind every interval, wherever one is computed
+CONFIDENCE = 0.95  # every interval is two-sided at this level
+CONFIDENCE_PERCENT = f"{CONFIDENCE * 100:g}"  # the level as the text shows it: "95" in "95% CI"
 
 
 def check_cam_method(name: str) -> str:

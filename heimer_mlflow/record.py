@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .champion import Comparison
+from .champion import Comparison, compare
 from .errors import HeimerError
-from .meta import assumptions
+from .meta import DEFAULT_CLASS_NAMES, assumptions
 from .interventions import CounterfactualSummary
 from .metrics import Estimate
 from .verdict import LIMITS_BEFORE_RECORDING, Check, Limits, Verdict, judge
@@ -388,6 +388,28 @@ def _comparison(data: dict) -> Comparison:
              "champion_cam_method", "note")  # fmt: skip
     return Comparison(n_shared=_int(data.get("n_shared")) or 0, champion_estimates=_dict(data.get("champion_estimates")),
                       **{k: _number(data.get(k)) for k in numbers}, **{k: _str(data.get(k)) or "" for k in texts})
+
+
+def migrate_champion_comparison(record: EvaluationRecord, predictions, champion) -> EvaluationRecord:
+    """A record from before evaluations recorded their comparison with the champion
+    (``comparison_recorded`` False), given that comparison once, when it is read, made as an
+    evaluation makes it (:func:`heimer_mlflow.champion.compare`: DeLong's paired test on the
+    subjects both evaluations share), so that a report of it only reads. ``predictions``: this
+    evaluation's predictions.csv (a DataFrame); ``champion``: the champion's evaluation found now
+    (a ``champion.ChampionRun``), None when there is none. A record that has its comparison, or
+    for which no champion was found, is returned as it is; a comparison that cannot be made
+    becomes the record's ``comparison_note``."""
+    if record.comparison_recorded or champion is None or predictions is None:
+        return record
+    meta = record.model.metadata
+    class_names = meta.get("class_names") if isinstance(meta.get("class_names"), list) else DEFAULT_CLASS_NAMES
+    positive = str(meta.get("positive_class") or class_names[1])
+    try:
+        comparison = compare(predictions, champion, positive=positive, class_names=tuple(class_names))
+    except Exception as error:  # noqa: BLE001 - a comparison that cannot be made must not stop the report
+        return replace(record, comparison=None, comparison_recorded=True,
+                       comparison_note=f"the comparison could not be made ({type(error).__name__}: {error})")
+    return replace(record, comparison=comparison, comparison_recorded=True)
 
 
 def _cam_method(engine: EngineRecord, configuration: dict) -> str:

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from .decision import Recommendation, p_text, recommend
 from .i18n import N_, _
+from .meta import CONFIDENCE_PERCENT
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def _counterfactual_lines(cf) -> dict:
         name, drop = largest
         what = _("what lies outside the brain") if name == OUTSIDE else name.replace("_", " ")
         out["counterfactual"] = "**{}** ".format(_("What changes the score:")) + _(
-            "replacing {what} with the {negative} average drops P({positive}) by {drop} (95% CI {lower} to {upper}; "
-            "{n} subjects).").format(what=what, negative=cf.negative_class, positive=cf.positive_class,
+            "replacing {what} with the {negative} average drops P({positive}) by {drop} ({level}% CI {lower} to {upper}; "
+            "{n} subjects).").format(level=CONFIDENCE_PERCENT, what=what, negative=cf.negative_class, positive=cf.positive_class,
                                      drop=f"{drop.value:.2f}", lower=_number(drop.lower, 2),
                                      upper=_number(drop.upper, 2), n=cf.n_subjects)
     if cf.vs_champion:
@@ -163,7 +164,7 @@ def _number(value, digits: int = 3) -> str:
 
 
 def _figure_rows(metrics: dict) -> list[str]:
-    estimate, ci = _("estimate"), _("95% CI")
+    estimate, ci = _("estimate"), _("{level}% CI").format(level=CONFIDENCE_PERCENT)
     rows = [f"| | {estimate} | {ci} |", "|---|---|---|"]
     for key, label in FIGURES:
         lower, upper = metrics.get(f"{key}_ci_lower"), metrics.get(f"{key}_ci_upper")
@@ -179,8 +180,8 @@ def _champion_line(s: Summary) -> str:
     if diff is None:
         figures = _("no AUC difference ({note})").format(note=champion.get("note") or _("not computable"))
     else:
-        figures = _("AUC difference {diff} (95% CI {lower} to {upper}; DeLong p {p})").format(
-            diff=f"{diff:+.3f}", lower=_number(champion.get("roc_auc_diff_ci_lower")),
+        figures = _("AUC difference {diff} ({level}% CI {lower} to {upper}; DeLong p {p})").format(
+            level=CONFIDENCE_PERCENT, diff=f"{diff:+.3f}", lower=_number(champion.get("roc_auc_diff_ci_lower")),
             upper=_number(champion.get("roc_auc_diff_ci_upper")), p=_number(champion.get("delong_p")))
     version = champion.get("champion_version")
     named = _("version {version}").format(version=version)

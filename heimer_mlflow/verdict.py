@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .i18n import _
-from .meta import CAM_NAMES
+from .meta import CAM_NAMES, CONFIDENCE_PERCENT
 
 PASS, REVIEW = "pass", "review"
 CAUSAL_WORDING_MIN_DROP = 0.05  # words only, not a limit: below it the causal line says no region moves the score much
@@ -200,7 +200,8 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
 def _interval(e) -> str:
     if e.lower is None or e.upper is None:
         return ""
-    return ", " + _("95% CI {lower} to {upper}").format(lower=f"{e.lower:.2f}", upper=f"{e.upper:.2f}")
+    return ", " + _("{level}% CI {lower} to {upper}").format(level=CONFIDENCE_PERCENT, lower=f"{e.lower:.2f}",
+                                                            upper=f"{e.upper:.2f}")
 
 
 def _first(values):

@@ -160,9 +160,10 @@ def test_a_record_from_before_schema_version_renders_by_the_limits_of_its_time(t
     monkeypatch.setattr(verdict, "DEFAULT_LIMITS", verdict.Limits(max_outside_brain_excess=0.50, max_sanity_spearman=0.01))
     folder = _artifacts(tmp_path / "old", copy.deepcopy(OLD_RECORD))
     context = build_context(folder)
-    assert context["verdict"] == "review" and context["verdict_reason"] == OLD_RECORD["plausibility"]["reason"]
-    assert (context["outside_limit"], context["outside_excess"], context["outside_ok"]) == ("25%", "10%", False)
-    assert context["sanity_limit"] == "0.5" and context["sanity_ok"] is True
+    checks = context.checks
+    assert checks.verdict == "review" and checks.verdict_reason == OLD_RECORD["plausibility"]["reason"]
+    assert (checks.outside_limit, checks.outside_excess, checks.outside_ok) == ("25%", "10%", False)
+    assert checks.sanity_limit == "0.5" and checks.sanity_ok is True
     html = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_html(context)))
     assert "38.0% (limit 25%: 15.0% that a map spread evenly over the brain" in html
     assert "Method (primary map) HiResCAM" in html and "No champion to compare with" in html
@@ -199,7 +200,7 @@ def test_a_version_1_record_renders_as_it_was_judged_without_counterfactual_test
     assert record.verdict.limits.max_cf_drop_outside_brain is None  # not applied then
     assert record.to_dict()["verdict"]["limits"] == written["verdict"]["limits"]
     context = build_context(_artifacts(tmp_path / "v1", written))
-    assert context["verdict"] == "review" and context["verdict_reason"] == applied.reason
-    assert not context["cf"]["available"] and "before heimer-mlflow ran counterfactual tests" in context["cf"]["why"]
+    assert context.checks.verdict == "review" and context.checks.verdict_reason == applied.reason
+    assert not context.cf.available and "before heimer-mlflow ran counterfactual tests" in context.cf.why
     html = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_html(context)))
     assert "What changes the score" in html and "before heimer-mlflow ran counterfactual tests" in html

@@ -440,15 +440,83 @@ def test_incomplete_folder_still_renders(tmp_path, listener):
     assert not (files.html_dir / "figures" / "roc.png").exists()
 
 
-def test_champion_comparison(tmp_path, listener):
+def _champion_of(tmp_path, listener):
+    """This evaluation (an old-format record: no comparison in it) and the champion's, as found."""
+    from heimer_mlflow.champion import ChampionRun
+
     this = write_artifacts(tmp_path / "this", port=listener.port, figures=())
     other = write_artifacts(tmp_path / "other", port=listener.port, seed=1, version="2", figures=())
-    champion = {"version": "2", "metrics": json.loads((other / "metrics.json").read_text()),
-                "predictions": pd.read_csv(other / "predictions.csv")}
-    files = render_checked(this, tmp_path / "out", champion=champion)
+    return this, ChampionRun(name="tiny-model", version="2", run_id="run-of-v2", folder=other)
+
+
+def test_an_old_record_is_given_its_champion_comparison_when_read(tmp_path, listener, monkeypatch):
+    """A record from before evaluations recorded their comparison is migrated once, when read:
+    its champion section is the one a record carrying that comparison gets, and building and
+    rendering it computes no statistic (the paired tests raise while it renders)."""
+    import heimer_mlflow.champion as champion_module
+    import heimer_mlflow.metrics as metrics_module
+    from heimer_mlflow.record import EvaluationRecord, migrate_champion_comparison
+    from heimer_mlflow.report import build_context
+
+    this, champion = _champion_of(tmp_path, listener)
+    predictions = pd.read_csv(this / "predictions.csv", dtype={"subject_id": str})
+    old = EvaluationRecord.from_dict(json.loads((this / "evaluation.json").read_text()))
+    assert not old.comparison_recorded and old.comparison is None
+    migrated = migrate_champion_comparison(old, predictions, champion)
+    assert migrated.comparison_recorded and migrated.comparison.champion_version == "2"
+    assert migrated.comparison.n_shared == 40 and migrated.comparison.delong_p is not None
+    assert migrate_champion_comparison(migrated, predictions, None) is migrated  # recorded: kept as it is
+    # the same evaluation written by an evaluation that recorded its comparison
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    for f in this.iterdir():
+        if f.is_file():
+            (recorded / f.name).write_bytes(f.read_bytes())
+    written = json.loads((this / "evaluation.json").read_text())
+    written["comparison"] = champion_module.compare(predictions, champion, positive="AD",
+                                                    class_names=("CN", "AD")).to_dict()
+    (recorded / "evaluation.json").write_text(json.dumps(written))
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("the report computed a statistic while rendering")
+
+    for module in (champion_module, metrics_module):
+        for name in ("paired_delong", "paired_delta_auc", "delong_auc", "compute_metrics", "roc_auc_score"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, no_statistics)
+    monkeypatch.setattr(champion_module, "compare", no_statistics)
+    from_old, from_new = build_context(this, record=migrated), build_context(recorded)
+    assert from_old.champion == from_new.champion and from_old.champion.available
+    assert from_old.facts.comparison == from_new.facts.comparison
+    assert from_old.champion.p is not None and from_old.champion.delta.startswith(("-", "0", "+"))
+    files = render_checked(this, tmp_path / "out", record=migrated)
     text = pdf_text(files.pdf)
     assert "The current champion is version 2" in text
     assert re.search(r"Difference in AUC .* on the 40 subjects both evaluations share: -?\d\.\d\d \(95% CI", text)
+    assert "DeLong's test for paired AUCs" in text
+    # without a champion found, an old record says so (and is not migrated)
+    assert not build_context(this).champion.available
+    assert "no other version of this model carries the alias 'champion'" in build_context(this).champion.why
+
+
+def test_the_report_context_imports_no_statistics():
+    """The modules that build the report's context import nothing that computes a statistic:
+    every figure they show comes from the record."""
+    import ast
+
+    import heimer_mlflow.report as report
+
+    computing = {"paired_delong", "paired_delta_auc", "delong_auc", "compute_metrics", "compare", "wilson_interval",
+                 "stratified_bootstrap_weights", "mean_estimates", "paired_signed_rank", "roc_auc_score"}
+    found = []
+    for module in ("context", "sections", "facts", "checklist", "counterfactual", "text"):
+        tree = ast.parse((Path(report.__file__).parent / f"{module}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                found += [f"{module}: {node.module}.{a.name}" for a in node.names if a.name in computing]
+                if node.module and ("stats" in node.module.split(".") or node.module.startswith("sklearn")):
+                    found.append(f"{module}: {node.module}")
+    assert found == []
 
 
 # ---------------------------------------------------------------------------------- MLflow
@@ -638,7 +706,7 @@ def test_gradcam_verdict_on_disagreeing_maps_suggests_hirescam(tmp_path, listene
         _set_cam(folder, method=method, gradcam_out=g, hirescam_out=h, agreement=rho)
         context = build_context(folder)
         html = _flat(re.sub(r"<[^>]+>", " ", render_html(context)))
-        assert context["cam"]["disagree"] is disagree, (method, g, h, rho)
+        assert context.cam.disagree is disagree, (method, g, h, rho)
         assert ("The two maps disagree" in html) is disagree
         assert ("The two maps agree" in html) is not disagree
         name = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}[method]

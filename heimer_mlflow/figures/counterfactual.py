@@ -4,7 +4,7 @@ the numbers ``interventions.summarise`` gives (a ``CounterfactualSummary``), int
 from __future__ import annotations
 
 from ..i18n import N_, _
-from ..meta import DEFAULT_CAM
+from ..meta import CONFIDENCE_PERCENT, DEFAULT_CAM
 from .style import AD_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, legend_below, message_axes, cam_name
 
 ORDER_STYLE = {  # order -> (label, colour, line style, marker)
@@ -67,8 +67,8 @@ def plot_region_drops(summary, *, ax=None):
     ax.barh(y, values, xerr=errors, height=0.6, color=colors, alpha=0.8, capsize=3, ecolor="black", zorder=2)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_yticks(y, [name for name, _ in entries], fontsize=8)
-    ax.set_xlabel(_("mean P({positive}) before minus after, with 95% interval ({n} subjects)").format(
-        positive=positive, n=summary.n_subjects))
+    ax.set_xlabel(_("mean P({positive}) before minus after, with {level}% interval ({n} subjects)").format(
+        level=CONFIDENCE_PERCENT, positive=positive, n=summary.n_subjects))
     ax.set_xlim(min(-0.05, min(e.lower or 0 for _, e in entries) - 0.02), max(0.3, max(e.upper or 0 for _, e in entries) + 0.05))
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)

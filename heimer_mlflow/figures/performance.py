@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..i18n import _, line_spacing
-from ..meta import DEFAULT_CLASS_NAMES
+from ..meta import CONFIDENCE_PERCENT, DEFAULT_CLASS_NAMES
 from .style import (
     AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, new_figure, legend_below, message_axes,
 )  # fmt: skip
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 def _fmt_ci(value, lower, upper, digits=2) -> str:
     text = f"{value:.{digits}f}"
     if lower is not None and upper is not None:
-        text += " " + _("(95% CI {lower}-{upper})").format(lower=f"{lower:.{digits}f}", upper=f"{upper:.{digits}f}")
+        text += " " + _("({level}% CI {lower}-{upper})").format(level=CONFIDENCE_PERCENT, lower=f"{lower:.{digits}f}",
+                                                                upper=f"{upper:.{digits}f}")
     return text
 
 
@@ -225,7 +226,7 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
             ax.legend(fontsize=7.5, loc="lower left")
         ax.set_xlim(-0.02, 1.02)
         ax.set_xticks([0.0, 0.5, 1.0], ["0", "0.5", "1"])
-        ax.set_xlabel(titles.get(name, name) + " (95% CI)", fontsize=9)
+        ax.set_xlabel(titles.get(name, name) + f" ({CONFIDENCE_PERCENT}% CI)", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [label for label, _ in rows], fontsize=8)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-CONFIDENCE = 0.95  # every interval is two-sided at this level
+from ..meta import CONFIDENCE  # every interval is two-sided at this level
+
 # Probabilities are clipped to [LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP] before taking logs (log loss,
 # calibration fit), so a confident score of exactly 0 or 1 costs a large but finite penalty.
 LOG_LOSS_CLIP = 1e-7

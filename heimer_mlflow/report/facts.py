@@ -5,7 +5,8 @@ performance with intervals, the verdict with its decisive evidence, the comparis
 champion, the gate's result, the recommendation for the registry (heimer_mlflow.decision, the
 same sentence as the version's description) and the warnings a reviewer must not miss.
 
-Plain data for the template; every registry or manifest value stays text (the template escapes).
+Typed data for the template (:class:`~heimer_mlflow.report.sections.ModelFacts`); every registry or manifest
+value stays text (the template escapes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import math
 
 from ..decision import interval, p_text, recommend
 from ..i18n import N_, _, ngettext
-from ..meta import CAM_NAMES
+from ..meta import CAM_NAMES, CONFIDENCE_PERCENT
+from .sections import (
+    CamComparison, ChampionSection, Checks, CohortSection, Counts, ModelFacts, PerformanceLine, Population, Recommendation,
+)
 from .text import fmt_ci, fmt_num, fmt_pct, fmt_value, recorded
 
 # covariate names (lower case) that say where or when a scan was taken, or who it shows
@@ -42,11 +46,10 @@ def _numbers(series):
     return values[values.apply(lambda v: math.isfinite(v) if v == v else False)]
 
 
-def _population(predictions, positive: str, negative: str, n: dict) -> dict:
+def _population(predictions, positive: str, negative: str, n: Counts) -> Population:
     """Who the evaluation data show: counts per class, age, sex, sites, dates (when recorded)."""
     out = {"counts": _("{n_positive} {positive}, {n_negative} {negative}").format(
-               n_positive=n["n_positive"], positive=positive, n_negative=n["n_negative"], negative=negative), "age": None, "sex": None,
-           "sites": None, "n_sites": None, "site_column": None, "dates": None, "age_range": None}
+        n_positive=n.n_positive, positive=positive, n_negative=n.n_negative, negative=negative)}
     if (age := _column(predictions, AGE_COLUMNS)) is not None:
         ages = _numbers(predictions[age])
         if len(ages):
@@ -68,38 +71,36 @@ def _population(predictions, positive: str, negative: str, n: dict) -> dict:
         if len(dates):
             out["dates"] = _("scanned {first} to {last}").format(
                 first=f"{dates.min():%Y-%m-%d}", last=f"{dates.max():%Y-%m-%d}")
-    return out
+    return Population(**out)
 
 
-def _data_line(cohort: dict, n: dict, population: dict) -> str:
-    scans = (_("{n} scans of {participants} participants").format(n=n["n_subjects"], participants=n["n_participants"])
-             if n["clustered"] else _("{n} scans").format(n=n["n_subjects"]))
-    parts = [f"{scans} ({population['counts']})"]
-    if population["n_sites"]:
-        parts.append(ngettext("from {n} site ({sites})", "from {n} sites ({sites})", population["n_sites"]).format(
-            n=population["n_sites"], sites=population["sites"]))
+def _data_line(cohort: CohortSection, n: Counts, population: Population) -> str:
+    scans = (_("{n} scans of {participants} participants").format(n=n.n_subjects, participants=n.n_participants)
+             if n.clustered else _("{n} scans").format(n=n.n_subjects))
+    parts = [f"{scans} ({population.counts})"]
+    if population.n_sites:
+        parts.append(ngettext("from {n} site ({sites})", "from {n} sites ({sites})", population.n_sites).format(
+            n=population.n_sites, sites=population.sites))
     else:
         parts.append(_("sites not recorded"))
-    parts.append(population["dates"] or _("scan dates not recorded"))
-    excluded = cohort.get("n_excluded")
-    if excluded not in (None, "-", "0"):
-        parts.append(_("{n} excluded").format(n=excluded))
-    return "; ".join(parts) + ". " + _("Source: {source}.").format(source=cohort["source"])
+    parts.append(population.dates or _("scan dates not recorded"))
+    if cohort.n_excluded not in ("-", "0"):
+        parts.append(_("{n} excluded").format(n=cohort.n_excluded))
+    return "; ".join(parts) + ". " + _("Source: {source}.").format(source=cohort.source)
 
 
-def _evidence(record, checks: dict, cam: dict, numbers: dict) -> list[str]:
+def _evidence(record, checks: Checks, cam: CamComparison) -> tuple[str, ...]:
     """The verdict's decisive evidence: each check with its number and limit, the failed first."""
     verdict = record.verdict
     lines = []
     outside = verdict.check("outside_brain")
     if outside is not None and outside.value is not None:
         lines.append((outside.passed is False, _("{share} of the {cam} lies outside the brain (limit {limit})").format(
-            share=fmt_pct(outside.value), cam=cam["name"], limit=fmt_pct(outside.limit))))
+            share=fmt_pct(outside.value), cam=cam.name, limit=fmt_pct(outside.limit))))
     gain = verdict.check("region_gain")
     if gain is not None and gain.value is not None:
-        best = max(checks.get("gains") or [], key=lambda g: float(g["gain"]) if g["gain"] != _("n/a") else -1,
-                   default=None)
-        where = f" ({best['region']})" if best else ""
+        best = max(checks.gains, key=lambda g: float(g.gain) if g.gain != _("n/a") else -1, default=None)
+        where = f" ({best.region})" if best else ""
         lines.append((gain.passed is False, _("largest region gain {gain}{where} (needs above {limit})").format(
             gain=fmt_num(gain.value, 1), where=where, limit=fmt_num(gain.limit, 0))))
     elif gain is not None:
@@ -110,11 +111,11 @@ def _evidence(record, checks: dict, cam: dict, numbers: dict) -> list[str]:
                                                 "(limit {limit})").format(rho=fmt_num(sanity.value, 2),
                                                                           limit=fmt_num(sanity.limit, 1))))
     lines.sort(key=lambda item: not item[0])
-    return [text for _, text in lines]
+    return tuple(text for _, text in lines)
 
 
-def _warnings(predictions, metrics, cohort: dict, population: dict, positive: str, negative: str, cam: dict,
-              overall_auc) -> list[str]:  # fmt: skip
+def _warnings(predictions, metrics, cohort: CohortSection, population: Population, positive: str, negative: str,
+              cam: CamComparison, overall_auc) -> tuple[str, ...]:
     out = [_("Research use only: not a diagnostic device; its output must not be used to diagnose, treat or manage "
              "any person.")]
     small = []
@@ -130,30 +131,30 @@ def _warnings(predictions, metrics, cohort: dict, population: dict, positive: st
         shown = "; ".join(small[:6]) + ("; " + _("and {n} more").format(n=len(small) - 6) if len(small) > 6 else "")
         out.append(_("Subgroups too small to judge (fewer than {n} scans or {n_class} of a class): {shown}.").format(
             n=MIN_SUBGROUP, n_class=MIN_SUBGROUP_CLASS, shown=shown))
-    if population["n_sites"] is None:
+    if population.n_sites is None:
         out.append(_("The data do not record sites or scanners: how the model does on other sites is unknown."))
-    elif population["n_sites"] == 1:
+    elif population.n_sites == 1:
         out.append(_("All scans come from one site ({site}): other sites and scanners are untested.").format(
-            site=population["sites"]))
+            site=population.sites))
     else:
-        out.append(_("Sites and scanners other than these {n} are untested.").format(n=population["n_sites"]))
-    if population["age_range"] is None:
+        out.append(_("Sites and scanners other than these {n} are untested.").format(n=population.n_sites))
+    if population.age_range is None:
         out.append(_("The data do not record age: how the model does at different ages is unknown."))
     else:
-        low, high = population["age_range"]
+        low, high = population.age_range
         out.append(_("No one younger than {low} or older than {high} was in the data.").format(low=f"{low:.0f}",
                                                                                                high=f"{high:.0f}"))
-    confounds = find_confounds(predictions, cohort.get("covariates") or [], positive, negative)
+    confounds = find_confounds(predictions, list(cohort.covariates), positive, negative)
     out += confounds
     if overall_auc is not None and overall_auc >= 0.99:
         out.append(_("An AUC of {auc} on a clinical task is itself a reason to look for a shortcut.").format(
             auc=f"{overall_auc:.2f}"))
-    if cam.get("disagree"):
+    if cam.disagree:
         out.append(_("Grad-CAM and HiResCAM disagree for this model: trust HiResCAM (Explainability section)."))
-    if cohort.get("n_excluded") not in (None, "-", "0"):
+    if cohort.n_excluded not in ("-", "0"):
         out.append(_("{n} scans were excluded and are not in these figures (Data section).").format(
-            n=cohort["n_excluded"]))
-    return out
+            n=cohort.n_excluded))
+    return tuple(out)
 
 
 def find_confounds(predictions, covariates: list[str], positive: str, negative: str) -> list[str]:
@@ -179,83 +180,79 @@ def find_confounds(predictions, covariates: list[str], positive: str, negative: 
     return out
 
 
-def build_facts(*, record, metrics, predictions, cohort: dict, n: dict, positive: str, negative: str,
-                threshold: str, checks: dict, cam: dict, champion: dict, numbers: dict, gate: dict | None) -> dict:
+def build_facts(*, record, metrics, predictions, cohort: CohortSection, n: Counts, positive: str, negative: str,
+                threshold: str, checks: Checks, cam: CamComparison, champion: ChampionSection,
+                gate: dict | None) -> ModelFacts:
     """The Model Facts page's content (see the module's docstring)."""
-    overall = metrics.overall.estimates
-    auc = overall.get("roc_auc")
-    performance = []
+    auc = metrics.overall.estimates.get("roc_auc")
+    population = _population(predictions, positive, negative, n)
+    who = "; ".join(p for p in (population.counts, population.age,
+                                population.sex and _("sex {counts}").format(counts=population.sex)) if p)
+    # the reason in the report's language (context._reason_in_language), the recorded one else
+    compared = record.comparison if champion.available else None
+    advice = recommend(verdict=record.verdict.result, verdict_reason=checks.verdict_reason or record.verdict.reason,
+                       auc=auc.value if auc else None, auc_lower=auc.lower if auc else None,
+                       auc_upper=auc.upper if auc else None, champion=compared.to_dict() if compared else None,
+                       gate=(gate or {}).get("status") if (gate or {}).get("rules") else None,
+                       gate_failures=(gate or {}).get("failures") or ())
+    return ModelFacts(
+        output=_("The probability that a 3D T1-weighted brain MRI shows {positive} rather than {negative}; a scan "
+                 "is called {positive} at a probability of {threshold} or more.").format(
+            positive=positive, negative=negative, threshold=threshold),
+        intended_use=_("Research on telling Alzheimer's disease from cognitively normal ageing on brain MRI "
+                       "preprocessed like the model's training data; not for diagnosis or any decision about a person."),
+        population=who, population_detail=population, data_line=_data_line(cohort, n, population),
+        performance=_performance(metrics.overall.estimates), evidence=_evidence(record, checks, cam),
+        comparison=_comparison_line(compared, champion), gate=_gate_line(gate),
+        recommendation=Recommendation(advice.action, advice.words, advice.why, advice.sentence,
+                                      advice.action.replace(" ", "-")),
+        warnings=_warnings(predictions, metrics, cohort, population, positive, negative, cam,
+                           auc.value if auc and auc.computable else None),
+    )
+
+
+def _performance(estimates) -> tuple[PerformanceLine, ...]:
+    lines = []
     for key, label in (("roc_auc", "AUC"), ("sensitivity", _("Sensitivity")), ("specificity", _("Specificity")),
                        ("balanced_accuracy", _("Balanced accuracy"))):
-        est = overall.get(key)
+        est = estimates.get(key)
         if est is not None and est.computable:
             ci = fmt_ci(est, key)
-            performance.append({"label": label, "value": fmt_value(est.value, key),
-                                "ci": "" if ci == "-" else _("95% CI {ci}").format(ci=ci)})
+            lines.append(PerformanceLine(label, fmt_value(est.value, key), "" if ci == "-" else _(
+                "{level}% CI {ci}").format(level=CONFIDENCE_PERCENT, ci=ci)))
         else:
-            performance.append({"label": label, "value": _("not computable"), "ci": recorded(est.reason) if est else ""})
-    population = _population(predictions, positive, negative, n)
-    who = "; ".join(p for p in (population["counts"], population["age"],
-                                population["sex"] and _("sex {counts}").format(counts=population["sex"]))
-                    if p)  # fmt: skip
-    comparison = None
-    champion_dict = None
-    if champion.get("available") and champion.get("recorded"):
-        c = record.comparison
-        champion_dict = c.to_dict() if c is not None else None
-        if c is not None and c.roc_auc_diff is not None:
-            said = (_("This version scores higher than the champion v{version}") if (c.roc_auc_diff_ci_lower or 0) > 0 else
-                    _("This version scores lower than the champion v{version}") if (c.roc_auc_diff_ci_upper or 0) < 0 else
-                    _("This version is not shown to score differently from the champion v{version}"))
-            champion_verdict = _(VERDICT_WORDS[c.champion_verdict]) if c.champion_verdict in VERDICT_WORDS else (
-                c.champion_verdict or _("not recorded"))
-            if c.champion_cam_outside_brain_fraction is not None:
-                champion_verdict += " " + _("({share} of its {map} outside the brain)").format(
-                    share=fmt_pct(c.champion_cam_outside_brain_fraction),
-                    map=CAM_NAMES.get(c.champion_cam_method) or _("map"))
-            comparison = (said.format(version=c.champion_version) + ": " + _(
-                "AUC difference {diff}, DeLong p = {p}, on {n} shared scans. The champion's verdict: {verdict}.").format(
-                diff=interval(c.roc_auc_diff, c.roc_auc_diff_ci_lower, c.roc_auc_diff_ci_upper, signed=True),
-                p=p_text(c.delong_p), n=c.n_shared, verdict=champion_verdict))
-        elif c is not None:
-            comparison = _("Champion v{version}: no AUC difference ({note}).").format(
-                version=c.champion_version, note=c.note or _("not computable"))
-    elif champion.get("available"):
-        comparison = _("Champion v{version}: AUC difference {delta} (found when this report was rendered).").format(
-            version=champion.get("version"), delta=champion.get("delta") or _("not computable"))
-    else:
-        comparison = _("No champion to compare with: {why}").format(why=(champion.get("why") or "").split(": ", 1)[-1])
+            lines.append(PerformanceLine(label, _("not computable"), recorded(est.reason) if est else ""))
+    return tuple(lines)
+
+
+def _comparison_line(c, champion: ChampionSection) -> str:
+    """The comparison with the champion in one sentence: the AUC difference, DeLong's p, the
+    champion's verdict (``c``: the record's comparison, None when there is none)."""
+    if c is None:
+        return _("No champion to compare with: {why}").format(why=champion.why.split(": ", 1)[-1])
+    if c.roc_auc_diff is None:
+        return _("Champion v{version}: no AUC difference ({note}).").format(
+            version=c.champion_version, note=c.note or _("not computable"))
+    said = (_("This version scores higher than the champion v{version}") if (c.roc_auc_diff_ci_lower or 0) > 0 else
+            _("This version scores lower than the champion v{version}") if (c.roc_auc_diff_ci_upper or 0) < 0 else
+            _("This version is not shown to score differently from the champion v{version}"))
+    champion_verdict = _(VERDICT_WORDS[c.champion_verdict]) if c.champion_verdict in VERDICT_WORDS else (
+        c.champion_verdict or _("not recorded"))
+    if c.champion_cam_outside_brain_fraction is not None:
+        champion_verdict += " " + _("({share} of its {map} outside the brain)").format(
+            share=fmt_pct(c.champion_cam_outside_brain_fraction), map=CAM_NAMES.get(c.champion_cam_method) or _("map"))
+    return said.format(version=c.champion_version) + ": " + _(
+        "AUC difference {diff}, DeLong p = {p}, on {n} shared scans. The champion's verdict: {verdict}.").format(
+        diff=interval(c.roc_auc_diff, c.roc_auc_diff_ci_lower, c.roc_auc_diff_ci_upper, signed=True),
+        p=p_text(c.delong_p), n=c.n_shared, verdict=champion_verdict)
+
+
+def _gate_line(gate: dict | None) -> str:
     if gate is None:
-        gate_line = _("Not judged in this rendering.")
-    elif not gate.get("rules"):
-        gate_line = _("No promotion rules were given.")
-    elif gate.get("status") == "passed":
-        gate_line = _("Passed: {rules}.").format(rules=gate["rules"])
-    else:
-        gate_line = _("Failed: {failures} (rules: {rules}).").format(failures="; ".join(gate.get("failures") or []),
-                                                                     rules=gate["rules"])
-    # the reason in the report's language (context._reason_in_language), the recorded one else
-    advice = recommend(verdict=record.verdict.result, verdict_reason=checks.get("verdict_reason") or record.verdict.reason,
-                       auc=auc.value if auc else None, auc_lower=auc.lower if auc else None,
-                       auc_upper=auc.upper if auc else None, champion=champion_dict,
-                       gate=(gate or {}).get("status") if (gate or {}).get("rules") else None,
-                       gate_failures=(gate or {}).get("failures") or ())  # fmt: skip
-    return {
-        "output": _("The probability that a 3D T1-weighted brain MRI shows {positive} rather than {negative}; a scan "
-                    "is "
-                    "called {positive} at a probability of {threshold} or more.").format(
-            positive=positive, negative=negative, threshold=threshold),
-        "intended_use": _("Research on telling Alzheimer's disease from cognitively normal ageing on brain MRI "
-                          "preprocessed like the model's training data; not for diagnosis or any decision about a person."),
-        "population": who,
-        "data_line": _data_line(cohort, n, population),
-        "performance": performance,
-        "evidence": _evidence(record, checks, cam, numbers),
-        "comparison": comparison,
-        "gate": gate_line,
-        "recommendation": {"action": advice.action, "words": advice.words, "why": advice.why, "sentence": advice.sentence,
-                           "css": advice.action.replace(" ", "-")},
-        "warnings": _warnings(predictions, metrics, cohort, population, positive, negative, cam,
-                              auc.value if auc and auc.computable else None),
-        "population_detail": population,
-    }
+        return _("Not judged in this rendering.")
+    if not gate.get("rules"):
+        return _("No promotion rules were given.")
+    if gate.get("status") == "passed":
+        return _("Passed: {rules}.").format(rules=gate["rules"])
+    return _("Failed: {failures} (rules: {rules}).").format(failures="; ".join(gate.get("failures") or []),
+                                                            rules=gate["rules"])

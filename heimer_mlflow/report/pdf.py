@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..record import EvaluationRecord
 from ..resources import templates_dir
 from .checklist import checklist_json
 from .context import build_context
+from .sections import ReportContext
 from .text import FORMER_FIGURE_NAMES, report_file_name
 
 log = logging.getLogger(__name__)
@@ -165,18 +167,20 @@ def _environment():
     return env
 
 
-def render_html(context: dict) -> str:
-    return _environment().get_template(TEMPLATE).render(**context)
+def render_html(context: ReportContext) -> str:
+    """The report's HTML: the template, given the context's sections by name."""
+    return _environment().get_template(TEMPLATE).render(**context.template_names())
 
 
-def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime | None = None,
+def render_report(artifact_dir, out_dir, *, record: EvaluationRecord | None = None, created: _dt.datetime | None = None,
                   run_id: str | None = None, gate: dict | None = None, lang: str | None = None) -> ReportFiles:
     """Render the report of the evaluation whose artifacts are in ``artifact_dir``.
 
     Writes ``out_dir/<model-name>-v<version>.pdf`` and ``out_dir/html/index.html`` with its
-    assets (figures, stylesheet; relative links). ``champion``: ``{"version": str, "metrics":
-    <its metrics.json dict>, "predictions": <its predictions.csv DataFrame>}`` to compare with,
-    or None. ``created``: the evaluation's time, used for the document's dates unless
+    assets (figures, stylesheet; relative links). ``record``: the evaluation record as read and
+    migrated (:func:`heimer_mlflow.record.migrate_champion_comparison` gives a record from before
+    evaluations recorded their comparison with the champion that comparison); default: read from
+    ``artifact_dir/evaluation.json`` as it is. ``created``: the evaluation's time, used for the document's dates unless
     ``SOURCE_DATE_EPOCH`` is set (default: ``evaluation.json``'s time). ``run_id``: the
     evaluation run, shown in the provenance appendix. ``gate``: the promotion gate's result
     (``{"rules", "status", "failures"}``) for the Model Facts page. Interactive map viewers are
@@ -189,11 +193,11 @@ def render_report(artifact_dir, out_dir, *, champion=None, created: _dt.datetime
     lang = i18n.check_language(lang)
     i18n.require_fonts(lang)
     with i18n.use_language(lang):
-        return _render_report(artifact_dir, out_dir, champion=champion, created=created, run_id=run_id, gate=gate,
+        return _render_report(artifact_dir, out_dir, record=record, created=created, run_id=run_id, gate=gate,
                               lang=lang)
 
 
-def _render_report(artifact_dir, out_dir, *, champion, created, run_id, gate, lang: str) -> ReportFiles:
+def _render_report(artifact_dir, out_dir, *, record, created, run_id, gate, lang: str) -> ReportFiles:
     started = time.perf_counter()
     artifact_dir, out_dir = Path(artifact_dir), Path(out_dir)
     if not artifact_dir.is_dir():
@@ -223,18 +227,18 @@ def _render_report(artifact_dir, out_dir, *, champion, created, run_id, gate, la
         css_target.unlink()
     shutil.copyfile(templates_dir() / REPORT_CSS, css_target)
 
-    context = build_context(artifact_dir, champion=champion, created=created, available_figures=present,
+    context = build_context(artifact_dir, record=record, created=created, available_figures=present,
                             run_id=run_id, gate=gate, viewers=_viewers(artifact_dir))
     checklist = out_dir / ("checklist.json" if lang == "en" else f"checklist-{lang}.json")
-    checklist.write_text(json.dumps(checklist_json(context["checklist"], context), indent=1), encoding="utf-8")
+    checklist.write_text(json.dumps(checklist_json(context), indent=1), encoding="utf-8")
     html_text = render_html(context)
     index = html_dir / "index.html"
     if index.is_symlink():
         index.unlink()
     index.write_text(_self_contained(html_text, html_dir, present), encoding="utf-8")
 
-    pdf_path = out_dir / report_file_name(context["name"], context["version"], lang)
-    pages, refused = _write_pdf(html_text, html_dir, pdf_path, artifact_dir, context["datetime"])
+    pdf_path = out_dir / report_file_name(context.document.name, context.document.version, lang)
+    pages, refused = _write_pdf(html_text, html_dir, pdf_path, artifact_dir, context.document.datetime)
     seconds = time.perf_counter() - started
     log.info("report: %s (%d pages, %.1f s)", pdf_path, pages, seconds)
     return ReportFiles(pdf=pdf_path, html_dir=html_dir, checklist=checklist, pages=pages, refused_urls=refused,

@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import HeimerError, writable_folder
-from ..record import EvaluationRecord
-from .context import REPORT_ARTIFACTS, read_csv, read_json, read_record
+from ..record import EvaluationRecord, migrate_champion_comparison
+from .context import REPORT_ARTIFACTS, read_csv, read_record
 from .pdf import ReportFiles, render_report
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,10 @@ def _absent(run_id: str, name: str) -> bool:
 
 
 def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path, work: Path):
-    """For a record from before evaluations recorded their comparison: the champion's
-    ``{"version", "metrics", "predictions"}`` found now, or None (see heimer_mlflow.champion.find;
-    such a record has no content digest, so its data set digest and subjects decide)."""
+    """For a record from before evaluations recorded their comparison: the champion's evaluation
+    (a ``champion.ChampionRun``, downloaded into ``work``) found now, or None (see
+    heimer_mlflow.champion.find; such a record has no content digest, so its data set digest and
+    subjects decide)."""
     from .. import champion
 
     table = read_csv(this_dir / "predictions.csv", [], required=False)
@@ -60,11 +61,20 @@ def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path
     digests = champion.dataset_digests(client, run_id)
     key = champion.DataKey(record.cohort.data_digest, next(iter(digests)) if len(digests) == 1 else None,
                            dict(zip(table["subject_id"].astype(str), table["label"].astype(str))), record.cohort.source)
-    found = champion.find(client, record.model.name, record.model.version, run_id, key, work / "champion").found
-    if found is None:
-        return None
-    return {"version": found.version, "metrics": read_json(found.folder / "metrics.json", []),
-            "predictions": found.predictions()}
+    return champion.find(client, record.model.name, record.model.version, run_id, key, work / "champion").found
+
+
+def read_migrated_record(client, artifacts: Path, run_id: str, work: Path) -> EvaluationRecord:
+    """The run's evaluation record as the report reads it: a record from before evaluations
+    recorded their comparison with the champion gets it now, once (heimer_mlflow.record.
+    migrate_champion_comparison, with the champion found in the registry now). Raises
+    ``HeimerError`` (one line naming the run) for a record newer than this code."""
+    record = read_record(artifacts, [], where=f"run {run_id}")
+    if record.comparison_recorded:
+        return record
+    found = _find_champion(client, record, run_id, artifacts, work)
+    predictions = read_csv(artifacts / "predictions.csv", [], required=False)
+    return migrate_champion_comparison(record, predictions, found)
 
 
 def judge_gate(record: EvaluationRecord, run) -> dict | None:
@@ -83,16 +93,18 @@ def judge_gate(record: EvaluationRecord, run) -> dict | None:
     return {"rules": result.rules, "status": result.status, "failures": list(result.failures)}
 
 
-def find_champion(artifact_dir, run_id: str | None = None):
-    """The champion to compare the evaluation in ``artifact_dir`` with (``render_report``'s
-    ``champion`` argument), or None: another version of the same registered model with alias
-    ``champion`` with a finished evaluation on the same data (heimer_mlflow.champion.find)."""
+def find_champion(artifact_dir, run_id: str | None = None, work=None):
+    """The champion to compare the evaluation in ``artifact_dir`` with (a ``champion.ChampionRun``
+    for :func:`heimer_mlflow.record.migrate_champion_comparison`, its artifacts downloaded into
+    ``work``, default a new temporary folder, kept), or None: another version of the same
+    registered model with alias ``champion`` with a finished evaluation on the same data
+    (heimer_mlflow.champion.find)."""
     from mlflow import MlflowClient
 
     artifact_dir = Path(artifact_dir)
     record = read_record(artifact_dir, [], where=f"run {run_id}" if run_id else str(artifact_dir))
-    with tempfile.TemporaryDirectory(prefix="heimer-champion-") as work:
-        return _find_champion(MlflowClient(), record, run_id or "", artifact_dir, Path(work))
+    work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="heimer-champion-"))
+    return _find_champion(MlflowClient(), record, run_id or "", artifact_dir, work)
 
 
 RUN_ID_HINT = "the id `heimer-mlflow evaluate` printed, or the model version's tag heimer.evaluation_run_id"
@@ -141,17 +153,15 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
     work = Path(tempfile.mkdtemp(prefix="heimer-report-"))
     try:
         artifacts = _download(run_id, work / "artifacts")
-        # A record newer than this code stops here, in one line naming the run.
-        record = read_record(artifacts, [], where=f"run {run_id}")
-        # Evaluations record their comparison (heimer_mlflow.champion); older records get one now.
-        champion = None if record.comparison_recorded else _find_champion(client, record, run_id, artifacts, work)
+        # A record newer than this code stops here, in one line naming the run; an older one is migrated.
+        record = read_migrated_record(client, artifacts, run_id, work)
         created = None
         if run.info.start_time:
             created = _dt.datetime.fromtimestamp(run.info.start_time // 1000, _dt.timezone.utc)
         target = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="heimer-report-out-"))
         evaluated_in = check_language(record.configuration.get("lang") or "en")
         lang = evaluated_in if lang is None else check_language(lang)
-        files = render_report(artifacts, target, champion=champion, created=created, run_id=run_id,
+        files = render_report(artifacts, target, record=record, created=created, run_id=run_id,
                               gate=judge_gate(record, run), lang=lang)
         if log:
             client.log_artifact(run_id, str(files.pdf), artifact_path="report")

@@ -8,6 +8,7 @@ import math
 import re
 
 from ..i18n import N_, _, current_language
+from ..meta import CONFIDENCE_PERCENT
 from ..metrics import Estimate
 
 MAX_TEXT = 4000  # registry text (description, tag values) longer than this is cut, with a note
@@ -34,13 +35,13 @@ METRIC_LABELS = {
 }
 
 
-def _finite(number) -> bool:
+def _is_finite(number) -> bool:
     return number is not None and math.isfinite(number)
 
 
 def fmt_value(number: float | None, name: str = "", digits: int = 2) -> str:
     """A figure's value: a percentage for the proportions, else ``digits`` decimals; n/a if none."""
-    if not _finite(number):
+    if not _is_finite(number):
         return _("n/a")
     if name in PERCENT:
         return f"{number * 100:.0f}%"
@@ -49,7 +50,7 @@ def fmt_value(number: float | None, name: str = "", digits: int = 2) -> str:
 
 def fmt_ci(est: Estimate | None, name: str = "") -> str:
     """'0.73 to 0.93' (percentages for the proportions), '-' without an interval."""
-    if est is None or not (_finite(est.lower) and _finite(est.upper)):
+    if est is None or not (_is_finite(est.lower) and _is_finite(est.upper)):
         return "-"
     if name in PERCENT:
         return _("{lower} to {upper}").format(lower=f"{est.lower * 100:.0f}%", upper=f"{est.upper * 100:.0f}%")
@@ -58,20 +59,20 @@ def fmt_ci(est: Estimate | None, name: str = "") -> str:
 
 def fmt_est(est: Estimate | None, name: str = "") -> str:
     """'0.85 (95% CI 0.73 to 0.93)', or 'not computable: reason'."""
-    if est is None or not _finite(est.value):
+    if est is None or not _is_finite(est.value):
         reason = recorded(est.reason if est is not None else None) or _("no value")
         return _("not computable: {reason}").format(reason=reason)
     ci = fmt_ci(est, name)
     value = fmt_value(est.value, name)
-    return value if ci == "-" else _("{value} (95% CI {ci})").format(value=value, ci=ci)
+    return value if ci == "-" else _("{value} ({level}% CI {ci})").format(value=value, level=CONFIDENCE_PERCENT, ci=ci)
 
 
 def fmt_num(number: float | None, digits: int = 2) -> str:
-    return _("n/a") if not _finite(number) else f"{number:.{digits}f}"
+    return _("n/a") if not _is_finite(number) else f"{number:.{digits}f}"
 
 
 def fmt_pct(number: float | None, digits: int = 0) -> str:
-    return _("n/a") if not _finite(number) else f"{number * 100:.{digits}f}%"
+    return _("n/a") if not _is_finite(number) else f"{number * 100:.{digits}f}%"
 
 
 def text(value) -> str:
@@ -108,13 +109,14 @@ def report_file_name(name, version, lang: str = "en") -> str:
 # --------------------------------------------------------------------------------------------
 
 # name: (title, caption, size); size (a CSS class, see report.css): small | medium | wide | brain (brain
-# views, at the full text width). {pos}/{neg}: the classes; {cam}: the primary map's name (Grad-CAM or HiResCAM).
+# views, at the full text width). {pos}/{neg}: the classes; {cam}: the primary map's name (Grad-CAM or HiResCAM);
+# {level}: the intervals' confidence level (meta.CONFIDENCE_PERCENT).
 FIGURES: dict[str, tuple[str, str, str]] = {
     "training_curves": (N_("Training curves"),
         N_("Accuracy and loss per epoch on the training and validation data, from the model's training run. "
         "Look for validation curves that follow the training curves: a widening gap means over-fitting."), "wide"),
     "roc": (N_("ROC curve"),
-        N_("Sensitivity against 1 - specificity for every threshold; the AUC with its 95% interval is in the legend "
+        N_("Sensitivity against 1 - specificity for every threshold; the AUC with its {level}% interval is in the legend "
         "and the dot is the operating threshold. The further the curve bows to the top left, the better; the "
         "diagonal is chance."), "small"),
     "score_histogram": (N_("Prediction scores per true class"),
@@ -131,7 +133,7 @@ FIGURES: dict[str, tuple[str, str, str]] = {
         N_("Net benefit of acting on the model's calls compared with treating everyone or no one, across "
         "threshold probabilities. The model is useful where its curve lies above both reference lines."), "small"),
     "subgroups": (N_("Results per subgroup"),
-        N_("Sensitivity, specificity and AUC with 95% intervals per subgroup. Look for subgroups whose "
+        N_("Sensitivity, specificity and AUC with {level}% intervals per subgroup. Look for subgroups whose "
         "intervals lie clearly below the others: the model may not work as well for them."), "wide"),
     "group_cam": (N_("Group-mean {cam} and the {pos} - {neg} difference"),
         N_("Where the model looks, averaged over each true class, and the difference between the classes "
@@ -162,11 +164,11 @@ FIGURES: dict[str, tuple[str, str, str]] = {
     "cf_deletion_curves": (N_("Deletion curves: what the {cam} marks, replaced"),
         N_("Mean probability of {pos} over the re-scored subjects as the share of the brain's volume replaced by the "
         "{neg} subjects' average grows: the {cam}'s most relevant voxels first (MoRF), its least relevant voxels in "
-        "the brain first (LeRF), and a random blob of the same size in the brain. Shaded: 95% intervals. A faithful "
+        "the brain first (LeRF), and a random blob of the same size in the brain. Shaded: {level}% intervals. A faithful "
         "map makes MoRF fall faster than both."), "medium"),
     "cf_region_drops": (N_("What changes the score: each region replaced"),
         N_("How much the mean probability of {pos} falls when a region (or everything outside the brain) is replaced "
-        "by the {neg} subjects' average there, with 95% intervals. A large drop outside the brain means the score "
+        "by the {neg} subjects' average there, with {level}% intervals. A large drop outside the brain means the score "
         "depends on something a brain disease cannot explain."), "wide"),
     "feature_maps": (N_("Feature maps per group"),
         N_("Mean activation of the most discriminative channels of the layer, for {pos} and {neg}, and their "
@@ -229,8 +231,8 @@ GLOSSARY = [
     (N_("NPV"), N_("Negative predictive value: of the subjects called CN, the share that are CN.")),
     (N_("F1 score"), N_("Harmonic mean of PPV and sensitivity.")),
     (N_("Threshold"), N_("The score at or above which a subject is called AD.")),
-    (N_("95% confidence interval (CI)"), N_("The range that, in repeated studies of this size, would contain the true "
-            "value 95% of the time. Wide intervals mean few subjects.")),
+    (N_("{level}% confidence interval (CI)"), N_("The range that, in repeated studies of this size, would contain the "
+            "true value {level}% of the time. Wide intervals mean few subjects.")),
     (N_("Bootstrap"), N_("Re-computing a figure on many resamples of the subjects to see how much it varies.")),
     (N_("Wilson interval"), N_("A confidence interval for a proportion that behaves well with small counts.")),
     (N_("Cluster bootstrap"), N_("A bootstrap that draws participants with all their scans, for cohorts where some "
