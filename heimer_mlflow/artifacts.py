@@ -86,7 +86,7 @@ def write_artifacts(evaluation, staging: Path) -> None:
     predictions_table(evaluation).to_csv(staging / "predictions.csv", index=False)
     evaluation.cohort.excluded.to_csv(staging / "exclusions.csv", index=False)
     metrics = evaluation.metrics.to_json_dict()
-    metrics["plausibility"] = evaluation.summary
+    metrics["plausibility"] = evaluation.plausibility
     if evaluation.counterfactual is not None:  # the cf_* figures and the deletion curves
         cf = evaluation.counterfactual
         metrics["counterfactual"] = {"estimates": {k: e.to_dict() for k, e in cf.estimates.items()},
@@ -114,7 +114,7 @@ def write_artifacts(evaluation, staging: Path) -> None:
     for outcome, cases in engine.gallery.items():
         for case in cases:
             name = f"{outcome}_{safe_name(case.subject_id)}"
-            for method, cam in (case.cams or {engine.cam_method: case.cam}).items():
+            for method, cam in (case.cams or {engine.cam_method: case.primary_cam}).items():
                 save_volume(cam, case.affine, volumes / "gallery" / f"{name}_{method}.nii.gz")
 
 

@@ -287,7 +287,7 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
 
 def _judge(result: Evaluation) -> None:
     """The verdict from the plausibility numbers and the counterfactual tests."""
-    result.verdict_applied = judge(result.summary, result.engine.region_names, result.engine.cam_method,
+    result.verdict_applied = judge(result.plausibility, result.engine.region_names, result.engine.cam_method,
                                    counterfactual=result.counterfactual)
 
 

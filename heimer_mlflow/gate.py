@@ -37,7 +37,7 @@ class Rule:
     @classmethod
     def parse(cls, text: str) -> Rule:
         match = _RULE.match(str(text))
-        value = _number(match["value"]) if match else None
+        value = _parse_number(match["value"]) if match else None
         if match is None or value is None:
             raise HeimerError(
                 f"--require {text!r} is not a rule: write METRIC>=NUMBER (or <=, >, <, ==), "
@@ -144,7 +144,7 @@ class GateFailed(Exception):
         super().__init__("; ".join(result.failures))
 
 
-# Plausibility numbers an evaluation logs beside the classification metrics (Evaluation.summary).
+# Plausibility numbers an evaluation logs beside the classification metrics (Evaluation.plausibility).
 SUMMARY_METRICS = ("cam_outside_brain_fraction", "cam_outside_brain_floor", "sanity_spearman_mean",
                    "gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction", "cam_method_agreement",
                    "cam_n_subjects", "n_excluded", "vs_champion_roc_auc_diff", "vs_champion_roc_auc_diff_ci_lower",
@@ -171,7 +171,7 @@ def run_metric_names(region_names: tuple[str, ...] = ()) -> frozenset[str]:
                      | vs_champion | {"cf_n_subjects", "cf_forward_passes"})  # fmt: skip
 
 
-def _number(text: str) -> float | None:
+def _parse_number(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:

@@ -125,7 +125,7 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
             run, owned, project = _open_run(model, options, run_id)
             handle = EvaluationRun(run, owned, model, options)
             handle.project_run_id = project
-            _describe(handle, model, options, device)
+            _tag_run(handle, model, options, device)
         yield handle
         interrupts.raise_if_swallowed()
     except BaseException as e:
@@ -167,7 +167,7 @@ def _write_summary(client, handle: EvaluationRun) -> None:
     summary.write(client, handle.model_name, handle.model_version, block)
 
 
-def _describe(handle: EvaluationRun, model, options, device: str) -> None:
+def _tag_run(handle: EvaluationRun, model, options, device: str) -> None:
     client = mlflow.MlflowClient()
     for key, value in {"heimer.model_uri": model.uri, "heimer.model_name": model.name or "",
                        "heimer.model_version": model.version or "", "heimer.status": "running"}.items():

@@ -181,7 +181,7 @@ def test_an_overlay_shows_the_map_where_the_map_is(engine_result):
     np.testing.assert_allclose(anatomy[0], image[:, :, 7].T)  # the axial view's anatomy: z through the peak
     case = engine_result.gallery["TP"][1]
     gallery = F.plot_cam_gallery([case], title="TP")
-    assert_views_cross_at_the_peak(gallery.axes[0], case.cam, case.affine, HEAT_CMAP)
+    assert_views_cross_at_the_peak(gallery.axes[0], case.primary_cam, case.affine, HEAT_CMAP)
     assert f"{case.subject_id}: TP" in _texts(gallery)
 
 

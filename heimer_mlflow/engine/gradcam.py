@@ -90,7 +90,7 @@ class Attribution:
                            parts[0].input_size)  # fmt: skip
 
     @functools.cached_property
-    def cam(self) -> torch.Tensor:
+    def gradcam(self) -> torch.Tensor:
         """[B, D, H, W] float32: the raw Grad-CAM on the input grid, upsampled on first use."""
         return self.upsampled("gradcam")
 
@@ -137,7 +137,7 @@ class GradCam3d:
         def keep_target(_module, _inputs, output):
             if not isinstance(output, torch.Tensor) or output.dim() != 5:
                 raise HeimerError(
-                    f"target layer {self.layer_path!r} outputs {_describe(output)}, not a [B, C, D, H, W] "
+                    f"target layer {self.layer_path!r} outputs {_describe_output(output)}, not a [B, C, D, H, W] "
                     f"tensor: choose a 3D convolutional layer, one of {conv_layers(self.model)}"
                 )
             # A fresh leaf: the gradient stops here (nothing upstream is differentiated) and
@@ -205,7 +205,7 @@ def as_logits(output, batch_size: int) -> torch.Tensor:
     """The model output as [B, K] logits, or a HeimerError saying what it is instead."""
     if not isinstance(output, torch.Tensor):
         raise HeimerError(
-            f"model returned {_describe(output)}; it must return one tensor of logits [B, 1] or [B, n_classes]"
+            f"model returned {_describe_output(output)}; it must return one tensor of logits [B, 1] or [B, n_classes]"
         )
     if output.dim() == 1 and output.shape[0] == batch_size:
         return output[:, None]
@@ -217,7 +217,7 @@ def as_logits(output, batch_size: int) -> torch.Tensor:
     return output
 
 
-def _describe(value) -> str:
+def _describe_output(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)}"
     return f"a {type(value).__name__}"

@@ -52,7 +52,7 @@ def plot_cam_gallery(
     """One row of three orthogonal CAM overlays per case (``method``: the map shown, gradcam or
     hirescam), slices through each case's CAM peak.
 
-    ``cases``: ``engine.GalleryCase`` objects (image, cam, affine, subject_id, prob, outcome) or
+    ``cases``: ``engine.GalleryCase`` objects (image, primary_cam, affine, subject_id, prob, outcome) or
     tuples ``(image, cam, affine, row_title)``.
     """
     rows = []
@@ -60,7 +60,7 @@ def plot_cam_gallery(
         if isinstance(case, tuple):
             image, cam, affine, label = case
         else:
-            image, cam, affine = case.image, case.cam, case.affine
+            image, cam, affine = case.image, case.primary_cam, case.affine
             label = _("{subject}: {outcome}, model's P({positive}) = {prob:.2f}").format(
                 subject=case.subject_id, outcome=case.outcome, positive=positive_class, prob=case.prob)
         rows.append((volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
