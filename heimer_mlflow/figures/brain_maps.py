@@ -228,7 +228,6 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
     """
     negative, positive = class_names
     channels = [int(c) for c in list(channels)[:n_channels]]
-    k = max(len(channels), 1)
     title = (_("Average feature maps of {layer}: top {n} channels (by {positive}/{negative} separation), {view} slice")
              if layer else
              _("Average feature maps: top {n} channels (by {positive}/{negative} separation), {view} slice")).format(
@@ -252,69 +251,99 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
     high = max(float(np.nanmax(pos)), float(np.nanmax(neg)), 0.0) or 1.0
     low = min(float(np.nanmin(pos)), float(np.nanmin(neg)), 0.0)
     limit = symmetric_limit(dif)
-    tile_w, tile_h = v.extent[1] - v.extent[0], v.extent[3] - v.extent[2]
-    gap = 0.08 * tile_w
-    head_room = 0.14 * tile_h  # channel numbers above the tiles
-    label_room, bar_room, side, top, foot, row_gap = 0.45, 0.95, 0.05, 0.45, 0.3, 0.12
-    image_width = BRAIN_FIGURE_WIDTH_IN - label_room - bar_room - side
-    mosaic_w = k * tile_w + (k - 1) * gap
-    row_height = image_width * (tile_h + head_room) / mosaic_w
-    height = 3 * row_height + 2 * row_gap + top + foot
-    fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, height), layout=None)
-    width, height = fig.get_figwidth(), fig.get_figheight()
-    grid = fig.add_gridspec(3, 2, width_ratios=[image_width, 0.15], left=label_room / width,
-                            right=1 - (bar_room - 0.3) / width, top=1 - top / height, bottom=foot / height,
-                            wspace=0.3 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
-    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    mosaic = _ChannelMosaic(v, channels)
+    fig, grid = mosaic.figure(fig, title)
     rows = ((pos, _("mean {name}").format(name=positive), "viridis", low, high),
             (neg, _("mean {name}").format(name=negative), "viridis", low, high),
             (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))  # fmt: skip
-    grey = grey_range(background) if background is not None else None
     for r, (planes, label, cmap, vmin, vmax) in enumerate(rows):
         ax = fig.add_subplot(grid[r, 0])
-        overlay = r == 2 and anatomy is not None
-        image = None
-        for c, channel in enumerate(channels):
-            x0 = c * (tile_w + gap)
-            extent = (x0, x0 + tile_w, 0.0, tile_h)
-            if overlay:
-                a = anatomy.extent
-                ax.imshow(anatomy.planes[0], cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower",
+        under = anatomy if r == 2 else None  # the differences sit on the anatomy
+        hidden_below = FEATURE_DIFF_HIDDEN * limit if under is not None else None
+        image = mosaic.draw_row(ax, planes, Layer(0, cmap, vmin, vmax, hide_abs_below=hidden_below), under=under,
+                                grey=grey_range(background) if under is not None else None, numbered=r == 0,
+                                side_color="white" if r < 2 or under is not None else "black")  # fmt: skip
+        ax.set_ylabel(label, fontsize=8)
+        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(feature_diff_hidden=FEATURE_DIFF_HIDDEN)
+        bar_label = _("activation") if r < 2 else (_("difference") + (hidden if under is not None else ""))
+        bar = colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
+        bar.solids.set_alpha(1.0)
+    fig.text(0.5, 0.06 / fig.get_figheight(), _("{view} slice {axis} = {mm:.0f} mm").format(
+        view=_(v.name), axis=v.axis, mm=v.position_mm)
+             + "; " + _(CONVENTION), ha="center",
+             va="bottom", fontsize=SMALL_FONT, color="#333333")  # fmt: skip
+    return fig
+
+
+class _ChannelMosaic:
+    """Three rows (two means, their difference) of one tile per channel, side by side: the slice
+    ``view`` of each channel, a gap between tiles, room above them for the channel numbers and
+    beside them for the row's label and colour bar, at the report's text width."""
+
+    LABEL, BAR, SIDE, TOP, FOOT, ROW_GAP = 0.45, 0.95, 0.05, 0.45, 0.3, 0.12  # inches
+
+    def __init__(self, view, channels: list[int]):
+        self.view, self.channels = view, channels
+        self.tile_w, self.tile_h = view.extent[1] - view.extent[0], view.extent[3] - view.extent[2]
+        self.gap = 0.08 * self.tile_w
+        self.head_room = 0.14 * self.tile_h  # channel numbers above the tiles
+        self.width = len(channels) * self.tile_w + (len(channels) - 1) * self.gap
+
+    def figure(self, fig: Figure | None, title: str):
+        """(the figure, its 3 x 2 grid: the mosaics and their colour bars), titled."""
+        image_width = BRAIN_FIGURE_WIDTH_IN - self.LABEL - self.BAR - self.SIDE
+        row_height = image_width * (self.tile_h + self.head_room) / self.width
+        height = 3 * row_height + 2 * self.ROW_GAP + self.TOP + self.FOOT
+        fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, height), layout=None)
+        width, height = fig.get_figwidth(), fig.get_figheight()
+        grid = fig.add_gridspec(3, 2, width_ratios=[image_width, 0.15], left=self.LABEL / width,
+                                right=1 - (self.BAR - 0.3) / width, top=1 - self.TOP / height,
+                                bottom=self.FOOT / height, wspace=0.3 / ((image_width + 0.15) / 2),
+                                hspace=self.ROW_GAP / row_height)  # fmt: skip
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+        return fig, grid
+
+    def draw_row(self, ax, planes, layer: Layer, *, under=None, grey=None, numbered: bool = False,
+                 side_color: str = "white"):
+        """Each channel's plane (``planes[..., c]``) in its tile, drawn as ``layer`` says, over the
+        anatomy ``under`` when given (a SliceView of the input grid, grey from ``grey[0]`` to
+        ``grey[1]``); ``numbered``: the channel numbers above the tiles. Returns the last image
+        drawn (for the colour bar)."""
+        v, image = self.view, None
+        for c, channel in enumerate(self.channels):
+            x0 = c * (self.tile_w + self.gap)
+            extent = (x0, x0 + self.tile_w, 0.0, self.tile_h)
+            if under is not None:
+                a = under.extent
+                ax.imshow(under.planes[0], cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower",
                           interpolation="nearest", extent=(x0 + a[0] - v.extent[0], x0 + a[1] - v.extent[0],
                                                            a[2] - v.extent[2], a[3] - v.extent[2]))  # fmt: skip
-                plane, colours = masked_layer(planes[..., c], Layer(0, cmap, hide_abs_below=FEATURE_DIFF_HIDDEN * limit),
-                                         matplotlib.colormaps[cmap])  # fmt: skip
-                image = ax.imshow(plane, cmap=colours, vmin=vmin, vmax=vmax, alpha=0.8, origin="lower",
+                plane, colours = masked_layer(planes[..., c], layer, matplotlib.colormaps[layer.cmap])
+                image = ax.imshow(plane, cmap=colours, vmin=layer.vmin, vmax=layer.vmax, alpha=0.8, origin="lower",
                                   interpolation="nearest", extent=extent)  # fmt: skip
             else:
-                image = ax.imshow(planes[..., c], cmap=cmap, vmin=vmin, vmax=vmax, origin="lower",
+                image = ax.imshow(planes[..., c], cmap=layer.cmap, vmin=layer.vmin, vmax=layer.vmax, origin="lower",
                                   interpolation="nearest", extent=extent)  # fmt: skip
-            if r == 0:
-                ax.text(x0 + tile_w / 2, tile_h + 0.03 * tile_h, f"ch {channel}", ha="center", va="bottom", fontsize=8)
+            if numbered:
+                ax.text(x0 + self.tile_w / 2, self.tile_h + 0.03 * self.tile_h, f"ch {channel}", ha="center",
+                        va="bottom", fontsize=8)  # fmt: skip
             if c == 0:
-                color = "white" if r < 2 or overlay else "black"
-                ax.text(x0 + 0.03 * tile_w, 0.03 * tile_h, v.sides[0], fontsize=SMALL_FONT, color=color,
-                        va="bottom", fontweight="bold")  # fmt: skip
-                ax.text(x0 + 0.97 * tile_w, 0.03 * tile_h, v.sides[1], fontsize=SMALL_FONT, color=color,
-                        va="bottom", ha="right", fontweight="bold")  # fmt: skip
-        ax.set_xlim(0, mosaic_w)
-        ax.set_ylim(0, tile_h + head_room)
+                self._sides(ax, side_color)
+        ax.set_xlim(0, self.width)
+        ax.set_ylim(0, self.tile_h + self.head_room)
         ax.set_aspect("equal")
         ax.set_anchor("W")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_ylabel(label, fontsize=8)
-        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(feature_diff_hidden=FEATURE_DIFF_HIDDEN)
-        bar_label = _("activation") if r < 2 else (_("difference") + (hidden if overlay else ""))
-        bar = colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
-        bar.solids.set_alpha(1.0)
-    fig.text(0.5, 0.06 / height, _("{view} slice {axis} = {mm:.0f} mm").format(
-        view=_(v.name), axis=v.axis, mm=v.position_mm)
-             + "; " + _(CONVENTION), ha="center",
-             va="bottom", fontsize=SMALL_FONT, color="#333333")  # fmt: skip
-    return fig
+        return image
+
+    def _sides(self, ax, color: str) -> None:
+        """The view's side letters (e.g. L and R) at the foot of the first tile."""
+        for x, side, align in ((0.03, self.view.sides[0], "left"), (0.97, self.view.sides[1], "right")):
+            ax.text(x * self.tile_w, 0.03 * self.tile_h, side, fontsize=SMALL_FONT, color=color, va="bottom",
+                    ha=align, fontweight="bold")  # fmt: skip
 
 
 def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 3,
