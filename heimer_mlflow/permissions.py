@@ -91,7 +91,7 @@ def check(model, experiment: str | None) -> Access:
             if permission not in CAN_UPDATE:
                 access.link_model = False
                 access.note = (f"the metrics are logged to the run but not attached to the logged model {model.model_id}: "
-                               f"user {user!r} has {permission} on its experiment {logged.experiment_id} (attaching needs EDIT)")  # fmt: skip
+                               f"user {user!r} has {permission} on its experiment {logged.experiment_id} (attaching needs EDIT)")
     return access
 
 
@@ -185,4 +185,4 @@ def denied(error: BaseException) -> HeimerError | None:
     who = f"user {user!r}" if user else "an anonymous client (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
     return HeimerError(f"the MLflow server {redacted(mlflow.get_tracking_uri())} refused {what} for {who} "
                        f"(HTTP {code}, {'permission denied' if code == 403 else 'not authenticated'} on {path}); "
-                       "ask an MLflow admin for the permission")  # fmt: skip
+                       "ask an MLflow admin for the permission")

@@ -92,7 +92,7 @@ class ModelRecord:
                    tags=_dict(data.get("tags")), metadata=_dict(data.get("metadata")),
                    inferred=[str(v) for v in _list(data.get("inferred"))],
                    given=[str(v) for v in _list(data.get("given"))], serialization=scalar_text(data.get("serialization")),
-                   notes=[str(v) for v in _list(data.get("notes"))])  # fmt: skip
+                   notes=[str(v) for v in _list(data.get("notes"))])
 
 
 @dataclass
@@ -115,7 +115,7 @@ class CohortRecord:
                                                                         if isinstance(c, str)],
                    excluded=[e for e in _list(data.get("excluded")) if isinstance(e, dict)],
                    counts={str(k): _int(v) for k, v in _dict(data.get("counts")).items()},
-                   n_participants=_int(data.get("n_participants")), data_digest=scalar_text(data.get("data_digest")))  # fmt: skip
+                   n_participants=_int(data.get("n_participants")), data_digest=scalar_text(data.get("data_digest")))
 
 
 @dataclass
@@ -131,7 +131,7 @@ class SanityRecord:
         if not isinstance(data, dict):
             return None
         return cls([str(s) for s in _list(data.get("subject_ids"))], [finite_float(v) for v in _list(data.get("spearman"))],
-                   finite_float(data.get("mean")))  # fmt: skip
+                   finite_float(data.get("mean")))
 
 
 @dataclass
@@ -162,10 +162,10 @@ class EngineRecord:
     @classmethod
     def from_dict(cls, data: dict) -> EngineRecord:
         ranking = {str(layer): {str(k): [finite_float(v) for v in _list(values)] for k, values in _dict(table).items()}
-                   for layer, table in _dict(data.get("feature_ranking")).items()}  # fmt: skip
+                   for layer, table in _dict(data.get("feature_ranking")).items()}
         gallery = {str(outcome): [GalleryEntry(scalar_text(_dict(c).get("subject_id")), finite_float(_dict(c).get("prob")),
                                                _dict(c).get("label")) for c in _list(cases)]
-                   for outcome, cases in _dict(data.get("gallery")).items()}  # fmt: skip
+                   for outcome, cases in _dict(data.get("gallery")).items()}
         return cls(
             device=scalar_text(data.get("device")), amp=scalar_text(data.get("amp")), target_layer=scalar_text(data.get("target_layer")),
             cam_method=scalar_text(data.get("cam_method")), feature_layers=[str(v) for v in _list(data.get("feature_layers"))],
@@ -173,7 +173,7 @@ class EngineRecord:
             threshold=finite_float(data.get("threshold")), world_size=_int(data.get("world_size")),
             gradcam={str(k): v for k, v in _dict(data.get("gradcam")).items()},
             sanity=SanityRecord.from_dict(data.get("sanity")), feature_ranking=ranking, gallery=gallery,
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -196,7 +196,7 @@ class AtlasRecord:
             return None
         regions = {str(k): [str(v) for v in _list(labels)] for k, labels in _dict(data.get("regions")).items()}
         return cls(scalar_text(data.get("name")), scalar_text(data.get("title")), scalar_text(data.get("licence")), scalar_text(data.get("source")),
-                   regions, scalar_text(data.get("space_check")), scalar_text(data.get("brain_mask")))  # fmt: skip
+                   regions, scalar_text(data.get("space_check")), scalar_text(data.get("brain_mask")))
 
 
 @dataclass
@@ -212,7 +212,7 @@ class Plausibility:
     def from_dict(cls, data: dict) -> Plausibility:
         numbers = {str(k): finite_float(v) for k, v in data.items() if k not in ("verdict", "reason")}
         return cls(scalar_text(data.get("verdict")), scalar_text(data.get("reason")),
-                   {k: v for k, v in numbers.items() if v is not None})  # fmt: skip
+                   {k: v for k, v in numbers.items() if v is not None})
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "reason": self.reason, **self.numbers}
@@ -225,18 +225,18 @@ def _verdict(data, plausibility: Plausibility, engine: EngineRecord, method: str
     if isinstance(data, dict) and isinstance(data.get("limits"), dict):
         written = _dict(data.get("limits"))
         limits = Limits(**{name: finite_float(written.get(name)) if finite_float(written.get(name)) is not None else default
-                           for name, default in asdict(LIMITS_BEFORE_RECORDING).items()})  # fmt: skip
+                           for name, default in asdict(LIMITS_BEFORE_RECORDING).items()})
         checks = tuple(Check(str(c.get("name")), finite_float(c.get("value")), finite_float(c.get("limit")),
                              c.get("passed") if isinstance(c.get("passed"), bool) else None)
-                       for c in _list(data.get("checks")) if isinstance(c, dict))  # fmt: skip
+                       for c in _list(data.get("checks")) if isinstance(c, dict))
         return Verdict(scalar_text(data.get("result")) or plausibility.verdict or "not assessed",
                        scalar_text(data.get("reason")) or plausibility.reason or "", scalar_text(data.get("method")) or method,
-                       limits, checks), True  # fmt: skip
+                       limits, checks), True
     prefix = "cam_roi_gain_"
     regions = engine.region_names or [k[len(prefix):] for k in plausibility.numbers if k.startswith(prefix)]
     judged = judge(plausibility.numbers, regions, method, LIMITS_BEFORE_RECORDING)
     return Verdict(plausibility.verdict or "not assessed", plausibility.reason or "", method, judged.limits,
-                   judged.checks), False  # fmt: skip
+                   judged.checks), False
 
 
 @dataclass
@@ -275,9 +275,9 @@ class EvaluationRecord:
         sanity = None
         if engine.sanity is not None:
             sanity = SanityRecord(list(engine.sanity.subject_ids), [finite_float(v) for v in engine.sanity.spearman],
-                                  finite_float(engine.sanity.mean))  # fmt: skip
+                                  finite_float(engine.sanity.mean))
         ranking = {layer: {k: [finite_float(v) for v in list(vals)[:16]] for k, vals in r.items()}
-                   for layer, r in engine.feature_ranking.items()}  # fmt: skip
+                   for layer, r in engine.feature_ranking.items()}
         return cls(
             schema_version=SCHEMA_VERSION, run_id=evaluation.run_id,
             model=ModelRecord(m.uri, m.name, m.version, m.aliases, m.source_run_id, m.model_id, m.description, m.tags,
@@ -308,7 +308,7 @@ class EvaluationRecord:
             versions=_package_versions(), atlas=getattr(evaluation, "atlas", None),
             comparison_note=getattr(evaluation, "comparison_note", "") or "",
             counterfactual=getattr(evaluation, "counterfactual", None),
-        )  # fmt: skip
+        )
 
     def to_dict(self) -> dict:
         """evaluation.json: every key of the records before schema_version, and the new ones."""
@@ -322,7 +322,7 @@ class EvaluationRecord:
             "versions": self.versions, **({"atlas": asdict(self.atlas)} if self.atlas is not None else {}),
             **({"comparison_note": self.comparison_note} if self.comparison_note else {}),
             **({"counterfactual": self.counterfactual.to_dict()} if self.counterfactual is not None else {}),
-        }  # fmt: skip
+        }
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
@@ -335,10 +335,10 @@ class EvaluationRecord:
         version = data.get("schema_version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise HeimerError(f"{where}: evaluation.json has schema_version {version!r}, not a version heimer-mlflow "
-                              "writes; re-run the evaluation to get a readable record")  # fmt: skip
+                              "writes; re-run the evaluation to get a readable record")
         if version > SCHEMA_VERSION:
             raise HeimerError(f"{where}: evaluation.json has schema_version {version}, newer than this heimer-mlflow "
-                              f"reads ({SCHEMA_VERSION}); upgrade it ({UPGRADE}) and render again")  # fmt: skip
+                              f"reads ({SCHEMA_VERSION}); upgrade it ({UPGRADE}) and render again")
         engine, configuration = EngineRecord.from_dict(_dict(data.get("engine"))), _dict(data.get("configuration"))
         plausibility = Plausibility.from_dict(_dict(data.get("plausibility")))
         verdict, verdict_recorded = _verdict(data.get("verdict"), plausibility, engine, _cam_method(engine, configuration))
@@ -357,16 +357,16 @@ class EvaluationRecord:
             versions={str(k): scalar_text(v) for k, v in _dict(data.get("versions")).items()},
             atlas=AtlasRecord.from_dict(data.get("atlas")), comparison_note=scalar_text(data.get("comparison_note")) or "",
             counterfactual=CounterfactualSummary.from_dict(data.get("counterfactual")),
-        )  # fmt: skip
+        )
 
 
 
 def _comparison(data: dict) -> Comparison:
     """The recorded comparison with the champion (``champion.Comparison.to_dict``)."""
     numbers = ("roc_auc", "champion_roc_auc", "roc_auc_diff", "roc_auc_diff_ci_lower", "roc_auc_diff_ci_upper",
-               "delong_p", "champion_cam_outside_brain_fraction")  # fmt: skip
+               "delong_p", "champion_cam_outside_brain_fraction")
     texts = ("champion_version", "champion_run_id", "champion_verdict", "champion_verdict_reason",
-             "champion_cam_method", "note")  # fmt: skip
+             "champion_cam_method", "note")
     return Comparison(n_shared=_int(data.get("n_shared")) or 0, champion_estimates=_dict(data.get("champion_estimates")),
                       **{k: finite_float(data.get(k)) for k in numbers}, **{k: scalar_text(data.get(k)) or "" for k in texts})
 
@@ -419,7 +419,7 @@ class GroupRecord:
         return cls(_int(data.get("n_subjects")), _int(data.get("n_positive")), _int(data.get("n_negative")),
                    {str(k): finite_float(v) for k, v in _dict(data.get("confusion")).items()},
                    {k: v for k, v in estimates.items() if v is not None},
-                   _int(data.get("n_participants")))  # fmt: skip
+                   _int(data.get("n_participants")))
 
 
 @dataclass
@@ -463,4 +463,4 @@ class MetricsRecord:
             not_computable=[(scalar_text(_dict(i).get("name")) or "-", scalar_text(_dict(i).get("reason")) or "-")
                             for i in _list(data.get("not_computable"))],
             plausibility=Plausibility.from_dict(_dict(data.get("plausibility"))).numbers,
-        )  # fmt: skip
+        )

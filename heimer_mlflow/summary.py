@@ -124,7 +124,7 @@ def from_evaluation(evaluation, gate=None) -> Summary:
                    gate=status, gate_failures=failures,
                    champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
                    champion_note=getattr(evaluation, "comparison_note", "") or "",
-                   **_counterfactual_lines(evaluation.counterfactual))  # fmt: skip
+                   **_counterfactual_lines(evaluation.counterfactual))
 
 
 def _html_path() -> str:

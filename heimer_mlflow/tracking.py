@@ -229,7 +229,7 @@ def _open_run(model, options, run_id: str | None):
     client = mlflow.MlflowClient()
     if project:
         experiment = (experiment_id(client, options.experiment) if options.experiment
-                      else client.get_run(project).info.experiment_id)  # fmt: skip
+                      else client.get_run(project).info.experiment_id)
         run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": project})
         return mlflow.start_run(run_id=run.info.run_id, nested=active is not None), True, project
     experiment = experiment_id(client, options.experiment or DEFAULT_EXPERIMENT)

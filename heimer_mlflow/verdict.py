@@ -92,7 +92,7 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return {"result": self.result, "reason": self.reason, "method": self.method, "limits": self.limits.to_dict(),
-                "checks": [c.to_dict() for c in self.checks]}  # fmt: skip
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def outside_brain_limit(floor: float | None, limits: Limits | None = None) -> float:
@@ -103,7 +103,7 @@ def outside_brain_limit(floor: float | None, limits: Limits | None = None) -> fl
 
 
 def judge(plausibility: Mapping[str, float], region_names: Sequence[str], method: str = "hirescam",
-          limits: Limits | None = None, counterfactual=None) -> Verdict:  # fmt: skip
+          limits: Limits | None = None, counterfactual=None) -> Verdict:
     """The verdict on the primary map (``method``) from the plausibility numbers of
     ``Evaluation.plausibility`` (``cam_outside_brain_fraction``, ``cam_outside_brain_floor``,
     ``cam_roi_gain_<region>``, ``sanity_spearman_mean``), under ``limits`` (default: today's).
@@ -167,7 +167,7 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
         Check("shortcut_confirmed", None if outside is None else outside.value, high_outside,
               None if outside is None or high_outside is None else outside.value < high_outside),
         Check("map_faithful", excess, margin, None if excess is None or margin is None else excess > margin),
-    )  # fmt: skip
+    )
     reasons = []
     before = _first(cf.curves.get("morf", {}).get("prob")) if cf.computed else None
     if checks[0].passed is False:
@@ -208,7 +208,7 @@ def _first(values):
 
 
 def plausibility_verdict(plausibility: Mapping[str, float], region_names: Sequence[str],
-                         method: str = "hirescam") -> tuple[str, str]:  # fmt: skip
+                         method: str = "hirescam") -> tuple[str, str]:
     """``(result, reason)`` of ``judge`` under today's limits."""
     verdict = judge(plausibility, region_names, method)
     return verdict.result, verdict.reason

@@ -45,10 +45,10 @@ TAP_PREFIX = "heimer_tap_"
 # ``reset_parameters`` re-initialises like PyTorch's own reset_parameters of that class.
 _KAIMING = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear")
 _NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-          "GroupNorm", "LayerNorm", "SyncBatchNorm")  # fmt: skip
+          "GroupNorm", "LayerNorm", "SyncBatchNorm")
 # aten operations whose last-but-some argument is the training flag, by (op name, argument index)
 _TRAINING_FLAGS = {"batch_norm": 5, "dropout": 2, "feature_dropout": 2, "alpha_dropout": 2,
-                   "feature_alpha_dropout": 2, "native_dropout": 2}  # fmt: skip
+                   "feature_alpha_dropout": 2, "native_dropout": 2}
 
 
 def is_exported(module) -> bool:

@@ -69,7 +69,7 @@ class Attribution:
     def first(self, n: int) -> Attribution:
         """The first ``n`` subjects' attribution (padding subjects dropped)."""
         return Attribution(self.logits[:n], {m: v[:n] for m, v in self.layer_maps.items()},
-                           {p: v[:n] for p, v in self.activations.items()}, self.input_size)  # fmt: skip
+                           {p: v[:n] for p, v in self.activations.items()}, self.input_size)
 
     @staticmethod
     def concatenate(parts: list[Attribution]) -> Attribution:
@@ -77,7 +77,7 @@ class Attribution:
         return Attribution(torch.cat([p.logits for p in parts]),
                            {m: torch.cat([p.layer_maps[m] for p in parts]) for m in parts[0].layer_maps},
                            {k: torch.cat([p.activations[k] for p in parts]) for k in parts[0].activations},
-                           parts[0].input_size)  # fmt: skip
+                           parts[0].input_size)
 
     @functools.cached_property
     def gradcam(self) -> torch.Tensor:
@@ -119,7 +119,7 @@ class GradCam3d:
             return self._attribute(x, target)
         target = torch.as_tensor(target, device=x.device).expand(x.shape[0])
         parts = [self._attribute(pad_batch(x[i : i + size], size), pad_batch(target[i : i + size], size))
-                 .first(min(size, x.shape[0] - i)) for i in range(0, x.shape[0], size)]  # fmt: skip
+                 .first(min(size, x.shape[0] - i)) for i in range(0, x.shape[0], size)]
         return Attribution.concatenate(parts)
 
     def _attribute(self, x: torch.Tensor, target: int | torch.Tensor) -> Attribution:
@@ -189,7 +189,7 @@ class GradCam3d:
         activations = {path: captured[path] for path in self.feature_layers}
         activations[self.layer_path] = activation
         return Attribution(logits=logits.detach().float(), layer_maps=layer_maps, activations=activations,
-                           input_size=tuple(x.shape[2:]))  # fmt: skip
+                           input_size=tuple(x.shape[2:]))
 
 
 def as_logits(output, batch_size: int) -> torch.Tensor:

@@ -116,7 +116,7 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
     consumer = None
     if workers:
         consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
-                                        check_worker_health=False, initial_delay=0.2, max_delay=2.0)  # fmt: skip
+                                        check_worker_health=False, initial_delay=0.2, max_delay=2.0)
         consumer.start()
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
