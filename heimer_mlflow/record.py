@@ -86,12 +86,14 @@ class ModelRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelRecord:
-        return cls(uri=scalar_text(data.get("uri")), name=scalar_text(data.get("name")), version=scalar_text(data.get("version")),
-                   aliases=[str(a) for a in _list(data.get("aliases"))], source_run_id=scalar_text(data.get("source_run_id")),
-                   model_id=scalar_text(data.get("model_id")), description=scalar_text(data.get("description")),
+        return cls(uri=scalar_text(data.get("uri")), name=scalar_text(data.get("name")),
+                   version=scalar_text(data.get("version")), aliases=[str(a) for a in _list(data.get("aliases"))],
+                   source_run_id=scalar_text(data.get("source_run_id")), model_id=scalar_text(data.get("model_id")),
+                   description=scalar_text(data.get("description")),
                    tags=_dict(data.get("tags")), metadata=_dict(data.get("metadata")),
                    inferred=[str(v) for v in _list(data.get("inferred"))],
-                   given=[str(v) for v in _list(data.get("given"))], serialization=scalar_text(data.get("serialization")),
+                   given=[str(v) for v in _list(data.get("given"))],
+                   serialization=scalar_text(data.get("serialization")),
                    notes=[str(v) for v in _list(data.get("notes"))])
 
 
@@ -130,8 +132,8 @@ class SanityRecord:
     def from_dict(cls, data) -> SanityRecord | None:
         if not isinstance(data, dict):
             return None
-        return cls([str(s) for s in _list(data.get("subject_ids"))], [finite_float(v) for v in _list(data.get("spearman"))],
-                   finite_float(data.get("mean")))
+        return cls([str(s) for s in _list(data.get("subject_ids"))],
+                   [finite_float(v) for v in _list(data.get("spearman"))], finite_float(data.get("mean")))
 
 
 @dataclass
@@ -163,12 +165,14 @@ class EngineRecord:
     def from_dict(cls, data: dict) -> EngineRecord:
         ranking = {str(layer): {str(k): [finite_float(v) for v in _list(values)] for k, values in _dict(table).items()}
                    for layer, table in _dict(data.get("feature_ranking")).items()}
-        gallery = {str(outcome): [GalleryEntry(scalar_text(_dict(c).get("subject_id")), finite_float(_dict(c).get("prob")),
-                                               _dict(c).get("label")) for c in _list(cases)]
+        gallery = {str(outcome): [GalleryEntry(scalar_text(_dict(c).get("subject_id")),
+                                               finite_float(_dict(c).get("prob")), _dict(c).get("label"))
+                                  for c in _list(cases)]
                    for outcome, cases in _dict(data.get("gallery")).items()}
         return cls(
-            device=scalar_text(data.get("device")), amp=scalar_text(data.get("amp")), target_layer=scalar_text(data.get("target_layer")),
-            cam_method=scalar_text(data.get("cam_method")), feature_layers=[str(v) for v in _list(data.get("feature_layers"))],
+            device=scalar_text(data.get("device")), amp=scalar_text(data.get("amp")),
+            target_layer=scalar_text(data.get("target_layer")), cam_method=scalar_text(data.get("cam_method")),
+            feature_layers=[str(v) for v in _list(data.get("feature_layers"))],
             region_names=[str(v) for v in _list(data.get("region_names"))], chunk_size=_int(data.get("chunk_size")),
             threshold=finite_float(data.get("threshold")), world_size=_int(data.get("world_size")),
             gradcam={str(k): v for k, v in _dict(data.get("gradcam")).items()},
@@ -195,8 +199,9 @@ class AtlasRecord:
         if not isinstance(data, dict):
             return None
         regions = {str(k): [str(v) for v in _list(labels)] for k, labels in _dict(data.get("regions")).items()}
-        return cls(scalar_text(data.get("name")), scalar_text(data.get("title")), scalar_text(data.get("licence")), scalar_text(data.get("source")),
-                   regions, scalar_text(data.get("space_check")), scalar_text(data.get("brain_mask")))
+        return cls(scalar_text(data.get("name")), scalar_text(data.get("title")), scalar_text(data.get("licence")),
+                   scalar_text(data.get("source")), regions, scalar_text(data.get("space_check")),
+                   scalar_text(data.get("brain_mask")))
 
 
 @dataclass
@@ -224,14 +229,14 @@ def _verdict(data, plausibility: Plausibility, engine: EngineRecord, method: str
     reason it recorded."""
     if isinstance(data, dict) and isinstance(data.get("limits"), dict):
         written = _dict(data.get("limits"))
-        limits = Limits(**{name: finite_float(written.get(name)) if finite_float(written.get(name)) is not None else default
+        limits = Limits(**{name: default if finite_float(written.get(name)) is None else finite_float(written.get(name))
                            for name, default in asdict(LIMITS_BEFORE_RECORDING).items()})
         checks = tuple(Check(str(c.get("name")), finite_float(c.get("value")), finite_float(c.get("limit")),
                              c.get("passed") if isinstance(c.get("passed"), bool) else None)
                        for c in _list(data.get("checks")) if isinstance(c, dict))
         return Verdict(scalar_text(data.get("result")) or plausibility.verdict or "not assessed",
-                       scalar_text(data.get("reason")) or plausibility.reason or "", scalar_text(data.get("method")) or method,
-                       limits, checks), True
+                       scalar_text(data.get("reason")) or plausibility.reason or "",
+                       scalar_text(data.get("method")) or method, limits, checks), True
     prefix = "cam_roi_gain_"
     regions = engine.region_names or [k[len(prefix):] for k in plausibility.numbers if k.startswith(prefix)]
     judged = judge(plausibility.numbers, regions, method, LIMITS_BEFORE_RECORDING)
@@ -298,7 +303,8 @@ class EvaluationRecord:
                 gallery={o: [GalleryEntry(c.subject_id, finite_float(c.prob), int(c.label)) for c in cases]
                          for o, cases in engine.gallery.items()}),
             plausibility=Plausibility(evaluation.verdict, evaluation.verdict_reason, dict(evaluation.plausibility)),
-            verdict=evaluation.verdict_applied or judge(evaluation.plausibility, engine.region_names, engine.cam_method),
+            verdict=evaluation.verdict_applied or judge(evaluation.plausibility, engine.region_names,
+                                                        engine.cam_method),
             verdict_recorded=True,
             comparison=evaluation.comparison, comparison_recorded=True,
             history={k: [(int(s), finite_float(v)) for s, v in pts] for k, pts in evaluation.history.items()},
@@ -343,7 +349,8 @@ class EvaluationRecord:
         plausibility = Plausibility.from_dict(_dict(data.get("plausibility")))
         verdict, verdict_recorded = _verdict(data.get("verdict"), plausibility, engine, _cam_method(engine, configuration))
         return cls(
-            schema_version=version, run_id=scalar_text(data.get("run_id")), model=ModelRecord.from_dict(_dict(data.get("model"))),
+            schema_version=version, run_id=scalar_text(data.get("run_id")),
+            model=ModelRecord.from_dict(_dict(data.get("model"))),
             cohort=CohortRecord.from_dict(_dict(data.get("cohort"))), configuration=configuration,
             engine=engine, plausibility=plausibility, verdict=verdict, verdict_recorded=verdict_recorded,
             comparison=_comparison(data["comparison"]) if isinstance(data.get("comparison"), dict) else None,
@@ -355,7 +362,8 @@ class EvaluationRecord:
                               None),
             timings={str(k): finite_float(v) for k, v in _dict(data.get("timings")).items()},
             versions={str(k): scalar_text(v) for k, v in _dict(data.get("versions")).items()},
-            atlas=AtlasRecord.from_dict(data.get("atlas")), comparison_note=scalar_text(data.get("comparison_note")) or "",
+            atlas=AtlasRecord.from_dict(data.get("atlas")),
+            comparison_note=scalar_text(data.get("comparison_note")) or "",
             counterfactual=CounterfactualSummary.from_dict(data.get("counterfactual")),
         )
 
@@ -368,7 +376,8 @@ def _comparison(data: dict) -> Comparison:
     texts = ("champion_version", "champion_run_id", "champion_verdict", "champion_verdict_reason",
              "champion_cam_method", "note")
     return Comparison(n_shared=_int(data.get("n_shared")) or 0, champion_estimates=_dict(data.get("champion_estimates")),
-                      **{k: finite_float(data.get(k)) for k in numbers}, **{k: scalar_text(data.get(k)) or "" for k in texts})
+                      **{k: finite_float(data.get(k)) for k in numbers},
+                      **{k: scalar_text(data.get(k)) or "" for k in texts})
 
 
 def _cam_method(engine: EngineRecord, configuration: dict) -> str:
@@ -456,10 +465,12 @@ class MetricsRecord:
             class_names=[str(c) for c in names] if isinstance(names, list) and len(names) == 2 else None,
             threshold=finite_float(data.get("threshold")), n_bootstrap=_int(data.get("n_bootstrap")),
             seed=_int(data.get("seed")), confidence=finite_float(data.get("confidence")),
-            overall=GroupRecord.from_dict(_dict(data.get("overall"))), threshold_note=scalar_text(rationale.get("note")),
+            overall=GroupRecord.from_dict(_dict(data.get("overall"))),
+            threshold_note=scalar_text(rationale.get("note")),
             youden={k: v for k, v in youden.items() if v is not None},
-            subgroups=[SubgroupRecord(scalar_text(_dict(s).get("covariate")) or "-", scalar_text(_dict(s).get("group")) or "-",
-                                      GroupRecord.from_dict(_dict(s))) for s in _list(data.get("subgroups"))],
+            subgroups=[SubgroupRecord(scalar_text(_dict(s).get("covariate")) or "-",
+                                      scalar_text(_dict(s).get("group")) or "-", GroupRecord.from_dict(_dict(s)))
+                       for s in _list(data.get("subgroups"))],
             not_computable=[(scalar_text(_dict(i).get("name")) or "-", scalar_text(_dict(i).get("reason")) or "-")
                             for i in _list(data.get("not_computable"))],
             plausibility=Plausibility.from_dict(_dict(data.get("plausibility"))).numbers,

@@ -112,7 +112,8 @@ def judge(plausibility: Mapping[str, float], region_names: Sequence[str], method
     limits = DEFAULT_LIMITS if limits is None else limits
     name = CAM_NAMES.get(method, method)
     reasons = []
-    outside, floor = finite_float(plausibility.get("cam_outside_brain_fraction")), finite_float(plausibility.get("cam_outside_brain_floor"))
+    outside = finite_float(plausibility.get("cam_outside_brain_fraction"))
+    floor = finite_float(plausibility.get("cam_outside_brain_floor"))
     excess = limits.max_outside_brain_excess
     limit = outside_brain_limit(floor, limits)
     if outside is None:

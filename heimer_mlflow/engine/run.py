@@ -484,8 +484,8 @@ def _case(chunk: _Chunk, i: int, outcome: str, confidence: float) -> GalleryCase
     layer_cams = {method: _own_numpy(layer_map[i]) for method, layer_map in chunk.layer_maps.items()}
     return GalleryCase(
         subject_id=subjects["subject_id"][i], index=int(subjects["index"][i]), label=int(subjects["label"][i]),
-        prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]), primary_cam=None,
-        affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
+        prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]),
+        primary_cam=None, affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
     )
 
 

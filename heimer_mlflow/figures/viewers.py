@@ -152,7 +152,8 @@ def _viewers(evaluation, champion_volume: Path | None) -> list[_Viewer]:
         mean = np.asarray(_image(cam.mean[positive], affine).dataobj)
         top = _robust_max(mean, True)
         viewers.append(_Viewer(
-            f"{method}_{safe_name(positive)}_mean.html", _("{map}, {positive} mean").format(map=name, positive=positive),
+            f"{method}_{safe_name(positive)}_mean.html",
+            _("{map}, {positive} mean").format(map=name, positive=positive),
             _("where the model looks, averaged over the {positive} scans (shown from a third of its robust "
               "maximum up)").format(positive=positive), mean, top / 3, top, "YlOrRd", False))
     if cam.diff is not None:
