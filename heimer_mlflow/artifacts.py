@@ -19,7 +19,7 @@ from .record import EvaluationRecord
 # The run's files that MLflow's artifact types describe, by name (EvaluationResult.artifacts);
 # figures join them under their own names (roc, calibration, gallery_TP, group_cam, ...).
 NAMED_ARTIFACTS = {"metrics": "metrics.json", "evaluation": "evaluation.json", "predictions": "predictions.csv",
-                   "exclusions": "exclusions.csv", "counterfactuals": "counterfactuals.csv"}  # fmt: skip
+                   "exclusions": "exclusions.csv", "counterfactuals": "counterfactuals.csv"}
 
 
 def cam_writer(folder: Path):
@@ -86,12 +86,12 @@ def write_artifacts(evaluation, staging: Path) -> None:
     predictions_table(evaluation).to_csv(staging / "predictions.csv", index=False)
     evaluation.cohort.excluded.to_csv(staging / "exclusions.csv", index=False)
     metrics = evaluation.metrics.to_json_dict()
-    metrics["plausibility"] = evaluation.summary
+    metrics["plausibility"] = evaluation.plausibility
     if evaluation.counterfactual is not None:  # the cf_* figures and the deletion curves
         cf = evaluation.counterfactual
         metrics["counterfactual"] = {"estimates": {k: e.to_dict() for k, e in cf.estimates.items()},
                                      "curves": cf.curves, "n_subjects": cf.n_subjects,
-                                     "forward_passes": cf.forward_passes}  # fmt: skip
+                                     "forward_passes": cf.forward_passes}
         metrics["not_computable"] += [{"name": n, "reason": r} for n, r in cf.not_computable()]
     if evaluation.counterfactual_table is not None:
         evaluation.counterfactual_table.to_csv(staging / "counterfactuals.csv", index=False)
@@ -114,7 +114,7 @@ def write_artifacts(evaluation, staging: Path) -> None:
     for outcome, cases in engine.gallery.items():
         for case in cases:
             name = f"{outcome}_{safe_name(case.subject_id)}"
-            for method, cam in (case.cams or {engine.cam_method: case.cam}).items():
+            for method, cam in (case.cams or {engine.cam_method: case.primary_cam}).items():
                 save_volume(cam, case.affine, volumes / "gallery" / f"{name}_{method}.nii.gz")
 
 

@@ -44,7 +44,7 @@ def load_brain_mask(path: str, grid_shape, grid_affine) -> np.ndarray:
     mask = np.nan_to_num(voxels) != 0
     if not mask.any() or mask.all():
         raise HeimerError(f"brain mask {path} is {'empty' if not mask.any() else 'all brain'}: "
-                          "give a mask that is nonzero inside the brain and zero outside")  # fmt: skip
+                          "give a mask that is nonzero inside the brain and zero outside")
     return mask
 
 
@@ -144,12 +144,12 @@ def atlas_files(atlas: NamedAtlas) -> tuple[Path, Path, str]:
         dist = metadata.distribution(ATLAS_PACKAGE)
     except metadata.PackageNotFoundError:
         raise HeimerError(f"--atlas {atlas.name} needs the package {ATLAS_PACKAGE}, which is not installed: "
-                          f"{INSTALL_ATLAS}") from None  # fmt: skip
+                          f"{INSTALL_ATLAS}") from None
     files = [Path(dist.locate_file(f"{ATLAS_FOLDER}/{name}")) for name in (atlas.image, atlas.labels)]
     for path in files:
         if not path.is_file():
             raise HeimerError(f"--atlas {atlas.name}: {path} is missing from the installed {ATLAS_PACKAGE} "
-                              f"{dist.version}; reinstall it: {INSTALL_ATLAS}")  # fmt: skip
+                              f"{dist.version}; reinstall it: {INSTALL_ATLAS}")
     return files[0], files[1], f"{ATLAS_PACKAGE} {dist.version}"
 
 
@@ -161,7 +161,7 @@ def resample_labels(labels: np.ndarray, affine: np.ndarray, grid_shape, grid_aff
     image = nib.Nifti1Image(np.asarray(labels).astype(np.int32), np.asarray(affine, float))  # nibabel refuses int64
     resampled = resample_img(image, target_affine=np.asarray(grid_affine, float),
                              target_shape=tuple(int(s) for s in grid_shape), interpolation="nearest",
-                             fill_value=0, force_resample=True, copy_header=True)  # fmt: skip
+                             fill_value=0, force_resample=True, copy_header=True)
     return np.asarray(resampled.dataobj).astype(np.int64)
 
 
@@ -219,7 +219,7 @@ def load_named_atlas(atlas: NamedAtlas, regions, grid_shape, grid_affine) -> tup
         missing = [label for label in labels if label not in table]
         if missing:  # the wheel's table changed under us: say so rather than merge less
             raise HeimerError(f"--atlas {atlas.name}: {labels_path} has no label {missing[0]!r}; "
-                              f"{ATLAS_PACKAGE} 0.3.x is expected ({INSTALL_ATLAS})")  # fmt: skip
+                              f"{ATLAS_PACKAGE} 0.3.x is expected ({INSTALL_ATLAS})")
         inside = np.isin(on_grid, [table[label] for label in labels])
         if not inside.any():
             raise HeimerError(f"region {region} of the {atlas.name} atlas has no voxel on the cohort's grid "
@@ -228,7 +228,7 @@ def load_named_atlas(atlas: NamedAtlas, regions, grid_shape, grid_affine) -> tup
         names[index] = region
     record = AtlasRecord(name=atlas.name, title=atlas.title, licence=atlas.licence,
                          source=f"{source}: {ATLAS_FOLDER}/{atlas.image}",
-                         regions={region: list(labels) for region, labels in chosen.items()})  # fmt: skip
+                         regions={region: list(labels) for region, labels in chosen.items()})
     return merged, names, record
 
 

@@ -237,8 +237,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", module="mlflow")
-    # torch's pytree deprecation notice, raised inside torch when a pt2 program is copied: nothing to act on
-    warnings.filterwarnings("ignore", message=r".*treespec.*", category=FutureWarning)
     from .interrupts import EXIT_TIMED_OUT, Terminated, TimedOut, handled
 
     try:

@@ -19,11 +19,11 @@ evidence before the version may be promoted). In order:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .i18n import N_, _
 from .meta import CONFIDENCE_PERCENT
+from .scalars import finite_float
 
 PROMOTE, DO_NOT_PROMOTE, REVIEW_FIRST = "promote", "do not promote", "review first"
 ACTION_WORDS = {PROMOTE: N_("Promote"), DO_NOT_PROMOTE: N_("Do not promote"), REVIEW_FIRST: N_("A person must review first")}
@@ -49,16 +49,10 @@ class Recommendation:
         return _(SHORT_WORDS[self.action])
 
 
-def _finite(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def interval(value, lower, upper, *, signed: bool = False, digits: int = 2, inline: bool = False) -> str:
     """``0.93 (95% CI 0.85 to 0.99)``, ``+0.07 (95% CI +0.00 to +0.14)``; ``inline``: ``+0.07, 95% CI
     +0.00 to +0.14`` (inside parentheses of its own); ``n/a`` without a value."""
-    value, lower, upper = _finite(value), _finite(lower), _finite(upper)
+    value, lower, upper = finite_float(value), finite_float(lower), finite_float(upper)
     if value is None:
         return _("n/a")
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
@@ -71,7 +65,7 @@ def interval(value, lower, upper, *, signed: bool = False, digits: int = 2, inli
 
 
 def p_text(p) -> str:
-    p = _finite(p)
+    p = finite_float(p)
     if p is None:
         return _("n/a")
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
@@ -83,7 +77,7 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
     (``champion.Comparison.to_dict()``: champion_version, roc_auc_diff, roc_auc_diff_ci_lower/upper,
     delong_p, champion_verdict), or None when there was no champion to compare with. ``gate``:
     ``passed`` / ``failed`` / None (no rules), ``gate_failures`` the broken rules."""
-    auc_v, auc_lo = _finite(auc), _finite(auc_lower)
+    auc_v, auc_lo = finite_float(auc), finite_float(auc_lower)
     auc_words = interval(auc, auc_lower, auc_upper)
     passed = _("The checks passed and the promotion gate passed") if gate == "passed" else _("The checks passed")
     if gate == "failed":
@@ -98,7 +92,7 @@ def recommend(*, verdict: str | None, verdict_reason: str | None, auc=None, auc_
     diff = lower = upper = None
     version = "?"
     if champion:
-        diff, lower, upper = (_finite(champion.get(k)) for k in ("roc_auc_diff", "roc_auc_diff_ci_lower",
+        diff, lower, upper = (finite_float(champion.get(k)) for k in ("roc_auc_diff", "roc_auc_diff_ci_lower",
                                                                  "roc_auc_diff_ci_upper"))
         version = champion.get("champion_version") or "?"
     vs = _("the champion v{version} (AUC difference {diff}, p = {p})").format(

@@ -116,7 +116,7 @@ def _check_layer(module: torch.nn.Module, layer: str | None) -> None:
     close = difflib.get_close_matches(layer, names, n=4, cutoff=0.6)
     guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
     raise HeimerError(f"layer {layer!r} is not a module of {type(module).__name__}: {guess}"
-                      f"its Conv3d layers are {', '.join(conv_layers(module)) or 'none'}")  # fmt: skip
+                      f"its Conv3d layers are {', '.join(conv_layers(module)) or 'none'}")
 
 
 def _target_column(target, width: int, meta) -> int:
@@ -171,7 +171,7 @@ def _attribute(model, volume, *, layer, target, affine, intensity) -> _Pass:
                 width = as_logits(module(x), 1).shape[1]
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
             raise HeimerError(f"the model fails on a volume of shape {list(image.shape)} ({one_line(e, 300)}); "
-                              "check the volume's grid against the model's input shape") from None  # fmt: skip
+                              "check the volume's grid against the model's input shape") from None
         column = _target_column(target, width, meta)
         attribution = gradcam.attribute(x, column)
     finally:
@@ -205,7 +205,7 @@ class _OrthoDisplay:
         width = sum(v.extent[1] - v.extent[0] for v in views.values()) + 26.0  # the gaps between views, in mm
         height = max(v.extent[3] - v.extent[2] for v in views.values()) + 35.0  # view titles and the scale bar
         fig = Figure(figsize=(BRAIN_FIGURE_WIDTH_IN, 0.8 + (BRAIN_FIGURE_WIDTH_IN - 0.9) * height / width), dpi=DPI,
-                     layout="constrained")  # fmt: skip
+                     layout="constrained")
         return fig.add_subplot()
 
     def _finish(self, ax, image, *, title: str, bar_label: str | None):
@@ -248,14 +248,14 @@ class GradCamDisplay(_OrthoDisplay):
     """
 
     def __init__(self, volume, cam, *, affine=None, method: str = DEFAULT_CAM, layer: str | None = None,
-                 target: int | None = None, class_name: str | None = None, probability: float | None = None):  # fmt: skip
+                 target: int | None = None, class_name: str | None = None, probability: float | None = None):
         self.volume, self.cam, self.affine = volume, cam, affine
         self.method, self.layer, self.target, self.class_name = check_cam_method(method), layer, target, class_name
         self.probability = probability
 
     @classmethod
     def from_model(cls, model, volume, *, layer: str | None = None, target: int | None = None,
-                   method: str = DEFAULT_CAM, affine=None, intensity: str | None = None) -> GradCamDisplay:  # fmt: skip
+                   method: str = DEFAULT_CAM, affine=None, intensity: str | None = None) -> GradCamDisplay:
         """The map of ``model`` for ``volume``, computed as ``evaluate`` computes it.
 
         ``model``: a ``torch.nn.Module`` (run on its parameters' device, in eval mode, its mode
@@ -272,23 +272,23 @@ class GradCamDisplay(_OrthoDisplay):
         run = _attribute(model, volume, layer=layer, target=target, affine=affine, intensity=intensity)
         cam = run.attribution.upsampled(method)[0].cpu().numpy()
         return cls(run.volume, cam, affine=run.affine, method=method, layer=run.layer, target=run.target,
-                   class_name=run.class_name, probability=run.probability)  # fmt: skip
+                   class_name=run.class_name, probability=run.probability)
 
     @classmethod
     def from_maps(cls, volume, cam, *, affine=None, method: str = DEFAULT_CAM, layer: str | None = None,
-                  probability: float | None = None) -> GradCamDisplay:  # fmt: skip
+                  probability: float | None = None) -> GradCamDisplay:
         """A map you already have (e.g. ``volumes/*_hirescam.nii.gz`` of an evaluation run) over
         ``volume``; both arrays, NIfTI paths or nibabel images on one grid."""
         data, affine = read_volume(volume, affine)
         cam_data, cam_affine = read_volume(cam, None, what="cam")
         if cam_data.shape != data.shape:
             raise HeimerError(f"cam has shape {list(cam_data.shape)} but the volume {list(data.shape)}: "
-                              "upsample the map to the volume's grid")  # fmt: skip
+                              "upsample the map to the volume's grid")
         return cls(data, cam_data, affine=affine if affine is not None else cam_affine, method=method, layer=layer,
-                   probability=probability)  # fmt: skip
+                   probability=probability)
 
     def plot(self, ax=None, *, alpha: float = 0.5, show_below: float = 0.1, colorbar: bool = True,
-             title: str | None = None) -> GradCamDisplay:  # fmt: skip
+             title: str | None = None) -> GradCamDisplay:
         """Draw the map over the anatomy in three views crossing at the map's peak, as the
         evaluation's case gallery does: the map as a share of its maximum, shares below
         ``show_below`` transparent. Into ``ax`` (a matplotlib Axes) or a new figure; returns self."""
@@ -298,7 +298,7 @@ class GradCamDisplay(_OrthoDisplay):
         views = ortho_slices([np.asarray(self.volume), shown], self.affine, peak_of=1)
         ax = self._axes_for(ax, views)
         image = draw_views(ax, views, [Layer(0, "gray", *grey_range(np.asarray(self.volume))),
-                                       Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)])  # fmt: skip
+                                       Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)])
         if title is None:
             title = cam_name(self.method) + (f" of {self.layer}" if self.layer else "")
             if self.probability is not None:
@@ -326,7 +326,7 @@ class FeatureMapDisplay(_OrthoDisplay):
     """
 
     def __init__(self, volume, activation, *, channels=None, n_channels: int = 4, affine=None,
-                 layer: str | None = None, target: int | None = None, probability: float | None = None):  # fmt: skip
+                 layer: str | None = None, target: int | None = None, probability: float | None = None):
         activation = np.asarray(activation, dtype=np.float32)
         if activation.ndim != 4:
             raise HeimerError(f"activation has shape {list(activation.shape)}: expected [C, d, h, w] (one subject)")
@@ -338,17 +338,17 @@ class FeatureMapDisplay(_OrthoDisplay):
 
     @classmethod
     def from_model(cls, model, volume, *, layer: str | None = None, channels=None, n_channels: int = 4,
-                   target: int | None = None, affine=None, intensity: str | None = None) -> FeatureMapDisplay:  # fmt: skip
+                   target: int | None = None, affine=None, intensity: str | None = None) -> FeatureMapDisplay:
         """The activation of ``layer`` for ``volume``, captured in the pass the evaluation makes
         (``engine.GradCam3d``); the arguments as for ``GradCamDisplay.from_model``. ``channels``:
         the channels to average; default: the ``n_channels`` with the largest mean activation."""
         run = _attribute(model, volume, layer=layer, target=target, affine=affine, intensity=intensity)
         activation = run.attribution.activations[run.layer][0].cpu().numpy()
         return cls(run.volume, activation, channels=channels, n_channels=n_channels, affine=run.affine,
-                   layer=run.layer, target=run.target, probability=run.probability)  # fmt: skip
+                   layer=run.layer, target=run.target, probability=run.probability)
 
     def plot(self, ax=None, *, alpha: float = 0.7, show_below: float = 0.1, colorbar: bool = True,
-             title: str | None = None, center_mm=None) -> FeatureMapDisplay:  # fmt: skip
+             title: str | None = None, center_mm=None) -> FeatureMapDisplay:
         """Draw the mean feature map on its own grid over the anatomy, three views crossing at the
         grid's centre cell, where the evaluation's feature-map figure slices (its largest |value|
         often lies at the border, where the coarse map covers the edge of the head and hardly any
@@ -363,9 +363,9 @@ class FeatureMapDisplay(_OrthoDisplay):
         anatomy = ortho_slices(np.asarray(self.volume), self.affine, center_mm=crossing_mm(views))
         ax = self._axes_for(ax, views)
         overlay = (Layer(0, DIVERGING_CMAP, -limit, limit, alpha, hide_abs_below=show_below * limit) if signed else
-                   Layer(0, FEATURE_CMAP, 0.0, limit, alpha, hide_below=show_below * limit))  # fmt: skip
+                   Layer(0, FEATURE_CMAP, 0.0, limit, alpha, hide_below=show_below * limit))
         image = draw_views(ax, [views, anatomy], [Layer(0, "gray", *grey_range(np.asarray(self.volume)), source=1),
-                                                  overlay])  # fmt: skip
+                                                  overlay])
         if title is None:
             shown = ", ".join(map(str, self.channels))
             title = f"Feature map{f' of {self.layer}' if self.layer else ''}: mean of channel(s) {shown}"
@@ -374,7 +374,7 @@ class FeatureMapDisplay(_OrthoDisplay):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(layer={self.layer!r}, channels={self.channels}, "
-                f"activation_shape={self.activation.shape})")  # fmt: skip
+                f"activation_shape={self.activation.shape})")
 
 
 def _pick_channels(activation: np.ndarray, channels, n_channels: int) -> list[int]:
@@ -407,7 +407,7 @@ class GroupDifferenceDisplay(_OrthoDisplay):
     """
 
     def __init__(self, diff, t=None, *, means=None, counts=None, labels=("AD", "CN"), affine=None,
-                 background=None):  # fmt: skip
+                 background=None):
         self.diff, self.t = _one_channel(diff), _one_channel(t)
         self.means = {name: _one_channel(mean) for name, mean in (means or {}).items()}
         self.counts, self.labels, self.affine = dict(counts or {}), tuple(labels), affine
@@ -415,7 +415,7 @@ class GroupDifferenceDisplay(_OrthoDisplay):
 
     @classmethod
     def from_arrays(cls, volumes_a, volumes_b, *, labels=("AD", "CN"), affine=None,
-                    intensity: str = "none") -> GroupDifferenceDisplay:  # fmt: skip
+                    intensity: str = "none") -> GroupDifferenceDisplay:
         """Statistics of two groups, each a list of volumes (arrays, tensors, NIfTI paths or
         nibabel images, on one grid) or an array [N, D, H, W]; read one at a time and summed in
         float64 as the evaluation streams its cohort (``engine.GroupStats``), so memory does not
@@ -432,7 +432,7 @@ class GroupDifferenceDisplay(_OrthoDisplay):
                 data, own_affine = read_volume(volume, affine, what=f"{name} volume {n - 1}")
                 if shape is not None and data.shape != shape:
                     raise HeimerError(f"{name} volume {n - 1} has shape {list(data.shape)}, the first {list(shape)}: "
-                                      "resample every volume onto one grid")  # fmt: skip
+                                      "resample every volume onto one grid")
                 shape, affine = data.shape, affine if affine is not None else own_affine
                 cell = stats.cell(label, predicted_positive=bool(label))  # a class pools both of its cells
                 stats.update([cell], input=torch.from_numpy(_model_input(data, intensity))[None])
@@ -441,10 +441,10 @@ class GroupDifferenceDisplay(_OrthoDisplay):
         maps = stats.compute("input")
         means = {name: maps.mean[name] for name in (name_a, name_b)}
         return cls(maps.diff, maps.t, means=means, counts={name: maps.count[name] for name in (name_a, name_b)},
-                   labels=(name_a, name_b), affine=affine, background=(means[name_a] + means[name_b]) / 2)  # fmt: skip
+                   labels=(name_a, name_b), affine=affine, background=(means[name_a] + means[name_b]) / 2)
 
     def plot(self, ax=None, *, statistic: str = "diff", colorbar: bool = True,
-             title: str | None = None) -> GroupDifferenceDisplay:  # fmt: skip
+             title: str | None = None) -> GroupDifferenceDisplay:
         """Draw ``statistic`` (``diff`` or ``t``) on a diverging scale symmetric about zero (red:
         higher in group a) over the background, in three views crossing at its largest |value|
         inside the head. Over the anatomy, differences below a quarter of the largest and |t|
@@ -471,12 +471,12 @@ class GroupDifferenceDisplay(_OrthoDisplay):
         else:
             hidden = INPUT_DIFF_HIDDEN * limit if statistic == "diff" else T_HIDDEN
             layers = [Layer(1, "gray", *grey_range(self.background)),
-                      Layer(0, DIVERGING_CMAP, -limit, limit, 0.85, hide_abs_below=hidden)]  # fmt: skip
+                      Layer(0, DIVERGING_CMAP, -limit, limit, 0.85, hide_abs_below=hidden)]
             side = "white"
         image = draw_views(ax, views, layers, side_color=side)
         if title is None:
             counts = (f" (n = {self.counts[name_a]} {name_a}, {self.counts[name_b]} {name_b})"
-                      if name_a in self.counts and name_b in self.counts else "")  # fmt: skip
+                      if name_a in self.counts and name_b in self.counts else "")
             what = f"mean {name_a} - mean {name_b}" if statistic == "diff" else f"Welch t, {name_a} vs {name_b}"
             title = f"{what}{counts}; red: higher in {name_a}"
         label = None
@@ -484,7 +484,7 @@ class GroupDifferenceDisplay(_OrthoDisplay):
             label = "difference" if statistic == "diff" else "Welch t"
             if self.background is not None:
                 label += (f" (< {INPUT_DIFF_HIDDEN:.0%} of the largest not shown)" if statistic == "diff" else
-                          f" (|t| < {T_HIDDEN:g} not shown)")  # fmt: skip
+                          f" (|t| < {T_HIDDEN:g} not shown)")
         return self._finish(ax, image, title=title, bar_label=label)
 
     def __repr__(self) -> str:
@@ -503,6 +503,6 @@ def _each_volume(volumes, name: str):
     """The volumes of one group, one at a time: items of a list, or the first axis of an array [N, ...]."""
     if isinstance(volumes, (str, os.PathLike)) or (hasattr(volumes, "ndim") and volumes.ndim < 4):
         raise HeimerError(f"group {name!r} must be several volumes: a list of arrays, NIfTI paths or images, "
-                          "or an array [N, D, H, W]")  # fmt: skip
+                          "or an array [N, D, H, W]")
     yield from volumes
 

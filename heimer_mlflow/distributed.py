@@ -108,7 +108,7 @@ def from_env(device: str = "auto", *, timeout: timedelta | None = None) -> Conte
         store.set_timeout(timeout or default_pg_timeout)
         dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
                                 world_size=world_size, timeout=timeout,
-                                device_id=torch.device(chosen) if backend == "nccl" else None)  # fmt: skip
+                                device_id=torch.device(chosen) if backend == "nccl" else None)
         _owned = True
     _current = Context(rank, world_size, local_rank, chosen, backend, store)
     return _current
@@ -208,7 +208,7 @@ def merge(result: EngineResult, ctx: Context | None) -> EngineResult | None:
         "sanity": ([], [], []) if result.sanity is None else
                   (result.sanity.subject_ids, result.sanity.indices, list(result.sanity.spearman)),
         "gallery": [mine[index] for cases in winners.values() for rank, index in cases if rank == ctx.rank],
-    }  # fmt: skip
+    }
     parts = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(part, parts, dst=0)
     if not ctx.is_main:
@@ -227,7 +227,7 @@ def merge(result: EngineResult, ctx: Context | None) -> EngineResult | None:
         chunk_size=min(chunk_sizes) if chunk_sizes else None,
         timings=_merge_timings([p["timings"] for p in parts], len(subjects["index"])),
         world_size=ctx.world_size, positive_maps={k: v for p in parts for k, v in p["positive_maps"].items()},
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -273,7 +273,7 @@ def _layout(result: EngineResult) -> dict:
         "target_layer": result.target_layer, "feature_layers": result.feature_layers,
         "region_names": result.region_names, "threshold": result.threshold, "gallery_k": result.gallery_k,
         "amp": result.amp, "subject_columns": sorted(result.subjects), "cam_method": result.cam_method,
-    }  # fmt: skip
+    }
 
 
 def _check_layouts(layouts: list[dict]) -> None:

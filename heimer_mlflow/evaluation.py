@@ -15,7 +15,7 @@ import contextlib
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -78,9 +78,7 @@ def evaluate(model_uri: str, data, *, run_id: str | None = None, **options) -> E
             # what the server lets this principal write, before any compute (authenticated servers)
             new_run = opts.experiment or tracking.DEFAULT_EXPERIMENT
             access = permissions.check(loaded, None if tracking.run_exists(run_id) else new_run)
-            prepared = _prepare_cohort(loaded, data, opts, ctx)
-            prepared.access = access
-            return loaded, prepared
+            return loaded, _prepare_cohort(loaded, data, opts, ctx, access)
 
         # Rank 0 alone reads the registry and validates the cohort; every rank gets the same.
         loaded, prepared = distributed.from_main(prepare, ctx)
@@ -93,10 +91,11 @@ def evaluate_loaded(loaded: LoadedModel, data, opts: EvaluationOptions, *, run_i
                     started: float | None = None) -> Evaluation:
     """``evaluate`` for a model already in memory (the MLflow evaluator plug-in's entry)."""
     started = time.perf_counter() if started is None else started
-    return _evaluate(loaded, _prepare_cohort(loaded, data, opts, None), opts, run_id=run_id, started=started, ctx=None)
+    return _evaluate(loaded, _prepare_cohort(loaded, data, opts, None, Access()), opts, run_id=run_id, started=started,
+                     ctx=None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Prepared:
     """The validated cohort and the images on its grid that every subject shares."""
 
@@ -104,14 +103,15 @@ class _Prepared:
     atlas: tuple[np.ndarray, dict[int, str]] | None
     brain_mask: np.ndarray | None
     grid_affine: np.ndarray
-    atlas_record: AtlasRecord | None = None  # a named atlas, for the record
-    space_check: object | None = None  # mni.SpaceCheck: every scan must be in MNI space (named atlas)
-    access: Access = field(default_factory=Access)  # what the tracking server lets this principal write
+    atlas_record: AtlasRecord | None  # a named atlas, for the record
+    space_check: object | None  # mni.SpaceCheck: every scan must be in MNI space (named atlas)
+    access: Access  # what the tracking server lets this principal write
 
 
-def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> _Prepared:
+def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx, access: Access) -> _Prepared:
     """Everything a user can get wrong that the headers can show, checked before the MLflow run
-    is opened: the cohort, both classes, the atlas and brain mask, the device, the options."""
+    is opened: the cohort, both classes, the atlas and brain mask, the device, the options.
+    ``access``: what the server lets this principal write (``permissions.check``), asked before."""
     meta = loaded.meta
     for note in loaded.notes if opts.progress else ():  # how the model was run (also in the report)
         print(f"[heimer] {note}", file=sys.stderr)
@@ -142,7 +142,7 @@ def _prepare_cohort(loaded: LoadedModel, data, opts: EvaluationOptions, ctx) -> 
     elif opts.save_cams == "all":
         raise HeimerError("--save-cams all is not available under torchrun (each rank would write its own "
                           "share of the volumes): use --save-cams gallery, or run one process")
-    return _Prepared(cohort, atlas, brain_mask, grid_affine, chosen.record, chosen.space_check)
+    return _Prepared(cohort, atlas, brain_mask, grid_affine, chosen.record, chosen.space_check, access)
 
 
 def _evaluate(loaded, prepared: _Prepared, opts, *, run_id, started, ctx) -> Evaluation | None:
@@ -288,7 +288,7 @@ def _counterfactuals(result: Evaluation, prepared: _Prepared, opts: EvaluationOp
 
 def _judge(result: Evaluation) -> None:
     """The verdict from the plausibility numbers and the counterfactual tests."""
-    result.verdict_applied = judge(result.summary, result.engine.region_names, result.engine.cam_method,
+    result.verdict_applied = judge(result.plausibility, result.engine.region_names, result.engine.cam_method,
                                    counterfactual=result.counterfactual)
 
 

@@ -37,7 +37,7 @@ class Rule:
     @classmethod
     def parse(cls, text: str) -> Rule:
         match = _RULE.match(str(text))
-        value = _number(match["value"]) if match else None
+        value = _parse_number(match["value"]) if match else None
         if match is None or value is None:
             raise HeimerError(
                 f"--require {text!r} is not a rule: write METRIC>=NUMBER (or <=, >, <, ==), "
@@ -76,7 +76,7 @@ class Gate:
         texts = [part for rule in require or () for part in str(rule).split(";") if part.strip()]
         if require_verdict is not None and require_verdict not in VERDICTS:
             raise HeimerError(f"--require-verdict {require_verdict!r}: the verdict a gate can require is "
-                              f"{', '.join(VERDICTS)}")  # fmt: skip
+                              f"{', '.join(VERDICTS)}")
         return cls([Rule.parse(text) for text in texts], require_verdict)
 
     def __bool__(self) -> bool:
@@ -95,10 +95,10 @@ class Gate:
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 regions = "" if region_names else " (cam_roi_gain_<region> needs --atlas)"
                 raise HeimerError(f"--require {str(rule)!r}: {rule.metric!r} is not a metric this evaluation "
-                                  f"logs{regions}{hint}")  # fmt: skip
+                                  f"logs{regions}{hint}")
 
     def judge(self, metrics: dict[str, float], verdict: str, verdict_reason: str,
-              not_computable: dict[str, str] | None = None) -> GateResult:  # fmt: skip
+              not_computable: dict[str, str] | None = None) -> GateResult:
         failures = [f for f in (rule.failure(metrics, not_computable or {}) for rule in self.rules) if f]
         if self.verdict is not None and verdict != self.verdict:
             failures.append(f"verdict={self.verdict}: the verdict is {verdict} ({verdict_reason})")
@@ -144,11 +144,11 @@ class GateFailed(Exception):
         super().__init__("; ".join(result.failures))
 
 
-# Plausibility numbers an evaluation logs beside the classification metrics (Evaluation.summary).
+# Plausibility numbers an evaluation logs beside the classification metrics (Evaluation.plausibility).
 SUMMARY_METRICS = ("cam_outside_brain_fraction", "cam_outside_brain_floor", "sanity_spearman_mean",
                    "gradcam_outside_brain_fraction", "hirescam_outside_brain_fraction", "cam_method_agreement",
                    "cam_n_subjects", "n_excluded", "vs_champion_roc_auc_diff", "vs_champion_roc_auc_diff_ci_lower",
-                   "vs_champion_roc_auc_diff_ci_upper", "vs_champion_delong_p")  # fmt: skip
+                   "vs_champion_roc_auc_diff_ci_upper", "vs_champion_delong_p")
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,12 +166,12 @@ def run_metric_names(region_names: tuple[str, ...] = ()) -> frozenset[str]:
     names = set(compute_metrics(y, score, n_bootstrap=20).to_flat_metrics())
     counterfactual = {f"{n}{end}" for n in metric_names(region_names) for end in ("", "_ci_lower", "_ci_upper")}
     vs_champion = {f"vs_champion_cf_drop_{r}_{end}" for r in (OUTSIDE, *region_names)
-                   for end in ("diff", "diff_ci_lower", "diff_ci_upper", "p")}  # fmt: skip
+                   for end in ("diff", "diff_ci_lower", "diff_ci_upper", "p")}
     return frozenset(names | set(SUMMARY_METRICS) | {f"cam_roi_gain_{r}" for r in region_names} | counterfactual
-                     | vs_champion | {"cf_n_subjects", "cf_forward_passes"})  # fmt: skip
+                     | vs_champion | {"cf_n_subjects", "cf_forward_passes"})
 
 
-def _number(text: str) -> float | None:
+def _parse_number(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:

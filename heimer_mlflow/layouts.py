@@ -53,7 +53,7 @@ def _read_tsv(path: Path, label_column: str) -> pd.DataFrame:
     missing value, ids and labels as text."""
     try:
         frame = pd.read_csv(path, sep="," if path.suffix.lower() == ".csv" else "\t", na_values=["n/a"],
-                            dtype={"participant_id": str, "session_id": str, label_column: str})  # fmt: skip
+                            dtype={"participant_id": str, "session_id": str, label_column: str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise HeimerError(f"{path} is not a readable table ({one_line(e, with_type=False)}); "
                           "write it tab-separated with a header row") from None
@@ -85,7 +85,7 @@ def require_one_class_per_participant(table: pd.DataFrame, source: str) -> None:
     rows = table[table["participant_id"] == mixed[0]]
     sessions = rows["session_id"] if "session_id" in rows.columns else rows["subject_id"]
     scans = ", ".join(f"{sid if missing(ses) else ses}: {name}"
-                      for sid, ses, name in zip(rows["subject_id"], sessions, rows["label_name"]))  # fmt: skip
+                      for sid, ses, name in zip(rows["subject_id"], sessions, rows["label_name"]))
     more = (f"; so do {len(mixed) - 1} more: {', '.join(map(str, mixed[1:1 + MAX_SHOWN]))}"
             f"{', ...' if len(mixed) > 1 + MAX_SHOWN else ''}") if len(mixed) > 1 else ""
     raise HeimerError(
@@ -217,7 +217,7 @@ def read_bids(root: Path, class_names: list[str], label_column: str, label_map: 
         raise HeimerError(f"{root / PARTICIPANTS} has no participant_id column (has: "
                           f"{', '.join(participants.columns) or 'none'}); BIDS lists participants as sub-<label>")
     listed = {_prefixed(rec["participant_id"], "sub-"): rec
-              for rec in participants.to_dict("records") if not missing(rec["participant_id"])}  # fmt: skip
+              for rec in participants.to_dict("records") if not missing(rec["participant_id"])}
     covariates = [c for c in participants.columns if c not in ("participant_id", label_column, *ID_COLUMNS)]
     labelled = label_column in participants.columns
     rows, excluded, scanned = [], [], set()
@@ -240,7 +240,7 @@ def read_bids(root: Path, class_names: list[str], label_column: str, label_map: 
                 continue
             rows.append({"subject_id": sid, "participant_id": pid, "session_id": session, "path": str(path.resolve()),
                          "label": label, "label_name": class_names[label],
-                         **{c: listed.get(pid, {}).get(c) for c in covariates}})  # fmt: skip
+                         **{c: listed.get(pid, {}).get(c) for c in covariates}})
     if not labelled:
         raise HeimerError(f"{root / PARTICIPANTS} has no column {label_column!r} (has: "
                           f"{', '.join(participants.columns)}) and no sub-*/sub-*_sessions.tsv has one; "
@@ -265,7 +265,7 @@ def _t1w_images(folder: Path, participant: str) -> list[tuple[str, Path]]:
         prefix = f"{participant}_{session}_" if session else f"{participant}_"
         found += [(session, path) for path in sorted(anat.iterdir())
                   if path.is_file() and path.name.startswith(prefix) and path.name.endswith(NIFTI_SUFFIXES)
-                  and subject_stem(path).endswith("_T1w")]  # fmt: skip
+                  and subject_stem(path).endswith("_T1w")]
     return found
 
 

@@ -53,7 +53,7 @@ DESCRIPTION = (f"content compared with the {TEMPLATE_NAME} inside its brain mask
                "before the run and on every scan as it loaded (a left-right mirror cannot be told)")
 
 _DIRECTIONS = {(0, 1): "right", (0, -1): "left", (1, 1): "anterior", (1, -1): "posterior",
-               (2, 1): "superior", (2, -1): "inferior"}  # fmt: skip
+               (2, 1): "superior", (2, -1): "inferior"}
 _MIRRORS = {1: "anterior-posterior", 2: "superior-inferior"}
 
 
@@ -71,7 +71,7 @@ class Match:
         """Why the scan is not taken to be in MNI space; None when it is."""
         if self.coverage < MIN_COVERAGE:
             return (f"not in MNI space: its field of view covers {self.coverage:.0%} of the MNI152 brain "
-                    f"(an MNI-space scan covers it)")  # fmt: skip
+                    f"(an MNI-space scan covers it)")
         if self.moved is not None and self.moved_correlation > self.correlation + MAX_BETTER_ELSEWHERE:
             return (f"not in MNI space: {self.moved} (correlation with the MNI152 template "
                     f"{self.moved_correlation:.2f} moved back, {self.correlation:.2f} as it lies)")
@@ -209,4 +209,4 @@ def check_cohort_space(table, *, atlas_name: str, skip_bad: bool, progress: bool
     raise HeimerError(one_line(
         f"{len(refused)} of {len(judged)} scans checked are not in MNI space, which --atlas {atlas_name} needs "
         f"({listed}); register the scans to MNI152 (e.g. Clinica t1-linear) or give an atlas on their grid "
-        "with --atlas NIFTI --atlas-labels CSV"))  # fmt: skip
+        "with --atlas NIFTI --atlas-labels CSV"))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import requests
 from mlflow.exceptions import MlflowException
 
 from .errors import HeimerError
@@ -90,7 +91,7 @@ def check(model, experiment: str | None) -> Access:
             if permission not in CAN_UPDATE:
                 access.link_model = False
                 access.note = (f"the metrics are logged to the run but not attached to the logged model {model.model_id}: "
-                               f"user {user!r} has {permission} on its experiment {logged.experiment_id} (attaching needs EDIT)")  # fmt: skip
+                               f"user {user!r} has {permission} on its experiment {logged.experiment_id} (attaching needs EDIT)")
     return access
 
 
@@ -104,9 +105,9 @@ class _Asker:
         try:
             self.client.get_user_permission(user, "experiment", "0")
         except MlflowException as e:
-            if _status(e) in (404, 405) or "ENDPOINT_NOT_FOUND" in str(e):
-                self.enabled = False  # a server without the auth app
-            elif _status(e) == 401:
+            if _without_auth_app(e):
+                self.enabled = False
+            elif http_status(e) == 401:
                 raise HeimerError(f"the MLflow server {redacted(self.uri)} did not accept the credentials of user "
                                   f"{user!r} (HTTP 401); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
         except Exception:  # noqa: BLE001 - an older server or another app: write and see
@@ -130,12 +131,28 @@ class _Asker:
         )
 
 
-def _status(error: MlflowException) -> int | None:
-    found = re.search(r"error code (\d{3})", str(error))
-    if found:
-        return int(found.group(1))
-    return {"PERMISSION_DENIED": 403, "UNAUTHENTICATED": 401, "ENDPOINT_NOT_FOUND": 404}.get(
-        getattr(error, "error_code", None))
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status of a request to the tracking server that failed with ``error``, None when
+    none is known. Read from the exception's fields: requests' response (an artifact up- or
+    download), else the status MLflow's error code stands for (a ``RestException`` carries the
+    server's code, another ``MlflowException`` the code MLflow gave the response's status). Only
+    a status MLflow has no code for (405, say, which it files as INTERNAL_ERROR) is read from the
+    message MLflow writes for it ("... failed with error code 405 != 200")."""
+    if isinstance(error, requests.HTTPError):
+        return error.response.status_code if error.response is not None else None
+    if not isinstance(error, MlflowException):
+        return None
+    if error.error_code != "INTERNAL_ERROR":
+        return error.get_http_status_code()
+    quoted = re.search(r"failed with error code (\d{3})", str(error))
+    return int(quoted.group(1)) if quoted else None
+
+
+def _without_auth_app(error: MlflowException) -> bool:
+    """Whether the permission endpoint is not there: a server without the auth app answers
+    404 (ENDPOINT_NOT_FOUND) or 405. A 404 of the auth app itself (RESOURCE_DOES_NOT_EXIST: no
+    permission recorded for that resource) is an answer."""
+    return error.error_code == "ENDPOINT_NOT_FOUND" or http_status(error) == 405
 
 
 # What a refused endpoint was for, in words.
@@ -155,21 +172,17 @@ _ENDPOINTS = {
 def denied(error: BaseException) -> HeimerError | None:
     """A one-line HeimerError for an HTTP 401/403 from the tracking server (an MLflow API call,
     or an artifact up- or download, which MLflow makes with requests), None for anything else."""
-    import requests
-
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        code, path = error.response.status_code, urlsplit(error.response.url or "").path or "a request"
-    elif isinstance(error, MlflowException):
-        code = _status(error)
-        endpoint = re.search(r"endpoint (\S+)", str(error))
-        path = endpoint.group(1) if endpoint else "a request"
-    else:
-        return None
+    code = http_status(error)
     if code not in (401, 403):
         return None
+    if isinstance(error, requests.HTTPError):
+        path = urlsplit(error.response.url or "").path or "a request"
+    else:  # the endpoint is in MLflow's message only
+        endpoint = re.search(r"endpoint (\S+)", str(error))
+        path = endpoint.group(1) if endpoint else "a request"
     what = next((words for key, words in _ENDPOINTS.items() if key in path), f"the request {path}")
     user = principal()
     who = f"user {user!r}" if user else "an anonymous client (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
     return HeimerError(f"the MLflow server {redacted(mlflow.get_tracking_uri())} refused {what} for {who} "
                        f"(HTTP {code}, {'permission denied' if code == 403 else 'not authenticated'} on {path}); "
-                       "ask an MLflow admin for the permission")  # fmt: skip
+                       "ask an MLflow admin for the permission")

@@ -22,7 +22,6 @@ way. Torch-free.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from .errors import HeimerError
 from .meta import DEFAULT_CLASS_NAMES, assumptions
 from .interventions import CounterfactualSummary
 from .metrics import Estimate
+from .scalars import finite_float, scalar_text
 from .verdict import LIMITS_BEFORE_RECORDING, Check, Limits, Verdict, judge
 
 SCHEMA_VERSION = 2
@@ -50,33 +50,14 @@ def _list(value) -> list:
     return value if isinstance(value, list) else []
 
 
-def _number(value) -> float | None:
-    """A finite float, else None (JSON has no NaN; booleans are not numbers)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _int(value) -> int | None:
-    number = _number(value)
+    number = finite_float(value)
     return None if number is None or number != int(number) else int(number)
-
-
-def _str(value) -> str | None:
-    """Text for a scalar (a version may be written as a number), None for anything else."""
-    if isinstance(value, str):
-        return value
-    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def estimate(value) -> Estimate | None:
     """A ``metrics.Estimate`` from its JSON (:meth:`Estimate.from_dict`), None when absent."""
     return Estimate.from_dict(value)
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,13 +86,15 @@ class ModelRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelRecord:
-        return cls(uri=_str(data.get("uri")), name=_str(data.get("name")), version=_str(data.get("version")),
-                   aliases=[str(a) for a in _list(data.get("aliases"))], source_run_id=_str(data.get("source_run_id")),
-                   model_id=_str(data.get("model_id")), description=_str(data.get("description")),
+        return cls(uri=scalar_text(data.get("uri")), name=scalar_text(data.get("name")),
+                   version=scalar_text(data.get("version")), aliases=[str(a) for a in _list(data.get("aliases"))],
+                   source_run_id=scalar_text(data.get("source_run_id")), model_id=scalar_text(data.get("model_id")),
+                   description=scalar_text(data.get("description")),
                    tags=_dict(data.get("tags")), metadata=_dict(data.get("metadata")),
                    inferred=[str(v) for v in _list(data.get("inferred"))],
-                   given=[str(v) for v in _list(data.get("given"))], serialization=_str(data.get("serialization")),
-                   notes=[str(v) for v in _list(data.get("notes"))])  # fmt: skip
+                   given=[str(v) for v in _list(data.get("given"))],
+                   serialization=scalar_text(data.get("serialization")),
+                   notes=[str(v) for v in _list(data.get("notes"))])
 
 
 @dataclass
@@ -129,12 +112,12 @@ class CohortRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> CohortRecord:
-        return cls(source=_str(data.get("source")), n_subjects=_int(data.get("n_subjects")),
+        return cls(source=scalar_text(data.get("source")), n_subjects=_int(data.get("n_subjects")),
                    n_excluded=_int(data.get("n_excluded")), covariates=[c for c in _list(data.get("covariates"))
                                                                         if isinstance(c, str)],
                    excluded=[e for e in _list(data.get("excluded")) if isinstance(e, dict)],
                    counts={str(k): _int(v) for k, v in _dict(data.get("counts")).items()},
-                   n_participants=_int(data.get("n_participants")), data_digest=_str(data.get("data_digest")))  # fmt: skip
+                   n_participants=_int(data.get("n_participants")), data_digest=scalar_text(data.get("data_digest")))
 
 
 @dataclass
@@ -149,8 +132,8 @@ class SanityRecord:
     def from_dict(cls, data) -> SanityRecord | None:
         if not isinstance(data, dict):
             return None
-        return cls([str(s) for s in _list(data.get("subject_ids"))], [_number(v) for v in _list(data.get("spearman"))],
-                   _number(data.get("mean")))  # fmt: skip
+        return cls([str(s) for s in _list(data.get("subject_ids"))],
+                   [finite_float(v) for v in _list(data.get("spearman"))], finite_float(data.get("mean")))
 
 
 @dataclass
@@ -180,19 +163,21 @@ class EngineRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineRecord:
-        ranking = {str(layer): {str(k): [_number(v) for v in _list(values)] for k, values in _dict(table).items()}
-                   for layer, table in _dict(data.get("feature_ranking")).items()}  # fmt: skip
-        gallery = {str(outcome): [GalleryEntry(_str(_dict(c).get("subject_id")), _number(_dict(c).get("prob")),
-                                               _dict(c).get("label")) for c in _list(cases)]
-                   for outcome, cases in _dict(data.get("gallery")).items()}  # fmt: skip
+        ranking = {str(layer): {str(k): [finite_float(v) for v in _list(values)] for k, values in _dict(table).items()}
+                   for layer, table in _dict(data.get("feature_ranking")).items()}
+        gallery = {str(outcome): [GalleryEntry(scalar_text(_dict(c).get("subject_id")),
+                                               finite_float(_dict(c).get("prob")), _dict(c).get("label"))
+                                  for c in _list(cases)]
+                   for outcome, cases in _dict(data.get("gallery")).items()}
         return cls(
-            device=_str(data.get("device")), amp=_str(data.get("amp")), target_layer=_str(data.get("target_layer")),
-            cam_method=_str(data.get("cam_method")), feature_layers=[str(v) for v in _list(data.get("feature_layers"))],
+            device=scalar_text(data.get("device")), amp=scalar_text(data.get("amp")),
+            target_layer=scalar_text(data.get("target_layer")), cam_method=scalar_text(data.get("cam_method")),
+            feature_layers=[str(v) for v in _list(data.get("feature_layers"))],
             region_names=[str(v) for v in _list(data.get("region_names"))], chunk_size=_int(data.get("chunk_size")),
-            threshold=_number(data.get("threshold")), world_size=_int(data.get("world_size")),
+            threshold=finite_float(data.get("threshold")), world_size=_int(data.get("world_size")),
             gradcam={str(k): v for k, v in _dict(data.get("gradcam")).items()},
             sanity=SanityRecord.from_dict(data.get("sanity")), feature_ranking=ranking, gallery=gallery,
-        )  # fmt: skip
+        )
 
 
 @dataclass
@@ -214,14 +199,15 @@ class AtlasRecord:
         if not isinstance(data, dict):
             return None
         regions = {str(k): [str(v) for v in _list(labels)] for k, labels in _dict(data.get("regions")).items()}
-        return cls(_str(data.get("name")), _str(data.get("title")), _str(data.get("licence")), _str(data.get("source")),
-                   regions, _str(data.get("space_check")), _str(data.get("brain_mask")))  # fmt: skip
+        return cls(scalar_text(data.get("name")), scalar_text(data.get("title")), scalar_text(data.get("licence")),
+                   scalar_text(data.get("source")), regions, scalar_text(data.get("space_check")),
+                   scalar_text(data.get("brain_mask")))
 
 
 @dataclass
 class Plausibility:
     """The verdict and reason as the run's tags give them, and the cohort-level plausibility
-    numbers behind them (``Evaluation.summary``: outside-brain shares, floor, region gains, ...)."""
+    numbers behind them (``Evaluation.plausibility``: outside-brain shares, floor, region gains, ...)."""
 
     verdict: str | None = None
     reason: str | None = None
@@ -229,9 +215,9 @@ class Plausibility:
 
     @classmethod
     def from_dict(cls, data: dict) -> Plausibility:
-        numbers = {str(k): _number(v) for k, v in data.items() if k not in ("verdict", "reason")}
-        return cls(_str(data.get("verdict")), _str(data.get("reason")),
-                   {k: v for k, v in numbers.items() if v is not None})  # fmt: skip
+        numbers = {str(k): finite_float(v) for k, v in data.items() if k not in ("verdict", "reason")}
+        return cls(scalar_text(data.get("verdict")), scalar_text(data.get("reason")),
+                   {k: v for k, v in numbers.items() if v is not None})
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "reason": self.reason, **self.numbers}
@@ -243,19 +229,19 @@ def _verdict(data, plausibility: Plausibility, engine: EngineRecord, method: str
     reason it recorded."""
     if isinstance(data, dict) and isinstance(data.get("limits"), dict):
         written = _dict(data.get("limits"))
-        limits = Limits(**{name: _number(written.get(name)) if _number(written.get(name)) is not None else default
-                           for name, default in asdict(LIMITS_BEFORE_RECORDING).items()})  # fmt: skip
-        checks = tuple(Check(str(c.get("name")), _number(c.get("value")), _number(c.get("limit")),
+        limits = Limits(**{name: default if finite_float(written.get(name)) is None else finite_float(written.get(name))
+                           for name, default in asdict(LIMITS_BEFORE_RECORDING).items()})
+        checks = tuple(Check(str(c.get("name")), finite_float(c.get("value")), finite_float(c.get("limit")),
                              c.get("passed") if isinstance(c.get("passed"), bool) else None)
-                       for c in _list(data.get("checks")) if isinstance(c, dict))  # fmt: skip
-        return Verdict(_str(data.get("result")) or plausibility.verdict or "not assessed",
-                       _str(data.get("reason")) or plausibility.reason or "", _str(data.get("method")) or method,
-                       limits, checks), True  # fmt: skip
+                       for c in _list(data.get("checks")) if isinstance(c, dict))
+        return Verdict(scalar_text(data.get("result")) or plausibility.verdict or "not assessed",
+                       scalar_text(data.get("reason")) or plausibility.reason or "",
+                       scalar_text(data.get("method")) or method, limits, checks), True
     prefix = "cam_roi_gain_"
     regions = engine.region_names or [k[len(prefix):] for k in plausibility.numbers if k.startswith(prefix)]
     judged = judge(plausibility.numbers, regions, method, LIMITS_BEFORE_RECORDING)
     return Verdict(plausibility.verdict or "not assessed", plausibility.reason or "", method, judged.limits,
-                   judged.checks), False  # fmt: skip
+                   judged.checks), False
 
 
 @dataclass
@@ -293,10 +279,10 @@ class EvaluationRecord:
         m, engine, cohort = evaluation.model, evaluation.engine, evaluation.cohort
         sanity = None
         if engine.sanity is not None:
-            sanity = SanityRecord(list(engine.sanity.subject_ids), [_finite(v) for v in engine.sanity.spearman],
-                                  _finite(engine.sanity.mean))  # fmt: skip
-        ranking = {layer: {k: [_finite(v) for v in list(vals)[:16]] for k, vals in r.items()}
-                   for layer, r in engine.feature_ranking.items()}  # fmt: skip
+            sanity = SanityRecord(list(engine.sanity.subject_ids), [finite_float(v) for v in engine.sanity.spearman],
+                                  finite_float(engine.sanity.mean))
+        ranking = {layer: {k: [finite_float(v) for v in list(vals)[:16]] for k, vals in r.items()}
+                   for layer, r in engine.feature_ranking.items()}
         return cls(
             schema_version=SCHEMA_VERSION, run_id=evaluation.run_id,
             model=ModelRecord(m.uri, m.name, m.version, m.aliases, m.source_run_id, m.model_id, m.description, m.tags,
@@ -314,20 +300,21 @@ class EvaluationRecord:
                 gradcam={"target_class": m.meta.positive_class, "upsampling": "trilinear",
                          "display_normalisation": "per subject (min-max)", "statistics": "raw (unnormalised)"},
                 sanity=sanity, feature_ranking=ranking,
-                gallery={o: [GalleryEntry(c.subject_id, _finite(c.prob), int(c.label)) for c in cases]
+                gallery={o: [GalleryEntry(c.subject_id, finite_float(c.prob), int(c.label)) for c in cases]
                          for o, cases in engine.gallery.items()}),
-            plausibility=Plausibility(evaluation.verdict, evaluation.verdict_reason, dict(evaluation.summary)),
-            verdict=evaluation.verdict_applied or judge(evaluation.summary, engine.region_names, engine.cam_method),
+            plausibility=Plausibility(evaluation.verdict, evaluation.verdict_reason, dict(evaluation.plausibility)),
+            verdict=evaluation.verdict_applied or judge(evaluation.plausibility, engine.region_names,
+                                                        engine.cam_method),
             verdict_recorded=True,
             comparison=evaluation.comparison, comparison_recorded=True,
-            history={k: [(int(s), _finite(v)) for s, v in pts] for k, pts in evaluation.history.items()},
+            history={k: [(int(s), finite_float(v)) for s, v in pts] for k, pts in evaluation.history.items()},
             grid_affine=[[float(x) for x in row] for row in evaluation.grid_affine],
             evaluated_at=evaluation.evaluated_at,
-            timings={k: _finite(v) for k, v in evaluation.timings.items()},
+            timings={k: finite_float(v) for k, v in evaluation.timings.items()},
             versions=_package_versions(), atlas=getattr(evaluation, "atlas", None),
             comparison_note=getattr(evaluation, "comparison_note", "") or "",
             counterfactual=getattr(evaluation, "counterfactual", None),
-        )  # fmt: skip
+        )
 
     def to_dict(self) -> dict:
         """evaluation.json: every key of the records before schema_version, and the new ones."""
@@ -341,7 +328,7 @@ class EvaluationRecord:
             "versions": self.versions, **({"atlas": asdict(self.atlas)} if self.atlas is not None else {}),
             **({"comparison_note": self.comparison_note} if self.comparison_note else {}),
             **({"counterfactual": self.counterfactual.to_dict()} if self.counterfactual is not None else {}),
-        }  # fmt: skip
+        }
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
@@ -354,40 +341,43 @@ class EvaluationRecord:
         version = data.get("schema_version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise HeimerError(f"{where}: evaluation.json has schema_version {version!r}, not a version heimer-mlflow "
-                              "writes; re-run the evaluation to get a readable record")  # fmt: skip
+                              "writes; re-run the evaluation to get a readable record")
         if version > SCHEMA_VERSION:
             raise HeimerError(f"{where}: evaluation.json has schema_version {version}, newer than this heimer-mlflow "
-                              f"reads ({SCHEMA_VERSION}); upgrade it ({UPGRADE}) and render again")  # fmt: skip
+                              f"reads ({SCHEMA_VERSION}); upgrade it ({UPGRADE}) and render again")
         engine, configuration = EngineRecord.from_dict(_dict(data.get("engine"))), _dict(data.get("configuration"))
         plausibility = Plausibility.from_dict(_dict(data.get("plausibility")))
         verdict, verdict_recorded = _verdict(data.get("verdict"), plausibility, engine, _cam_method(engine, configuration))
         return cls(
-            schema_version=version, run_id=_str(data.get("run_id")), model=ModelRecord.from_dict(_dict(data.get("model"))),
+            schema_version=version, run_id=scalar_text(data.get("run_id")),
+            model=ModelRecord.from_dict(_dict(data.get("model"))),
             cohort=CohortRecord.from_dict(_dict(data.get("cohort"))), configuration=configuration,
             engine=engine, plausibility=plausibility, verdict=verdict, verdict_recorded=verdict_recorded,
             comparison=_comparison(data["comparison"]) if isinstance(data.get("comparison"), dict) else None,
             comparison_recorded="comparison" in data,
-            history={str(k): [(_int(p[0]), _number(p[1])) for p in _list(v) if isinstance(p, list) and len(p) == 2]
+            history={str(k): [(_int(p[0]), finite_float(p[1])) for p in _list(v) if isinstance(p, list) and len(p) == 2]
                      for k, v in _dict(data.get("history")).items()},
             grid_affine=_list(data.get("grid_affine")) or None,
             evaluated_at=next((data[k] for k in ("evaluated_at", "created", "finished_at") if isinstance(data.get(k), str)),
                               None),
-            timings={str(k): _number(v) for k, v in _dict(data.get("timings")).items()},
-            versions={str(k): _str(v) for k, v in _dict(data.get("versions")).items()},
-            atlas=AtlasRecord.from_dict(data.get("atlas")), comparison_note=_str(data.get("comparison_note")) or "",
+            timings={str(k): finite_float(v) for k, v in _dict(data.get("timings")).items()},
+            versions={str(k): scalar_text(v) for k, v in _dict(data.get("versions")).items()},
+            atlas=AtlasRecord.from_dict(data.get("atlas")),
+            comparison_note=scalar_text(data.get("comparison_note")) or "",
             counterfactual=CounterfactualSummary.from_dict(data.get("counterfactual")),
-        )  # fmt: skip
+        )
 
 
 
 def _comparison(data: dict) -> Comparison:
     """The recorded comparison with the champion (``champion.Comparison.to_dict``)."""
     numbers = ("roc_auc", "champion_roc_auc", "roc_auc_diff", "roc_auc_diff_ci_lower", "roc_auc_diff_ci_upper",
-               "delong_p", "champion_cam_outside_brain_fraction")  # fmt: skip
+               "delong_p", "champion_cam_outside_brain_fraction")
     texts = ("champion_version", "champion_run_id", "champion_verdict", "champion_verdict_reason",
-             "champion_cam_method", "note")  # fmt: skip
+             "champion_cam_method", "note")
     return Comparison(n_shared=_int(data.get("n_shared")) or 0, champion_estimates=_dict(data.get("champion_estimates")),
-                      **{k: _number(data.get(k)) for k in numbers}, **{k: _str(data.get(k)) or "" for k in texts})
+                      **{k: finite_float(data.get(k)) for k in numbers},
+                      **{k: scalar_text(data.get(k)) or "" for k in texts})
 
 
 def migrate_champion_comparison(record: EvaluationRecord, predictions, champion) -> EvaluationRecord:
@@ -458,9 +448,9 @@ class GroupRecord:
     def from_dict(cls, data: dict) -> GroupRecord:
         estimates = {str(k): estimate(v) for k, v in _dict(data.get("estimates")).items()}
         return cls(_int(data.get("n_subjects")), _int(data.get("n_positive")), _int(data.get("n_negative")),
-                   {str(k): _number(v) for k, v in _dict(data.get("confusion")).items()},
+                   {str(k): finite_float(v) for k, v in _dict(data.get("confusion")).items()},
                    {k: v for k, v in estimates.items() if v is not None},
-                   _int(data.get("n_participants")))  # fmt: skip
+                   _int(data.get("n_participants")))
 
 
 @dataclass
@@ -495,13 +485,15 @@ class MetricsRecord:
         youden = {k: estimate(rationale.get(k)) for k in ("youden_threshold", "youden_sensitivity", "youden_specificity")}
         return cls(
             class_names=[str(c) for c in names] if isinstance(names, list) and len(names) == 2 else None,
-            threshold=_number(data.get("threshold")), n_bootstrap=_int(data.get("n_bootstrap")),
-            seed=_int(data.get("seed")), confidence=_number(data.get("confidence")),
-            overall=GroupRecord.from_dict(_dict(data.get("overall"))), threshold_note=_str(rationale.get("note")),
+            threshold=finite_float(data.get("threshold")), n_bootstrap=_int(data.get("n_bootstrap")),
+            seed=_int(data.get("seed")), confidence=finite_float(data.get("confidence")),
+            overall=GroupRecord.from_dict(_dict(data.get("overall"))),
+            threshold_note=scalar_text(rationale.get("note")),
             youden={k: v for k, v in youden.items() if v is not None},
-            subgroups=[SubgroupRecord(_str(_dict(s).get("covariate")) or "-", _str(_dict(s).get("group")) or "-",
-                                      GroupRecord.from_dict(_dict(s))) for s in _list(data.get("subgroups"))],
-            not_computable=[(_str(_dict(i).get("name")) or "-", _str(_dict(i).get("reason")) or "-")
+            subgroups=[SubgroupRecord(scalar_text(_dict(s).get("covariate")) or "-",
+                                      scalar_text(_dict(s).get("group")) or "-", GroupRecord.from_dict(_dict(s)))
+                       for s in _list(data.get("subgroups"))],
+            not_computable=[(scalar_text(_dict(i).get("name")) or "-", scalar_text(_dict(i).get("reason")) or "-")
                             for i in _list(data.get("not_computable"))],
             plausibility=Plausibility.from_dict(_dict(data.get("plausibility"))).numbers,
-        )  # fmt: skip
+        )

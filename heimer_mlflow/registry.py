@@ -138,9 +138,9 @@ def log_model(
                 example = (np.zeros((2, *meta.input_shape), dtype=np.float32),)
                 return mlflow.pytorch.log_model(model, name=name, serialization_format="pt2", input_example=example,
                                                 signature=signature, metadata=metadata,
-                                                registered_model_name=registered_model_name, **mlflow_kwargs)  # fmt: skip
+                                                registered_model_name=registered_model_name, **mlflow_kwargs)
             warnings.warn(f"heimer_mlflow.log_model: the model does not export with torch.export ({problem}); "
-                          "logged with serialization_format='pickle' instead", UserWarning, stacklevel=2)  # fmt: skip
+                          "logged with serialization_format='pickle' instead", UserWarning, stacklevel=2)
         # MLflow warns on every pickle save; it was asked for, or the model cannot be exported.
         pytorch_logger = logging.getLogger("mlflow.pytorch")
         level = pytorch_logger.level
@@ -148,7 +148,7 @@ def log_model(
         try:
             return mlflow.pytorch.log_model(model, name=name, serialization_format="pickle", signature=signature,
                                             metadata=metadata, registered_model_name=registered_model_name,
-                                            **mlflow_kwargs)  # fmt: skip
+                                            **mlflow_kwargs)
         finally:
             pytorch_logger.setLevel(level)
     finally:
@@ -345,17 +345,17 @@ def as_evaluable(module, uri: str, serialization: str, archive: bytes | None = N
         module = ExportedModel(module, archive)
         if module.eval_rewrites:
             notes.append(f"the exported program was in training mode: {len(module.eval_rewrites)} operations set "
-                         "to eval mode (batch norm uses running statistics, dropout off)")  # fmt: skip
+                         "to eval mode (batch norm uses running statistics, dropout off)")
         if module.batch_size == 1:
             notes.append("the exported program takes one subject at a time (its batch axis was fixed at export): "
                          "subjects run one by one; heimer_mlflow.log_model exports a dynamic batch axis")
         elif module.batch_size is not None:
             notes.append(f"the exported program takes batches of exactly {module.batch_size} (fixed at export): "
                          f"subjects run {module.batch_size} at a time, the last batch padded with empty volumes "
-                         "whose outputs are dropped")  # fmt: skip
+                         "whose outputs are dropped")
     elif isinstance(module, torch.fx.GraphModule):
         raise HeimerError(f"{uri} loaded as a graph with no module paths ({serialization}); log it with "
-                          "heimer_mlflow.log_model or mlflow.pytorch.log_model")  # fmt: skip
+                          "heimer_mlflow.log_model or mlflow.pytorch.log_model")
     if not isinstance(module, torch.nn.Module):
         raise HeimerError(f"{uri} did not load as a torch.nn.Module (got {type(module).__name__})")
     module.eval()

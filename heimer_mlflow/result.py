@@ -56,7 +56,7 @@ class Evaluation:
         """Every number logged to the run as a metric (and returned by the evaluator plug-in)."""
         comparison = self.comparison.run_metrics() if self.comparison is not None else {}
         counterfactual = self.counterfactual.run_metrics() if self.counterfactual is not None else {}
-        return {**self.metrics.to_flat_metrics(), **self.summary, **counterfactual, **comparison,
+        return {**self.metrics.to_flat_metrics(), **self.plausibility, **counterfactual, **comparison,
                 "n_subjects": int(len(self.engine.subjects["prob"])), "n_excluded": int(len(self.cohort.excluded))}
 
     @property
@@ -74,8 +74,9 @@ class Evaluation:
         return [*self.metrics.not_computable(), *extra]
 
     @property
-    def summary(self) -> dict[str, float]:
-        """Cohort-level plausibility numbers, logged as run metrics.
+    def plausibility(self) -> dict[str, float]:
+        """The cohort-level plausibility numbers the verdict judges, logged as run metrics (and as
+        ``evaluation.json``'s ``plausibility`` section, :class:`heimer_mlflow.record.Plausibility`).
 
         The map explains the positive class's score, so its checks look where the model looks
         when it calls a subject positive: the outside-brain shares, their floor, the region gains

@@ -125,7 +125,7 @@ def from_evaluation(evaluation, gate=None) -> Summary:
                    gate=status, gate_failures=failures,
                    champion=evaluation.comparison.to_dict() if evaluation.comparison else None,
                    champion_note=getattr(evaluation, "comparison_note", "") or "",
-                   **_counterfactual_lines(evaluation.counterfactual))  # fmt: skip
+                   **_counterfactual_lines(evaluation.counterfactual))
 
 
 def _html_path() -> str:
@@ -150,14 +150,14 @@ def _counterfactual_lines(cf) -> dict:
         out["counterfactual"] = "**{}** ".format(_("What changes the score:")) + _(
             "replacing {what} with the {negative} average drops P({positive}) by {drop} ({level}% CI {lower} to {upper}; "
             "{n} subjects).").format(level=CONFIDENCE_PERCENT, what=what, negative=cf.negative_class, positive=cf.positive_class,
-                                     drop=f"{drop.value:.2f}", lower=_number(drop.lower, 2),
-                                     upper=_number(drop.upper, 2), n=cf.n_subjects)
+                                     drop=f"{drop.value:.2f}", lower=_format_number(drop.lower, 2),
+                                     upper=_format_number(drop.upper, 2), n=cf.n_subjects)
     if cf.vs_champion:
         out["counterfactual_champion"] = f"{paired_sentence(cf.vs_champion[0])[0].upper()}{paired_sentence(cf.vs_champion[0])[1:]}."
     return out
 
 
-def _number(value, digits: int = 3) -> str:
+def _format_number(value, digits: int = 3) -> str:
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
         return _("n/a")
     return f"{value:.{digits}f}"
@@ -168,9 +168,9 @@ def _figure_rows(metrics: dict) -> list[str]:
     rows = [f"| | {estimate} | {ci} |", "|---|---|---|"]
     for key, label in FIGURES:
         lower, upper = metrics.get(f"{key}_ci_lower"), metrics.get(f"{key}_ci_upper")
-        interval = (_("{lower} to {upper}").format(lower=_number(lower), upper=_number(upper))
+        interval = (_("{lower} to {upper}").format(lower=_format_number(lower), upper=_format_number(upper))
                     if lower is not None and upper is not None else _("n/a"))
-        rows.append(f"| {_(label)} | {_number(metrics.get(key))} | {interval} |")
+        rows.append(f"| {_(label)} | {_format_number(metrics.get(key))} | {interval} |")
     return rows
 
 
@@ -181,8 +181,8 @@ def _champion_line(s: Summary) -> str:
         figures = _("no AUC difference ({note})").format(note=champion.get("note") or _("not computable"))
     else:
         figures = _("AUC difference {diff} ({level}% CI {lower} to {upper}; DeLong p {p})").format(
-            level=CONFIDENCE_PERCENT, diff=f"{diff:+.3f}", lower=_number(champion.get("roc_auc_diff_ci_lower")),
-            upper=_number(champion.get("roc_auc_diff_ci_upper")), p=_number(champion.get("delong_p")))
+            level=CONFIDENCE_PERCENT, diff=f"{diff:+.3f}", lower=_format_number(champion.get("roc_auc_diff_ci_lower")),
+            upper=_format_number(champion.get("roc_auc_diff_ci_upper")), p=_format_number(champion.get("delong_p")))
     version = champion.get("champion_version")
     named = _("version {version}").format(version=version)
     if s.model_name and version:
@@ -198,7 +198,7 @@ def _verdict_word(verdict: str | None) -> str:
 
 
 def _two(value) -> str:
-    return _number(value, 2)
+    return _format_number(value, 2)
 
 
 def headline(s: Summary) -> str:

@@ -125,7 +125,7 @@ def evaluation_run(model, options, device: str, *, run_id: str | None = None):
             run, owned, project = _open_run(model, options, run_id)
             handle = EvaluationRun(run, owned, model, options)
             handle.project_run_id = project
-            _describe(handle, model, options, device)
+            _tag_run(handle, model, options, device)
         yield handle
         interrupts.raise_if_swallowed()
     except BaseException as e:
@@ -167,7 +167,7 @@ def _write_summary(client, handle: EvaluationRun) -> None:
     summary.write(client, handle.model_name, handle.model_version, block)
 
 
-def _describe(handle: EvaluationRun, model, options, device: str) -> None:
+def _tag_run(handle: EvaluationRun, model, options, device: str) -> None:
     client = mlflow.MlflowClient()
     for key, value in {"heimer.model_uri": model.uri, "heimer.model_name": model.name or "",
                        "heimer.model_version": model.version or "", "heimer.status": "running"}.items():
@@ -229,7 +229,7 @@ def _open_run(model, options, run_id: str | None):
     client = mlflow.MlflowClient()
     if project:
         experiment = (experiment_id(client, options.experiment) if options.experiment
-                      else client.get_run(project).info.experiment_id)  # fmt: skip
+                      else client.get_run(project).info.experiment_id)
         run = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": project})
         return mlflow.start_run(run_id=run.info.run_id, nested=active is not None), True, project
     experiment = experiment_id(client, options.experiment or DEFAULT_EXPERIMENT)

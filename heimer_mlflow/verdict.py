@@ -3,7 +3,7 @@ primary map against limits. Numbers in, the verdict out, torch-free: the evaluat
 ``judge``, records the result with its limits and every check (``evaluation.json`` ``verdict``),
 and the report shows what was recorded, so a re-render shows what was decided then.
 
-The checks (on the means over the subjects the model calls AD, see ``Evaluation.summary``):
+The checks (on the means over the subjects the model calls AD, see ``Evaluation.plausibility``):
 
 - ``outside_brain``: the map's share outside the brain may exceed by at most
   ``max_outside_brain_excess`` what a map spread evenly over the brain shows at the target
@@ -29,12 +29,12 @@ The region check gains a causal line in the reason: the region whose replacement
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .i18n import _
 from .meta import CAM_NAMES, CONFIDENCE_PERCENT
+from .scalars import finite_float
 
 PASS, REVIEW = "pass", "review"
 CAUSAL_WORDING_MIN_DROP = 0.05  # words only, not a limit: below it the causal line says no region moves the score much
@@ -92,33 +92,34 @@ class Verdict:
 
     def to_dict(self) -> dict:
         return {"result": self.result, "reason": self.reason, "method": self.method, "limits": self.limits.to_dict(),
-                "checks": [c.to_dict() for c in self.checks]}  # fmt: skip
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def outside_brain_limit(floor: float | None, limits: Limits | None = None) -> float:
     """The largest mean outside-brain share that passes: the resolution floor (0 if unknown) +
     the allowed excess."""
     limits = DEFAULT_LIMITS if limits is None else limits
-    return (floor if _finite(floor) else 0.0) + limits.max_outside_brain_excess
+    return (finite_float(floor) or 0.0) + limits.max_outside_brain_excess
 
 
-def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str = "hirescam",
-          limits: Limits | None = None, counterfactual=None) -> Verdict:  # fmt: skip
+def judge(plausibility: Mapping[str, float], region_names: Sequence[str], method: str = "hirescam",
+          limits: Limits | None = None, counterfactual=None) -> Verdict:
     """The verdict on the primary map (``method``) from the plausibility numbers of
-    ``Evaluation.summary`` (``cam_outside_brain_fraction``, ``cam_outside_brain_floor``,
+    ``Evaluation.plausibility`` (``cam_outside_brain_fraction``, ``cam_outside_brain_floor``,
     ``cam_roi_gain_<region>``, ``sanity_spearman_mean``), under ``limits`` (default: today's).
     With ``counterfactual`` (an ``interventions.CounterfactualSummary``, computed or not) the
     counterfactual checks join; without it (a record from before them) they are left out."""
     limits = DEFAULT_LIMITS if limits is None else limits
     name = CAM_NAMES.get(method, method)
     reasons = []
-    outside, floor = _number(summary.get("cam_outside_brain_fraction")), _number(summary.get("cam_outside_brain_floor"))
+    outside = finite_float(plausibility.get("cam_outside_brain_fraction"))
+    floor = finite_float(plausibility.get("cam_outside_brain_floor"))
     excess = limits.max_outside_brain_excess
     limit = outside_brain_limit(floor, limits)
     if outside is None:
         reasons.append(_("no subject could be explained"))
     elif outside > limit:
-        if _finite(floor):
+        if finite_float(floor) is not None:
             reasons.append(_("{share} of the {map} lies outside the brain (limit {limit}: {floor} the layer's "
                              "resolution "
                              "allows + {excess}): the model may use a shortcut").format(
@@ -127,12 +128,12 @@ def judge(summary: Mapping[str, float], region_names: Sequence[str], method: str
         else:
             reasons.append(_("{share} of the {map} lies outside the brain (limit {limit}): the model may use a "
                              "shortcut").format(share=f"{outside:.0%}", map=name, limit=f"{limit:.0%}"))
-    gains = {r: float(summary[f"cam_roi_gain_{r}"]) for r in region_names if f"cam_roi_gain_{r}" in summary}
+    gains = {r: float(plausibility[f"cam_roi_gain_{r}"]) for r in region_names if f"cam_roi_gain_{r}" in plausibility}
     top_gain = max(gains.values()) if gains else None
     if top_gain is not None and top_gain <= limits.min_region_gain:
         reasons.append(_("no atlas region draws more of the {map} than its share of the brain (every gain <= {limit})")
                        .format(map=name, limit=f"{limits.min_region_gain:g}"))
-    sanity = _number(summary.get("sanity_spearman_mean"))
+    sanity = finite_float(plausibility.get("sanity_spearman_mean"))
     if sanity is not None and sanity > limits.max_sanity_spearman:
         reasons.append(_("maps of a randomised-weights model correlate with the trained model's (Spearman {rho} > "
                          "{limit}): the maps may not reflect what the model learned").format(
@@ -167,7 +168,7 @@ def _counterfactual_checks(cf, name: str, limits: Limits) -> tuple[tuple[Check, 
         Check("shortcut_confirmed", None if outside is None else outside.value, high_outside,
               None if outside is None or high_outside is None else outside.value < high_outside),
         Check("map_faithful", excess, margin, None if excess is None or margin is None else excess > margin),
-    )  # fmt: skip
+    )
     reasons = []
     before = _first(cf.curves.get("morf", {}).get("prob")) if cf.computed else None
     if checks[0].passed is False:
@@ -208,17 +209,8 @@ def _first(values):
     return values[0] if values and values[0] is not None else None
 
 
-def plausibility_verdict(summary: Mapping[str, float], region_names: Sequence[str],
-                         method: str = "hirescam") -> tuple[str, str]:  # fmt: skip
+def plausibility_verdict(plausibility: Mapping[str, float], region_names: Sequence[str],
+                         method: str = "hirescam") -> tuple[str, str]:
     """``(result, reason)`` of ``judge`` under today's limits."""
-    verdict = judge(summary, region_names, method)
+    verdict = judge(plausibility, region_names, method)
     return verdict.result, verdict.reason
-
-
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _number(value) -> float | None:
-    """A plain float (JSON writes no numpy types), None for None."""
-    return None if value is None else float(value)

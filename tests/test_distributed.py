@@ -217,7 +217,7 @@ def test_two_ranks_equal_one_process(runs, manifest):
             assert (got.index, got.label, got.outcome) == (case.index, case.label, case.outcome)
             np.testing.assert_array_equal(got.image, case.image)
             np.testing.assert_array_equal(got.affine, case.affine)
-            np.testing.assert_allclose(got.cam, case.cam, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(got.primary_cam, case.primary_cam, rtol=1e-6, atol=1e-9)
             assert got.cams.keys() == case.cams.keys() == {"gradcam", "hirescam"}
             for method, cam in case.cams.items():
                 np.testing.assert_allclose(got.cams[method], cam, rtol=1e-6, atol=1e-9, err_msg=method)

@@ -45,4 +45,4 @@ def test_engine_cam_numbers_equal_captum_on_the_input_grid(factory):
     welch_t = np.nan_to_num(scipy_stats.ttest_ind(cam[ad], cam[cn], equal_var=False).statistic, nan=0.0)
     np.testing.assert_allclose(maps.t, welch_t, rtol=1e-3, atol=1e-4)
     for case in (case for cases in result.gallery.values() for case in cases):
-        np.testing.assert_allclose(case.cam, cam[case.index], rtol=1e-4, atol=1e-6 * scale)
+        np.testing.assert_allclose(case.primary_cam, cam[case.index], rtol=1e-4, atol=1e-6 * scale)

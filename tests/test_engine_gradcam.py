@@ -35,7 +35,7 @@ def test_parity_with_monai_and_captum(factory, n_outputs):
     # one logit: explain the logit; two logits: a different class per sample
     target = torch.zeros(4, dtype=torch.long) if n_outputs == 1 else torch.tensor([0, 1, 1, 0])
 
-    ours = normalize_per_subject(GradCam3d(model, layer).attribute(x, target).cam)
+    ours = normalize_per_subject(GradCam3d(model, layer).attribute(x, target).gradcam)
 
     monai_cam = GradCAM(nn_module=model, target_layers=layer, postprocessing=lambda m: m)
     reference = torch.cat([monai_cam(x[i : i + 1], class_idx=int(target[i])) for i in range(4)])
@@ -55,8 +55,8 @@ def test_logits_and_activations_come_from_the_same_pass():
         torch.testing.assert_close(result.logits, model(x))
         torch.testing.assert_close(result.activations["features.3"], model.features[:4](x))
         torch.testing.assert_close(result.activations[layer], model.features[:7](x))
-    assert result.cam.shape == (4, *SHAPE[1:]) and result.cam.dtype == torch.float32
-    assert (result.cam >= 0).all()
+    assert result.gradcam.shape == (4, *SHAPE[1:]) and result.gradcam.dtype == torch.float32
+    assert (result.gradcam >= 0).all()
 
 
 def test_inplace_ops_frozen_weights_and_no_grad_callers_give_the_same_maps():
@@ -67,9 +67,9 @@ def test_inplace_ops_frozen_weights_and_no_grad_callers_give_the_same_maps():
     for p in inplace_model.parameters():
         p.requires_grad_(False)
     x = mixed_batch()
-    expected = GradCam3d(reference_model, "features.6").attribute(x, 1).cam
+    expected = GradCam3d(reference_model, "features.6").attribute(x, 1).gradcam
     with torch.no_grad():
-        got = GradCam3d(inplace_model, "features.6").attribute(x, 1).cam
+        got = GradCam3d(inplace_model, "features.6").attribute(x, 1).gradcam
     torch.testing.assert_close(got, expected)
     assert all(p.grad is None for p in reference_model.parameters()), "no backward into parameters"
 
@@ -85,11 +85,11 @@ def test_hooks_are_removed_even_on_error():
 def test_bf16_autocast_gives_float32_maps_close_to_float32():
     model, layer = make(conv_stack, 1)
     x = mixed_batch()
-    expected = normalize_per_subject(GradCam3d(model, layer).attribute(x).cam)
+    expected = normalize_per_subject(GradCam3d(model, layer).attribute(x).gradcam)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = GradCam3d(model, layer).attribute(x)
-    assert result.cam.dtype == torch.float32 and result.logits.dtype == torch.float32
-    assert (normalize_per_subject(result.cam) - expected).abs().mean() < 0.05
+    assert result.gradcam.dtype == torch.float32 and result.logits.dtype == torch.float32
+    assert (normalize_per_subject(result.gradcam) - expected).abs().mean() < 0.05
 
 
 def test_layer_errors_name_the_candidates():

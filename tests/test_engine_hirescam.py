@@ -65,17 +65,17 @@ def test_hirescam_equals_captum_gradient_times_activation(factory, n_outputs):
                                atol=1e-5 * float(reference.abs().max()))  # fmt: skip
     # the Grad-CAM of the same pass is still Grad-CAM (captum's, on the input grid)
     gradcam = captum_gradcam(model, layer, x, target, tuple(SHAPE[1:]))
-    torch.testing.assert_close(result.cam, gradcam, rtol=1e-5, atol=1e-5 * max(float(gradcam.abs().max()), 1e-12))
+    torch.testing.assert_close(result.gradcam, gradcam, rtol=1e-5, atol=1e-5 * max(float(gradcam.abs().max()), 1e-12))
     gradcam = captum_gradcam(model, layer, x, target, SHAPE[1:])
-    torch.testing.assert_close(result.cam, gradcam, rtol=1e-5, atol=1e-5 * float(gradcam.abs().max()))
+    torch.testing.assert_close(result.gradcam, gradcam, rtol=1e-5, atol=1e-5 * float(gradcam.abs().max()))
 
 
 def test_after_global_average_pooling_hirescam_is_gradcam():
     """Each voxel's gradient at the pooled layer is w_c / N: both weighings are the same."""
     model, layer = make(demo_cnn("avg"), 2)
     result = GradCam3d(model, layer).attribute(mixed_batch(), torch.tensor([0, 1, 1, 0]))
-    assert result.cam.max() > 0
-    torch.testing.assert_close(result.hirescam, result.cam, rtol=1e-5, atol=1e-6 * float(result.cam.max()))
+    assert result.gradcam.max() > 0
+    torch.testing.assert_close(result.hirescam, result.gradcam, rtol=1e-5, atol=1e-6 * float(result.gradcam.max()))
 
 
 def test_a_max_head_makes_the_methods_differ():
@@ -138,8 +138,8 @@ def test_engine_with_hirescam_primary_follows_captum(factory):
     cases = [case for kept in result.gallery.values() for case in kept]
     assert cases
     for case in cases:
-        assert case.cams["hirescam"] is case.cam
-        np.testing.assert_allclose(case.cam, hirescam[case.index], rtol=1e-4, atol=1e-6 * scale["hirescam"])
+        assert case.cams["hirescam"] is case.primary_cam
+        np.testing.assert_allclose(case.primary_cam, hirescam[case.index], rtol=1e-4, atol=1e-6 * scale["hirescam"])
         np.testing.assert_allclose(case.cams["gradcam"], gradcam[case.index], rtol=1e-4, atol=1e-6 * scale["gradcam"])
 
     # the sanity check compares trained and randomised HiResCAM

@@ -71,7 +71,7 @@ def test_outputs_match_a_direct_computation(n_outputs):
     x, labels = data.images, data.labels
     logits = model(x).detach()
     column = 0 if n_outputs == 1 else 1
-    cam = GradCam3d(model, "3").attribute(x, column).cam.numpy()
+    cam = GradCam3d(model, "3").attribute(x, column).gradcam.numpy()
     if n_outputs == 1:
         prob = torch.sigmoid(logits[:, 0])
         loss = F.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), reduction="none")
@@ -123,7 +123,7 @@ def test_outputs_match_a_direct_computation(n_outputs):
         for case in cases:
             i = int(case.subject_id[-2:])
             np.testing.assert_array_equal(case.image, x[i].numpy())
-            np.testing.assert_allclose(case.cam, cam[i], rtol=1e-6)
+            np.testing.assert_allclose(case.primary_cam, cam[i], rtol=1e-6)
 
     assert result.sanity.subject_ids == ["sub-00", "sub-01", "sub-02"]
     assert np.all(np.abs(result.sanity.spearman) <= 1)
@@ -136,7 +136,7 @@ def test_a_target_layer_on_the_input_grid_gives_the_same_kind_of_results():
     meta = dataclasses.replace(META, target_layer="0")
     data = Subjects()
     result = run_engine(model, loader(data), meta, device="cpu", progress=False, atlas=ATLAS, cam="gradcam")
-    cam = GradCam3d(model, "0").attribute(data.images, 1).cam.numpy()
+    cam = GradCam3d(model, "0").attribute(data.images, 1).gradcam.numpy()
     assert "cam|neighbours" not in result.stats.state and result.stats.state["cam|sumsq"].shape[1:] == SPATIAL
     outside = (cam * ~data.mask.numpy()).sum((1, 2, 3)) / cam.sum((1, 2, 3))
     np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-5)
@@ -155,7 +155,7 @@ def test_a_given_brain_mask_replaces_each_subjects_own():
     given = np.zeros(SPATIAL, dtype=np.uint8)
     given[1:11, 3:13, 1:9] = 1  # not the loader's mask
     result = evaluate(model, brain_mask=given, atlas=ATLAS)
-    cam = GradCam3d(model, "3").attribute(data.images, 1).cam.numpy()
+    cam = GradCam3d(model, "3").attribute(data.images, 1).gradcam.numpy()
     outside = (cam * (given == 0)).sum((1, 2, 3)) / cam.sum((1, 2, 3))
     np.testing.assert_allclose(result.subjects["cam_outside_brain_fraction"], outside, rtol=1e-5)
     corner = ATLAS_LABELS == 3

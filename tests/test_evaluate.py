@@ -294,10 +294,10 @@ def test_a_given_brain_mask_is_the_brain_for_every_subject(tracking, cohort, mod
 def test_outside_brain_limit_is_the_resolution_floor_plus_ten_points(outside, floor, verdict):
     from heimer_mlflow.evaluation import plausibility_verdict
 
-    summary = {"cam_outside_brain_fraction": outside, "cam_roi_gain_hippocampus": 1.5}
+    numbers = {"cam_outside_brain_fraction": outside, "cam_roi_gain_hippocampus": 1.5}
     if floor is not None:
-        summary["cam_outside_brain_floor"] = floor
-    got, reason = plausibility_verdict(summary, ["hippocampus"])
+        numbers["cam_outside_brain_floor"] = floor
+    got, reason = plausibility_verdict(numbers, ["hippocampus"])
     assert got == verdict, reason
     assert ("outside the brain (limit" in reason) == (verdict == "review") and "nan" not in reason
 

@@ -181,7 +181,7 @@ def test_an_overlay_shows_the_map_where_the_map_is(engine_result):
     np.testing.assert_allclose(anatomy[0], image[:, :, 7].T)  # the axial view's anatomy: z through the peak
     case = engine_result.gallery["TP"][1]
     gallery = F.plot_cam_gallery([case], title="TP")
-    assert_views_cross_at_the_peak(gallery.axes[0], case.cam, case.affine, HEAT_CMAP)
+    assert_views_cross_at_the_peak(gallery.axes[0], case.primary_cam, case.affine, HEAT_CMAP)
     assert f"{case.subject_id}: TP" in _texts(gallery)
 
 
@@ -609,3 +609,68 @@ def test_the_gallery_shows_every_case_the_engine_kept(report, engine_result):
     # four rows fit one printed page: the figure is drawn narrower rather than taller than a page allows
     tall = figures["gallery_TP"]
     assert tall.get_figheight() <= F.MAX_FIGURE_HEIGHT_IN + 1e-6 and tall.get_figwidth() < F.BRAIN_FIGURE_WIDTH_IN
+
+
+# -- what the feature-map figures show ---------------------------------------------------------------
+
+FEATURE_GRID = (5, 7, 5)  # odd: the grid's centre is a voxel, (2, 3, 2)
+
+
+def _feature_maps():
+    """Group means and their difference on a coarse grid, three channels, each with one planted
+    feature in the axial slice through the grid's centre (z index 2): channel 2 fires in AD at
+    (1, 5), channel 0 in CN at (3, 1); nothing else stands out."""
+    rng = np.random.default_rng(7)
+    ad, cn = (0.1 * rng.random((3, *FEATURE_GRID)).astype(np.float32) for _ in range(2))
+    ad[2, 1, 5, 2] = 4.0
+    cn[0, 3, 1, 2] = 3.0
+    return ad, cn, ad - cn
+
+
+def _tiles(ax, cmap: str) -> list[np.ndarray]:
+    return [np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
+            for im in ax.images if im.get_cmap().name.startswith(cmap)]  # fmt: skip
+
+
+def test_feature_maps_show_each_channels_means_and_difference():
+    """One column per listed channel, most separating first: the AD row is AD's mean of that
+    channel in the axial slice through the grid's centre, the CN row CN's, the difference row
+    AD - CN, signed; the means share one scale, the difference has its own symmetric one."""
+    ad, cn, diff = _feature_maps()
+    fig = F.plot_feature_maps(ad, cn, diff, [2, 0], affine=RAS_AFFINE, input_shape=SHAPE, n_channels=2)
+    rows = [ax for ax in fig.axes if len(ax.images) == 2]  # the mosaics; the colour bars draw no image
+    assert len(rows) == 3
+    ad_row, cn_row, difference_row = rows
+    for row, volume, cmap in ((ad_row, ad, "viridis"), (cn_row, cn, "viridis"), (difference_row, diff, "RdBu_r")):
+        for channel, tile in zip([2, 0], _tiles(row, cmap)):
+            np.testing.assert_allclose(tile, volume[channel][:, :, 2].T, rtol=1e-6)  # rows: y, columns: x
+    ad_tile, cn_tile = _tiles(ad_row, "viridis")[0], _tiles(cn_row, "viridis")[1]
+    assert np.unravel_index(np.argmax(ad_tile), ad_tile.shape) == (5, 1)  # channel 2 fires in AD at x=1, y=5
+    assert np.unravel_index(np.argmax(cn_tile), cn_tile.shape) == (1, 3)  # channel 0 fires in CN at x=3, y=1
+    first, second = _tiles(difference_row, "RdBu_r")
+    assert first[5, 1] > 3.5 and second[1, 3] < -2.5  # red where AD is higher, blue where CN is
+    means = {im.get_clim() for ax in (ad_row, cn_row) for im in ax.images}
+    assert len(means) == 1 and means.pop()[1] == pytest.approx(4.0)
+    (low, high), = {im.get_clim() for im in difference_row.images}
+    shown = np.stack([diff[c][:, :, 2] for c in (2, 0)])
+    assert low == -high and high == pytest.approx(float(np.abs(shown).max()))  # +-max |d| of the shown slices
+    assert [t.get_text() for t in ad_row.texts if t.get_text().startswith("ch ")] == ["ch 2", "ch 0"]
+    texts = " ".join(t.get_text() for t in fig.texts)
+    z_mm = (F.feature_affine(RAS_AFFINE, SHAPE, FEATURE_GRID) @ [2, 3, 2, 1])[2]
+    assert f"z = {z_mm:.0f} mm" in texts
+
+
+def test_channel_differences_cross_at_each_channels_largest_difference():
+    """One row per channel, in the ranking's order: AD - CN of that channel, signed, in three
+    views through its largest |difference| (channel 0's is a trough: drawn blue, negative)."""
+    ad, cn, diff = _feature_maps()
+    fig = F.plot_channel_difference_maps(diff, [2, 0], affine=RAS_AFFINE, input_shape=SHAPE, n_channels=2)
+    rows = [ax for ax in fig.axes if len(ax.images) == 3]
+    assert len(rows) == 2
+    grid_affine = F.feature_affine(RAS_AFFINE, SHAPE, FEATURE_GRID)
+    for ax, channel in zip(rows, [2, 0]):
+        assert_views_cross_at_the_peak(ax, diff[channel], grid_affine, "RdBu_r", signed=True)
+    assert max(np.nanmax(p) for p in drawn_planes(rows[0], "RdBu_r")) > 3.5  # AD higher: positive
+    assert min(np.nanmin(p) for p in drawn_planes(rows[1], "RdBu_r")) < -2.5  # CN higher: negative
+    labels = _all_texts(fig)
+    assert labels.index("channel 2 (rank 1") < labels.index("channel 0 (rank 2")

@@ -211,6 +211,25 @@ def test_randomised_weights_are_the_pickled_modules(tracking):
     assert (outputs["pt2"] - trained).abs().max() > 1e-3  # the copy really is another model
 
 
+def test_copying_a_program_warns_nothing():
+    """Copying an exported program (the sanity check's randomised copy) trips torch's own pytree
+    deprecation notice inside torch; ExportedModel keeps it from users, the CLI's and the
+    library's alike, and lets every other warning through."""
+    import copy
+    import warnings
+
+    torch.manual_seed(0)
+    program = torch.export.export(TinyCNN().eval(), (torch.zeros(1, 1, 8, 10, 8),)).module()
+    model = ExportedModel(program)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        copied = copy.deepcopy(model)
+        warnings.warn("still heard", FutureWarning)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == ["still heard"]
+    x = torch.randn(2, 1, 8, 10, 8)
+    torch.testing.assert_close(copied(x), model(x), atol=0, rtol=0)
+
+
 def test_log_model_writes_pt2_without_the_example_and_falls_back_to_pickle(tracking, recwarn):
     class Unexportable(TinyCNN):
         def forward(self, x):

@@ -91,8 +91,8 @@ def _recorded_with_limits(limits: verdict.Limits, **numbers) -> dict:
     """A record as the evaluation writes it today, judged under ``limits``."""
     record = copy.deepcopy(OLD_RECORD)
     record["plausibility"].update(numbers)
-    summary = {k: v for k, v in record["plausibility"].items() if k not in ("verdict", "reason")}
-    applied = verdict.judge(summary, record["engine"]["region_names"], "hirescam", limits)
+    numbers = {k: v for k, v in record["plausibility"].items() if k not in ("verdict", "reason")}
+    applied = verdict.judge(numbers, record["engine"]["region_names"], "hirescam", limits)
     record["plausibility"].update(verdict=applied.result, reason=applied.reason)
     record.update(schema_version=SCHEMA_VERSION, run_id=None, verdict=applied.to_dict())
     return record
@@ -145,8 +145,8 @@ def test_a_rerender_judges_by_the_limits_the_record_says_were_applied(tracking, 
                                      cam_outside_brain_fraction=0.40, hirescam_outside_brain_fraction=0.40)
     assert recorded["verdict"]["result"] == "pass"
     monkeypatch.setattr(verdict, "DEFAULT_LIMITS", verdict.Limits(max_outside_brain_excess=0.05))
-    summary = {k: v for k, v in recorded["plausibility"].items() if k not in ("verdict", "reason")}
-    assert verdict.judge(summary, recorded["engine"]["region_names"]).result == "review"  # today's limit differs
+    numbers = {k: v for k, v in recorded["plausibility"].items() if k not in ("verdict", "reason")}
+    assert verdict.judge(numbers, recorded["engine"]["region_names"]).result == "review"  # today's limit differs
     run_id = _logged_run(_artifacts(tmp_path / "artifacts", recorded))
     files = report_for_run(run_id, out_dir=tmp_path / "out", log=False)
     text = _text(files.pdf)
@@ -189,8 +189,8 @@ def test_a_version_1_record_renders_as_it_was_judged_without_counterfactual_test
     """A record from before the counterfactual tests (schema_version 1: a verdict with three checks
     and three limits, no counterfactual section) renders with that verdict and those checks; the
     report says the tests were not run then."""
-    summary = {k: v for k, v in OLD_RECORD["plausibility"].items() if k not in ("verdict", "reason")}
-    applied = verdict.judge(summary, OLD_RECORD["engine"]["region_names"], "hirescam")
+    numbers = {k: v for k, v in OLD_RECORD["plausibility"].items() if k not in ("verdict", "reason")}
+    applied = verdict.judge(numbers, OLD_RECORD["engine"]["region_names"], "hirescam")
     assert [c.name for c in applied.checks] == ["outside_brain", "region_gain", "sanity"]  # no counterfactual
     written = {**copy.deepcopy(OLD_RECORD), "schema_version": 1, "run_id": None,
                "verdict": {**applied.to_dict(), "limits": {"max_outside_brain_excess": 0.1, "min_region_gain": 1.0,

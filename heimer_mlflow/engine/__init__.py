@@ -15,4 +15,4 @@ __all__ = [
     "CAM_METHODS", "Attribution", "CaseGallery", "EngineResult", "EngineStopped", "GalleryCase", "GradCam3d",
     "GroupMaps", "GroupStats", "SanityResult", "check_cam_method", "conv_layers",
     "pick_device", "rank_channels", "resolve_layer", "run_engine", "spearman",
-]  # fmt: skip
+]

@@ -45,10 +45,10 @@ TAP_PREFIX = "heimer_tap_"
 # ``reset_parameters`` re-initialises like PyTorch's own reset_parameters of that class.
 _KAIMING = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear")
 _NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-          "GroupNorm", "LayerNorm", "SyncBatchNorm")  # fmt: skip
+          "GroupNorm", "LayerNorm", "SyncBatchNorm")
 # aten operations whose last-but-some argument is the training flag, by (op name, argument index)
 _TRAINING_FLAGS = {"batch_norm": 5, "dropout": 2, "feature_dropout": 2, "alpha_dropout": 2,
-                   "feature_alpha_dropout": 2, "native_dropout": 2}  # fmt: skip
+                   "feature_alpha_dropout": 2, "native_dropout": 2}
 
 
 def is_exported(module) -> bool:
@@ -60,7 +60,8 @@ def is_exported(module) -> bool:
 
 class ExportedModel(nn.Module):
     """A ``torch.export`` program behaving as the engine expects of a module (see the module
-    docstring): ``conv_layers()``, ``layer(path)`` (a hookable tap), eval mode, any batch size."""
+    docstring): its layers (``engine.layers.LayerAccess``: ``conv_layers()``, ``layer_names()``,
+    ``layer(path)``, a hookable tap, and ``batch_size``), eval mode, any batch size."""
 
     def __init__(self, program: fx.GraphModule, archive: bytes | None = None):
         super().__init__()
@@ -83,6 +84,10 @@ class ExportedModel(nn.Module):
         in_graph = [path for path, kind in self.layer_types.items() if kind == "Conv3d"]
         ordered = [path for path in owners if path in in_graph]
         return ordered + [path for path in in_graph if path not in ordered]
+
+    def layer_names(self) -> list[str]:
+        """Every module path the program's operations ran in, in graph order."""
+        return list(self.layer_types)
 
     def layer(self, path: str) -> nn.Module:
         """The tap after module ``path``'s last operation (inserted on first use): hooks on it see
@@ -145,7 +150,9 @@ class ExportedModel(nn.Module):
         is for other processes, not for copies."""
         copied = ExportedModel.__new__(ExportedModel)
         memo[id(self)] = copied
-        with warnings.catch_warnings():  # torch's own pytree deprecation, raised while copying its graph module
+        # torch's own pytree deprecation notice, raised while copying its graph module (and only
+        # then: loading, wrapping and running a program raise none): nothing for a user to act on
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*treespec.*", category=FutureWarning)
             copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return copied

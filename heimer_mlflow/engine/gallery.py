@@ -20,11 +20,11 @@ class GalleryCase:
     outcome: str  # TP, TN, FP or FN
     confidence: float  # prob if predicted positive, else 1 - prob
     image: np.ndarray  # [C, D, H, W] float32, as the model saw it
-    cam: np.ndarray | None  # [D, H, W] float32, the raw primary map (normalise for display only); the
+    primary_cam: np.ndarray | None  # [D, H, W] float32, the raw primary map (normalise for display only); the
     # engine fills it when the pass ends, from layer_cams, so that only the kept cases are upsampled
     affine: np.ndarray  # [4, 4] float64
     # every method's raw map (engine.gradcam.CAM_METHODS), the primary one included: [d, h, w] float32
-    # on the target layer's grid, and on the input grid once the engine fills ``cam``
+    # on the target layer's grid, and on the input grid once the engine fills ``primary_cam``
     layer_cams: dict[str, np.ndarray] = field(default_factory=dict)
     cams: dict[str, np.ndarray] = field(default_factory=dict)
 

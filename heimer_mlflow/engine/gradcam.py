@@ -20,44 +20,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heimer_mlflow.engine.exported import ExportedModel, pad_batch
+from heimer_mlflow.engine.exported import pad_batch
+from heimer_mlflow.engine.layers import layers_of
 from heimer_mlflow.errors import HeimerError
 
 
 def conv_layers(model: nn.Module) -> list[str]:
     """Module paths of every ``Conv3d`` in ``model``, in registration order."""
-    if isinstance(model, ExportedModel):
-        return model.conv_layers()
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv3d)]
+    return layers_of(model).conv_layers()
 
 
 def layer_names(model: nn.Module) -> list[str]:
     """Every module path a layer can be taken from (an exported program's: those its graph ran in)."""
-    if isinstance(model, ExportedModel):
-        return list(model.layer_types)
-    return [name for name, _ in model.named_modules() if name]
+    return layers_of(model).layer_names()
 
 
 def resolve_layer(model: nn.Module, path: str | None) -> tuple[str, nn.Module]:
     """The module at ``path`` (dotted module path), or the last ``Conv3d`` when ``path`` is None.
     For an exported program (pt2) the module returned is the layer's tap (engine.exported)."""
-    candidates = conv_layers(model)
+    layers = layers_of(model)
     if path is None:
+        candidates = layers.conv_layers()
         if not candidates:
             raise HeimerError(
                 f"model {type(model).__name__} has no Conv3d layer to take Grad-CAM from: "
                 "pass the module path of a 3D convolutional layer as target_layer"
             )
         path = candidates[-1]
-    if isinstance(model, ExportedModel):
-        return path, model.layer(path)
-    try:
-        return path, model.get_submodule(path)
-    except AttributeError:
-        raise HeimerError(
-            f"target layer {path!r} is not a module of {type(model).__name__}: "
-            f"Conv3d layers to choose from: {', '.join(candidates) or 'none'}"
-        ) from None
+    return path, layers.layer(path)
 
 
 @dataclass
@@ -79,7 +69,7 @@ class Attribution:
     def first(self, n: int) -> Attribution:
         """The first ``n`` subjects' attribution (padding subjects dropped)."""
         return Attribution(self.logits[:n], {m: v[:n] for m, v in self.layer_maps.items()},
-                           {p: v[:n] for p, v in self.activations.items()}, self.input_size)  # fmt: skip
+                           {p: v[:n] for p, v in self.activations.items()}, self.input_size)
 
     @staticmethod
     def concatenate(parts: list[Attribution]) -> Attribution:
@@ -87,10 +77,10 @@ class Attribution:
         return Attribution(torch.cat([p.logits for p in parts]),
                            {m: torch.cat([p.layer_maps[m] for p in parts]) for m in parts[0].layer_maps},
                            {k: torch.cat([p.activations[k] for p in parts]) for k in parts[0].activations},
-                           parts[0].input_size)  # fmt: skip
+                           parts[0].input_size)
 
     @functools.cached_property
-    def cam(self) -> torch.Tensor:
+    def gradcam(self) -> torch.Tensor:
         """[B, D, H, W] float32: the raw Grad-CAM on the input grid, upsampled on first use."""
         return self.upsampled("gradcam")
 
@@ -110,6 +100,7 @@ class GradCam3d:
 
     def __init__(self, model: nn.Module, layer: str | None = None, feature_layers: tuple[str, ...] = ()):
         self.model = model
+        self.layers = layers_of(model)
         self.layer_path, self.layer = resolve_layer(model, layer)
         # The target layer's activation is always returned; hooking it twice would copy it twice.
         self.feature_layers = {
@@ -123,12 +114,12 @@ class GradCam3d:
         Run it inside ``torch.autocast`` for mixed precision: the maps are computed in float32.
         An exported program with a static batch size gets batches of that size (see engine.exported).
         """
-        size = getattr(self.model, "batch_size", None) if isinstance(self.model, ExportedModel) else None
+        size = self.layers.batch_size
         if size is None or x.shape[0] == size:
             return self._attribute(x, target)
         target = torch.as_tensor(target, device=x.device).expand(x.shape[0])
         parts = [self._attribute(pad_batch(x[i : i + size], size), pad_batch(target[i : i + size], size))
-                 .first(min(size, x.shape[0] - i)) for i in range(0, x.shape[0], size)]  # fmt: skip
+                 .first(min(size, x.shape[0] - i)) for i in range(0, x.shape[0], size)]
         return Attribution.concatenate(parts)
 
     def _attribute(self, x: torch.Tensor, target: int | torch.Tensor) -> Attribution:
@@ -137,8 +128,8 @@ class GradCam3d:
         def keep_target(_module, _inputs, output):
             if not isinstance(output, torch.Tensor) or output.dim() != 5:
                 raise HeimerError(
-                    f"target layer {self.layer_path!r} outputs {_describe(output)}, not a [B, C, D, H, W] "
-                    f"tensor: choose a 3D convolutional layer, one of {conv_layers(self.model)}"
+                    f"target layer {self.layer_path!r} outputs {_describe_output(output)}, not a [B, C, D, H, W] "
+                    f"tensor: choose a 3D convolutional layer, one of {self.layers.conv_layers()}"
                 )
             # A fresh leaf: the gradient stops here (nothing upstream is differentiated) and
             # exists even with frozen weights. Downstream gets a copy, so in-place ops after
@@ -167,7 +158,7 @@ class GradCam3d:
                 output = self.model(x)
                 if self.layer_path not in captured:
                     raise HeimerError(f"target layer {self.layer_path!r} did not run in the forward pass: choose a "
-                                      f"layer the model uses, one of {conv_layers(self.model)}")
+                                      f"layer the model uses, one of {self.layers.conv_layers()}")
                 logits = as_logits(output, x.shape[0])
                 columns = torch.as_tensor(target, device=logits.device).expand(logits.shape[0])
                 score = logits.float().gather(1, columns.view(-1, 1)).sum()
@@ -179,7 +170,7 @@ class GradCam3d:
                 if gradient is None:
                     raise HeimerError(
                         f"target layer {self.layer_path!r} does not influence the model output: "
-                        f"choose a layer on the path to the logits, one of {conv_layers(self.model)}"
+                        f"choose a layer on the path to the logits, one of {self.layers.conv_layers()}"
                     )
         finally:
             for handle in handles:
@@ -198,14 +189,14 @@ class GradCam3d:
         activations = {path: captured[path] for path in self.feature_layers}
         activations[self.layer_path] = activation
         return Attribution(logits=logits.detach().float(), layer_maps=layer_maps, activations=activations,
-                           input_size=tuple(x.shape[2:]))  # fmt: skip
+                           input_size=tuple(x.shape[2:]))
 
 
 def as_logits(output, batch_size: int) -> torch.Tensor:
     """The model output as [B, K] logits, or a HeimerError saying what it is instead."""
     if not isinstance(output, torch.Tensor):
         raise HeimerError(
-            f"model returned {_describe(output)}; it must return one tensor of logits [B, 1] or [B, n_classes]"
+            f"model returned {_describe_output(output)}; it must return one tensor of logits [B, 1] or [B, n_classes]"
         )
     if output.dim() == 1 and output.shape[0] == batch_size:
         return output[:, None]
@@ -217,7 +208,7 @@ def as_logits(output, batch_size: int) -> torch.Tensor:
     return output
 
 
-def _describe(value) -> str:
+def _describe_output(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {list(value.shape)}"
     return f"a {type(value).__name__}"

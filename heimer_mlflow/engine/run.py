@@ -94,7 +94,7 @@ def run_engine(
     ``brain_mask`` (nonzero = brain, on the input grid) is the brain for every subject's
     outside-brain share; without it, each subject's ``brain_mask`` from the loader (its
     non-background voxels). ``cam`` (``gradcam`` or ``hirescam``) is the primary map: the one behind
-    the "cam" group maps, the CAM shares, the gallery's ``cam`` and the sanity check. ``save_cams``
+    the "cam" group maps, the CAM shares, the gallery's ``primary_cam`` and the sanity check. ``save_cams``
     is called once per subject with both raw maps (by method) and its affine. ``amp`` runs the
     forward under autocast in bf16 or fp16; maps and statistics stay float32/float64. With
     ``stop_on_problem``, the first unreadable volume ends the compute; the rest of the loader is
@@ -423,11 +423,11 @@ class _Run:
     def _gallery_cases(self) -> dict[str, list[GalleryCase]]:
         """The kept cases, their maps upsampled now: only the winners are ever brought to the input grid."""
         cases = self.gallery.cases()
-        for case in (case for kept in cases.values() for case in kept if case.cam is None):
+        for case in (case for kept in cases.values() for case in kept if case.primary_cam is None):
             methods = list(case.layer_cams)
             upsampled = self.upsampling.up(torch.from_numpy(np.stack([case.layer_cams[m] for m in methods]))).numpy()
             case.cams = dict(zip(methods, upsampled))
-            case.cam = case.cams[self.cam_method]
+            case.primary_cam = case.cams[self.cam_method]
         return cases
 
     def _result(self, timings: dict[str, float]) -> EngineResult:
@@ -486,8 +486,8 @@ def _case(chunk: _Chunk, i: int, outcome: str, confidence: float) -> GalleryCase
     layer_cams = {method: _own_numpy(layer_map[i]) for method, layer_map in chunk.layer_maps.items()}
     return GalleryCase(
         subject_id=subjects["subject_id"][i], index=int(subjects["index"][i]), label=int(subjects["label"][i]),
-        prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]), cam=None,
-        affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
+        prob=subjects["prob"][i], outcome=outcome, confidence=confidence, image=_own_numpy(chunk.images[i]),
+        primary_cam=None, affine=_own_numpy(chunk.affines[i]), layer_cams=layer_cams,
     )
 
 

@@ -22,7 +22,7 @@ from ..cohort.preprocessing import brain_mask
 from .slices import (
     Layer, colorbar, content_size_mm, crossing_mm, grey_range, grid_figure, masked_layer, row_label, SMALL_FONT,
     symmetric_limit, volume3d, draw_views, feature_affine, ortho_slices,
-)  # fmt: skip
+)
 from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, DIVERGING_CMAP, HEAT_CMAP, new_figure, message_axes, cam_name
 
 
@@ -33,7 +33,7 @@ from .style import BRAIN_FIGURE_WIDTH_IN, CONVENTION, DIVERGING_CMAP, HEAT_CMAP,
 
 def plot_cam_overlay(image, cam, affine=None, *, title: str | None = None, center_mm=None, alpha: float = 0.5,
                      show_below: float = 0.1, method: str = "gradcam",
-                     fig: Figure | None = None) -> Figure:  # fmt: skip
+                     fig: Figure | None = None) -> Figure:
     """One subject's CAM (``method``: gradcam or hirescam, for the labels) over its MRI in axial,
     coronal and sagittal views, with a colour bar.
 
@@ -42,17 +42,17 @@ def plot_cam_overlay(image, cam, affine=None, *, title: str | None = None, cente
     ``show_below`` of it are left transparent. Slices cross at the CAM's peak unless ``center_mm``.
     """
     return plot_cam_gallery([(image, cam, affine, title or cam_name(method))], center_mm=center_mm, alpha=alpha,
-                            show_below=show_below, method=method, fig=fig)  # fmt: skip
+                            show_below=show_below, method=method, fig=fig)
 
 
 def plot_cam_gallery(
     cases, *, title: str | None = None, center_mm=None, alpha: float = 0.5, show_below: float = 0.1,
     positive_class: str = "AD", method: str = "gradcam", fig: Figure | None = None,
-) -> Figure:  # fmt: skip
+) -> Figure:
     """One row of three orthogonal CAM overlays per case (``method``: the map shown, gradcam or
     hirescam), slices through each case's CAM peak.
 
-    ``cases``: ``engine.GalleryCase`` objects (image, cam, affine, subject_id, prob, outcome) or
+    ``cases``: ``engine.GalleryCase`` objects (image, primary_cam, affine, subject_id, prob, outcome) or
     tuples ``(image, cam, affine, row_title)``.
     """
     rows = []
@@ -60,7 +60,7 @@ def plot_cam_gallery(
         if isinstance(case, tuple):
             image, cam, affine, label = case
         else:
-            image, cam, affine = case.image, case.cam, case.affine
+            image, cam, affine = case.image, case.primary_cam, case.affine
             label = _("{subject}: {outcome}, model's P({positive}) = {prob:.2f}").format(
                 subject=case.subject_id, outcome=case.outcome, positive=positive_class, prob=case.prob)
         rows.append((volume3d(image), np.asarray(cam, dtype=np.float32), affine, label))
@@ -80,7 +80,7 @@ def plot_cam_gallery(
         low, high = grey_range(image)
         heat = draw_views(ax, views, [Layer(0, "gray", low, high),
                                       Layer(1, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)],
-                          scale_bar=r == len(rows) - 1)  # fmt: skip
+                          scale_bar=r == len(rows) - 1)
         row_label(ax, label)
     bar = colorbar(fig, heat, bars[0],
                     _("{cam}, share of the subject's maximum (< {show_below:g} not shown)").format(
@@ -97,7 +97,7 @@ def plot_cam_gallery(
 def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *, background=None,
                    class_names: Sequence[str] = DEFAULT_CLASS_NAMES, counts: Mapping[str, int] | None = None,
                    center_mm=None, alpha: float = 0.6, show_below: float = 0.1, method: str = "gradcam",
-                   fig: Figure | None = None) -> Figure:  # fmt: skip
+                   fig: Figure | None = None) -> Figure:
     """Group-mean CAM per class (``method``: gradcam or hirescam, for the labels) over a grey
     ``background`` (e.g. the mean input) if given, and the AD - CN difference (RdBu_r, symmetric,
     over the same background), three views each, slices through the positive class's mean-CAM
@@ -118,14 +118,14 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
     views = ortho_slices(volumes, affine, center_mm=center_mm, peak_of=0)
     fig, axes, bars = grid_figure(len(present) + 1, fig, title=_('{cam}: group means and their difference').format(
         cam=cam),
-                                   content=content_size_mm(views))  # fmt: skip
+                                   content=content_size_mm(views))
     grey = grey_range(background) if background is not None else None
     counts = counts or {}
     hidden = _(' (< {show_below:g} not shown)').format(show_below=show_below) if background is not None else ""
     for r, name in enumerate(present):
         if background is not None:
             layers = [Layer(len(volumes) - 1, "gray", *grey),
-                      Layer(1 + r, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)]  # fmt: skip
+                      Layer(1 + r, HEAT_CMAP, 0.0, 1.0, alpha, hide_below=show_below)]
         else:
             layers = [Layer(1 + r, HEAT_CMAP, 0.0, 1.0)]
         image = draw_views(axes[r], views, layers, scale_bar=False)
@@ -145,7 +145,7 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
         image = draw_views(axes[-1], views, layers)
     else:
         image = draw_views(axes[-1], views, [Layer(1 + len(present), DIVERGING_CMAP, -limit, limit)],
-                           side_color="black")  # fmt: skip
+                           side_color="black")
     row_label(axes[-1], _("difference {positive} - {negative} (red: more {cam} in {positive}, blue: in {negative})").format(
         positive=positive, negative=negative, cam=cam))
     bar = colorbar(fig, image, bars[-1], _('{positive} - {negative}, same scale{hidden}').format(
@@ -156,7 +156,7 @@ def plot_group_cam(mean_by_class: Mapping[str, np.ndarray], diff, affine=None, *
 
 def plot_champion_comparison(this_map, champion_map, affine=None, *, background=None,
                              labels: Sequence[str] = (_("this version"), "champion"), group: str = "AD",
-                             alpha: float = 0.6, fig: Figure | None = None) -> Figure:  # fmt: skip
+                             alpha: float = 0.6, fig: Figure | None = None) -> Figure:
     """The registry review's picture: each model's group-mean map of ``group`` over the same grey
     ``background`` (the cohort's mean input), one row per model, slices through that row's own
     peak (where each model looks most). Each row has its own colour scale: raw map units of two
@@ -166,12 +166,12 @@ def plot_champion_comparison(this_map, champion_map, affine=None, *, background=
     fig_views = [ortho_slices([m] + ([] if background is None else [background]), affine, peak_of=0) for m in maps]
     fig, axes, bars = grid_figure(2, fig, title=_('Where each model looks: mean map of the {group} group').format(
         group=group),
-                                   content=content_size_mm(fig_views[0]))  # fmt: skip
+                                   content=content_size_mm(fig_views[0]))
     grey = grey_range(background) if background is not None else None
     for r, (volume, views, label) in enumerate(zip(maps, fig_views, labels)):
         high = float(np.nanmax(volume)) if np.any(np.isfinite(volume)) and np.nanmax(volume) > 0 else 1.0
         layers = ([Layer(1, "gray", *grey), Layer(0, HEAT_CMAP, 0.0, high, alpha)] if background is not None
-                  else [Layer(0, HEAT_CMAP, 0.0, high)])  # fmt: skip
+                  else [Layer(0, HEAT_CMAP, 0.0, high)])
         image = draw_views(axes[r], views, layers, scale_bar=r == 1)
         row_label(axes[r], label)
         colorbar(fig, image, bars[r], _("map (raw units)")).solids.set_alpha(1.0)
@@ -213,7 +213,7 @@ def _head_on_grid(background, shape) -> np.ndarray | None:
 def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=None, input_shape=None,
                       background=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, layer: str = "",
                       n_channels: int = 6, view: str = "axial", slice_mm=None,
-                      fig: Figure | None = None) -> Figure:  # fmt: skip
+                      fig: Figure | None = None) -> Figure:
     """Average feature maps per group and their difference, one column per channel.
 
     ``mean_positive``/``mean_negative``/``diff``: [C, d, h, w] layer activations (group means and
@@ -228,7 +228,6 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
     """
     negative, positive = class_names
     channels = [int(c) for c in list(channels)[:n_channels]]
-    k = max(len(channels), 1)
     title = (_("Average feature maps of {layer}: top {n} channels (by {positive}/{negative} separation), {view} slice")
              if layer else
              _("Average feature maps: top {n} channels (by {positive}/{negative} separation), {view} slice")).format(
@@ -252,74 +251,104 @@ def plot_feature_maps(mean_positive, mean_negative, diff, channels, *, affine=No
     high = max(float(np.nanmax(pos)), float(np.nanmax(neg)), 0.0) or 1.0
     low = min(float(np.nanmin(pos)), float(np.nanmin(neg)), 0.0)
     limit = symmetric_limit(dif)
-    tile_w, tile_h = v.extent[1] - v.extent[0], v.extent[3] - v.extent[2]
-    gap = 0.08 * tile_w
-    head_room = 0.14 * tile_h  # channel numbers above the tiles
-    label_room, bar_room, side, top, foot, row_gap = 0.45, 0.95, 0.05, 0.45, 0.3, 0.12
-    image_width = BRAIN_FIGURE_WIDTH_IN - label_room - bar_room - side
-    mosaic_w = k * tile_w + (k - 1) * gap
-    row_height = image_width * (tile_h + head_room) / mosaic_w
-    height = 3 * row_height + 2 * row_gap + top + foot
-    fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, height), layout=None)
-    width, height = fig.get_figwidth(), fig.get_figheight()
-    grid = fig.add_gridspec(3, 2, width_ratios=[image_width, 0.15], left=label_room / width,
-                            right=1 - (bar_room - 0.3) / width, top=1 - top / height, bottom=foot / height,
-                            wspace=0.3 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
-    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    mosaic = _ChannelMosaic(v, channels)
+    fig, grid = mosaic.figure(fig, title)
     rows = ((pos, _("mean {name}").format(name=positive), "viridis", low, high),
             (neg, _("mean {name}").format(name=negative), "viridis", low, high),
-            (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))  # fmt: skip
-    grey = grey_range(background) if background is not None else None
+            (dif, f"{positive} - {negative}", DIVERGING_CMAP, -limit, limit))
     for r, (planes, label, cmap, vmin, vmax) in enumerate(rows):
         ax = fig.add_subplot(grid[r, 0])
-        overlay = r == 2 and anatomy is not None
-        image = None
-        for c, channel in enumerate(channels):
-            x0 = c * (tile_w + gap)
-            extent = (x0, x0 + tile_w, 0.0, tile_h)
-            if overlay:
-                a = anatomy.extent
-                ax.imshow(anatomy.planes[0], cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower",
+        under = anatomy if r == 2 else None  # the differences sit on the anatomy
+        hidden_below = FEATURE_DIFF_HIDDEN * limit if under is not None else None
+        image = mosaic.draw_row(ax, planes, Layer(0, cmap, vmin, vmax, hide_abs_below=hidden_below), under=under,
+                                grey=grey_range(background) if under is not None else None, numbered=r == 0,
+                                side_color="white" if r < 2 or under is not None else "black")
+        ax.set_ylabel(label, fontsize=8)
+        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(feature_diff_hidden=FEATURE_DIFF_HIDDEN)
+        bar_label = _("activation") if r < 2 else (_("difference") + (hidden if under is not None else ""))
+        bar = colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
+        bar.solids.set_alpha(1.0)
+    fig.text(0.5, 0.06 / fig.get_figheight(), _("{view} slice {axis} = {mm:.0f} mm").format(
+        view=_(v.name), axis=v.axis, mm=v.position_mm)
+             + "; " + _(CONVENTION), ha="center",
+             va="bottom", fontsize=SMALL_FONT, color="#333333")
+    return fig
+
+
+class _ChannelMosaic:
+    """Three rows (two means, their difference) of one tile per channel, side by side: the slice
+    ``view`` of each channel, a gap between tiles, room above them for the channel numbers and
+    beside them for the row's label and colour bar, at the report's text width."""
+
+    LABEL, BAR, SIDE, TOP, FOOT, ROW_GAP = 0.45, 0.95, 0.05, 0.45, 0.3, 0.12  # inches
+
+    def __init__(self, view, channels: list[int]):
+        self.view, self.channels = view, channels
+        self.tile_w, self.tile_h = view.extent[1] - view.extent[0], view.extent[3] - view.extent[2]
+        self.gap = 0.08 * self.tile_w
+        self.head_room = 0.14 * self.tile_h  # channel numbers above the tiles
+        self.width = len(channels) * self.tile_w + (len(channels) - 1) * self.gap
+
+    def figure(self, fig: Figure | None, title: str):
+        """(the figure, its 3 x 2 grid: the mosaics and their colour bars), titled."""
+        image_width = BRAIN_FIGURE_WIDTH_IN - self.LABEL - self.BAR - self.SIDE
+        row_height = image_width * (self.tile_h + self.head_room) / self.width
+        height = 3 * row_height + 2 * self.ROW_GAP + self.TOP + self.FOOT
+        fig = fig if fig is not None else new_figure((BRAIN_FIGURE_WIDTH_IN, height), layout=None)
+        width, height = fig.get_figwidth(), fig.get_figheight()
+        grid = fig.add_gridspec(3, 2, width_ratios=[image_width, 0.15], left=self.LABEL / width,
+                                right=1 - (self.BAR - 0.3) / width, top=1 - self.TOP / height,
+                                bottom=self.FOOT / height, wspace=0.3 / ((image_width + 0.15) / 2),
+                                hspace=self.ROW_GAP / row_height)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+        return fig, grid
+
+    def draw_row(self, ax, planes, layer: Layer, *, under=None, grey=None, numbered: bool = False,
+                 side_color: str = "white"):
+        """Each channel's plane (``planes[..., c]``) in its tile, drawn as ``layer`` says, over the
+        anatomy ``under`` when given (a SliceView of the input grid, grey from ``grey[0]`` to
+        ``grey[1]``); ``numbered``: the channel numbers above the tiles. Returns the last image
+        drawn (for the colour bar)."""
+        v, image = self.view, None
+        for c, channel in enumerate(self.channels):
+            x0 = c * (self.tile_w + self.gap)
+            extent = (x0, x0 + self.tile_w, 0.0, self.tile_h)
+            if under is not None:
+                a = under.extent
+                ax.imshow(under.planes[0], cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower",
                           interpolation="nearest", extent=(x0 + a[0] - v.extent[0], x0 + a[1] - v.extent[0],
-                                                           a[2] - v.extent[2], a[3] - v.extent[2]))  # fmt: skip
-                plane, colours = masked_layer(planes[..., c], Layer(0, cmap, hide_abs_below=FEATURE_DIFF_HIDDEN * limit),
-                                         matplotlib.colormaps[cmap])  # fmt: skip
-                image = ax.imshow(plane, cmap=colours, vmin=vmin, vmax=vmax, alpha=0.8, origin="lower",
-                                  interpolation="nearest", extent=extent)  # fmt: skip
+                                                           a[2] - v.extent[2], a[3] - v.extent[2]))
+                plane, colours = masked_layer(planes[..., c], layer, matplotlib.colormaps[layer.cmap])
+                image = ax.imshow(plane, cmap=colours, vmin=layer.vmin, vmax=layer.vmax, alpha=0.8, origin="lower",
+                                  interpolation="nearest", extent=extent)
             else:
-                image = ax.imshow(planes[..., c], cmap=cmap, vmin=vmin, vmax=vmax, origin="lower",
-                                  interpolation="nearest", extent=extent)  # fmt: skip
-            if r == 0:
-                ax.text(x0 + tile_w / 2, tile_h + 0.03 * tile_h, f"ch {channel}", ha="center", va="bottom", fontsize=8)
+                image = ax.imshow(planes[..., c], cmap=layer.cmap, vmin=layer.vmin, vmax=layer.vmax, origin="lower",
+                                  interpolation="nearest", extent=extent)
+            if numbered:
+                ax.text(x0 + self.tile_w / 2, self.tile_h + 0.03 * self.tile_h, f"ch {channel}", ha="center",
+                        va="bottom", fontsize=8)
             if c == 0:
-                color = "white" if r < 2 or overlay else "black"
-                ax.text(x0 + 0.03 * tile_w, 0.03 * tile_h, v.sides[0], fontsize=SMALL_FONT, color=color,
-                        va="bottom", fontweight="bold")  # fmt: skip
-                ax.text(x0 + 0.97 * tile_w, 0.03 * tile_h, v.sides[1], fontsize=SMALL_FONT, color=color,
-                        va="bottom", ha="right", fontweight="bold")  # fmt: skip
-        ax.set_xlim(0, mosaic_w)
-        ax.set_ylim(0, tile_h + head_room)
+                self._sides(ax, side_color)
+        ax.set_xlim(0, self.width)
+        ax.set_ylim(0, self.tile_h + self.head_room)
         ax.set_aspect("equal")
         ax.set_anchor("W")
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_ylabel(label, fontsize=8)
-        hidden = _(' (< {feature_diff_hidden:.0%} not shown)').format(feature_diff_hidden=FEATURE_DIFF_HIDDEN)
-        bar_label = _("activation") if r < 2 else (_("difference") + (hidden if overlay else ""))
-        bar = colorbar(fig, image, fig.add_subplot(grid[r, 1]), bar_label)
-        bar.solids.set_alpha(1.0)
-    fig.text(0.5, 0.06 / height, _("{view} slice {axis} = {mm:.0f} mm").format(
-        view=_(v.name), axis=v.axis, mm=v.position_mm)
-             + "; " + _(CONVENTION), ha="center",
-             va="bottom", fontsize=SMALL_FONT, color="#333333")  # fmt: skip
-    return fig
+        return image
+
+    def _sides(self, ax, color: str) -> None:
+        """The view's side letters (e.g. L and R) at the foot of the first tile."""
+        for x, side, align in ((0.03, self.view.sides[0], "left"), (0.97, self.view.sides[1], "right")):
+            ax.text(x * self.tile_w, 0.03 * self.tile_h, side, fontsize=SMALL_FONT, color=color, va="bottom",
+                    ha=align, fontweight="bold")
 
 
 def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=None, n_channels: int = 3,
                                  background=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, layer: str = "",
-                                 scores=None, fig: Figure | None = None) -> Figure:  # fmt: skip
+                                 scores=None, fig: Figure | None = None) -> Figure:
     """AD - CN difference of single top-ranked channels in three orthogonal views (one row each,
     through the channel's largest |difference|), each on its own symmetric scale; over the
     ``background`` anatomy (an input-grid volume, e.g. the cohort's mean input) when given, with
@@ -361,7 +390,7 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
             image = draw_views(axes[r], [views, anatomy], layers, scale_bar=last)
         else:
             image = draw_views(axes[r], views, [Layer(0, DIVERGING_CMAP, -limit, limit)], side_color="black",
-                               scale_bar=last)  # fmt: skip
+                               scale_bar=last)
         score = "" if scores is None else f", mean |t| = {float(scores[r]):.2f}"
         row_label(axes[r], _("channel {channel} (rank {rank}{score}); red: higher in {positive}").format(
             channel=channel, rank=r + 1, score=score, positive=positive))
@@ -379,7 +408,7 @@ def plot_channel_difference_maps(diff, channels, *, affine=None, input_shape=Non
 
 def plot_input_difference(diff, t=None, affine=None, *, background=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
                           counts: Mapping[str, int] | None = None, center_mm=None,
-                          fig: Figure | None = None) -> Figure:  # fmt: skip
+                          fig: Figure | None = None) -> Figure:
     """Voxel-wise mean(AD) - mean(CN) of the preprocessed inputs, and the Welch t-map, in three
     views each, on symmetric diverging scales, over the grey ``background`` (e.g. the cohort's mean
     input) when given.
@@ -405,17 +434,17 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
             what = "|t|" if t_ok else "|difference|"
             outside_note = (_('The largest {what} ({peak:.1f}) is outside the head, at ({v0:.0f}, {v1:.0f}, '
                               '{v2:.0f}) mm; slices and scales here: inside the head').format(
-                                  what=what, peak=float(strength[peak]), v0=world[0], v1=world[1], v2=world[2]))  # fmt: skip
+                                  what=what, peak=float(strength[peak]), v0=world[0], v1=world[1], v2=world[2]))
             peak = np.unravel_index(int(np.argmax(np.where(head, strength, -np.inf))), strength.shape)
             scales_within = head
         center_voxel = None if center_mm is not None else peak
     views = ortho_slices(volumes, affine, center_mm=center_mm, center_voxel=center_voxel, peak_of=0,
-                         absolute_peak=True)  # fmt: skip
+                         absolute_peak=True)
     fig, axes, bars = grid_figure(2, fig, content=content_size_mm(views), title=_("Input data: {positive} - {negative} "
                                                                                     "(the baseline against which the model's "
                                                                                     "maps are judged)").format(
                                                                                         positive=positive, negative=negative),
-                                   subtitle=outside_note)  # fmt: skip
+                                   subtitle=outside_note)
     within = (lambda v: np.where(scales_within, v, np.nan)) if scales_within is not None else (lambda v: v)
     grey = [] if background is None else [Layer(len(volumes) - 1, "gray", *grey_range(background))]
     counts = counts or {}
@@ -425,7 +454,7 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
         hidden = INPUT_DIFF_HIDDEN * limit if grey else None
         image = draw_views(axes[0], views, grey + [Layer(1, DIVERGING_CMAP, -limit, limit, 0.85 if grey else 1.0,
                                                          hide_abs_below=hidden)],
-                           side_color="white" if grey else "black", scale_bar=False)  # fmt: skip
+                           side_color="white" if grey else "black", scale_bar=False)
         shown = _(' (< {input_diff_hidden:.0%} of the largest not shown)').format(
             input_diff_hidden=INPUT_DIFF_HIDDEN) if grey else ""
         row_label(axes[0], _('mean {positive} - mean {negative}{n}; red: higher in {positive}{shown}').format(
@@ -438,7 +467,7 @@ def plot_input_difference(diff, t=None, affine=None, *, background=None, class_n
         t_limit = symmetric_limit(within(t))
         image = draw_views(axes[1], views, grey + [Layer(2, DIVERGING_CMAP, -t_limit, t_limit, 0.85 if grey else 1.0,
                                                          hide_abs_below=T_HIDDEN if grey else None)],
-                           side_color="white" if grey else "black")  # fmt: skip
+                           side_color="white" if grey else "black")
         shown = _('; |t| < {t_hidden:g} not shown').format(t_hidden=T_HIDDEN) if grey else ""
         row_label(axes[1], _('Welch t (|t| > 2: roughly p < 0.05 per voxel, uncorrected{shown})').format(shown=shown))
         colorbar(fig, image, bars[1], _("Welch t")).solids.set_alpha(1.0)

@@ -19,7 +19,7 @@ from .style import AD_COLOR, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw,
 
 
 def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-                     method: str = "gradcam", ax=None):  # fmt: skip
+                     method: str = "gradcam", ax=None):
     """Each region's share of the CAM (``method``, the primary map) inside the brain relative to its
     share of the brain's volume (1 = a map spread evenly over the brain).
 
@@ -37,7 +37,7 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
     ax = axes_to_draw(ax, (6.0, 2.1 + 0.32 * max(len(names), 2)))
     if not names or gains.size == 0:
         return message_axes(ax, _('No atlas regions: the {cam} share per region needs an atlas (--atlas).').format(cam=cam),
-                        title=_('{cam} per region').format(cam=cam))  # fmt: skip
+                        title=_('{cam} per region').format(cam=cam))
     negative, positive = class_names
     y = np.arange(len(names))[::-1]  # the first region on top
     means = np.nanmean(gains, axis=0)
@@ -45,7 +45,7 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
     jitter = (np.random.default_rng(0).random(gains.shape[0]) - 0.5) * 0.35
     if labels is None:
         ax.scatter(gains.ravel(), (y[None, :] + jitter[:, None]).ravel(), s=8, color="black", alpha=0.6, zorder=3,
-                   label=_("subjects"))  # fmt: skip
+                   label=_("subjects"))
     else:
         labels = np.asarray(labels).astype(int)
         for value, name, color, marker in ((0, negative, CN_COLOR, "o"), (1, positive, AD_COLOR, "^")):
@@ -53,7 +53,7 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
             if rows.any():
                 ax.scatter(gains[rows].ravel(), (y[None, :] + jitter[rows, None]).ravel(), s=10, color=color,
                            marker=marker, alpha=0.7, zorder=3, label=_("{name} subjects").format(
-                               name=name))  # fmt: skip
+                               name=name))
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label=_("1 = spread evenly over the brain"))
     ax.set_yticks(y, [name.replace("_", " ") for name in names], fontsize=8)
     ax.set_ylim(-0.6, len(names) - 0.4)
@@ -66,7 +66,7 @@ def plot_region_gain(region_names: Sequence[str], gains, *, labels=None, class_n
 
 
 def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, method: str = "gradcam",
-                       ax=None):  # fmt: skip
+                       ax=None):
     """Share of each subject's CAM (``method``, the primary map) outside the brain mask (skull,
     background) per true class.
 
@@ -82,7 +82,7 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = D
     negative, positive = class_names
     edges = np.linspace(0.0, 1.0, 21)
     groups = [(None, _("all subjects"), NEUTRAL_COLOR, "")] if labels is None else [
-        (0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")]  # fmt: skip
+        (0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")]
     labels = None if labels is None else np.asarray(labels).astype(int)
     for value, name, color, hatch in groups:
         chosen = values if value is None else values[labels == value]
@@ -104,7 +104,7 @@ def plot_outside_brain(fractions, *, labels=None, class_names: Sequence[str] = D
 
 
 def plot_sanity(spearman, *, subject_ids: Sequence[str] | None = None, mean: float | None = None,
-                method: str = "gradcam", ax=None):  # fmt: skip
+                method: str = "gradcam", ax=None):
     """Rank correlation of each subject's CAM (``method``, the primary map) with the trained vs
     randomised-weights model."""
     cam = cam_name(method)

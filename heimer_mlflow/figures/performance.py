@@ -13,7 +13,7 @@ from ..i18n import _, line_spacing
 from ..meta import CONFIDENCE_PERCENT, DEFAULT_CLASS_NAMES
 from .style import (
     AD_COLOR, BRAIN_FIGURE_WIDTH_IN, CN_COLOR, MODEL_COLOR, NEUTRAL_COLOR, axes_to_draw, new_figure, legend_below, message_axes,
-)  # fmt: skip
+)
 
 if TYPE_CHECKING:
     from ..metrics import ClassificationReport
@@ -31,7 +31,7 @@ def plot_roc(
     fpr=None, tpr=None, *, auc: float | None = None, auc_lower: float | None = None,
     auc_upper: float | None = None, reason: str | None = None, operating_point: tuple[float, float] | None = None,
     threshold: float | None = None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, ax=None,
-):  # fmt: skip
+):
     """ROC curve with the AUC and its 95% CI in the legend, and the chance diagonal.
 
     ``fpr``/``tpr``: the curve's points (None when not computable, then ``reason`` is shown).
@@ -63,7 +63,7 @@ def plot_roc(
 def plot_score_histogram(
     y_true, y_score, *, threshold: float = 0.5, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, bins: int = 20,
     youden_threshold: float | None = None, ax=None,
-):  # fmt: skip
+):
     """Distribution of the model's AD probability per true class (AD red, CN blue), threshold line.
 
     ``y_true`` is 1 for the positive class (``class_names[1]``), 0 for the negative;
@@ -77,12 +77,12 @@ def plot_score_histogram(
     for value, name, color, hatch in ((0, negative, CN_COLOR, "//"), (1, positive, AD_COLOR, "\\\\")):
         scores = y_score[y_true == value]
         ax.hist(scores, bins=edges, color=color, alpha=0.45, hatch=hatch, edgecolor=color, linewidth=1,
-                label=_("true {name} (n={n})").format(name=name, n=len(scores)))  # fmt: skip
+                label=_("true {name} (n={n})").format(name=name, n=len(scores)))
     ax.axvline(threshold, color="black", linestyle="--", label=_("threshold {threshold:g}").format(threshold=threshold))
     if youden_threshold is not None:
         ax.axvline(youden_threshold, color=NEUTRAL_COLOR, linestyle=":",
                    label=_('Youden {youden_threshold:.2f} (chosen on this data; information only)').format(
-                       youden_threshold=youden_threshold))  # fmt: skip
+                       youden_threshold=youden_threshold))
     ax.set_xlim(0, 1)
     ax.set_xlabel(_('model score: probability of {positive}').format(positive=positive))
     ax.set_ylabel(_("subjects"))
@@ -93,7 +93,7 @@ def plot_score_histogram(
 
 
 def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-                          threshold: float | None = None, ax=None):  # fmt: skip
+                          threshold: float | None = None, ax=None):
     """Counts and row percentages (share of each true class), true class down, prediction across."""
     ax = axes_to_draw(ax, (4.0, 3.5))
     negative, positive = class_names
@@ -104,7 +104,7 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
     for (i, j), n in np.ndenumerate(counts):
         percent = f"{100 * share[i, j]:.0f}%" if totals[i, 0] > 0 else "-"
         ax.text(j, i, f"{int(n)}\n{percent}", ha="center", va="center", fontsize=12,
-                color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+                color="white" if share[i, j] > 0.6 else "black")
     ax.set_xticks([0, 1], [negative, positive])
     ax.set_yticks([0, 1], [f"{negative}\n(n={int(totals[0, 0])})", f"{positive}\n(n={int(totals[1, 0])})"])
     ax.set_xlabel(_("model's call"))
@@ -118,7 +118,7 @@ def plot_confusion_matrix(tn: int, fp: int, fn: int, tp: int, *, class_names: Se
 def plot_calibration(
     mean_predicted, observed_fraction, count, *, brier: float | None = None, ece: float | None = None,
     class_names: Sequence[str] = DEFAULT_CLASS_NAMES, fig: Figure | None = None,
-) -> Figure:  # fmt: skip
+) -> Figure:
     """Reliability curve (observed AD share against mean score per bin) with the diagonal of
     perfect calibration, Brier score and ECE in the legend, and subjects per bin below."""
     fig = fig if fig is not None else new_figure((4.2, 4.8))
@@ -147,7 +147,7 @@ def plot_calibration(
 def plot_decision_curve(
     thresholds, net_benefit_model, net_benefit_treat_all, net_benefit_treat_none=None, *,
     threshold: float | None = None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, ax=None,
-):  # fmt: skip
+):
     """Net benefit of acting on the model's call against treating everyone or nobody as AD."""
     ax = axes_to_draw(ax, (4.6, 3.6))
     positive = class_names[1]
@@ -183,7 +183,7 @@ def _roc_from_report(report):
         auc=auc.value if auc else None, auc_lower=auc.lower if auc else None, auc_upper=auc.upper if auc else None,
         reason=auc.reason if auc else None, operating_point=point, threshold=report.threshold,
         class_names=tuple(report.class_names),
-    )  # fmt: skip
+    )
 
 
 def _calibration_from_report(report) -> Figure:
@@ -191,12 +191,12 @@ def _calibration_from_report(report) -> Figure:
     brier, ece = est.get("brier_score"), est.get("expected_calibration_error")
     return plot_calibration(rel.mean_predicted, rel.observed_fraction, rel.count,
                             brier=brier.value if brier else None, ece=ece.value if ece else None,
-                            class_names=tuple(report.class_names))  # fmt: skip
+                            class_names=tuple(report.class_names))
 
 
 def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Mapping[str, object] | None = None, *,
                    names: Sequence[str] = ("sensitivity", "specificity", "roc_auc"),
-                   fig: Figure | None = None) -> Figure:  # fmt: skip
+                   fig: Figure | None = None) -> Figure:
     """Forest plot: each subgroup's figures with their 95% CIs, the whole cohort as a dashed line.
 
     ``rows``: ``(label, {name: estimate})`` per subgroup, where an estimate has ``value``,
@@ -237,14 +237,14 @@ def plot_subgroups(rows: Sequence[tuple[str, Mapping[str, object]]], overall: Ma
 
 def plot_subgroups_from_report(report, names=("sensitivity", "specificity", "roc_auc")) -> Figure:
     rows = [(f"{row.covariate}: {row.group} (n={row.metrics.n_subjects})", row.metrics.estimates)
-            for row in report.subgroups]  # fmt: skip
+            for row in report.subgroups]
     return plot_subgroups(rows, report.overall.estimates, names=names)
 
 
 
 def performance_plan(report: ClassificationReport | None, scores: tuple[np.ndarray, np.ndarray] | None = None, *,
                      class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
-                     threshold: float = 0.5) -> list[tuple[str, Callable[[], Figure]]]:  # fmt: skip
+                     threshold: float = 0.5) -> list[tuple[str, Callable[[], Figure]]]:
     """``(name, draw)`` for the performance figures: those of ``report`` (ROC, confusion matrix,
     calibration, decision curve, subgroups) and, with ``scores`` (``y_true`` 1 for the positive
     class, ``y_score``), the score histogram. ``class_names`` and ``threshold`` are the report's
@@ -253,25 +253,25 @@ def performance_plan(report: ClassificationReport | None, scores: tuple[np.ndarr
     if report is None:
         if scores is not None:
             plan.append(("score_histogram", lambda: plot_score_histogram(
-                *scores, threshold=threshold, class_names=class_names).figure))  # fmt: skip
+                *scores, threshold=threshold, class_names=class_names).figure))
         return plan
     class_names, curves = tuple(report.class_names), report.curves
     plan += [
         ("roc", lambda: _roc_from_report(report).figure),
         ("confusion_matrix", lambda: plot_confusion_matrix(
             **report.overall.confusion.to_dict(), class_names=class_names, threshold=report.threshold).figure),
-    ]  # fmt: skip
+    ]
     if scores is not None:
         youden = report.threshold_rationale.youden_threshold
         plan.append(("score_histogram", lambda: plot_score_histogram(
             *scores, threshold=report.threshold, class_names=class_names,
-            youden_threshold=youden.value if youden.computable else None).figure))  # fmt: skip
+            youden_threshold=youden.value if youden.computable else None).figure))
     plan += [
         ("calibration", lambda: _calibration_from_report(report)),
         ("decision_curve", lambda: plot_decision_curve(
             curves.decision.thresholds, curves.decision.net_benefit_model, curves.decision.net_benefit_treat_all,
             curves.decision.net_benefit_treat_none, threshold=report.threshold, class_names=class_names).figure),
-    ]  # fmt: skip
+    ]
     if report.subgroups:
         plan.append(("subgroups", lambda: plot_subgroups_from_report(report)))
     return plan

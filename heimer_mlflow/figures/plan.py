@@ -21,7 +21,7 @@ from ..meta import DEFAULT_CLASS_NAMES
 from .brain_maps import (
     plot_cam_gallery, plot_champion_comparison, plot_channel_difference_maps, plot_feature_maps, plot_group_cam,
     plot_input_difference,
-)  # fmt: skip
+)
 from .checks import plot_outside_brain, plot_region_gain, plot_sanity
 from .counterfactual import plot_deletion_curves, plot_region_drops
 from .performance import performance_plan
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 OUTCOME_TITLES = {
     "TP": N_("true positives ({positive} called {positive})"), "TN": N_("true negatives ({negative} called {negative})"),
     "FP": N_("false positives ({negative} called {positive})"), "FN": N_("false negatives ({positive} called {negative})"),
-}  # fmt: skip
+}
 Plan = list[tuple[str, Callable[[], Figure]]]
 # The case galleries show the primary map (HiResCAM by default): gallery_TP.png, ..., named for the
 # gallery, not for Grad-CAM (their former names: report.text.FORMER_FIGURE_NAMES).
@@ -59,7 +59,7 @@ def _class_names(report: ClassificationReport | None, engine_result: EngineResul
 
 def figure_plan(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
                 history: Mapping | None = None, *, affine=None, input_shape=None,
-                max_gallery_cases: int | None = None) -> Plan:  # fmt: skip
+                max_gallery_cases: int | None = None) -> Plan:
     """``(name, draw)`` for every figure the given pieces allow; ``draw()`` returns the Figure.
 
     ``report``: ``metrics.ClassificationReport`` or None; ``engine_result``: ``engine.EngineResult``
@@ -74,17 +74,17 @@ def figure_plan(report: ClassificationReport | None = None, engine_result: Engin
     if engine_result is not None and {"label", "prob"} <= set(engine_result.subjects):
         subjects = engine_result.subjects
         scores = ((np.asarray(subjects["label"]) == engine_result.stats.positive_index).astype(int),
-                  np.asarray(subjects["prob"], dtype=float))  # fmt: skip
+                  np.asarray(subjects["prob"], dtype=float))
     threshold = engine_result.threshold if engine_result is not None else 0.5
     plan += performance_plan(report, scores, class_names=class_names, threshold=threshold)
     if engine_result is not None:
         plan += _map_plan(engine_result, class_names, None if scores is None else scores[0], affine=affine,
-                          input_shape=input_shape, max_gallery_cases=max_gallery_cases)  # fmt: skip
+                          input_shape=input_shape, max_gallery_cases=max_gallery_cases)
     return plan
 
 
 def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true, *, affine, input_shape,
-              max_gallery_cases: int | None) -> Plan:  # fmt: skip
+              max_gallery_cases: int | None) -> Plan:
     """The figures of the maps and their checks: gallery, group CAM, feature maps, raw input
     difference, outside-brain shares, region gains, sanity check."""
     plan: Plan = []
@@ -98,7 +98,7 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
             what = _(OUTCOME_TITLES.get(outcome, outcome)).format(negative=negative, positive=positive)
             title = _("{cam}, most confident {what}").format(cam=cam_name(method), what=what)
             plan.append((f"gallery_{outcome}", lambda cases=cases, title=title: plot_cam_gallery(
-                cases[:max_gallery_cases], positive_class=positive, title=title, method=method)))  # fmt: skip
+                cases[:max_gallery_cases], positive_class=positive, title=title, method=method)))
     inputs = maps.get("input")
     if input_shape is None and inputs is not None:
         input_shape = np.asarray(inputs.diff).shape[-3:]
@@ -114,7 +114,7 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
         cam = maps["cam"]
         plan.append(("group_cam", lambda: plot_group_cam(
             cam.mean, cam.diff, affine, background=anatomy(), class_names=class_names, counts=cam.count,
-            method=method)))  # fmt: skip
+            method=method)))
     layer = engine_result.target_layer
     features = maps.get(f"features/{layer}") if layer else None
     ranking = engine_result.feature_ranking.get(layer)
@@ -126,11 +126,11 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
             ("feature_channel_differences", lambda: plot_channel_difference_maps(
                 features.diff, ranking["channel"], affine=affine, input_shape=input_shape, background=anatomy(),
                 class_names=class_names, layer=layer, scores=ranking.get("mean_abs_t"))),
-        ]  # fmt: skip
+        ]
     if inputs is not None:
         plan.append(("input_difference", lambda: plot_input_difference(
             inputs.diff, inputs.t, affine, background=anatomy(), class_names=class_names,
-            counts=inputs.count)))  # fmt: skip
+            counts=inputs.count)))
     if "cam_outside_brain_fraction" in subjects:
         plan.append(("cam_outside_brain", lambda: plot_outside_brain(
             subjects["cam_outside_brain_fraction"], labels=y_true, class_names=class_names, method=method).figure))
@@ -138,17 +138,17 @@ def _map_plan(engine_result: EngineResult, class_names: tuple[str, str], y_true,
     if regions and all(f"cam_roi_gain_{name}" in subjects for name in regions):
         gains = {name: subjects[f"cam_roi_gain_{name}"] for name in regions}
         plan.append(("region_gain", lambda: plot_region_gain(
-            regions, gains, labels=y_true, class_names=class_names, method=method).figure))  # fmt: skip
+            regions, gains, labels=y_true, class_names=class_names, method=method).figure))
     sanity = engine_result.sanity
     if sanity is not None and len(sanity.spearman):
         plan.append(("sanity", lambda: plot_sanity(
-            sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean, method=method).figure))  # fmt: skip
+            sanity.spearman, subject_ids=sanity.subject_ids, mean=sanity.mean, method=method).figure))
     return plan
 
 
 def render_all(report: ClassificationReport | None = None, engine_result: EngineResult | None = None,
                history: Mapping | None = None, out_dir=".", *, affine=None, dpi: int = DPI,
-               max_gallery_cases: int | None = None, strict: bool = True) -> dict[str, pathlib.Path]:  # fmt: skip
+               max_gallery_cases: int | None = None, strict: bool = True) -> dict[str, pathlib.Path]:
     """Draw every figure the given pieces allow and save each as ``out_dir/<name>.png``.
 
     Pieces as for ``figure_plan``. With ``strict=False`` a figure that fails to draw is logged as
@@ -158,7 +158,7 @@ def render_all(report: ClassificationReport | None = None, engine_result: Engine
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, draw in figure_plan(report, engine_result, history, affine=affine,
-                                  max_gallery_cases=max_gallery_cases):  # fmt: skip
+                                  max_gallery_cases=max_gallery_cases):
         try:
             paths[name] = save_figure(draw(), out / f"{name}.png", dpi=dpi)
         except Exception:
@@ -169,7 +169,7 @@ def render_all(report: ClassificationReport | None = None, engine_result: Engine
 
 
 def render_evaluation(evaluation: Evaluation, out_dir, *, champion_run: ChampionRun | None = None,
-                      ) -> dict[str, pathlib.Path]:  # fmt: skip
+                      ) -> dict[str, pathlib.Path]:
     """Every figure of a finished evaluation, saved in ``out_dir``; with ``champion_run`` (the
     champion's evaluation on the same data), also ``champion_comparison``."""
     out = pathlib.Path(out_dir)
@@ -178,7 +178,7 @@ def render_evaluation(evaluation: Evaluation, out_dir, *, champion_run: Champion
     if cf is not None and cf.status != "off":  # what changes the score (or why it was not computable)
         method = evaluation.engine.cam_method
         paths["cf_deletion_curves"] = save_figure(plot_deletion_curves(cf, method=method).figure,
-                                                  out / "cf_deletion_curves.png")  # fmt: skip
+                                                  out / "cf_deletion_curves.png")
         paths["cf_region_drops"] = save_figure(plot_region_drops(cf).figure, out / "cf_region_drops.png")
     if champion_run is not None:
         paths.update(_champion_comparison(evaluation, champion_run, out))
@@ -209,5 +209,5 @@ def _champion_comparison(evaluation: Evaluation, champion_run: ChampionRun, out:
                 _("champion (v{version}), {map}").format(version=comparison.champion_version,
                                                          map=CAM_NAMES.get(comparison.champion_cam_method, "Grad-CAM"))),
         group=positive,
-    )  # fmt: skip
+    )
     return {"champion_comparison": save_figure(figure, out / "champion_comparison.png")}

@@ -68,7 +68,7 @@ _AXIS_SIDES = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, peak_of: int | None = 0,
-                 absolute_peak: bool = False) -> dict[str, SliceView]:  # fmt: skip
+                 absolute_peak: bool = False) -> dict[str, SliceView]:
     """Axial, coronal and sagittal slices of 3D ``volumes`` (same grid, one affine), reoriented to RAS.
 
     The slices cross at ``center_mm`` (world coordinates), else at ``center_voxel`` (an index in
@@ -105,7 +105,7 @@ def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, pea
     # Voxel-centre coordinates of the first and last voxel along each axis, through the crossing point.
     low = np.array([(ras_affine @ np.r_[np.where(np.arange(3) == a, 0, ijk), 1.0])[a] for a in range(3)])
     high = np.array([(ras_affine @ np.r_[np.where(np.arange(3) == a, np.asarray(ras_shape) - 1, ijk), 1.0])[a]
-                     for a in range(3)])  # fmt: skip
+                     for a in range(3)])
     views = {}
     for name in VIEWS:
         normal, horizontal, vertical = _VIEW_AXES[name]
@@ -116,7 +116,7 @@ def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, pea
             plane = data[tuple(index)]  # remaining axes in (horizontal, vertical) order, as x<y<z
             planes.append(np.ascontiguousarray(np.swapaxes(plane, 0, 1)))  # rows = vertical axis
         extent = (low[horizontal] - step[horizontal] / 2, high[horizontal] + step[horizontal] / 2,
-                  low[vertical] - step[vertical] / 2, high[vertical] + step[vertical] / 2)  # fmt: skip
+                  low[vertical] - step[vertical] / 2, high[vertical] + step[vertical] / 2)
         h_sides, v_sides = _AXIS_SIDES[horizontal], _AXIS_SIDES[vertical]
         views[name] = SliceView(
             name=name, planes=tuple(planes), extent=tuple(float(e) for e in extent), axis=_AXIS_NAMES[normal],
@@ -124,7 +124,7 @@ def ortho_slices(volumes, affine=None, *, center_mm=None, center_voxel=None, pea
             xlabel=f"{_AXIS_NAMES[horizontal]} (mm, {h_sides[0]}->{h_sides[1]})",
             ylabel=f"{_AXIS_NAMES[vertical]} (mm, {v_sides[0]}->{v_sides[1]})",
             sides=(*h_sides, *v_sides),
-        )  # fmt: skip
+        )
     return views
 
 
@@ -229,7 +229,7 @@ def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white",
             extent = (offset + s_left - left, offset + s_right - left, s_bottom - bottom, s_upper - bottom)
             plane, cmap = masked_layer(source.planes[layer.plane], layer, matplotlib.colormaps[layer.cmap])
             image = ax.imshow(plane, cmap=cmap, vmin=layer.vmin, vmax=layer.vmax, alpha=layer.alpha, origin="lower",
-                              extent=extent, interpolation="nearest")  # fmt: skip
+                              extent=extent, interpolation="nearest")
         width, height = right - left, upper - bottom
         ax.text(offset + width / 2, top + 2, view.title, ha="center", va="bottom", fontsize=8)
         ax.text(offset + 2, height / 2, view.sides[0], ha="left", va="center", **text)
@@ -249,7 +249,7 @@ def draw_views(ax, views, layers: Sequence[Layer], *, side_color: str = "white",
 
 def grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float | None = None,
                  content=(600.0, 250.0), shared_bar=False, caption: str = CONVENTION,
-                 width: float = BRAIN_FIGURE_WIDTH_IN, subtitle: str | None = None):  # fmt: skip
+                 width: float = BRAIN_FIGURE_WIDTH_IN, subtitle: str | None = None):
     """A figure with one brain Axes per row and a colour-bar Axes per row (or one for all rows).
 
     The figure is ``width`` inches wide (the report's text width: it prints at scale 1, so the
@@ -274,7 +274,7 @@ def grid_figure(rows: int, fig: Figure | None, *, title=None, row_height: float 
     width, height = fig.get_figwidth(), fig.get_figheight()
     grid = fig.add_gridspec(rows, 2, width_ratios=[image_width, 0.15], left=side / width,
                             right=1 - (bar_room - 0.25) / width, top=1 - head / height, bottom=foot / height,
-                            wspace=0.25 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)  # fmt: skip
+                            wspace=0.25 / ((image_width + 0.15) / 2), hspace=row_gap / row_height)
     axes = [fig.add_subplot(grid[r, 0]) for r in range(rows)]
     bars = [fig.add_subplot(grid[:, 1])] * rows if shared_bar else [fig.add_subplot(grid[r, 1]) for r in range(rows)]
     if title:

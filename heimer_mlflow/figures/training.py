@@ -51,7 +51,7 @@ def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) 
             stepped |= by_step
     if not any(panels.values()):
         message_axes(fig.add_subplot(), _("No training history available:\nthe model's source run logged no "
-                 "training or validation loss/accuracy."), title=_("Training curves"))  # fmt: skip
+                 "training or validation loss/accuracy."), title=_("Training curves"))
         return fig
     axes = fig.subplots(1, 2)
     for ax, (kind, curves) in zip(axes, panels.items()):
@@ -64,7 +64,7 @@ def plot_training_curves(history: Mapping | None, *, fig: Figure | None = None) 
             ax.plot(x, y, color=VAL_COLOR if validation else TRAIN_COLOR, linestyle="--" if validation else "-",
                     marker="o" if len(x) <= 30 else None, markersize=3,
                     label=(_("validation") if validation else _("training")) if name.lower().startswith(("train", "val"))
-                    else name)  # fmt: skip
+                    else name)
         ax.set_xlabel(_("epoch (logged step)") if stepped else _("epoch"))
         ax.set_ylabel(_("cross-entropy loss") if kind == "loss" else _("accuracy (share correct)"))
         if kind == "accuracy":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,69 +91,95 @@ def write_viewers(evaluation, out_dir, *, champion_volume: Path | None = None) -
     """Write the viewers of a finished evaluation to ``out_dir`` (the run's ``viewers/``) with
     ``viewers.json``; returns its entries (``file``, ``path`` in the run, ``title``, ``what``).
     A viewer that cannot be drawn is left out with a warning; the evaluation goes on."""
+    engine, affine = evaluation.engine, evaluation.grid_affine
+    anatomy = engine.maps.get("input")
+    if engine.maps.get("cam") is None or anatomy is None or not anatomy.mean:
+        return []
+    background = _coarse(_image(np.mean([np.asarray(_image(v, affine).dataobj) for v in anatomy.mean.values()], axis=0),
+                                affine))
+    out = Path(out_dir)
+    viewers = _viewers(evaluation, champion_volume)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for viewer in viewers:
+        if not (viewer.vmax > 0 and np.isfinite(viewer.vmax)):
+            log.info("viewer %s left out: the map is empty", viewer.file)
+            continue
+        try:
+            stat = _coarse(_image(viewer.volume, affine))
+            _write(stat, background, out / viewer.file, title=_short(viewer.title), threshold=float(viewer.threshold),
+                   vmax=float(viewer.vmax), cmap=viewer.cmap, symmetric=viewer.symmetric)
+        except Exception:  # noqa: BLE001 - a viewer is a convenience: never fail the evaluation for it
+            log.warning("viewer %s could not be written; it is left out", viewer.file, exc_info=True)
+            continue
+        entries.append({"file": viewer.file, "path": f"viewers/{viewer.file}", "title": viewer.title,
+                        "what": viewer.what})
+    (out / "viewers.json").write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    return entries
+
+
+@dataclass(frozen=True)
+class _Viewer:
+    """One viewer to write: its file name, what its title and caption say, and the map with how to
+    draw it (shown from ``threshold`` up to ``vmax``; ``symmetric``: a signed map)."""
+
+    file: str
+    title: str
+    what: str
+    volume: np.ndarray
+    threshold: float
+    vmax: float
+    cmap: str
+    symmetric: bool
+
+
+def _viewers(evaluation, champion_volume: Path | None) -> list[_Viewer]:
+    """The primary map's viewers (the positive group's mean, the group difference, its t-map, as
+    far as the engine made them) and, given its volume, the champion's mean map."""
     import nibabel as nib
 
     from ..artifacts import safe_name
     from ..meta import CAM_NAMES
 
-    out = Path(out_dir)
     engine, affine = evaluation.engine, evaluation.grid_affine
-    cam, anatomy = engine.maps.get("cam"), engine.maps.get("input")
-    if cam is None or anatomy is None or not anatomy.mean:
-        return []
+    cam = engine.maps["cam"]
     meta = evaluation.model.meta
-    positive = meta.positive_class
-    negative = meta.negative_class
-    name = CAM_NAMES[engine.cam_method]
-    method = engine.cam_method
-    background = _coarse(_image(np.mean([np.asarray(_image(v, affine).dataobj) for v in anatomy.mean.values()], axis=0),
-                                affine))  # fmt: skip
-    plans = []
+    positive, negative = meta.positive_class, meta.negative_class
+    name, method = CAM_NAMES[engine.cam_method], engine.cam_method
+    pair = f"{safe_name(positive)}-{safe_name(negative)}"
+    viewers = []
     if positive in cam.mean:
         mean = np.asarray(_image(cam.mean[positive], affine).dataobj)
         top = _robust_max(mean, True)
-        plans.append((f"{method}_{safe_name(positive)}_mean.html", _("{map}, {positive} mean").format(
-                          map=name, positive=positive),
-                      _("where the model looks, averaged over the {positive} scans (shown from a third of its robust "
-                        "maximum up)").format(positive=positive), mean, top / 3, top, "YlOrRd", False))
+        viewers.append(_Viewer(
+            f"{method}_{safe_name(positive)}_mean.html",
+            _("{map}, {positive} mean").format(map=name, positive=positive),
+            _("where the model looks, averaged over the {positive} scans (shown from a third of its robust "
+              "maximum up)").format(positive=positive), mean, top / 3, top, "YlOrRd", False))
     if cam.diff is not None:
         diff = np.asarray(_image(cam.diff, affine).dataobj)
         top = _robust_max(diff, False)
-        plans.append((f"{method}_{safe_name(positive)}-{safe_name(negative)}_difference.html",
-                      _("{map}, {positive} - {negative} difference").format(
-                          map=name, positive=positive, negative=negative),
-                      _("red: more attention in {positive}, blue: more in {negative} (shown from a fifth of its robust "
-                        "maximum)").format(positive=positive, negative=negative), diff, top / 5, top, "RdBu_r", True))
+        viewers.append(_Viewer(
+            f"{method}_{pair}_difference.html",
+            _("{map}, {positive} - {negative} difference").format(map=name, positive=positive, negative=negative),
+            _("red: more attention in {positive}, blue: more in {negative} (shown from a fifth of its robust "
+              "maximum)").format(positive=positive, negative=negative), diff, top / 5, top, "RdBu_r", True))
     if cam.t is not None:
         t = np.asarray(_image(cam.t, affine).dataobj)
-        plans.append((f"{method}_{safe_name(positive)}-{safe_name(negative)}_t.html",
-                      _("{map}, {positive} - {negative} t-map").format(map=name, positive=positive, negative=negative),
-                      _("Welch t of the difference, shown where |t| >= {limit:g}").format(
-                          limit=T_THRESHOLD), t, T_THRESHOLD,
-                      max(_robust_max(t, False), T_THRESHOLD + 1), "RdBu_r", True))  # fmt: skip
+        viewers.append(_Viewer(
+            f"{method}_{pair}_t.html",
+            _("{map}, {positive} - {negative} t-map").format(map=name, positive=positive, negative=negative),
+            _("Welch t of the difference, shown where |t| >= {limit:g}").format(limit=T_THRESHOLD), t, T_THRESHOLD,
+            max(_robust_max(t, False), T_THRESHOLD + 1), "RdBu_r", True))
     comparison = evaluation.comparison
     if champion_volume is not None and comparison is not None:
         theirs = np.asarray(nib.load(str(champion_volume)).dataobj, dtype=np.float32)
         top = _robust_max(theirs, True)
         champion_map = CAM_NAMES.get(comparison.champion_cam_method, "Grad-CAM")
-        plans.append((f"champion_v{safe_name(comparison.champion_version)}_{safe_name(positive)}_mean.html",
-                      _("Champion v{version}: {map}, {positive} mean").format(
-                          version=comparison.champion_version, map=champion_map, positive=positive),
-                      _("the champion's map of the {positive} scans over the same anatomy, to compare with this "
-                        "version's").format(positive=positive), theirs, top / 3, top, "YlOrRd", False))
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for file, title, what, volume, threshold, vmax, cmap, symmetric in plans:
-        if not (vmax > 0 and np.isfinite(vmax)):
-            log.info("viewer %s left out: the map is empty", file)
-            continue
-        try:
-            stat = _coarse(_image(volume, affine))
-            _write(stat, background, out / file, title=_short(title), threshold=float(threshold), vmax=float(vmax),
-                   cmap=cmap, symmetric=symmetric)
-        except Exception:  # noqa: BLE001 - a viewer is a convenience: never fail the evaluation for it
-            log.warning("viewer %s could not be written; it is left out", file, exc_info=True)
-            continue
-        entries.append({"file": file, "path": f"viewers/{file}", "title": title, "what": what})
-    (out / "viewers.json").write_text(json.dumps(entries, indent=1), encoding="utf-8")
-    return entries
+        viewers.append(_Viewer(
+            f"champion_v{safe_name(comparison.champion_version)}_{safe_name(positive)}_mean.html",
+            _("Champion v{version}: {map}, {positive} mean").format(
+                version=comparison.champion_version, map=champion_map, positive=positive),
+            _("the champion's map of the {positive} scans over the same anatomy, to compare with this "
+              "version's").format(positive=positive), theirs, top / 3, top, "YlOrRd", False))
+    return viewers

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..meta import CONFIDENCE  # every interval is two-sided at this level
+from ..scalars import finite_float, scalar_text
 
 # Probabilities are clipped to [LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP] before taking logs (log loss,
 # calibration fit), so a confident score of exactly 0 or 1 costs a large but finite penalty.
@@ -56,18 +57,10 @@ class Estimate:
         if not isinstance(data, dict):
             return None
 
-        def number(value) -> float | None:  # JSON has no NaN; booleans are not numbers
-            plain = isinstance(value, (int, float)) and not isinstance(value, bool)
-            return float(value) if plain and math.isfinite(value) else None
-
-        def text(value) -> str | None:  # a scalar as text, None for anything else
-            plain = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-            return str(value) if plain else None
-
-        value = number(data.get("value"))
-        reason = None if value is not None else (text(data.get("reason")) or "no value")
-        return cls(value=value, lower=number(data.get("lower")), upper=number(data.get("upper")),
-                   method=text(data.get("method")), se=number(data.get("se")), reason=reason)
+        value = finite_float(data.get("value"))
+        reason = None if value is not None else (scalar_text(data.get("reason")) or "no value")
+        return cls(value=value, lower=finite_float(data.get("lower")), upper=finite_float(data.get("upper")),
+                   method=scalar_text(data.get("method")), se=finite_float(data.get("se")), reason=reason)
 
     @property
     def computable(self) -> bool:

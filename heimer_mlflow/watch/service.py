@@ -100,18 +100,11 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
     from ..permissions import redacted
     from ..tracking import check_reachable
 
-    if poll_interval <= 0:
-        raise HeimerError(f"--poll-interval {poll_interval}: give a positive number of seconds")
-    if workers < 0:
-        raise HeimerError(f"--workers {workers}: give 0 (only queue) or more")
-    if once and not poll:
-        raise HeimerError("--once runs one sweep of the poller: it cannot go with --no-poll")
+    _check_options(poll_interval, workers, once, poll, job_timeout)
     check_reachable()
     client = mlflow.MlflowClient()
     stop = threading.Event()
     huey = open_queue(queue, folder)
-    if job_timeout is not None and job_timeout <= 0:
-        raise HeimerError(f"--job-timeout {job_timeout}: give a positive number of seconds (0 on the command line: no limit)")
     jobs = Jobs(huey, stop=stop, allow_pickle=allow_pickle, job_timeout=job_timeout)
     poller = Poller(jobs, tuple(models), alias, stale_after_s=stale_after_s, max_attempts=max_attempts)
     watched = poller.opted_in(client)  # a named model that has not opted in is an error now
@@ -119,33 +112,17 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
     say(f"queue {describe(huey)}; registry {redacted(mlflow.get_tracking_uri())}; opted-in models: {names}; "
         f"{'pt2 and pickled' if allow_pickle else 'pt2'} models")
 
-    receiver = None
-    if webhook:
-        from .webhook import Receiver, make_app, secret_from_env
-
-        app = make_app(secret_from_env(), _event_handler(jobs, tuple(models), alias), SeenOnce(jobs.claims))
-        receiver = Receiver(app, webhook)
-        receiver.start()
-        say(f"webhook receiver on http://{receiver.host}:{receiver.port}/webhook")
-
+    receiver = _start_receiver(webhook, jobs, tuple(models), alias) if webhook else None
     consumer = None
     if workers:
         consumer = huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
-                                        check_worker_health=False, initial_delay=0.2, max_delay=2.0)  # fmt: skip
+                                        check_worker_health=False, initial_delay=0.2, max_delay=2.0)
         consumer.start()
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if once:
             return _once(client, poller, consumer is not None, stop)
-        while not stop.is_set():
-            if poll:
-                try:
-                    poller.sweep(client)
-                except HeimerError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - the registry may be restarting: try next time
-                    say(f"the sweep failed ({type(e).__name__}: {e}); trying again in {poll_interval:g} s")
-            stop.wait(poll_interval if poll else 3600)
+        _until_stopped(client, poller if poll else None, poll_interval, stop)
         say("stopping: evaluations in progress end KILLED and their versions go back to the queue")
         return 0
     finally:
@@ -156,6 +133,43 @@ def watch(*, models: tuple[str, ...] = (), alias: str | None = None,
             receiver.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _check_options(poll_interval: float, workers: int, once: bool, poll: bool, job_timeout: float | None) -> None:
+    """A HeimerError naming the option and the fix for a value ``watch`` cannot run with."""
+    if poll_interval <= 0:
+        raise HeimerError(f"--poll-interval {poll_interval}: give a positive number of seconds")
+    if workers < 0:
+        raise HeimerError(f"--workers {workers}: give 0 (only queue) or more")
+    if once and not poll:
+        raise HeimerError("--once runs one sweep of the poller: it cannot go with --no-poll")
+    if job_timeout is not None and job_timeout <= 0:
+        raise HeimerError(f"--job-timeout {job_timeout}: give a positive number of seconds (0 on the command line: no limit)")
+
+
+def _start_receiver(webhook: str, jobs: Jobs, models: tuple[str, ...], alias: str | None):
+    """The webhook receiver on ``webhook`` (host:port), started: each signed event queues its version."""
+    from .webhook import Receiver, make_app, secret_from_env
+
+    app = make_app(secret_from_env(), _event_handler(jobs, models, alias), SeenOnce(jobs.claims))
+    receiver = Receiver(app, webhook)
+    receiver.start()
+    say(f"webhook receiver on http://{receiver.host}:{receiver.port}/webhook")
+    return receiver
+
+
+def _until_stopped(client, poller: Poller | None, poll_interval: float, stop: threading.Event) -> None:
+    """Sweep the registry every ``poll_interval`` seconds (without a ``poller``: only wait) until
+    ``stop`` is set. A failed sweep is said and tried again; a user error ends the service."""
+    while not stop.is_set():
+        if poller is not None:
+            try:
+                poller.sweep(client)
+            except HeimerError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the registry may be restarting: try next time
+                say(f"the sweep failed ({type(e).__name__}: {e}); trying again in {poll_interval:g} s")
+        stop.wait(poll_interval if poller is not None else 3600)
 
 
 def _once(client, poller: Poller, consuming: bool, stop: threading.Event) -> int:

@@ -128,7 +128,7 @@ class Receiver:
             raise HeimerError(f"--webhook {address}: give HOST:PORT, e.g. 0.0.0.0:8765")
         self.host, self.port = host or "0.0.0.0", int(port)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False,
-                                lifespan="off")  # fmt: skip
+                                lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="heimer-webhook", daemon=True)
 
