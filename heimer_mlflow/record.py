@@ -22,13 +22,16 @@ way. Torch-free.
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata as package_metadata
 from pathlib import Path
 
+from . import __version__
 from .champion import Comparison, compare
 from .errors import HeimerError
-from .meta import DEFAULT_CLASS_NAMES, assumptions
 from .interventions import CounterfactualSummary
+from .meta import CAM_NAMES, DEFAULT_CLASS_NAMES, assumptions
 from .metrics import Estimate
 from .scalars import finite_float, scalar_text
 from .verdict import LIMITS_BEFORE_RECORDING, Check, Limits, Verdict, judge
@@ -405,8 +408,6 @@ def migrate_champion_comparison(record: EvaluationRecord, predictions, champion)
 def _cam_method(engine: EngineRecord, configuration: dict) -> str:
     """The primary map (``gradcam`` / ``hirescam``): the engine's, else the configuration's; an
     evaluation from before HiResCAM existed used Grad-CAM."""
-    from .meta import CAM_NAMES
-
     for value in (engine.cam_method, configuration.get("cam")):
         if isinstance(value, str) and value.strip().lower() in CAM_NAMES:
             return value.strip().lower()
@@ -414,11 +415,6 @@ def _cam_method(engine: EngineRecord, configuration: dict) -> str:
 
 
 def _package_versions() -> dict[str, str]:
-    import platform
-    from importlib import metadata as package_metadata
-
-    from . import __version__
-
     out = {"heimer-mlflow": __version__, "python": platform.python_version()}
     for name in ("torch", "mlflow", "numpy", "scipy", "nibabel", "scikit-learn", "matplotlib", "weasyprint", "jinja2"):
         try:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from .decision import Recommendation, p_text, recommend
-from .i18n import N_, _
+from .i18n import N_, _, current_language
 from .meta import CONFIDENCE_PERCENT
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,6 @@ def from_evaluation(evaluation, gate=None) -> Summary:
 
 def _html_path() -> str:
     """The HTML report of the evaluation's language (report_for_run logs a Korean one to report/html-ko)."""
-    from .i18n import current_language
-
     lang = current_language()
     return "report/html/index.html" if lang == "en" else f"report/html-{lang}/index.html"
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
+import requests
+from mlflow.entities import LoggedModelInput
+from mlflow.exceptions import MlflowException
 
 from . import interrupts
 from .errors import HeimerError, one_line
@@ -24,8 +28,6 @@ def check_reachable(timeout_s: float = 5.0) -> None:
     An HTTP server is asked for ``/health`` once, with a short timeout: MLflow's own client
     retries for minutes (right for a server restarting mid-run, wrong for a typo in the URI).
     """
-    import requests
-
     from .permissions import redacted
 
     uri = redacted(mlflow.get_tracking_uri())
@@ -49,8 +51,6 @@ def lost_server(error: BaseException) -> str | None:
 
     MLflow raises these as ``MlflowException("API request to ... failed with exception ...")``
     with the ``requests`` error only as its implicit context, so the chain is walked."""
-    import requests
-
     from .permissions import redacted
 
     seen: BaseException | None = error
@@ -71,8 +71,6 @@ def quiet_mlflow_hints():
     """MLflow's UserWarnings about a data set that nobody running an evaluation can act on (the
     source "can be interpreted in multiple ways", integer columns in the inferred schema), off
     while the cohort is made an MLflow data set and logged."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
         yield
@@ -255,8 +253,6 @@ def experiment_id(client, name: str) -> str:
     it at the same moment (the loser of that race reads it back). A deleted experiment of that
     name is a user error. (Unlike ``mlflow.set_experiment`` this leaves the active experiment
     alone; MLflow 3.17's fluent API could also hand back an experiment it did not make active.)"""
-    from mlflow.exceptions import MlflowException
-
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
@@ -280,8 +276,6 @@ def log_input(dataset, linked_model, attempts: int = 3) -> None:
     moment: the store looks the dataset up and inserts it in two steps, so the slower of two runs
     can hit the dataset's unique key; the insert was rolled back, and on the next try the
     dataset is found and only linked."""
-    from mlflow.exceptions import MlflowException
-
     for attempt in range(1, attempts + 1):
         try:
             mlflow.log_input(dataset, context="evaluation", model=linked_model)
@@ -351,8 +345,6 @@ def _close(handle: EvaluationRun, status: str, error: str | None = None) -> None
 def log_results(evaluation, staging: Path, handle: EvaluationRun, logged_dataset) -> None:
     """Log the staged artifacts, the data set and the metrics to the open run, with the verdict
     as a run tag."""
-    from mlflow.entities import LoggedModelInput
-
     model = evaluation.model
     client = mlflow.MlflowClient()
     from .champion import DIGEST_TAG, SOURCE_TAG

@@ -7,13 +7,13 @@ training (``training``) and the ``heimer-mlflow demo`` command (``command``: ``r
 ``synthetic``, not torch and MLflow.
 """
 
+import importlib
+
 _EXPORTS = {"run_demo": "command", "story": "command"}
 __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'heimer_mlflow.demo' has no attribute {name!r}")

@@ -16,6 +16,7 @@ import mlflow
 import torch
 
 from ..evaluation import evaluate
+from ..interventions import paired_sentence
 from ..registry import log_model
 from .synthetic import write_cohort
 from .training import train_demo
@@ -188,7 +189,5 @@ def story(result: dict) -> list[str]:
 
 
 def _paired(evaluation) -> str:
-    from ..interventions import paired_sentence
-
     cf = evaluation.counterfactual
     return paired_sentence(cf.vs_champion[0], this_label="the challenger") if cf is not None and cf.vs_champion else ""

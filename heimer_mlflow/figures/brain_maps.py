@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.ndimage import zoom
 
+from ..cohort.preprocessing import brain_mask
 from ..i18n import _
 from ..meta import DEFAULT_CLASS_NAMES
-from ..cohort.preprocessing import brain_mask
 from .slices import (
     Layer, colorbar, content_size_mm, crossing_mm, grey_range, grid_figure, masked_layer, row_label, SMALL_FONT,
     symmetric_limit, volume3d, draw_views, feature_affine, ortho_slices,
@@ -198,8 +199,6 @@ def _head_on_grid(background, shape) -> np.ndarray | None:
     """Which cells of a coarse grid of ``shape`` (same field of view and voxel order as
     ``background``) lie mostly in the head: the voxels that differ from the image's most common
     value (the background). None when the image has no clear background."""
-    from scipy.ndimage import zoom
-
     values = np.asarray(background, dtype=np.float32)
     sample = values[::3, ::3, ::3].ravel()
     levels, counts = np.unique(sample[np.isfinite(sample)], return_counts=True)

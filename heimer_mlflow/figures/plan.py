@@ -13,11 +13,12 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
 
 from ..i18n import N_, _
-from ..meta import DEFAULT_CLASS_NAMES
+from ..meta import CAM_NAMES, DEFAULT_CLASS_NAMES
 from .brain_maps import (
     plot_cam_gallery, plot_champion_comparison, plot_channel_difference_maps, plot_feature_maps, plot_group_cam,
     plot_input_difference,
@@ -188,10 +189,7 @@ def render_evaluation(evaluation: Evaluation, out_dir, *, champion_run: Champion
 def _champion_comparison(evaluation: Evaluation, champion_run: ChampionRun, out: pathlib.Path) -> dict[str, pathlib.Path]:
     """champion_comparison.png: the positive group's mean map of this version and of the champion
     over the cohort's mean anatomy; nothing when the champion's run lacks the volume."""
-    import nibabel as nib
-
     from ..artifacts import safe_name
-    from ..meta import CAM_NAMES
 
     positive = evaluation.model.meta.positive_class
     path = champion_run.volume(f"cam_mean_{safe_name(positive)}.nii.gz")

@@ -24,9 +24,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from ..i18n import _
+from ..meta import CAM_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ def _robust_max(volume: np.ndarray, positive_only: bool) -> float:
 
 
 def _image(volume, affine):
-    import nibabel as nib
-
     data = np.nan_to_num(np.asarray(volume, dtype=np.float32))
     if data.ndim == 4:
         data = data[..., 0] if data.shape[-1] == 1 else data[0]
@@ -136,10 +136,7 @@ class _Viewer:
 def _viewers(evaluation, champion_volume: Path | None) -> list[_Viewer]:
     """The primary map's viewers (the positive group's mean, the group difference, its t-map, as
     far as the engine made them) and, given its volume, the champion's mean map."""
-    import nibabel as nib
-
     from ..artifacts import safe_name
-    from ..meta import CAM_NAMES
 
     engine, affine = evaluation.engine, evaluation.grid_affine
     cam = engine.maps["cam"]

@@ -17,16 +17,19 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 from markupsafe import Markup
 
 from ..champion import TABLE_METRICS
 from ..i18n import N_, _, current_language, pgettext
 from ..meta import CAM_NAMES, CONFIDENCE, CONFIDENCE_PERCENT, DEFAULT_CLASS_NAMES, negative_class
-from ..metrics import Estimate
+from ..metrics import Estimate, subgroup_masks  # the subgroups' definition (which subjects), not a statistic
 from ..record import EvaluationRecord, MetricsRecord, estimate
+from ..verdict import judge
 from .checklist import build_checklist
 from .counterfactual import counterfactual_section
 from .facts import build_facts
@@ -87,8 +90,6 @@ def read_record(artifact_dir: Path, problems: list[str], *, where: str) -> Evalu
 
 
 def read_csv(path: Path, problems: list[str], *, required: bool = True):
-    import pandas as pd
-
     if not path.is_file():
         if required:
             problems.append(_("{name} is missing").format(name=path.name))
@@ -242,8 +243,6 @@ def _covariate_counts(predictions, covariates: list[str], class_names: tuple[str
     if not present:
         return ()
     try:
-        from ..metrics import subgroup_masks  # the subgroups' definition (which subjects), not a statistic
-
         groups = subgroup_masks(predictions[present].reset_index(drop=True))
     except Exception:  # noqa: BLE001 - fall back to plain values
         groups = [(c, str(v), (predictions[c] == v).to_numpy()) for c in present
@@ -370,8 +369,6 @@ def _cohort_mean(numbers: dict[str, float], predictions, name: str) -> tuple[flo
     from before the summary held it) the predictions table's column."""
     values = None
     if predictions is not None and name in predictions.columns:
-        import pandas as pd
-
         values = pd.to_numeric(predictions[name], errors="coerce").dropna()
         values = values[values.apply(math.isfinite)]
     summary = numbers.get(name)
@@ -533,8 +530,6 @@ def page_css() -> Markup:
     boxes, the page counters where the catalog's sentence puts ``{page}`` and ``{pages}``), the
     figure numbers and the page pointers. Built from the message catalog only, never from registry
     text; inserted into the template's <style>, after report.css, so it overrides the English."""
-    import re
-
     def with_counters(sentence: str, counters: dict[str, str]) -> str:
         """A CSS content value: the sentence's words as strings, its {placeholders} as counters."""
         pattern = "(" + "|".join(re.escape("{" + name + "}") for name in counters) + ")"
@@ -573,7 +568,6 @@ def _reason_in_language(record: EvaluationRecord, numbers: dict[str, float]) -> 
     recorded_in = str(record.configuration.get("lang") or "en")
     if recorded_in == current_language() or not numbers or verdict.result not in VERDICT_WORDS:
         return verdict.reason
-    from ..verdict import judge
 
     prefix = "cam_roi_gain_"
     regions = record.engine.region_names or [k[len(prefix):] for k in numbers if k.startswith(prefix)]

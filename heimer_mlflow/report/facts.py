@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 from ..decision import interval, p_text, recommend
 from ..i18n import N_, _, ngettext
 from ..meta import CAM_NAMES, CONFIDENCE_PERCENT
@@ -40,8 +42,6 @@ def _column(predictions, names) -> str | None:
 
 
 def _numbers(series):
-    import pandas as pd
-
     values = pd.to_numeric(series, errors="coerce")
     return values[values.apply(lambda v: math.isfinite(v) if v == v else False)]
 
@@ -65,8 +65,6 @@ def _population(predictions, positive: str, negative: str, n: Counts) -> Populat
         out["sites"] = ", ".join(values[:6]) + (" " + _("and {n} more").format(
             n=len(values) - 6) if len(values) > 6 else "")
     if (date := _column(predictions, DATE_COLUMNS)) is not None:
-        import pandas as pd
-
         dates = pd.to_datetime(predictions[date], errors="coerce").dropna()
         if len(dates):
             out["dates"] = _("scanned {first} to {last}").format(

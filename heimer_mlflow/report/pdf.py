@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from .. import i18n
+from ..i18n import _
 from ..record import EvaluationRecord
 from ..resources import templates_dir
 from .checklist import checklist_json
@@ -151,8 +153,6 @@ def _png_ok(path: Path) -> bool:
 def _environment():
     import jinja2
 
-    from .. import i18n
-
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         autoescape=True,  # every file, whatever its extension (select_autoescape() skips *.j2)
@@ -188,8 +188,6 @@ def render_report(artifact_dir, out_dir, *, record: EvaluationRecord | None = No
     ``out_dir/checklist.json`` (the reporting checklist). ``lang``: the report's language (en, the
     default, or ko: ``<model-name>-v<version>-ko.pdf``, ``checklist-ko.json``; needs fonts-nanum).
     """
-    from .. import i18n
-
     lang = i18n.check_language(lang)
     i18n.require_fonts(lang)
     with i18n.use_language(lang):
@@ -297,7 +295,6 @@ def _write_pdf_unfiltered(html_text: str, html_dir: Path, pdf_path: Path, artifa
     fetcher = make_fetcher(html_dir)
     naive = stamp.astimezone(_dt.timezone.utc).replace(tzinfo=None)
     attachments = []
-    from ..i18n import _
 
     for name, description in (("metrics.json", _("All metrics with confidence intervals (JSON)")),
                               ("predictions.csv", _("Per-subject predictions (CSV)"))):

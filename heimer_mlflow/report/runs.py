@@ -10,7 +10,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from .. import champion
 from ..errors import HeimerError, writable_folder
+from ..i18n import check_language, require_fonts
 from ..record import EvaluationRecord, migrate_champion_comparison
 from .context import REPORT_ARTIFACTS, read_csv, read_record
 from .pdf import ReportFiles, render_report
@@ -20,8 +26,6 @@ log = logging.getLogger(__name__)
 
 def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures", "viewers/viewers.json"),
               required=("evaluation.json",)):
-    import mlflow
-
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:
@@ -40,8 +44,6 @@ def _download(run_id: str, dst: Path, names=(*REPORT_ARTIFACTS, "figures", "view
 
 def _absent(run_id: str, name: str) -> bool:
     """Whether the run's artifacts lack ``name`` (False when they cannot be listed either)."""
-    import mlflow
-
     try:
         return name not in {item.path for item in mlflow.MlflowClient().list_artifacts(run_id)}
     except Exception:  # noqa: BLE001 - the store is what failed: the caller's error says so
@@ -53,8 +55,6 @@ def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path
     (a ``champion.ChampionRun``, downloaded into ``work``) found now, or None (see
     heimer_mlflow.champion.find; such a record has no content digest, so its data set digest and
     subjects decide)."""
-    from .. import champion
-
     table = read_csv(this_dir / "predictions.csv", [], required=False)
     if table is None or not {"subject_id", "label"} <= set(table.columns):
         return None
@@ -99,8 +99,6 @@ def find_champion(artifact_dir, run_id: str | None = None, work=None):
     ``work``, default a new temporary folder, kept), or None: another version of the same
     registered model with alias ``champion`` with a finished evaluation on the same data
     (heimer_mlflow.champion.find)."""
-    from mlflow import MlflowClient
-
     artifact_dir = Path(artifact_dir)
     record = read_record(artifact_dir, [], where=f"run {run_id}" if run_id else str(artifact_dir))
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="heimer-champion-"))
@@ -112,14 +110,11 @@ RUN_ID_HINT = "the id `heimer-mlflow evaluate` printed, or the model version's t
 
 def _evaluation_run(client, run_id: str):
     """The run ``run_id``; a HeimerError naming it when the store has no such run."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_run(run_id)
     except MlflowException as error:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise
-        import mlflow
 
         from ..permissions import redacted
 
@@ -139,10 +134,6 @@ def report_for_run(run_id: str, *, out_dir=None, log: bool = True, tag_version: 
     ``lang``: the report's language (en or ko; default: the evaluation's, its ``lang`` option). A
     report in another language than the evaluation's is logged beside it (``report/<name>-v<version>-ko.pdf``,
     ``report/checklist-ko.json``, ``report/html-ko/``) and the version keeps pointing at the evaluation's."""
-    from ..i18n import check_language, require_fonts
-
-    from mlflow import MlflowClient
-
     logger = logging.getLogger(__name__)  # (``log`` is the argument)
     if lang is not None:
         require_fonts(check_language(lang))

@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..errors import HeimerError, one_line
+
 
 def _stop_when_parent_dies() -> None:
     def watch():
@@ -31,7 +33,6 @@ def main(spec_text: str) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     spec = json.loads(spec_text)
     result_path = Path(spec["result"])
-    from ..errors import HeimerError, one_line
     from ..gate import GateFailed
     from ..interrupts import Terminated, handled
 
