@@ -1,5 +1,8 @@
 """Errors a user can cause and fix. The CLI prints them as one line, without a traceback."""
 
+import tempfile
+from pathlib import Path
+
 
 class HeimerError(Exception):
     """A problem with the user's input (path, label, shape, model URI, layer ...).
@@ -26,9 +29,6 @@ def writable_folder(path, what: str):
     """``path`` as a folder this process can write (created with its parents if absent), or a
     HeimerError naming it, the operating system's reason and the fix. ``what`` names the folder
     for the message (e.g. ``"the cohort folder"``)."""
-    import tempfile
-    from pathlib import Path
-
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -149,3 +149,38 @@ def test_the_old_module_paths_are_the_moved_modules():
             "print('ok')")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def _deferred_imports(path: Path):
+    """(line, imported module) for every import inside a function of ``path``, and the modules the
+    file imports at its top."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            top.add(node.module)
+    inner = []
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import):
+                    inner += [(node.lineno, alias.name) for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    inner.append((node.lineno, node.module))
+    return sorted(set(inner)), top
+
+
+def test_an_import_inside_a_function_defers_something():
+    """An import goes inside a function only to put off loading a library until it is needed
+    (matplotlib, WeasyPrint, nilearn, FastAPI, ...): never for the standard library, which costs
+    nothing, and never for a library the module already imports at its top."""
+    pointless = []
+    for module, path in MODULES.items():
+        inner, top = _deferred_imports(path)
+        for line, name in inner:
+            root = name.split(".")[0]
+            if root in sys.stdlib_module_names or name in top:
+                pointless.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert pointless == []
