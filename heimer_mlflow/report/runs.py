@@ -50,12 +50,11 @@ def _absent(run_id: str, name: str) -> bool:
         return False
 
 
-def _find_champion(client, record: EvaluationRecord, run_id: str, this_dir: Path, work: Path):
+def _find_champion(client, record: EvaluationRecord, run_id: str, table, work: Path):
     """For a record from before evaluations recorded their comparison: the champion's evaluation
     (a ``champion.ChampionRun``, downloaded into ``work``) found now, or None (see
     heimer_mlflow.champion.find; such a record has no content digest, so its data set digest and
-    subjects decide)."""
-    table = read_csv(this_dir / "predictions.csv", [], required=False)
+    the subjects of ``table``, its predictions.csv, decide)."""
     if table is None or not {"subject_id", "label"} <= set(table.columns):
         return None
     digests = champion.dataset_digests(client, run_id)
@@ -72,8 +71,8 @@ def read_migrated_record(client, artifacts: Path, run_id: str, work: Path) -> Ev
     record = read_record(artifacts, [], where=f"run {run_id}")
     if record.comparison_recorded:
         return record
-    found = _find_champion(client, record, run_id, artifacts, work)
     predictions = read_csv(artifacts / "predictions.csv", [], required=False)
+    found = _find_champion(client, record, run_id, predictions, work)
     return migrate_champion_comparison(record, predictions, found)
 
 
@@ -102,7 +101,8 @@ def find_champion(artifact_dir, run_id: str | None = None, work=None):
     artifact_dir = Path(artifact_dir)
     record = read_record(artifact_dir, [], where=f"run {run_id}" if run_id else str(artifact_dir))
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="heimer-champion-"))
-    return _find_champion(MlflowClient(), record, run_id or "", artifact_dir, work)
+    predictions = read_csv(artifact_dir / "predictions.csv", [], required=False)
+    return _find_champion(MlflowClient(), record, run_id or "", predictions, work)
 
 
 RUN_ID_HINT = "the id `heimer-mlflow evaluate` printed, or the model version's tag heimer.evaluation_run_id"
